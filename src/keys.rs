@@ -1,0 +1,236 @@
+//! Every etcd key citadel reads or writes is built and parsed here, and nowhere else.
+//!
+//! ```text
+//! <prefix>/engines/<engine>                 operator
+//! <prefix>/requests/<request>               user
+//! <prefix>/decisions/<request>              leader
+//! <prefix>/reservations/<engine>/<request>  leader
+//! <prefix>/health/<engine>                  leader, on a lease
+//! <prefix>/leader/<lease>                   etcd election
+//! ```
+
+use crate::model::{EngineId, IdError, RequestId};
+
+/// The key schema under one prefix (default `/citadel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Always starts with `/` and ends with `/`: `/citadel/`.
+    root: String,
+}
+
+/// A parsed key under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Engine(EngineId),
+    Request(RequestId),
+    Decision(RequestId),
+    Reservation(EngineId, RequestId),
+    Health(EngineId),
+    /// A campaign key of the election; the string is etcd's suffix (the lease id in hex).
+    Leader(String),
+    /// A request key whose id cannot be used (`requests/<bad>`): it is refused, with the reason.
+    BadRequest(String, IdError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("prefix {0:?} must be a path like /citadel, without spaces")]
+pub struct PrefixError(String);
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            root: "/citadel/".to_string(),
+        }
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Result<Self, PrefixError> {
+        let trimmed = prefix.trim_end_matches('/');
+        if trimmed.is_empty() || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(PrefixError(prefix.to_string()));
+        }
+        let mut root = String::new();
+        if !trimmed.starts_with('/') {
+            root.push('/');
+        }
+        root.push_str(trimmed);
+        root.push('/');
+        Ok(Self { root })
+    }
+
+    /// `/citadel/`: a range over everything citadel owns.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+    pub fn prefix(&self) -> &str {
+        self.root.trim_end_matches('/')
+    }
+
+    pub fn engines(&self) -> String {
+        format!("{}engines/", self.root)
+    }
+    pub fn engine(&self, id: &EngineId) -> String {
+        format!("{}engines/{}", self.root, id)
+    }
+    pub fn requests(&self) -> String {
+        format!("{}requests/", self.root)
+    }
+    pub fn request(&self, id: &RequestId) -> String {
+        format!("{}requests/{}", self.root, id)
+    }
+    pub fn decisions(&self) -> String {
+        format!("{}decisions/", self.root)
+    }
+    pub fn decision(&self, id: &RequestId) -> String {
+        format!("{}decisions/{}", self.root, id)
+    }
+    pub fn reservations(&self) -> String {
+        format!("{}reservations/", self.root)
+    }
+    /// Everything one engine holds: `etcdctl get --prefix` on this lists it.
+    pub fn reservations_of(&self, engine: &EngineId) -> String {
+        format!("{}reservations/{}/", self.root, engine)
+    }
+    pub fn reservation(&self, engine: &EngineId, request: &RequestId) -> String {
+        format!("{}reservations/{}/{}", self.root, engine, request)
+    }
+    pub fn health(&self, engine: &EngineId) -> String {
+        format!("{}health/{}", self.root, engine)
+    }
+    /// The election's name; campaign keys live under `<this>/`.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.root)
+    }
+
+    /// Parses a key under the prefix. `None` for keys outside it or of no known kind.
+    pub fn parse(&self, key: &[u8]) -> Option<Key> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.root.as_str())?;
+        let (kind, tail) = rest.split_once('/')?;
+        match kind {
+            "engines" => EngineId::new(tail).ok().map(Key::Engine),
+            "requests" => Some(match RequestId::new(tail) {
+                Ok(id) => Key::Request(id),
+                Err(e) => Key::BadRequest(tail.to_string(), e),
+            }),
+            "decisions" => RequestId::new(tail).ok().map(Key::Decision),
+            "health" => EngineId::new(tail).ok().map(Key::Health),
+            "leader" => Some(Key::Leader(tail.to_string())),
+            "reservations" => {
+                let (engine, request) = tail.split_once('/')?;
+                Some(Key::Reservation(
+                    EngineId::new(engine).ok()?,
+                    RequestId::new(request).ok()?,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// The decision key for a request key whose id was refused but can still name a key
+    /// (too long or unprintable, but without `/`), so the user still gets an `invalid` answer.
+    pub fn decision_for_raw(&self, raw_id: &str) -> Option<String> {
+        if raw_id.is_empty() || raw_id.contains('/') {
+            return None;
+        }
+        Some(format!("{}decisions/{}", self.root, raw_id))
+    }
+
+    /// The request key for a raw id (see [`Keys::decision_for_raw`]).
+    pub fn request_for_raw(&self, raw_id: &str) -> String {
+        format!("{}requests/{}", self.root, raw_id)
+    }
+}
+
+/// The end of a prefix range: the key just past every key starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(s: &str) -> RequestId {
+        RequestId::new(s).unwrap()
+    }
+    fn eid(s: &str) -> EngineId {
+        EngineId::new(s).unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let k = Keys::default();
+        assert_eq!(
+            k.parse(k.engine(&eid("e1")).as_bytes()),
+            Some(Key::Engine(eid("e1")))
+        );
+        assert_eq!(
+            k.parse(k.request(&rid("r1")).as_bytes()),
+            Some(Key::Request(rid("r1")))
+        );
+        assert_eq!(
+            k.parse(k.decision(&rid("r1")).as_bytes()),
+            Some(Key::Decision(rid("r1")))
+        );
+        assert_eq!(
+            k.parse(k.reservation(&eid("e1"), &rid("r1")).as_bytes()),
+            Some(Key::Reservation(eid("e1"), rid("r1")))
+        );
+        assert_eq!(
+            k.parse(k.health(&eid("e1")).as_bytes()),
+            Some(Key::Health(eid("e1")))
+        );
+        assert_eq!(
+            k.parse(b"/citadel/leader/694d7a1c2b3e4f01"),
+            Some(Key::Leader("694d7a1c2b3e4f01".into()))
+        );
+        assert_eq!(
+            k.reservation(&eid("e1"), &rid("r1")),
+            "/citadel/reservations/e1/r1"
+        );
+    }
+
+    #[test]
+    fn odd_request_ids_are_reported_not_dropped() {
+        let k = Keys::default();
+        assert!(matches!(
+            k.parse(b"/citadel/requests/a/b"),
+            Some(Key::BadRequest(raw, IdError::Slash(_))) if raw == "a/b"
+        ));
+        assert!(matches!(
+            k.parse(b"/citadel/requests/"),
+            Some(Key::BadRequest(_, IdError::Empty))
+        ));
+        let long = format!("/citadel/requests/{}", "x".repeat(300));
+        assert!(matches!(
+            k.parse(long.as_bytes()),
+            Some(Key::BadRequest(_, IdError::TooLong(300)))
+        ));
+        assert!(k.decision_for_raw(&"x".repeat(300)).is_some());
+        assert!(k.decision_for_raw("a/b").is_none());
+    }
+
+    #[test]
+    fn prefix_is_normalised_and_isolates() {
+        let k = Keys::new("test-run-7/").unwrap();
+        assert_eq!(k.root(), "/test-run-7/");
+        assert_eq!(k.parse(b"/citadel/requests/r1"), None);
+        assert_eq!(k.parse(b"/test-run-7x/requests/r1"), None);
+        assert!(Keys::new("/").is_err());
+        assert!(Keys::new("/a b").is_err());
+    }
+
+    #[test]
+    fn prefix_end_covers_the_prefix() {
+        assert_eq!(prefix_end("/citadel/"), b"/citadel0".to_vec());
+    }
+}

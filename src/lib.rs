@@ -1,0 +1,10 @@
+//! citadel: a Docker container scheduler whose registry is etcd.
+//!
+//! The modules read top-down as the data flow: a request key lands in etcd ([`keys`]), is parsed
+//! into the [`model`], mirrored by the watch-fed [`cache`], turned into a plan by a pure
+//! [`scheduler`], verified and committed by the leader's [`manager`] in fenced batch transactions,
+//! and read back as a decision key.
+
+pub mod keys;
+pub mod model;
+pub mod scheduler;

@@ -1,0 +1,832 @@
+//! The data model: the seed's types as serde structs, the validated form of a request that the
+//! scheduler works on, and what the leader writes back (decisions and reservations).
+//!
+//! JSON in etcd is the contract, so the wire structs keep the seed's field names. Inside, resources
+//! are integers (`Millicpus`, `MemoryMb`) so that sums never drift: a request is rounded *up* and an
+//! engine's capacity *down*, which can only ever err on the side of not overcommitting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Largest cpus a request or engine may name. Anything bigger is a typo or an attack.
+pub const MAX_CPUS: f64 = 1_000_000.0;
+/// Largest memory (MB) a request or engine may name: one exabyte.
+pub const MAX_MEMORY_MB: f64 = 1_099_511_627_776.0;
+/// etcd keys and DNS names agree on this bound; ids longer than this are refused.
+pub const MAX_ID_BYTES: usize = 253;
+
+// ---------------------------------------------------------------------------------------------
+// Units
+// ---------------------------------------------------------------------------------------------
+
+/// Thousandths of a cpu.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct Millicpus(pub u64);
+
+/// Megabytes of memory, as in the seed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct MemoryMb(pub u64);
+
+impl Millicpus {
+    /// Rounds up: a request never asks for less than it said.
+    pub fn from_cpus_ceil(cpus: f64) -> Self {
+        Self((cpus * 1000.0).ceil() as u64)
+    }
+    /// Rounds down: an engine never offers more than it has.
+    pub fn from_cpus_floor(cpus: f64) -> Self {
+        Self((cpus * 1000.0).floor().max(0.0) as u64)
+    }
+    pub fn as_cpus(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl MemoryMb {
+    pub fn from_mb_ceil(mb: f64) -> Self {
+        Self(mb.ceil() as u64)
+    }
+    pub fn from_mb_floor(mb: f64) -> Self {
+        Self(mb.floor().max(0.0) as u64)
+    }
+}
+
+impl fmt::Display for Millicpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_cpus())
+    }
+}
+
+impl fmt::Display for MemoryMb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}MB", self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids
+// ---------------------------------------------------------------------------------------------
+
+/// Why an id cannot name a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("id is empty")]
+    Empty,
+    #[error("id {0:?} contains '/'")]
+    Slash(String),
+    #[error("id is {0} bytes long, the limit is {MAX_ID_BYTES}")]
+    TooLong(usize),
+    #[error("id {0:?} contains a control character or whitespace")]
+    Unprintable(String),
+}
+
+fn check_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.contains('/') {
+        return Err(IdError::Slash(id.to_string()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong(id.len()));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(IdError::Unprintable(id.to_string()));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A valid id: non-empty, no `/`, at most 253 bytes, printable.
+            pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
+                let id = id.into();
+                check_id(&id)?;
+                Ok(Self(id))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The last segment of `requests/<id>`.
+    RequestId
+);
+id_type!(
+    /// The last segment of `engines/<id>`.
+    EngineId
+);
+
+// ---------------------------------------------------------------------------------------------
+// The seed's types
+// ---------------------------------------------------------------------------------------------
+
+/// A host port a container needs exclusively (`bind_ports`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proto: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub port: i64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub container_port: i64,
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "maximum_retry", default, skip_serializing_if = "is_zero_i64")]
+    pub maximum_retry_count: i64,
+}
+
+/// The seed's `Image`: what a user asks for. The seed's sample names the image `image` while the
+/// type says `name`: both are accepted. `cpus` and `memory` may be numbers or numeric strings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Image {
+    #[serde(alias = "image", default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpuset: String,
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(rename = "domain", default, skip_serializing_if = "String::is_empty")]
+    pub domainname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind_ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_data: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_default_restart")]
+    pub restart_policy: RestartPolicy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network_mode: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+}
+
+fn is_default_restart(p: &RestartPolicy) -> bool {
+    *p == RestartPolicy::default()
+}
+
+/// Accepts `0.2`, `"0.2"` and `null`. Strings that do not parse are an error naming the value.
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(f64),
+        Str(String),
+    }
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => Ok(Some(n)),
+        Some(NumOrStr::Str(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+    }
+}
+
+/// A Docker engine that can run containers (`engines/<id>`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Engine {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    #[serde(default, deserialize_with = "number_or_string_zero")]
+    pub cpus: f64,
+    #[serde(default, deserialize_with = "number_or_string_zero")]
+    pub memory: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+}
+
+fn number_or_string_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    number_or_string(d).map(|v| v.unwrap_or(0.0))
+}
+
+/// The seed's snapshot of one engine's capacity and reservations.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub reserved_cpus: f64,
+    #[serde(default)]
+    pub reserved_memory: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub current_memory: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub current_cpu: f64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// The seed's summary of the whole cluster (`citadel ls`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub container_count: u64,
+    #[serde(default)]
+    pub engine_count: u64,
+    #[serde(default)]
+    pub image_count: u64,
+    #[serde(default)]
+    pub reserved_cpus: f64,
+    #[serde(default)]
+    pub reserved_memory: f64,
+}
+
+/// The seed's running container.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: wire JSON -> what the scheduler works on
+// ---------------------------------------------------------------------------------------------
+
+/// An exclusive host port on an engine: `(proto, port)`. Port 0 means "any" and reserves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        };
+        write!(f, "{}/{}", self.port, proto)
+    }
+}
+
+impl HostPort {
+    pub fn to_port(self) -> Port {
+        Port {
+            proto: match self.proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+                Proto::Sctp => "sctp",
+            }
+            .to_string(),
+            port: i64::from(self.port),
+            ..Port::default()
+        }
+    }
+}
+
+/// A request that passed validation: everything the scheduler needs, in checked units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub image: Image,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub kind: String,
+    /// Raw constraint expressions (`labels`); parsed by the scheduler.
+    pub constraints: Vec<String>,
+    pub ports: Vec<HostPort>,
+}
+
+/// Why a request was refused as `invalid`. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn check_amount(field: &str, value: Option<f64>, max: f64, unit: &str) -> Result<f64, Invalid> {
+    match value {
+        None => Err(Invalid(format!(
+            "{field}: required, a number greater than 0"
+        ))),
+        Some(v) if v.is_nan() => Err(Invalid(format!("{field}: NaN is not a number"))),
+        Some(v) if v <= 0.0 => Err(Invalid(format!("{field}: must be greater than 0, got {v}"))),
+        Some(v) if !v.is_finite() || v > max => Err(Invalid(format!(
+            "{field}: {v} is too large, the limit is {max}{unit}"
+        ))),
+        Some(v) => Ok(v),
+    }
+}
+
+impl Request {
+    /// Parses and checks a request value as a user wrote it into etcd.
+    pub fn parse(raw: &[u8]) -> Result<(serde_json::Value, Request), (serde_json::Value, Invalid)> {
+        let value: serde_json::Value = match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                let shown = String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned();
+                return Err((
+                    serde_json::Value::String(shown),
+                    Invalid(format!("malformed JSON: {e}")),
+                ));
+            }
+        };
+        match Self::from_value(&value) {
+            Ok(req) => Ok((value, req)),
+            Err(e) => Err((value, e)),
+        }
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> Result<Request, Invalid> {
+        if !value.is_object() {
+            return Err(Invalid(format!(
+                "request must be a JSON object, got {}",
+                json_kind(value)
+            )));
+        }
+        let image: Image = serde_path_to_error::deserialize(value)
+            .map_err(|e| Invalid(format!("{}: {}", e.path(), e.inner())))?;
+        Self::from_image(image)
+    }
+
+    pub fn from_image(image: Image) -> Result<Request, Invalid> {
+        if image.name.trim().is_empty() {
+            return Err(Invalid("image: required, the docker image to run".into()));
+        }
+        let cpus = check_amount("cpus", image.cpus, MAX_CPUS, " cpus")?;
+        let memory = check_amount("memory", image.memory, MAX_MEMORY_MB, " MB")?;
+        if image.kind.trim().is_empty() {
+            return Err(Invalid(
+                "type: required, e.g. \"service\" or \"batch\"".into(),
+            ));
+        }
+        let mut ports = Vec::new();
+        for (i, p) in image.bind_ports.iter().enumerate() {
+            let proto = match p.proto.to_ascii_lowercase().as_str() {
+                "" | "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                "sctp" => Proto::Sctp,
+                other => {
+                    return Err(Invalid(format!(
+                        "bind_ports[{i}].proto: {other:?} is not tcp, udp or sctp"
+                    )));
+                }
+            };
+            if !(0..=65535).contains(&p.port) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}].port: {} is not a port (0-65535)",
+                    p.port
+                )));
+            }
+            if !(0..=65535).contains(&p.container_port) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}].container_port: {} is not a port (0-65535)",
+                    p.container_port
+                )));
+            }
+            if p.port == 0 {
+                continue; // Docker picks a free port; nothing to reserve.
+            }
+            let hp = HostPort {
+                proto,
+                port: p.port as u16,
+            };
+            if ports.contains(&hp) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}]: host port {hp} is listed twice"
+                )));
+            }
+            ports.push(hp);
+        }
+        Ok(Request {
+            cpus: Millicpus::from_cpus_ceil(cpus),
+            memory: MemoryMb::from_mb_ceil(memory),
+            kind: image.kind.trim().to_string(),
+            constraints: image.labels.clone(),
+            ports,
+            image,
+        })
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// An engine that passed validation, in checked units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSpec {
+    pub id: EngineId,
+    pub addr: String,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    /// The seed's `key=value` (or bare `key`) strings.
+    pub labels: Vec<String>,
+    /// The wire form, echoed into decisions.
+    pub wire: Engine,
+}
+
+impl EngineSpec {
+    /// Parses `engines/<id>`'s value; the key's id wins over a missing or mismatched JSON `id`.
+    pub fn parse(id: &EngineId, raw: &[u8]) -> Result<EngineSpec, Invalid> {
+        let mut wire: Engine = serde_json::from_slice::<serde_json::Value>(raw)
+            .map_err(|e| Invalid(format!("malformed JSON: {e}")))
+            .and_then(|v| {
+                serde_path_to_error::deserialize(v)
+                    .map_err(|e| Invalid(format!("{}: {}", e.path(), e.inner())))
+            })?;
+        if !wire.id.is_empty() && wire.id != id.as_str() {
+            return Err(Invalid(format!(
+                "id: {:?} does not match the key's id {:?}",
+                wire.id,
+                id.as_str()
+            )));
+        }
+        wire.id = id.to_string();
+        let cpus = check_amount("cpus", Some(wire.cpus), MAX_CPUS, " cpus")?;
+        let memory = check_amount("memory", Some(wire.memory), MAX_MEMORY_MB, " MB")?;
+        Ok(EngineSpec {
+            id: id.clone(),
+            addr: wire.addr.clone(),
+            cpus: Millicpus::from_cpus_floor(cpus),
+            memory: MemoryMb::from_mb_floor(memory),
+            labels: wire.labels.clone(),
+            wire,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the leader writes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Placed,
+    Unschedulable,
+    Invalid,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Placed => "placed",
+            Status::Unschedulable => "unschedulable",
+            Status::Invalid => "invalid",
+        })
+    }
+}
+
+/// The seed's `resource`: where the container goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub id: String,
+    pub addr: String,
+    pub total_cpus: f64,
+    pub total_memory: f64,
+}
+
+/// `decisions/<id>`: the seed's response plus why and by whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The request exactly as the user wrote it (a string if it was not JSON).
+    pub container: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The strategy that chose the engine (`spread`, `binpack`, `random`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scheduler: String,
+    /// The mod revision of the request this decides; a newer request revision is decided anew.
+    pub request_revision: i64,
+    /// RFC 3339, UTC.
+    pub decided_at: String,
+    /// The replica that was leader when this was committed.
+    pub decided_by: String,
+}
+
+/// `reservations/<engine>/<request>`: what one placement holds on its engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub request: String,
+    pub engine: String,
+    pub cpus: f64,
+    pub memory: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    pub request_revision: i64,
+}
+
+/// A reservation in checked units, as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub ports: Vec<HostPort>,
+}
+
+impl Reservation {
+    pub fn held(&self) -> Held {
+        Held {
+            // Written by us from integers, so rounding recovers them exactly; ceil errs safe.
+            cpus: Millicpus::from_cpus_ceil(self.cpus - 1e-9),
+            memory: MemoryMb::from_mb_ceil(self.memory - 1e-9),
+            ports: self
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let proto = match p.proto.as_str() {
+                        "udp" => Proto::Udp,
+                        "sctp" => Proto::Sctp,
+                        _ => Proto::Tcp,
+                    };
+                    u16::try_from(p.port)
+                        .ok()
+                        .map(|port| HostPort { proto, port })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The value of the election key `leader/<lease>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    pub since: String,
+}
+
+/// Now, as RFC 3339 with millisecond precision.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_SAMPLE: &str = r#"{
+    "image": "crosbymichael/redis",
+    "cpus": "0.2",
+    "memory": 512,
+    "type": "service"
+}"#;
+
+    #[test]
+    fn seed_sample_request_parses_byte_for_byte() {
+        let (value, req) = Request::parse(SEED_SAMPLE.as_bytes()).expect("seed sample is valid");
+        assert_eq!(req.image.name, "crosbymichael/redis");
+        assert_eq!(req.cpus, Millicpus(200));
+        assert_eq!(req.memory, MemoryMb(512));
+        assert_eq!(req.kind, "service");
+        assert_eq!(value["cpus"], "0.2", "the echo keeps the user's string");
+    }
+
+    #[test]
+    fn cpus_accept_numbers_and_strings() {
+        for raw in [r#"0.2"#, r#""0.2""#, r#"" 0.2 ""#] {
+            let json = format!(r#"{{"image":"x","cpus":{raw},"memory":1,"type":"batch"}}"#);
+            let (_, req) = Request::parse(json.as_bytes()).expect(&json);
+            assert_eq!(req.cpus, Millicpus(200), "{json}");
+        }
+    }
+
+    fn invalid(json: &str) -> String {
+        match Request::parse(json.as_bytes()) {
+            Ok(_) => panic!("{json} was accepted"),
+            Err((_, Invalid(msg))) => msg,
+        }
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (r#"{"image":"x","cpus":-1,"memory":1,"type":"s"}"#, "cpus"),
+            (r#"{"image":"x","cpus":0,"memory":1,"type":"s"}"#, "cpus"),
+            (
+                r#"{"image":"x","cpus":"NaN","memory":1,"type":"s"}"#,
+                "cpus",
+            ),
+            (
+                r#"{"image":"x","cpus":"lots","memory":1,"type":"s"}"#,
+                "cpus",
+            ),
+            (
+                r#"{"image":"x","cpus":1e300,"memory":1,"type":"s"}"#,
+                "cpus",
+            ),
+            (
+                r#"{"image":"x","cpus":"inf","memory":1,"type":"s"}"#,
+                "cpus",
+            ),
+            (r#"{"image":"x","cpus":1,"memory":-5,"type":"s"}"#, "memory"),
+            (
+                r#"{"image":"x","cpus":1,"memory":1e30,"type":"s"}"#,
+                "memory",
+            ),
+            (r#"{"image":"x","cpus":1,"type":"s"}"#, "memory"),
+            (r#"{"image":"","cpus":1,"memory":1,"type":"s"}"#, "image"),
+            (r#"{"cpus":1,"memory":1,"type":"s"}"#, "image"),
+            (r#"{"image":"x","cpus":1,"memory":1}"#, "type"),
+            (r#"{"image":"x","cpus":1,"memory":1,"type":5}"#, "type"),
+            (r#"{"image":["x"],"cpus":1,"memory":1,"type":"s"}"#, "image"),
+            (
+                r#"{"image":"x","cpus":1,"memory":1,"type":"s","bind_ports":[{"port":70000}]}"#,
+                "bind_ports[0].port",
+            ),
+            (
+                r#"{"image":"x","cpus":1,"memory":1,"type":"s","bind_ports":[{"port":80},{"port":80}]}"#,
+                "bind_ports[1]",
+            ),
+            (
+                r#"{"image":"x","cpus":1,"memory":1,"type":"s","bind_ports":[{"proto":"icmp","port":1}]}"#,
+                "bind_ports[0].proto",
+            ),
+        ];
+        for (json, field) in cases {
+            let msg = invalid(json);
+            assert!(
+                msg.starts_with(field),
+                "{json}: reason {msg:?} should name {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_invalid() {
+        assert!(invalid("{not json").starts_with("malformed JSON"));
+        assert!(invalid("").starts_with("malformed JSON"));
+        assert!(invalid("[1,2]").contains("JSON object"));
+        assert!(invalid("\"hello\"").contains("JSON object"));
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(RequestId::new("web-1").is_ok());
+        assert_eq!(RequestId::new(""), Err(IdError::Empty));
+        assert!(matches!(RequestId::new("a/b"), Err(IdError::Slash(_))));
+        assert!(matches!(
+            RequestId::new("x".repeat(254)),
+            Err(IdError::TooLong(254))
+        ));
+        assert!(RequestId::new("x".repeat(253)).is_ok());
+        assert!(matches!(
+            RequestId::new("a b"),
+            Err(IdError::Unprintable(_))
+        ));
+        assert!(matches!(
+            RequestId::new("a\nb"),
+            Err(IdError::Unprintable(_))
+        ));
+    }
+
+    #[test]
+    fn engine_capacity_rounds_down_and_requests_round_up() {
+        let id = EngineId::new("e1").unwrap();
+        let e = EngineSpec::parse(
+            &id,
+            br#"{"addr":"tcp://h:2375","cpus":1.9999,"memory":100.7}"#,
+        )
+        .unwrap();
+        assert_eq!(e.cpus, Millicpus(1999));
+        assert_eq!(e.memory, MemoryMb(100));
+        assert_eq!(Millicpus::from_cpus_ceil(0.0001), Millicpus(1));
+    }
+
+    #[test]
+    fn engine_id_must_match_its_key() {
+        let id = EngineId::new("e1").unwrap();
+        assert!(EngineSpec::parse(&id, br#"{"id":"e2","cpus":1,"memory":1}"#).is_err());
+        assert!(EngineSpec::parse(&id, br#"{"id":"e1","cpus":1,"memory":1}"#).is_ok());
+    }
+
+    #[test]
+    fn reservation_round_trips_its_units() {
+        let r = Reservation {
+            request: "r".into(),
+            engine: "e".into(),
+            cpus: Millicpus(200).as_cpus(),
+            memory: 512.0,
+            ports: vec![
+                HostPort {
+                    proto: Proto::Udp,
+                    port: 53,
+                }
+                .to_port(),
+            ],
+            request_revision: 7,
+        };
+        let back: Reservation = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        let held = back.held();
+        assert_eq!(held.cpus, Millicpus(200));
+        assert_eq!(held.memory, MemoryMb(512));
+        assert_eq!(
+            held.ports,
+            vec![HostPort {
+                proto: Proto::Udp,
+                port: 53
+            }]
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Label constraints, as in Docker Swarm.
+//!
+//! Engines carry the seed's labels, `key=value` or a bare `key`. A request's `labels` are
+//! constraint expressions:
+//!
+//! | expression        | meaning                                                     |
+//! |-------------------|-------------------------------------------------------------|
+//! | `key==value`      | the engine has `key` with a matching value                 |
+//! | `key!=value`      | the engine has no `key` with a matching value              |
+//! | `key==~value`     | soft `==`: preferred, dropped when no engine satisfies it   |
+//! | `key!=~value`     | soft `!=`                                                   |
+//! | `key`             | the engine has `key`, whatever its value                   |
+//!
+//! A value is a literal, a glob (`us-*`, `rack-?`) or a regular expression between slashes
+//! (`/^eu-(west|north)$/`). Literal and glob matching ignore ASCII case, as Swarm's does.
+
+use std::fmt;
+
+use regex::Regex;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConstraintError {
+    #[error("constraint {0:?} has no label key")]
+    NoKey(String),
+    #[error("constraint {expr:?}: invalid regular expression: {err}")]
+    BadRegex { expr: String, err: String },
+    #[error("constraint {0:?}: label keys are letters, digits and . _ -")]
+    BadKey(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Exists,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Any,
+    Literal(String),
+    Glob(Regex),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Matcher::Any, _) => true,
+            (_, None) => false,
+            (Matcher::Literal(l), Some(v)) => l.eq_ignore_ascii_case(v),
+            (Matcher::Glob(r) | Matcher::Regex(r), Some(v)) => r.is_match(v),
+        }
+    }
+}
+
+/// One parsed constraint expression.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub key: String,
+    pub op: Op,
+    pub soft: bool,
+    matcher: Matcher,
+    /// The expression as written, for reasons shown to people.
+    pub expr: String,
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'))
+}
+
+impl Constraint {
+    pub fn parse(expr: &str) -> Result<Self, ConstraintError> {
+        let text = expr.trim();
+        let (key, op, soft, value) = if let Some((k, v)) = text.split_once("==") {
+            match v.strip_prefix('~') {
+                Some(v) => (k, Op::Eq, true, v),
+                None => (k, Op::Eq, false, v),
+            }
+        } else if let Some((k, v)) = text.split_once("!=") {
+            match v.strip_prefix('~') {
+                Some(v) => (k, Op::Ne, true, v),
+                None => (k, Op::Ne, false, v),
+            }
+        } else {
+            (text, Op::Exists, false, "")
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ConstraintError::NoKey(expr.to_string()));
+        }
+        if !valid_key(key) {
+            return Err(ConstraintError::BadKey(expr.to_string()));
+        }
+        let value = value.trim();
+        let bad = |err: regex::Error| ConstraintError::BadRegex {
+            expr: expr.to_string(),
+            err: err.to_string(),
+        };
+        let matcher = if op == Op::Exists {
+            Matcher::Any
+        } else if value.len() >= 2 && value.starts_with('/') && value.ends_with('/') {
+            Matcher::Regex(Regex::new(&value[1..value.len() - 1]).map_err(bad)?)
+        } else if value.contains(['*', '?']) {
+            let mut pattern = String::from("(?i)^");
+            for c in value.chars() {
+                match c {
+                    '*' => pattern.push_str(".*"),
+                    '?' => pattern.push('.'),
+                    c => pattern.push_str(&regex::escape(&c.to_string())),
+                }
+            }
+            pattern.push('$');
+            Matcher::Glob(Regex::new(&pattern).map_err(bad)?)
+        } else {
+            Matcher::Literal(value.to_string())
+        };
+        Ok(Constraint {
+            key: key.to_string(),
+            op,
+            soft,
+            matcher,
+            expr: text.to_string(),
+        })
+    }
+
+    /// Whether an engine with these labels satisfies the constraint.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let values = labels.values(&self.key);
+        match self.op {
+            Op::Exists => values.is_some(),
+            Op::Eq => {
+                values.is_some_and(|vs| vs.iter().any(|v| self.matcher.matches(v.as_deref())))
+            }
+            Op::Ne => {
+                !values.is_some_and(|vs| vs.iter().any(|v| self.matcher.matches(v.as_deref())))
+            }
+        }
+    }
+}
+
+/// An engine's labels, parsed once: `key=value` or a bare `key` (no value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(String, Option<String>)>);
+
+impl Labels {
+    pub fn parse<S: AsRef<str>>(labels: &[S]) -> Self {
+        let mut parsed: Vec<(String, Option<String>)> = labels
+            .iter()
+            .map(|l| match l.as_ref().split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                None => (l.as_ref().trim().to_string(), None),
+            })
+            .collect();
+        parsed.sort();
+        Labels(parsed)
+    }
+
+    /// Every value of `key`, or `None` when the engine has no such key.
+    fn values(&self, key: &str) -> Option<Vec<&Option<String>>> {
+        let found: Vec<&Option<String>> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect();
+        (!found.is_empty()).then_some(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fits(expr: &str, labels: &[&str]) -> bool {
+        Constraint::parse(expr)
+            .unwrap()
+            .matches(&Labels::parse(labels))
+    }
+
+    #[test]
+    fn equality_inequality_and_presence() {
+        assert!(fits("zone==a", &["zone=a", "ssd"]));
+        assert!(!fits("zone==a", &["zone=b"]));
+        assert!(!fits("zone==a", &["ssd"]));
+        assert!(fits("zone!=a", &["zone=b"]));
+        assert!(
+            fits("zone!=a", &["ssd"]),
+            "an engine without the key is not zone a"
+        );
+        assert!(!fits("zone!=a", &["zone=a"]));
+        assert!(fits("ssd", &["ssd"]));
+        assert!(fits("zone", &["zone=a"]));
+        assert!(!fits("gpu", &["ssd"]));
+    }
+
+    #[test]
+    fn globs_and_regexes() {
+        assert!(fits("region==us-*", &["region=us-east"]));
+        assert!(!fits("region==us-*", &["region=eu-west"]));
+        assert!(fits("rack==r?", &["rack=r7"]));
+        assert!(!fits("rack==r?", &["rack=r17"]));
+        assert!(fits("region==/^eu-(west|north)$/", &["region=eu-north"]));
+        assert!(!fits("region==/^eu-(west|north)$/", &["region=eu-south"]));
+        assert!(fits("region!=/^eu/", &["region=us-east"]));
+        assert!(
+            fits("zone==A", &["zone=a"]),
+            "literal matching ignores case"
+        );
+        assert!(fits("name==a.b", &["name=a.b"]));
+        assert!(
+            !fits("name==a.b*", &["name=axb"]),
+            "glob escapes regex metacharacters"
+        );
+    }
+
+    #[test]
+    fn soft_forms_are_parsed() {
+        let c = Constraint::parse("zone==~a").unwrap();
+        assert!(c.soft && c.op == Op::Eq);
+        let c = Constraint::parse("zone!=~a").unwrap();
+        assert!(c.soft && c.op == Op::Ne);
+        assert!(!Constraint::parse("zone==a").unwrap().soft);
+    }
+
+    #[test]
+    fn bad_constraints_are_errors() {
+        assert!(matches!(
+            Constraint::parse("==a"),
+            Err(ConstraintError::NoKey(_))
+        ));
+        assert!(matches!(
+            Constraint::parse(""),
+            Err(ConstraintError::NoKey(_))
+        ));
+        assert!(matches!(
+            Constraint::parse("zone==/(/"),
+            Err(ConstraintError::BadRegex { .. })
+        ));
+        assert!(matches!(
+            Constraint::parse("zo ne==a"),
+            Err(ConstraintError::BadKey(_))
+        ));
+    }
+}

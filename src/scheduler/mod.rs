@@ -1,0 +1,643 @@
+//! The scheduling core: pure functions from a request and a view of the cluster to a plan.
+//!
+//! No I/O, no clock, no randomness that is not passed in. The leader's cluster manager calls
+//! [`fits`] again on the one engine a plan names before it commits anything, so a plan made on a
+//! stale view can never overcommit.
+
+pub mod constraint;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::model::{EngineId, EngineSpec, HostPort, MemoryMb, Millicpus, Request, Resource};
+pub use constraint::{Constraint, ConstraintError, Labels};
+
+/// How to choose among the engines that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Least reserved fraction first: spreads load, limits the blast radius of one engine.
+    Spread,
+    /// Most reserved fraction that still fits: keeps whole engines free for big requests.
+    Binpack,
+    /// Any engine that fits, chosen by the seed passed in.
+    Random,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Spread => "spread",
+            Strategy::Binpack => "binpack",
+            Strategy::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "spread" => Ok(Strategy::Spread),
+            "binpack" => Ok(Strategy::Binpack),
+            "random" => Ok(Strategy::Random),
+            other => Err(format!(
+                "unknown strategy {other:?}: expected spread, binpack or random"
+            )),
+        }
+    }
+}
+
+/// Which strategy schedules which container `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedulers(BTreeMap<String, Strategy>);
+
+impl Default for Schedulers {
+    fn default() -> Self {
+        Schedulers(BTreeMap::from([
+            ("batch".to_string(), Strategy::Binpack),
+            ("service".to_string(), Strategy::Spread),
+        ]))
+    }
+}
+
+impl Schedulers {
+    /// The defaults with `TYPE=STRATEGY` overrides applied.
+    pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Self, String> {
+        let mut s = Schedulers::default();
+        for o in overrides {
+            let o = o.as_ref();
+            let (kind, strategy) = o
+                .split_once('=')
+                .ok_or_else(|| format!("--scheduler {o:?}: expected TYPE=STRATEGY"))?;
+            let kind = kind.trim();
+            if kind.is_empty() {
+                return Err(format!("--scheduler {o:?}: the type is empty"));
+            }
+            s.0.insert(kind.to_string(), strategy.parse()?);
+        }
+        Ok(s)
+    }
+
+    pub fn for_type(&self, kind: &str) -> Result<Strategy, String> {
+        self.0.get(kind).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            format!(
+                "type: no scheduler for {kind:?}; known types: {}",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+/// One engine as the scheduler sees it: capacity, what is reserved, which ports are taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineView {
+    pub id: EngineId,
+    pub addr: String,
+    pub labels: Labels,
+    /// Capacity after the overcommit factor.
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    /// As the operator wrote them, for the decision's `resource`.
+    pub total_cpus: f64,
+    pub total_memory: f64,
+    pub reserved_cpus: Millicpus,
+    pub reserved_memory: MemoryMb,
+    pub ports: BTreeSet<HostPort>,
+    pub healthy: bool,
+}
+
+impl EngineView {
+    pub fn new(spec: &EngineSpec, overcommit: f64) -> Self {
+        let mut labels = spec.labels.clone();
+        // `engine==<id>` pins a request to one engine, like Swarm's `node==`.
+        if !labels
+            .iter()
+            .any(|l| l == "engine" || l.starts_with("engine="))
+        {
+            labels.push(format!("engine={}", spec.id));
+        }
+        EngineView {
+            id: spec.id.clone(),
+            addr: spec.addr.clone(),
+            labels: Labels::parse(&labels),
+            cpus: Millicpus((spec.cpus.0 as f64 * overcommit).floor() as u64),
+            memory: MemoryMb((spec.memory.0 as f64 * overcommit).floor() as u64),
+            total_cpus: spec.wire.cpus,
+            total_memory: spec.wire.memory,
+            reserved_cpus: Millicpus(0),
+            reserved_memory: MemoryMb(0),
+            ports: BTreeSet::new(),
+            healthy: true,
+        }
+    }
+
+    pub fn reserve(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
+        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_add(cpus.0);
+        self.reserved_memory.0 = self.reserved_memory.0.saturating_add(memory.0);
+        self.ports.extend(ports.iter().copied());
+    }
+
+    pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
+        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_sub(cpus.0);
+        self.reserved_memory.0 = self.reserved_memory.0.saturating_sub(memory.0);
+        for p in ports {
+            self.ports.remove(p);
+        }
+    }
+
+    pub fn resource(&self) -> Resource {
+        Resource {
+            id: self.id.to_string(),
+            addr: self.addr.clone(),
+            total_cpus: self.total_cpus,
+            total_memory: self.total_memory,
+        }
+    }
+
+    /// The larger of the cpu and memory fractions reserved once `extra` is added.
+    fn fraction_with(&self, cpus: Millicpus, memory: MemoryMb) -> f64 {
+        let frac = |used: u64, extra: u64, cap: u64| {
+            if cap == 0 {
+                1.0
+            } else {
+                (used.saturating_add(extra)) as f64 / cap as f64
+            }
+        };
+        frac(self.reserved_cpus.0, cpus.0, self.cpus.0).max(frac(
+            self.reserved_memory.0,
+            memory.0,
+            self.memory.0,
+        ))
+    }
+}
+
+/// Why one engine cannot take a request: the first filter it failed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rejection {
+    Constraint(String),
+    Unhealthy,
+    Cpus,
+    Memory,
+    Port(HostPort),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Constraint(expr) => write!(f, "constraint {expr}"),
+            Rejection::Unhealthy => f.write_str("unhealthy"),
+            Rejection::Cpus => f.write_str("insufficient cpus"),
+            Rejection::Memory => f.write_str("insufficient memory"),
+            Rejection::Port(p) => write!(f, "port {p} in use"),
+        }
+    }
+}
+
+/// A request ready to schedule: its constraints parsed once, not once per engine.
+#[derive(Debug, Clone)]
+pub struct Prepared<'a> {
+    pub request: &'a Request,
+    hard: Vec<Constraint>,
+    soft: Vec<Constraint>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Fails with a reason naming the bad `labels[i]` entry.
+    pub fn new(request: &'a Request) -> Result<Self, String> {
+        let mut hard = Vec::new();
+        let mut soft = Vec::new();
+        for (i, expr) in request.constraints.iter().enumerate() {
+            let c = Constraint::parse(expr).map_err(|e| format!("labels[{i}]: {e}"))?;
+            if c.soft {
+                soft.push(c);
+            } else {
+                hard.push(c);
+            }
+        }
+        Ok(Prepared {
+            request,
+            hard,
+            soft,
+        })
+    }
+
+    /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
+    pub fn fits_resources(&self, e: &EngineView) -> Result<(), Rejection> {
+        fits_resources(self.request, e)
+    }
+
+    fn check(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
+        let constraints = self
+            .hard
+            .iter()
+            .chain(self.soft.iter().filter(|_| with_soft));
+        for c in constraints {
+            if !c.matches(&e.labels) {
+                return Err(Rejection::Constraint(c.expr.clone()));
+            }
+        }
+        if !e.healthy {
+            return Err(Rejection::Unhealthy);
+        }
+        fits_resources(self.request, e)
+    }
+}
+
+/// Whether an engine has room for a request's cpus, memory and host ports.
+pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
+    if e.reserved_cpus.0.saturating_add(r.cpus.0) > e.cpus.0 {
+        return Err(Rejection::Cpus);
+    }
+    if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
+        return Err(Rejection::Memory);
+    }
+    if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
+        return Err(Rejection::Port(*p));
+    }
+    Ok(())
+}
+
+/// Where a request goes: an index into the view's engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub engine: usize,
+    pub strategy: Strategy,
+}
+
+/// No engine fits. The reason reads `0/12 engines fit: 7 insufficient memory, 5 constraint zone==a`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable {
+    pub reason: String,
+}
+
+fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: bool) -> String {
+    if total == 0 {
+        return "0/0 engines fit: no engines registered".to_string();
+    }
+    let mut counts: Vec<(Rejection, usize)> = rejections.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let mut reason = format!("0/{total} engines fit: {}", parts.join(", "));
+    if dropped_soft {
+        reason.push_str(" (soft constraints ignored)");
+    }
+    reason
+}
+
+/// Chooses an engine for a request, or says why none fits.
+///
+/// `seed` only matters to [`Strategy::Random`]; pass something that varies per request.
+pub fn schedule(
+    p: &Prepared<'_>,
+    engines: &[EngineView],
+    strategy: Strategy,
+    seed: u64,
+) -> Result<Plan, Unschedulable> {
+    let pass = |with_soft: bool| {
+        let mut best: Option<(usize, f64)> = None;
+        let mut feasible = 0usize;
+        let mut chosen_random: Option<usize> = None;
+        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+        for (i, e) in engines.iter().enumerate() {
+            match p.check(e, with_soft) {
+                Err(r) => *rejections.entry(r).or_default() += 1,
+                Ok(()) => {
+                    feasible += 1;
+                    match strategy {
+                        Strategy::Random => {
+                            // Reservoir sampling: one pass, uniform, deterministic in `seed`.
+                            let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
+                            if draw % feasible as u64 == 0 {
+                                chosen_random = Some(i);
+                            }
+                        }
+                        Strategy::Spread | Strategy::Binpack => {
+                            let f = e.fraction_with(p.request.cpus, p.request.memory);
+                            let better = match best {
+                                None => true,
+                                Some((_, bf)) if strategy == Strategy::Spread => f < bf,
+                                Some((_, bf)) => f > bf,
+                            };
+                            if better {
+                                best = Some((i, f));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let choice = chosen_random.or(best.map(|(i, _)| i));
+        (choice, rejections)
+    };
+    let (choice, rejections) = pass(true);
+    if let Some(engine) = choice {
+        return Ok(Plan { engine, strategy });
+    }
+    if p.soft.is_empty() {
+        return Err(Unschedulable {
+            reason: explain(engines.len(), rejections, false),
+        });
+    }
+    let (choice, rejections) = pass(false);
+    match choice {
+        Some(engine) => Ok(Plan { engine, strategy }),
+        None => Err(Unschedulable {
+            reason: explain(engines.len(), rejections, true),
+        }),
+    }
+}
+
+/// A small, good mixing function (SplitMix64's finaliser).
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A stable 64-bit hash of a string (FNV-1a), for seeds derived from request ids.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Engine, Image, Proto};
+
+    fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
+        let wire = Engine {
+            id: id.into(),
+            addr: format!("tcp://{id}:2375"),
+            cpus,
+            memory,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Engine::default()
+        };
+        let spec = EngineSpec::parse(
+            &EngineId::new(id).unwrap(),
+            serde_json::to_string(&wire).unwrap().as_bytes(),
+        )
+        .unwrap();
+        EngineView::new(&spec, 1.0)
+    }
+
+    fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Request {
+        Request::from_image(Image {
+            name: "img".into(),
+            cpus: Some(cpus),
+            memory: Some(memory),
+            kind: "service".into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            bind_ports: ports
+                .iter()
+                .map(|p| {
+                    HostPort {
+                        proto: Proto::Tcp,
+                        port: *p,
+                    }
+                    .to_port()
+                })
+                .collect(),
+            ..Image::default()
+        })
+        .unwrap()
+    }
+
+    fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
+        let p = Prepared::new(r)?;
+        let plan = schedule(&p, engines, s, 1).map_err(|u| u.reason)?;
+        let e = &mut engines[plan.engine];
+        e.reserve(r.cpus, r.memory, &r.ports);
+        Ok(plan.engine)
+    }
+
+    #[test]
+    fn spread_goes_to_the_least_loaded_engine() {
+        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
+        es[0].reserve(Millicpus(2000), MemoryMb(0), &[]);
+        assert_eq!(
+            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Spread),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn binpack_fills_the_fullest_engine_that_fits() {
+        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
+        es[1].reserve(Millicpus(2000), MemoryMb(0), &[]);
+        assert_eq!(
+            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
+            Ok(1)
+        );
+        assert_eq!(
+            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
+            Ok(1)
+        );
+        // b is now full (4 of 4): the next one must go to a.
+        assert_eq!(
+            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn random_is_deterministic_in_its_seed_and_only_picks_engines_that_fit() {
+        let es: Vec<EngineView> = (0..20)
+            .map(|i| {
+                engine(
+                    &format!("e{i:02}"),
+                    if i % 2 == 0 { 1.0 } else { 8.0 },
+                    1024.0,
+                    &[],
+                )
+            })
+            .collect();
+        let r = request(2.0, 1.0, &[], &[]);
+        let p = Prepared::new(&r).unwrap();
+        let mut seen = BTreeSet::new();
+        for seed in 0..200 {
+            let a = schedule(&p, &es, Strategy::Random, seed).unwrap();
+            let b = schedule(&p, &es, Strategy::Random, seed).unwrap();
+            assert_eq!(a, b);
+            assert!(a.engine % 2 == 1, "engine {} has 1 cpu", a.engine);
+            seen.insert(a.engine);
+        }
+        assert!(
+            seen.len() > 5,
+            "random should spread over the fitting engines: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn unschedulable_reason_counts_every_filter() {
+        let mut es = vec![
+            engine("a", 1.0, 100.0, &["zone=a"]),
+            engine("b", 8.0, 100.0, &["zone=a"]),
+            engine("c", 8.0, 100_000.0, &["zone=b"]),
+        ];
+        es[1].reserve(
+            Millicpus(0),
+            MemoryMb(0),
+            &[HostPort {
+                proto: Proto::Tcp,
+                port: 80,
+            }],
+        );
+        let r = request(2.0, 50.0, &["zone==a"], &[80]);
+        let err = place(&r, &mut es, Strategy::Spread).unwrap_err();
+        assert_eq!(
+            err,
+            "0/3 engines fit: 1 constraint zone==a, 1 insufficient cpus, 1 port 80/tcp in use"
+        );
+        let none: Vec<EngineView> = vec![];
+        let p = Prepared::new(&r).unwrap();
+        assert_eq!(
+            schedule(&p, &none, Strategy::Spread, 0).unwrap_err().reason,
+            "0/0 engines fit: no engines registered"
+        );
+    }
+
+    #[test]
+    fn soft_constraints_are_preferred_then_dropped() {
+        let soft = request(1.0, 1.0, &["disk==~ssd"], &[]);
+        let mut es = vec![
+            engine("a", 4.0, 4096.0, &["disk=ssd"]),
+            engine("b", 4.0, 4096.0, &[]),
+        ];
+        es[0].reserve(Millicpus(3000), MemoryMb(0), &[]);
+        assert_eq!(
+            place(&soft, &mut es, Strategy::Spread),
+            Ok(0),
+            "soft match preferred"
+        );
+        assert_eq!(
+            place(&soft, &mut es, Strategy::Spread),
+            Ok(1),
+            "a is full: soft dropped"
+        );
+        let hard = request(1.0, 1.0, &["disk==ssd"], &[]);
+        assert!(
+            place(&hard, &mut es, Strategy::Spread).is_err(),
+            "hard is never dropped"
+        );
+    }
+
+    #[test]
+    fn engine_pin_and_bad_constraints() {
+        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
+        assert_eq!(
+            place(
+                &request(1.0, 1.0, &["engine==b"], &[]),
+                &mut es,
+                Strategy::Binpack
+            ),
+            Ok(1)
+        );
+        let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
+        assert!(Prepared::new(&bad).unwrap_err().starts_with("labels[0]: "));
+    }
+
+    #[test]
+    fn overcommit_factor_scales_capacity() {
+        let spec = EngineSpec::parse(&EngineId::new("a").unwrap(), br#"{"cpus":2,"memory":1000}"#)
+            .unwrap();
+        let e = EngineView::new(&spec, 1.5);
+        assert_eq!((e.cpus, e.memory), (Millicpus(3000), MemoryMb(1500)));
+    }
+
+    #[test]
+    fn scheduler_map_defaults_and_overrides() {
+        let s = Schedulers::default();
+        assert_eq!(s.for_type("service"), Ok(Strategy::Spread));
+        assert_eq!(s.for_type("batch"), Ok(Strategy::Binpack));
+        let err = s.for_type("daemon").unwrap_err();
+        assert!(err.contains("known types: batch, service"), "{err}");
+        let s = Schedulers::with_overrides(&["batch=random", "gpu=binpack"]).unwrap();
+        assert_eq!(s.for_type("batch"), Ok(Strategy::Random));
+        assert_eq!(s.for_type("gpu"), Ok(Strategy::Binpack));
+        assert!(Schedulers::with_overrides(&["batch"]).is_err());
+        assert!(Schedulers::with_overrides(&["batch=fast"]).is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn engines() -> impl proptest::strategy::Strategy<Value = Vec<(u32, u32, u8)>> {
+            proptest::collection::vec((1u32..16_000, 1u32..64_000, 0u8..3), 0..12)
+        }
+        fn requests() -> impl proptest::strategy::Strategy<Value = Vec<(u32, u32, Option<u16>, u8)>>
+        {
+            proptest::collection::vec(
+                (
+                    1u32..6_000,
+                    1u32..20_000,
+                    proptest::option::of(1u16..6),
+                    0u8..4,
+                ),
+                0..80,
+            )
+        }
+
+        proptest! {
+            /// Whatever the engines and the requests, placing them one after another never
+            /// overcommits an engine nor binds a host port twice, and a request is only called
+            /// unschedulable when truly no engine could take it.
+            #[test]
+            fn no_overcommit_no_double_port_and_no_false_refusal(
+                es in engines(),
+                rs in requests(),
+                strategy in 0u8..3,
+                seed in any::<u64>(),
+            ) {
+                let strategy = [super::Strategy::Spread, super::Strategy::Binpack, super::Strategy::Random][strategy as usize];
+                let mut view: Vec<EngineView> = es
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, m, z))| {
+                        let zone = format!("zone={}", ["a", "b", "c"][*z as usize]);
+                        engine(&format!("e{i}"), f64::from(*c) / 1000.0, f64::from(*m), &[zone.as_str()])
+                    })
+                    .collect();
+                let mut bound: Vec<BTreeSet<HostPort>> = vec![BTreeSet::new(); view.len()];
+                for (n, (c, m, port, zone)) in rs.iter().enumerate() {
+                    let zone_c = match zone { 0 => vec!["zone==a"], 1 => vec!["zone!=b"], 2 => vec!["zone==~c"], _ => vec![] };
+                    let ports: Vec<u16> = port.iter().map(|p| 8000 + p).collect();
+                    let r = request(f64::from(*c) / 1000.0, f64::from(*m), &zone_c, &ports);
+                    let p = Prepared::new(&r).unwrap();
+                    match schedule(&p, &view, strategy, seed ^ n as u64) {
+                        Ok(plan) => {
+                            let e = &mut view[plan.engine];
+                            prop_assert!(fits_resources(&r, e).is_ok());
+                            e.reserve(r.cpus, r.memory, &r.ports);
+                            for hp in &r.ports {
+                                prop_assert!(bound[plan.engine].insert(*hp), "port {} bound twice", hp);
+                            }
+                        }
+                        Err(_) => {
+                            for e in &view {
+                                let hard_ok = p.check(e, false).is_ok();
+                                prop_assert!(!hard_ok, "{} could take request {}", e.id, n);
+                            }
+                        }
+                    }
+                }
+                for e in &view {
+                    prop_assert!(e.reserved_cpus <= e.cpus, "{} cpus overcommitted", e.id);
+                    prop_assert!(e.reserved_memory <= e.memory, "{} memory overcommitted", e.id);
+                }
+            }
+        }
+    }
+}
