@@ -28,7 +28,9 @@ pub enum Key {
     Health(EngineId),
     /// A campaign key of the election; the string is etcd's suffix (the lease id in hex).
     Leader(String),
-    /// A request key whose id cannot be used (`requests/<bad>`): it is refused, with the reason.
+    /// A request key that cannot name a decision (`requests/` or `requests/a/b`): logged and
+    /// left alone. Ids that can name a key but are too long or odd are `Request`s, and get an
+    /// `invalid` decision (see [`RequestId::check`]).
     BadRequest(String, IdError),
 }
 
@@ -109,38 +111,28 @@ impl Keys {
         let rest = key.strip_prefix(self.root.as_str())?;
         let (kind, tail) = rest.split_once('/')?;
         match kind {
-            "engines" => EngineId::new(tail).ok().map(Key::Engine),
-            "requests" => Some(match RequestId::new(tail) {
-                Ok(id) => Key::Request(id),
-                Err(e) => Key::BadRequest(tail.to_string(), e),
+            "engines" => EngineId::from_key_segment(tail).map(Key::Engine),
+            "requests" => Some(match RequestId::from_key_segment(tail) {
+                Some(id) => Key::Request(id),
+                None => Key::BadRequest(tail.to_string(), bad_id(tail)),
             }),
-            "decisions" => RequestId::new(tail).ok().map(Key::Decision),
-            "health" => EngineId::new(tail).ok().map(Key::Health),
+            "decisions" => RequestId::from_key_segment(tail).map(Key::Decision),
+            "health" => EngineId::from_key_segment(tail).map(Key::Health),
             "leader" => Some(Key::Leader(tail.to_string())),
             "reservations" => {
                 let (engine, request) = tail.split_once('/')?;
                 Some(Key::Reservation(
-                    EngineId::new(engine).ok()?,
-                    RequestId::new(request).ok()?,
+                    EngineId::from_key_segment(engine)?,
+                    RequestId::from_key_segment(request)?,
                 ))
             }
             _ => None,
         }
     }
+}
 
-    /// The decision key for a request key whose id was refused but can still name a key
-    /// (too long or unprintable, but without `/`), so the user still gets an `invalid` answer.
-    pub fn decision_for_raw(&self, raw_id: &str) -> Option<String> {
-        if raw_id.is_empty() || raw_id.contains('/') {
-            return None;
-        }
-        Some(format!("{}decisions/{}", self.root, raw_id))
-    }
-
-    /// The request key for a raw id (see [`Keys::decision_for_raw`]).
-    pub fn request_for_raw(&self, raw_id: &str) -> String {
-        format!("{}requests/{}", self.root, raw_id)
-    }
+fn bad_id(raw: &str) -> IdError {
+    RequestId::new(raw).err().unwrap_or(IdError::Empty)
 }
 
 /// The end of a prefix range: the key just past every key starting with `prefix`.
@@ -210,13 +202,12 @@ mod tests {
             k.parse(b"/citadel/requests/"),
             Some(Key::BadRequest(_, IdError::Empty))
         ));
+        // Long ids still name a key, so they get an `invalid` decision rather than silence.
         let long = format!("/citadel/requests/{}", "x".repeat(300));
-        assert!(matches!(
-            k.parse(long.as_bytes()),
-            Some(Key::BadRequest(_, IdError::TooLong(300)))
-        ));
-        assert!(k.decision_for_raw(&"x".repeat(300)).is_some());
-        assert!(k.decision_for_raw("a/b").is_none());
+        match k.parse(long.as_bytes()) {
+            Some(Key::Request(id)) => assert_eq!(id.check(), Err(IdError::TooLong(300))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,9 +2,17 @@
 //!
 //! The modules read top-down as the data flow: a request key lands in etcd ([`keys`]), is parsed
 //! into the [`model`], mirrored by the watch-fed [`cache`], turned into a plan by a pure
-//! [`scheduler`], verified and committed by the leader's [`manager`] in fenced batch transactions,
-//! and read back as a decision key.
+//! [`scheduler`], verified and committed by the leader's [`manager`] in fenced batch transactions
+//! (leadership from [`election`]), and read back as a decision key. [`controller`] ties one
+//! replica together; [`cli`] is the command line.
 
+pub mod cache;
+pub mod cli;
+pub mod controller;
+pub mod election;
+pub mod etcd_process;
 pub mod keys;
+pub mod manager;
 pub mod model;
 pub mod scheduler;
+pub mod store;

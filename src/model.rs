@@ -115,6 +115,16 @@ macro_rules! id_type {
                 check_id(&id)?;
                 Ok(Self(id))
             }
+            /// A key segment as etcd holds it: non-empty and without `/`. The stricter checks
+            /// of [`Self::new`] are applied later, so that a long or odd id still gets an
+            /// `invalid` decision instead of silence.
+            pub fn from_key_segment(id: &str) -> Option<Self> {
+                (!id.is_empty() && !id.contains('/')).then(|| Self(id.to_string()))
+            }
+            /// The strict checks of [`Self::new`], for an id that came from a key.
+            pub fn check(&self) -> Result<(), IdError> {
+                check_id(&self.0)
+            }
             pub fn as_str(&self) -> &str {
                 &self.0
             }

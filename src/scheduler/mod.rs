@@ -270,6 +270,8 @@ pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
 pub struct Plan {
     pub engine: usize,
     pub strategy: Strategy,
+    /// No engine met the soft constraints, so they were ignored.
+    pub soft_dropped: bool,
 }
 
 /// No engine fits. The reason reads `0/12 engines fit: 7 insufficient memory, 5 constraint zone==a`.
@@ -315,7 +317,7 @@ pub fn schedule(
                         Strategy::Random => {
                             // Reservoir sampling: one pass, uniform, deterministic in `seed`.
                             let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
-                            if draw % feasible as u64 == 0 {
+                            if draw.is_multiple_of(feasible as u64) {
                                 chosen_random = Some(i);
                             }
                         }
@@ -339,7 +341,11 @@ pub fn schedule(
     };
     let (choice, rejections) = pass(true);
     if let Some(engine) = choice {
-        return Ok(Plan { engine, strategy });
+        return Ok(Plan {
+            engine,
+            strategy,
+            soft_dropped: false,
+        });
     }
     if p.soft.is_empty() {
         return Err(Unschedulable {
@@ -348,7 +354,11 @@ pub fn schedule(
     }
     let (choice, rejections) = pass(false);
     match choice {
-        Some(engine) => Ok(Plan { engine, strategy }),
+        Some(engine) => Ok(Plan {
+            engine,
+            strategy,
+            soft_dropped: true,
+        }),
         None => Err(Unschedulable {
             reason: explain(engines.len(), rejections, true),
         }),

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs the system packages citadel needs for building and testing:
+#   etcd, etcdctl (etcd-server, etcd-client) and protoc (protobuf-compiler).
+# Idempotent: does nothing (and prints nothing) when everything is present.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found." >&2
+    echo "install-deps: install a Rust toolchain (edition 2024, Rust >= 1.85) and put cargo on PATH;" >&2
+    echo "install-deps: it cannot be installed automatically here (rustup is not reachable)." >&2
+    exit 1
+fi
+
+# command -> Debian package
+declare -A packages=(
+    [etcd]=etcd-server
+    [etcdctl]=etcd-client
+    [protoc]=protobuf-compiler
+)
+
+missing=()
+for cmd in etcd etcdctl protoc; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("${packages[$cmd]}")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: missing packages: ${missing[*]}, and apt-get is not available;" >&2
+    echo "install-deps: install etcd, etcdctl and protoc by other means." >&2
+    exit 1
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-deps: missing packages: ${missing[*]}; run as root or install sudo." >&2
+        exit 1
+    fi
+    sudo=(sudo)
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+${sudo[@]+"${sudo[@]}"} apt-get update -qq
+${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+for cmd in etcd etcdctl protoc; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        echo "install-deps: $cmd still not found after installing ${missing[*]}" >&2
+        exit 1
+    fi
+done

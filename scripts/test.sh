@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, the docker-compose file and
+# every test target. Extra arguments are passed to `cargo test`, e.g.
+#   scripts/test.sh -- --nocapture
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies (scripts/install-deps.sh)"
+bash scripts/install-deps.sh
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "docker-compose -f docker-compose.etcd.yml config -q"
+if command -v docker-compose >/dev/null 2>&1; then
+    docker-compose -f docker-compose.etcd.yml config -q
+else
+    echo "docker-compose not installed; skipping the compose file check"
+fi
+
+step "cargo test --all-targets${*:+ $*}"
+cargo test --all-targets "$@"

@@ -1,0 +1,803 @@
+//! One watch-fed view of everything under the prefix: engines, requests, decisions, reservations
+//! and the election's keys.
+//!
+//! The watch task is the only writer ([`Cache::run`]); the leader and the CLI read snapshots.
+//! The loop is a small state machine, as kube-runtime's watcher is: `List` reads every key at one
+//! revision, `Watch` follows from the next revision, and a compacted or cancelled watch goes back
+//! to `List`. A broken stream resumes from the last revision seen, so nothing is applied twice.
+//!
+//! Besides mirroring etcd, the cache classifies every request as it changes, so the leader finds
+//! its work without scanning: `pending` (needs a decision), `releases` (a reservation or decision
+//! whose request is gone or changed) and `waiting` (unschedulable until capacity changes).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use etcd_client::{Client, EventType, KeyValue, WatchOptions};
+use tokio::sync::{mpsc, watch};
+
+use crate::keys::{Key, Keys};
+use crate::model::{
+    ClusterInfo, Decision, EngineId, EngineSpec, HostPort, Invalid, MemoryMb, Millicpus, Request,
+    RequestId, Reservation, Status,
+};
+use crate::scheduler::EngineView;
+use crate::store::{self, StoreError};
+
+/// Keys per range page when (re)listing.
+const LIST_PAGE: i64 = 2_000;
+
+#[derive(Debug, Clone)]
+pub struct RequestEntry {
+    pub mod_revision: i64,
+    /// The request as written: parsed JSON, or a string when it was not JSON.
+    pub container: Arc<serde_json::Value>,
+    pub parsed: Result<Arc<Request>, Invalid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecisionEntry {
+    pub mod_revision: i64,
+    pub status: Status,
+    pub reason: String,
+    pub request_revision: i64,
+    pub engine: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct ReservationEntry {
+    engine: EngineId,
+    cpus: Millicpus,
+    memory: MemoryMb,
+    ports: Vec<HostPort>,
+}
+
+#[derive(Debug, Clone)]
+struct EngineEntry {
+    mod_revision: i64,
+    spec: Result<(EngineSpec, EngineView), Invalid>,
+}
+
+/// What one engine holds, summed over its reservations. Ports are counted so that a (wrong)
+/// double booking made by hand does not free the port when one of the two is released.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub ports: BTreeMap<HostPort, u32>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Pending(i64),
+    Release,
+    Waiting,
+}
+
+/// A unit of work for the leader, read from one snapshot.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Decide a request that has no current decision.
+    Decide {
+        id: RequestId,
+        request_revision: i64,
+        /// Mod revision of the existing decision key (0 if none): the commit is fenced on it.
+        decision_revision: i64,
+        previous: Option<(Status, String)>,
+        container: Arc<serde_json::Value>,
+        parsed: Result<Arc<Request>, Invalid>,
+    },
+    /// Delete the decision and reservations of a request that is gone or changed.
+    Release {
+        id: RequestId,
+        /// The request's mod revision if it still exists (then it is decided anew), else `None`.
+        request_revision: Option<i64>,
+        decision: bool,
+        reservations: Vec<EngineId>,
+    },
+}
+
+impl Work {
+    pub fn id(&self) -> &RequestId {
+        match self {
+            Work::Decide { id, .. } | Work::Release { id, .. } => id,
+        }
+    }
+}
+
+/// Engines with their usage applied, plus the work the leader should do next.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub revision: i64,
+    /// Bumped whenever capacity may have grown; an unschedulable verdict is kept per epoch.
+    pub capacity_epoch: u64,
+    /// Sorted by engine id; only engines whose JSON is valid.
+    pub engines: Vec<EngineView>,
+    pub engine_revisions: Vec<i64>,
+    pub work: Vec<Work>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// Every event up to this revision is applied.
+    pub revision: i64,
+    overcommit: f64,
+    engines: BTreeMap<EngineId, EngineEntry>,
+    requests: HashMap<RequestId, RequestEntry>,
+    decisions: HashMap<RequestId, DecisionEntry>,
+    reservations: HashMap<RequestId, Vec<ReservationEntry>>,
+    usage: HashMap<EngineId, Usage>,
+    /// Election keys with their create revisions.
+    leaders: BTreeMap<String, (i64, Vec<u8>)>,
+    class: HashMap<RequestId, Class>,
+    pending: BTreeSet<(i64, RequestId)>,
+    releases: BTreeSet<RequestId>,
+    waiting: HashSet<RequestId>,
+    capacity_epoch: u64,
+    /// The capacity epoch a request was last found unschedulable in, by the leader.
+    parked_in: HashMap<RequestId, u64>,
+}
+
+impl State {
+    pub fn new(overcommit: f64) -> Self {
+        State {
+            overcommit,
+            ..State::default()
+        }
+    }
+
+    /// Replaces everything with a fresh list taken at `revision`.
+    pub fn reset(&mut self, keys: &Keys, kvs: &[KeyValue], revision: i64) {
+        let parked = std::mem::take(&mut self.parked_in);
+        let epoch = self.capacity_epoch;
+        *self = State::new(self.overcommit);
+        self.capacity_epoch = epoch + 1;
+        self.parked_in = parked;
+        for kv in kvs {
+            self.put(keys, kv);
+        }
+        self.revision = revision;
+        let ids: Vec<RequestId> = self
+            .requests
+            .keys()
+            .chain(self.decisions.keys())
+            .chain(self.reservations.keys())
+            .cloned()
+            .collect();
+        for id in ids {
+            self.classify(&id);
+        }
+    }
+
+    /// Applies one watch event. Events arrive in revision order, once each.
+    pub fn apply(&mut self, keys: &Keys, kind: EventType, kv: &KeyValue) {
+        match kind {
+            EventType::Put => self.put(keys, kv),
+            EventType::Delete => self.delete(keys, kv),
+        }
+    }
+
+    fn put(&mut self, keys: &Keys, kv: &KeyValue) {
+        let Some(key) = keys.parse(kv.key()) else {
+            return;
+        };
+        match key {
+            Key::Engine(id) => {
+                let spec = EngineSpec::parse(&id, kv.value()).map(|s| {
+                    let view = EngineView::new(&s, self.overcommit);
+                    (s, view)
+                });
+                if let Err(e) = &spec {
+                    tracing::warn!(engine = %id, error = %e, "engine ignored: invalid JSON");
+                }
+                self.engines.insert(
+                    id,
+                    EngineEntry {
+                        mod_revision: kv.mod_revision(),
+                        spec,
+                    },
+                );
+                self.capacity_changed();
+            }
+            Key::Request(id) => {
+                let (container, parsed) = match Request::parse(kv.value()) {
+                    Ok((v, r)) => (v, Ok(Arc::new(r))),
+                    Err((v, e)) => (v, Err(e)),
+                };
+                let parsed = match id.check() {
+                    Err(e) => Err(Invalid(format!("id: {e}"))),
+                    Ok(()) => parsed,
+                };
+                self.requests.insert(
+                    id.clone(),
+                    RequestEntry {
+                        mod_revision: kv.mod_revision(),
+                        container: Arc::new(container),
+                        parsed,
+                    },
+                );
+                self.classify(&id);
+            }
+            Key::BadRequest(raw, err) => {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), raw_id = %raw, error = %err,
+                    "request key cannot name a decision; ignored");
+            }
+            Key::Decision(id) => {
+                match serde_json::from_slice::<Decision>(kv.value()) {
+                    Ok(d) => {
+                        self.decisions.insert(
+                            id.clone(),
+                            DecisionEntry {
+                                mod_revision: kv.mod_revision(),
+                                status: d.status,
+                                reason: d.reason,
+                                request_revision: d.request_revision,
+                                engine: d.resource.map(|r| r.id),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        // Not ours (written by hand?): decide the request anew over it.
+                        tracing::warn!(request = %id, error = %e, "unreadable decision");
+                        self.decisions.insert(
+                            id.clone(),
+                            DecisionEntry {
+                                mod_revision: kv.mod_revision(),
+                                status: Status::Invalid,
+                                reason: String::new(),
+                                request_revision: -1,
+                                engine: None,
+                            },
+                        );
+                    }
+                }
+                self.classify(&id);
+            }
+            Key::Reservation(engine, id) => {
+                let held = match serde_json::from_slice::<Reservation>(kv.value()) {
+                    Ok(r) => r.held(),
+                    Err(e) => {
+                        tracing::warn!(engine = %engine, request = %id, error = %e,
+                            "unreadable reservation; its request will be released");
+                        crate::model::Held {
+                            cpus: Millicpus(0),
+                            memory: MemoryMb(0),
+                            ports: vec![],
+                        }
+                    }
+                };
+                let list = self.reservations.entry(id.clone()).or_default();
+                if let Some(old) = list.iter().position(|r| r.engine == engine) {
+                    let old = list.remove(old);
+                    release_usage(&mut self.usage, &old);
+                }
+                let entry = ReservationEntry {
+                    engine,
+                    cpus: held.cpus,
+                    memory: held.memory,
+                    ports: held.ports,
+                };
+                let u = self.usage.entry(entry.engine.clone()).or_default();
+                u.cpus.0 = u.cpus.0.saturating_add(entry.cpus.0);
+                u.memory.0 = u.memory.0.saturating_add(entry.memory.0);
+                u.count += 1;
+                for p in &entry.ports {
+                    *u.ports.entry(*p).or_default() += 1;
+                }
+                self.reservations.entry(id.clone()).or_default().push(entry);
+                self.classify(&id);
+            }
+            Key::Leader(suffix) => {
+                self.leaders
+                    .insert(suffix, (kv.create_revision(), kv.value().to_vec()));
+            }
+            Key::Health(_) => {}
+        }
+    }
+
+    fn delete(&mut self, keys: &Keys, kv: &KeyValue) {
+        let Some(key) = keys.parse(kv.key()) else {
+            return;
+        };
+        match key {
+            Key::Engine(id) => {
+                self.engines.remove(&id);
+                self.capacity_changed();
+            }
+            Key::Request(id) => {
+                self.requests.remove(&id);
+                self.parked_in.remove(&id);
+                self.classify(&id);
+            }
+            Key::Decision(id) => {
+                self.decisions.remove(&id);
+                self.classify(&id);
+            }
+            Key::Reservation(engine, id) => {
+                if let Some(list) = self.reservations.get_mut(&id) {
+                    if let Some(i) = list.iter().position(|r| r.engine == engine) {
+                        let old = list.remove(i);
+                        release_usage(&mut self.usage, &old);
+                    }
+                    if list.is_empty() {
+                        self.reservations.remove(&id);
+                    }
+                }
+                self.classify(&id);
+                self.capacity_changed();
+            }
+            Key::Leader(suffix) => {
+                self.leaders.remove(&suffix);
+            }
+            Key::BadRequest(..) | Key::Health(_) => {}
+        }
+    }
+
+    /// Capacity may have grown: every unschedulable request gets another look.
+    fn capacity_changed(&mut self) {
+        self.capacity_epoch += 1;
+        let waiting: Vec<RequestId> = self.waiting.drain().collect();
+        for id in waiting {
+            self.class.remove(&id);
+            self.classify(&id);
+        }
+    }
+
+    /// Puts a request in the one work set its current state calls for.
+    fn classify(&mut self, id: &RequestId) {
+        let new = self.class_of(id);
+        let old = self.class.get(id).copied();
+        if old == new {
+            return;
+        }
+        match old {
+            Some(Class::Pending(rev)) => {
+                self.pending.remove(&(rev, id.clone()));
+            }
+            Some(Class::Release) => {
+                self.releases.remove(id);
+            }
+            Some(Class::Waiting) => {
+                self.waiting.remove(id);
+            }
+            None => {}
+        }
+        match new {
+            Some(Class::Pending(rev)) => {
+                self.pending.insert((rev, id.clone()));
+            }
+            Some(Class::Release) => {
+                self.releases.insert(id.clone());
+            }
+            Some(Class::Waiting) => {
+                self.waiting.insert(id.clone());
+            }
+            None => {}
+        }
+        match new {
+            Some(c) => self.class.insert(id.clone(), c),
+            None => self.class.remove(id),
+        };
+    }
+
+    fn class_of(&self, id: &RequestId) -> Option<Class> {
+        let reserved = self.reservations.get(id).is_some_and(|l| !l.is_empty());
+        let decision = self.decisions.get(id);
+        let Some(request) = self.requests.get(id) else {
+            return (decision.is_some() || reserved).then_some(Class::Release);
+        };
+        let pending = Class::Pending(request.mod_revision);
+        let Some(d) = decision else {
+            return Some(if reserved { Class::Release } else { pending });
+        };
+        if d.request_revision != request.mod_revision {
+            return Some(if reserved { Class::Release } else { pending });
+        }
+        match d.status {
+            // A placed decision whose reservation is gone is no longer true: decide again.
+            Status::Placed => (!reserved).then_some(Class::Release),
+            Status::Invalid => reserved.then_some(Class::Release),
+            Status::Unschedulable if reserved => Some(Class::Release),
+            Status::Unschedulable => {
+                if self.parked_in.get(id) == Some(&self.capacity_epoch) {
+                    Some(Class::Waiting)
+                } else {
+                    Some(pending)
+                }
+            }
+        }
+    }
+
+    /// The leader found `id` unschedulable in `epoch` and wrote nothing new: keep it off the
+    /// pending set until capacity changes after that epoch.
+    pub fn park(&mut self, id: &RequestId, epoch: u64) {
+        self.parked_in.insert(id.clone(), epoch);
+        self.classify(id);
+    }
+
+    /// Remembers the epoch an unschedulable decision was computed in, before its write is seen.
+    pub fn note_unschedulable(&mut self, id: &RequestId, epoch: u64) {
+        self.parked_in.insert(id.clone(), epoch);
+    }
+
+    /// Engines with usage, and up to `max_work` work items not in `skip`.
+    pub fn snapshot(&self, max_work: usize, skip: &HashSet<RequestId>) -> Snapshot {
+        let mut engines = Vec::with_capacity(self.engines.len());
+        let mut engine_revisions = Vec::with_capacity(self.engines.len());
+        for (id, entry) in &self.engines {
+            if let Ok((_, view)) = &entry.spec {
+                let mut view = view.clone();
+                if let Some(u) = self.usage.get(id) {
+                    view.reserved_cpus = u.cpus;
+                    view.reserved_memory = u.memory;
+                    view.ports = u.ports.keys().copied().collect();
+                }
+                engines.push(view);
+                engine_revisions.push(entry.mod_revision);
+            }
+        }
+        let mut work = Vec::new();
+        for id in &self.releases {
+            if work.len() >= max_work {
+                break;
+            }
+            if skip.contains(id) {
+                continue;
+            }
+            work.push(Work::Release {
+                id: id.clone(),
+                request_revision: self.requests.get(id).map(|r| r.mod_revision),
+                decision: self.decisions.contains_key(id),
+                reservations: self
+                    .reservations
+                    .get(id)
+                    .map(|l| l.iter().map(|r| r.engine.clone()).collect())
+                    .unwrap_or_default(),
+            });
+        }
+        for (rev, id) in &self.pending {
+            if work.len() >= max_work {
+                break;
+            }
+            if skip.contains(id) {
+                continue;
+            }
+            let Some(r) = self.requests.get(id) else {
+                continue;
+            };
+            let d = self.decisions.get(id);
+            work.push(Work::Decide {
+                id: id.clone(),
+                request_revision: *rev,
+                decision_revision: d.map(|d| d.mod_revision).unwrap_or(0),
+                previous: d.map(|d| (d.status, d.reason.clone())),
+                container: r.container.clone(),
+                parsed: r.parsed.clone(),
+            });
+        }
+        Snapshot {
+            revision: self.revision,
+            capacity_epoch: self.capacity_epoch,
+            engines,
+            engine_revisions,
+            work,
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len() + self.releases.len()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether an election key with this suffix... or full key, is still present.
+    pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
+        match keys.parse(key) {
+            Some(Key::Leader(suffix)) => self.leaders.contains_key(&suffix),
+            _ => false,
+        }
+    }
+
+    /// The current leader's value: the campaign key with the lowest create revision.
+    pub fn leader_value(&self) -> Option<Vec<u8>> {
+        self.leaders
+            .values()
+            .min_by_key(|(rev, _)| *rev)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
+        self.decisions.get(id)
+    }
+
+    pub fn request(&self, id: &RequestId) -> Option<&RequestEntry> {
+        self.requests.get(id)
+    }
+
+    /// The seed's `ClusterInfo` for the whole cluster.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let mut info = ClusterInfo::default();
+        let mut images = BTreeSet::new();
+        for entry in self.engines.values() {
+            if let Ok((spec, _)) = &entry.spec {
+                info.engine_count += 1;
+                info.cpus += spec.wire.cpus;
+                info.memory += spec.wire.memory;
+            }
+        }
+        for u in self.usage.values() {
+            info.reserved_cpus += u.cpus.as_cpus();
+            info.reserved_memory += u.memory.0 as f64;
+            info.container_count += u.count;
+        }
+        for (id, d) in &self.decisions {
+            if d.status == Status::Placed
+                && let Some(Ok(r)) = self.requests.get(id).map(|r| &r.parsed)
+            {
+                images.insert(r.image.name.clone());
+            }
+        }
+        info.image_count = images.len() as u64;
+        info
+    }
+
+    /// One row per engine: the seed's `EngineSnapshot`, plus whether its JSON is valid.
+    pub fn engine_rows(&self) -> Vec<(crate::model::EngineSnapshot, String, Option<String>)> {
+        self.engines
+            .iter()
+            .map(|(id, entry)| {
+                let u = self.usage.get(id).cloned().unwrap_or_default();
+                match &entry.spec {
+                    Ok((spec, _)) => (
+                        crate::model::EngineSnapshot {
+                            id: id.to_string(),
+                            cpus: spec.wire.cpus,
+                            memory: spec.wire.memory,
+                            reserved_cpus: u.cpus.as_cpus(),
+                            reserved_memory: u.memory.0 as f64,
+                            ..Default::default()
+                        },
+                        spec.addr.clone(),
+                        None,
+                    ),
+                    Err(e) => (
+                        crate::model::EngineSnapshot {
+                            id: id.to_string(),
+                            ..Default::default()
+                        },
+                        String::new(),
+                        Some(e.to_string()),
+                    ),
+                }
+            })
+            .collect()
+    }
+}
+
+fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {
+    if let Some(u) = usage.get_mut(&r.engine) {
+        u.cpus.0 = u.cpus.0.saturating_sub(r.cpus.0);
+        u.memory.0 = u.memory.0.saturating_sub(r.memory.0);
+        u.count = u.count.saturating_sub(1);
+        for p in &r.ports {
+            if let Some(n) = u.ports.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    u.ports.remove(p);
+                }
+            }
+        }
+        if u.count == 0 {
+            usage.remove(&r.engine);
+        }
+    }
+}
+
+/// The shared cache: one writer (the watch task), many readers.
+pub struct Cache {
+    keys: Keys,
+    // A std mutex: nothing awaits while holding it, and every critical section is short.
+    state: Mutex<State>,
+    /// The applied revision, published after every change; readers wait on it.
+    revision: watch::Sender<i64>,
+    progress: mpsc::Sender<()>,
+    progress_rx: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    List,
+    Watch { from: i64 },
+}
+
+impl Cache {
+    pub fn new(keys: Keys, overcommit: f64) -> Arc<Self> {
+        let (progress, progress_rx) = mpsc::channel(4);
+        Arc::new(Cache {
+            keys,
+            state: Mutex::new(State::new(overcommit)),
+            revision: watch::channel(0).0,
+            progress,
+            progress_rx: Mutex::new(Some(progress_rx)),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The state, for a short read or a `park`. Never hold it across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as any single event
+        // leaves it; carry on rather than take the whole replica down.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// A receiver that sees every applied revision.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    /// Waits until every event up to `rev` is applied, asking etcd for a progress report so that
+    /// an idle watch still moves forward. False on timeout.
+    pub async fn wait_for(&self, rev: i64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *rx.borrow_and_update() >= rev {
+                return true;
+            }
+            let _ = self.progress.try_send(());
+            let tick = tokio::time::sleep(Duration::from_millis(200));
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return false; },
+                _ = tick => {},
+                _ = tokio::time::sleep_until(deadline) => return *rx.borrow() >= rev,
+            }
+        }
+    }
+
+    /// Loads everything once at one revision (for one-shot CLI commands).
+    pub async fn load(&self, client: &Client) -> Result<(), StoreError> {
+        let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
+        self.lock().reset(&self.keys, &kvs, rev);
+        self.revision.send_replace(rev);
+        Ok(())
+    }
+
+    /// Keeps the cache in step with etcd until `shutdown` turns true. Errors are logged and
+    /// retried with backoff; this returns only on shutdown.
+    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
+        let Some(mut progress_rx) = self.progress_rx.lock().ok().and_then(|mut g| g.take()) else {
+            tracing::error!("cache watch started twice");
+            return;
+        };
+        let mut phase = Phase::List;
+        let mut delays = store::backoff().without_max_times().build();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let outcome = match phase {
+                Phase::List => self
+                    .list(&client)
+                    .await
+                    .map(|rev| Phase::Watch { from: rev + 1 }),
+                Phase::Watch { from } => {
+                    self.follow(&client, from, &mut shutdown, &mut progress_rx)
+                        .await
+                }
+            };
+            match outcome {
+                Ok(next) => {
+                    delays = store::backoff().without_max_times().build();
+                    phase = next;
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in = ?delay, phase = ?phase, "cache: etcd call failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list(&self, client: &Client) -> Result<i64, StoreError> {
+        let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
+        let count = kvs.len();
+        self.lock().reset(&self.keys, &kvs, rev);
+        self.revision.send_replace(rev);
+        tracing::info!(revision = rev, keys = count, "cache listed");
+        Ok(rev)
+    }
+
+    /// Follows the watch from `from`. Returns the next phase: `Watch` to resume after a broken
+    /// stream, `List` after a compaction or cancellation.
+    async fn follow(
+        &self,
+        client: &Client,
+        from: i64,
+        shutdown: &mut watch::Receiver<bool>,
+        progress_rx: &mut mpsc::Receiver<()>,
+    ) -> Result<Phase, StoreError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = client
+            .watch_client()
+            .watch(self.keys.root(), Some(opts))
+            .await?;
+        let mut next = from;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.changed() => return Ok(Phase::Watch { from: next }),
+                Some(()) = progress_rx.recv() => {
+                    // Best effort: a failed request shows up as a broken stream below.
+                    let _ = stream.request_progress().await;
+                    continue;
+                }
+                msg = stream.message() => msg,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::info!(resume_from = next, "watch stream ended; resuming");
+                    return Ok(Phase::Watch { from: next });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, resume_from = next, "watch stream broke; resuming");
+                    return Err(StoreError::Etcd(e));
+                }
+            };
+            if resp.compact_revision() > 0 {
+                tracing::warn!(
+                    compacted = resp.compact_revision(),
+                    wanted = next,
+                    "watch revision compacted; listing again"
+                );
+                return Ok(Phase::List);
+            }
+            if resp.canceled() {
+                tracing::warn!(
+                    reason = resp.cancel_reason(),
+                    "watch cancelled; listing again"
+                );
+                return Ok(Phase::List);
+            }
+            let header_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let mut applied = next - 1;
+            {
+                let mut state = self.lock();
+                for ev in resp.events() {
+                    if let Some(kv) = ev.kv() {
+                        state.apply(&self.keys, ev.event_type(), kv);
+                        applied = applied.max(kv.mod_revision());
+                    }
+                }
+                // A progress notification (no events, not the creation reply) is only sent to a
+                // synced watcher: everything up to its header revision has been delivered.
+                let rev = if resp.events().is_empty() && !resp.created() {
+                    applied.max(header_rev)
+                } else {
+                    applied
+                };
+                state.revision = state.revision.max(rev);
+                next = state.revision + 1;
+            }
+            self.revision.send_replace(next - 1);
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The `citadel` command line.
+
+use std::io::Read;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+
+use crate::cache::Cache;
+use crate::controller::{self, ControllerConfig};
+use crate::keys::Keys;
+use crate::manager::ManagerConfig;
+use crate::model::{Decision, Engine, EngineId, EngineSpec, Request, RequestId, Status};
+use crate::scheduler::Schedulers;
+use crate::store::{self, CALL_TIMEOUT, StoreError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "citadel",
+    version,
+    about = "A Docker container scheduler whose registry is etcd"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd: Vec<String>,
+    /// Key prefix everything lives under.
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_PREFIX",
+        default_value = "/citadel"
+    )]
+    pub prefix: String,
+    /// Log format of long-running commands.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a controller replica (leader election, scheduling, commits).
+    Controller(ControllerArgs),
+    /// Register, list and remove Docker engines.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+    /// Submit a request (a JSON file, or - for standard input).
+    Submit(SubmitArgs),
+    /// Show the decision for a request.
+    Status { id: String },
+    /// Cluster summary (the seed's ClusterInfo) and a table of engines.
+    Ls,
+    /// Release a request: deletes it; the leader frees its reservation and removes its decision.
+    Release { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// This replica's id (default: hostname-pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Address shown in the leader key (informational).
+    #[arg(long, default_value = "")]
+    pub addr: String,
+    /// Lease TTL in seconds: how long a dead leader keeps the lead.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=600))]
+    pub lease_ttl: i64,
+    /// TYPE=STRATEGY (spread, binpack, random); defaults: service=spread, batch=binpack.
+    #[arg(long = "scheduler")]
+    pub schedulers: Vec<String>,
+    /// Capacity multiplier for every engine (1.0 = never overcommit).
+    #[arg(long, default_value_t = 1.0)]
+    pub overcommit: f64,
+    /// Scheduler worker threads (default: the number of cpus).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// Register (or update) an engine.
+    Add(EngineAddArgs),
+    /// List engines with reserved and total resources.
+    Ls,
+    /// Remove an engine.
+    Rm {
+        id: String,
+        /// Remove it even though placements still hold resources on it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EngineAddArgs {
+    pub id: String,
+    /// Docker API address, e.g. tcp://10.0.0.5:2375 or unix:///var/run/docker.sock.
+    #[arg(long)]
+    pub addr: String,
+    #[arg(long)]
+    pub cpus: f64,
+    /// Memory in MB.
+    #[arg(long)]
+    pub memory: f64,
+    /// key=value or a bare key; repeat for several.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub tls_ca: Option<String>,
+    #[arg(long)]
+    pub tls_cert: Option<String>,
+    #[arg(long)]
+    pub tls_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A JSON file, or - for standard input.
+    pub file: String,
+    /// Request id (default: a new UUID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Wait for the decision and print it; exit 0 if placed, 2 if not.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// A CLI failure: printed as one line, exit code 1 (2 for "decided, but not placed").
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotPlaced(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NotPlaced(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let keys = Keys::new(&cli.global.prefix).map_err(|e| CliError::Usage(e.to_string()))?;
+    let endpoints = cli.global.etcd.clone();
+    match cli.command {
+        Command::Controller(args) => run_controller(args, keys, endpoints).await,
+        command => {
+            let client = store::connect(&endpoints, Some(Duration::from_secs(5))).await?;
+            match command {
+                Command::Engine(EngineCommand::Add(a)) => engine_add(&client, &keys, a).await,
+                Command::Engine(EngineCommand::Ls) | Command::Ls => {
+                    let summary = matches!(command, Command::Ls);
+                    ls(&client, &keys, summary).await
+                }
+                Command::Engine(EngineCommand::Rm { id, force }) => {
+                    engine_rm(&client, &keys, &id, force).await
+                }
+                Command::Submit(a) => submit(&client, &keys, a).await,
+                Command::Status { id } => status(&client, &keys, &id).await,
+                Command::Release { id } => release(&client, &keys, &id).await,
+                Command::Controller(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+async fn run_controller(
+    args: ControllerArgs,
+    keys: Keys,
+    endpoints: Vec<String>,
+) -> Result<(), CliError> {
+    let schedulers = Schedulers::with_overrides(&args.schedulers).map_err(CliError::Usage)?;
+    if !(args.overcommit.is_finite() && args.overcommit > 0.0 && args.overcommit <= 100.0) {
+        return Err(CliError::Usage(format!(
+            "--overcommit {}: expected a number in (0, 100]",
+            args.overcommit
+        )));
+    }
+    let replica = match args.id {
+        Some(id) => EngineId::new(&id)
+            .map(|_| id)
+            .map_err(|e| CliError::Usage(format!("--id: {e}")))?,
+        None => format!(
+            "{}-{}",
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "replica".into()),
+            std::process::id()
+        ),
+    };
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let cfg = ControllerConfig {
+        endpoints,
+        keys,
+        manager: ManagerConfig {
+            replica,
+            schedulers,
+            workers: workers.max(1),
+        },
+        addr: args.addr,
+        lease_ttl: args.lease_ttl,
+        overcommit: args.overcommit,
+    };
+    controller::run(cfg, controller::shutdown_on_signals()).await;
+    Ok(())
+}
+
+fn engine_id(id: &str) -> Result<EngineId, CliError> {
+    EngineId::new(id).map_err(|e| CliError::Usage(format!("engine id: {e}")))
+}
+
+fn request_id(id: &str) -> Result<RequestId, CliError> {
+    RequestId::new(id).map_err(|e| CliError::Usage(format!("request id: {e}")))
+}
+
+async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<(), CliError> {
+    let id = engine_id(&a.id)?;
+    let wire = Engine {
+        id: id.to_string(),
+        addr: a.addr,
+        cpus: a.cpus,
+        memory: a.memory,
+        labels: a.labels,
+        tls_ca: a.tls_ca,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+    };
+    let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
+    EngineSpec::parse(&id, &value).map_err(|e| CliError::Usage(format!("engine {id}: {e}")))?;
+    let mut kv = client.kv_client();
+    timed(kv.put(keys.engine(&id), value, None)).await?;
+    println!("engine {id} registered");
+    Ok(())
+}
+
+async fn engine_rm(client: &Client, keys: &Keys, id: &str, force: bool) -> Result<(), CliError> {
+    let id = engine_id(id)?;
+    let mut kv = client.kv_client();
+    let held = timed(kv.get(
+        keys.reservations_of(&id),
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    ))
+    .await?
+    .count();
+    if held > 0 && !force {
+        return Err(CliError::Usage(format!(
+            "engine {id} still holds {held} reservation(s); release them first or use --force"
+        )));
+    }
+    let deleted = timed(kv.delete(keys.engine(&id), None)).await?.deleted();
+    if deleted == 0 {
+        return Err(CliError::Usage(format!("engine {id} is not registered")));
+    }
+    println!("engine {id} removed");
+    Ok(())
+}
+
+async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<(), CliError> {
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let state = cache.lock();
+    if summary {
+        let info = state.cluster_info();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).map_err(|e| CliError::Usage(e.to_string()))?
+        );
+        println!();
+    }
+    println!(
+        "{:<20} {:<28} {:>17} {:>21}  STATUS",
+        "ENGINE", "ADDR", "CPUS (res/total)", "MEMORY MB (res/total)"
+    );
+    for (snap, addr, error) in state.engine_rows() {
+        match error {
+            None => println!(
+                "{:<20} {:<28} {:>17} {:>21}  ok",
+                snap.id,
+                addr,
+                format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
+                format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
+            ),
+            Some(e) => println!(
+                "{:<20} {:<28} {:>17} {:>21}  invalid: {e}",
+                snap.id, "", "-", "-"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {
+    let raw = if a.file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
+        buf
+    } else {
+        std::fs::read(&a.file).map_err(|e| CliError::Usage(format!("{}: {e}", a.file)))?
+    };
+    if let Err((_, e)) = Request::parse(&raw) {
+        return Err(CliError::Usage(format!("invalid request: {e}")));
+    }
+    let id = match a.id {
+        Some(id) => request_id(&id)?,
+        None => request_id(&uuid::Uuid::new_v4().to_string())?,
+    };
+    let key = keys.request(&id);
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(key, raw, None)]);
+    let mut kv = client.kv_client();
+    let resp = timed(kv.txn(txn)).await?;
+    if !resp.succeeded() {
+        return Err(CliError::Usage(format!(
+            "request {id} already exists; release it first or pick another --id"
+        )));
+    }
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    if !a.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    let decision = wait_decision(client, keys, &id, rev, Duration::from_secs(a.timeout)).await?;
+    print_decision(&decision)
+}
+
+/// Waits for a decision on request revision `rev`, watching from that revision.
+async fn wait_decision(
+    client: &Client,
+    keys: &Keys,
+    id: &RequestId,
+    rev: i64,
+    timeout: Duration,
+) -> Result<Decision, CliError> {
+    let key = keys.decision(id);
+    let wait = async {
+        let mut stream = client
+            .watch_client()
+            .watch(
+                key.clone(),
+                Some(WatchOptions::new().with_start_revision(rev)),
+            )
+            .await?;
+        while let Some(resp) = stream.message().await? {
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv()
+                    && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
+                    && d.request_revision >= rev
+                {
+                    return Ok(d);
+                }
+            }
+        }
+        Err(CliError::Usage(
+            "watch ended before a decision arrived".into(),
+        ))
+    };
+    tokio::time::timeout(timeout, wait).await.map_err(|_| {
+        CliError::Usage(format!(
+            "no decision for {id} within {timeout:?}: is a controller running? (citadel status {id})"
+        ))
+    })?
+}
+
+fn print_decision(d: &Decision) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(d).map_err(|e| CliError::Usage(e.to_string()))?
+    );
+    match d.status {
+        Status::Placed => Ok(()),
+        other => Err(CliError::NotPlaced(format!("{other}: {}", d.reason))),
+    }
+}
+
+async fn status(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
+    let id = request_id(id)?;
+    let mut kv = client.kv_client();
+    let txn = Txn::new().and_then(vec![
+        TxnOp::get(keys.request(&id), None),
+        TxnOp::get(keys.decision(&id), None),
+    ]);
+    let resp = timed(kv.txn(txn)).await?;
+    let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let request = gets.next().and_then(|g| g.kvs().first().cloned());
+    let decision = gets.next().and_then(|g| g.kvs().first().cloned());
+    match (request, decision) {
+        (None, None) => Err(CliError::Usage(format!("no request {id}"))),
+        (Some(r), None) => {
+            println!("{id}: pending (request revision {})", r.mod_revision());
+            Ok(())
+        }
+        (r, Some(d)) => {
+            let d: Decision = serde_json::from_slice(d.value())
+                .map_err(|e| CliError::Usage(format!("decision for {id} is unreadable: {e}")))?;
+            if let Some(r) = r
+                && r.mod_revision() != d.request_revision
+            {
+                println!(
+                    "{id}: pending (request revision {}; the decision below is for revision {})",
+                    r.mod_revision(),
+                    d.request_revision
+                );
+            }
+            // `status` reports; only `submit --wait` turns "not placed" into an exit code.
+            print_decision(&d).or_else(|e| match e {
+                CliError::NotPlaced(_) => Ok(()),
+                e => Err(e),
+            })
+        }
+    }
+}
+
+async fn release(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
+    let id = request_id(id)?;
+    let mut kv = client.kv_client();
+    let deleted = timed(kv.delete(keys.request(&id), None)).await?.deleted();
+    if deleted == 0 {
+        return Err(CliError::Usage(format!("no request {id}")));
+    }
+    println!("released {id}: the leader frees its reservation and removes its decision");
+    Ok(())
+}
+
+async fn timed<T>(fut: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, CliError> {
+    Ok(tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| StoreError::Timeout(CALL_TIMEOUT))??)
+}

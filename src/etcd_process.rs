@@ -1,0 +1,596 @@
+//! A real, single-member etcd server running as a child process on loopback.
+//!
+//! Used by tests and local tooling: [`EtcdProcess::start`] picks free client
+//! and peer ports on `127.0.0.1`, puts the data directory (and the etcd log)
+//! in a fresh temporary directory, spawns `etcd` and waits until
+//! `GET /health` reports `"health":"true"`. The process can then be killed,
+//! stopped gracefully and restarted on the same data directory and ports,
+//! which makes it possible to exercise registry outages.
+//!
+//! Dropping an [`EtcdProcess`] kills the server and removes its data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long to wait for a freshly spawned etcd to report healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`EtcdProcess::stop`] waits after SIGTERM before sending SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delay between two readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Per-probe bound on connecting to / talking with the client port.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a fresh start is retried with new ports when another
+/// process grabbed one of the picked ports in the meantime.
+const PORT_RETRIES: usize = 3;
+/// Number of etcd log lines included in errors.
+const LOG_TAIL_LINES: usize = 40;
+/// Member name passed to `--name` / `--initial-cluster`.
+const MEMBER_NAME: &str = "citadel-test";
+
+/// Errors from starting or restarting an [`EtcdProcess`].
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdProcessError {
+    /// The etcd binary could not be found.
+    #[error(
+        "etcd binary `{binary}` not found; install it with `apt-get install etcd-server etcd-client` \
+         (or run scripts/install-deps.sh)"
+    )]
+    NotInstalled {
+        /// The binary that was looked for (a name searched in `PATH`, or a path).
+        binary: String,
+    },
+    /// Spawning the etcd process failed.
+    #[error("failed to spawn etcd")]
+    Spawn(#[source] io::Error),
+    /// etcd exited before it became ready.
+    #[error("etcd exited before becoming ready ({status}); last etcd log lines:\n{log_tail}")]
+    Exited {
+        /// The exit status, as displayed by the OS.
+        status: String,
+        /// The last lines of the etcd log.
+        log_tail: String,
+    },
+    /// etcd did not report healthy within 20 s.
+    #[error("etcd did not become ready within 20 s; last etcd log lines:\n{log_tail}")]
+    NotReady {
+        /// The last lines of the etcd log.
+        log_tail: String,
+    },
+    /// Filesystem or socket error while preparing the process.
+    #[error("etcd process I/O error")]
+    Io(#[from] io::Error),
+}
+
+/// Options for [`EtcdProcess::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// If set, passed as `--auto-compaction-retention` together with
+    /// `--auto-compaction-mode=revision` (e.g. `"1000"` keeps the last 1000
+    /// revisions).
+    pub auto_compaction_retention: Option<String>,
+    /// If set, passed as `--quota-backend-bytes`.
+    pub quota_bytes: Option<u64>,
+    /// The etcd binary; `etcd` from `PATH` when `None`.
+    pub binary: Option<PathBuf>,
+}
+
+/// One real etcd server process listening on `127.0.0.1`.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    // Field order matters for `Drop`: the child goes before the temp dir.
+    child: Option<Child>,
+    pid: u32,
+    spec: Spec,
+    _dir: TempDir,
+}
+
+/// Everything needed to (re)spawn the same etcd member.
+#[derive(Debug, Clone)]
+struct Spec {
+    binary: PathBuf,
+    opts: EtcdOptions,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+}
+
+/// Outcome of one spawn-and-wait attempt.
+enum Attempt {
+    Ready(Child),
+    /// etcd exited early because one of its ports was already taken.
+    PortInUse(EtcdProcessError),
+    Failed(EtcdProcessError),
+}
+
+impl EtcdProcess {
+    /// Starts etcd with default options.
+    pub async fn start() -> Result<Self, EtcdProcessError> {
+        Self::start_with(EtcdOptions::default()).await
+    }
+
+    /// Starts etcd with the given options and waits until it is healthy.
+    pub async fn start_with(opts: EtcdOptions) -> Result<Self, EtcdProcessError> {
+        let binary = resolve_binary(opts.binary.as_deref())?;
+        let dir = tempfile::Builder::new().prefix("citadel-etcd-").tempdir()?;
+        let mut retries = 0;
+        loop {
+            let (client_port, peer_port) = pick_ports()?;
+            let spec = Spec {
+                binary: binary.clone(),
+                opts: opts.clone(),
+                data_dir: dir.path().join("data"),
+                log_path: dir.path().join("etcd.log"),
+                client_port,
+                peer_port,
+            };
+            match spec.spawn_and_wait().await {
+                Attempt::Ready(child) => {
+                    let process = EtcdProcess {
+                        pid: child.id().unwrap_or(0),
+                        child: Some(child),
+                        spec,
+                        _dir: dir,
+                    };
+                    tracing::debug!(
+                        pid = process.pid,
+                        endpoint = %process.endpoint(),
+                        data_dir = %process.spec.data_dir.display(),
+                        log = %process.spec.log_path.display(),
+                        "etcd started"
+                    );
+                    return Ok(process);
+                }
+                Attempt::PortInUse(_) if retries < PORT_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(
+                        client_port,
+                        peer_port,
+                        retries,
+                        "etcd port already in use, retrying with new ports"
+                    );
+                    // etcd binds its listeners before creating the data dir,
+                    // but never reuse a half-initialised one.
+                    if spec.data_dir.exists() {
+                        std::fs::remove_dir_all(&spec.data_dir)?;
+                    }
+                }
+                Attempt::PortInUse(err) | Attempt::Failed(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.spec.client_port)
+    }
+
+    /// The OS process id of the most recently started etcd process.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The etcd data directory (inside the temporary directory).
+    pub fn data_dir(&self) -> &Path {
+        &self.spec.data_dir
+    }
+
+    /// Kills etcd with SIGKILL and reaps it. No-op if it is not running.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            tracing::debug!(pid = self.pid, "etcd killed");
+        }
+    }
+
+    /// Stops etcd with SIGTERM, waits up to 10 s for it to exit, then falls
+    /// back to SIGKILL. No-op if it is not running.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id()
+            && terminate(pid)
+        {
+            if timeout(STOP_TIMEOUT, child.wait()).await.is_ok() {
+                tracing::debug!(pid, "etcd stopped");
+                return;
+            }
+            tracing::debug!(pid, "etcd ignored SIGTERM for 10 s, killing it");
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+
+    /// Restarts etcd on the same data directory and ports and waits until it
+    /// is healthy. A still running process is stopped gracefully first.
+    pub async fn restart(&mut self) -> Result<(), EtcdProcessError> {
+        self.stop().await;
+        match self.spec.spawn_and_wait().await {
+            Attempt::Ready(child) => {
+                self.pid = child.id().unwrap_or(0);
+                self.child = Some(child);
+                tracing::debug!(pid = self.pid, endpoint = %self.endpoint(), "etcd restarted");
+                Ok(())
+            }
+            Attempt::PortInUse(err) | Attempt::Failed(err) => Err(err),
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+            // Give the kernel a moment to tear the process down so that the
+            // temporary directory is not removed under a live etcd.
+            for _ in 0..100 {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+impl Spec {
+    /// Spawns etcd and waits until it is healthy. On failure the child has
+    /// been killed and reaped.
+    async fn spawn_and_wait(&self) -> Attempt {
+        let log_start = std::fs::metadata(&self.log_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut child = match self.spawn() {
+            Ok(child) => child,
+            Err(err) => return Attempt::Failed(err),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let err = EtcdProcessError::Exited {
+                        status: status.to_string(),
+                        log_tail: log_tail(&self.log_path),
+                    };
+                    // Only look at what this run logged.
+                    return if read_log_from(&self.log_path, log_start)
+                        .contains("address already in use")
+                    {
+                        Attempt::PortInUse(err)
+                    } else {
+                        Attempt::Failed(err)
+                    };
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Attempt::Failed(EtcdProcessError::Io(err));
+                }
+            }
+            if health_ok(self.client_port).await {
+                return Attempt::Ready(child);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Attempt::Failed(EtcdProcessError::NotReady {
+                    log_tail: log_tail(&self.log_path),
+                });
+            }
+            sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn spawn(&self) -> Result<Child, EtcdProcessError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let stdout = log.try_clone()?;
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+
+        let mut cmd = Command::new(&self.binary);
+        // etcd also reads ETCD_* variables and refuses to start when one
+        // conflicts with a flag: keep the caller's environment out of it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.arg("--name")
+            .arg(MEMBER_NAME)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("{MEMBER_NAME}={peer_url}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-outputs")
+            .arg(&self.log_path);
+        if let Some(retention) = &self.opts.auto_compaction_retention {
+            cmd.arg("--auto-compaction-mode")
+                .arg("revision")
+                .arg("--auto-compaction-retention")
+                .arg(retention);
+        }
+        if let Some(quota) = self.opts.quota_bytes {
+            cmd.arg("--quota-backend-bytes").arg(quota.to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+
+        cmd.spawn().map_err(|err| {
+            if err.kind() == io::ErrorKind::NotFound {
+                EtcdProcessError::NotInstalled {
+                    binary: self.binary.display().to_string(),
+                }
+            } else {
+                EtcdProcessError::Spawn(err)
+            }
+        })
+    }
+}
+
+/// Finds the etcd binary: an explicit path is used as is, a bare name (and
+/// the default `etcd`) is searched in `PATH`.
+fn resolve_binary(binary: Option<&Path>) -> Result<PathBuf, EtcdProcessError> {
+    let wanted = binary.unwrap_or(Path::new("etcd"));
+    let not_installed = || EtcdProcessError::NotInstalled {
+        binary: wanted.display().to_string(),
+    };
+    if wanted.components().count() > 1 || wanted.is_absolute() {
+        return if is_executable(wanted) {
+            Ok(wanted.to_path_buf())
+        } else {
+            Err(not_installed())
+        };
+    }
+    let path = std::env::var_os("PATH").ok_or_else(not_installed)?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(wanted))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(not_installed)
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// Picks two distinct free ports on 127.0.0.1 (client, peer). Both listeners
+/// are held until both ports are known, then released for etcd to bind.
+fn pick_ports() -> io::Result<(u16, u16)> {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let client = TcpListener::bind(any)?;
+    let peer = TcpListener::bind(any)?;
+    Ok((client.local_addr()?.port(), peer.local_addr()?.port()))
+}
+
+/// `GET /health` over raw HTTP/1.0; true when etcd answers `"health":"true"`.
+async fn health_ok(port: u16) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        io::Result::Ok(response)
+    };
+    match timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(response)) => String::from_utf8_lossy(&response).contains("\"health\":\"true\""),
+        _ => false,
+    }
+}
+
+/// The log from byte `offset` on (lossy UTF-8); empty if unreadable.
+fn read_log_from(path: &Path, offset: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_default()
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of the etcd log.
+fn log_tail(path: &Path) -> String {
+    let log = read_log_from(path, 0);
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[start..].join("\n")
+}
+
+/// Sends SIGTERM; returns false when no signal could be sent.
+#[cfg(unix)]
+fn terminate(pid: u32) -> bool {
+    const SIGTERM: i32 = 15;
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: `kill(2)` has no memory-safety preconditions. The pid belongs
+    // to our own, not yet reaped child, so it cannot have been recycled.
+    unsafe { kill(pid, SIGTERM) == 0 }
+}
+
+#[cfg(not(unix))]
+fn terminate(_pid: u32) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+        let output = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(endpoint)
+            .args(args)
+            .output()
+            .expect("run etcdctl (apt-get install etcd-client)");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 etcdctl output")
+    }
+
+    #[tokio::test]
+    async fn starts_and_answers_health() {
+        let etcd = EtcdProcess::start().await.expect("start etcd");
+        assert!(etcd.endpoint().starts_with("http://127.0.0.1:"));
+        assert!(etcd.pid() > 0);
+        assert!(health_ok(etcd.spec.client_port).await);
+        assert!(etcd.data_dir().join("member").is_dir());
+    }
+
+    #[tokio::test]
+    async fn restart_keeps_data_and_ports() {
+        let mut etcd = EtcdProcess::start_with(EtcdOptions {
+            auto_compaction_retention: Some("1000".into()),
+            quota_bytes: Some(64 * 1024 * 1024),
+            binary: None,
+        })
+        .await
+        .expect("start etcd");
+        let endpoint = etcd.endpoint();
+        let first_pid = etcd.pid();
+        etcdctl(&endpoint, &["put", "/citadel/test/key", "survives"]);
+
+        etcd.restart().await.expect("restart etcd");
+        assert_eq!(etcd.endpoint(), endpoint);
+        assert_ne!(etcd.pid(), first_pid);
+        let value = etcdctl(
+            &endpoint,
+            &["get", "/citadel/test/key", "--print-value-only"],
+        );
+        assert_eq!(value.trim(), "survives");
+
+        // Also after a crash.
+        etcd.kill().await;
+        etcd.restart().await.expect("restart after kill");
+        let value = etcdctl(
+            &endpoint,
+            &["get", "/citadel/test/key", "--print-value-only"],
+        );
+        assert_eq!(value.trim(), "survives");
+    }
+
+    #[tokio::test]
+    async fn kill_makes_endpoint_stop_answering() {
+        let mut etcd = EtcdProcess::start().await.expect("start etcd");
+        let port = etcd.spec.client_port;
+        assert!(health_ok(port).await);
+        etcd.kill().await;
+        assert!(!health_ok(port).await);
+        assert!(
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .is_err()
+        );
+        // Killing twice is harmless.
+        etcd.kill().await;
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_gracefully() {
+        let mut etcd = EtcdProcess::start().await.expect("start etcd");
+        let port = etcd.spec.client_port;
+        etcd.stop().await;
+        assert!(!health_ok(port).await);
+        let log = log_tail(&etcd.spec.log_path);
+        assert!(log.contains("received signal"), "log: {log}");
+    }
+
+    #[tokio::test]
+    async fn drop_removes_data_dir() {
+        let etcd = EtcdProcess::start().await.expect("start etcd");
+        let data_dir = etcd.data_dir().to_path_buf();
+        let port = etcd.spec.client_port;
+        drop(etcd);
+        assert!(!data_dir.exists());
+        assert!(!health_ok(port).await);
+    }
+
+    #[tokio::test]
+    async fn taken_port_is_detected_as_port_in_use() {
+        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let (_, peer_port) = pick_ports().expect("ports");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = Spec {
+            binary: resolve_binary(None).expect("etcd installed"),
+            opts: EtcdOptions::default(),
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("etcd.log"),
+            client_port: squatter.local_addr().expect("addr").port(),
+            peer_port,
+        };
+        match spec.spawn_and_wait().await {
+            Attempt::PortInUse(EtcdProcessError::Exited { log_tail, .. }) => {
+                assert!(log_tail.contains("address already in use"), "{log_tail}");
+            }
+            Attempt::PortInUse(err) | Attempt::Failed(err) => panic!("unexpected: {err}"),
+            Attempt::Ready(_) => panic!("etcd started on a taken port"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_not_installed() {
+        let err = EtcdProcess::start_with(EtcdOptions {
+            binary: Some("/nonexistent/etcd".into()),
+            ..EtcdOptions::default()
+        })
+        .await
+        .expect_err("no such binary");
+        assert!(
+            matches!(err, EtcdProcessError::NotInstalled { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("apt-get install etcd-server"));
+    }
+}
