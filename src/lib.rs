@@ -11,6 +11,7 @@ pub mod cli;
 pub mod controller;
 pub mod election;
 pub mod etcd_process;
+pub mod invariants;
 pub mod keys;
 pub mod manager;
 pub mod model;

@@ -429,7 +429,10 @@ impl Assumed {
     }
 }
 
-enum Commit {
+/// How a batch transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Committed at this revision.
     Done(i64),
     /// A compare other than the fence failed: wait for the cache to reach this revision.
     Conflict(i64),
@@ -526,7 +529,7 @@ impl Manager {
                 }
             }
             for batch in batches(items, &keys) {
-                match self.commit(&keys, &leadership.fence, &batch).await {
+                match commit(&self.client, &keys, &leadership.fence, &batch).await {
                     Ok(Commit::Done(rev)) => {
                         log_batch(&batch, rev);
                         assumed.add(rev, &batch);
@@ -552,65 +555,67 @@ impl Manager {
             }
         }
     }
+}
 
-    async fn commit(
-        &self,
-        keys: &Keys,
-        fence: &Fence,
-        batch: &[Item],
-    ) -> Result<Commit, etcd_client::Error> {
-        let mut compares = vec![fence.compare()];
-        let mut ops = Vec::new();
-        let mut engines: BTreeSet<(EngineId, i64)> = BTreeSet::new();
-        for item in batch {
-            compares.extend(item.compares(keys));
-            ops.extend(item.ops(keys));
-            if let Item::Place {
-                engine,
-                engine_revision,
-                ..
-            } = item
-            {
-                engines.insert((engine.clone(), *engine_revision));
-            }
+/// Commits one batch as a single transaction fenced on the leader's election key. A refused
+/// fence is `Fenced`: the caller must stop writing.
+pub async fn commit(
+    client: &Client,
+    keys: &Keys,
+    fence: &Fence,
+    batch: &[Item],
+) -> Result<Commit, etcd_client::Error> {
+    let mut compares = vec![fence.compare()];
+    let mut ops = Vec::new();
+    let mut engines: BTreeSet<(EngineId, i64)> = BTreeSet::new();
+    for item in batch {
+        compares.extend(item.compares(keys));
+        ops.extend(item.ops(keys));
+        if let Item::Place {
+            engine,
+            engine_revision,
+            ..
+        } = item
+        {
+            engines.insert((engine.clone(), *engine_revision));
         }
-        for (engine, rev) in engines {
-            compares.push(Compare::mod_revision(
-                keys.engine(&engine),
-                CompareOp::Equal,
-                rev,
-            ));
-        }
-        let txn = Txn::new()
-            .when(compares)
-            .and_then(ops)
-            .or_else(vec![TxnOp::get(
-                fence.key.clone(),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
-        let mut kv = self.client.kv_client();
-        let resp = match tokio::time::timeout(CALL_TIMEOUT, kv.txn(txn)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(etcd_client::Error::InvalidArgs(format!(
-                    "txn timed out after {CALL_TIMEOUT:?}"
-                )));
-            }
-        };
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        if resp.succeeded() {
-            return Ok(Commit::Done(rev));
-        }
-        let still_ours = resp.op_responses().iter().any(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.create_revision() == fence.rev),
-            _ => false,
-        });
-        Ok(if still_ours {
-            Commit::Conflict(rev)
-        } else {
-            Commit::Fenced
-        })
     }
+    for (engine, rev) in engines {
+        compares.push(Compare::mod_revision(
+            keys.engine(&engine),
+            CompareOp::Equal,
+            rev,
+        ));
+    }
+    let txn = Txn::new()
+        .when(compares)
+        .and_then(ops)
+        .or_else(vec![TxnOp::get(
+            fence.key.clone(),
+            Some(GetOptions::new().with_keys_only()),
+        )]);
+    let mut kv = client.kv_client();
+    let resp = match tokio::time::timeout(CALL_TIMEOUT, kv.txn(txn)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "txn timed out after {CALL_TIMEOUT:?}"
+            )));
+        }
+    };
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    if resp.succeeded() {
+        return Ok(Commit::Done(rev));
+    }
+    let still_ours = resp.op_responses().iter().any(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.create_revision() == fence.rev),
+        _ => false,
+    });
+    Ok(if still_ours {
+        Commit::Conflict(rev)
+    } else {
+        Commit::Fenced
+    })
 }
 
 fn log_batch(batch: &[Item], rev: i64) {

@@ -1,0 +1,433 @@
+//! End to end with the real binary: three controller replicas, a real etcd, leaders killed.
+//!
+//! Figures (hand-over times) are printed, never asserted: this machine is shared and noisy.
+//! Run with `cargo test --test e2e -- --nocapture` to see them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use citadel::etcd_process::EtcdProcess;
+use citadel::invariants;
+use citadel::keys::Keys;
+use citadel::model::{Decision, LeaderInfo, RequestId, Status};
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+
+const BIN: &str = env!("CARGO_BIN_EXE_citadel");
+const LEASE_TTL: &str = "2";
+
+/// A controller replica process; SIGKILLed when dropped.
+struct Replica {
+    id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(endpoint: &str, id: &str, dir: &Path) -> Replica {
+        let log = dir.join(format!("{id}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args([
+                "--etcd",
+                endpoint,
+                "controller",
+                "--id",
+                id,
+                "--lease-ttl",
+                LEASE_TTL,
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start citadel controller");
+        Replica {
+            id: id.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {} failed", self.id);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (bounded); true if it did.
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--etcd")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("run citadel")
+}
+
+/// The id of the current leader, from the election key with the lowest create revision.
+async fn leader(client: &mut Client, keys: &Keys) -> Option<String> {
+    let resp = client
+        .get(
+            format!("{}/", keys.leader()),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .ok()?;
+    let kv = resp.kvs().first()?;
+    serde_json::from_slice::<LeaderInfo>(kv.value())
+        .ok()
+        .map(|l| l.id)
+}
+
+async fn decision(client: &mut Client, keys: &Keys, id: &str) -> Option<Decision> {
+    let id = RequestId::new(id).ok()?;
+    let resp = client.get(keys.decision(&id), None).await.ok()?;
+    let kv = resp.kvs().first()?;
+    serde_json::from_slice(kv.value()).ok()
+}
+
+async fn put_request(client: &mut Client, keys: &Keys, id: &str, json: &str) -> i64 {
+    let id = RequestId::new(id).expect("id");
+    let resp = client
+        .put(keys.request(&id), json, None)
+        .await
+        .expect("put");
+    resp.header().map(|h| h.revision()).unwrap_or(0)
+}
+
+/// Time from `since` until request `id` is decided by someone other than `old_leader`.
+async fn time_to_decision(
+    client: &mut Client,
+    keys: &Keys,
+    id: &str,
+    old_leader: &str,
+    since: Instant,
+    timeout: Duration,
+) -> Duration {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(d) = decision(client, keys, id).await {
+            assert_ne!(d.decided_by, old_leader, "the stopped leader decided {id}");
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not decided within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn request_json(i: usize) -> String {
+    // About 38 of the 40 cpus the ten engines have: nearly full, so verification matters.
+    let cpus = [0.05, 0.1, 0.2, 0.4][i % 4];
+    let memory = [64, 128, 256, 512][i % 4];
+    let kind = if i.is_multiple_of(3) {
+        "batch"
+    } else {
+        "service"
+    };
+    let mut extra = String::new();
+    if i.is_multiple_of(10) {
+        extra.push_str(&format!(r#","bind_ports":[{{"port":{}}}]"#, 8000 + (i % 3)));
+    }
+    if i.is_multiple_of(7) {
+        extra.push_str(r#","labels":["zone==a"]"#);
+    }
+    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":{memory},"type":"{kind}"{extra}}}"#)
+}
+
+/// Every request has exactly one decision, for its current revision, and invariants 1-2 hold.
+async fn assert_all_decided(client: &mut Client, keys: &Keys, revisions: &BTreeMap<String, i64>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut missing = Vec::new();
+        for (id, rev) in revisions {
+            match decision(client, keys, id).await {
+                Some(d) if d.request_revision == *rev => {}
+                _ => missing.push(id.clone()),
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} requests never decided, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = invariants::check_etcd(client, keys, 1.0)
+        .await
+        .expect("read etcd");
+    assert_eq!(report.violations(), 0, "invariants violated: {report:#?}");
+    assert_eq!(
+        report.decided,
+        revisions.len(),
+        "one decision per request: {report:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_place_200_requests_across_leader_kills() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::default();
+    let mut client = Client::connect([ep.as_str()], None).await.expect("connect");
+
+    let mut replicas: Vec<Replica> = (1..=3)
+        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .collect();
+    for i in 0..10 {
+        let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
+        let out = cli(
+            &ep,
+            &[
+                "engine",
+                "add",
+                &format!("engine-{i}"),
+                "--addr",
+                &format!("tcp://10.1.0.{i}:2375"),
+                "--cpus",
+                "4",
+                "--memory",
+                "8192",
+                "--label",
+                zone,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "engine add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut revisions = BTreeMap::new();
+    for i in 0..100 {
+        let id = format!("req-{i:03}");
+        revisions.insert(
+            id.clone(),
+            put_request(&mut client, &keys, &id, &request_json(i)).await,
+        );
+    }
+
+    // SIGKILL the leader mid-way; the next request tells how long the cluster was headless.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(l) = leader(&mut client, &keys).await {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim = replicas
+        .iter()
+        .position(|r| r.id == first)
+        .expect("leader is a replica");
+    let killed_at = Instant::now();
+    replicas[victim].signal("-KILL");
+    let probe = "probe-after-sigkill";
+    revisions.insert(
+        probe.into(),
+        put_request(&mut client, &keys, probe, &request_json(1)).await,
+    );
+    for i in 100..200 {
+        let id = format!("req-{i:03}");
+        revisions.insert(
+            id.clone(),
+            put_request(&mut client, &keys, &id, &request_json(i)).await,
+        );
+    }
+    let after_kill = time_to_decision(
+        &mut client,
+        &keys,
+        probe,
+        &first,
+        killed_at,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
+    replicas.remove(victim);
+    assert_all_decided(&mut client, &keys, &revisions).await;
+
+    // SIGTERM the new leader: it resigns, so the last replica should take over at once.
+    let second = leader(&mut client, &keys)
+        .await
+        .expect("a leader after the kill");
+    assert_ne!(second, first);
+    let victim = replicas
+        .iter()
+        .position(|r| r.id == second)
+        .expect("leader is a replica");
+    let termed_at = Instant::now();
+    replicas[victim].signal("-TERM");
+    let probe = "probe-after-sigterm";
+    revisions.insert(
+        probe.into(),
+        put_request(&mut client, &keys, probe, &request_json(2)).await,
+    );
+    let after_term = time_to_decision(
+        &mut client,
+        &keys,
+        probe,
+        &second,
+        termed_at,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        replicas[victim].wait_exit(Duration::from_secs(10)),
+        "SIGTERM must stop the replica cleanly"
+    );
+    let log = replicas[victim].log();
+    assert!(
+        log.contains("lease revoked"),
+        "a terminated leader resigns:\n{log}"
+    );
+    replicas.remove(victim);
+    assert_all_decided(&mut client, &keys, &revisions).await;
+
+    let report = invariants::check_etcd(&client, &keys, 1.0)
+        .await
+        .expect("read");
+    println!(
+        "e2e: {} requests, {} placed, {} unschedulable, {} invalid; hand-over after SIGKILL {} ms, \
+         after SIGTERM {} ms (lease TTL {LEASE_TTL} s)",
+        revisions.len(),
+        report.placed,
+        report.unschedulable,
+        report.invalid,
+        after_kill.as_millis(),
+        after_term.as_millis()
+    );
+    assert!(report.placed > 150, "most requests fit: {report:?}");
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_leader_is_deposed_and_its_writes_are_refused() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::default();
+    let mut client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let replicas: Vec<Replica> = (1..=2)
+        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .collect();
+    let out = cli(
+        &ep,
+        &[
+            "engine",
+            "add",
+            "e1",
+            "--addr",
+            "tcp://h:1",
+            "--cpus",
+            "2",
+            "--memory",
+            "1000",
+        ],
+    );
+    assert!(out.status.success());
+    let mut revisions = BTreeMap::new();
+    revisions.insert(
+        "a".to_string(),
+        put_request(&mut client, &keys, "a", &request_json(4)).await,
+    );
+    let d = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(d) = decision(&mut client, &keys, "a").await {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "a not decided");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(d.status, Status::Placed);
+    let paused = replicas
+        .iter()
+        .find(|r| r.id == d.decided_by)
+        .expect("leader");
+    paused.signal("-STOP");
+    // While it sleeps, its lease expires and the other replica takes over and decides.
+    revisions.insert(
+        "b".to_string(),
+        put_request(&mut client, &keys, "b", &request_json(4)).await,
+    );
+    let other = time_to_decision(
+        &mut client,
+        &keys,
+        "b",
+        &paused.id,
+        Instant::now(),
+        Duration::from_secs(30),
+    )
+    .await;
+    paused.signal("-CONT");
+    // Give the old leader time to wake up, try, and notice.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = paused.log();
+        if log.contains("stepped down") || log.contains("lease lost") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paused leader never stepped down:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    revisions.insert(
+        "c".to_string(),
+        put_request(&mut client, &keys, "c", &request_json(4)).await,
+    );
+    assert_all_decided(&mut client, &keys, &revisions).await;
+    let c = decision(&mut client, &keys, "c").await.expect("c decided");
+    assert_ne!(
+        c.decided_by, paused.id,
+        "the deposed leader must not decide"
+    );
+    println!(
+        "e2e: a paused leader's successor decided after {} ms",
+        other.as_millis()
+    );
+}

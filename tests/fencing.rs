@@ -1,0 +1,144 @@
+//! Invariant 3: only the current leader's writes commit. A leader whose lease is cut is deposed
+//! by etcd itself: its fenced transaction is refused even though it still holds its fence.
+
+use std::time::Duration;
+
+use citadel::election::{self, Lease};
+use citadel::etcd_process::EtcdProcess;
+use citadel::keys::Keys;
+use citadel::manager::{self, Commit, Item};
+use citadel::model::{
+    Decision, EngineId, Held, MemoryMb, Millicpus, RequestId, Reservation, Status,
+};
+use etcd_client::Client;
+use tokio::sync::watch;
+
+fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
+    let engine = EngineId::new("e1").unwrap();
+    Item::Place {
+        id: id.clone(),
+        request_revision,
+        decision_revision: 0,
+        engine: engine.clone(),
+        engine_revision: 2,
+        held: Held {
+            cpus: Millicpus(100),
+            memory: MemoryMb(10),
+            ports: vec![],
+        },
+        decision: Decision {
+            container: serde_json::json!({}),
+            resource: None,
+            status: Status::Placed,
+            reason: String::new(),
+            scheduler: "spread".into(),
+            request_revision,
+            decided_at: String::new(),
+            decided_by: by.into(),
+        },
+        reservation: Reservation {
+            request: id.to_string(),
+            engine: engine.to_string(),
+            cpus: 0.1,
+            memory: 10.0,
+            ports: vec![],
+            request_revision,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposed_leader_cannot_commit() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let client = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect");
+    let keys = Keys::default();
+    let mut kv = client.kv_client();
+    kv.put("/citadel/engines/e1", r#"{"cpus":4,"memory":1000}"#, None)
+        .await
+        .unwrap();
+    let id = RequestId::new("r1").unwrap();
+    let put = kv
+        .put(
+            keys.request(&id),
+            r#"{"image":"x","cpus":0.1,"memory":10,"type":"service"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    let request_revision = put.header().unwrap().revision();
+
+    let (_tx, mut shutdown) = watch::channel(false);
+    let lease_a = Lease::grant(&client, 2).await.unwrap();
+    let a = election::campaign(&client, &keys, "a", "", &lease_a, &mut shutdown)
+        .await
+        .expect("a is elected");
+
+    // b campaigns and waits behind a.
+    let lease_b = Lease::grant(&client, 2).await.unwrap();
+    let (client_b, keys_b) = (client.clone(), keys.clone());
+    let b = tokio::spawn(async move {
+        let (_tx, mut shutdown) = watch::channel(false);
+        let won = election::campaign(&client_b, &keys_b, "b", "", &lease_b, &mut shutdown).await;
+        (won, lease_b)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_finished(), "b must wait while a leads");
+
+    // Cut a's lease behind its back (as an expiry would): b wins.
+    client.lease_client().revoke(lease_a.id).await.unwrap();
+    let (won, _lease_b) = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .expect("b elected in time")
+        .unwrap();
+    let b = won.expect("b is elected");
+    assert_ne!(a.fence, b.fence);
+
+    // a still believes it leads and tries to commit: etcd refuses it.
+    let refused = manager::commit(
+        &client,
+        &keys,
+        &a.fence,
+        &[placement(&id, request_revision, "a")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused, Commit::Fenced);
+    let decided = kv.get(keys.decision(&id), None).await.unwrap();
+    assert!(
+        decided.kvs().is_empty(),
+        "a deposed leader's decision must not land"
+    );
+    let reserved = kv
+        .get(keys.reservation(&EngineId::new("e1").unwrap(), &id), None)
+        .await
+        .unwrap();
+    assert!(
+        reserved.kvs().is_empty(),
+        "a deposed leader's reservation must not land"
+    );
+
+    // The same write from the new leader commits.
+    let done = manager::commit(
+        &client,
+        &keys,
+        &b.fence,
+        &[placement(&id, request_revision, "b")],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(done, Commit::Done(_)), "{done:?}");
+
+    // And a stale plan from the leader itself is a conflict, not a fence failure.
+    let again = manager::commit(
+        &client,
+        &keys,
+        &b.fence,
+        &[placement(&id, request_revision, "b")],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(again, Commit::Conflict(_)), "{again:?}");
+    drop(etcd);
+}
