@@ -238,7 +238,7 @@ else
     printf '%s\n' "$decision"
 fi
 
-step "the leader"
+step "the election: every replica campaigns; the key with the lowest create revision leads"
 ectl --endpoints "$EP" get --prefix /citadel/leader
 
 step "citadel ls"

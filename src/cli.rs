@@ -88,6 +88,13 @@ pub struct ControllerArgs {
     /// Scheduler worker threads (default: the number of cpus).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// While leading, compact etcd's history every this many seconds (0: never; use etcd's
+    /// own --auto-compaction-* instead).
+    #[arg(long, default_value_t = 300)]
+    pub compact_every: u64,
+    /// Revisions kept by that compaction.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub compact_retain: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +233,9 @@ async fn run_controller(
             replica,
             schedulers,
             workers: workers.max(1),
+            compact_every: (args.compact_every > 0)
+                .then(|| Duration::from_secs(args.compact_every)),
+            compact_retain: args.compact_retain,
         },
         addr: args.addr,
         lease_ttl: args.lease_ttl,

@@ -39,6 +39,10 @@ pub struct ManagerConfig {
     pub schedulers: Schedulers,
     /// Scheduler threads per round (1 = schedule inline).
     pub workers: usize,
+    /// Compact etcd's history this often while leading (`None`: leave it to etcd's own
+    /// `--auto-compaction-*`), keeping the last `compact_retain` revisions.
+    pub compact_every: Option<Duration>,
+    pub compact_retain: i64,
 }
 
 /// Why a leader stopped leading.
@@ -479,9 +483,16 @@ impl Manager {
         tracing::info!(revision = self.cache.revision(), "leading");
         let mut changed = self.cache.subscribe();
         let mut assumed = Assumed::default();
+        let mut last_compaction = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return StepDown::Shutdown;
+            }
+            if let Some(every) = self.cfg.compact_every
+                && last_compaction.elapsed() >= every
+            {
+                last_compaction = tokio::time::Instant::now();
+                self.compact().await;
             }
             if lease.is_lost() {
                 return StepDown::LeaseLost;
@@ -553,6 +564,23 @@ impl Manager {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Manager {
+    /// Compacts etcd's history below `revision - compact_retain`, as the Kubernetes API server
+    /// does. Watches that fall behind it re-list (see the cache); nothing is lost.
+    async fn compact(&self) {
+        let target = self.cache.revision() - self.cfg.compact_retain;
+        if target <= 0 {
+            return;
+        }
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(CALL_TIMEOUT, kv.compact(target, None)).await {
+            Ok(Ok(_)) => tracing::info!(revision = target, "compacted etcd history"),
+            Ok(Err(e)) => tracing::debug!(error = %e, revision = target, "compaction skipped"),
+            Err(_) => tracing::warn!(revision = target, "compaction timed out"),
         }
     }
 }
