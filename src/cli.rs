@@ -29,15 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = "CITADEL_ETCD",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd: Vec<String>,
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; `bench` starts its own].
+    #[arg(long, global = true, env = "CITADEL_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
     /// Key prefix everything lives under.
     #[arg(
         long,
@@ -66,6 +60,9 @@ pub enum Command {
     Ls,
     /// Release a request: deletes it; the leader frees its reservation and removes its decision.
     Release { id: String },
+    /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
+    /// unless --etcd is given; then it works under a fresh prefix and removes it after).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -174,9 +171,36 @@ impl CliError {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let keys = Keys::new(&cli.global.prefix).map_err(|e| CliError::Usage(e.to_string()))?;
-    let endpoints = cli.global.etcd.clone();
+    let endpoints = cli
+        .global
+        .etcd
+        .clone()
+        .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
     match cli.command {
         Command::Controller(args) => run_controller(args, keys, endpoints).await,
+        Command::Bench(args) => {
+            let json = args.json;
+            let result = crate::bench::run(args, cli.global.etcd.clone())
+                .await
+                .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+            crate::bench::print_table(&result);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&result).map_err(|e| CliError::Usage(e.to_string()))?
+                );
+            }
+            let violations = result.overcommitted_engines
+                + result.double_bound_ports
+                + result.mismatched
+                + result.duplicate_or_missing_decisions;
+            if violations > 0 {
+                return Err(CliError::NotPlaced(format!(
+                    "bench: {violations} invariant violation(s)"
+                )));
+            }
+            Ok(())
+        }
         command => {
             let client = store::connect(&endpoints, Some(Duration::from_secs(5))).await?;
             match command {
@@ -191,7 +215,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Submit(a) => submit(&client, &keys, a).await,
                 Command::Status { id } => status(&client, &keys, &id).await,
                 Command::Release { id } => release(&client, &keys, &id).await,
-                Command::Controller(_) => unreachable!("handled above"),
+                Command::Controller(_) | Command::Bench(_) => unreachable!("handled above"),
             }
         }
     }

@@ -6,6 +6,7 @@
 //! (leadership from [`election`]), and read back as a decision key. [`controller`] ties one
 //! replica together; [`cli`] is the command line.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod controller;
