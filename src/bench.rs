@@ -154,7 +154,11 @@ fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
 fn engine_json(i: usize) -> String {
     let cpus = [8, 16, 32, 64][i % 4];
     let memory = [16_384, 32_768, 65_536, 131_072][(i / 4) % 4];
-    let region = if i.is_multiple_of(2) { "eu-west" } else { "us-east" };
+    let region = if i.is_multiple_of(2) {
+        "eu-west"
+    } else {
+        "us-east"
+    };
     let mut labels = vec![
         format!("\"zone=z{}\"", i % 5),
         format!("\"region={region}\""),

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use etcd_client::{Client, EventType, KeyValue, WatchOptions};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::keys::{Key, Keys};
 use crate::model::{
     ClusterInfo, Decision, EngineId, EngineSpec, HostPort, Invalid, MemoryMb, Millicpus, Request,
     RequestId, Reservation, Status,
 };
-use crate::scheduler::EngineView;
+use crate::scheduler::{EngineView, Prepared};
 use crate::store::{self, StoreError};
 
 /// Keys per range page when (re)listing.
@@ -34,7 +34,8 @@ pub struct RequestEntry {
     pub mod_revision: i64,
     /// The request as written: parsed JSON, or a string when it was not JSON.
     pub container: Arc<serde_json::Value>,
-    pub parsed: Result<Arc<Request>, Invalid>,
+    /// The checked request with its constraints compiled, or why it is invalid.
+    pub parsed: Result<Arc<Prepared>, Invalid>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ pub enum Work {
         decision_revision: i64,
         previous: Option<(Status, String)>,
         container: Arc<serde_json::Value>,
-        parsed: Result<Arc<Request>, Invalid>,
+        parsed: Result<Arc<Prepared>, Invalid>,
     },
     /// Delete the decision and reservations of a request that is gone or changed.
     Release {
@@ -204,7 +205,7 @@ impl State {
             }
             Key::Request(id) => {
                 let (container, parsed) = match Request::parse(kv.value()) {
-                    Ok((v, r)) => (v, Ok(Arc::new(r))),
+                    Ok((v, r)) => (v, Prepared::new(r).map(Arc::new).map_err(Invalid)),
                     Err((v, e)) => (v, Err(e)),
                 };
                 let parsed = match id.check() {
@@ -334,6 +335,11 @@ impl State {
             }
             Key::BadRequest(..) | Key::Health(_) => {}
         }
+    }
+
+    /// A placement the leader planned did not commit: refusals made beside it get another look.
+    pub fn retry_waiting(&mut self) {
+        self.capacity_changed();
     }
 
     /// Capacity may have grown: every unschedulable request gets another look.
@@ -539,7 +545,7 @@ impl State {
             if d.status == Status::Placed
                 && let Some(Ok(r)) = self.requests.get(id).map(|r| &r.parsed)
             {
-                images.insert(r.image.name.clone());
+                images.insert(r.request.image.name.clone());
             }
         }
         info.image_count = images.len() as u64;
@@ -605,8 +611,6 @@ pub struct Cache {
     state: Mutex<State>,
     /// The applied revision, published after every change; readers wait on it.
     revision: watch::Sender<i64>,
-    progress: mpsc::Sender<()>,
-    progress_rx: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 #[derive(Debug)]
@@ -617,13 +621,10 @@ enum Phase {
 
 impl Cache {
     pub fn new(keys: Keys, overcommit: f64) -> Arc<Self> {
-        let (progress, progress_rx) = mpsc::channel(4);
         Arc::new(Cache {
             keys,
             state: Mutex::new(State::new(overcommit)),
             revision: watch::channel(0).0,
-            progress,
-            progress_rx: Mutex::new(Some(progress_rx)),
         })
     }
 
@@ -647,23 +648,14 @@ impl Cache {
         self.revision.subscribe()
     }
 
-    /// Waits until every event up to `rev` is applied, asking etcd for a progress report so that
-    /// an idle watch still moves forward. False on timeout.
+    /// Waits until every event up to `rev` is applied. The revision only moves with events
+    /// (etcd 3.4 answers a progress request before a lagging watcher has caught up, so progress
+    /// reports are not trusted): to wait for "now", write a key under the prefix and wait for
+    /// its revision, as the leader's barrier does. False on timeout.
     pub async fn wait_for(&self, rev: i64, timeout: Duration) -> bool {
         let mut rx = self.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if *rx.borrow_and_update() >= rev {
-                return true;
-            }
-            let _ = self.progress.try_send(());
-            let tick = tokio::time::sleep(Duration::from_millis(200));
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return false; },
-                _ = tick => {},
-                _ = tokio::time::sleep_until(deadline) => return *rx.borrow() >= rev,
-            }
-        }
+        let wait = rx.wait_for(|applied| *applied >= rev);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
     }
 
     /// Loads everything once at one revision (for one-shot CLI commands).
@@ -677,14 +669,10 @@ impl Cache {
     /// Keeps the cache in step with etcd until `shutdown` turns true. Errors are logged and
     /// retried with backoff; this returns only on shutdown.
     pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
-        let Some(mut progress_rx) = self.progress_rx.lock().ok().and_then(|mut g| g.take()) else {
-            tracing::error!("cache watch started twice");
-            return;
-        };
         let mut phase = Phase::List;
         let mut delays = store::backoff().without_max_times().build();
         loop {
-            if *shutdown.borrow() {
+            if stopping(&shutdown) {
                 return;
             }
             let outcome = match phase {
@@ -692,10 +680,7 @@ impl Cache {
                     .list(&client)
                     .await
                     .map(|rev| Phase::Watch { from: rev + 1 }),
-                Phase::Watch { from } => {
-                    self.follow(&client, from, &mut shutdown, &mut progress_rx)
-                        .await
-                }
+                Phase::Watch { from } => self.follow(&client, from, &mut shutdown).await,
             };
             match outcome {
                 Ok(next) => {
@@ -708,6 +693,9 @@ impl Cache {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
+                    }
+                    if stopping(&shutdown) {
+                        return;
                     }
                 }
             }
@@ -730,12 +718,8 @@ impl Cache {
         client: &Client,
         from: i64,
         shutdown: &mut watch::Receiver<bool>,
-        progress_rx: &mut mpsc::Receiver<()>,
     ) -> Result<Phase, StoreError> {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
         let mut stream = client
             .watch_client()
             .watch(self.keys.root(), Some(opts))
@@ -743,10 +727,10 @@ impl Cache {
         let mut next = from;
         loop {
             let msg = tokio::select! {
-                _ = shutdown.changed() => return Ok(Phase::Watch { from: next }),
-                Some(()) = progress_rx.recv() => {
-                    // Best effort: a failed request shows up as a broken stream below.
-                    let _ = stream.request_progress().await;
+                _ = shutdown.changed() => {
+                    if stopping(shutdown) {
+                        return Ok(Phase::Watch { from: next });
+                    }
                     continue;
                 }
                 msg = stream.message() => msg,
@@ -777,7 +761,9 @@ impl Cache {
                 );
                 return Ok(Phase::List);
             }
-            let header_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.events().is_empty() {
+                continue; // the creation reply; nothing to apply
+            }
             let mut applied = next - 1;
             {
                 let mut state = self.lock();
@@ -787,17 +773,15 @@ impl Cache {
                         applied = applied.max(kv.mod_revision());
                     }
                 }
-                // A progress notification (no events, not the creation reply) is only sent to a
-                // synced watcher: everything up to its header revision has been delivered.
-                let rev = if resp.events().is_empty() && !resp.created() {
-                    applied.max(header_rev)
-                } else {
-                    applied
-                };
-                state.revision = state.revision.max(rev);
+                state.revision = state.revision.max(applied);
                 next = state.revision + 1;
             }
             self.revision.send_replace(next - 1);
         }
     }
+}
+
+/// True once shutdown is asked for, or its sender is gone (nobody can ask any more).
+pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
 }

@@ -13,7 +13,7 @@ use backon::BackoffBuilder;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, stopping};
 use crate::election::{self, ElectionError, Lease};
 use crate::keys::Keys;
 use crate::manager::{Manager, ManagerConfig, StepDown};
@@ -60,7 +60,7 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
     let manager = Manager::new(client.clone(), cache.clone(), cfg.manager.clone());
     let mut delays = store::backoff().without_max_times().build();
 
-    while !*shutdown.borrow() {
+    while !stopping(&shutdown) {
         let lease = match Lease::grant(&client, cfg.lease_ttl).await {
             Ok(l) => l,
             Err(e) => {

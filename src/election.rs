@@ -136,6 +136,8 @@ async fn timeout<T>(
 #[derive(Debug, Clone)]
 pub struct Leadership {
     pub fence: Fence,
+    /// The campaign value (this replica's `LeaderInfo`), rewritten by the leader's barrier.
+    pub value: Vec<u8>,
     /// etcd's revision when the campaign returned: every write of earlier leaders is at or
     /// below it, so the cache must reach it before this leader plans anything.
     pub elected_at: i64,
@@ -158,7 +160,7 @@ pub async fn campaign(
     .unwrap_or_default();
     let mut ec = client.election_client();
     let resp = tokio::select! {
-        r = ec.campaign(keys.leader(), value, lease.id) => r?,
+        r = ec.campaign(keys.leader(), value.clone(), lease.id) => r?,
         _ = lease.lost() => return Err(ElectionError::LeaseLost),
         _ = shutdown.wait_for(|s| *s) => return Err(ElectionError::Shutdown),
     };
@@ -169,6 +171,7 @@ pub async fn campaign(
             key: leader.key().to_vec(),
             rev: leader.rev(),
         },
+        value,
         elected_at,
     })
 }

@@ -14,24 +14,30 @@
 //! decided on stale data), and the mod revision of each engine it places on (an engine shrunk
 //! meanwhile is not overcommitted). A refused fence means another replica leads: step down.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::cache::{Cache, Snapshot, Work};
 use crate::election::{Fence, Leadership, Lease};
 use crate::keys::Keys;
 use crate::model::{Decision, EngineId, Held, RequestId, Reservation, Status, now_rfc3339};
-use crate::scheduler::{self, EngineView, Prepared, Schedulers};
+use crate::scheduler::{self, EngineView, Schedulers};
 use crate::store::CALL_TIMEOUT;
 
 /// etcd's default `--max-txn-ops`: the limit on compares, and on operations, per transaction.
 pub const MAX_TXN_OPS: usize = 128;
-/// Work items read from the cache per round.
-const MAX_WORK: usize = 4_096;
+/// Bytes of writes per transaction: well under etcd's default 1.5 MiB request limit.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// Transactions in flight at once: etcd folds concurrent proposals into one raft entry and
+/// one fsync, so a few in flight multiply throughput.
+const MAX_IN_FLIGHT: usize = 8;
+/// Work items planned per free pipeline slot (a full transaction holds about 60 placements).
+const ITEMS_PER_TXN: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -134,8 +140,17 @@ impl Item {
         }
     }
 
-    fn ops(&self, keys: &Keys) -> Vec<TxnOp> {
-        match self {
+    /// The writes, and roughly how many bytes they put on the wire.
+    fn ops(&self, keys: &Keys) -> (Vec<TxnOp>, usize) {
+        let put = |key: String, value: Vec<u8>| {
+            let n = key.len() + value.len();
+            (TxnOp::put(key, value, None), n)
+        };
+        let del = |key: String| {
+            let n = key.len();
+            (TxnOp::delete(key, None), n)
+        };
+        let ops: Vec<(TxnOp, usize)> = match self {
             Item::Place {
                 id,
                 engine,
@@ -143,29 +158,29 @@ impl Item {
                 reservation,
                 ..
             } => vec![
-                TxnOp::put(keys.decision(id), json(decision), None),
-                TxnOp::put(keys.reservation(engine, id), json(reservation), None),
+                put(keys.decision(id), json(decision)),
+                put(keys.reservation(engine, id), json(reservation)),
             ],
-            Item::Refuse { id, decision, .. } => {
-                vec![TxnOp::put(keys.decision(id), json(decision), None)]
-            }
+            Item::Refuse { id, decision, .. } => vec![put(keys.decision(id), json(decision))],
             Item::Release {
                 id,
                 decision,
                 reservations,
                 ..
             } => {
-                let mut ops: Vec<TxnOp> = reservations
+                let mut ops: Vec<(TxnOp, usize)> = reservations
                     .iter()
-                    .map(|e| TxnOp::delete(keys.reservation(e, id), None))
+                    .map(|e| del(keys.reservation(e, id)))
                     .collect();
                 if *decision {
-                    ops.push(TxnOp::delete(keys.decision(id), None));
+                    ops.push(del(keys.decision(id)));
                 }
                 ops
             }
             Item::Park { .. } => vec![],
-        }
+        };
+        let bytes = ops.iter().map(|(_, n)| n).sum();
+        (ops.into_iter().map(|(op, _)| op).collect(), bytes)
     }
 }
 
@@ -246,22 +261,16 @@ pub fn plan(
                         decided_by: decided_by.to_string(),
                     },
                 };
-                let request = match parsed {
-                    Ok(r) => r,
+                let prepared = match parsed {
+                    Ok(p) => p,
                     Err(e) => {
                         items.push(refuse(Status::Invalid, e.to_string()));
                         continue;
                     }
                 };
+                let request = &prepared.request;
                 let strategy = match cfg.schedulers.for_type(&request.kind) {
                     Ok(s) => s,
-                    Err(e) => {
-                        items.push(refuse(Status::Invalid, e));
-                        continue;
-                    }
-                };
-                let prepared = match Prepared::new(request) {
-                    Ok(p) => p,
                     Err(e) => {
                         items.push(refuse(Status::Invalid, e));
                         continue;
@@ -271,7 +280,7 @@ pub fn plan(
                     proposal.filter(|p| prepared.fits_resources(&engines[p.engine]).is_ok());
                 let chosen = match verified {
                     Some(p) => Ok(p),
-                    None => scheduler::schedule(&prepared, engines, strategy, seed(id)),
+                    None => scheduler::schedule(prepared, engines, strategy, seed(id)),
                 };
                 match chosen {
                     Ok(plan) => {
@@ -339,90 +348,157 @@ fn propose(w: &Work, engines: &[EngineView], cfg: &ManagerConfig) -> Option<sche
     let Work::Decide { id, parsed, .. } = w else {
         return None;
     };
-    let request = parsed.as_ref().ok()?;
-    let strategy = cfg.schedulers.for_type(&request.kind).ok()?;
-    let prepared = Prepared::new(request).ok()?;
-    scheduler::schedule(&prepared, engines, strategy, seed(id)).ok()
+    let prepared = parsed.as_ref().ok()?;
+    let strategy = cfg.schedulers.for_type(&prepared.request.kind).ok()?;
+    scheduler::schedule(prepared, engines, strategy, seed(id)).ok()
 }
 
 fn seed(id: &RequestId) -> u64 {
     scheduler::fnv1a(id.as_str())
 }
 
-/// Items grouped into transactions that respect etcd's per-txn limits.
-pub fn batches(items: Vec<Item>, keys: &Keys) -> Vec<Vec<Item>> {
-    let mut out: Vec<Vec<Item>> = Vec::new();
-    let mut current: Vec<Item> = Vec::new();
-    let (mut compares, mut ops) = (1usize, 0usize); // 1: the fence
-    let mut engines: HashSet<EngineId> = HashSet::new();
+/// One transaction's worth of items, encoded once.
+#[derive(Debug)]
+pub struct Batch {
+    pub items: Vec<Item>,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+#[derive(Default)]
+struct Open {
+    items: Vec<Item>,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+    bytes: usize,
+    engines: BTreeMap<EngineId, i64>,
+}
+
+impl Open {
+    fn close(self, keys: &Keys) -> Batch {
+        let mut compares = self.compares;
+        for (engine, rev) in self.engines {
+            compares.push(Compare::mod_revision(
+                keys.engine(&engine),
+                CompareOp::Equal,
+                rev,
+            ));
+        }
+        Batch {
+            items: self.items,
+            compares,
+            ops: self.ops,
+        }
+    }
+}
+
+/// Items grouped into transactions within etcd's limits: 128 compares, 128 operations
+/// (`--max-txn-ops`) and 1.5 MiB per request (`--max-request-bytes`). Parked items write nothing.
+pub fn batches(items: Vec<Item>, keys: &Keys) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut open = Open::default();
     for item in items {
         if matches!(item, Item::Park { .. }) {
             continue;
         }
-        let new_engine = match &item {
-            Item::Place { engine, .. } if !engines.contains(engine) => 1,
-            _ => 0,
+        let compares = item.compares(keys);
+        let (ops, bytes) = item.ops(keys);
+        let engine = match &item {
+            Item::Place {
+                engine,
+                engine_revision,
+                ..
+            } => Some((engine.clone(), *engine_revision)),
+            _ => None,
         };
-        let c = item.compares(keys).len() + new_engine;
-        let o = item.ops(keys).len();
-        // Engines already fenced in the batch being closed must be fenced again in the next.
-        if !current.is_empty() && (compares + c > MAX_TXN_OPS || ops + o > MAX_TXN_OPS) {
-            out.push(std::mem::take(&mut current));
-            compares = 1;
-            ops = 0;
-            engines.clear();
+        let full = |o: &Open| {
+            let new_engine = engine
+                .as_ref()
+                .is_some_and(|(e, _)| !o.engines.contains_key(e));
+            // + 1: the leader's fence.
+            1 + o.compares.len() + o.engines.len() + compares.len() + usize::from(new_engine)
+                > MAX_TXN_OPS
+                || o.ops.len() + ops.len() > MAX_TXN_OPS
+                || o.bytes + bytes > MAX_TXN_BYTES
+        };
+        if !open.items.is_empty() && full(&open) {
+            out.push(std::mem::take(&mut open).close(keys));
         }
-        let new_engine = match &item {
-            Item::Place { engine, .. } => usize::from(engines.insert(engine.clone())),
-            _ => 0,
-        };
-        compares += c - usize::from(c > item.compares(keys).len()) + new_engine;
-        ops += o;
-        current.push(item);
+        if let Some((e, rev)) = engine {
+            open.engines.insert(e, rev);
+        }
+        open.compares.extend(compares);
+        open.ops.extend(ops);
+        open.bytes += bytes;
+        open.items.push(item);
     }
-    if !current.is_empty() {
-        out.push(current);
+    if !open.items.is_empty() {
+        out.push(open.close(keys));
     }
     out
 }
 
-/// Placements committed (or sent) but not yet seen by the cache's watch. The running view is
-/// the cache's snapshot plus these, so a placement is never forgotten in between.
 /// A request the leader wrote for, and what its placement holds (if it placed one).
 type Written = (RequestId, Option<(EngineId, Held)>);
 
+/// Writes sent or committed but not yet seen by the cache's watch. The running view is the
+/// cache's snapshot plus these, so a placement is never forgotten in between, and a request in
+/// flight is never planned twice.
 #[derive(Debug, Default)]
 struct Assumed {
-    by_revision: BTreeMap<i64, Vec<Written>>,
+    /// By batch: the revision it committed at (`None` while in flight) and what it wrote.
+    batches: HashMap<u64, (Option<i64>, Vec<Written>)>,
     ids: HashSet<RequestId>,
 }
 
 impl Assumed {
-    fn add(&mut self, rev: i64, items: &[Item]) {
-        let entry = self.by_revision.entry(rev).or_default();
-        for item in items {
-            let held = match item {
-                Item::Place { engine, held, .. } => Some((engine.clone(), held.clone())),
-                _ => None,
-            };
-            self.ids.insert(item.id().clone());
-            entry.push((item.id().clone(), held));
+    fn add(&mut self, token: u64, items: &[Item]) {
+        let written = items
+            .iter()
+            .map(|item| {
+                self.ids.insert(item.id().clone());
+                let held = match item {
+                    Item::Place { engine, held, .. } => Some((engine.clone(), held.clone())),
+                    _ => None,
+                };
+                (item.id().clone(), held)
+            })
+            .collect();
+        self.batches.insert(token, (None, written));
+    }
+
+    fn committed(&mut self, token: u64, rev: i64) {
+        if let Some(entry) = self.batches.get_mut(&token) {
+            entry.0 = Some(rev);
         }
     }
 
-    /// Forgets what the cache has caught up with.
-    fn prune(&mut self, cache_revision: i64) {
-        let keep = self.by_revision.split_off(&(cache_revision + 1));
-        for (_, list) in std::mem::replace(&mut self.by_revision, keep) {
-            for (id, _) in list {
+    /// A batch that did not commit: its requests are planned again, on fresh state.
+    fn failed(&mut self, token: u64) {
+        if let Some((_, written)) = self.batches.remove(&token) {
+            for (id, _) in written {
                 self.ids.remove(&id);
             }
         }
     }
 
+    /// Forgets what the cache has caught up with.
+    fn prune(&mut self, cache_revision: i64) {
+        let ids = &mut self.ids;
+        self.batches.retain(|_, (rev, written)| match rev {
+            Some(rev) if *rev <= cache_revision => {
+                for (id, _) in written.iter() {
+                    ids.remove(id);
+                }
+                false
+            }
+            _ => true,
+        });
+    }
+
     fn apply(&self, engines: &mut [EngineView]) {
-        for list in self.by_revision.values() {
-            for (_, held) in list {
+        for (_, written) in self.batches.values() {
+            for (_, held) in written {
                 if let Some((engine, h)) = held
                     && let Ok(i) = engines.binary_search_by(|e| e.id.cmp(engine))
                 {
@@ -430,6 +506,13 @@ impl Assumed {
                 }
             }
         }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.batches
+            .values()
+            .filter(|(rev, _)| rev.is_none())
+            .count()
     }
 }
 
@@ -462,37 +545,22 @@ impl Manager {
         shutdown: &mut watch::Receiver<bool>,
     ) -> StepDown {
         let keys = self.cache.keys().clone();
-        // Everything earlier leaders wrote is at or below `elected_at`: see it all first.
-        while !self
-            .cache
-            .wait_for(leadership.elected_at, Duration::from_secs(2))
-            .await
-        {
-            if lease.is_lost() {
-                return StepDown::LeaseLost;
-            }
-            if *shutdown.borrow() {
-                return StepDown::Shutdown;
-            }
-            tracing::warn!(
-                want = leadership.elected_at,
-                have = self.cache.revision(),
-                "waiting for the cache to catch up before leading"
-            );
+        // Everything earlier leaders wrote precedes our barrier: see it all before planning.
+        match self.sync(leadership, lease, shutdown).await {
+            Ok(()) => {}
+            Err(why) => return why,
         }
         tracing::info!(revision = self.cache.revision(), "leading");
         let mut changed = self.cache.subscribe();
         let mut assumed = Assumed::default();
+        let mut commits: JoinSet<(u64, Result<Commit, etcd_client::Error>)> = JoinSet::new();
+        let mut next_token = 0u64;
+        // After a conflict, plan nothing until the cache has seen the state that refused us.
+        let mut must_reach = 0i64;
         let mut last_compaction = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return StepDown::Shutdown;
-            }
-            if let Some(every) = self.cfg.compact_every
-                && last_compaction.elapsed() >= every
-            {
-                last_compaction = tokio::time::Instant::now();
-                self.compact().await;
             }
             if lease.is_lost() {
                 return StepDown::LeaseLost;
@@ -504,65 +572,127 @@ impl Manager {
             {
                 return StepDown::KeyGone;
             }
-            assumed.prune(self.cache.revision());
-            let (snap, mut engines) = {
-                let state = self.cache.lock();
-                let snap = state.snapshot(MAX_WORK, &assumed.ids);
-                let engines = snap.engines.clone();
-                (snap, engines)
-            };
-            if snap.work.is_empty() {
-                tokio::select! {
-                    _ = changed.changed() => {}
-                    _ = lease.lost() => return StepDown::LeaseLost,
-                    _ = shutdown.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            assumed.apply(&mut engines);
-            let mut snap = snap;
-            snap.engines = engines.clone();
-            let items = plan(&snap, &mut engines, &self.cfg, &now_rfc3339());
+            if let Some(every) = self.cfg.compact_every
+                && last_compaction.elapsed() >= every
             {
-                // Park what stays unschedulable; remember the epoch of new refusals.
-                let mut state = self.cache.lock();
-                for item in &items {
-                    match item {
-                        Item::Park { id } => state.park(id, snap.capacity_epoch),
-                        Item::Refuse { id, decision, .. }
-                            if decision.status == Status::Unschedulable =>
-                        {
-                            state.note_unschedulable(id, snap.capacity_epoch)
-                        }
-                        _ => {}
+                last_compaction = tokio::time::Instant::now();
+                self.compact().await;
+            }
+            let revision = self.cache.revision();
+            assumed.prune(revision);
+            let free = MAX_IN_FLIGHT.saturating_sub(assumed.in_flight());
+            if free > 0 && revision >= must_reach {
+                // Plan what fits in the free pipeline slots, on the cache plus what is assumed.
+                let (mut snap, mut engines) = {
+                    let state = self.cache.lock();
+                    let snap = state.snapshot(free * ITEMS_PER_TXN, &assumed.ids);
+                    let engines = snap.engines.clone();
+                    (snap, engines)
+                };
+                if !snap.work.is_empty() {
+                    assumed.apply(&mut engines);
+                    snap.engines = engines.clone();
+                    let items = plan(&snap, &mut engines, &self.cfg, &now_rfc3339());
+                    self.remember_refusals(&items, snap.capacity_epoch);
+                    for batch in batches(items, &keys) {
+                        next_token += 1;
+                        let token = next_token;
+                        assumed.add(token, &batch.items);
+                        let (client, fence) = (self.client.clone(), leadership.fence.clone());
+                        commits.spawn(async move {
+                            let result = commit(&client, &fence, &batch).await;
+                            if let Ok(Commit::Done(rev)) = &result {
+                                log_batch(&batch.items, *rev);
+                            }
+                            (token, result)
+                        });
                     }
+                    continue;
                 }
             }
-            for batch in batches(items, &keys) {
-                match commit(&self.client, &keys, &leadership.fence, &batch).await {
-                    Ok(Commit::Done(rev)) => {
-                        log_batch(&batch, rev);
-                        assumed.add(rev, &batch);
-                    }
-                    Ok(Commit::Conflict(rev)) => {
-                        tracing::debug!(
-                            revision = rev,
-                            "batch conflicted; re-planning on fresh state"
-                        );
-                        self.cache.wait_for(rev, Duration::from_secs(5)).await;
-                        break;
-                    }
-                    Ok(Commit::Fenced) => {
-                        tracing::warn!("etcd refused our fence: another replica leads");
-                        return StepDown::Fenced;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "commit failed; retrying on fresh state");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        break;
+            tokio::select! {
+                Some(done) = commits.join_next(), if !commits.is_empty() => {
+                    let Ok((token, result)) = done else { continue };
+                    match result {
+                        Ok(Commit::Done(rev)) => assumed.committed(token, rev),
+                        Ok(Commit::Fenced) => {
+                            tracing::warn!("etcd refused our fence: another replica leads");
+                            commits.abort_all();
+                            return StepDown::Fenced;
+                        }
+                        Ok(Commit::Conflict(rev)) => {
+                            tracing::debug!(revision = rev, "batch conflicted; re-planning on fresh state");
+                            assumed.failed(token);
+                            // The change that refused us is below a barrier written now.
+                            match barrier(&self.client, &leadership.fence, &leadership.value).await {
+                                Ok(Commit::Done(b)) => must_reach = must_reach.max(b),
+                                Ok(Commit::Fenced) => return StepDown::Fenced,
+                                _ => must_reach = must_reach.max(rev),
+                            }
+                            // Refusals planned beside the failed placements may be wrong.
+                            self.cache.lock().retry_waiting();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "commit failed; re-planning on fresh state");
+                            assumed.failed(token);
+                            self.cache.lock().retry_waiting();
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
+                _ = changed.changed() => {}
+                _ = lease.lost() => return StepDown::LeaseLost,
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Writes a barrier and waits until the cache has applied it, so the cache holds everything
+    /// earlier leaders committed.
+    async fn sync(
+        &self,
+        leadership: &Leadership,
+        lease: &Lease,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), StepDown> {
+        loop {
+            if lease.is_lost() {
+                return Err(StepDown::LeaseLost);
+            }
+            if crate::cache::stopping(shutdown) {
+                return Err(StepDown::Shutdown);
+            }
+            match barrier(&self.client, &leadership.fence, &leadership.value).await {
+                Ok(Commit::Done(rev)) => {
+                    if self.cache.wait_for(rev, Duration::from_secs(5)).await {
+                        return Ok(());
+                    }
+                    tracing::warn!(
+                        want = rev,
+                        have = self.cache.revision(),
+                        "cache has not caught up with the barrier yet"
+                    );
+                }
+                Ok(_) => return Err(StepDown::Fenced),
+                Err(e) => {
+                    tracing::warn!(error = %e, "barrier write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Parks what stays unschedulable and notes the capacity epoch of new refusals.
+    fn remember_refusals(&self, items: &[Item], epoch: u64) {
+        let mut state = self.cache.lock();
+        for item in items {
+            match item {
+                Item::Park { id } => state.park(id, epoch),
+                Item::Refuse { id, decision, .. } if decision.status == Status::Unschedulable => {
+                    state.note_unschedulable(id, epoch)
+                }
+                _ => {}
             }
         }
     }
@@ -585,39 +715,47 @@ impl Manager {
     }
 }
 
+/// Rewrites the leader's own election key, fenced, keeping its lease. Its revision is a barrier:
+/// once the cache has applied it, it has applied everything committed before it.
+pub async fn barrier(
+    client: &Client,
+    fence: &Fence,
+    value: &[u8],
+) -> Result<Commit, etcd_client::Error> {
+    let txn = Txn::new()
+        .when(vec![fence.compare()])
+        .and_then(vec![TxnOp::put(
+            fence.key.clone(),
+            value.to_vec(),
+            Some(PutOptions::new().with_ignore_lease()),
+        )]);
+    let mut kv = client.kv_client();
+    let resp = tokio::time::timeout(CALL_TIMEOUT, kv.txn(txn))
+        .await
+        .map_err(|_| {
+            etcd_client::Error::InvalidArgs(format!("barrier timed out after {CALL_TIMEOUT:?}"))
+        })??;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    Ok(if resp.succeeded() {
+        Commit::Done(rev)
+    } else {
+        Commit::Fenced
+    })
+}
+
 /// Commits one batch as a single transaction fenced on the leader's election key. A refused
 /// fence is `Fenced`: the caller must stop writing.
 pub async fn commit(
     client: &Client,
-    keys: &Keys,
     fence: &Fence,
-    batch: &[Item],
+    batch: &Batch,
 ) -> Result<Commit, etcd_client::Error> {
-    let mut compares = vec![fence.compare()];
-    let mut ops = Vec::new();
-    let mut engines: BTreeSet<(EngineId, i64)> = BTreeSet::new();
-    for item in batch {
-        compares.extend(item.compares(keys));
-        ops.extend(item.ops(keys));
-        if let Item::Place {
-            engine,
-            engine_revision,
-            ..
-        } = item
-        {
-            engines.insert((engine.clone(), *engine_revision));
-        }
-    }
-    for (engine, rev) in engines {
-        compares.push(Compare::mod_revision(
-            keys.engine(&engine),
-            CompareOp::Equal,
-            rev,
-        ));
-    }
+    let mut compares = Vec::with_capacity(batch.compares.len() + 1);
+    compares.push(fence.compare());
+    compares.extend(batch.compares.iter().cloned());
     let txn = Txn::new()
         .when(compares)
-        .and_then(ops)
+        .and_then(batch.ops.clone())
         .or_else(vec![TxnOp::get(
             fence.key.clone(),
             Some(GetOptions::new().with_keys_only()),

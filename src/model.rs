@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const MAX_CPUS: f64 = 1_000_000.0;
 /// Largest memory (MB) a request or engine may name: one exabyte.
 pub const MAX_MEMORY_MB: f64 = 1_099_511_627_776.0;
+/// Largest request value: its decision echoes it, and several decisions share one transaction
+/// under etcd's 1.5 MiB request limit.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// etcd keys and DNS names agree on this bound; ids longer than this are refused.
 pub const MAX_ID_BYTES: usize = 253;
 
@@ -420,6 +423,15 @@ fn check_amount(field: &str, value: Option<f64>, max: f64, unit: &str) -> Result
 impl Request {
     /// Parses and checks a request value as a user wrote it into etcd.
     pub fn parse(raw: &[u8]) -> Result<(serde_json::Value, Request), (serde_json::Value, Invalid)> {
+        if raw.len() > MAX_REQUEST_BYTES {
+            return Err((
+                serde_json::Value::String(format!("({} bytes, not echoed)", raw.len())),
+                Invalid(format!(
+                    "request: {} bytes, the limit is {MAX_REQUEST_BYTES}",
+                    raw.len()
+                )),
+            ));
+        }
         let value: serde_json::Value = match serde_json::from_slice(raw) {
             Ok(v) => v,
             Err(e) => {
@@ -769,6 +781,17 @@ mod tests {
         assert!(invalid("").starts_with("malformed JSON"));
         assert!(invalid("[1,2]").contains("JSON object"));
         assert!(invalid("\"hello\"").contains("JSON object"));
+    }
+
+    #[test]
+    fn huge_requests_are_invalid_and_not_echoed() {
+        let big = format!(
+            r#"{{"image":"x","cpus":1,"memory":1,"type":"s","args":["{}"]}}"#,
+            "a".repeat(MAX_REQUEST_BYTES)
+        );
+        let (echo, Invalid(msg)) = Request::parse(big.as_bytes()).unwrap_err();
+        assert!(msg.starts_with("request: "), "{msg}");
+        assert!(echo.as_str().is_some_and(|s| s.len() < 100));
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn backoff() -> ExponentialBuilder {
 fn options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // etcd refuses pings closer than its --grpc-keepalive-min-time (5 s by default) with
+        // GOAWAY, which would cut every stream on the connection.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)
 }
 

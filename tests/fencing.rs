@@ -47,6 +47,10 @@ fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
     }
 }
 
+fn one(keys: &Keys, item: Item) -> manager::Batch {
+    manager::batches(vec![item], keys).pop().expect("one batch")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposed_leader_cannot_commit() {
     let etcd = EtcdProcess::start().await.expect("start etcd");
@@ -98,9 +102,8 @@ async fn deposed_leader_cannot_commit() {
     // a still believes it leads and tries to commit: etcd refuses it.
     let refused = manager::commit(
         &client,
-        &keys,
         &a.fence,
-        &[placement(&id, request_revision, "a")],
+        &one(&keys, placement(&id, request_revision, "a")),
     )
     .await
     .unwrap();
@@ -122,9 +125,8 @@ async fn deposed_leader_cannot_commit() {
     // The same write from the new leader commits.
     let done = manager::commit(
         &client,
-        &keys,
         &b.fence,
-        &[placement(&id, request_revision, "b")],
+        &one(&keys, placement(&id, request_revision, "b")),
     )
     .await
     .unwrap();
@@ -133,9 +135,8 @@ async fn deposed_leader_cannot_commit() {
     // And a stale plan from the leader itself is a conflict, not a fence failure.
     let again = manager::commit(
         &client,
-        &keys,
         &b.fence,
-        &[placement(&id, request_revision, "b")],
+        &one(&keys, placement(&id, request_revision, "b")),
     )
     .await
     .unwrap();

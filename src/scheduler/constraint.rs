@@ -135,15 +135,11 @@ impl Constraint {
 
     /// Whether an engine with these labels satisfies the constraint.
     pub fn matches(&self, labels: &Labels) -> bool {
-        let values = labels.values(&self.key);
+        let mut values = labels.values(&self.key).peekable();
         match self.op {
-            Op::Exists => values.is_some(),
-            Op::Eq => {
-                values.is_some_and(|vs| vs.iter().any(|v| self.matcher.matches(v.as_deref())))
-            }
-            Op::Ne => {
-                !values.is_some_and(|vs| vs.iter().any(|v| self.matcher.matches(v.as_deref())))
-            }
+            Op::Exists => values.peek().is_some(),
+            Op::Eq => values.any(|v| self.matcher.matches(v)),
+            Op::Ne => !values.any(|v| self.matcher.matches(v)),
         }
     }
 }
@@ -165,15 +161,14 @@ impl Labels {
         Labels(parsed)
     }
 
-    /// Every value of `key`, or `None` when the engine has no such key.
-    fn values(&self, key: &str) -> Option<Vec<&Option<String>>> {
-        let found: Vec<&Option<String>> = self
-            .0
+    /// Every value of `key` (`None` for a bare key); empty when the engine has no such key.
+    /// Labels are sorted, so this is a binary search and a short scan, with no allocation.
+    fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        let start = self.0.partition_point(|(k, _)| k.as_str() < key);
+        self.0[start..]
             .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v)
-            .collect();
-        (!found.is_empty()).then_some(found)
+            .take_while(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_deref())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod constraint;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::model::{EngineId, EngineSpec, HostPort, MemoryMb, Millicpus, Request, Resource};
 pub use constraint::{Constraint, ConstraintError, Labels};
@@ -101,7 +102,8 @@ impl Schedulers {
 pub struct EngineView {
     pub id: EngineId,
     pub addr: String,
-    pub labels: Labels,
+    /// Shared: a view is cloned for every scheduling round, its labels never change.
+    pub labels: Arc<Labels>,
     /// Capacity after the overcommit factor.
     pub cpus: Millicpus,
     pub memory: MemoryMb,
@@ -127,7 +129,7 @@ impl EngineView {
         EngineView {
             id: spec.id.clone(),
             addr: spec.addr.clone(),
-            labels: Labels::parse(&labels),
+            labels: Arc::new(Labels::parse(&labels)),
             cpus: Millicpus((spec.cpus.0 as f64 * overcommit).floor() as u64),
             memory: MemoryMb((spec.memory.0 as f64 * overcommit).floor() as u64),
             total_cpus: spec.wire.cpus,
@@ -201,17 +203,18 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// A request ready to schedule: its constraints parsed once, not once per engine.
+/// A request ready to schedule: its constraints parsed (and their regexes compiled) once, when
+/// the request is read, not once per engine or per scheduling round.
 #[derive(Debug, Clone)]
-pub struct Prepared<'a> {
-    pub request: &'a Request,
+pub struct Prepared {
+    pub request: Request,
     hard: Vec<Constraint>,
     soft: Vec<Constraint>,
 }
 
-impl<'a> Prepared<'a> {
+impl Prepared {
     /// Fails with a reason naming the bad `labels[i]` entry.
-    pub fn new(request: &'a Request) -> Result<Self, String> {
+    pub fn new(request: Request) -> Result<Self, String> {
         let mut hard = Vec::new();
         let mut soft = Vec::new();
         for (i, expr) in request.constraints.iter().enumerate() {
@@ -231,7 +234,7 @@ impl<'a> Prepared<'a> {
 
     /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
     pub fn fits_resources(&self, e: &EngineView) -> Result<(), Rejection> {
-        fits_resources(self.request, e)
+        fits_resources(&self.request, e)
     }
 
     fn check(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
@@ -247,7 +250,7 @@ impl<'a> Prepared<'a> {
         if !e.healthy {
             return Err(Rejection::Unhealthy);
         }
-        fits_resources(self.request, e)
+        fits_resources(&self.request, e)
     }
 }
 
@@ -298,7 +301,7 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
 ///
 /// `seed` only matters to [`Strategy::Random`]; pass something that varies per request.
 pub fn schedule(
-    p: &Prepared<'_>,
+    p: &Prepared,
     engines: &[EngineView],
     strategy: Strategy,
     seed: u64,
@@ -425,7 +428,7 @@ mod tests {
     }
 
     fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
-        let p = Prepared::new(r)?;
+        let p = Prepared::new(r.clone())?;
         let plan = schedule(&p, engines, s, 1).map_err(|u| u.reason)?;
         let e = &mut engines[plan.engine];
         e.reserve(r.cpus, r.memory, &r.ports);
@@ -474,7 +477,7 @@ mod tests {
             })
             .collect();
         let r = request(2.0, 1.0, &[], &[]);
-        let p = Prepared::new(&r).unwrap();
+        let p = Prepared::new(r.clone()).unwrap();
         let mut seen = BTreeSet::new();
         for seed in 0..200 {
             let a = schedule(&p, &es, Strategy::Random, seed).unwrap();
@@ -511,7 +514,7 @@ mod tests {
             "0/3 engines fit: 1 constraint zone==a, 1 insufficient cpus, 1 port 80/tcp in use"
         );
         let none: Vec<EngineView> = vec![];
-        let p = Prepared::new(&r).unwrap();
+        let p = Prepared::new(r.clone()).unwrap();
         assert_eq!(
             schedule(&p, &none, Strategy::Spread, 0).unwrap_err().reason,
             "0/0 engines fit: no engines registered"
@@ -555,7 +558,7 @@ mod tests {
             Ok(1)
         );
         let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
-        assert!(Prepared::new(&bad).unwrap_err().starts_with("labels[0]: "));
+        assert!(Prepared::new(bad).unwrap_err().starts_with("labels[0]: "));
     }
 
     #[test]
@@ -625,7 +628,7 @@ mod tests {
                     let zone_c = match zone { 0 => vec!["zone==a"], 1 => vec!["zone!=b"], 2 => vec!["zone==~c"], _ => vec![] };
                     let ports: Vec<u16> = port.iter().map(|p| 8000 + p).collect();
                     let r = request(f64::from(*c) / 1000.0, f64::from(*m), &zone_c, &ports);
-                    let p = Prepared::new(&r).unwrap();
+                    let p = Prepared::new(r.clone()).unwrap();
                     match schedule(&p, &view, strategy, seed ^ n as u64) {
                         Ok(plan) => {
                             let e = &mut view[plan.engine];
