@@ -109,16 +109,13 @@ impl Work {
     }
 }
 
-/// Engines with their usage applied, plus the work the leader should do next.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub revision: i64,
-    /// Bumped whenever capacity may have grown; an unschedulable verdict is kept per epoch.
-    pub capacity_epoch: u64,
-    /// Sorted by engine id; only engines whose JSON is valid.
-    pub engines: Vec<EngineView>,
-    pub engine_revisions: Vec<i64>,
-    pub work: Vec<Work>,
+/// Every valid engine with its usage applied, sorted by id, and each engine key's mod revision.
+#[derive(Debug, Clone, Default)]
+pub struct Engines {
+    /// Bumped whenever an engine is added, changed or removed.
+    pub generation: u64,
+    pub views: Vec<EngineView>,
+    pub revisions: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +137,9 @@ pub struct State {
     capacity_epoch: u64,
     /// The capacity epoch a request was last found unschedulable in, by the leader.
     parked_in: HashMap<RequestId, u64>,
+    engine_generation: u64,
+    /// Engines whose usage changed since the leader last looked ([`State::take_dirty`]).
+    dirty: HashSet<EngineId>,
 }
 
 impl State {
@@ -154,8 +154,10 @@ impl State {
     pub fn reset(&mut self, keys: &Keys, kvs: &[KeyValue], revision: i64) {
         let parked = std::mem::take(&mut self.parked_in);
         let epoch = self.capacity_epoch;
+        let generation = self.engine_generation;
         *self = State::new(self.overcommit);
         self.capacity_epoch = epoch + 1;
+        self.engine_generation = generation + 1;
         self.parked_in = parked;
         for kv in kvs {
             self.put(keys, kv);
@@ -201,6 +203,7 @@ impl State {
                         spec,
                     },
                 );
+                self.engine_generation += 1;
                 self.capacity_changed();
             }
             Key::Request(id) => {
@@ -275,6 +278,7 @@ impl State {
                     let old = list.remove(old);
                     release_usage(&mut self.usage, &old);
                 }
+                self.dirty.insert(engine.clone());
                 let entry = ReservationEntry {
                     engine,
                     cpus: held.cpus,
@@ -306,6 +310,7 @@ impl State {
         match key {
             Key::Engine(id) => {
                 self.engines.remove(&id);
+                self.engine_generation += 1;
                 self.capacity_changed();
             }
             Key::Request(id) => {
@@ -323,6 +328,7 @@ impl State {
                         let old = list.remove(i);
                         release_usage(&mut self.usage, &old);
                     }
+                    self.dirty.insert(engine.clone());
                     if list.is_empty() {
                         self.reservations.remove(&id);
                     }
@@ -429,22 +435,56 @@ impl State {
         self.parked_in.insert(id.clone(), epoch);
     }
 
-    /// Engines with usage, and up to `max_work` work items not in `skip`.
-    pub fn snapshot(&self, max_work: usize, skip: &HashSet<RequestId>) -> Snapshot {
-        let mut engines = Vec::with_capacity(self.engines.len());
-        let mut engine_revisions = Vec::with_capacity(self.engines.len());
+    pub fn engine_generation(&self) -> u64 {
+        self.engine_generation
+    }
+
+    /// Every valid engine with its usage, from scratch; forgets the dirty set.
+    pub fn engines(&mut self) -> Engines {
+        self.dirty.clear();
+        let mut views = Vec::with_capacity(self.engines.len());
+        let mut revisions = Vec::with_capacity(self.engines.len());
         for (id, entry) in &self.engines {
             if let Ok((_, view)) = &entry.spec {
                 let mut view = view.clone();
                 if let Some(u) = self.usage.get(id) {
-                    view.reserved_cpus = u.cpus;
-                    view.reserved_memory = u.memory;
-                    view.ports = u.ports.keys().copied().collect();
+                    apply_usage(&mut view, u);
                 }
-                engines.push(view);
-                engine_revisions.push(entry.mod_revision);
+                views.push(view);
+                revisions.push(entry.mod_revision);
             }
         }
+        Engines {
+            generation: self.engine_generation,
+            views,
+            revisions,
+        }
+    }
+
+    /// Engines whose usage changed since the last call, with their usage now.
+    pub fn take_dirty(&mut self) -> Vec<(EngineId, Usage)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|id| {
+                let u = self.usage.get(&id).cloned().unwrap_or_default();
+                (id, u)
+            })
+            .collect()
+    }
+
+    /// What the cache knows one engine holds.
+    pub fn usage(&self, engine: &EngineId) -> Usage {
+        self.usage.get(engine).cloned().unwrap_or_default()
+    }
+
+    pub fn capacity_epoch(&self) -> u64 {
+        self.capacity_epoch
+    }
+
+    /// Up to `max_work` work items, releases first, then pending requests oldest first,
+    /// leaving out those in `skip` (written by the leader and not yet seen).
+    pub fn work(&self, max_work: usize, skip: &HashSet<RequestId>) -> Vec<Work> {
         let mut work = Vec::new();
         for id in &self.releases {
             if work.len() >= max_work {
@@ -484,13 +524,7 @@ impl State {
                 parsed: r.parsed.clone(),
             });
         }
-        Snapshot {
-            revision: self.revision,
-            capacity_epoch: self.capacity_epoch,
-            engines,
-            engine_revisions,
-            work,
-        }
+        work
     }
 
     pub fn pending_count(&self) -> usize {
@@ -583,6 +617,13 @@ impl State {
             })
             .collect()
     }
+}
+
+/// Sets a view's reservations to `u` (what the cache knows is committed).
+pub fn apply_usage(view: &mut EngineView, u: &Usage) {
+    view.reserved_cpus = u.cpus;
+    view.reserved_memory = u.memory;
+    view.ports = u.ports.keys().copied().collect();
 }
 
 fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {

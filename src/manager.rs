@@ -22,7 +22,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cache::{Cache, Snapshot, Work};
+use crate::cache::{Cache, Engines, Usage, Work, apply_usage};
 use crate::election::{Fence, Leadership, Lease};
 use crate::keys::Keys;
 use crate::model::{Decision, EngineId, Held, RequestId, Reservation, Status, now_rfc3339};
@@ -192,16 +192,18 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
 /// `engines` (the running view) as they are accepted.
 pub fn plan(
-    snap: &Snapshot,
+    work: &[Work],
     engines: &mut [EngineView],
+    revisions: &[i64],
     cfg: &ManagerConfig,
     now: &str,
 ) -> Vec<Item> {
     let decided_by = cfg.replica.as_str();
-    // Stage 1, in parallel: each scheduler worker plans on the same frozen snapshot.
-    let frozen: &[EngineView] = &snap.engines;
-    let decide: Vec<&Work> = snap
-        .work
+    let sample = scheduler::sample_size(engines.len());
+    // Stage 1, in parallel when there is enough work: scheduler workers plan on the same
+    // frozen view. With one worker, requests are scheduled straight on the running view.
+    let frozen: &[EngineView] = engines;
+    let decide: Vec<&Work> = work
         .iter()
         .filter(|w| matches!(w, Work::Decide { .. }))
         .collect();
@@ -210,7 +212,9 @@ pub fn plan(
         std::thread::scope(|s| {
             let handles: Vec<_> = decide
                 .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(|w| propose(w, frozen, cfg)).collect()))
+                .map(|c| {
+                    s.spawn(move || c.iter().map(|w| propose(w, frozen, cfg, sample)).collect())
+                })
                 .collect();
             handles
                 .into_iter()
@@ -218,13 +222,13 @@ pub fn plan(
                 .collect()
         })
     } else {
-        decide.iter().map(|w| propose(w, frozen, cfg)).collect()
+        Vec::new()
     };
     let mut proposals = proposals.into_iter();
 
     // Stage 2, in order: verify each proposal on the running view; re-plan what no longer fits.
-    let mut items = Vec::with_capacity(snap.work.len());
-    for w in &snap.work {
+    let mut items = Vec::with_capacity(work.len());
+    for w in work {
         match w {
             Work::Release {
                 id,
@@ -280,7 +284,7 @@ pub fn plan(
                     proposal.filter(|p| prepared.fits_resources(&engines[p.engine]).is_ok());
                 let chosen = match verified {
                     Some(p) => Ok(p),
-                    None => scheduler::schedule(prepared, engines, strategy, seed(id)),
+                    None => scheduler::schedule(prepared, engines, strategy, seed(id), sample),
                 };
                 match chosen {
                     Ok(plan) => {
@@ -316,7 +320,7 @@ pub fn plan(
                             request_revision: *request_revision,
                             decision_revision: *decision_revision,
                             engine: e.id.clone(),
-                            engine_revision: snap.engine_revisions[i],
+                            engine_revision: revisions[i],
                             held: Held {
                                 cpus: request.cpus,
                                 memory: request.memory,
@@ -344,13 +348,18 @@ pub fn plan(
 
 /// A scheduler worker's proposal for one request on the frozen snapshot (None: let the verifier
 /// decide, e.g. for invalid requests or when nothing fits).
-fn propose(w: &Work, engines: &[EngineView], cfg: &ManagerConfig) -> Option<scheduler::Plan> {
+fn propose(
+    w: &Work,
+    engines: &[EngineView],
+    cfg: &ManagerConfig,
+    sample: usize,
+) -> Option<scheduler::Plan> {
     let Work::Decide { id, parsed, .. } = w else {
         return None;
     };
     let prepared = parsed.as_ref().ok()?;
     let strategy = cfg.schedulers.for_type(&prepared.request.kind).ok()?;
-    scheduler::schedule(prepared, engines, strategy, seed(id)).ok()
+    scheduler::schedule(prepared, engines, strategy, seed(id), sample).ok()
 }
 
 fn seed(id: &RequestId) -> u64 {
@@ -442,28 +451,34 @@ pub fn batches(items: Vec<Item>, keys: &Keys) -> Vec<Batch> {
 type Written = (RequestId, Option<(EngineId, Held)>);
 
 /// Writes sent or committed but not yet seen by the cache's watch. The running view is the
-/// cache's snapshot plus these, so a placement is never forgotten in between, and a request in
+/// cache's usage plus these, so a placement is never forgotten in between, and a request in
 /// flight is never planned twice.
 #[derive(Debug, Default)]
 struct Assumed {
     /// By batch: the revision it committed at (`None` while in flight) and what it wrote.
     batches: HashMap<u64, (Option<i64>, Vec<Written>)>,
     ids: HashSet<RequestId>,
+    /// What assumed placements hold, per engine and batch.
+    held: HashMap<EngineId, Vec<(u64, Held)>>,
 }
 
 impl Assumed {
     fn add(&mut self, token: u64, items: &[Item]) {
-        let written = items
-            .iter()
-            .map(|item| {
-                self.ids.insert(item.id().clone());
-                let held = match item {
-                    Item::Place { engine, held, .. } => Some((engine.clone(), held.clone())),
-                    _ => None,
-                };
-                (item.id().clone(), held)
-            })
-            .collect();
+        let mut written = Vec::with_capacity(items.len());
+        for item in items {
+            self.ids.insert(item.id().clone());
+            let held = match item {
+                Item::Place { engine, held, .. } => {
+                    self.held
+                        .entry(engine.clone())
+                        .or_default()
+                        .push((token, held.clone()));
+                    Some((engine.clone(), held.clone()))
+                }
+                _ => None,
+            };
+            written.push((item.id().clone(), held));
+        }
         self.batches.insert(token, (None, written));
     }
 
@@ -473,46 +488,82 @@ impl Assumed {
         }
     }
 
-    /// A batch that did not commit: its requests are planned again, on fresh state.
-    fn failed(&mut self, token: u64) {
+    /// Forgets a batch; returns the engines it held resources on.
+    fn forget(&mut self, token: u64) -> Vec<EngineId> {
+        let mut engines = Vec::new();
         if let Some((_, written)) = self.batches.remove(&token) {
-            for (id, _) in written {
+            for (id, held) in written {
                 self.ids.remove(&id);
+                if let Some((engine, _)) = held {
+                    if let Some(list) = self.held.get_mut(&engine) {
+                        list.retain(|(t, _)| *t != token);
+                        if list.is_empty() {
+                            self.held.remove(&engine);
+                        }
+                    }
+                    engines.push(engine);
+                }
             }
         }
+        engines
     }
 
-    /// Forgets what the cache has caught up with.
-    fn prune(&mut self, cache_revision: i64) {
-        let ids = &mut self.ids;
-        self.batches.retain(|_, (rev, written)| match rev {
-            Some(rev) if *rev <= cache_revision => {
-                for (id, _) in written.iter() {
-                    ids.remove(id);
-                }
-                false
-            }
-            _ => true,
-        });
+    /// Forgets what the cache has caught up with; returns the engines touched.
+    fn prune(&mut self, cache_revision: i64) -> Vec<EngineId> {
+        let seen: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, (rev, _))| rev.is_some_and(|r| r <= cache_revision))
+            .map(|(t, _)| *t)
+            .collect();
+        seen.into_iter().flat_map(|t| self.forget(t)).collect()
     }
 
-    fn apply(&self, engines: &mut [EngineView]) {
-        for (_, written) in self.batches.values() {
-            for (_, held) in written {
-                if let Some((engine, h)) = held
-                    && let Ok(i) = engines.binary_search_by(|e| e.id.cmp(engine))
-                {
-                    engines[i].reserve(h.cpus, h.memory, &h.ports);
-                }
-            }
+    /// Adds what assumed placements hold on `engine` to its view.
+    fn apply(&self, view: &mut EngineView) {
+        for (_, h) in self.held.get(&view.id).into_iter().flatten() {
+            view.reserve(h.cpus, h.memory, &h.ports);
         }
     }
 
     fn in_flight(&self) -> usize {
-        self.batches
-            .values()
-            .filter(|(rev, _)| rev.is_none())
-            .count()
+        self.batches.values().filter(|(rev, _)| rev.is_none()).count()
+    }
+}
+
+/// The leader's running view: every engine, with what the cache knows is committed plus what
+/// is assumed. Kept across rounds and updated per engine, so a round costs what changed, not
+/// the size of the cluster.
+#[derive(Debug, Default)]
+struct RunningView {
+    engines: Engines,
+    index: HashMap<EngineId, usize>,
+    /// Set when the view must be rebuilt (new leader, engines changed).
+    stale: bool,
+}
+
+impl RunningView {
+    fn rebuild(&mut self, engines: Engines, assumed: &Assumed) {
+        self.index = engines
+            .views
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.clone(), i))
+            .collect();
+        self.engines = engines;
+        for view in &mut self.engines.views {
+            assumed.apply(view);
+        }
+        self.stale = false;
+    }
+
+    /// Recomputes one engine from the cache's usage and what is assumed on it.
+    fn refresh(&mut self, engine: &EngineId, usage: &Usage, assumed: &Assumed) {
+        if let Some(&i) = self.index.get(engine) {
+            let view = &mut self.engines.views[i];
+            apply_usage(view, usage);
+            assumed.apply(view);
+        }
     }
 }
 
@@ -553,6 +604,10 @@ impl Manager {
         tracing::info!(revision = self.cache.revision(), "leading");
         let mut changed = self.cache.subscribe();
         let mut assumed = Assumed::default();
+        let mut view = RunningView {
+            stale: true,
+            ..RunningView::default()
+        };
         let mut commits: JoinSet<(u64, Result<Commit, etcd_client::Error>)> = JoinSet::new();
         let mut next_token = 0u64;
         // After a conflict, plan nothing until the cache has seen the state that refused us.
@@ -579,21 +634,39 @@ impl Manager {
                 self.compact().await;
             }
             let revision = self.cache.revision();
-            assumed.prune(revision);
             let free = MAX_IN_FLIGHT.saturating_sub(assumed.in_flight());
             if free > 0 && revision >= must_reach {
-                // Plan what fits in the free pipeline slots, on the cache plus what is assumed.
-                let (mut snap, mut engines) = {
-                    let state = self.cache.lock();
-                    let snap = state.snapshot(free * ITEMS_PER_TXN, &assumed.ids);
-                    let engines = snap.engines.clone();
-                    (snap, engines)
+                // Bring the running view up to date with what changed, then take work.
+                let (work, epoch) = {
+                    let mut state = self.cache.lock();
+                    let mut touched = assumed.prune(state.revision);
+                    if view.stale || state.engine_generation() != view.engines.generation {
+                        view.rebuild(state.engines(), &assumed);
+                    } else {
+                        let dirty = state.take_dirty();
+                        for (engine, usage) in &dirty {
+                            view.refresh(engine, usage, &assumed);
+                        }
+                        touched.retain(|e| !dirty.iter().any(|(d, _)| d == e));
+                        for engine in touched {
+                            let usage = state.usage(&engine);
+                            view.refresh(&engine, &usage, &assumed);
+                        }
+                    }
+                    (
+                        state.work(free * ITEMS_PER_TXN, &assumed.ids),
+                        state.capacity_epoch(),
+                    )
                 };
-                if !snap.work.is_empty() {
-                    assumed.apply(&mut engines);
-                    snap.engines = engines.clone();
-                    let items = plan(&snap, &mut engines, &self.cfg, &now_rfc3339());
-                    self.remember_refusals(&items, snap.capacity_epoch);
+                if !work.is_empty() {
+                    let items = plan(
+                        &work,
+                        &mut view.engines.views,
+                        &view.engines.revisions,
+                        &self.cfg,
+                        &now_rfc3339(),
+                    );
+                    self.remember_refusals(&items, epoch);
                     for batch in batches(items, &keys) {
                         next_token += 1;
                         let token = next_token;
@@ -622,7 +695,10 @@ impl Manager {
                         }
                         Ok(Commit::Conflict(rev)) => {
                             tracing::debug!(revision = rev, "batch conflicted; re-planning on fresh state");
-                            assumed.failed(token);
+                            for engine in assumed.forget(token) {
+                                let usage = self.cache.lock().usage(&engine);
+                                view.refresh(&engine, &usage, &assumed);
+                            }
                             // The change that refused us is below a barrier written now.
                             match barrier(&self.client, &leadership.fence, &leadership.value).await {
                                 Ok(Commit::Done(b)) => must_reach = must_reach.max(b),
@@ -634,7 +710,10 @@ impl Manager {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "commit failed; re-planning on fresh state");
-                            assumed.failed(token);
+                            for engine in assumed.forget(token) {
+                                let usage = self.cache.lock().usage(&engine);
+                                view.refresh(&engine, &usage, &assumed);
+                            }
                             self.cache.lock().retry_waiting();
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }

@@ -237,21 +237,60 @@ impl Prepared {
         fits_resources(&self.request, e)
     }
 
-    fn check(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
-        let constraints = self
-            .hard
-            .iter()
-            .chain(self.soft.iter().filter(|_| with_soft));
-        for c in constraints {
+    /// The first filter `e` fails, as a cheap code (no allocation on the hot path).
+    fn check(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
+        for (i, c) in self.hard.iter().enumerate() {
             if !c.matches(&e.labels) {
-                return Err(Rejection::Constraint(c.expr.clone()));
+                return Err(Code::Constraint(i));
+            }
+        }
+        if with_soft {
+            for (i, c) in self.soft.iter().enumerate() {
+                if !c.matches(&e.labels) {
+                    return Err(Code::Constraint(self.hard.len() + i));
+                }
             }
         }
         if !e.healthy {
-            return Err(Rejection::Unhealthy);
+            return Err(Code::Unhealthy);
         }
-        fits_resources(&self.request, e)
+        match fits_resources(&self.request, e) {
+            Ok(()) => Ok(()),
+            Err(Rejection::Cpus) => Err(Code::Cpus),
+            Err(Rejection::Memory) => Err(Code::Memory),
+            Err(Rejection::Port(p)) => Err(Code::Port(p)),
+            Err(_) => Err(Code::Unhealthy),
+        }
     }
+
+    fn rejection(&self, code: Code) -> Rejection {
+        match code {
+            Code::Constraint(i) => {
+                let c = self
+                    .hard
+                    .iter()
+                    .chain(self.soft.iter())
+                    .nth(i)
+                    .map(|c| c.expr.clone())
+                    .unwrap_or_default();
+                Rejection::Constraint(c)
+            }
+            Code::Unhealthy => Rejection::Unhealthy,
+            Code::Cpus => Rejection::Cpus,
+            Code::Memory => Rejection::Memory,
+            Code::Port(p) => Rejection::Port(p),
+        }
+    }
+}
+
+/// [`Rejection`] without its text: counted per engine, named only when explaining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    Constraint(usize),
+    Unhealthy,
+    Cpus,
+    Memory,
+    Port(HostPort),
 }
 
 /// Whether an engine has room for a request's cpus, memory and host ports.
@@ -297,23 +336,40 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
     reason
 }
 
+/// How many feasible engines to score before choosing, as the Kubernetes scheduler's
+/// `percentageOfNodesToScore`: a large cluster costs a bounded amount per request. The scan
+/// starts at a point derived from the seed, so the sample differs per request; "nothing fits"
+/// is only ever said after every engine was checked.
+pub fn sample_size(engines: usize) -> usize {
+    (engines / 20).clamp(64, 256)
+}
+
 /// Chooses an engine for a request, or says why none fits.
 ///
-/// `seed` only matters to [`Strategy::Random`]; pass something that varies per request.
+/// Scores at most `sample` feasible engines (see [`sample_size`]; `usize::MAX` scores all).
+/// `seed` picks where the scan starts and, for [`Strategy::Random`], the draw.
 pub fn schedule(
     p: &Prepared,
     engines: &[EngineView],
     strategy: Strategy,
     seed: u64,
+    sample: usize,
 ) -> Result<Plan, Unschedulable> {
+    let n = engines.len();
+    let start = if n == 0 { 0 } else { (splitmix(seed) % n as u64) as usize };
     let pass = |with_soft: bool| {
         let mut best: Option<(usize, f64)> = None;
         let mut feasible = 0usize;
         let mut chosen_random: Option<usize> = None;
-        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
-        for (i, e) in engines.iter().enumerate() {
+        let mut rejections: Vec<(Code, usize)> = Vec::new();
+        for k in 0..n {
+            let i = if start + k < n { start + k } else { start + k - n };
+            let e = &engines[i];
             match p.check(e, with_soft) {
-                Err(r) => *rejections.entry(r).or_default() += 1,
+                Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
+                    Some((_, count)) => *count += 1,
+                    None => rejections.push((code, 1)),
+                },
                 Ok(()) => {
                     feasible += 1;
                     match strategy {
@@ -328,19 +384,32 @@ pub fn schedule(
                             let f = e.fraction_with(p.request.cpus, p.request.memory);
                             let better = match best {
                                 None => true,
-                                Some((_, bf)) if strategy == Strategy::Spread => f < bf,
-                                Some((_, bf)) => f > bf,
+                                // Ties go to the lower id, whatever the scan's start.
+                                Some((bi, bf)) if strategy == Strategy::Spread => {
+                                    f < bf || (f == bf && i < bi)
+                                }
+                                Some((bi, bf)) => f > bf || (f == bf && i < bi),
                             };
                             if better {
                                 best = Some((i, f));
                             }
                         }
                     }
+                    if feasible >= sample {
+                        break;
+                    }
                 }
             }
         }
         let choice = chosen_random.or(best.map(|(i, _)| i));
         (choice, rejections)
+    };
+    let named = |rejections: Vec<(Code, usize)>| -> BTreeMap<Rejection, usize> {
+        let mut out = BTreeMap::new();
+        for (code, count) in rejections {
+            *out.entry(p.rejection(code)).or_default() += count;
+        }
+        out
     };
     let (choice, rejections) = pass(true);
     if let Some(engine) = choice {
@@ -352,7 +421,7 @@ pub fn schedule(
     }
     if p.soft.is_empty() {
         return Err(Unschedulable {
-            reason: explain(engines.len(), rejections, false),
+            reason: explain(n, named(rejections), false),
         });
     }
     let (choice, rejections) = pass(false);
@@ -363,7 +432,7 @@ pub fn schedule(
             soft_dropped: true,
         }),
         None => Err(Unschedulable {
-            reason: explain(engines.len(), rejections, true),
+            reason: explain(n, named(rejections), true),
         }),
     }
 }
@@ -429,7 +498,7 @@ mod tests {
 
     fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
         let p = Prepared::new(r.clone())?;
-        let plan = schedule(&p, engines, s, 1).map_err(|u| u.reason)?;
+        let plan = schedule(&p, engines, s, 1, usize::MAX).map_err(|u| u.reason)?;
         let e = &mut engines[plan.engine];
         e.reserve(r.cpus, r.memory, &r.ports);
         Ok(plan.engine)
@@ -480,8 +549,8 @@ mod tests {
         let p = Prepared::new(r.clone()).unwrap();
         let mut seen = BTreeSet::new();
         for seed in 0..200 {
-            let a = schedule(&p, &es, Strategy::Random, seed).unwrap();
-            let b = schedule(&p, &es, Strategy::Random, seed).unwrap();
+            let a = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
+            let b = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
             assert_eq!(a, b);
             assert!(a.engine % 2 == 1, "engine {} has 1 cpu", a.engine);
             seen.insert(a.engine);
@@ -516,7 +585,7 @@ mod tests {
         let none: Vec<EngineView> = vec![];
         let p = Prepared::new(r.clone()).unwrap();
         assert_eq!(
-            schedule(&p, &none, Strategy::Spread, 0).unwrap_err().reason,
+            schedule(&p, &none, Strategy::Spread, 0, usize::MAX).unwrap_err().reason,
             "0/0 engines fit: no engines registered"
         );
     }
@@ -613,6 +682,7 @@ mod tests {
                 rs in requests(),
                 strategy in 0u8..3,
                 seed in any::<u64>(),
+                sample in prop_oneof![Just(usize::MAX), 1usize..4],
             ) {
                 let strategy = [super::Strategy::Spread, super::Strategy::Binpack, super::Strategy::Random][strategy as usize];
                 let mut view: Vec<EngineView> = es
@@ -629,7 +699,7 @@ mod tests {
                     let ports: Vec<u16> = port.iter().map(|p| 8000 + p).collect();
                     let r = request(f64::from(*c) / 1000.0, f64::from(*m), &zone_c, &ports);
                     let p = Prepared::new(r.clone()).unwrap();
-                    match schedule(&p, &view, strategy, seed ^ n as u64) {
+                    match schedule(&p, &view, strategy, seed ^ n as u64, sample) {
                         Ok(plan) => {
                             let e = &mut view[plan.engine];
                             prop_assert!(fits_resources(&r, e).is_ok());
