@@ -93,6 +93,11 @@ pub struct BenchResult {
     pub controller_rss_mb: f64,
     pub controller_rss_base_mb: f64,
     pub controller_bytes_per_placement: f64,
+    /// etcd's cpu seconds per 1,000 raw puts, and per 1,000 placements (own etcd only).
+    pub etcd_cpu_s_per_1k_raw_puts: Option<f64>,
+    pub etcd_cpu_s_per_1k_placements: Option<f64>,
+    /// This bench process's own cpu seconds while submitting and watching (load generator).
+    pub bench_cpu_s: f64,
     pub overcommitted_engines: usize,
     pub double_bound_ports: usize,
     pub mismatched: usize,
@@ -289,7 +294,11 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     // etcd's own rate on the same etcd, same concurrency, before citadel runs.
     let raw_prefix = format!("{prefix}-raw/");
     let raw_total = args.requests.clamp(1_000, 20_000);
+    let etcd_pid = _etcd_proc.as_ref().map(|p| p.pid());
+    let etcd_cpu = || etcd_pid.and_then(proc_usage).map(|u| u.0);
+    let raw_cpu0 = etcd_cpu();
     let raw_put_per_s = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let raw_cpu = etcd_cpu().zip(raw_cpu0).map(|(b, a)| b - a);
     kv.delete(
         raw_prefix.as_str(),
         Some(DeleteOptions::new().with_prefix()),
@@ -352,6 +361,10 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     // Let the leader load the engines before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (cpu0, rss0, _) = proc_usage(leader.pid()).unwrap_or_default();
+    let etcd_cpu0 = etcd_cpu();
+    let bench_cpu0 = proc_usage(std::process::id())
+        .map(|u| u.0)
+        .unwrap_or_default();
 
     let timings = Arc::new(Timings {
         start: Instant::now(),
@@ -487,6 +500,11 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         );
     }
     let (cpu1, _, hwm) = proc_usage(leader.pid()).unwrap_or_default();
+    let etcd_run_cpu = etcd_cpu().zip(etcd_cpu0).map(|(b, a)| b - a);
+    let bench_cpu = proc_usage(std::process::id())
+        .map(|u| u.0)
+        .unwrap_or_default()
+        - bench_cpu0;
 
     // Latencies and throughput, over decided requests.
     let mut lat = Vec::with_capacity(args.requests);
@@ -515,6 +533,17 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     let report: Report = invariants::check_etcd(&client, &keys, 1.0).await?;
     drop(standbys);
     drop(leader);
+    // etcd's rate again, after: this machine's disk and neighbours drift during a run, so the
+    // ratio uses the mean of the two measurements around it.
+    let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let _ = kv
+        .delete(
+            raw_prefix.as_str(),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await;
+    eprintln!("bench: raw single puts after: {raw_after:.0}/s");
+    let raw_put_per_s = (raw_put_per_s + raw_after) / 2.0;
     if let Some(path) = &args.plot
         && let Err(e) = plot(path, &series, &lat)
     {
@@ -559,6 +588,10 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         controller_rss_base_mb: rss0,
         controller_bytes_per_placement: (hwm - rss0).max(0.0) * 1024.0 * 1024.0
             / (report.placed.max(1) as f64),
+        etcd_cpu_s_per_1k_raw_puts: raw_cpu.map(|c| c * 1000.0 / raw_total as f64),
+        etcd_cpu_s_per_1k_placements: etcd_run_cpu
+            .map(|c| c * 1000.0 / report.placed.max(1) as f64),
+        bench_cpu_s: bench_cpu,
         overcommitted_engines: report.overcommitted_engines.len(),
         double_bound_ports: report.double_bound_ports.len(),
         mismatched: report.mismatched.len(),
@@ -606,6 +639,15 @@ pub fn print_table(r: &BenchResult) {
     println!(
         "  controller rss     {:>10.1} MB peak  ({:.1} MB at start, {:.0} B per placement)",
         r.controller_rss_mb, r.controller_rss_base_mb, r.controller_bytes_per_placement
+    );
+    if let (Some(raw), Some(run)) = (r.etcd_cpu_s_per_1k_raw_puts, r.etcd_cpu_s_per_1k_placements) {
+        println!(
+            "  etcd cpu           {raw:>10.3} s per 1k raw puts, {run:.3} s per 1k placements"
+        );
+    }
+    println!(
+        "  bench cpu          {:>10.2} s  (submitters and decision watcher)",
+        r.bench_cpu_s
     );
     println!(
         "  invariants         overcommitted engines {}, double-bound ports {}, mismatched {}, missing/duplicate decisions {}",

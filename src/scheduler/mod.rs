@@ -356,14 +356,22 @@ pub fn schedule(
     sample: usize,
 ) -> Result<Plan, Unschedulable> {
     let n = engines.len();
-    let start = if n == 0 { 0 } else { (splitmix(seed) % n as u64) as usize };
+    let start = if n == 0 {
+        0
+    } else {
+        (splitmix(seed) % n as u64) as usize
+    };
     let pass = |with_soft: bool| {
         let mut best: Option<(usize, f64)> = None;
         let mut feasible = 0usize;
         let mut chosen_random: Option<usize> = None;
         let mut rejections: Vec<(Code, usize)> = Vec::new();
         for k in 0..n {
-            let i = if start + k < n { start + k } else { start + k - n };
+            let i = if start + k < n {
+                start + k
+            } else {
+                start + k - n
+            };
             let e = &engines[i];
             match p.check(e, with_soft) {
                 Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
@@ -585,7 +593,9 @@ mod tests {
         let none: Vec<EngineView> = vec![];
         let p = Prepared::new(r.clone()).unwrap();
         assert_eq!(
-            schedule(&p, &none, Strategy::Spread, 0, usize::MAX).unwrap_err().reason,
+            schedule(&p, &none, Strategy::Spread, 0, usize::MAX)
+                .unwrap_err()
+                .reason,
             "0/0 engines fit: no engines registered"
         );
     }
