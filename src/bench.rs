@@ -164,13 +164,12 @@ fn engine_json(i: usize) -> String {
     } else {
         "us-east"
     };
-    let mut labels = vec![
+    let disk = if i.is_multiple_of(3) { "ssd" } else { "hdd" };
+    let labels = [
         format!("\"zone=z{}\"", i % 5),
         format!("\"region={region}\""),
+        format!("\"disk={disk}\""),
     ];
-    if i.is_multiple_of(3) {
-        labels.push("\"ssd\"".into());
-    }
     format!(
         r#"{{"addr":"tcp://10.{}.{}.{}:2375","cpus":{cpus},"memory":{memory},"labels":[{}]}}"#,
         (i >> 16) & 255,
@@ -188,8 +187,8 @@ pub fn request_json(n: usize) -> String {
     let mut extra = String::new();
     match n % 20 {
         0 => extra.push_str(r#","labels":["zone==z1"]"#),
-        1 => extra.push_str(r#","labels":["region==eu-*","ssd"]"#),
-        2 => extra.push_str(r#","labels":["zone!=z0","ssd==~"]"#),
+        1 => extra.push_str(r#","labels":["region==eu-*","disk==ssd"]"#),
+        2 => extra.push_str(r#","labels":["zone!=z0","disk==~ssd"]"#),
         3 => extra.push_str(&format!(r#","bind_ports":[{{"port":{}}}]"#, 8000 + n % 50)),
         _ => {}
     }

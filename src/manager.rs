@@ -70,6 +70,8 @@ pub enum Item {
         request_revision: i64,
         decision_revision: i64,
         engine: EngineId,
+        /// The engine key's mod revision in the view the placement was verified on.
+        engine_revision: i64,
         held: Held,
         decision: Decision,
         reservation: Reservation,
@@ -193,6 +195,7 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub fn plan(
     work: &[Work],
     engines: &mut [EngineView],
+    revisions: &[i64],
     cfg: &ManagerConfig,
     now: &str,
 ) -> Vec<Item> {
@@ -318,6 +321,7 @@ pub fn plan(
                             request_revision: *request_revision,
                             decision_revision: *decision_revision,
                             engine: e.id.clone(),
+                            engine_revision: revisions[i],
                             held: Held {
                                 cpus: request.cpus,
                                 memory: request.memory,
@@ -371,20 +375,52 @@ pub struct Batch {
     ops: Vec<TxnOp>,
 }
 
+/// What the engine compares of a batch are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineFence {
+    /// Engines in the view.
+    pub count: usize,
+    /// The newest engine key revision in the view.
+    pub newest: i64,
+}
+
 #[derive(Default)]
 struct Open {
     items: Vec<Item>,
     compares: Vec<Compare>,
     ops: Vec<TxnOp>,
     bytes: usize,
-    places: bool,
+    /// Engines placed on, with the mod revision each was verified at.
+    engines: HashMap<EngineId, i64>,
+}
+
+/// Engine compares a batch placing on `distinct` engines needs: one per engine, or one over
+/// the whole engines prefix when that is no more keys for etcd to read.
+fn engine_compares(fence: EngineFence, distinct: usize) -> usize {
+    match distinct {
+        0 => 0,
+        d if fence.count <= d => 1,
+        d => d,
+    }
 }
 
 impl Open {
-    fn close(self, keys: &Keys, engines_revision: i64) -> Batch {
+    fn close(self, keys: &Keys, fence: EngineFence) -> Batch {
         let mut compares = self.compares;
-        if self.places {
-            compares.push(engines_unchanged(keys, engines_revision));
+        if !self.engines.is_empty() && fence.count <= self.engines.len() {
+            // No engine key written after the newest revision in the view.
+            compares.push(
+                Compare::mod_revision(keys.engines(), CompareOp::Less, fence.newest + 1)
+                    .with_prefix(),
+            );
+        } else {
+            for (engine, rev) in self.engines {
+                compares.push(Compare::mod_revision(
+                    keys.engine(&engine),
+                    CompareOp::Equal,
+                    rev,
+                ));
+            }
         }
         Batch {
             items: self.items,
@@ -394,17 +430,14 @@ impl Open {
     }
 }
 
-/// One compare for every engine: no engine key was written after `engines_revision`, the
-/// newest engine revision in the view the placements were verified on. An engine shrunk (or
-/// replaced) meanwhile fails the batch instead of being overcommitted. One range compare keeps
-/// a transaction at 63 placements whatever the number of engines it touches.
-fn engines_unchanged(keys: &Keys, engines_revision: i64) -> Compare {
-    Compare::mod_revision(keys.engines(), CompareOp::Less, engines_revision + 1).with_prefix()
-}
-
 /// Items grouped into transactions within etcd's limits: 128 compares, 128 operations
 /// (`--max-txn-ops`) and 1.5 MiB per request (`--max-request-bytes`). Parked items write nothing.
-pub fn batches(items: Vec<Item>, keys: &Keys, engines_revision: i64) -> Vec<Batch> {
+///
+/// Every placement is fenced on its engine being unchanged since the view it was verified on,
+/// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
+/// every key a compare names (a range compare reads the whole range), so a batch compares each
+/// engine it touches, or the whole engines prefix when the cluster is that small.
+pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut open = Open::default();
     for item in items {
@@ -413,25 +446,37 @@ pub fn batches(items: Vec<Item>, keys: &Keys, engines_revision: i64) -> Vec<Batc
         }
         let compares = item.compares(keys);
         let (ops, bytes) = item.ops(keys);
-        let places = matches!(item, Item::Place { .. });
+        let engine = match &item {
+            Item::Place {
+                engine,
+                engine_revision,
+                ..
+            } => Some((engine.clone(), *engine_revision)),
+            _ => None,
+        };
         let full = |o: &Open| {
-            // The leader's fence, and the engines' compare once the batch places anything.
-            let fixed = 1 + usize::from(o.places || places);
-            fixed + o.compares.len() + compares.len() > MAX_TXN_OPS
+            let new = engine
+                .as_ref()
+                .is_some_and(|(e, _)| !o.engines.contains_key(e));
+            let engines = engine_compares(fence, o.engines.len() + usize::from(new));
+            // + 1: the leader's fence.
+            1 + engines + o.compares.len() + compares.len() > MAX_TXN_OPS
                 || o.ops.len() + ops.len() > MAX_TXN_OPS
                 || o.bytes + bytes > MAX_TXN_BYTES
         };
         if !open.items.is_empty() && full(&open) {
-            out.push(std::mem::take(&mut open).close(keys, engines_revision));
+            out.push(std::mem::take(&mut open).close(keys, fence));
         }
-        open.places |= places;
+        if let Some((e, rev)) = engine {
+            open.engines.insert(e, rev);
+        }
         open.compares.extend(compares);
         open.ops.extend(ops);
         open.bytes += bytes;
         open.items.push(item);
     }
     if !open.items.is_empty() {
-        out.push(open.close(keys, engines_revision));
+        out.push(open.close(keys, fence));
     }
     out
 }
@@ -655,10 +700,19 @@ impl Manager {
                 // latency stays one round trip.
                 let worth_it = assumed.in_flight() == 0 || work.len() >= ITEMS_PER_TXN;
                 if !work.is_empty() && worth_it {
-                    let items = plan(&work, &mut view.engines.views, &self.cfg, &now_rfc3339());
+                    let items = plan(
+                        &work,
+                        &mut view.engines.views,
+                        &view.engines.revisions,
+                        &self.cfg,
+                        &now_rfc3339(),
+                    );
                     self.remember_refusals(&items, epoch);
-                    let newest = view.engines.revisions.iter().copied().max().unwrap_or(0);
-                    for batch in batches(items, &keys, newest) {
+                    let fence = EngineFence {
+                        count: view.engines.views.len(),
+                        newest: view.engines.revisions.iter().copied().max().unwrap_or(0),
+                    };
+                    for batch in batches(items, &keys, fence) {
                         next_token += 1;
                         let token = next_token;
                         assumed.add(token, &batch.items);

@@ -20,6 +20,7 @@ fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
         request_revision,
         decision_revision: 0,
         engine: engine.clone(),
+        engine_revision: 2,
         held: Held {
             cpus: Millicpus(100),
             memory: MemoryMb(10),
@@ -47,9 +48,16 @@ fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
 }
 
 fn one(keys: &Keys, item: Item) -> manager::Batch {
-    manager::batches(vec![item], keys, 2)
-        .pop()
-        .expect("one batch")
+    manager::batches(
+        vec![item],
+        keys,
+        manager::EngineFence {
+            count: 1,
+            newest: 2,
+        },
+    )
+    .pop()
+    .expect("one batch")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -341,7 +341,7 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
 /// starts at a point derived from the seed, so the sample differs per request; "nothing fits"
 /// is only ever said after every engine was checked.
 pub fn sample_size(engines: usize) -> usize {
-    (engines / 20).clamp(64, 256)
+    (engines / 50).clamp(64, 100)
 }
 
 /// Chooses an engine for a request, or says why none fits.
