@@ -128,8 +128,8 @@ pub struct State {
     decisions: HashMap<RequestId, DecisionEntry>,
     reservations: HashMap<RequestId, Vec<ReservationEntry>>,
     usage: HashMap<EngineId, Usage>,
-    /// Election keys with their create revisions.
-    leaders: BTreeMap<String, (i64, Vec<u8>)>,
+    /// The election's campaign keys (their suffixes), to notice our own disappearing.
+    leaders: BTreeSet<String>,
     class: HashMap<RequestId, Class>,
     pending: BTreeSet<(i64, RequestId)>,
     releases: BTreeSet<RequestId>,
@@ -296,8 +296,7 @@ impl State {
                 self.classify(&id);
             }
             Key::Leader(suffix) => {
-                self.leaders
-                    .insert(suffix, (kv.create_revision(), kv.value().to_vec()));
+                self.leaders.insert(suffix);
             }
             Key::Health(_) => {}
         }
@@ -527,32 +526,12 @@ impl State {
         work
     }
 
-    pub fn pending_count(&self) -> usize {
-        self.pending.len() + self.releases.len()
-    }
-
-    pub fn waiting_count(&self) -> usize {
-        self.waiting.len()
-    }
-
-    /// Whether an election key with this suffix... or full key, is still present.
+    /// Whether the campaign key `key` is still present.
     pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
         match keys.parse(key) {
-            Some(Key::Leader(suffix)) => self.leaders.contains_key(&suffix),
+            Some(Key::Leader(suffix)) => self.leaders.contains(&suffix),
             _ => false,
         }
-    }
-
-    /// The current leader's value: the campaign key with the lowest create revision.
-    pub fn leader_value(&self) -> Option<Vec<u8>> {
-        self.leaders
-            .values()
-            .min_by_key(|(rev, _)| *rev)
-            .map(|(_, v)| v.clone())
-    }
-
-    pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
-        self.decisions.get(id)
     }
 
     pub fn request(&self, id: &RequestId) -> Option<&RequestEntry> {

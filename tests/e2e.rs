@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use citadel::etcd_process::EtcdProcess;
 use citadel::invariants;
 use citadel::keys::Keys;
-use citadel::model::{Decision, LeaderInfo, RequestId, Status};
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use citadel::model::{Decision, Status};
+use etcd_client::Client;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 const LEASE_TTL: &str = "2";
@@ -92,45 +94,23 @@ fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
         .expect("run citadel")
 }
 
-/// The id of the current leader, from the election key with the lowest create revision.
-async fn leader(client: &mut Client, keys: &Keys) -> Option<String> {
-    let resp = client
-        .get(
-            format!("{}/", keys.leader()),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_sort(SortTarget::Create, SortOrder::Ascend)
-                    .with_limit(1),
-            ),
-        )
+async fn decision(client: &Client, keys: &Keys, id: &str) -> Option<Decision> {
+    common::get(client, &keys.decision(&common::rid(id)))
         .await
-        .ok()?;
-    let kv = resp.kvs().first()?;
-    serde_json::from_slice::<LeaderInfo>(kv.value())
-        .ok()
-        .map(|l| l.id)
+        .and_then(|got| serde_json::from_slice(&got.value).ok())
 }
 
-async fn decision(client: &mut Client, keys: &Keys, id: &str) -> Option<Decision> {
-    let id = RequestId::new(id).ok()?;
-    let resp = client.get(keys.decision(&id), None).await.ok()?;
-    let kv = resp.kvs().first()?;
-    serde_json::from_slice(kv.value()).ok()
+async fn put_request(client: &Client, keys: &Keys, id: &str, json: &str) -> i64 {
+    common::put_request(client, keys, id, json.to_string()).await
 }
 
-async fn put_request(client: &mut Client, keys: &Keys, id: &str, json: &str) -> i64 {
-    let id = RequestId::new(id).expect("id");
-    let resp = client
-        .put(keys.request(&id), json, None)
-        .await
-        .expect("put");
-    resp.header().map(|h| h.revision()).unwrap_or(0)
+async fn leader(client: &Client, keys: &Keys) -> Option<String> {
+    common::leader_id(client, keys).await
 }
 
 /// Time from `since` until request `id` is decided by someone other than `old_leader`.
 async fn time_to_decision(
-    client: &mut Client,
+    client: &Client,
     keys: &Keys,
     id: &str,
     old_leader: &str,
@@ -171,7 +151,7 @@ fn request_json(i: usize) -> String {
 }
 
 /// Every request has exactly one decision, for its current revision, and invariants 1-2 hold.
-async fn assert_all_decided(client: &mut Client, keys: &Keys, revisions: &BTreeMap<String, i64>) {
+async fn assert_all_decided(client: &Client, keys: &Keys, revisions: &BTreeMap<String, i64>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut missing = Vec::new();
@@ -209,7 +189,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = Keys::default();
-    let mut client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = Client::connect([ep.as_str()], None).await.expect("connect");
 
     let mut replicas: Vec<Replica> = (1..=3)
         .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
@@ -244,14 +224,14 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         let id = format!("req-{i:03}");
         revisions.insert(
             id.clone(),
-            put_request(&mut client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, &request_json(i)).await,
         );
     }
 
     // SIGKILL the leader mid-way; the next request tells how long the cluster was headless.
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
-        if let Some(l) = leader(&mut client, &keys).await {
+        if let Some(l) = leader(&client, &keys).await {
             break l;
         }
         assert!(Instant::now() < deadline, "no leader elected");
@@ -266,17 +246,17 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let probe = "probe-after-sigkill";
     revisions.insert(
         probe.into(),
-        put_request(&mut client, &keys, probe, &request_json(1)).await,
+        put_request(&client, &keys, probe, &request_json(1)).await,
     );
     for i in 100..200 {
         let id = format!("req-{i:03}");
         revisions.insert(
             id.clone(),
-            put_request(&mut client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, &request_json(i)).await,
         );
     }
     let after_kill = time_to_decision(
-        &mut client,
+        &client,
         &keys,
         probe,
         &first,
@@ -286,10 +266,10 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     .await;
     assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
     replicas.remove(victim);
-    assert_all_decided(&mut client, &keys, &revisions).await;
+    assert_all_decided(&client, &keys, &revisions).await;
 
     // SIGTERM the new leader: it resigns, so the last replica should take over at once.
-    let second = leader(&mut client, &keys)
+    let second = leader(&client, &keys)
         .await
         .expect("a leader after the kill");
     assert_ne!(second, first);
@@ -302,10 +282,10 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let probe = "probe-after-sigterm";
     revisions.insert(
         probe.into(),
-        put_request(&mut client, &keys, probe, &request_json(2)).await,
+        put_request(&client, &keys, probe, &request_json(2)).await,
     );
     let after_term = time_to_decision(
-        &mut client,
+        &client,
         &keys,
         probe,
         &second,
@@ -323,7 +303,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         "a terminated leader resigns:\n{log}"
     );
     replicas.remove(victim);
-    assert_all_decided(&mut client, &keys, &revisions).await;
+    assert_all_decided(&client, &keys, &revisions).await;
 
     let report = invariants::check_etcd(&client, &keys, 1.0)
         .await
@@ -348,7 +328,7 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = Keys::default();
-    let mut client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = Client::connect([ep.as_str()], None).await.expect("connect");
     let replicas: Vec<Replica> = (1..=2)
         .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
         .collect();
@@ -370,12 +350,12 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     let mut revisions = BTreeMap::new();
     revisions.insert(
         "a".to_string(),
-        put_request(&mut client, &keys, "a", &request_json(4)).await,
+        put_request(&client, &keys, "a", &request_json(4)).await,
     );
     let d = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(d) = decision(&mut client, &keys, "a").await {
+            if let Some(d) = decision(&client, &keys, "a").await {
                 break d;
             }
             assert!(Instant::now() < deadline, "a not decided");
@@ -391,10 +371,10 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     // While it sleeps, its lease expires and the other replica takes over and decides.
     revisions.insert(
         "b".to_string(),
-        put_request(&mut client, &keys, "b", &request_json(4)).await,
+        put_request(&client, &keys, "b", &request_json(4)).await,
     );
     let other = time_to_decision(
-        &mut client,
+        &client,
         &keys,
         "b",
         &paused.id,
@@ -418,10 +398,10 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     }
     revisions.insert(
         "c".to_string(),
-        put_request(&mut client, &keys, "c", &request_json(4)).await,
+        put_request(&client, &keys, "c", &request_json(4)).await,
     );
-    assert_all_decided(&mut client, &keys, &revisions).await;
-    let c = decision(&mut client, &keys, "c").await.expect("c decided");
+    assert_all_decided(&client, &keys, &revisions).await;
+    let c = decision(&client, &keys, "c").await.expect("c decided");
     assert_ne!(
         c.decided_by, paused.id,
         "the deposed leader must not decide"
