@@ -32,10 +32,34 @@ const LIST_PAGE: i64 = 2_000;
 #[derive(Debug, Clone)]
 pub struct RequestEntry {
     pub mod_revision: i64,
-    /// The request as written: parsed JSON, or a string when it was not JSON.
-    pub container: Arc<serde_json::Value>,
-    /// The checked request with its constraints compiled, or why it is invalid.
-    pub parsed: Result<Arc<Prepared>, Invalid>,
+    /// The request's bytes as written: echoed into its decision.
+    raw: Arc<[u8]>,
+    /// The checked request with its constraints compiled, or why it is invalid. Kept only while
+    /// the request waits for a decision: a decided request costs its bytes and little more.
+    parsed: Option<Result<Arc<Prepared>, Invalid>>,
+}
+
+impl RequestEntry {
+    /// The request as written: its JSON, or a string when it was not JSON.
+    pub fn container(&self) -> serde_json::Value {
+        crate::model::echo(&self.raw)
+    }
+
+    fn prepared(&self, id: &RequestId) -> Result<Arc<Prepared>, Invalid> {
+        match &self.parsed {
+            Some(p) => p.clone(),
+            None => prepare(id, &self.raw),
+        }
+    }
+}
+
+/// Parses and checks a request (its id too) and compiles its constraints.
+fn prepare(id: &RequestId, raw: &[u8]) -> Result<Arc<Prepared>, Invalid> {
+    if let Err(e) = id.check() {
+        return Err(Invalid(format!("id: {e}")));
+    }
+    let (_, request) = Request::parse(raw).map_err(|(_, e)| e)?;
+    Prepared::new(request).map(Arc::new).map_err(Invalid)
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +112,8 @@ pub enum Work {
         /// Mod revision of the existing decision key (0 if none): the commit is fenced on it.
         decision_revision: i64,
         previous: Option<(Status, String)>,
-        container: Arc<serde_json::Value>,
+        /// The request's bytes as written, for the decision's echo.
+        raw: Arc<[u8]>,
         parsed: Result<Arc<Prepared>, Invalid>,
     },
     /// Delete the decision and reservations of a request that is gone or changed.
@@ -207,20 +232,13 @@ impl State {
                 self.capacity_changed();
             }
             Key::Request(id) => {
-                let (container, parsed) = match Request::parse(kv.value()) {
-                    Ok((v, r)) => (v, Prepared::new(r).map(Arc::new).map_err(Invalid)),
-                    Err((v, e)) => (v, Err(e)),
-                };
-                let parsed = match id.check() {
-                    Err(e) => Err(Invalid(format!("id: {e}"))),
-                    Ok(()) => parsed,
-                };
+                let parsed = prepare(&id, kv.value());
                 self.requests.insert(
                     id.clone(),
                     RequestEntry {
                         mod_revision: kv.mod_revision(),
-                        container: Arc::new(container),
-                        parsed,
+                        raw: Arc::from(kv.value()),
+                        parsed: Some(parsed),
                     },
                 );
                 self.classify(&id);
@@ -390,7 +408,13 @@ impl State {
         }
         match new {
             Some(c) => self.class.insert(id.clone(), c),
-            None => self.class.remove(id),
+            None => {
+                // Decided: the parsed form is only needed again if the request comes back.
+                if let Some(r) = self.requests.get_mut(id) {
+                    r.parsed = None;
+                }
+                self.class.remove(id)
+            }
         };
     }
 
@@ -519,8 +543,8 @@ impl State {
                 request_revision: *rev,
                 decision_revision: d.map(|d| d.mod_revision).unwrap_or(0),
                 previous: d.map(|d| (d.status, d.reason.clone())),
-                container: r.container.clone(),
-                parsed: r.parsed.clone(),
+                raw: r.raw.clone(),
+                parsed: r.prepared(id),
             });
         }
         work
@@ -556,9 +580,10 @@ impl State {
         }
         for (id, d) in &self.decisions {
             if d.status == Status::Placed
-                && let Some(Ok(r)) = self.requests.get(id).map(|r| &r.parsed)
+                && let Some(r) = self.requests.get(id)
+                && let Ok(image) = serde_json::from_slice::<crate::model::Image>(&r.raw)
             {
-                images.insert(r.request.image.name.clone());
+                images.insert(image.name);
             }
         }
         info.image_count = images.len() as u64;

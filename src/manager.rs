@@ -247,16 +247,17 @@ pub fn plan(
                 request_revision,
                 decision_revision,
                 previous,
-                container,
+                raw,
                 parsed,
             } => {
+                let container = crate::model::echo(raw);
                 let proposal = proposals.next().flatten();
                 let refuse = |status: Status, reason: String| Item::Refuse {
                     id: id.clone(),
                     request_revision: *request_revision,
                     decision_revision: *decision_revision,
                     decision: Decision {
-                        container: (**container).clone(),
+                        container: container.clone(),
                         resource: None,
                         status,
                         reason,
@@ -298,7 +299,7 @@ pub fn plan(
                             _ => format!("{strategy} chose {}", e.id),
                         };
                         let decision = Decision {
-                            container: (**container).clone(),
+                            container: container.clone(),
                             resource: Some(e.resource()),
                             status: Status::Placed,
                             reason,

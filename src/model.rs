@@ -520,6 +520,17 @@ impl Request {
     }
 }
 
+/// A request's bytes as its decision echoes them: the JSON as written, the start of the text
+/// when it is not JSON, a note when it is over the size limit.
+pub fn echo(raw: &[u8]) -> serde_json::Value {
+    if raw.len() > MAX_REQUEST_BYTES {
+        return serde_json::Value::String(format!("({} bytes, not echoed)", raw.len()));
+    }
+    serde_json::from_slice(raw).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned())
+    })
+}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",

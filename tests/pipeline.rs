@@ -655,7 +655,7 @@ async fn cache_relists_when_its_watch_resumes_on_a_compacted_revision() {
                 && state.request(&rid("new-1")).is_some()
                 && state
                     .request(&rid("old-2"))
-                    .is_some_and(|r| r.container["cpus"] == json!(0.2))
+                    .is_some_and(|r| r.container()["cpus"] == json!(0.2))
         },
     )
     .await;
