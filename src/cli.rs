@@ -112,17 +112,22 @@ pub enum EngineCommand {
 #[derive(Debug, Args)]
 pub struct EngineAddArgs {
     pub id: String,
-    /// Docker API address, e.g. tcp://10.0.0.5:2375 or unix:///var/run/docker.sock.
+    /// Docker API address: unix:///var/run/docker.sock, tcp://HOST:2375, https://HOST:2376.
     #[arg(long)]
     pub addr: String,
+    /// Cpus to offer [default: the engine's NCPU, read from the engine].
     #[arg(long)]
-    pub cpus: f64,
-    /// Memory in MB.
+    pub cpus: Option<f64>,
+    /// Memory in MB to offer [default: the engine's MemTotal, read from the engine].
     #[arg(long)]
-    pub memory: f64,
-    /// key=value or a bare key; repeat for several.
+    pub memory: Option<f64>,
+    /// key=value or a bare key; repeat for several. Added to the daemon's own labels (a flag
+    /// wins over a daemon label with the same key).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Seconds to wait for the engine when probing it.
+    #[arg(long, default_value_t = 5)]
+    pub probe_timeout: u64,
     #[arg(long)]
     pub tls_ca: Option<String>,
     #[arg(long)]
@@ -277,14 +282,51 @@ fn request_id(id: &str) -> Result<RequestId, CliError> {
     RequestId::new(id).map_err(|e| CliError::Usage(format!("request id: {e}")))
 }
 
+/// The engine's offer: explicit flags, else what the engine itself reports.
+async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliError> {
+    if let (Some(cpus), Some(memory)) = (a.cpus, a.memory) {
+        return Ok((cpus, memory, a.labels.clone()));
+    }
+    let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(crate::engine::TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "--tls-ca, --tls-cert and --tls-key go together".into(),
+            ));
+        }
+    };
+    let timeout = Duration::from_secs(a.probe_timeout.max(1));
+    let probe = crate::engine::probe(&a.addr, tls.as_ref(), timeout)
+        .await
+        .map_err(|e| CliError::Usage(format!("{e} (or give --cpus and --memory)")))?;
+    let key = |l: &str| l.split_once('=').map_or(l, |(k, _)| k).to_string();
+    let mut labels: Vec<String> = probe
+        .labels
+        .into_iter()
+        .filter(|d| !a.labels.iter().any(|l| key(l) == key(d)))
+        .collect();
+    labels.extend(a.labels.iter().cloned());
+    Ok((
+        a.cpus.unwrap_or(probe.cpus),
+        a.memory.unwrap_or(probe.memory_mb),
+        labels,
+    ))
+}
+
 async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<(), CliError> {
     let id = engine_id(&a.id)?;
+    let (cpus, memory, labels) = engine_offer(&a).await?;
     let wire = Engine {
         id: id.to_string(),
         addr: a.addr,
-        cpus: a.cpus,
-        memory: a.memory,
-        labels: a.labels,
+        cpus,
+        memory,
+        labels,
         tls_ca: a.tls_ca,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
@@ -293,7 +335,11 @@ async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<()
     EngineSpec::parse(&id, &value).map_err(|e| CliError::Usage(format!("engine {id}: {e}")))?;
     let mut kv = client.kv_client();
     timed(kv.put(keys.engine(&id), value, None)).await?;
-    println!("engine {id} registered");
+    println!(
+        "engine {id} registered: {} cpus, {} MB",
+        trim(cpus),
+        trim(memory)
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod election;
+pub mod engine;
 pub mod etcd_process;
 pub mod invariants;
 pub mod keys;

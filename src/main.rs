@@ -7,7 +7,13 @@ use citadel::cli::{self, Cli};
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Long-running commands log their work; one-shot commands speak through their result, so
+    // retries stay quiet and an error is one line.
+    let default = match cli.command {
+        citadel::cli::Command::Controller(_) | citadel::cli::Command::Bench(_) => "info",
+        _ => "error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,7 +9,7 @@ use crate::keys::prefix_end;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot reach etcd at {endpoints}: {source}")]
+    #[error("cannot reach etcd at {endpoints}: {}", short(.source))]
     Unreachable {
         endpoints: String,
         #[source]
@@ -21,6 +21,16 @@ pub enum StoreError {
     Etcd(#[from] etcd_client::Error),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// An etcd error in one readable phrase: gRPC statuses carry a debug dump of their cause.
+pub fn short(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => {
+            format!("{} ({})", s.message(), s.code().description())
+        }
+        other => other.to_string(),
+    }
 }
 
 /// How long one call may take before we call etcd unreachable (watches and campaigns excepted).

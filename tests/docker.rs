@@ -1,0 +1,133 @@
+//! Against this machine's real Docker engine: probing what an engine offers.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use citadel::engine;
+use citadel::etcd_process::EtcdProcess;
+use etcd_client::Client;
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_citadel");
+const SOCKET: &str = "unix:///var/run/docker.sock";
+
+/// NCPU and MemTotal as the engine's own CLI reports them.
+fn docker_info() -> (f64, f64) {
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{.NCPU}} {{.MemTotal}}"])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker info: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let ncpu: f64 = parts.next().and_then(|v| v.parse().ok()).expect("NCPU");
+    let mem: f64 = parts.next().and_then(|v| v.parse().ok()).expect("MemTotal");
+    (ncpu, (mem / (1024.0 * 1024.0)).floor())
+}
+
+#[tokio::test]
+async fn probe_reads_ncpu_and_memtotal_from_the_engine() {
+    let (ncpu, mem_mb) = docker_info();
+    let p = engine::probe(SOCKET, None, Duration::from_secs(5))
+        .await
+        .expect("probe the local engine");
+    assert_eq!(p.cpus, ncpu);
+    assert_eq!(p.memory_mb, mem_mb);
+    assert!(!p.server_version.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_is_a_clear_error_not_a_hang() {
+    let started = Instant::now();
+    // Nothing listens on port 1 of the loopback address.
+    let err = engine::probe("tcp://127.0.0.1:1", None, Duration::from_secs(2))
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded: {err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    let err = engine::probe("unix:///nonexistent.sock", None, Duration::from_secs(2))
+        .await
+        .expect_err("no such socket");
+    assert!(err.to_string().contains("nonexistent"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_add_without_sizes_probes_and_flags_override() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let ep = etcd.endpoint();
+    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let (ncpu, mem_mb) = docker_info();
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--etcd")
+            .arg(&ep)
+            .args(args)
+            .output()
+            .expect("run citadel")
+    };
+
+    let out = cli(&[
+        "engine", "add", "local", "--addr", SOCKET, "--label", "zone=a",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = common::get_json(&client, "/citadel/engines/local")
+        .await
+        .expect("engine key");
+    assert_eq!(e["cpus"].as_f64(), Some(ncpu), "{e}");
+    assert_eq!(e["memory"].as_f64(), Some(mem_mb), "{e}");
+    assert_eq!(e["addr"], SOCKET);
+    assert!(
+        e["labels"]
+            .as_array()
+            .is_some_and(|l| l.contains(&"zone=a".into())),
+        "{e}"
+    );
+
+    let out = cli(&["engine", "add", "local", "--addr", SOCKET, "--cpus", "0.5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = common::get_json(&client, "/citadel/engines/local")
+        .await
+        .expect("engine key");
+    assert_eq!(e["cpus"].as_f64(), Some(0.5), "the flag wins: {e}");
+    assert_eq!(
+        e["memory"].as_f64(),
+        Some(mem_mb),
+        "memory still probed: {e}"
+    );
+
+    let out = cli(&[
+        "engine",
+        "add",
+        "gone",
+        "--addr",
+        "tcp://127.0.0.1:1",
+        "--probe-timeout",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    assert!(stderr.contains("cannot reach the engine"), "{stderr}");
+    assert!(
+        common::get_json(&client, "/citadel/engines/gone")
+            .await
+            .is_none()
+    );
+}
