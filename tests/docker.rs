@@ -75,17 +75,22 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
             .expect("run citadel")
     };
 
-    let out = cli(&[
-        "engine", "add", "local", "--addr", SOCKET, "--label", "zone=a",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let e = common::get_json(&client, "/citadel/engines/local")
-        .await
-        .expect("engine key");
+    // Registers `local` with these extra flags and returns what landed in etcd.
+    let add_local = async |extra: &[&str]| {
+        let mut args = vec!["engine", "add", "local", "--addr", SOCKET];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        common::get_json(&client, "/citadel/engines/local")
+            .await
+            .expect("engine key")
+    };
+
+    let e = add_local(&["--label", "zone=a"]).await;
     assert_eq!(e["cpus"].as_f64(), Some(ncpu), "{e}");
     assert_eq!(e["memory"].as_f64(), Some(mem_mb), "{e}");
     assert_eq!(e["addr"], SOCKET);
@@ -96,15 +101,7 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
         "{e}"
     );
 
-    let out = cli(&["engine", "add", "local", "--addr", SOCKET, "--cpus", "0.5"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let e = common::get_json(&client, "/citadel/engines/local")
-        .await
-        .expect("engine key");
+    let e = add_local(&["--cpus", "0.5"]).await;
     assert_eq!(e["cpus"].as_f64(), Some(0.5), "the flag wins: {e}");
     assert_eq!(
         e["memory"].as_f64(),
