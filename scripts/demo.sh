@@ -214,7 +214,7 @@ step "register 3 engines"
 zones=(a b c)
 for n in 1 2 3; do
     run "$citadel" --etcd "$EP" engine add "engine-$n" \
-        --addr "tcp://10.0.0.$n:2375" --cpus 4 --memory 8192 --label "zone=${zones[$((n - 1))]}"
+        --addr "tcp://127.0.1.$n:2375" --cpus 4 --memory 8192 --label "zone=${zones[$((n - 1))]}"
 done
 
 step "submit the sample request with etcdctl"

@@ -171,7 +171,7 @@ fn engine_json(i: usize) -> String {
         format!("\"disk={disk}\""),
     ];
     format!(
-        r#"{{"addr":"tcp://10.{}.{}.{}:2375","cpus":{cpus},"memory":{memory},"labels":[{}]}}"#,
+        r#"{{"addr":"tcp://127.{}.{}.{}:2375","cpus":{cpus},"memory":{memory},"labels":[{}]}}"#,
         (i >> 16) & 255,
         (i >> 8) & 255,
         i & 255,

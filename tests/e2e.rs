@@ -203,7 +203,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
                 "add",
                 &format!("engine-{i}"),
                 "--addr",
-                &format!("tcp://10.1.0.{i}:2375"),
+                &format!("tcp://127.0.2.{i}:2375"),
                 "--cpus",
                 "4",
                 "--memory",
