@@ -58,7 +58,7 @@ fn prepare(id: &RequestId, raw: &[u8]) -> Result<Arc<Prepared>, Invalid> {
     if let Err(e) = id.check() {
         return Err(Invalid(format!("id: {e}")));
     }
-    let (_, request) = Request::parse(raw).map_err(|(_, e)| e)?;
+    let request = Request::parse(raw)?;
     Prepared::new(request).map(Arc::new).map_err(Invalid)
 }
 

@@ -414,7 +414,7 @@ async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliEr
     } else {
         std::fs::read(&a.file).map_err(|e| CliError::Usage(format!("{}: {e}", a.file)))?
     };
-    if let Err((_, e)) = Request::parse(&raw) {
+    if let Err(e) = Request::parse(&raw) {
         return Err(CliError::Usage(format!("invalid request: {e}")));
     }
     let id = match a.id {

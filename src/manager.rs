@@ -250,14 +250,15 @@ pub fn plan(
                 raw,
                 parsed,
             } => {
-                let container = crate::model::echo(raw);
+                // The echo is built only for a decision that is written (not for a parked one).
+                let container = || crate::model::echo(raw);
                 let proposal = proposals.next().flatten();
                 let refuse = |status: Status, reason: String| Item::Refuse {
                     id: id.clone(),
                     request_revision: *request_revision,
                     decision_revision: *decision_revision,
                     decision: Decision {
-                        container: container.clone(),
+                        container: container(),
                         resource: None,
                         status,
                         reason,
@@ -299,7 +300,7 @@ pub fn plan(
                             _ => format!("{strategy} chose {}", e.id),
                         };
                         let decision = Decision {
-                            container: container.clone(),
+                            container: container(),
                             resource: Some(e.resource()),
                             status: Status::Placed,
                             reason,

@@ -422,41 +422,35 @@ fn check_amount(field: &str, value: Option<f64>, max: f64, unit: &str) -> Result
 
 impl Request {
     /// Parses and checks a request value as a user wrote it into etcd.
-    pub fn parse(raw: &[u8]) -> Result<(serde_json::Value, Request), (serde_json::Value, Invalid)> {
+    /// Straight from the bytes into `Image`: no intermediate JSON tree (the decision's echo is
+    /// made separately, by [`echo`], only when a decision is written).
+    pub fn parse(raw: &[u8]) -> Result<Request, Invalid> {
         if raw.len() > MAX_REQUEST_BYTES {
-            return Err((
-                serde_json::Value::String(format!("({} bytes, not echoed)", raw.len())),
-                Invalid(format!(
-                    "request: {} bytes, the limit is {MAX_REQUEST_BYTES}",
-                    raw.len()
-                )),
-            ));
-        }
-        let value: serde_json::Value = match serde_json::from_slice(raw) {
-            Ok(v) => v,
-            Err(e) => {
-                let shown = String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned();
-                return Err((
-                    serde_json::Value::String(shown),
-                    Invalid(format!("malformed JSON: {e}")),
-                ));
-            }
-        };
-        match Self::from_value(&value) {
-            Ok(req) => Ok((value, req)),
-            Err(e) => Err((value, e)),
-        }
-    }
-
-    pub fn from_value(value: &serde_json::Value) -> Result<Request, Invalid> {
-        if !value.is_object() {
             return Err(Invalid(format!(
-                "request must be a JSON object, got {}",
-                json_kind(value)
+                "request: {} bytes, the limit is {MAX_REQUEST_BYTES}",
+                raw.len()
             )));
         }
-        let image: Image = serde_path_to_error::deserialize(value)
-            .map_err(|e| Invalid(format!("{}: {}", e.path(), e.inner())))?;
+        let first = raw.iter().copied().find(|b| !b.is_ascii_whitespace());
+        if first != Some(b'{') {
+            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Err(e) => Invalid(format!("malformed JSON: {e}")),
+                Ok(_) => Invalid(format!(
+                    "request must be a JSON object, got {}",
+                    json_kind(first)
+                )),
+            });
+        }
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let image: Image = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            if e.inner().is_data() {
+                Invalid(format!("{}: {}", e.path(), e.inner()))
+            } else {
+                Invalid(format!("malformed JSON: {}", e.inner()))
+            }
+        })?;
+        de.end()
+            .map_err(|e| Invalid(format!("malformed JSON: {e}")))?;
         Self::from_image(image)
     }
 
@@ -531,14 +525,14 @@ pub fn echo(raw: &[u8]) -> serde_json::Value {
     })
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// What a JSON text that is not an object is, from its first byte.
+fn json_kind(first: Option<u8>) -> &'static str {
+    match first {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
 }
 
@@ -708,7 +702,8 @@ mod tests {
 
     #[test]
     fn seed_sample_request_parses_byte_for_byte() {
-        let (value, req) = Request::parse(SEED_SAMPLE.as_bytes()).expect("seed sample is valid");
+        let req = Request::parse(SEED_SAMPLE.as_bytes()).expect("seed sample is valid");
+        let value = echo(SEED_SAMPLE.as_bytes());
         assert_eq!(req.image.name, "crosbymichael/redis");
         assert_eq!(req.cpus, Millicpus(200));
         assert_eq!(req.memory, MemoryMb(512));
@@ -720,7 +715,7 @@ mod tests {
     fn cpus_accept_numbers_and_strings() {
         for raw in [r#"0.2"#, r#""0.2""#, r#"" 0.2 ""#] {
             let json = format!(r#"{{"image":"x","cpus":{raw},"memory":1,"type":"batch"}}"#);
-            let (_, req) = Request::parse(json.as_bytes()).expect(&json);
+            let req = Request::parse(json.as_bytes()).expect(&json);
             assert_eq!(req.cpus, Millicpus(200), "{json}");
         }
     }
@@ -728,7 +723,7 @@ mod tests {
     fn invalid(json: &str) -> String {
         match Request::parse(json.as_bytes()) {
             Ok(_) => panic!("{json} was accepted"),
-            Err((_, Invalid(msg))) => msg,
+            Err(Invalid(msg)) => msg,
         }
     }
 
@@ -800,9 +795,9 @@ mod tests {
             r#"{{"image":"x","cpus":1,"memory":1,"type":"s","args":["{}"]}}"#,
             "a".repeat(MAX_REQUEST_BYTES)
         );
-        let (echo, Invalid(msg)) = Request::parse(big.as_bytes()).unwrap_err();
+        let Invalid(msg) = Request::parse(big.as_bytes()).unwrap_err();
         assert!(msg.starts_with("request: "), "{msg}");
-        assert!(echo.as_str().is_some_and(|s| s.len() < 100));
+        assert!(echo(big.as_bytes()).as_str().is_some_and(|s| s.len() < 100));
     }
 
     #[test]
