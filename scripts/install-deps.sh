@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages citadel needs for building and testing:
-#   etcd, etcdctl (etcd-server, etcd-client) and protoc (protobuf-compiler).
+#   etcd, etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler) and
+#   protobuf's well-known .proto files (libprotobuf-dev), which etcd-client's
+#   build imports (google/protobuf/descriptor.proto); protobuf-compiler only
+#   recommends that package, and we install without recommends.
 # Idempotent: does nothing (and prints nothing) when everything is present.
 set -euo pipefail
 
@@ -24,6 +27,10 @@ for cmd in etcd etcdctl protoc; do
         missing+=("${packages[$cmd]}")
     fi
 done
+well_known=/usr/include/google/protobuf/descriptor.proto
+if [[ ! -f $well_known ]]; then
+    missing+=(libprotobuf-dev)
+fi
 
 if ((${#missing[@]} == 0)); then
     exit 0
@@ -55,3 +62,7 @@ for cmd in etcd etcdctl protoc; do
         exit 1
     fi
 done
+if [[ ! -f $well_known ]]; then
+    echo "install-deps: $well_known still missing after installing ${missing[*]}" >&2
+    exit 1
+fi
