@@ -109,7 +109,10 @@ pub enum Work {
     Decide {
         id: RequestId,
         request_revision: i64,
-        /// Mod revision of the existing decision key (0 if none): the commit is fenced on it.
+        /// Compare the decision key's mod revision too (`Some(0)`: it must not exist). Set by
+        /// the leader only for a request whose last write has an unknown outcome.
+        decision_fence: Option<i64>,
+        /// The decision key's mod revision in this snapshot (0 if none).
         decision_revision: i64,
         previous: Option<(Status, String)>,
         /// The request's bytes as written, for the decision's echo.
@@ -541,6 +544,7 @@ impl State {
             work.push(Work::Decide {
                 id: id.clone(),
                 request_revision: *rev,
+                decision_fence: None,
                 decision_revision: d.map(|d| d.mod_revision).unwrap_or(0),
                 previous: d.map(|d| (d.status, d.reason.clone())),
                 raw: r.raw.clone(),

@@ -14,11 +14,20 @@ use etcd_client::Client;
 use tokio::sync::watch;
 
 fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
+    placement_fenced(id, request_revision, None, by)
+}
+
+fn placement_fenced(
+    id: &RequestId,
+    request_revision: i64,
+    decision_fence: Option<i64>,
+    by: &str,
+) -> Item {
     let engine = EngineId::new("e1").unwrap();
     Item::Place {
         id: id.clone(),
         request_revision,
-        decision_revision: 0,
+        decision_fence,
         engine: engine.clone(),
         engine_revision: 2,
         held: Held {
@@ -141,11 +150,12 @@ async fn deposed_leader_cannot_commit() {
     .unwrap();
     assert!(matches!(done, Commit::Done(_)), "{done:?}");
 
-    // And a stale plan from the leader itself is a conflict, not a fence failure.
+    // A retry after an unknown outcome compares the decision key: the first write landed, so
+    // the retry is a conflict, not a second placement (and not a fence failure).
     let again = manager::commit(
         &client,
         &b.fence,
-        &one(&keys, placement(&id, request_revision, "b")),
+        &one(&keys, placement_fenced(&id, request_revision, Some(0), "b")),
     )
     .await
     .unwrap();

@@ -14,9 +14,30 @@
 //! A value is a literal, a glob (`us-*`, `rack-?`) or a regular expression between slashes
 //! (`/^eu-(west|north)$/`). Literal and glob matching ignore ASCII case, as Swarm's does.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use regex::Regex;
+
+/// Compiled patterns, by source: requests repeat a few constraints thousands of times, and
+/// compiling a regex costs far more than matching one. Bounded: cleared when full.
+static COMPILED: Mutex<Option<HashMap<String, Regex>>> = Mutex::new(None);
+const COMPILED_MAX: usize = 512;
+
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    let mut cache = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(r) = cache.get(pattern) {
+        return Ok(r.clone());
+    }
+    let r = Regex::new(pattern)?;
+    if cache.len() >= COMPILED_MAX {
+        cache.clear();
+    }
+    cache.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConstraintError {
@@ -109,7 +130,7 @@ impl Constraint {
         let matcher = if op == Op::Exists {
             Matcher::Any
         } else if value.len() >= 2 && value.starts_with('/') && value.ends_with('/') {
-            Matcher::Regex(Regex::new(&value[1..value.len() - 1]).map_err(bad)?)
+            Matcher::Regex(compile(&value[1..value.len() - 1]).map_err(bad)?)
         } else if value.contains(['*', '?']) {
             let mut pattern = String::from("(?i)^");
             for c in value.chars() {
@@ -120,7 +141,7 @@ impl Constraint {
                 }
             }
             pattern.push('$');
-            Matcher::Glob(Regex::new(&pattern).map_err(bad)?)
+            Matcher::Glob(compile(&pattern).map_err(bad)?)
         } else {
             Matcher::Literal(value.to_string())
         };
