@@ -10,6 +10,8 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod docker;
+pub mod dockerd_process;
 pub mod election;
 pub mod engine;
 pub mod etcd_process;
