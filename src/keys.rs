@@ -6,6 +6,7 @@
 //! <prefix>/decisions/<request>              leader
 //! <prefix>/reservations/<engine>/<request>  leader
 //! <prefix>/health/<engine>                  leader, on a lease
+//! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
 //! ```
 
@@ -99,6 +100,24 @@ impl Keys {
     }
     pub fn health(&self, engine: &EngineId) -> String {
         format!("{}health/{}", self.root, engine)
+    }
+    pub fn healths(&self) -> String {
+        format!("{}health/", self.root)
+    }
+    pub fn profiles(&self) -> String {
+        format!("{}profiles/", self.root)
+    }
+    /// An image name as one key segment: `/` and `%` are %-escaped (`library%2Fnginx:1`).
+    pub fn profile(&self, image: &str) -> String {
+        let mut key = self.profiles();
+        for c in image.chars() {
+            match c {
+                '/' => key.push_str("%2F"),
+                '%' => key.push_str("%25"),
+                c => key.push(c),
+            }
+        }
+        key
     }
     /// The election's name; campaign keys live under `<this>/`.
     pub fn leader(&self) -> String {

@@ -19,5 +19,7 @@ pub mod invariants;
 pub mod keys;
 pub mod manager;
 pub mod model;
+pub mod profile;
+pub mod runner;
 pub mod scheduler;
 pub mod store;
