@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::keys::{Key, Keys};
 use crate::model::{
-    ClusterInfo, Decision, EngineId, EngineSpec, HostPort, Invalid, MemoryMb, Millicpus, Request,
-    RequestId, Reservation, Status,
+    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
+    Request, RequestId, Reservation, Run, Status,
 };
 use crate::scheduler::{EngineView, Prepared};
 use crate::store::{self, StoreError};
@@ -40,6 +40,11 @@ pub struct RequestEntry {
 }
 
 impl RequestEntry {
+    /// The request's bytes as written.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// The request as written: its JSON, or a string when it was not JSON.
     pub fn container(&self) -> serde_json::Value {
         crate::model::echo(&self.raw)
@@ -69,6 +74,27 @@ pub struct DecisionEntry {
     pub reason: String,
     pub request_revision: i64,
     pub engine: Option<String>,
+    /// The container's fate, for decisions of launched requests.
+    pub run: Option<Box<Run>>,
+}
+
+/// How engine health weighs in scheduling (the leader's `--docker` and `--count-live`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Only engines with a `health/<engine>` key are schedulable; placed requests that ask for
+    /// it (or all, with `launch_all`) are launched.
+    pub docker: bool,
+    /// Count max(reserved, live) against capacity instead of reservations alone.
+    pub count_live: bool,
+    pub launch_all: bool,
+}
+
+/// What the last `health/<engine>` said.
+#[derive(Debug, Clone)]
+pub struct HealthEntry {
+    pub health: Health,
+    /// The lease the key lives on (a new leader keeps it alive).
+    pub lease: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +119,11 @@ pub struct Usage {
     pub memory: MemoryMb,
     pub ports: BTreeMap<HostPort, u32>,
     pub count: u64,
+    /// Not schedulable: no health key while the policy asks for one.
+    pub unhealthy: bool,
+    /// Live use to count against capacity (zero unless the policy counts it).
+    pub live_cpus: Millicpus,
+    pub live_memory: MemoryMb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +149,9 @@ pub enum Work {
         /// The request's bytes as written, for the decision's echo.
         raw: Arc<[u8]>,
         parsed: Result<Arc<Prepared>, Invalid>,
+        /// What earlier placements of this request went through (engines it failed on are
+        /// never tried again), carried into the next decision.
+        history: Option<Box<Run>>,
     },
     /// Delete the decision and reservations of a request that is gone or changed.
     Release {
@@ -168,6 +202,10 @@ pub struct State {
     engine_generation: u64,
     /// Engines whose usage changed since the leader last looked ([`State::take_dirty`]).
     dirty: HashSet<EngineId>,
+    policy: HealthPolicy,
+    health: HashMap<EngineId, HealthEntry>,
+    /// Placed, asked to be launched, and not launched yet (by the leader's runner).
+    launchable: BTreeSet<RequestId>,
 }
 
 impl State {
@@ -178,12 +216,22 @@ impl State {
         }
     }
 
+    pub fn set_policy(&mut self, policy: HealthPolicy) {
+        self.policy = policy;
+    }
+
+    pub fn policy(&self) -> HealthPolicy {
+        self.policy
+    }
+
     /// Replaces everything with a fresh list taken at `revision`.
     pub fn reset(&mut self, keys: &Keys, kvs: &[KeyValue], revision: i64) {
         let parked = std::mem::take(&mut self.parked_in);
         let epoch = self.capacity_epoch;
         let generation = self.engine_generation;
+        let policy = self.policy;
         *self = State::new(self.overcommit);
+        self.policy = policy;
         self.capacity_epoch = epoch + 1;
         self.engine_generation = generation + 1;
         self.parked_in = parked;
@@ -261,6 +309,7 @@ impl State {
                                 reason: d.reason,
                                 request_revision: d.request_revision,
                                 engine: d.resource.map(|r| r.id),
+                                run: d.run.map(Box::new),
                             },
                         );
                     }
@@ -275,6 +324,7 @@ impl State {
                                 reason: String::new(),
                                 request_revision: -1,
                                 engine: None,
+                                run: None,
                             },
                         );
                     }
@@ -319,7 +369,22 @@ impl State {
             Key::Leader(suffix) => {
                 self.leaders.insert(suffix);
             }
-            Key::Health(_) => {}
+            Key::Health(engine) => match serde_json::from_slice::<Health>(kv.value()) {
+                Ok(health) => {
+                    let was = self.health.insert(
+                        engine.clone(),
+                        HealthEntry {
+                            health,
+                            lease: kv.lease(),
+                        },
+                    );
+                    self.dirty.insert(engine);
+                    if was.is_none() || self.policy.count_live {
+                        self.capacity_changed();
+                    }
+                }
+                Err(e) => tracing::warn!(engine = %engine, error = %e, "unreadable health key"),
+            },
         }
     }
 
@@ -359,7 +424,12 @@ impl State {
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
             }
-            Key::BadRequest(..) | Key::Health(_) => {}
+            Key::Health(engine) => {
+                if self.health.remove(&engine).is_some() {
+                    self.dirty.insert(engine);
+                }
+            }
+            Key::BadRequest(..) => {}
         }
     }
 
@@ -380,6 +450,13 @@ impl State {
 
     /// Puts a request in the one work set its current state calls for.
     fn classify(&mut self, id: &RequestId) {
+        if self.policy.docker {
+            if self.wants_launch(id) {
+                self.launchable.insert(id.clone());
+            } else {
+                self.launchable.remove(id);
+            }
+        }
         let new = self.class_of(id);
         let old = self.class.get(id).copied();
         if old == new {
@@ -437,7 +514,8 @@ impl State {
         match d.status {
             // A placed decision whose reservation is gone is no longer true: decide again.
             Status::Placed => (!reserved).then_some(Class::Release),
-            Status::Invalid => reserved.then_some(Class::Release),
+            s if s.is_final() => reserved.then_some(Class::Release),
+            Status::Pending => Some(if reserved { Class::Release } else { pending }),
             Status::Unschedulable if reserved => Some(Class::Release),
             Status::Unschedulable => {
                 if self.parked_in.get(id) == Some(&self.capacity_epoch) {
@@ -446,7 +524,79 @@ impl State {
                     Some(pending)
                 }
             }
+            _ => reserved.then_some(Class::Release),
         }
+    }
+
+    /// Placed, current, not launched yet, and asked to be (by the request or `--launch`).
+    fn wants_launch(&self, id: &RequestId) -> bool {
+        let (Some(d), Some(r)) = (self.decisions.get(id), self.requests.get(id)) else {
+            return false;
+        };
+        if d.status != Status::Placed || d.request_revision != r.mod_revision {
+            return false;
+        }
+        if d.run
+            .as_ref()
+            .is_some_and(|run| !run.container_id.is_empty())
+        {
+            return false;
+        }
+        self.policy.launch_all
+            || serde_json::from_slice::<crate::model::Image>(&r.raw).is_ok_and(|i| i.launch)
+    }
+
+    /// Requests to launch now, oldest id first, leaving out those in `skip`.
+    pub fn launchable(&self, max: usize, skip: &HashSet<RequestId>) -> Vec<RequestId> {
+        self.launchable
+            .iter()
+            .filter(|id| !skip.contains(*id))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
+        self.decisions.get(id)
+    }
+
+    /// Placed requests on `engine`, with their decisions.
+    pub fn placed_on(&self, engine: &EngineId) -> Vec<(RequestId, DecisionEntry)> {
+        self.decisions
+            .iter()
+            .filter(|(_, d)| {
+                d.status == Status::Placed && d.engine.as_deref() == Some(engine.as_str())
+            })
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect()
+    }
+
+    pub fn health(&self, engine: &EngineId) -> Option<&HealthEntry> {
+        self.health.get(engine)
+    }
+
+    /// Every valid engine's id, address and TLS files.
+    pub fn engine_specs(&self) -> Vec<EngineSpec> {
+        self.engines
+            .values()
+            .filter_map(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
+            .collect()
+    }
+
+    /// What one engine holds, with the health policy applied.
+    fn effective(&self, id: &EngineId) -> Usage {
+        let mut u = self.usage.get(id).cloned().unwrap_or_default();
+        if self.policy.docker {
+            match self.health.get(id) {
+                None => u.unhealthy = true,
+                Some(h) if self.policy.count_live => {
+                    u.live_cpus = Millicpus::from_cpus_ceil(h.health.cpus_used.max(0.0));
+                    u.live_memory = MemoryMb::from_mb_ceil(h.health.memory_used_mb.max(0.0));
+                }
+                Some(_) => {}
+            }
+        }
+        u
     }
 
     /// The leader found `id` unschedulable in `epoch` and wrote nothing new: keep it off the
@@ -473,9 +623,7 @@ impl State {
         for (id, entry) in &self.engines {
             if let Ok((_, view)) = &entry.spec {
                 let mut view = view.clone();
-                if let Some(u) = self.usage.get(id) {
-                    apply_usage(&mut view, u);
-                }
+                apply_usage(&mut view, &self.effective(id));
                 views.push(view);
                 revisions.push(entry.mod_revision);
             }
@@ -493,7 +641,7 @@ impl State {
         dirty
             .into_iter()
             .map(|id| {
-                let u = self.usage.get(&id).cloned().unwrap_or_default();
+                let u = self.effective(&id);
                 (id, u)
             })
             .collect()
@@ -501,7 +649,7 @@ impl State {
 
     /// What the cache knows one engine holds.
     pub fn usage(&self, engine: &EngineId) -> Usage {
-        self.usage.get(engine).cloned().unwrap_or_default()
+        self.effective(engine)
     }
 
     pub fn capacity_epoch(&self) -> u64 {
@@ -549,6 +697,9 @@ impl State {
                 previous: d.map(|d| (d.status, d.reason.clone())),
                 raw: r.raw.clone(),
                 parsed: r.prepared(id),
+                history: d
+                    .filter(|d| matches!(d.status, Status::Pending | Status::Unschedulable))
+                    .and_then(|d| d.run.clone()),
             });
         }
         work
@@ -629,9 +780,10 @@ impl State {
 
 /// Sets a view's reservations to `u` (what the cache knows is committed).
 pub fn apply_usage(view: &mut EngineView, u: &Usage) {
-    view.reserved_cpus = u.cpus;
-    view.reserved_memory = u.memory;
+    view.reserved_cpus = u.cpus.max(u.live_cpus);
+    view.reserved_memory = u.memory.max(u.live_memory);
     view.ports = u.ports.keys().copied().collect();
+    view.healthy = !u.unhealthy;
 }
 
 fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {

@@ -60,6 +60,9 @@ pub enum Command {
     Ls,
     /// Release a request: deletes it; the leader frees its reservation and removes its decision.
     Release { id: String },
+    /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
+    /// by a leader running with --docker).
+    Profile { image: Option<String> },
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
@@ -92,6 +95,27 @@ pub struct ControllerArgs {
     /// Revisions kept by that compaction.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub compact_retain: i64,
+    /// While leading, contact every engine's Docker API: health keys and live usage (only
+    /// engines that answer are schedulable), launch placed requests that ask for it
+    /// (`"launch": true`), follow their containers, stop what is deleted.
+    #[arg(long)]
+    pub docker: bool,
+    /// Launch every placed request, not only those with `"launch": true` (implies --docker).
+    #[arg(long)]
+    pub launch: bool,
+    /// Count max(reserved, live use) against an engine's capacity (with --docker).
+    #[arg(long)]
+    pub count_live: bool,
+    /// Seconds between two contacts with each engine.
+    #[arg(long, default_value_t = 2.0)]
+    pub health_every: f64,
+    /// Seconds an engine may stay silent before it drops out of scheduling and its containers
+    /// are placed again (service) or marked lost (batch).
+    #[arg(long, default_value_t = 6.0)]
+    pub health_ttl: f64,
+    /// Engines a container may fail to start on before its request is `failed`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub launch_tries: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +244,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Submit(a) => submit(&client, &keys, a).await,
                 Command::Status { id } => status(&client, &keys, &id).await,
                 Command::Release { id } => release(&client, &keys, &id).await,
+                Command::Profile { image } => {
+                    println!(
+                        "{}",
+                        crate::profile::show(&client, &keys, image.as_deref()).await?
+                    );
+                    Ok(())
+                }
                 Command::Controller(_) | Command::Bench(_) => unreachable!("handled above"),
             }
         }
@@ -250,6 +281,24 @@ async fn run_controller(
             std::process::id()
         ),
     };
+    for (flag, v) in [
+        ("--health-every", args.health_every),
+        ("--health-ttl", args.health_ttl),
+    ] {
+        if !(v.is_finite() && (0.1..=3600.0).contains(&v)) {
+            return Err(CliError::Usage(format!(
+                "{flag} {v}: expected seconds in [0.1, 3600]"
+            )));
+        }
+    }
+    if args.health_ttl < args.health_every {
+        return Err(CliError::Usage(format!(
+            "--health-ttl {} is shorter than --health-every {}: every engine would drop out",
+            args.health_ttl, args.health_every
+        )));
+    }
+    let secs = Duration::from_secs_f64;
+    let replica_id = replica.clone();
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -269,6 +318,18 @@ async fn run_controller(
         addr: args.addr,
         lease_ttl: args.lease_ttl,
         overcommit: args.overcommit,
+        docker: (args.docker || args.launch).then(|| crate::runner::RunnerConfig {
+            replica: replica_id.clone(),
+            health_every: secs(args.health_every),
+            health_ttl: secs(args.health_ttl),
+            launch_tries: args.launch_tries as usize,
+            ..Default::default()
+        }),
+        policy: crate::cache::HealthPolicy {
+            docker: args.docker || args.launch,
+            count_live: args.count_live,
+            launch_all: args.launch,
+        },
     };
     controller::run(cfg, controller::shutdown_on_signals()).await;
     Ok(())
@@ -378,28 +439,56 @@ async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<(), CliError>
         println!();
     }
     println!(
-        "{:<20} {:<28} {:>17} {:>21}  STATUS",
-        "ENGINE", "ADDR", "CPUS (res/total)", "MEMORY MB (res/total)"
+        "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
+        "ENGINE",
+        "ADDR",
+        "CPUS (res/total)",
+        "MEMORY MB (res/total)",
+        "LIVE CPU",
+        "LIVE MB",
+        "CTRS"
     );
     for (snap, addr, error) in state.engine_rows() {
-        match error {
-            None => println!(
-                "{:<20} {:<28} {:>17} {:>21}  ok",
-                snap.id,
-                addr,
-                format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
-                format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
-            ),
-            Some(e) => println!(
-                "{:<20} {:<28} {:>17} {:>21}  invalid: {e}",
-                snap.id, "", "-", "-"
-            ),
+        if let Some(e) = error {
+            println!(
+                "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
+                snap.id, "", "-", "-", "-", "-", "-"
+            );
+            continue;
         }
+        let health = EngineId::new(&snap.id)
+            .ok()
+            .and_then(|id| state.health(&id).cloned());
+        let (live_cpu, live_mb, ctrs, status) = match health {
+            Some(h) => (
+                trim(h.health.cpus_used),
+                trim(h.health.memory_used_mb.round()),
+                h.health.containers_running.to_string(),
+                format!("ok, last contact {}", h.health.last_contact),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no health key: silent engine, or no leader runs with --docker".into(),
+            ),
+        };
+        println!(
+            "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
+            snap.id,
+            addr,
+            format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
+            format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
+            live_cpu,
+            live_mb,
+            ctrs,
+        );
     }
     Ok(())
 }
 
 fn trim(v: f64) -> String {
+    let v = if v.abs() < 0.0005 { 0.0 } else { v };
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

@@ -13,10 +13,11 @@ use backon::BackoffBuilder;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::cache::{Cache, stopping};
+use crate::cache::{Cache, HealthPolicy, stopping};
 use crate::election::{self, ElectionError, Lease};
 use crate::keys::Keys;
 use crate::manager::{Manager, ManagerConfig, StepDown};
+use crate::runner::{Runner, RunnerConfig};
 use crate::store;
 
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct ControllerConfig {
     pub addr: String,
     pub lease_ttl: i64,
     pub overcommit: f64,
+    /// Contact the engines while leading (`--docker`).
+    pub docker: Option<RunnerConfig>,
+    pub policy: HealthPolicy,
 }
 
 /// Runs a replica until `shutdown` turns true. Never returns early on etcd trouble: it logs and
@@ -51,6 +55,7 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
         _ = shutdown.wait_for(|s| *s) => return,
     };
     let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
+    cache.lock().set_policy(cfg.policy);
     let watcher = tokio::spawn(
         cache
             .clone()
@@ -92,7 +97,23 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
                     fence = leadership.fence.rev,
                     "elected leader"
                 );
-                let why = manager.lead(&leadership, &lease, &mut shutdown).await;
+                let lead = manager.lead(&leadership, &lease, &mut shutdown);
+                let why = match &cfg.docker {
+                    None => lead.await,
+                    Some(rc) => {
+                        // The runner lives exactly as long as this leadership.
+                        let runner = Runner::new(
+                            client.clone(),
+                            cache.clone(),
+                            leadership.fence.clone(),
+                            rc.clone(),
+                        );
+                        tokio::select! {
+                            why = lead => why,
+                            _ = runner.run() => StepDown::Shutdown,
+                        }
+                    }
+                };
                 match why {
                     StepDown::Shutdown => tracing::info!("resigning: shutting down"),
                     other => tracing::warn!(reason = ?other, "stepped down"),

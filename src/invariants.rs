@@ -21,6 +21,10 @@ pub struct Report {
     pub placed: usize,
     pub unschedulable: usize,
     pub invalid: usize,
+    /// Waiting to be placed again after a failed launch or a lost engine.
+    pub pending: usize,
+    /// Containers that failed to start, exited (batch) or were lost with their engine.
+    pub ended: usize,
     /// `engine: reserved/capacity` for each engine over capacity.
     pub overcommitted_engines: Vec<String>,
     /// `engine port` for each host port reserved more than once.
@@ -107,6 +111,8 @@ pub fn check<'a>(
             }
             Status::Unschedulable => report.unschedulable += 1,
             Status::Invalid => report.invalid += 1,
+            Status::Pending => report.pending += 1,
+            Status::Failed | Status::Exited | Status::Lost => report.ended += 1,
         }
     }
     let mut used: BTreeMap<&str, (Millicpus, MemoryMb, BTreeMap<HostPort, usize>)> =

@@ -268,11 +268,18 @@ pub fn plan(
                 previous,
                 raw,
                 parsed,
+                history,
                 ..
             } => {
                 // The echo is built only for a decision that is written (not for a parked one).
                 let container = || crate::model::echo(raw);
                 let proposal = proposals.next().flatten();
+                // What earlier placements went through stays in the decision.
+                let run = history.as_deref().map(|h| crate::model::Run {
+                    attempts: h.attempts.clone(),
+                    lost: h.lost.clone(),
+                    ..Default::default()
+                });
                 let refuse = |status: Status, reason: String| Item::Refuse {
                     id: id.clone(),
                     request_revision: *request_revision,
@@ -286,6 +293,7 @@ pub fn plan(
                         request_revision: *request_revision,
                         decided_at: now.to_string(),
                         decided_by: decided_by.to_string(),
+                        run: run.clone(),
                     },
                 };
                 let prepared = match parsed {
@@ -294,6 +302,15 @@ pub fn plan(
                         items.push(refuse(Status::Invalid, e.to_string()));
                         continue;
                     }
+                };
+                // Engines the container failed to start on are never tried again.
+                let excluding = history
+                    .as_deref()
+                    .filter(|h| !h.attempts.is_empty())
+                    .and_then(|h| excluding(prepared, &h.attempts));
+                let (prepared, proposal) = match &excluding {
+                    Some(p) => (p, None),
+                    None => (prepared, proposal),
                 };
                 let request = &prepared.request;
                 let strategy = match cfg.schedulers.for_type(&request.kind) {
@@ -328,6 +345,7 @@ pub fn plan(
                             request_revision: *request_revision,
                             decided_at: now.to_string(),
                             decided_by: decided_by.to_string(),
+                            run: run.clone(),
                         };
                         let reservation = Reservation {
                             request: id.to_string(),
@@ -354,6 +372,17 @@ pub fn plan(
                         });
                     }
                     Err(u) => {
+                        // A container that failed to start and has nowhere else to go has failed.
+                        if let Some(last) = run.as_ref().and_then(|r| r.attempts.last()) {
+                            items.push(refuse(
+                                Status::Failed,
+                                format!(
+                                    "the container failed to start on {} ({}); no other engine can take it: {}",
+                                    last.engine, last.error, u.reason
+                                ),
+                            ));
+                            continue;
+                        }
                         let same =
                             matches!(previous, Some((Status::Unschedulable, r)) if *r == u.reason);
                         items.push(if same {
@@ -367,6 +396,18 @@ pub fn plan(
         }
     }
     items
+}
+
+/// The request with a hard `engine!=<id>` constraint per engine it failed on.
+fn excluding(
+    prepared: &Arc<scheduler::Prepared>,
+    attempts: &[crate::model::Attempt],
+) -> Option<Arc<scheduler::Prepared>> {
+    let mut request = prepared.request.clone();
+    for a in attempts {
+        request.constraints.push(format!("engine!={}", a.engine));
+    }
+    scheduler::Prepared::new(request).ok().map(Arc::new)
 }
 
 /// A scheduler worker's proposal for one request on the frozen snapshot (None: let the verifier
@@ -395,6 +436,17 @@ pub struct Batch {
     pub items: Vec<Item>,
     compares: Vec<Compare>,
     ops: Vec<TxnOp>,
+}
+
+impl Batch {
+    /// Writes of the leader's other hands (the runner), fenced like any batch by [`commit`].
+    pub fn writes(compares: Vec<Compare>, ops: Vec<TxnOp>) -> Batch {
+        Batch {
+            items: Vec::new(),
+            compares,
+            ops,
+        }
+    }
 }
 
 /// What the engine compares of a batch are checked against.

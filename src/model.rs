@@ -236,6 +236,9 @@ pub struct Image {
     pub network_mode: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub container_name: String,
+    /// Start the container once it is placed (the leader must run with `--docker`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub launch: bool,
 }
 
 fn is_default_restart(p: &RestartPolicy) -> bool {
@@ -589,6 +592,24 @@ pub enum Status {
     Placed,
     Unschedulable,
     Invalid,
+    /// Waiting to be placed again: its container failed to start, or its engine was lost.
+    Pending,
+    /// Its container failed to start on every engine tried (`run.attempts` says why).
+    Failed,
+    /// A `batch` container that ran and exited (`run.exit_code`); its reservation is freed.
+    Exited,
+    /// A `batch` container whose engine was lost; its reservation is freed.
+    Lost,
+}
+
+impl Status {
+    /// No more work: the request stays decided until the user changes or deletes it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Invalid | Status::Failed | Status::Exited | Status::Lost
+        )
+    }
 }
 
 impl fmt::Display for Status {
@@ -597,8 +618,69 @@ impl fmt::Display for Status {
             Status::Placed => "placed",
             Status::Unschedulable => "unschedulable",
             Status::Invalid => "invalid",
+            Status::Pending => "pending",
+            Status::Failed => "failed",
+            Status::Exited => "exited",
+            Status::Lost => "lost",
         })
     }
+}
+
+/// One engine a container could not run on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub engine: String,
+    pub error: String,
+}
+
+/// A published port of a launched container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub proto: String,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// `decision.run`: what became of the container, when the leader launches it (`--docker`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The engine it runs on (empty before a launch).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    /// Docker's state: `running`, `exited`, `created`, …
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
+    /// Engines the container failed to start on, oldest first: never tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Engines lost under it (a service is placed again elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub updated_at: String,
+}
+
+/// `health/<engine>`: the leader's last contact with an engine, on a lease that lapses when the
+/// engine stops answering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub engine: String,
+    /// RFC 3339, UTC.
+    pub last_contact: String,
+    /// Live use, summed over every running container (citadel's or not).
+    pub cpus_used: f64,
+    pub memory_used_mb: f64,
+    pub containers_running: usize,
+    pub checked_by: String,
 }
 
 /// The seed's `resource`: where the container goes.
@@ -629,6 +711,9 @@ pub struct Decision {
     pub decided_at: String,
     /// The replica that was leader when this was committed.
     pub decided_by: String,
+    /// The container's fate, when the leader launches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
 }
 
 /// `reservations/<engine>/<request>`: what one placement holds on its engine.

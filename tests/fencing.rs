@@ -44,6 +44,7 @@ fn placement_fenced(
             request_revision,
             decided_at: String::new(),
             decided_by: by.into(),
+            run: None,
         },
         reservation: Reservation {
             request: id.to_string(),

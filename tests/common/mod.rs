@@ -95,6 +95,8 @@ impl Replica {
             addr: format!("test://{id}"),
             lease_ttl: 2,
             overcommit: 1.0,
+            docker: None,
+            policy: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);
         let handle = tokio::spawn(controller::run(cfg, rx));
