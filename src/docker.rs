@@ -207,7 +207,9 @@ impl LaunchSpec {
             request_id: request_id.to_string(),
             engine_id: engine_id.to_string(),
             image: image.name.trim().to_string(),
-            container_name: non_empty(&image.container_name),
+            container_name: Some(
+                non_empty(&image.container_name).unwrap_or_else(|| default_name(request_id)),
+            ),
             entrypoint: non_empty_vec(&image.entrypoint),
             cmd: non_empty_vec(&image.args),
             env: env(&image.environment),
@@ -650,6 +652,31 @@ pub async fn launch(docker: &Docker, spec: &LaunchSpec) -> Result<Running, Docke
     };
     tracing::info!(container = %id, "created");
     start(docker, &id).await
+}
+
+/// The name a container gets when the request names none: `citadel-<request id>`, made of
+/// what Docker allows in a name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`). A fixed name makes creation
+/// atomic: a second launcher racing the first (a leader killed mid-launch, its successor) gets
+/// a name conflict and adopts the container, instead of starting a twin. An id that had to be
+/// changed to fit gets a hash of the original, so two ids never share a name.
+pub fn default_name(request_id: &str) -> String {
+    let mut name = String::from("citadel-");
+    let mut changed = false;
+    for c in request_id.chars().take(200) {
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+            name.push(c);
+        } else {
+            name.push('-');
+            changed = true;
+        }
+    }
+    if changed || request_id.chars().count() > 200 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        request_id.hash(&mut h);
+        name.push_str(&format!("-{:08x}", h.finish() as u32));
+    }
+    name
 }
 
 /// A container found for the request: started if it was only created, else as it is.
@@ -1152,6 +1179,19 @@ mod tests {
     }
 
     #[test]
+    fn default_names_are_docker_names_and_distinct() {
+        assert_eq!(default_name("web-1"), "citadel-web-1");
+        let odd = default_name("a b:c");
+        assert!(odd.starts_with("citadel-a-b-c-"), "{odd}");
+        assert_ne!(default_name("a b"), default_name("a:b"));
+        assert!(
+            default_name(&"x".repeat(253))
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        );
+    }
+
+    #[test]
     fn an_empty_image_leaves_docker_its_defaults() {
         let bare = model::Image {
             name: "busybox".into(),
@@ -1161,7 +1201,7 @@ mod tests {
         assert!(spec.check().is_ok());
         let body = spec.create_body();
         let host = body.host_config.clone().expect("host config");
-        assert_eq!(spec.container_name, None);
+        assert_eq!(spec.container_name.as_deref(), Some("citadel-r"));
         assert_eq!(body.entrypoint, None);
         assert_eq!(body.cmd, None);
         assert_eq!(body.env, None);
