@@ -9,18 +9,26 @@
 #   5. submits the sample request with plain etcdctl,
 #   6. waits for the scheduling decision and prints it, the leader and `citadel ls`.
 #
+# With --docker the replicas run with --docker, the engine is this machine's Docker engine
+# (probed for its cpus and memory), and the request is launched: a local busybox image
+# (scripts/test-image.sh; no registry is needed) runs, `docker ps` shows it, and deleting the
+# request stops it.
+#
 # Everything is stopped and the temp dir removed on exit.
 #
-# Usage: scripts/demo.sh [--keep]
-#   --keep   leave etcd and the replicas running until Ctrl-C
+# Usage: scripts/demo.sh [--keep] [--docker]
+#   --keep     leave etcd and the replicas running until Ctrl-C
+#   --docker   launch the container on this machine's Docker engine
 set -euo pipefail
 
 keep=false
+docker=false
 for arg in "$@"; do
     case "$arg" in
     --keep) keep=true ;;
+    --docker) docker=true ;;
     -h | --help)
-        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -194,13 +202,17 @@ $started || fail "could not find free ports for etcd"
 echo "etcd pid $etcd_pid listening on $EP"
 ectl --endpoints "$EP" endpoint status -w table
 
-step "start 3 controller replicas (lease TTL 3 s)"
+controller_flags=(--lease-ttl 3)
+if $docker; then
+    controller_flags+=(--docker)
+fi
+step "start 3 controller replicas (lease TTL 3 s)$($docker && echo ", --docker" || true)"
 export RUST_LOG="${RUST_LOG:-info}"
 for n in 1 2 3; do
     printf '$ %s > %s 2>&1 &\n' \
-        "$(quote_cmd "$citadel" --etcd "$EP" controller --id "replica-$n" --lease-ttl 3)" \
+        "$(quote_cmd "$citadel" --etcd "$EP" controller --id "replica-$n" "${controller_flags[@]}")" \
         "$tmp/replica-$n.log"
-    "$citadel" --etcd "$EP" controller --id "replica-$n" --lease-ttl 3 \
+    "$citadel" --etcd "$EP" controller --id "replica-$n" "${controller_flags[@]}" \
         >"$tmp/replica-$n.log" 2>&1 &
     replica_pids+=($!)
 done
@@ -210,27 +222,39 @@ for i in "${!replica_pids[@]}"; do
 done
 echo "replicas running: pids ${replica_pids[*]}"
 
-step "register 3 engines"
-zones=(a b c)
-for n in 1 2 3; do
-    run "$citadel" --etcd "$EP" engine add "engine-$n" \
-        --addr "tcp://127.0.1.$n:2375" --cpus 4 --memory 8192 --label "zone=${zones[$((n - 1))]}"
-done
-
-step "submit the sample request with etcdctl"
+name=redis-1
 request='{"image": "crosbymichael/redis", "cpus": "0.2", "memory": 512, "type": "service"}'
-ectl --endpoints "$EP" put /citadel/requests/redis-1 "$request"
+if $docker; then
+    step "build the local image (scripts/test-image.sh) and register this machine's Docker engine"
+    image=$(bash scripts/test-image.sh)
+    run "$citadel" --etcd "$EP" engine add local --addr unix:///var/run/docker.sock --label zone=a
+    name=web-1
+    request='{"image": "'"$image"'", "cpus": 0.2, "memory": 64, "type": "service", "launch": true, "entrypoint": ["sleep", "600"]}'
+else
+    step "register 3 engines"
+    zones=(a b c)
+    for n in 1 2 3; do
+        run "$citadel" --etcd "$EP" engine add "engine-$n" \
+            --addr "tcp://127.0.1.$n:2375" --cpus 4 --memory 8192 --label "zone=${zones[$((n - 1))]}"
+    done
+fi
 
-step "wait for the decision on /citadel/decisions/redis-1 (up to 15 s)"
+step "submit the request with etcdctl"
+ectl --endpoints "$EP" put "/citadel/requests/$name" "$request"
+
+step "wait for the decision on /citadel/decisions/$name (up to 30 s)"
 decision=""
-deadline=$((SECONDS + 15))
+deadline=$((SECONDS + 30))
 while ((SECONDS < deadline)); do
-    decision=$(etcdctl --endpoints "$EP" get /citadel/decisions/redis-1 --print-value-only 2>/dev/null || true)
-    [[ -n $decision ]] && break
+    decision=$(etcdctl --endpoints "$EP" get "/citadel/decisions/$name" --print-value-only 2>/dev/null || true)
+    # With --docker, wait until the launch is recorded too.
+    if [[ -n $decision ]] && { ! $docker || [[ $decision == *'"container_id"'* ]]; }; then
+        break
+    fi
     sleep 0.2
 done
-[[ -n $decision ]] || fail "no decision for redis-1 after 15 s"
-get_decision=(etcdctl --endpoints "$EP" get /citadel/decisions/redis-1 --print-value-only)
+[[ -n $decision ]] || fail "no decision for $name after 30 s"
+get_decision=(etcdctl --endpoints "$EP" get "/citadel/decisions/$name" --print-value-only)
 printf '$ ETCDCTL_API=3 %s\n' "$(quote_cmd "${get_decision[@]}")"
 if command -v python3 >/dev/null 2>&1 && printf '%s\n' "$decision" | python3 -m json.tool 2>/dev/null; then
     :
@@ -244,9 +268,24 @@ ectl --endpoints "$EP" get --prefix /citadel/leader
 step "citadel ls"
 run "$citadel" --etcd "$EP" ls
 
+if $docker; then
+    step "the container, as Docker sees it"
+    run docker ps --filter "label=citadel.request=$name"
+    step "delete the request: the leader frees the reservation and stops the container"
+    ectl --endpoints "$EP" del "/citadel/requests/$name"
+    deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        [[ -z $(docker ps -aq --filter "label=citadel.request=$name") ]] && break
+        sleep 0.5
+    done
+    run docker ps -a --filter "label=citadel.request=$name"
+    [[ -z $(docker ps -aq --filter "label=citadel.request=$name") ]] ||
+        fail "the container of $name is still there 30 s after its request was deleted"
+fi
+
 step "etcdctl commands used (copy them)"
 cat <<EOF
-ETCDCTL_API=3 $(quote_cmd etcdctl --endpoints "$EP" put /citadel/requests/redis-1 "$request")
+ETCDCTL_API=3 $(quote_cmd etcdctl --endpoints "$EP" put "/citadel/requests/$name" "$request")
 ETCDCTL_API=3 $(quote_cmd "${get_decision[@]}")
 ETCDCTL_API=3 $(quote_cmd etcdctl --endpoints "$EP" get --prefix /citadel/leader)
 ETCDCTL_API=3 $(quote_cmd etcdctl --endpoints "$EP" get --prefix /citadel/)
