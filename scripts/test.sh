@@ -11,6 +11,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies (scripts/install-deps.sh)"
 bash scripts/install-deps.sh
 
+step "the local test image for the Docker tests (scripts/test-image.sh)"
+bash scripts/test-image.sh
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
