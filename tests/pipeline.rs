@@ -341,6 +341,55 @@ async fn unschedulable_request_is_placed_when_an_engine_is_added() {
     replica.stop().await;
 }
 
+/// With the health policy of `--docker`, only engines with a `health/<engine>` key are
+/// schedulable, and `--count-live` counts live use against capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_engines_with_health_are_schedulable_and_live_use_counts() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 2.0, 1024.0, &[]).await;
+    put_engine(&client, &keys, "e2", 2.0, 1024.0, &[]).await;
+    let policy = citadel::cache::HealthPolicy {
+        docker: true,
+        count_live: true,
+        launch_all: false,
+    };
+    let replica = Replica::start_with_policy(&etcd.endpoint(), "replica-health", policy);
+
+    put_request(&client, &keys, "a", request_json(1.0, 128, json!({}))).await;
+    let a = wait_decision(&client, &keys, "a", WAIT).await;
+    assert_eq!(a.status, Status::Unschedulable, "{a:?}");
+    assert!(a.reason.contains("2 unhealthy"), "{:?}", a.reason);
+
+    // e2 answers, but is busy: 1.5 of its 2 cpus are in live use, so 1 cpu does not fit.
+    let health = |engine: &str, cpus: f64| {
+        json!({
+            "engine": engine, "last_contact": "2026-11-28T00:00:00Z", "cpus_used": cpus,
+            "memory_used_mb": 10.0, "containers_running": 1, "checked_by": "test"
+        })
+        .to_string()
+    };
+    let mut kv = client.kv_client();
+    kv.put(keys.health(&eid("e2")), health("e2", 1.5), None)
+        .await
+        .expect("put health");
+    let a = wait_decision_where(&client, &keys, "a", WAIT, "a new reason", |d| {
+        d.reason.contains("insufficient cpus")
+    })
+    .await;
+    assert!(a.reason.contains("1 unhealthy"), "{:?}", a.reason);
+
+    // e1 answers, idle: the request lands there.
+    kv.put(keys.health(&eid("e1")), health("e1", 0.0), None)
+        .await
+        .expect("put health");
+    let a = wait_decision_where(&client, &keys, "a", WAIT, "placed decision", placed).await;
+    assert_eq!(engine_of(&a), "e1");
+    assert_invariants(&client, &keys).await;
+    replica.stop().await;
+}
+
 /// What `citadel ls` shows: the cluster summary computed from one load of the registry.
 async fn ls_usage(client: &etcd_client::Client) -> citadel::model::ClusterInfo {
     let cache = Cache::new(keys(), 1.0);

@@ -82,6 +82,16 @@ impl Replica {
 
     /// Starts a replica that reaches etcd at `endpoint` (e.g. through a [`Proxy`]).
     pub fn start_at(endpoint: &str, id: &str) -> Replica {
+        Replica::start_with_policy(endpoint, id, Default::default())
+    }
+
+    /// Starts a replica whose scheduling follows `policy` (health keys, live usage), without
+    /// contacting any engine: tests write the health keys themselves.
+    pub fn start_with_policy(
+        endpoint: &str,
+        id: &str,
+        policy: citadel::cache::HealthPolicy,
+    ) -> Replica {
         let cfg = ControllerConfig {
             endpoints: vec![endpoint.to_string()],
             keys: keys(),
@@ -96,7 +106,7 @@ impl Replica {
             lease_ttl: 2,
             overcommit: 1.0,
             docker: None,
-            policy: Default::default(),
+            policy,
         };
         let (shutdown, rx) = watch::channel(false);
         let handle = tokio::spawn(controller::run(cfg, rx));
