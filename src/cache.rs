@@ -713,6 +713,11 @@ impl State {
         }
     }
 
+    /// Whether `id` is placed and waits to be launched.
+    pub fn is_launchable(&self, id: &RequestId) -> bool {
+        self.launchable.contains(id)
+    }
+
     pub fn request(&self, id: &RequestId) -> Option<&RequestEntry> {
         self.requests.get(id)
     }

@@ -6,6 +6,7 @@
 //!                                       ─list_managed()─▶ reconcile: stop what no decision holds
 //!                       engine silent for a TTL ─▶ its launched containers: service → pending
 //!                                                                            batch   → lost
+//!                                                  (and what waited to be launched → pending)
 //! placed + launch wanted ─launch()─▶ decision.run {container_id, state, ports}
 //!                                 └▶ start failed: pending elsewhere (engine excluded) or failed
 //! docker events (die, start, destroy) ─▶ decision.run.state; a batch that exited frees its
@@ -399,10 +400,13 @@ impl Runner {
             }
             let placed = self.cache.lock().placed_on(&spec.id);
             for (id, d) in placed {
-                if d.run.as_ref().is_none_or(|r| r.container_id.is_empty()) {
+                let launched = d.run.as_ref().is_some_and(|r| !r.container_id.is_empty());
+                // Placed for a launch that never happened: place it again too. A placement
+                // nobody asked to launch is only a reservation, and stays.
+                if !launched && !self.cache.lock().is_launchable(&id) {
                     continue;
                 }
-                let batch = self.kind(&id).as_deref() == Some("batch");
+                let batch = launched && self.kind(&id).as_deref() == Some("batch");
                 let engine = spec.id.to_string();
                 self.update(&id, &d, |dec, ops, keys| {
                     ops.push(TxnOp::delete(keys.reservation(&spec.id, &id), None));
