@@ -334,7 +334,14 @@ impl Runner {
                 continue;
             };
             let state = c.state.to_string();
-            if run.state != state {
+            let done = state == "exited" || state == "dead";
+            // A batch still `placed` whose container is done missed its exit (see `launched`).
+            let unrecorded_exit = done
+                && decision
+                    .as_ref()
+                    .is_some_and(|d| d.status == Status::Placed)
+                && self.kind(&id).as_deref() == Some("batch");
+            if run.state != state || unrecorded_exit {
                 let action = if state == "running" {
                     Action::Start
                 } else if state == "exited" || state == "dead" {
@@ -531,7 +538,22 @@ impl Runner {
             Ok(c) => {
                 tracing::info!(request = %id, engine = %engine, container = %short(&c.id),
                     state = %c.state, "launched");
-                self.update(id, &d, |dec, _, _| {
+                // Until the cache shows the container, do not launch it again.
+                retry_at.insert(id.clone(), Instant::now() + Duration::from_secs(1));
+                // A batch container can be done before its launch is even recorded: its die
+                // event found no container in the decision, so record the exit here.
+                let state = c.state.to_string();
+                let exited = (state == "exited" || state == "dead")
+                    && self.kind(id).as_deref() == Some("batch");
+                self.update(id, &d, |dec, ops, keys| {
+                    if exited {
+                        ops.push(TxnOp::delete(keys.reservation(engine, id), None));
+                        dec.status = Status::Exited;
+                        dec.reason = match c.exit_code {
+                            Some(code) => format!("the batch container exited with code {code}"),
+                            None => "the batch container is gone".into(),
+                        };
+                    }
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.engine = engine.to_string();
                     run.container_id = c.id.clone();
