@@ -894,26 +894,38 @@ fn log_tail(path: &Path) -> String {
     lines[start..].join("\n")
 }
 
+/// The local image the Docker tests launch, built on the system daemon once per process by
+/// `scripts/test-image.sh` (Debian's busybox-static and `docker import`: no registry is needed).
+pub fn test_image() -> Result<String, String> {
+    static IMAGE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-image.sh");
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .output()
+                .map_err(|e| format!("run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "test-image.sh: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match stdout.lines().last().map(str::trim) {
+                Some(image) if !image.is_empty() => Ok(image.to_string()),
+                _ => Err("test-image.sh printed no image name".into()),
+            }
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Builds (if needed) the local test image and returns its name.
     fn test_image() -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-image.sh");
-        let output = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run scripts/test-image.sh");
-        assert!(
-            output.status.success(),
-            "test-image.sh: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .expect("utf-8 image name")
-            .trim()
-            .to_owned()
+        super::test_image().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `docker -H addr ARGS…`, bounded; returns trimmed stdout.

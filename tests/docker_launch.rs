@@ -26,19 +26,7 @@ const ENGINE: &str = "local";
 /// The local test image, built once per test binary.
 fn test_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-image.sh");
-        let out = Command::new(script).output().expect("run test-image.sh");
-        assert!(
-            out.status.success(),
-            "test-image.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let image = stdout.lines().last().unwrap_or_default().trim().to_string();
-        assert!(!image.is_empty(), "test-image.sh printed no image name");
-        image
-    })
+    IMAGE.get_or_init(|| citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn connect() -> Docker {

@@ -17,22 +17,8 @@ use tokio::time::timeout;
 /// Bound on one docker CLI call.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds (if needed) the local test image on the system daemon and returns its name.
 fn test_image() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-image.sh");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run scripts/test-image.sh");
-    assert!(
-        output.status.success(),
-        "test-image.sh: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8 image name")
-        .trim()
-        .to_owned()
+    citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `docker [-H addr] ARGS…`, bounded by [`CLI_TIMEOUT`]; the system daemon when `addr` is `None`.

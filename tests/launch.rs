@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use citadel::dockerd_process::DockerdProcess;
@@ -49,20 +48,11 @@ const ENGINE_MEMORY_MB: &str = "2048";
 
 /// Builds the test image on the system daemon, once per test binary.
 fn ensure_test_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-image.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg(IMAGE)
-            .output()
-            .expect("run scripts/test-image.sh");
-        assert!(
-            out.status.success(),
-            "test-image.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let built = citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        built, IMAGE,
+        "scripts/test-image.sh builds {IMAGE} by default"
+    );
 }
 
 /// Runs a program, bounded by [`CLI_TIMEOUT`].
