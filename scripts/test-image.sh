@@ -16,19 +16,18 @@ if docker image inspect "$image" >/dev/null 2>&1; then
     exit 0
 fi
 
+# Debian's busybox-static puts a statically linked busybox at /bin/busybox (the dynamic
+# `busybox` package would not run inside an empty image).
 busybox=/bin/busybox
-if [[ ! -x $busybox ]] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
-    if [[ -x /usr/bin/busybox-static ]]; then
-        busybox=/usr/bin/busybox-static
-    else
-        sudo=()
-        [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-        echo "test-image: installing busybox-static" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        ${sudo[@]+"${sudo[@]}"} apt-get update -qq
-        ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends busybox-static >&2
-    fi
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+    sudo=()
+    [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+    echo "test-image: installing busybox-static" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    ${sudo[@]+"${sudo[@]}"} apt-get update -qq
+    ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends busybox-static >&2
 fi
+[[ -x $busybox ]] || { echo "test-image: $busybox missing after installing busybox-static" >&2; exit 1; }
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
