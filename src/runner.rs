@@ -308,6 +308,8 @@ impl Runner {
     /// Stops containers no decision holds any more, and catches up on states whose events were
     /// missed.
     async fn reconcile(&self, engine: &EngineId, d: &Docker, managed: Vec<Running>) {
+        // Asked once per round, and only if something is to be stopped.
+        let mut leads: Option<bool> = None;
         for c in managed {
             let Some(id) = RequestId::from_key_segment(&c.request_id) else {
                 continue;
@@ -327,7 +329,14 @@ impl Runner {
                 continue;
             }
             if !here {
-                self.stop(engine, d, &c);
+                // A deposed leader that has not noticed yet (paused, partitioned) must not
+                // stop what its successor launched: ask etcd before stopping anything.
+                if leads.is_none() {
+                    leads = Some(self.still_leads().await);
+                }
+                if leads == Some(true) {
+                    self.stop(engine, d, &c);
+                }
                 continue;
             }
             let Some(run) = run.filter(|r| r.container_id == c.id) else {
@@ -359,6 +368,17 @@ impl Runner {
                 };
                 self.on_event(engine, &ev).await;
             }
+        }
+    }
+
+    /// Whether our election key is still the one we won with (a linearizable read).
+    async fn still_leads(&self) -> bool {
+        match self.client.kv_client().get(self.fence.key.clone(), None).await {
+            Ok(r) => r
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == self.fence.rev),
+            Err(_) => false,
         }
     }
 
