@@ -3,7 +3,8 @@
 #   etcd, etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler) and
 #   protobuf's well-known .proto files (libprotobuf-dev), which etcd-client's
 #   build imports (google/protobuf/descriptor.proto); protobuf-compiler only
-#   recommends that package, and we install without recommends.
+#   recommends that package, and we install without recommends. openssl makes the
+#   throwaway certificates of the TLS engine test.
 # Idempotent: does nothing (and prints nothing) when everything is present.
 set -euo pipefail
 
@@ -19,10 +20,11 @@ declare -A packages=(
     [etcd]=etcd-server
     [etcdctl]=etcd-client
     [protoc]=protobuf-compiler
+    [openssl]=openssl
 )
 
 missing=()
-for cmd in etcd etcdctl protoc; do
+for cmd in etcd etcdctl protoc openssl; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         missing+=("${packages[$cmd]}")
     fi
@@ -56,7 +58,7 @@ export DEBIAN_FRONTEND=noninteractive
 ${sudo[@]+"${sudo[@]}"} apt-get update -qq
 ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
-for cmd in etcd etcdctl protoc; do
+for cmd in etcd etcdctl protoc openssl; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         echo "install-deps: $cmd still not found after installing ${missing[*]}" >&2
         exit 1

@@ -23,6 +23,14 @@
 //! (container processes, shims, cgroups, mounts, shim sockets) and removes
 //! the directory.
 //!
+//! With [`DockerdOptions::tls`] the daemon also serves its API over TLS
+//! (`--tlsverify`) at [`DockerdProcess::tls_addr`], `https://127.0.0.1:PORT`
+//! in the machine's network namespace: the harness binds that TCP listener
+//! itself, before the daemon moves into its own namespace, and hands it over
+//! as systemd socket activation does (fd 3, `LISTEN_FDS`, `LISTEN_PID`,
+//! `-H fd://`). A socket belongs to the namespace it was created in, so no
+//! forwarder is needed and `docker0` is not touched.
+//!
 //! Needs root, like any dockerd.
 
 #![cfg(target_os = "linux")]
@@ -140,6 +148,21 @@ pub struct DockerdOptions {
     /// If set, passed as `--storage-driver` (e.g. `"vfs"` where overlayfs is
     /// unavailable); dockerd picks one itself when `None` (overlay2 here).
     pub storage_driver: Option<String>,
+    /// If set, the daemon also serves its API over TLS, requiring client
+    /// certificates signed by `ca`, at [`DockerdProcess::tls_addr`].
+    pub tls: Option<DockerdTls>,
+}
+
+/// The daemon side of [`DockerdOptions::tls`]: PEM files, as dockerd's
+/// `--tlscacert`, `--tlscert` and `--tlskey` take them.
+#[derive(Debug, Clone)]
+pub struct DockerdTls {
+    /// The CA that client certificates must be signed by.
+    pub ca: PathBuf,
+    /// The server certificate (its SANs must cover `127.0.0.1`).
+    pub cert: PathBuf,
+    /// The server certificate's private key.
+    pub key: PathBuf,
 }
 
 /// One extra dockerd listening on a unix socket in its own temporary directory.
@@ -149,6 +172,8 @@ pub struct DockerdProcess {
     // mounts first, then the temp dir is removed.
     child: Option<Child>,
     pid: u32,
+    /// The port of the TLS listener on 127.0.0.1, with [`DockerdOptions::tls`].
+    tls_port: Option<u16>,
     spec: Spec,
     _dir: TempDir,
 }
@@ -183,8 +208,21 @@ impl DockerdProcess {
         spec.check_socket_paths()?;
         spec.write_config()?;
 
+        // Bound here, in the machine's network namespace; dockerd inherits it.
+        let tls_listener = match &spec.opts.tls {
+            Some(_) => Some(std::net::TcpListener::bind(("127.0.0.1", 0))?),
+            None => None,
+        };
+        let tls_port = match &tls_listener {
+            Some(listener) => Some(listener.local_addr()?.port()),
+            None => None,
+        };
+
         let started = Instant::now();
-        let child = match spec.spawn_and_wait().await {
+        let spawned = spec.spawn_and_wait(tls_listener.as_ref()).await;
+        // dockerd has its own copy now.
+        drop(tls_listener);
+        let child = match spawned {
             Ok(child) => child,
             Err(err) => {
                 // A daemon that got halfway may have mounted things already.
@@ -195,6 +233,7 @@ impl DockerdProcess {
         let process = DockerdProcess {
             pid: child.id().unwrap_or(0),
             child: Some(child),
+            tls_port,
             spec,
             _dir: dir,
         };
@@ -212,6 +251,13 @@ impl DockerdProcess {
     /// The daemon's address as `docker -H` and bollard take it: `unix:///…/docker.sock`.
     pub fn addr(&self) -> String {
         format!("unix://{}", self.spec.socket().display())
+    }
+
+    /// With [`DockerdOptions::tls`], the daemon's TLS address in the
+    /// machine's network namespace: `https://127.0.0.1:PORT`.
+    pub fn tls_addr(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// The name given to [`DockerdProcess::start`].
@@ -412,8 +458,11 @@ impl Spec {
 
     /// Spawns dockerd and waits until its API answers. On failure the child
     /// has been killed and reaped.
-    async fn spawn_and_wait(&self) -> Result<Child, DockerdProcessError> {
-        let mut child = self.spawn()?;
+    async fn spawn_and_wait(
+        &self,
+        tls_listener: Option<&std::net::TcpListener>,
+    ) -> Result<Child, DockerdProcessError> {
+        let mut child = self.spawn(tls_listener)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -444,7 +493,10 @@ impl Spec {
         }
     }
 
-    fn spawn(&self) -> Result<Child, DockerdProcessError> {
+    fn spawn(
+        &self,
+        tls_listener: Option<&std::net::TcpListener>,
+    ) -> Result<Child, DockerdProcessError> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -455,7 +507,17 @@ impl Spec {
         // `docker0` in its namespace, and in the machine's that is the system daemon's bridge.
         // `unshare` execs dockerd, so the pid stays dockerd's.
         let mut cmd = Command::new("unshare");
-        cmd.arg("--net").arg("--").arg(&self.binary);
+        cmd.arg("--net").arg("--");
+        if tls_listener.is_some() {
+            // Socket activation wants LISTEN_PID to be dockerd's own pid: a
+            // shell learns it and execs dockerd.
+            cmd.arg("sh")
+                .arg("-c")
+                .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+                .env("LISTEN_FDS", "1")
+                .env_remove("LISTEN_FDNAMES");
+        }
+        cmd.arg(&self.binary);
         // dockerd still honours these legacy variables over its defaults.
         cmd.env_remove("DOCKER_DRIVER").env_remove("DOCKER_TMPDIR");
         cmd.arg("--config-file")
@@ -475,6 +537,25 @@ impl Spec {
             .arg(&self.cgroup_parent);
         if let Some(driver) = &self.opts.storage_driver {
             cmd.arg("--storage-driver").arg(driver);
+        }
+        if let (Some(listener), Some(tls)) = (tls_listener, &self.opts.tls) {
+            use std::os::fd::AsRawFd;
+            cmd.arg("-H")
+                .arg("fd://")
+                .arg("--tlsverify")
+                .arg("--tlscacert")
+                .arg(&tls.ca)
+                .arg("--tlscert")
+                .arg(&tls.cert)
+                .arg("--tlskey")
+                .arg(&tls.key);
+            let fd = listener.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes async-signal-safe system calls on a descriptor the
+            // parent keeps open until `spawn` returns.
+            unsafe {
+                cmd.pre_exec(move || sys::pass_as_fd3(fd));
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
@@ -844,7 +925,7 @@ fn unescape_octal(field: &str) -> Vec<u8> {
     out
 }
 
-/// The two system calls the harness needs beyond `std`.
+/// The system calls the harness needs beyond `std`.
 mod sys {
     use std::ffi::{CString, c_char, c_int};
     use std::io;
@@ -854,10 +935,36 @@ mod sys {
     pub const SIGKILL: c_int = 9;
     pub const SIGTERM: c_int = 15;
     const MNT_DETACH: c_int = 2;
+    const F_SETFD: c_int = 2;
 
     unsafe extern "C" {
         fn kill(pid: c_int, sig: c_int) -> c_int;
         fn umount2(target: *const c_char, flags: c_int) -> c_int;
+        fn dup2(old: c_int, new: c_int) -> c_int;
+        fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    }
+
+    /// Makes `fd` the child's descriptor 3, kept across exec: the first
+    /// socket-activation descriptor. Only async-signal-safe calls: it runs
+    /// between fork and exec.
+    pub fn pass_as_fd3(fd: c_int) -> io::Result<()> {
+        const FD3: c_int = 3;
+        // SAFETY: plain descriptor operations; `dup2` onto 3 closes whatever
+        // was there (stdio has already been set up in 0 to 2), and its copy
+        // does not have FD_CLOEXEC. When `fd` already is 3, `dup2` does
+        // nothing, so clear the flag directly.
+        let result = unsafe {
+            if fd == FD3 {
+                fcntl(FD3, F_SETFD, 0 as c_int)
+            } else {
+                dup2(fd, FD3)
+            }
+        };
+        if result == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Sends `sig` to `pid`.
