@@ -373,7 +373,12 @@ impl Runner {
 
     /// Whether our election key is still the one we won with (a linearizable read).
     async fn still_leads(&self) -> bool {
-        match self.client.kv_client().get(self.fence.key.clone(), None).await {
+        match self
+            .client
+            .kv_client()
+            .get(self.fence.key.clone(), None)
+            .await
+        {
             Ok(r) => r
                 .kvs()
                 .first()
