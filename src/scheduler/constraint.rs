@@ -79,6 +79,8 @@ impl Matcher {
 #[derive(Debug, Clone)]
 pub struct Constraint {
     pub key: String,
+    /// [`key_hash`] of `key`: labels are found by it, so matching compares integers first.
+    key_hash: u64,
     pub op: Op,
     pub soft: bool,
     matcher: Matcher,
@@ -146,6 +148,7 @@ impl Constraint {
             Matcher::Literal(value.to_string())
         };
         Ok(Constraint {
+            key_hash: key_hash(key),
             key: key.to_string(),
             op,
             soft,
@@ -156,7 +159,7 @@ impl Constraint {
 
     /// Whether an engine with these labels satisfies the constraint.
     pub fn matches(&self, labels: &Labels) -> bool {
-        let mut values = labels.values(&self.key).peekable();
+        let mut values = labels.values(self.key_hash, &self.key).peekable();
         match self.op {
             Op::Exists => values.peek().is_some(),
             Op::Eq => values.any(|v| self.matcher.matches(v)),
@@ -165,17 +168,29 @@ impl Constraint {
     }
 }
 
-/// An engine's labels, parsed once: `key=value` or a bare `key` (no value).
+/// FNV-1a of a label key: stable, and cheap for the short keys labels have.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An engine's labels, parsed once: `key=value` or a bare `key` (no value), sorted by the
+/// key's hash so that a constraint finds its key comparing integers, not strings (label lookups
+/// were the controller's biggest cost).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels(Vec<(String, Option<String>)>);
+pub struct Labels(Vec<(u64, String, Option<String>)>);
 
 impl Labels {
     pub fn parse<S: AsRef<str>>(labels: &[S]) -> Self {
-        let mut parsed: Vec<(String, Option<String>)> = labels
+        let mut parsed: Vec<(u64, String, Option<String>)> = labels
             .iter()
-            .map(|l| match l.as_ref().split_once('=') {
-                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
-                None => (l.as_ref().trim().to_string(), None),
+            .map(|l| {
+                let (k, v) = match l.as_ref().split_once('=') {
+                    Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                    None => (l.as_ref().trim().to_string(), None),
+                };
+                (key_hash(&k), k, v)
             })
             .collect();
         parsed.sort();
@@ -183,13 +198,14 @@ impl Labels {
     }
 
     /// Every value of `key` (`None` for a bare key); empty when the engine has no such key.
-    /// Labels are sorted, so this is a binary search and a short scan, with no allocation.
-    fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
-        let start = self.0.partition_point(|(k, _)| k.as_str() < key);
+    /// A binary search on the hash and a short scan, with no allocation.
+    fn values<'a>(&'a self, hash: u64, key: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        let start = self.0.partition_point(|(h, _, _)| *h < hash);
         self.0[start..]
             .iter()
-            .take_while(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_deref())
+            .take_while(move |(h, _, _)| *h == hash)
+            .filter(move |(_, k, _)| k == key)
+            .map(|(_, _, v)| v.as_deref())
     }
 }
 
