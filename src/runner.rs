@@ -167,7 +167,7 @@ impl Runner {
     async fn health_loop(&self, events: mpsc::Sender<(EngineId, ContainerEvent)>) {
         let mut tick = tokio::time::interval(self.cfg.health_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watching: HashMap<EngineId, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut watching = Watchers::default();
         let mut down: HashSet<EngineId> = HashSet::new();
         let mut rounds = 0u64;
         loop {
@@ -207,9 +207,9 @@ impl Runner {
                         self.write_health(&engine, &usage).await;
                         self.learn(&usage);
                         self.reconcile(&engine, &d, managed).await;
-                        let alive = watching.get(&engine).is_some_and(|h| !h.is_finished());
+                        let alive = watching.0.get(&engine).is_some_and(|h| !h.is_finished());
                         if !alive {
-                            watching.insert(
+                            watching.0.insert(
                                 engine.clone(),
                                 tokio::spawn(forward_events(engine.clone(), d, events.clone())),
                             );
@@ -222,7 +222,7 @@ impl Runner {
                     }
                 }
             }
-            watching.retain(|e, h| {
+            watching.0.retain(|e, h| {
                 let keep = specs.iter().any(|s| s.id == *e);
                 if !keep {
                     h.abort();
@@ -752,6 +752,18 @@ impl Runner {
                 tracing::warn!(what, error = %e, "runner write failed");
                 None
             }
+        }
+    }
+}
+
+/// The event forwarders, one per engine: stopped with the runner (a task outlives its handle).
+#[derive(Default)]
+struct Watchers(HashMap<EngineId, tokio::task::JoinHandle<()>>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for h in self.0.values() {
+            h.abort();
         }
     }
 }
