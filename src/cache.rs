@@ -37,6 +37,8 @@ pub struct RequestEntry {
     /// The checked request with its constraints compiled, or why it is invalid. Kept only while
     /// the request waits for a decision: a decided request costs its bytes and little more.
     parsed: Option<Result<Arc<Prepared>, Invalid>>,
+    /// The request asks to be launched (`"launch": true`), read when it was parsed.
+    launch: bool,
 }
 
 impl RequestEntry {
@@ -284,12 +286,14 @@ impl State {
             }
             Key::Request(id) => {
                 let parsed = prepare(&id, kv.value());
+                let launch = parsed.as_ref().is_ok_and(|p| p.request.image.launch);
                 self.requests.insert(
                     id.clone(),
                     RequestEntry {
                         mod_revision: kv.mod_revision(),
                         raw: Arc::from(kv.value()),
                         parsed: Some(parsed),
+                        launch,
                     },
                 );
                 self.classify(&id);
@@ -542,8 +546,7 @@ impl State {
         {
             return false;
         }
-        self.policy.launch_all
-            || serde_json::from_slice::<crate::model::Image>(&r.raw).is_ok_and(|i| i.launch)
+        self.policy.launch_all || r.launch
     }
 
     /// Requests to launch now, oldest id first, leaving out those in `skip`.
@@ -573,6 +576,13 @@ impl State {
 
     pub fn health(&self, engine: &EngineId) -> Option<&HealthEntry> {
         self.health.get(engine)
+    }
+
+    /// One valid engine's id, address and TLS files.
+    pub fn engine_spec(&self, id: &EngineId) -> Option<EngineSpec> {
+        self.engines
+            .get(id)
+            .and_then(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
     }
 
     /// Every valid engine's id, address and TLS files.

@@ -669,6 +669,19 @@ pub struct Run {
     pub updated_at: String,
 }
 
+impl Run {
+    /// Forgets the container (it failed, or its engine is gone), keeping the history that
+    /// steers the next placement: `attempts` and `lost`.
+    pub fn forget_container(&mut self) {
+        let Run { attempts, lost, .. } = std::mem::take(self);
+        *self = Run {
+            attempts,
+            lost,
+            ..Run::default()
+        };
+    }
+}
+
 /// `health/<engine>`: the leader's last contact with an engine, on a lease that lapses when the
 /// engine stops answering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

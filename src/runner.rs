@@ -155,11 +155,7 @@ impl Runner {
     }
 
     fn spec_of(&self, engine: &EngineId) -> Option<EngineSpec> {
-        self.cache
-            .lock()
-            .engine_specs()
-            .into_iter()
-            .find(|s| s.id == *engine)
+        self.cache.lock().engine_spec(engine)
     }
 
     // ---- health, live usage, reconciliation, lost engines ----
@@ -444,7 +440,6 @@ impl Runner {
                     ops.push(TxnOp::delete(keys.reservation(&spec.id, &id), None));
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.lost.push(engine.clone());
-                    run.updated_at = now_rfc3339();
                     if batch {
                         dec.status = Status::Lost;
                         dec.reason = format!("engine {engine} was lost while the container ran");
@@ -453,13 +448,9 @@ impl Runner {
                         dec.status = Status::Pending;
                         dec.resource = None;
                         dec.reason = format!("engine {engine} was lost; placing it again");
-                        run.engine.clear();
-                        run.container_id.clear();
-                        run.container_name.clear();
-                        run.state.clear();
-                        run.ports.clear();
-                        run.exit_code = None;
+                        run.forget_container();
                     }
+                    run.updated_at = now_rfc3339();
                 })
                 .await;
                 tracing::warn!(engine = %spec.id, request = %id, batch, "engine lost under a container");
@@ -572,12 +563,7 @@ impl Runner {
                     && self.kind(id).as_deref() == Some("batch");
                 self.update(id, &d, |dec, ops, keys| {
                     if exited {
-                        ops.push(TxnOp::delete(keys.reservation(engine, id), None));
-                        dec.status = Status::Exited;
-                        dec.reason = match c.exit_code {
-                            Some(code) => format!("the batch container exited with code {code}"),
-                            None => "the batch container is gone".into(),
-                        };
+                        batch_exited(dec, ops, keys, engine, id, c.exit_code);
                     }
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.engine = engine.to_string();
@@ -613,9 +599,7 @@ impl Runner {
                         engine: engine.to_string(),
                         error: e.clone(),
                     });
-                    run.engine.clear();
-                    run.container_id.clear();
-                    run.state.clear();
+                    run.forget_container();
                     run.updated_at = now_rfc3339();
                     dec.resource = None;
                     if run.attempts.len() >= tries {
@@ -674,12 +658,8 @@ impl Runner {
                     run.exit_code = code.or(run.exit_code);
                     run.updated_at = now_rfc3339();
                     if batch {
-                        ops.push(TxnOp::delete(keys.reservation(engine, &id), None));
-                        dec.status = Status::Exited;
-                        dec.reason = match run.exit_code {
-                            Some(c) => format!("the batch container exited with code {c}"),
-                            None => "the batch container is gone".into(),
-                        };
+                        let code = run.exit_code;
+                        batch_exited(dec, ops, keys, engine, &id, code);
                     }
                 })
                 .await;
@@ -788,6 +768,23 @@ async fn forward_events(
             }
         }
     }
+}
+
+/// A `batch` container is done: the decision says how, and its reservation is freed.
+fn batch_exited(
+    dec: &mut Decision,
+    ops: &mut Vec<TxnOp>,
+    keys: &Keys,
+    engine: &EngineId,
+    id: &RequestId,
+    code: Option<i64>,
+) {
+    ops.push(TxnOp::delete(keys.reservation(engine, id), None));
+    dec.status = Status::Exited;
+    dec.reason = match code {
+        Some(c) => format!("the batch container exited with code {c}"),
+        None => "the batch container is gone".into(),
+    };
 }
 
 fn classify(e: DockerError) -> Failure {
