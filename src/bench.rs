@@ -378,6 +378,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     let from = from.header().map(|h| h.revision()).unwrap_or(0) + 1;
     let mut watch = client
         .watch_client()
+        .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
         .watch(
             keys.decisions(),
             Some(WatchOptions::new().with_prefix().with_start_revision(from)),

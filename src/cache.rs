@@ -938,6 +938,7 @@ impl Cache {
         let opts = WatchOptions::new().with_prefix().with_start_revision(from);
         let mut stream = client
             .watch_client()
+            .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
             .watch(self.keys.root(), Some(opts))
             .await?;
         let mut next = from;

@@ -36,6 +36,11 @@ pub fn short(e: &etcd_client::Error) -> String {
 /// How long one call may take before we call etcd unreachable (watches and campaigns excepted).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest list page or watch response we accept. tonic's default is 4 MiB, which 2,000
+/// keys of 2 KiB already exceed, and etcd sends up to 2 GiB: a larger limit costs nothing
+/// until a response is that large, and a smaller one would leave a cache unable to ever list.
+pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
 /// The backoff every retry loop uses: exponential from 100 ms to 5 s, with jitter.
 pub fn backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -99,14 +104,16 @@ pub async fn connect(
         .await
 }
 
-/// Every key under `prefix` at one revision, fetched in pages so that a large registry never
-/// hits gRPC's message limit. Returns the keys and the revision they were read at.
+/// Every key under `prefix` at one revision, fetched in pages so that a large registry is never
+/// one response. Returns the keys and the revision they were read at.
 pub async fn range_all(
     client: &Client,
     prefix: &str,
     page: i64,
 ) -> Result<(Vec<KeyValue>, i64), StoreError> {
-    let mut kv = client.kv_client();
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let end = prefix_end(prefix);
     let mut out = Vec::new();
     let mut from = prefix.as_bytes().to_vec();

@@ -1043,3 +1043,33 @@ async fn a_backlog_of_large_requests_does_not_stall_the_pipeline() {
     assert_eq!(report.placed, 9);
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_lists_more_than_four_mib_in_one_page() {
+    // tonic refuses a response over 4 MiB by default: one list page of 30 requests of 200 KB
+    // would have left every replica's cache unable to ever load.
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    let big = request_json(
+        0.1,
+        16,
+        json!({ "environment": { "PAD": "p".repeat(200_000) } }),
+    );
+    let ids: Vec<String> = (0..30).map(|i| format!("listed-{i:02}")).collect();
+    let mut kv = client.kv_client();
+    let mut rev = 0;
+    // Six per transaction: etcd takes at most 1.5 MiB per request.
+    for chunk in ids.chunks(6) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|id| etcd_client::TxnOp::put(keys.request(&rid(id)), big.clone(), None))
+            .collect();
+        let resp = kv.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+        rev = resp.header().unwrap().revision();
+    }
+    let (cache, shutdown, task) = start_cache(&client, rev).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_cache_holds(&cache, rev, &ids, &[]).await;
+    stop_cache(shutdown, task).await;
+}
