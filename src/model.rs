@@ -107,22 +107,24 @@ fn check_id(id: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied: the cache, the leader's work sets and its in-flight batches
+        /// each hold every id, and a clone is a reference count.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// A valid id: non-empty, no `/`, at most 253 bytes, printable.
             pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
                 let id = id.into();
                 check_id(&id)?;
-                Ok(Self(id))
+                Ok(Self(id.into()))
             }
             /// A key segment as etcd holds it: non-empty and without `/`. The stricter checks
             /// of [`Self::new`] are applied later, so that a long or odd id still gets an
             /// `invalid` decision instead of silence.
             pub fn from_key_segment(id: &str) -> Option<Self> {
-                (!id.is_empty() && !id.contains('/')).then(|| Self(id.to_string()))
+                (!id.is_empty() && !id.contains('/')).then(|| Self(id.into()))
             }
             /// The strict checks of [`Self::new`], for an id that came from a key.
             pub fn check(&self) -> Result<(), IdError> {
@@ -136,6 +138,12 @@ macro_rules! id_type {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
