@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use etcd_client::{Client, EventType, KeyValue, WatchOptions};
+use serde::de::IgnoredAny;
 use tokio::sync::watch;
 
 use crate::keys::{Key, Keys};
 use crate::model::{
-    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
-    Request, RequestId, Reservation, Run, Status,
+    ClusterInfo, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus, Request,
+    RequestId, Reservation, Run, Status,
 };
 use crate::scheduler::{EngineView, Prepared};
 use crate::store::{self, StoreError};
@@ -78,6 +79,38 @@ pub struct DecisionEntry {
     pub engine: Option<String>,
     /// The container's fate, for decisions of launched requests.
     pub run: Option<Box<Run>>,
+}
+
+/// What the cache reads of a decision: [`Decision`]'s required fields and those it keeps.
+/// The echoed request (`container`) and the rest of `resource` are skipped, not built: the
+/// leader reads back every decision it writes.
+#[derive(serde::Deserialize)]
+struct DecisionHead {
+    #[serde(rename = "container")]
+    _container: IgnoredAny,
+    #[serde(default)]
+    resource: Option<ResourceId>,
+    status: Status,
+    #[serde(default)]
+    reason: String,
+    request_revision: i64,
+    #[serde(default)]
+    run: Option<Run>,
+    #[serde(rename = "decided_at")]
+    _decided_at: IgnoredAny,
+    #[serde(rename = "decided_by")]
+    _decided_by: IgnoredAny,
+}
+
+#[derive(serde::Deserialize)]
+struct ResourceId {
+    id: String,
+    #[serde(rename = "addr")]
+    _addr: IgnoredAny,
+    #[serde(rename = "total_cpus")]
+    _total_cpus: IgnoredAny,
+    #[serde(rename = "total_memory")]
+    _total_memory: IgnoredAny,
 }
 
 /// How engine health weighs in scheduling (the leader's `--docker` and `--count-live`).
@@ -303,7 +336,7 @@ impl State {
                     "request key cannot name a decision; ignored");
             }
             Key::Decision(id) => {
-                match serde_json::from_slice::<Decision>(kv.value()) {
+                match serde_json::from_slice::<DecisionHead>(kv.value()) {
                     Ok(d) => {
                         self.decisions.insert(
                             id.clone(),
@@ -1001,4 +1034,63 @@ impl Cache {
 /// True once shutdown is asked for, or its sender is gone (nobody can ask any more).
 pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Decision, Resource};
+
+    fn decision() -> Decision {
+        Decision {
+            container: serde_json::json!({"image": "redis", "cpus": "0.2", "env": ["A=1"]}),
+            resource: Some(Resource {
+                id: "e1".into(),
+                addr: "tcp://e1:2375".into(),
+                total_cpus: 4.0,
+                total_memory: 4096.0,
+            }),
+            status: Status::Placed,
+            reason: "spread chose e1".into(),
+            scheduler: "spread".into(),
+            request_revision: 42,
+            decided_at: "2026-11-29T08:00:00Z".into(),
+            decided_by: "r1".into(),
+            run: None,
+        }
+    }
+
+    #[test]
+    fn the_head_reads_what_the_cache_keeps_and_requires_what_a_decision_requires() {
+        let bytes = serde_json::to_vec(&decision()).unwrap();
+        let head: DecisionHead = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(head.status, Status::Placed);
+        assert_eq!(head.reason, "spread chose e1");
+        assert_eq!(head.request_revision, 42);
+        assert_eq!(head.resource.map(|r| r.id).as_deref(), Some("e1"));
+        assert!(head.run.is_none());
+
+        // Whatever `Decision` cannot read, the head does not read either.
+        let full: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for field in [
+            "container",
+            "status",
+            "request_revision",
+            "decided_at",
+            "decided_by",
+        ] {
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().remove(field);
+            let b = serde_json::to_vec(&v).unwrap();
+            assert!(serde_json::from_slice::<Decision>(&b).is_err(), "{field}");
+            assert!(
+                serde_json::from_slice::<DecisionHead>(&b).is_err(),
+                "{field}"
+            );
+        }
+        let mut v = full.clone();
+        v["resource"].as_object_mut().unwrap().remove("addr");
+        let b = serde_json::to_vec(&v).unwrap();
+        assert!(serde_json::from_slice::<DecisionHead>(&b).is_err());
+    }
 }
