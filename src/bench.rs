@@ -297,7 +297,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     // etcd's own rate on the same etcd, same concurrency, before citadel runs. Its keys stay
     // until the end: deleting 20,000 keys in one request would grow etcd 3.4's read buffer
     // to that many entries for good (its `reset` keeps the length; every `Txn` then copies all
-    // of it), which made each of the leader's transactions cost ~2.7 ms of copying and GC.
+    // of it): up to a fifth of etcd's cpu in the placement phase went to that copy and its GC.
     let raw_prefix = format!("{prefix}-raw/");
     let raw_total = args.requests.clamp(1_000, 20_000);
     let etcd_pid = _etcd_proc.as_ref().map(|p| p.pid());
