@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Scheduler worker threads of the controller.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// etcd's --max-txn-ops: the bench starts its own etcd with it and tells the controller
+    /// (with --etcd, raise it on that etcd yourself). 128 is etcd's default.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    pub max_txn_ops: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +267,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
             let p = EtcdProcess::start_with(EtcdOptions {
                 auto_compaction_retention: Some("100000".into()),
                 quota_bytes: Some(8 * 1024 * 1024 * 1024),
+                max_txn_ops: (args.max_txn_ops != 128).then_some(args.max_txn_ops),
                 ..EtcdOptions::default()
             })
             .await?;
@@ -329,6 +334,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
             "controller",
         ])
         .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
+        .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

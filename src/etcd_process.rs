@@ -81,6 +81,8 @@ pub struct EtcdOptions {
     pub auto_compaction_retention: Option<String>,
     /// If set, passed as `--quota-backend-bytes`.
     pub quota_bytes: Option<u64>,
+    /// If set, passed as `--max-txn-ops`.
+    pub max_txn_ops: Option<u32>,
     /// The etcd binary; `etcd` from `PATH` when `None`.
     pub binary: Option<PathBuf>,
 }
@@ -341,6 +343,9 @@ impl Spec {
         if let Some(quota) = self.opts.quota_bytes {
             cmd.arg("--quota-backend-bytes").arg(quota.to_string());
         }
+        if let Some(ops) = self.opts.max_txn_ops {
+            cmd.arg("--max-txn-ops").arg(ops.to_string());
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(log))
@@ -494,7 +499,7 @@ mod tests {
         let mut etcd = EtcdProcess::start_with(EtcdOptions {
             auto_compaction_retention: Some("1000".into()),
             quota_bytes: Some(64 * 1024 * 1024),
-            binary: None,
+            ..EtcdOptions::default()
         })
         .await
         .expect("start etcd");

@@ -44,11 +44,18 @@ pub const MAX_TXN_BYTES: usize = 1024 * 1024;
 /// one fsync, so a few in flight multiply throughput.
 const MAX_IN_FLIGHT: usize = 8;
 /// Work items planned per free pipeline slot: what one transaction holds when every placement
-/// lands on an engine of its own (the leader's fence, then a request and an engine compare each
-/// make 127 compares; a decision and a reservation each make 126 operations). A round of exactly
-/// this many never spills a near-empty transaction after a full one, which costs etcd as much as
-/// a full one: every transaction copies etcd 3.4's whole read buffer.
-const ITEMS_PER_TXN: usize = (MAX_TXN_OPS - 1) / 2;
+/// lands on an engine of its own (at etcd's default of 128: the leader's fence, then a request
+/// and an engine compare each make 127 compares; a decision and a reservation each make 126
+/// operations). A round of exactly this many never spills a near-empty transaction after a full
+/// one, which costs etcd as much as a full one: every transaction copies etcd 3.4's read buffer.
+fn items_per_txn(max_ops: usize) -> usize {
+    (max_ops.saturating_sub(1) / 2).max(1)
+}
+
+/// etcd's answer to a transaction over its `--max-txn-ops`.
+fn too_many_ops(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("too many operations in txn request")
+}
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -60,6 +67,10 @@ pub struct ManagerConfig {
     /// `--auto-compaction-*`), keeping the last `compact_retain` revisions.
     pub compact_every: Option<Duration>,
     pub compact_retain: i64,
+    /// etcd's `--max-txn-ops` (128 unless the operator raised it): the most compares, and the
+    /// most operations, one transaction may hold. If etcd refuses a transaction as too large,
+    /// the leader falls back to 128.
+    pub max_txn_ops: usize,
 }
 
 /// Why a leader stopped leading.
@@ -504,14 +515,14 @@ impl Open {
     }
 }
 
-/// Items grouped into transactions within etcd's limits: 128 compares, 128 operations
-/// (`--max-txn-ops`) and 1.5 MiB per request (`--max-request-bytes`). Parked items write nothing.
+/// Items grouped into transactions within etcd's limits: `max_ops` compares and operations
+/// (`--max-txn-ops`, 128 by default) and 1.5 MiB per request (`--max-request-bytes`). Parked items write nothing.
 ///
 /// Every placement is fenced on its engine being unchanged since the view it was verified on,
 /// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
 /// every key a compare names (a range compare reads the whole range), so a batch compares each
 /// engine it touches, or the whole engines prefix when the cluster is that small.
-pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence) -> Vec<Batch> {
+pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut open = Open::default();
     for item in items {
@@ -534,8 +545,8 @@ pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence) -> Vec<Batch> 
                 .is_some_and(|(e, _)| !o.engines.contains_key(e));
             let engines = engine_compares(fence, o.engines.len() + usize::from(new));
             // + 1: the leader's fence.
-            1 + engines + o.compares.len() + compares.len() > MAX_TXN_OPS
-                || o.ops.len() + ops.len() > MAX_TXN_OPS
+            1 + engines + o.compares.len() + compares.len() > max_ops
+                || o.ops.len() + ops.len() > max_ops
                 || o.bytes + bytes > MAX_TXN_BYTES
         };
         if !open.items.is_empty() && full(&open) {
@@ -760,6 +771,7 @@ impl Manager {
         // After a conflict, plan nothing until the cache has seen the state that refused us.
         let mut must_reach = 0i64;
         let mut last_compaction = tokio::time::Instant::now();
+        let mut max_ops = self.cfg.max_txn_ops;
         loop {
             if *shutdown.borrow() {
                 return StepDown::Shutdown;
@@ -801,7 +813,7 @@ impl Manager {
                         }
                     }
                     (
-                        state.work(free * ITEMS_PER_TXN, &assumed.ids),
+                        state.work(free * items_per_txn(max_ops), &assumed.ids),
                         state.capacity_epoch(),
                     )
                 };
@@ -810,7 +822,8 @@ impl Manager {
                 // transactions cost etcd far less, and latency stays one round trip.
                 let mut work = work;
                 if assumed.in_flight() > 0 {
-                    work.truncate(work.len() / ITEMS_PER_TXN * ITEMS_PER_TXN);
+                    let whole = items_per_txn(max_ops);
+                    work.truncate(work.len() / whole * whole);
                 }
                 assumed.fence_uncertain(&mut work);
                 if !work.is_empty() {
@@ -826,7 +839,7 @@ impl Manager {
                         count: view.engines.views.len(),
                         newest: view.engines.revisions.iter().copied().max().unwrap_or(0),
                     };
-                    for batch in batches(items, &keys, fence) {
+                    for batch in batches(items, &keys, fence, max_ops) {
                         next_token += 1;
                         let token = next_token;
                         assumed.add(token, &batch.items);
@@ -865,6 +878,20 @@ impl Manager {
                                 _ => must_reach = must_reach.max(rev),
                             }
                             // Refusals planned beside the failed placements may be wrong.
+                            self.cache.lock().retry_waiting();
+                        }
+                        Err(e) if too_many_ops(&e) && max_ops > MAX_TXN_OPS => {
+                            // Refused before it reached raft: nothing of it can commit later.
+                            tracing::error!(
+                                max_txn_ops = max_ops,
+                                fallback = MAX_TXN_OPS,
+                                "etcd refused a transaction as too large: its --max-txn-ops is lower than ours; using etcd's default"
+                            );
+                            max_ops = MAX_TXN_OPS;
+                            for engine in assumed.forget(token) {
+                                let usage = self.cache.lock().usage(&engine);
+                                view.refresh(&engine, &usage, &assumed);
+                            }
                             self.cache.lock().retry_waiting();
                         }
                         Err(e) => {

@@ -65,6 +65,7 @@ fn one(keys: &Keys, item: Item) -> manager::Batch {
             count: 1,
             newest: 2,
         },
+        manager::MAX_TXN_OPS,
     )
     .pop()
     .expect("one batch")

@@ -1073,3 +1073,75 @@ async fn a_cache_lists_more_than_four_mib_in_one_page() {
     assert_cache_holds(&cache, rev, &ids, &[]).await;
     stop_cache(shutdown, task).await;
 }
+
+/// 300 requests, written before the replica starts, so that the leader's first round plans
+/// them all. Returns how many transactions their decisions were committed in.
+async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: usize) -> usize {
+    let client = connect(etcd).await;
+    let keys = keys();
+    for e in ["e1", "e2", "e3"] {
+        put_engine(&client, &keys, e, 64.0, 65_536.0, &[]).await;
+    }
+    let ids: Vec<String> = (0..300).map(|i| format!("burst-{i:03}")).collect();
+    let mut want = BTreeMap::new();
+    // 100 a transaction: etcd's own limit may be the default 128.
+    for chunk in ids.chunks(100) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|id| {
+                etcd_client::TxnOp::put(
+                    keys.request(&rid(id)),
+                    request_json(0.1, 16, json!({})),
+                    None,
+                )
+            })
+            .collect();
+        let resp = client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+        let rev = resp.header().unwrap().revision();
+        want.extend(chunk.iter().map(|id| (id.clone(), rev)));
+    }
+
+    let replica = Replica::start_with_max_txn_ops(&etcd.endpoint(), "replica-ops", max_txn_ops);
+    let decided = wait_all_decided(&client, &keys, &want, WAIT).await;
+    assert!(decided.values().all(|d| placed(&d.decision)));
+    let report = assert_invariants(&client, &keys).await;
+    assert_eq!(report.placed, 300);
+    replica.stop().await;
+
+    let (kvs, _) = citadel::store::range_all(&client, &keys.decisions(), 1_000)
+        .await
+        .unwrap();
+    kvs.iter()
+        .map(|kv| kv.mod_revision())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_max_txn_ops_packs_fuller_transactions() {
+    let etcd = citadel::etcd_process::EtcdProcess::start_with(citadel::etcd_process::EtcdOptions {
+        max_txn_ops: Some(1024),
+        ..Default::default()
+    })
+    .await
+    .expect("start etcd");
+    // At 128, 300 placements need at least 5 transactions (63 each at most).
+    let txns = place_a_burst(&etcd, 1024).await;
+    assert!(txns < 5, "300 placements took {txns} transactions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_txn_ops_above_etcds_falls_back_to_the_default() {
+    let etcd = start_etcd().await;
+    // etcd refuses the first, too large, transaction; the leader goes back to 128 and places
+    // everything.
+    let txns = place_a_burst(&etcd, 1024).await;
+    assert!(
+        txns >= 5,
+        "300 placements in {txns} transactions of at most 128 operations"
+    );
+}

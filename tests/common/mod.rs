@@ -92,6 +92,20 @@ impl Replica {
         id: &str,
         policy: citadel::cache::HealthPolicy,
     ) -> Replica {
+        Replica::start_with(endpoint, id, policy, citadel::manager::MAX_TXN_OPS)
+    }
+
+    /// Starts a replica that packs up to `max_txn_ops` compares and operations a transaction.
+    pub fn start_with_max_txn_ops(endpoint: &str, id: &str, max_txn_ops: usize) -> Replica {
+        Replica::start_with(endpoint, id, Default::default(), max_txn_ops)
+    }
+
+    fn start_with(
+        endpoint: &str,
+        id: &str,
+        policy: citadel::cache::HealthPolicy,
+        max_txn_ops: usize,
+    ) -> Replica {
         let cfg = ControllerConfig {
             endpoints: vec![endpoint.to_string()],
             keys: keys(),
@@ -101,6 +115,7 @@ impl Replica {
                 workers: 2,
                 compact_every: None,
                 compact_retain: 10_000,
+                max_txn_ops,
             },
             addr: format!("test://{id}"),
             lease_ttl: 2,
