@@ -516,7 +516,8 @@ impl Open {
 }
 
 /// Items grouped into transactions within etcd's limits: `max_ops` compares and operations
-/// (`--max-txn-ops`, 128 by default) and 1.5 MiB per request (`--max-request-bytes`). Parked items write nothing.
+/// (`--max-txn-ops`, 128 by default) and 1.5 MiB per request (`--max-request-bytes`). Parked
+/// items write nothing.
 ///
 /// Every placement is fenced on its engine being unchanged since the view it was verified on,
 /// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
@@ -772,6 +773,8 @@ impl Manager {
         let mut must_reach = 0i64;
         let mut last_compaction = tokio::time::Instant::now();
         let mut max_ops = self.cfg.max_txn_ops;
+        // Batches up to this token were planned before a fall back to etcd's default.
+        let mut planned_larger = 0u64;
         loop {
             if *shutdown.borrow() {
                 return StepDown::Shutdown;
@@ -880,14 +883,23 @@ impl Manager {
                             // Refusals planned beside the failed placements may be wrong.
                             self.cache.lock().retry_waiting();
                         }
-                        Err(e) if too_many_ops(&e) && max_ops > MAX_TXN_OPS => {
+                        Err(e) if too_many_ops(&e) => {
                             // Refused before it reached raft: nothing of it can commit later.
-                            tracing::error!(
-                                max_txn_ops = max_ops,
-                                fallback = MAX_TXN_OPS,
-                                "etcd refused a transaction as too large: its --max-txn-ops is lower than ours; using etcd's default"
-                            );
-                            max_ops = MAX_TXN_OPS;
+                            if max_ops > MAX_TXN_OPS {
+                                tracing::error!(
+                                    max_txn_ops = max_ops,
+                                    fallback = MAX_TXN_OPS,
+                                    "etcd refused a transaction as too large: its --max-txn-ops is lower than ours; using etcd's default"
+                                );
+                                max_ops = MAX_TXN_OPS;
+                                planned_larger = next_token;
+                            } else if token > planned_larger {
+                                tracing::error!(
+                                    max_txn_ops = max_ops,
+                                    "etcd refuses transactions this large: lower --max-txn-ops to etcd's own"
+                                );
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
                             for engine in assumed.forget(token) {
                                 let usage = self.cache.lock().usage(&engine);
                                 view.refresh(&engine, &usage, &assumed);
