@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::etcd_process::{EtcdOptions, EtcdProcess};
 use crate::invariants::{self, Report};
 use crate::keys::Keys;
+use crate::manager::MAX_TXN_OPS;
 use crate::model::{EngineId, RequestId};
 use crate::store;
 
@@ -55,7 +56,7 @@ pub struct BenchArgs {
     pub workers: Option<usize>,
     /// etcd's --max-txn-ops: the bench starts its own etcd with it and tells the controller
     /// (with --etcd, raise it on that etcd yourself). 128 is etcd's default.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    #[arg(long, default_value_t = MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub max_txn_ops: u32,
 }
 
@@ -267,7 +268,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
             let p = EtcdProcess::start_with(EtcdOptions {
                 auto_compaction_retention: Some("100000".into()),
                 quota_bytes: Some(8 * 1024 * 1024 * 1024),
-                max_txn_ops: (args.max_txn_ops != 128).then_some(args.max_txn_ops),
+                max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS).then_some(args.max_txn_ops),
                 ..EtcdOptions::default()
             })
             .await?;
@@ -376,9 +377,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (cpu0, rss0, _) = proc_usage(leader.pid()).unwrap_or_default();
     let etcd_cpu0 = etcd_cpu();
-    let bench_cpu0 = proc_usage(std::process::id())
-        .map(|u| u.0)
-        .unwrap_or_default();
+    let bench_cpu0 = own_cpu();
 
     let timings = Arc::new(Timings {
         start: Instant::now(),
@@ -516,10 +515,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     }
     let (cpu1, _, hwm) = proc_usage(leader.pid()).unwrap_or_default();
     let etcd_run_cpu = etcd_cpu().zip(etcd_cpu0).map(|(b, a)| b - a);
-    let bench_cpu = proc_usage(std::process::id())
-        .map(|u| u.0)
-        .unwrap_or_default()
-        - bench_cpu0;
+    let bench_cpu = own_cpu() - bench_cpu0;
 
     // Latencies and throughput, over decided requests.
     let mut lat = Vec::with_capacity(args.requests);

@@ -116,7 +116,7 @@ pub struct ControllerArgs {
     /// etcd's --max-txn-ops, if the operator raised it: fuller transactions cost etcd less per
     /// placement. Should etcd refuse a transaction as too large, the leader logs an error and
     /// goes back to 128, etcd's default.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    #[arg(long, default_value_t = crate::manager::MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub max_txn_ops: u32,
     /// Engines a container may fail to start on before its request is `failed`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]

@@ -724,6 +724,14 @@ impl RunningView {
             assumed.apply(view);
         }
     }
+
+    /// Recomputes the engines a forgotten batch held resources on.
+    fn refresh_forgotten(&mut self, engines: Vec<EngineId>, cache: &Cache, assumed: &Assumed) {
+        let state = cache.lock();
+        for engine in engines {
+            self.refresh(&engine, &state.usage(&engine), assumed);
+        }
+    }
 }
 
 /// How a batch transaction ended.
@@ -870,10 +878,8 @@ impl Manager {
                         }
                         Ok(Commit::Conflict(rev)) => {
                             tracing::debug!(revision = rev, "batch conflicted; re-planning on fresh state");
-                            for engine in assumed.forget(token) {
-                                let usage = self.cache.lock().usage(&engine);
-                                view.refresh(&engine, &usage, &assumed);
-                            }
+                            let forgotten = assumed.forget(token);
+                            view.refresh_forgotten(forgotten, &self.cache, &assumed);
                             // The change that refused us is below a barrier written now.
                             match barrier(&self.client, &leadership.fence, &leadership.value).await {
                                 Ok(Commit::Done(b)) => must_reach = must_reach.max(b),
@@ -900,18 +906,14 @@ impl Manager {
                                 );
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
-                            for engine in assumed.forget(token) {
-                                let usage = self.cache.lock().usage(&engine);
-                                view.refresh(&engine, &usage, &assumed);
-                            }
+                            let forgotten = assumed.forget(token);
+                            view.refresh_forgotten(forgotten, &self.cache, &assumed);
                             self.cache.lock().retry_waiting();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "commit failed; re-planning on fresh state");
-                            for engine in assumed.forget_uncertain(token) {
-                                let usage = self.cache.lock().usage(&engine);
-                                view.refresh(&engine, &usage, &assumed);
-                            }
+                            let forgotten = assumed.forget_uncertain(token);
+                            view.refresh_forgotten(forgotten, &self.cache, &assumed);
                             self.cache.lock().retry_waiting();
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }

@@ -1057,21 +1057,38 @@ async fn a_cache_lists_more_than_four_mib_in_one_page() {
         json!({ "environment": { "PAD": "p".repeat(200_000) } }),
     );
     let ids: Vec<String> = (0..30).map(|i| format!("listed-{i:02}")).collect();
-    let mut kv = client.kv_client();
-    let mut rev = 0;
     // Six per transaction: etcd takes at most 1.5 MiB per request.
-    for chunk in ids.chunks(6) {
-        let ops: Vec<etcd_client::TxnOp> = chunk
-            .iter()
-            .map(|id| etcd_client::TxnOp::put(keys.request(&rid(id)), big.clone(), None))
-            .collect();
-        let resp = kv.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
-        rev = resp.header().unwrap().revision();
-    }
+    let written = put_requests(&client, &keys, &ids, &big, 6).await;
+    let rev = written.values().copied().max().unwrap();
     let (cache, shutdown, task) = start_cache(&client, rev).await;
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_cache_holds(&cache, rev, &ids, &[]).await;
     stop_cache(shutdown, task).await;
+}
+
+/// Writes one request body under every id, `per_txn` a transaction; returns each id's revision.
+async fn put_requests(
+    client: &etcd_client::Client,
+    keys: &citadel::keys::Keys,
+    ids: &[String],
+    body: &str,
+    per_txn: usize,
+) -> BTreeMap<String, i64> {
+    let mut written = BTreeMap::new();
+    for chunk in ids.chunks(per_txn) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|id| etcd_client::TxnOp::put(keys.request(&rid(id)), body, None))
+            .collect();
+        let resp = client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+        let rev = resp.header().unwrap().revision();
+        written.extend(chunk.iter().map(|id| (id.clone(), rev)));
+    }
+    written
 }
 
 /// 300 requests, written before the replica starts, so that the leader's first round plans
@@ -1083,27 +1100,8 @@ async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: u
         put_engine(&client, &keys, e, 64.0, 65_536.0, &[]).await;
     }
     let ids: Vec<String> = (0..300).map(|i| format!("burst-{i:03}")).collect();
-    let mut want = BTreeMap::new();
     // 100 a transaction: etcd's own limit may be the default 128.
-    for chunk in ids.chunks(100) {
-        let ops: Vec<etcd_client::TxnOp> = chunk
-            .iter()
-            .map(|id| {
-                etcd_client::TxnOp::put(
-                    keys.request(&rid(id)),
-                    request_json(0.1, 16, json!({})),
-                    None,
-                )
-            })
-            .collect();
-        let resp = client
-            .kv_client()
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await
-            .unwrap();
-        let rev = resp.header().unwrap().revision();
-        want.extend(chunk.iter().map(|id| (id.clone(), rev)));
-    }
+    let want = put_requests(&client, &keys, &ids, &request_json(0.1, 16, json!({})), 100).await;
 
     let replica = Replica::start_with_max_txn_ops(&etcd.endpoint(), "replica-ops", max_txn_ops);
     let decided = wait_all_decided(&client, &keys, &want, WAIT).await;
