@@ -1,5 +1,5 @@
-//! One watch-fed view of everything under the prefix: engines, requests, decisions, reservations
-//! and the election's keys.
+//! One watch-fed view of everything under the prefix: engines, requests, decisions (with the
+//! reservations inside them) and the election's keys.
 //!
 //! The watch task is the only writer ([`Cache::run`]); the leader and the CLI read snapshots.
 //! The loop is a small state machine, as kube-runtime's watcher is: `List` reads every key at one
@@ -7,8 +7,8 @@
 //! to `List`. A broken stream resumes from the last revision seen, so nothing is applied twice.
 //!
 //! Besides mirroring etcd, the cache classifies every request as it changes, so the leader finds
-//! its work without scanning: `pending` (needs a decision), `releases` (a reservation or decision
-//! whose request is gone or changed) and `waiting` (unschedulable until capacity changes).
+//! its work without scanning: `pending` (needs a decision), `releases` (a decision whose request
+//! is gone or changed, or that holds what its status says it should not) and `waiting` (unschedulable until capacity changes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -90,6 +90,8 @@ struct DecisionHead {
     _container: IgnoredAny,
     #[serde(default)]
     resource: Option<ResourceId>,
+    #[serde(default)]
+    reservation: Option<Reservation>,
     status: Status,
     #[serde(default)]
     reason: String,
@@ -113,6 +115,16 @@ struct ResourceId {
     _total_memory: IgnoredAny,
 }
 
+/// One reservation, as `citadel engine show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub request: RequestId,
+    pub status: Option<Status>,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub ports: Vec<HostPort>,
+}
+
 /// How engine health weighs in scheduling (the leader's `--docker` and `--count-live`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HealthPolicy {
@@ -132,12 +144,24 @@ pub struct HealthEntry {
     pub lease: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ReservationEntry {
     engine: EngineId,
     cpus: Millicpus,
     memory: MemoryMb,
     ports: Vec<HostPort>,
+}
+
+impl ReservationEntry {
+    fn new(engine: EngineId, r: &Reservation) -> Self {
+        let held = r.held();
+        ReservationEntry {
+            engine,
+            cpus: held.cpus,
+            memory: held.memory,
+            ports: held.ports,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -188,13 +212,11 @@ pub enum Work {
         /// never tried again), carried into the next decision.
         history: Option<Box<Run>>,
     },
-    /// Delete the decision and reservations of a request that is gone or changed.
+    /// Delete the decision (and with it the reservation) of a request that is gone or changed.
     Release {
         id: RequestId,
         /// The request's mod revision if it still exists (then it is decided anew), else `None`.
         request_revision: Option<i64>,
-        decision: bool,
-        reservations: Vec<EngineId>,
     },
 }
 
@@ -223,7 +245,8 @@ pub struct State {
     engines: BTreeMap<EngineId, EngineEntry>,
     requests: HashMap<RequestId, RequestEntry>,
     decisions: HashMap<RequestId, DecisionEntry>,
-    reservations: HashMap<RequestId, Vec<ReservationEntry>>,
+    /// What placed decisions hold, read from the decisions themselves.
+    reservations: HashMap<RequestId, ReservationEntry>,
     usage: HashMap<EngineId, Usage>,
     /// The election's campaign keys (their suffixes), to notice our own disappearing.
     leaders: BTreeSet<String>,
@@ -278,7 +301,6 @@ impl State {
             .requests
             .keys()
             .chain(self.decisions.keys())
-            .chain(self.reservations.keys())
             .cloned()
             .collect();
         for id in ids {
@@ -338,6 +360,18 @@ impl State {
             Key::Decision(id) => {
                 match serde_json::from_slice::<DecisionHead>(kv.value()) {
                     Ok(d) => {
+                        let held = match (&d.resource, &d.reservation) {
+                            (Some(at), Some(r)) => match EngineId::new(at.id.as_str()) {
+                                Ok(engine) => Some(ReservationEntry::new(engine, r)),
+                                Err(e) => {
+                                    tracing::warn!(request = %id, error = %e,
+                                        "decision names an impossible engine; it will be released");
+                                    None
+                                }
+                            },
+                            _ => None,
+                        };
+                        self.hold(&id, held);
                         self.decisions.insert(
                             id.clone(),
                             DecisionEntry {
@@ -353,6 +387,7 @@ impl State {
                     Err(e) => {
                         // Not ours (written by hand?): decide the request anew over it.
                         tracing::warn!(request = %id, error = %e, "unreadable decision");
+                        self.hold(&id, None);
                         self.decisions.insert(
                             id.clone(),
                             DecisionEntry {
@@ -366,41 +401,6 @@ impl State {
                         );
                     }
                 }
-                self.classify(&id);
-            }
-            Key::Reservation(engine, id) => {
-                let held = match serde_json::from_slice::<Reservation>(kv.value()) {
-                    Ok(r) => r.held(),
-                    Err(e) => {
-                        tracing::warn!(engine = %engine, request = %id, error = %e,
-                            "unreadable reservation; its request will be released");
-                        crate::model::Held {
-                            cpus: Millicpus(0),
-                            memory: MemoryMb(0),
-                            ports: vec![],
-                        }
-                    }
-                };
-                let list = self.reservations.entry(id.clone()).or_default();
-                if let Some(old) = list.iter().position(|r| r.engine == engine) {
-                    let old = list.remove(old);
-                    release_usage(&mut self.usage, &old);
-                }
-                self.dirty.insert(engine.clone());
-                let entry = ReservationEntry {
-                    engine,
-                    cpus: held.cpus,
-                    memory: held.memory,
-                    ports: held.ports,
-                };
-                let u = self.usage.entry(entry.engine.clone()).or_default();
-                u.cpus.0 = u.cpus.0.saturating_add(entry.cpus.0);
-                u.memory.0 = u.memory.0.saturating_add(entry.memory.0);
-                u.count += 1;
-                for p in &entry.ports {
-                    *u.ports.entry(*p).or_default() += 1;
-                }
-                self.reservations.entry(id.clone()).or_default().push(entry);
                 self.classify(&id);
             }
             Key::Leader(suffix) => {
@@ -441,22 +441,9 @@ impl State {
                 self.classify(&id);
             }
             Key::Decision(id) => {
+                self.hold(&id, None);
                 self.decisions.remove(&id);
                 self.classify(&id);
-            }
-            Key::Reservation(engine, id) => {
-                if let Some(list) = self.reservations.get_mut(&id) {
-                    if let Some(i) = list.iter().position(|r| r.engine == engine) {
-                        let old = list.remove(i);
-                        release_usage(&mut self.usage, &old);
-                    }
-                    self.dirty.insert(engine.clone());
-                    if list.is_empty() {
-                        self.reservations.remove(&id);
-                    }
-                }
-                self.classify(&id);
-                self.capacity_changed();
             }
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
@@ -467,6 +454,32 @@ impl State {
                 }
             }
             Key::BadRequest(..) => {}
+        }
+    }
+
+    /// Sets what `id`'s decision holds, keeping every engine's sum. Freeing capacity gives
+    /// unschedulable requests another look.
+    fn hold(&mut self, id: &RequestId, new: Option<ReservationEntry>) {
+        if let Some(n) = &new {
+            let u = self.usage.entry(n.engine.clone()).or_default();
+            u.cpus.0 = u.cpus.0.saturating_add(n.cpus.0);
+            u.memory.0 = u.memory.0.saturating_add(n.memory.0);
+            u.count += 1;
+            for p in &n.ports {
+                *u.ports.entry(*p).or_default() += 1;
+            }
+            self.dirty.insert(n.engine.clone());
+        }
+        let old = match new {
+            Some(n) => self.reservations.insert(id.clone(), n),
+            None => self.reservations.remove(id),
+        };
+        if let Some(old) = old {
+            release_usage(&mut self.usage, &old);
+            if self.reservations.get(id) != Some(&old) {
+                self.capacity_changed();
+            }
+            self.dirty.insert(old.engine);
         }
     }
 
@@ -536,7 +549,7 @@ impl State {
     }
 
     fn class_of(&self, id: &RequestId) -> Option<Class> {
-        let reserved = self.reservations.get(id).is_some_and(|l| !l.is_empty());
+        let reserved = self.reservations.contains_key(id);
         let decision = self.decisions.get(id);
         let Some(request) = self.requests.get(id) else {
             return (decision.is_some() || reserved).then_some(Class::Release);
@@ -605,6 +618,24 @@ impl State {
             })
             .map(|(id, d)| (id.clone(), d.clone()))
             .collect()
+    }
+
+    /// What decisions hold on `engine`, by request id.
+    pub fn held_on(&self, engine: &EngineId) -> Vec<Holding> {
+        let mut held: Vec<Holding> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.engine == *engine)
+            .map(|(id, r)| Holding {
+                request: id.clone(),
+                status: self.decisions.get(id).map(|d| d.status),
+                cpus: r.cpus,
+                memory: r.memory,
+                ports: r.ports.clone(),
+            })
+            .collect();
+        held.sort_by(|a, b| a.request.cmp(&b.request));
+        held
     }
 
     pub fn health(&self, engine: &EngineId) -> Option<&HealthEntry> {
@@ -713,12 +744,6 @@ impl State {
             work.push(Work::Release {
                 id: id.clone(),
                 request_revision: self.requests.get(id).map(|r| r.mod_revision),
-                decision: self.decisions.contains_key(id),
-                reservations: self
-                    .reservations
-                    .get(id)
-                    .map(|l| l.iter().map(|r| r.engine.clone()).collect())
-                    .unwrap_or_default(),
             });
         }
         for (rev, id) in &self.pending {
@@ -1050,6 +1075,11 @@ mod tests {
                 total_cpus: 4.0,
                 total_memory: 4096.0,
             }),
+            reservation: Some(Reservation {
+                cpus: 0.2,
+                memory: 512.0,
+                ports: vec![],
+            }),
             status: Status::Placed,
             reason: "spread chose e1".into(),
             scheduler: "spread".into(),
@@ -1068,6 +1098,10 @@ mod tests {
         assert_eq!(head.reason, "spread chose e1");
         assert_eq!(head.request_revision, 42);
         assert_eq!(head.resource.map(|r| r.id).as_deref(), Some("e1"));
+        assert_eq!(
+            head.reservation.map(|r| r.held().cpus),
+            Some(Millicpus(200))
+        );
         assert!(head.run.is_none());
 
         // Whatever `Decision` cannot read, the head does not read either.

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 
 use crate::cache::Cache;
 use crate::controller::{self, ControllerConfig};
@@ -129,6 +129,8 @@ pub enum EngineCommand {
     Add(EngineAddArgs),
     /// List engines with reserved and total resources.
     Ls,
+    /// What one engine holds: every request reserved on it, with its cpus, memory and ports.
+    Show { id: String },
     /// Remove an engine.
     Rm {
         id: String,
@@ -242,6 +244,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Engine(EngineCommand::Ls) | Command::Ls => {
                     let summary = matches!(command, Command::Ls);
                     ls(&client, &keys, summary).await
+                }
+                Command::Engine(EngineCommand::Show { id }) => {
+                    engine_show(&client, &keys, &id).await
                 }
                 Command::Engine(EngineCommand::Rm { id, force }) => {
                     engine_rm(&client, &keys, &id, force).await
@@ -412,23 +417,65 @@ async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<()
 
 async fn engine_rm(client: &Client, keys: &Keys, id: &str, force: bool) -> Result<(), CliError> {
     let id = engine_id(id)?;
-    let mut kv = client.kv_client();
-    let held = timed(kv.get(
-        keys.reservations_of(&id),
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    ))
-    .await?
-    .count();
-    if held > 0 && !force {
+    let held = if force {
+        0
+    } else {
+        let cache = Cache::new(keys.clone(), 1.0);
+        cache.load(client).await?;
+        cache.lock().held_on(&id).len()
+    };
+    if held > 0 {
         return Err(CliError::Usage(format!(
             "engine {id} still holds {held} reservation(s); release them first or use --force"
         )));
     }
-    let deleted = timed(kv.delete(keys.engine(&id), None)).await?.deleted();
+    let deleted = timed(client.kv_client().delete(keys.engine(&id), None))
+        .await?
+        .deleted();
     if deleted == 0 {
         return Err(CliError::Usage(format!("engine {id} is not registered")));
     }
     println!("engine {id} removed");
+    Ok(())
+}
+
+async fn engine_show(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
+    let id = engine_id(id)?;
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let state = cache.lock();
+    let Some(spec) = state.engine_spec(&id) else {
+        return Err(CliError::Usage(format!("engine {id} is not registered")));
+    };
+    let held = state.held_on(&id);
+    let usage = state.usage(&id);
+    println!(
+        "engine {id} ({}): {}/{} cpus, {}/{} MB reserved by {} request(s)",
+        spec.addr,
+        trim(usage.cpus.as_cpus()),
+        trim(spec.cpus.as_cpus()),
+        usage.memory.0,
+        spec.memory.0,
+        held.len()
+    );
+    if held.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<14} {:>8} {:>10}  PORTS",
+        "REQUEST", "STATUS", "CPUS", "MEMORY MB"
+    );
+    for h in held {
+        let ports: Vec<String> = h.ports.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<40} {:<14} {:>8} {:>10}  {}",
+            h.request.as_str(),
+            h.status.map(|s| s.to_string()).unwrap_or_default(),
+            trim(h.cpus.as_cpus()),
+            h.memory.0,
+            ports.join(",")
+        );
+    }
     Ok(())
 }
 

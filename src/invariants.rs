@@ -2,15 +2,15 @@
 //!
 //! 1. No engine's reservations exceed its capacity (times the overcommit factor), and no host
 //!    port is reserved twice on one engine.
-//! 2. A placed request has exactly one reservation, on the engine its decision names, and every
-//!    reservation belongs to a placed decision.
+//! 2. A placed decision holds exactly one reservation (inside it), on the engine it names, and
+//!    no other decision holds one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::Client;
 
 use crate::keys::{Key, Keys};
-use crate::model::{Decision, EngineSpec, HostPort, MemoryMb, Millicpus, Reservation, Status};
+use crate::model::{Decision, EngineSpec, HostPort, MemoryMb, Millicpus, Status};
 use crate::store::{self, StoreError};
 
 /// What the check found. Empty lists everywhere mean the invariants hold.
@@ -29,8 +29,7 @@ pub struct Report {
     pub overcommitted_engines: Vec<String>,
     /// `engine port` for each host port reserved more than once.
     pub double_bound_ports: Vec<String>,
-    /// Placed decisions without exactly one matching reservation, and reservations without a
-    /// placed decision.
+    /// Placed decisions without a reservation on a named engine, and other decisions with one.
     pub mismatched: Vec<String>,
 }
 
@@ -63,7 +62,6 @@ pub fn check<'a>(
     let mut report = Report::default();
     let mut engines = BTreeMap::new();
     let mut decisions = BTreeMap::new();
-    let mut reservations: BTreeMap<String, Vec<(String, Reservation)>> = BTreeMap::new();
     for (key, value) in kvs {
         match keys.parse(key) {
             Some(Key::Engine(id)) => {
@@ -72,65 +70,55 @@ pub fn check<'a>(
                 }
             }
             Some(Key::Request(_)) => report.requests += 1,
-            Some(Key::Decision(id)) => {
-                if let Ok(d) = serde_json::from_slice::<Decision>(value) {
+            Some(Key::Decision(id)) => match serde_json::from_slice::<Decision>(value) {
+                Ok(d) => {
                     decisions.insert(id.to_string(), d);
                 }
-            }
-            Some(Key::Reservation(engine, id)) => {
-                if let Ok(r) = serde_json::from_slice::<Reservation>(value) {
-                    reservations
-                        .entry(id.to_string())
-                        .or_default()
-                        .push((engine.to_string(), r));
-                } else {
-                    report
-                        .mismatched
-                        .push(format!("reservation {engine}/{id} is unreadable"));
-                }
-            }
+                Err(e) => report
+                    .mismatched
+                    .push(format!("{id}: unreadable decision: {e}")),
+            },
             _ => {}
         }
     }
     report.decided = decisions.len();
+    let mut used: BTreeMap<&str, (Millicpus, MemoryMb, BTreeMap<HostPort, usize>)> =
+        BTreeMap::new();
     for (id, d) in &decisions {
+        let placed = d.status == Status::Placed;
         match d.status {
-            Status::Placed => {
-                report.placed += 1;
-                let engine = d.resource.as_ref().map(|r| r.id.as_str()).unwrap_or("");
-                match reservations.get(id).map(Vec::as_slice) {
-                    Some([(e, _)]) if e == engine => {}
-                    Some(list) => report.mismatched.push(format!(
-                        "{id}: placed on {engine:?} but reserved on {:?}",
-                        list.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>()
-                    )),
-                    None => report
-                        .mismatched
-                        .push(format!("{id}: placed on {engine:?} without a reservation")),
-                }
-            }
+            Status::Placed => report.placed += 1,
             Status::Unschedulable => report.unschedulable += 1,
             Status::Invalid => report.invalid += 1,
             Status::Pending => report.pending += 1,
             Status::Failed | Status::Exited | Status::Lost => report.ended += 1,
         }
-    }
-    let mut used: BTreeMap<&str, (Millicpus, MemoryMb, BTreeMap<HostPort, usize>)> =
-        BTreeMap::new();
-    for (id, list) in &reservations {
-        if decisions.get(id).map(|d| d.status) != Some(Status::Placed) {
-            report
-                .mismatched
-                .push(format!("{id}: reserved without a placed decision"));
-        }
-        for (engine, r) in list {
-            let held = r.held();
-            let u = used.entry(engine.as_str()).or_default();
-            u.0.0 += held.cpus.0;
-            u.1.0 += held.memory.0;
-            for p in held.ports {
-                *u.2.entry(p).or_default() += 1;
+        let engine = d.resource.as_ref().map(|r| r.id.as_str());
+        match (&d.reservation, engine) {
+            (Some(r), Some(engine)) => {
+                if !placed {
+                    report.mismatched.push(format!(
+                        "{id}: {} but holds a reservation on {engine}",
+                        d.status
+                    ));
+                }
+                // Counted whatever the status: capacity a decision claims is taken.
+                let held = r.held();
+                let u = used.entry(engine).or_default();
+                u.0.0 += held.cpus.0;
+                u.1.0 += held.memory.0;
+                for p in held.ports {
+                    *u.2.entry(p).or_default() += 1;
+                }
             }
+            (Some(_), None) => report
+                .mismatched
+                .push(format!("{id}: holds a reservation on no engine")),
+            (None, _) if placed => report.mismatched.push(format!(
+                "{id}: placed on {:?} without a reservation",
+                engine.unwrap_or("")
+            )),
+            (None, _) => {}
         }
     }
     for (engine, (cpus, memory, ports)) in &used {
@@ -171,58 +159,61 @@ mod tests {
 
     const ENGINE: (&str, &str) = ("/citadel/engines/e1", r#"{"cpus":1,"memory":1000}"#);
 
-    fn placed(id: &str) -> (String, String) {
+    /// A decision of `status` on e1, holding `cpus` and host port `port` if `cpus` is given.
+    fn decision(id: &str, status: &str, held: Option<(f64, u16)>) -> (String, String) {
+        let reservation = held
+            .map(|(cpus, port)| {
+                format!(
+                    r#""reservation":{{"cpus":{cpus},"memory":100,"ports":[{{"proto":"tcp","port":{port}}}]}},"#
+                )
+            })
+            .unwrap_or_default();
         (
             format!("/citadel/decisions/{id}"),
-            r#"{"container":{},"resource":{"id":"e1","addr":"","total_cpus":1,"total_memory":1000},"status":"placed","request_revision":1,"decided_at":"","decided_by":""}"#
-                .to_string(),
-        )
-    }
-
-    fn reservation(id: &str, cpus: f64, port: u16) -> (String, String) {
-        (
-            format!("/citadel/reservations/e1/{id}"),
             format!(
-                r#"{{"request":"{id}","engine":"e1","cpus":{cpus},"memory":100,"ports":[{{"proto":"tcp","port":{port}}}],"request_revision":1}}"#
+                r#"{{"container":{{}},"resource":{{"id":"e1","addr":"","total_cpus":1,"total_memory":1000}},{reservation}"status":"{status}","request_revision":1,"decided_at":"","decided_by":""}}"#
             ),
         )
     }
 
+    fn placed(id: &str, cpus: f64, port: u16) -> (String, String) {
+        decision(id, "placed", Some((cpus, port)))
+    }
+
+    fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+        std::iter::once(ENGINE)
+            .chain(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect()
+    }
+
     #[test]
     fn a_consistent_state_passes() {
-        let (d1, r1) = (placed("a"), reservation("a", 0.5, 80));
-        let (d2, r2) = (placed("b"), reservation("b", 0.5, 81));
-        let report = run(&[
-            ENGINE,
-            (&d1.0, &d1.1),
-            (&r1.0, &r1.1),
-            (&d2.0, &d2.1),
-            (&r2.0, &r2.1),
-        ]);
+        let report = run(&pairs(&[placed("a", 0.5, 80), placed("b", 0.5, 81)]));
         assert_eq!(report.violations(), 0, "{report:?}");
         assert_eq!(report.placed, 2);
     }
 
     #[test]
     fn a_planted_overcommit_and_double_port_are_caught() {
-        let (d1, r1) = (placed("a"), reservation("a", 0.6, 80));
-        let (d2, r2) = (placed("b"), reservation("b", 0.6, 80));
-        let report = run(&[
-            ENGINE,
-            (&d1.0, &d1.1),
-            (&r1.0, &r1.1),
-            (&d2.0, &d2.1),
-            (&r2.0, &r2.1),
-        ]);
+        let report = run(&pairs(&[placed("a", 0.6, 80), placed("b", 0.6, 80)]));
         assert_eq!(report.overcommitted_engines.len(), 1, "{report:?}");
         assert_eq!(report.double_bound_ports, vec!["e1 80/tcp".to_string()]);
     }
 
     #[test]
     fn placements_and_reservations_must_pair_up() {
-        let d1 = placed("a");
-        let r2 = reservation("b", 0.1, 80);
-        let report = run(&[ENGINE, (&d1.0, &d1.1), (&r2.0, &r2.1)]);
-        assert_eq!(report.mismatched.len(), 2, "{report:?}");
+        let report = run(&pairs(&[
+            decision("a", "placed", None),
+            decision("b", "exited", Some((0.1, 80))),
+            decision("c", "exited", None),
+            ("/citadel/decisions/d".into(), "{".into()),
+        ]));
+        assert_eq!(report.mismatched.len(), 3, "{report:?}");
+        for want in ["a: placed on", "b: exited but holds", "d: unreadable"] {
+            assert!(
+                report.mismatched.iter().any(|m| m.starts_with(want)),
+                "{want}: {report:?}"
+            );
+        }
     }
 }

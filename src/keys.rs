@@ -3,8 +3,7 @@
 //! ```text
 //! <prefix>/engines/<engine>                 operator
 //! <prefix>/requests/<request>               user
-//! <prefix>/decisions/<request>              leader
-//! <prefix>/reservations/<engine>/<request>  leader
+//! <prefix>/decisions/<request>              leader; a placement's reservation lives inside it
 //! <prefix>/health/<engine>                  leader, on a lease
 //! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
@@ -25,7 +24,6 @@ pub enum Key {
     Engine(EngineId),
     Request(RequestId),
     Decision(RequestId),
-    Reservation(EngineId, RequestId),
     Health(EngineId),
     /// A campaign key of the election; the string is etcd's suffix (the lease id in hex).
     Leader(String),
@@ -88,16 +86,6 @@ impl Keys {
     pub fn decision(&self, id: &RequestId) -> String {
         format!("{}decisions/{}", self.root, id)
     }
-    pub fn reservations(&self) -> String {
-        format!("{}reservations/", self.root)
-    }
-    /// Everything one engine holds: `etcdctl get --prefix` on this lists it.
-    pub fn reservations_of(&self, engine: &EngineId) -> String {
-        format!("{}reservations/{}/", self.root, engine)
-    }
-    pub fn reservation(&self, engine: &EngineId, request: &RequestId) -> String {
-        format!("{}reservations/{}/{}", self.root, engine, request)
-    }
     pub fn health(&self, engine: &EngineId) -> String {
         format!("{}health/{}", self.root, engine)
     }
@@ -138,13 +126,6 @@ impl Keys {
             "decisions" => RequestId::from_key_segment(tail).map(Key::Decision),
             "health" => EngineId::from_key_segment(tail).map(Key::Health),
             "leader" => Some(Key::Leader(tail.to_string())),
-            "reservations" => {
-                let (engine, request) = tail.split_once('/')?;
-                Some(Key::Reservation(
-                    EngineId::from_key_segment(engine)?,
-                    RequestId::from_key_segment(request)?,
-                ))
-            }
             _ => None,
         }
     }
@@ -193,20 +174,12 @@ mod tests {
             Some(Key::Decision(rid("r1")))
         );
         assert_eq!(
-            k.parse(k.reservation(&eid("e1"), &rid("r1")).as_bytes()),
-            Some(Key::Reservation(eid("e1"), rid("r1")))
-        );
-        assert_eq!(
             k.parse(k.health(&eid("e1")).as_bytes()),
             Some(Key::Health(eid("e1")))
         );
         assert_eq!(
             k.parse(b"/citadel/leader/694d7a1c2b3e4f01"),
             Some(Key::Leader("694d7a1c2b3e4f01".into()))
-        );
-        assert_eq!(
-            k.reservation(&eid("e1"), &rid("r1")),
-            "/citadel/reservations/e1/r1"
         );
     }
 

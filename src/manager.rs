@@ -9,17 +9,23 @@
 //! running view (the snapshot plus every placement accepted since, committed or in flight) on the
 //! one engine it names; a plan that no longer fits is scheduled again on that running view.
 //!
-//! Every transaction compares the leader's election key (invariant 3), each request's mod
-//! revision (a request changed or deleted meanwhile is not decided on stale data), and the mod
-//! revision of each engine it places on (an engine shrunk meanwhile is not overcommitted). A
-//! refused fence means another replica leads: step down.
+//! Every transaction compares the leader's election key (invariant 3) and the mod revision of
+//! each engine it places on (an engine shrunk meanwhile is not overcommitted). A refused fence
+//! means another replica leads: step down. A placement is one key, its decision, which holds
+//! the reservation too: etcd's work per placement is what decides citadel's throughput.
+//!
+//! Requests are not compared. A decision names the request revision it decides
+//! (`request_revision`), so one written for a request that was changed or deleted meanwhile is
+//! seen as stale by every cache and released (then decided anew): it held capacity for a moment,
+//! but was counted all along, so nothing is overcommitted, and a stale placement is never
+//! launched. Comparing every request would cost etcd a read per placement to guard against a
+//! race that is rare and already repaired.
 //!
 //! Decision keys are compared only for a request whose previous write has an unknown outcome
 //! (the call failed: it may yet commit). Otherwise the compare is redundant: only the leader
 //! writes decisions, the fence shuts out every earlier leader, a new leader's cache holds all
 //! they wrote before it plans (the barrier), and a leader never plans a request whose write is
-//! in flight. A third compare per placement would cut a transaction from 63 placements to 42,
-//! and etcd pays per transaction.
+//! in flight.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -44,12 +50,12 @@ pub const MAX_TXN_BYTES: usize = 1024 * 1024;
 /// one fsync, so a few in flight multiply throughput.
 const MAX_IN_FLIGHT: usize = 8;
 /// Work items planned per free pipeline slot: what one transaction holds when every placement
-/// lands on an engine of its own (at etcd's default of 128: the leader's fence, then a request
-/// and an engine compare each make 127 compares; a decision and a reservation each make 126
-/// operations). A round of exactly this many never spills a near-empty transaction after a full
-/// one, which costs etcd as much as a full one: every transaction copies etcd 3.4's read buffer.
+/// lands on an engine of its own (at etcd's default of 128: the leader's fence and an engine
+/// compare each make 128 compares; a decision each, 127 operations). A round of exactly this
+/// many never spills a near-empty transaction after a full one, which costs etcd as much as a
+/// full one: every transaction copies etcd 3.4's read buffer.
 fn items_per_txn(max_ops: usize) -> usize {
-    (max_ops.saturating_sub(1) / 2).max(1)
+    max_ops.saturating_sub(1).max(1)
 }
 
 /// etcd's answer to a transaction over its `--max-txn-ops`.
@@ -96,8 +102,8 @@ pub enum Item {
         /// The engine key's mod revision in the view the placement was verified on.
         engine_revision: i64,
         held: Held,
+        /// Holds the reservation.
         decision: Decision,
-        reservation: Reservation,
     },
     /// An `invalid` or `unschedulable` decision.
     Refuse {
@@ -108,11 +114,10 @@ pub enum Item {
     },
     /// Unschedulable for the same reason as already written: nothing to write.
     Park { id: RequestId },
+    /// Delete a decision (and the reservation inside it).
     Release {
         id: RequestId,
         request_revision: Option<i64>,
-        decision: bool,
-        reservations: Vec<EngineId>,
     },
 }
 
@@ -127,41 +132,28 @@ impl Item {
     }
 
     fn compares(&self, keys: &Keys) -> Vec<Compare> {
-        let req = |id: &RequestId, rev: i64| {
-            Compare::mod_revision(keys.request(id), CompareOp::Equal, rev)
-        };
         match self {
             Item::Place {
-                id,
-                request_revision,
-                decision_fence,
-                ..
+                id, decision_fence, ..
             }
             | Item::Refuse {
-                id,
-                request_revision,
-                decision_fence,
-                ..
-            } => {
-                let mut c = vec![req(id, *request_revision)];
-                if let Some(rev) = decision_fence {
-                    c.push(Compare::mod_revision(
-                        keys.decision(id),
-                        CompareOp::Equal,
-                        *rev,
-                    ));
-                }
-                c
-            }
+                id, decision_fence, ..
+            } => decision_fence
+                .map(|rev| Compare::mod_revision(keys.decision(id), CompareOp::Equal, rev))
+                .into_iter()
+                .collect(),
+            // A release deletes what a request's new revision would otherwise be decided over.
             Item::Release {
                 id,
                 request_revision: Some(rev),
-                ..
-            } => vec![req(id, *rev)],
+            } => vec![Compare::mod_revision(
+                keys.request(id),
+                CompareOp::Equal,
+                *rev,
+            )],
             Item::Release {
                 id,
                 request_revision: None,
-                ..
             } => vec![Compare::create_revision(
                 keys.request(id),
                 CompareOp::Equal,
@@ -182,32 +174,10 @@ impl Item {
             (TxnOp::delete(key, None), n)
         };
         let ops: Vec<(TxnOp, usize)> = match self {
-            Item::Place {
-                id,
-                engine,
-                decision,
-                reservation,
-                ..
-            } => vec![
-                put(keys.decision(id), json(decision)),
-                put(keys.reservation(engine, id), json(reservation)),
-            ],
-            Item::Refuse { id, decision, .. } => vec![put(keys.decision(id), json(decision))],
-            Item::Release {
-                id,
-                decision,
-                reservations,
-                ..
-            } => {
-                let mut ops: Vec<(TxnOp, usize)> = reservations
-                    .iter()
-                    .map(|e| del(keys.reservation(e, id)))
-                    .collect();
-                if *decision {
-                    ops.push(del(keys.decision(id)));
-                }
-                ops
+            Item::Place { id, decision, .. } | Item::Refuse { id, decision, .. } => {
+                vec![put(keys.decision(id), json(decision))]
             }
+            Item::Release { id, .. } => vec![del(keys.decision(id))],
             Item::Park { .. } => vec![],
         };
         let bytes = ops.iter().map(|(_, n)| n).sum();
@@ -264,13 +234,9 @@ pub fn plan(
             Work::Release {
                 id,
                 request_revision,
-                decision,
-                reservations,
             } => items.push(Item::Release {
                 id: id.clone(),
                 request_revision: *request_revision,
-                decision: *decision,
-                reservations: reservations.clone(),
             }),
             Work::Decide {
                 id,
@@ -298,6 +264,7 @@ pub fn plan(
                     decision: Decision {
                         container: container(),
                         resource: None,
+                        reservation: None,
                         status,
                         reason,
                         scheduler: String::new(),
@@ -347,9 +314,15 @@ pub fn plan(
                             }
                             _ => format!("{strategy} chose {}", e.id),
                         };
+                        let reservation = Reservation {
+                            cpus: request.cpus.as_cpus(),
+                            memory: request.memory.0 as f64,
+                            ports: request.ports.iter().map(|p| p.to_port()).collect(),
+                        };
                         let decision = Decision {
                             container: container(),
                             resource: Some(e.resource()),
+                            reservation: Some(reservation),
                             status: Status::Placed,
                             reason,
                             scheduler: strategy.to_string(),
@@ -357,14 +330,6 @@ pub fn plan(
                             decided_at: now.to_string(),
                             decided_by: decided_by.to_string(),
                             run: run.clone(),
-                        };
-                        let reservation = Reservation {
-                            request: id.to_string(),
-                            engine: e.id.to_string(),
-                            cpus: request.cpus.as_cpus(),
-                            memory: request.memory.0 as f64,
-                            ports: request.ports.iter().map(|p| p.to_port()).collect(),
-                            request_revision: *request_revision,
                         };
                         e.reserve(request.cpus, request.memory, &request.ports);
                         items.push(Item::Place {
@@ -379,7 +344,6 @@ pub fn plan(
                                 ports: request.ports.clone(),
                             },
                             decision,
-                            reservation,
                         });
                     }
                     Err(u) => {

@@ -720,6 +720,10 @@ pub struct Decision {
     pub container: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<Resource>,
+    /// What the placement holds on `resource`: present exactly while the decision holds
+    /// capacity (placed, and launched containers that still run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
     pub status: Status,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -737,16 +741,15 @@ pub struct Decision {
     pub run: Option<Run>,
 }
 
-/// `reservations/<engine>/<request>`: what one placement holds on its engine.
+/// What a placement holds on the engine its decision names (`resource.id`), written inside the
+/// decision: one key per placement is half the work for etcd of a decision and a separate
+/// reservation key (see BENCHMARKS.md). `citadel engine show` lists what one engine holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reservation {
-    pub request: String,
-    pub engine: String,
     pub cpus: f64,
     pub memory: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
-    pub request_revision: i64,
 }
 
 /// A reservation in checked units, as the cache keeps it.
@@ -949,8 +952,6 @@ mod tests {
     #[test]
     fn reservation_round_trips_its_units() {
         let r = Reservation {
-            request: "r".into(),
-            engine: "e".into(),
             cpus: Millicpus(200).as_cpus(),
             memory: 512.0,
             ports: vec![
@@ -960,7 +961,6 @@ mod tests {
                 }
                 .to_port(),
             ],
-            request_revision: 7,
         };
         let back: Reservation = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         let held = back.held();

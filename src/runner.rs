@@ -436,8 +436,8 @@ impl Runner {
                 }
                 let batch = launched && self.kind(&id).as_deref() == Some("batch");
                 let engine = spec.id.to_string();
-                self.update(&id, &d, |dec, ops, keys| {
-                    ops.push(TxnOp::delete(keys.reservation(&spec.id, &id), None));
+                self.update(&id, &d, |dec| {
+                    dec.reservation = None;
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.lost.push(engine.clone());
                     if batch {
@@ -561,9 +561,9 @@ impl Runner {
                 let state = c.state.to_string();
                 let exited = (state == "exited" || state == "dead")
                     && self.kind(id).as_deref() == Some("batch");
-                self.update(id, &d, |dec, ops, keys| {
+                self.update(id, &d, |dec| {
                     if exited {
-                        batch_exited(dec, ops, keys, engine, id, c.exit_code);
+                        batch_exited(dec, c.exit_code);
                     }
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.engine = engine.to_string();
@@ -592,8 +592,8 @@ impl Runner {
             }
             Err(Failure::Container(e)) => {
                 tracing::warn!(request = %id, engine = %engine, error = %e, "container failed to start");
-                self.update(id, &d, |dec, ops, keys| {
-                    ops.push(TxnOp::delete(keys.reservation(engine, id), None));
+                self.update(id, &d, |dec| {
+                    dec.reservation = None;
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.attempts.push(Attempt {
                         engine: engine.to_string(),
@@ -648,7 +648,7 @@ impl Runner {
             Action::Die | Action::Destroy => {
                 let code = ev.exit_code;
                 tracing::info!(request = %id, engine = %engine, exit_code = ?code, batch, "container exited");
-                self.update(&id, &d, |dec, ops, keys| {
+                self.update(&id, &d, |dec| {
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.state = if ev.action == Action::Destroy {
                         "removed".into()
@@ -659,7 +659,7 @@ impl Runner {
                     run.updated_at = now_rfc3339();
                     if batch {
                         let code = run.exit_code;
-                        batch_exited(dec, ops, keys, engine, &id, code);
+                        batch_exited(dec, code);
                     }
                 })
                 .await;
@@ -667,7 +667,7 @@ impl Runner {
             Action::Start | Action::Restart
                 if d.run.as_ref().is_some_and(|r| r.state != "running") =>
             {
-                self.update(&id, &d, |dec, _, _| {
+                self.update(&id, &d, |dec| {
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.state = "running".into();
                     run.exit_code = None;
@@ -681,13 +681,13 @@ impl Runner {
 
     // ---- writes ----
 
-    /// Rewrites a decision (and whatever `edit` adds to `ops`) if neither it nor its request
-    /// changed since `seen`: fenced on the leader's key too.
+    /// Rewrites a decision if neither it nor its request changed since `seen`: fenced on the
+    /// leader's key too.
     async fn update(
         &self,
         id: &RequestId,
         seen: &DecisionEntry,
-        edit: impl FnOnce(&mut Decision, &mut Vec<TxnOp>, &Keys),
+        edit: impl FnOnce(&mut Decision),
     ) -> Option<Commit> {
         let key = self.keys.decision(id);
         let got = match self.client.kv_client().get(key.as_str(), None).await {
@@ -702,13 +702,12 @@ impl Runner {
             return None; // The cache is behind; the next round sees the new one.
         }
         let mut decision: Decision = serde_json::from_slice(kv.value()).ok()?;
-        let mut ops = Vec::new();
-        edit(&mut decision, &mut ops, &self.keys);
-        ops.push(TxnOp::put(
+        edit(&mut decision);
+        let ops = vec![TxnOp::put(
             key.as_str(),
             serde_json::to_vec(&decision).unwrap_or_default(),
             None,
-        ));
+        )];
         let compares = vec![
             Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
             Compare::mod_revision(
@@ -771,15 +770,8 @@ async fn forward_events(
 }
 
 /// A `batch` container is done: the decision says how, and its reservation is freed.
-fn batch_exited(
-    dec: &mut Decision,
-    ops: &mut Vec<TxnOp>,
-    keys: &Keys,
-    engine: &EngineId,
-    id: &RequestId,
-    code: Option<i64>,
-) {
-    ops.push(TxnOp::delete(keys.reservation(engine, id), None));
+fn batch_exited(dec: &mut Decision, code: Option<i64>) {
+    dec.reservation = None;
     dec.status = Status::Exited;
     dec.reason = match code {
         Some(c) => format!("the batch container exited with code {c}"),

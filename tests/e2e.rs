@@ -319,6 +319,41 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         after_term.as_millis()
     );
     assert!(report.placed > 150, "most requests fit: {report:?}");
+
+    // What one engine holds, as an operator lists it: one row per request placed there.
+    let mut on_engine_0 = Vec::new();
+    for id in revisions.keys() {
+        if let Some(d) = decision(&client, &keys, id).await
+            && d.status == Status::Placed
+            && d.resource.as_ref().is_some_and(|r| r.id == "engine-0")
+        {
+            on_engine_0.push(id.clone());
+        }
+    }
+    assert!(!on_engine_0.is_empty(), "spread uses every engine");
+    let out = cli(&ep, &["engine", "show", "engine-0"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("reserved by {} request(s)", on_engine_0.len())),
+        "{shown}"
+    );
+    for id in &on_engine_0 {
+        assert!(
+            shown.lines().any(|l| l.starts_with(&format!("{id} "))),
+            "{id} in:\n{shown}"
+        );
+    }
+    let out = cli(&ep, &["engine", "rm", "engine-0"]);
+    assert!(
+        !out.status.success(),
+        "an engine that holds placements stays"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still holds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(etcd);
 }
 

@@ -81,17 +81,10 @@ async fn seed_sample_request_gets_a_seed_shaped_decision() {
     let request = get(&client, &keys.request(&rid("redis-1"))).await.unwrap();
     assert_eq!(request.value, sample.as_bytes());
 
-    let reservation = get_json(&client, &keys.reservation(&eid(&engine), &rid("redis-1")))
-        .await
-        .expect("reservations/<engine>/redis-1 exists");
-    assert_eq!(reservation["cpus"].as_f64(), Some(0.2), "{reservation:#}");
-    assert_eq!(
-        reservation["memory"].as_f64(),
-        Some(512.0),
-        "{reservation:#}"
-    );
-    assert_eq!(reservation["request"], json!("redis-1"));
-    assert_eq!(reservation["engine"], json!(engine));
+    // What the placement holds is in the decision, readable with etcdctl.
+    let reservation = &decision["reservation"];
+    assert_eq!(reservation["cpus"].as_f64(), Some(0.2), "{decision:#}");
+    assert_eq!(reservation["memory"].as_f64(), Some(512.0), "{decision:#}");
     assert_eq!(reservations(&client, &keys).await.len(), 1);
 
     let report = assert_invariants(&client, &keys).await;
@@ -958,10 +951,80 @@ async fn changing_a_placed_request_re_decides_it() {
     let (engine, r) = &held[0];
     assert_eq!(engine, &engine_of(&d));
     assert_eq!(r.cpus, 2.0, "{r:?}");
-    assert_eq!(r.request_revision, second, "{r:?}");
 
     let report = assert_invariants(&client, &keys).await;
     assert_eq!(report.placed, 1);
+    replica.stop().await;
+}
+
+/// The leader does not compare a request's revision when it places it: a placement that lands
+/// after its request was changed or deleted is stale, and every cache sees it so (the decision
+/// names the revision it decided). Here two such placements, as a leader would have committed
+/// them, wait for a replica: the deleted request's decision goes, the changed one is decided
+/// again on its new revision, and the capacity both held is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_that_lands_after_its_request_changed_or_went_is_repaired() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
+    let stale = |id: &str, cpus: f64, request_revision: i64| {
+        json!({
+            "container": {"image": "x", "cpus": cpus, "memory": 64},
+            "resource": {"id": "e1", "addr": "tcp://e1:2375", "total_cpus": 4.0, "total_memory": 4096.0},
+            "reservation": {"cpus": cpus, "memory": 64.0},
+            "status": "placed",
+            "reason": format!("spread chose e1 for {id}"),
+            "request_revision": request_revision,
+            "decided_at": "2026-11-29T00:00:00Z",
+            "decided_by": "an-earlier-leader",
+        })
+        .to_string()
+    };
+    // "gone" was deleted before its placement committed.
+    let gone = put_request(&client, &keys, "gone", request_json(1.5, 64, json!({}))).await;
+    delete_key(&client, keys.request(&rid("gone"))).await;
+    put_raw(
+        &client,
+        keys.decision(&rid("gone")),
+        stale("gone", 1.5, gone),
+    )
+    .await;
+    // "changed" went from 1.5 to 2 cpus before its placement committed.
+    let old = put_request(&client, &keys, "changed", request_json(1.5, 64, json!({}))).await;
+    let new = put_request(&client, &keys, "changed", request_json(2.0, 64, json!({}))).await;
+    put_raw(
+        &client,
+        keys.decision(&rid("changed")),
+        stale("changed", 1.5, old),
+    )
+    .await;
+    assert_eq!(
+        assert_invariants(&client, &keys).await.placed,
+        2,
+        "both stale placements count against e1 until they are repaired"
+    );
+
+    let replica = Replica::start(&etcd, "replica-stale");
+    let d = wait_decision_where(
+        &client,
+        &keys,
+        "changed",
+        WAIT,
+        "decision on the new revision",
+        |d| d.request_revision == new,
+    )
+    .await;
+    assert_eq!(d.status, Status::Placed, "{d:?}");
+    wait_until("the deleted request's decision is gone", WAIT, || async {
+        get(&client, &keys.decision(&rid("gone"))).await.is_none()
+    })
+    .await;
+    let held = reservations(&client, &keys).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0].1.as_str(), held[0].2.cpus), ("changed", 2.0));
+    let report = assert_invariants(&client, &keys).await;
+    assert_eq!((report.requests, report.placed), (1, 1));
     replica.stop().await;
 }
 
@@ -1091,7 +1154,7 @@ async fn put_requests(
     written
 }
 
-/// 300 requests, written before the replica starts, so that the leader's first round plans
+/// 600 requests, written before the replica starts, so that the leader's first round plans
 /// them all. Returns how many transactions their decisions were committed in.
 async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: usize) -> usize {
     let client = connect(etcd).await;
@@ -1099,7 +1162,7 @@ async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: u
     for e in ["e1", "e2", "e3"] {
         put_engine(&client, &keys, e, 64.0, 65_536.0, &[]).await;
     }
-    let ids: Vec<String> = (0..300).map(|i| format!("burst-{i:03}")).collect();
+    let ids: Vec<String> = (0..600).map(|i| format!("burst-{i:03}")).collect();
     // 100 a transaction: etcd's own limit may be the default 128.
     let want = put_requests(&client, &keys, &ids, &request_json(0.1, 16, json!({})), 100).await;
 
@@ -1107,7 +1170,7 @@ async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: u
     let decided = wait_all_decided(&client, &keys, &want, WAIT).await;
     assert!(decided.values().all(|d| placed(&d.decision)));
     let report = assert_invariants(&client, &keys).await;
-    assert_eq!(report.placed, 300);
+    assert_eq!(report.placed, 600);
     replica.stop().await;
 
     let (kvs, _) = citadel::store::range_all(&client, &keys.decisions(), 1_000)
@@ -1127,9 +1190,9 @@ async fn a_raised_max_txn_ops_packs_fuller_transactions() {
     })
     .await
     .expect("start etcd");
-    // At 128, 300 placements need at least 5 transactions (63 each at most).
+    // At 128, 600 placements need at least 5 transactions (127 each at most).
     let txns = place_a_burst(&etcd, 1024).await;
-    assert!(txns < 5, "300 placements took {txns} transactions");
+    assert!(txns < 5, "600 placements took {txns} transactions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1140,6 +1203,6 @@ async fn a_max_txn_ops_above_etcds_falls_back_to_the_default() {
     let txns = place_a_burst(&etcd, 1024).await;
     assert!(
         txns >= 5,
-        "300 placements in {txns} transactions of at most 128 operations"
+        "600 placements in {txns} transactions of at most 128 operations"
     );
 }

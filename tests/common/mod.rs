@@ -354,20 +354,22 @@ pub async fn get_prefix(client: &Client, prefix: &str) -> Vec<(String, Vec<u8>)>
         .collect()
 }
 
-/// Every reservation as `(engine, request, reservation)`.
+/// Every reservation as `(engine, request, reservation)`: what each decision holds.
 pub async fn reservations(client: &Client, keys: &Keys) -> Vec<(String, String, Reservation)> {
-    let prefix = keys.reservations();
+    let prefix = keys.decisions();
     get_prefix(client, &prefix)
         .await
         .into_iter()
-        .map(|(key, value)| {
-            let rest = key.strip_prefix(&prefix).expect("under the prefix");
-            let (engine, request) = rest
-                .split_once('/')
-                .unwrap_or_else(|| panic!("reservation key {key} has no engine/request"));
-            let r: Reservation = serde_json::from_slice(&value)
+        .filter_map(|(key, value)| {
+            let request = key.strip_prefix(&prefix).expect("under the prefix");
+            let d: Decision = serde_json::from_slice(&value)
                 .unwrap_or_else(|e| panic!("{key}: {e}: {}", String::from_utf8_lossy(&value)));
-            (engine.to_string(), request.to_string(), r)
+            let r = d.reservation?;
+            let engine = d
+                .resource
+                .unwrap_or_else(|| panic!("{key} holds a reservation on no engine"))
+                .id;
+            Some((engine, request.to_string(), r))
         })
         .collect()
 }
