@@ -268,6 +268,12 @@ ectl --endpoints "$EP" get --prefix /citadel/leader
 step "citadel ls"
 run "$citadel" --etcd "$EP" ls
 
+engine=$(printf '%s\n' "$decision" | grep -o '"resource":{"id":"[^"]*"' | cut -d'"' -f6 || true)
+if [[ -n $engine ]]; then
+    step "what $engine holds (each placed decision carries its reservation)"
+    run "$citadel" --etcd "$EP" engine show "$engine"
+fi
+
 if $docker; then
     step "the container, as Docker sees it"
     run docker ps --filter "label=citadel.request=$name"

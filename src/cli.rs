@@ -473,7 +473,11 @@ async fn engine_show(client: &Client, keys: &Keys, id: &str) -> Result<(), CliEr
             h.status.map(|s| s.to_string()).unwrap_or_default(),
             trim(h.cpus.as_cpus()),
             h.memory.0,
-            ports.join(",")
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(",")
+            }
         );
     }
     Ok(())
