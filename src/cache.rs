@@ -11,6 +11,7 @@
 //! is gone or changed, or that holds what its status says it should not) and `waiting` (unschedulable until capacity changes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,10 +20,10 @@ use etcd_client::{Client, EventType, KeyValue, WatchOptions};
 use serde::de::IgnoredAny;
 use tokio::sync::watch;
 
-use crate::keys::{Key, Keys};
+use crate::keys::{Key, Keys, prefix_end};
 use crate::model::{
-    ClusterInfo, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus, Request,
-    RequestId, Reservation, Run, Status,
+    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
+    Request, RequestId, Reservation, Run, Status,
 };
 use crate::scheduler::{EngineView, Prepared};
 use crate::store::{self, StoreError};
@@ -79,6 +80,16 @@ pub struct DecisionEntry {
     pub engine: Option<String>,
     /// The container's fate, for decisions of launched requests.
     pub run: Option<Box<Run>>,
+}
+
+/// What the cache keeps of a decision, however it learnt of it.
+struct DecisionFacts<'a> {
+    status: Status,
+    reason: String,
+    request_revision: i64,
+    engine: Option<String>,
+    reservation: Option<&'a Reservation>,
+    run: Option<Box<Run>>,
 }
 
 /// What the cache reads of a decision: [`Decision`]'s required fields and those it keeps.
@@ -264,6 +275,10 @@ pub struct State {
     health: HashMap<EngineId, HealthEntry>,
     /// Placed, asked to be launched, and not launched yet (by the leader's runner).
     launchable: BTreeSet<RequestId>,
+    /// The newest revision of a decision the leader applied itself ([`State::decided`]).
+    fed: i64,
+    /// Decisions are watched until `revision` reaches this (see [`State::caught_up`]).
+    replay_until: i64,
 }
 
 impl State {
@@ -284,6 +299,7 @@ impl State {
 
     /// Replaces everything with a fresh list taken at `revision`.
     pub fn reset(&mut self, keys: &Keys, kvs: &[KeyValue], revision: i64) {
+        let fed = self.fed;
         let parked = std::mem::take(&mut self.parked_in);
         let epoch = self.capacity_epoch;
         let generation = self.engine_generation;
@@ -293,6 +309,8 @@ impl State {
         self.capacity_epoch = epoch + 1;
         self.engine_generation = generation + 1;
         self.parked_in = parked;
+        self.fed = fed;
+        self.replay_until = fed;
         for kv in kvs {
             self.put(keys, kv);
         }
@@ -357,52 +375,36 @@ impl State {
                 tracing::warn!(key = %String::from_utf8_lossy(kv.key()), raw_id = %raw, error = %err,
                     "request key cannot name a decision; ignored");
             }
-            Key::Decision(id) => {
-                match serde_json::from_slice::<DecisionHead>(kv.value()) {
-                    Ok(d) => {
-                        let held = match (&d.resource, &d.reservation) {
-                            (Some(at), Some(r)) => match EngineId::new(at.id.as_str()) {
-                                Ok(engine) => Some(ReservationEntry::new(engine, r)),
-                                Err(e) => {
-                                    tracing::warn!(request = %id, error = %e,
-                                        "decision names an impossible engine; it will be released");
-                                    None
-                                }
-                            },
-                            _ => None,
-                        };
-                        self.hold(&id, held);
-                        self.decisions.insert(
-                            id.clone(),
-                            DecisionEntry {
-                                mod_revision: kv.mod_revision(),
-                                status: d.status,
-                                reason: d.reason,
-                                request_revision: d.request_revision,
-                                engine: d.resource.map(|r| r.id),
-                                run: d.run.map(Box::new),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        // Not ours (written by hand?): decide the request anew over it.
-                        tracing::warn!(request = %id, error = %e, "unreadable decision");
-                        self.hold(&id, None);
-                        self.decisions.insert(
-                            id.clone(),
-                            DecisionEntry {
-                                mod_revision: kv.mod_revision(),
-                                status: Status::Invalid,
-                                reason: String::new(),
-                                request_revision: -1,
-                                engine: None,
-                                run: None,
-                            },
-                        );
-                    }
+            Key::Decision(id) => match serde_json::from_slice::<DecisionHead>(kv.value()) {
+                Ok(d) => self.set_decision(
+                    &id,
+                    kv.mod_revision(),
+                    DecisionFacts {
+                        status: d.status,
+                        reason: d.reason,
+                        request_revision: d.request_revision,
+                        engine: d.resource.map(|r| r.id),
+                        reservation: d.reservation.as_ref(),
+                        run: d.run.map(Box::new),
+                    },
+                ),
+                Err(e) => {
+                    // Not ours (written by hand?): decide the request anew over it.
+                    tracing::warn!(request = %id, error = %e, "unreadable decision");
+                    self.set_decision(
+                        &id,
+                        kv.mod_revision(),
+                        DecisionFacts {
+                            status: Status::Invalid,
+                            reason: String::new(),
+                            request_revision: -1,
+                            engine: None,
+                            reservation: None,
+                            run: None,
+                        },
+                    );
                 }
-                self.classify(&id);
-            }
+            },
             Key::Leader(suffix) => {
                 self.leaders.insert(suffix);
             }
@@ -440,11 +442,7 @@ impl State {
                 self.parked_in.remove(&id);
                 self.classify(&id);
             }
-            Key::Decision(id) => {
-                self.hold(&id, None);
-                self.decisions.remove(&id);
-                self.classify(&id);
-            }
+            Key::Decision(id) => self.remove_decision(&id),
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
             }
@@ -455,6 +453,82 @@ impl State {
             }
             Key::BadRequest(..) => {}
         }
+    }
+
+    /// A decision the leader itself committed at `mod_revision`, applied without waiting for
+    /// (or parsing) its watch event: the leading replica's cache does not watch decisions
+    /// (see [`Cache::set_leading`]).
+    pub fn decided(&mut self, id: &RequestId, mod_revision: i64, d: &Decision) {
+        self.fed = self.fed.max(mod_revision);
+        let facts = DecisionFacts {
+            status: d.status,
+            reason: d.reason.clone(),
+            request_revision: d.request_revision,
+            engine: d.resource.as_ref().map(|r| r.id.clone()),
+            reservation: d.reservation.as_ref(),
+            run: d.run.clone().map(Box::new),
+        };
+        self.set_decision(id, mod_revision, facts);
+    }
+
+    /// What one of the leader's transactions wrote, committed at `mod_revision`.
+    pub fn apply_own(&mut self, items: &[crate::manager::Item], mod_revision: i64) {
+        use crate::manager::Item;
+        for item in items {
+            match item {
+                Item::Place { id, decision, .. } | Item::Refuse { id, decision, .. } => {
+                    self.decided(id, mod_revision, decision)
+                }
+                Item::Release { id, .. } => self.undecided(id, mod_revision),
+                Item::Park { .. } => {}
+            }
+        }
+    }
+
+    /// A decision the leader itself deleted at `mod_revision` (see [`State::decided`]).
+    pub fn undecided(&mut self, id: &RequestId, mod_revision: i64) {
+        self.fed = self.fed.max(mod_revision);
+        self.remove_decision(id);
+    }
+
+    /// Whether the watch may leave decisions out: every decision written up to the newest one
+    /// the leader applied itself is in the state. A fresh list may have wiped writes applied
+    /// while it was read; the full watch replays them first.
+    fn caught_up(&self) -> bool {
+        self.revision >= self.replay_until
+    }
+
+    fn set_decision(&mut self, id: &RequestId, mod_revision: i64, d: DecisionFacts<'_>) {
+        let held = match (&d.engine, d.reservation) {
+            (Some(at), Some(r)) => match EngineId::new(at.as_str()) {
+                Ok(engine) => Some(ReservationEntry::new(engine, r)),
+                Err(e) => {
+                    tracing::warn!(request = %id, error = %e,
+                        "decision names an impossible engine; it will be released");
+                    None
+                }
+            },
+            _ => None,
+        };
+        self.hold(id, held);
+        self.decisions.insert(
+            id.clone(),
+            DecisionEntry {
+                mod_revision,
+                status: d.status,
+                reason: d.reason,
+                request_revision: d.request_revision,
+                engine: d.engine,
+                run: d.run,
+            },
+        );
+        self.classify(id);
+    }
+
+    fn remove_decision(&mut self, id: &RequestId) {
+        self.hold(id, None);
+        self.decisions.remove(id);
+        self.classify(id);
     }
 
     /// Sets what `id`'s decision holds, keeping every engine's sum. Freeing capacity gives
@@ -885,6 +959,12 @@ pub struct Cache {
     state: Mutex<State>,
     /// The applied revision, published after every change; readers wait on it.
     revision: watch::Sender<i64>,
+    /// Set while this replica leads (see [`Cache::set_leading`]).
+    leading: watch::Sender<bool>,
+    /// The watch leaves decisions out, or did until it broke.
+    narrow: AtomicBool,
+    /// Decisions went unwatched while leading: list everything before watching again.
+    must_list: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -899,7 +979,30 @@ impl Cache {
             keys,
             state: Mutex::new(State::new(overcommit)),
             revision: watch::channel(0).0,
+            leading: watch::channel(false).0,
+            narrow: AtomicBool::new(false),
+            must_list: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the watch follows decisions now: always, unless this replica leads and its
+    /// cache has caught up (see [`Cache::set_leading`]).
+    pub fn watches_decisions(&self) -> bool {
+        !self.narrow.load(Ordering::Relaxed)
+    }
+
+    /// While this replica leads, decisions are its own writes (the fence shuts everyone else
+    /// out, and its barrier showed it every earlier one): it applies them as it commits them
+    /// ([`State::decided`]), and the watch leaves them out, which spares etcd an event and the
+    /// replica a decode per placement. Decisions written by hand meanwhile are not seen until
+    /// the replica stops leading: then it lists everything again and watches all of it.
+    pub fn set_leading(&self, leading: bool) {
+        if !leading && self.narrow.load(Ordering::Relaxed) {
+            // Also when the narrow watch broke and has not been replaced yet.
+            self.must_list.store(true, Ordering::Relaxed);
+        }
+        self.leading
+            .send_if_modified(|l| std::mem::replace(l, leading) != leading);
     }
 
     pub fn keys(&self) -> &Keys {
@@ -949,6 +1052,12 @@ impl Cache {
             if stopping(&shutdown) {
                 return;
             }
+            if self.must_list.swap(false, Ordering::Relaxed) {
+                phase = Phase::List;
+            }
+            if matches!(phase, Phase::List) {
+                self.narrow.store(false, Ordering::Relaxed);
+            }
             let outcome = match phase {
                 Phase::List => self
                     .list(&client)
@@ -993,17 +1102,52 @@ impl Cache {
         from: i64,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Phase, StoreError> {
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut leading = self.leading.subscribe();
+        let lead = *leading.borrow_and_update();
+        let narrow = lead && self.lock().caught_up();
+        let (key, opts) = if narrow {
+            // Every kind of key under the prefix but decisions sorts after `decisions/`.
+            (
+                prefix_end(&self.keys.decisions()),
+                WatchOptions::new().with_range(prefix_end(self.keys.root())),
+            )
+        } else {
+            (
+                self.keys.root().as_bytes().to_vec(),
+                WatchOptions::new().with_prefix(),
+            )
+        };
         let mut stream = client
             .watch_client()
             .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
-            .watch(self.keys.root(), Some(opts))
+            .watch(key, Some(opts.with_start_revision(from)))
             .await?;
+        self.narrow.store(narrow, Ordering::Relaxed);
+        if narrow != lead {
+            tracing::info!(
+                from,
+                "leading, but watching decisions until the cache has caught up"
+            );
+        } else if narrow {
+            tracing::info!(from, "leading: watching everything but decisions");
+        }
         let mut next = from;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.changed() => {
                     if stopping(shutdown) {
+                        return Ok(Phase::Watch { from: next });
+                    }
+                    continue;
+                }
+                Ok(()) = leading.changed() => {
+                    let now = *leading.borrow_and_update();
+                    if narrow {
+                        // No longer leading (perhaps leading again since): decisions written
+                        // by anyone else meanwhile were not watched.
+                        return Ok(Phase::List);
+                    }
+                    if now && self.lock().caught_up() {
                         return Ok(Phase::Watch { from: next });
                     }
                     continue;
@@ -1050,6 +1194,11 @@ impl Cache {
                 }
                 state.revision = state.revision.max(applied);
                 next = state.revision + 1;
+                if !narrow && *leading.borrow() && state.caught_up() {
+                    drop(state);
+                    self.revision.send_replace(next - 1);
+                    return Ok(Phase::Watch { from: next });
+                }
             }
             self.revision.send_replace(next - 1);
         }

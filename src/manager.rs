@@ -698,6 +698,22 @@ impl RunningView {
     }
 }
 
+/// Marks the cache as the leader's while it lives (see [`Cache::set_leading`]).
+struct Leading<'a>(&'a Cache);
+
+impl<'a> Leading<'a> {
+    fn new(cache: &'a Cache) -> Self {
+        cache.set_leading(true);
+        Leading(cache)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.set_leading(false);
+    }
+}
+
 /// How a batch transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -733,13 +749,16 @@ impl Manager {
             Err(why) => return why,
         }
         tracing::info!(revision = self.cache.revision(), "leading");
+        // Our own decisions go into the cache as they commit; its watch leaves them out.
+        let _leading = Leading::new(&self.cache);
         let mut changed = self.cache.subscribe();
         let mut assumed = Assumed::default();
         let mut view = RunningView {
             stale: true,
             ..RunningView::default()
         };
-        let mut commits: JoinSet<(u64, Result<Commit, etcd_client::Error>)> = JoinSet::new();
+        let mut commits: JoinSet<(u64, Result<Commit, etcd_client::Error>, Vec<Item>)> =
+            JoinSet::new();
         let mut next_token = 0u64;
         // After a conflict, plan nothing until the cache has seen the state that refused us.
         let mut must_reach = 0i64;
@@ -824,7 +843,7 @@ impl Manager {
                             if let Ok(Commit::Done(rev)) = &result {
                                 log_batch(&batch.items, *rev);
                             }
-                            (token, result)
+                            (token, result, batch.items)
                         });
                     }
                     continue;
@@ -832,9 +851,14 @@ impl Manager {
             }
             tokio::select! {
                 Some(done) = commits.join_next(), if !commits.is_empty() => {
-                    let Ok((token, result)) = done else { continue };
+                    let Ok((token, result, items)) = done else { continue };
                     match result {
-                        Ok(Commit::Done(rev)) => assumed.committed(token, rev),
+                        Ok(Commit::Done(rev)) => {
+                            self.cache.lock().apply_own(&items, rev);
+                            assumed.committed(token, rev);
+                            let forgotten = assumed.forget(token);
+                            view.refresh_forgotten(forgotten, &self.cache, &assumed);
+                        }
                         Ok(Commit::Fenced) => {
                             tracing::warn!("etcd refused our fence: another replica leads");
                             commits.abort_all();
@@ -876,6 +900,9 @@ impl Manager {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "commit failed; re-planning on fresh state");
+                            // It may land later, unseen by a watch without decisions: watch
+                            // them all again for the rest of this lead.
+                            self.cache.set_leading(false);
                             let forgotten = assumed.forget_uncertain(token);
                             view.refresh_forgotten(forgotten, &self.cache, &assumed);
                             self.cache.lock().retry_waiting();

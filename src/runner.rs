@@ -716,7 +716,15 @@ impl Runner {
                 decision.request_revision,
             ),
         ];
-        self.commit(compares, ops, "decision").await
+        let done = self.commit(compares, ops, "decision").await;
+        match done {
+            // The leader's cache does not watch decisions: it learns its own from here.
+            Some(Commit::Done(rev)) => self.cache.lock().decided(id, rev, &decision),
+            // It may land later, unseen by a watch without decisions (see the manager).
+            None => self.cache.set_leading(false),
+            Some(_) => {}
+        }
+        done
     }
 
     async fn commit(&self, compares: Vec<Compare>, ops: Vec<TxnOp>, what: &str) -> Option<Commit> {

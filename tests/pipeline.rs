@@ -664,6 +664,71 @@ async fn cache_recovers_from_an_etcd_restart() {
     assert_eq!(report.decided, 0);
 }
 
+/// The leading replica's cache leaves decisions out of its watch and takes its own from its
+/// commits; when it stops leading it lists again, so a decision written meanwhile by anyone
+/// else is seen then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
+    put_request(&client, &keys, "mine", request_json(1.0, 64, json!({}))).await;
+    let rev = put_request(&client, &keys, "theirs", request_json(2.0, 64, json!({}))).await;
+    let (cache, shutdown, task) = start_cache(&client, rev).await;
+    assert_cache_holds(&cache, rev, &["mine", "theirs"], &[]).await;
+    let placed = |id: &str, cpus: f64| {
+        json!({
+            "container": {},
+            "resource": {"id": "e1", "addr": "tcp://e1:2375", "total_cpus": 4.0, "total_memory": 4096.0},
+            "reservation": {"cpus": cpus, "memory": 64.0},
+            "status": "placed",
+            "reason": format!("spread chose e1 for {id}"),
+            "request_revision": rev,
+            "decided_at": "2026-11-29T00:00:00Z",
+            "decided_by": "test",
+        })
+        .to_string()
+    };
+    let reserved = |cache: &Cache| cache.lock().usage(&eid("e1")).cpus.as_cpus();
+
+    cache.set_leading(true);
+    wait_until("the watch leaves decisions out", WAIT, || async {
+        !cache.watches_decisions()
+    })
+    .await;
+    // Our own write, applied as the leader applies it after a commit.
+    let body = placed("mine", 1.0);
+    let at = put_raw(&client, keys.decision(&rid("mine")), body.as_str()).await;
+    let decision: citadel::model::Decision = serde_json::from_str(&body).unwrap();
+    cache.lock().decided(&rid("mine"), at, &decision);
+    // Someone else's: not watched while leading. Events after it still arrive.
+    put_raw(
+        &client,
+        keys.decision(&rid("theirs")),
+        placed("theirs", 2.0),
+    )
+    .await;
+    put_request(&client, &keys, "later", request_json(0.1, 1, json!({}))).await;
+    wait_cache_holds(&cache, &["later"], &[]).await;
+    assert!(cache.lock().decision(&rid("mine")).is_some());
+    assert!(cache.lock().decision(&rid("theirs")).is_none());
+    assert_eq!(reserved(&cache), 1.0);
+
+    cache.set_leading(false);
+    wait_until("the cache lists again and sees theirs", WAIT, || async {
+        cache.lock().decision(&rid("theirs")).is_some()
+    })
+    .await;
+    assert!(cache.watches_decisions());
+    assert_eq!(
+        cache.lock().decision(&rid("mine")).map(|d| d.mod_revision),
+        Some(at)
+    );
+    assert_eq!(reserved(&cache), 3.0);
+    stop_cache(shutdown, task).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_relists_when_its_watch_resumes_on_a_compacted_revision() {
     let etcd = start_etcd().await;
