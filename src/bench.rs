@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// (with --etcd, raise it on that etcd yourself). 128 is etcd's default.
     #[arg(long, default_value_t = MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub max_txn_ops: u32,
+    /// The controllers' `--nice` (see `citadel controller --help`).
+    #[arg(long, default_value_t = crate::cli::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,8 @@ pub struct BenchResult {
     pub clients: usize,
     pub submit_batch: usize,
     pub replicas: usize,
+    /// The controllers' `--nice`.
+    pub controller_nice: i32,
     pub offered_rate: Option<f64>,
     pub placed: usize,
     pub unschedulable: usize,
@@ -336,6 +341,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         ])
         .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
         .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
+        .args(["--nice", &args.nice.to_string()])
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -576,6 +582,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         clients: args.clients,
         submit_batch: batch,
         replicas: args.replicas,
+        controller_nice: args.nice,
         offered_rate: args.rate,
         placed: report.placed,
         unschedulable: report.unschedulable,
@@ -624,8 +631,8 @@ pub fn print_table(r: &BenchResult) {
         .map(|x| format!("{x:.0}/s offered"))
         .unwrap_or_else(|| "as fast as possible".into());
     println!(
-        "citadel bench: {} engines, {} requests, {} clients, submit batch {}, {} standby(s), {rate}",
-        r.engines, r.requests, r.clients, r.submit_batch, r.replicas
+        "citadel bench: {} engines, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+        r.engines, r.requests, r.clients, r.submit_batch, r.replicas, r.controller_nice
     );
     println!(
         "  decided            {:>10}  (placed {}, unschedulable {}, invalid {}, undecided {})",

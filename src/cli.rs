@@ -121,6 +121,32 @@ pub struct ControllerArgs {
     /// Engines a container may fail to start on before its request is `failed`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub launch_tries: u32,
+    /// Lower this replica's cpu priority by this much (Unix nice, 0 to 19; 0 keeps it). On a
+    /// machine it shares with etcd, a leader that yields the cpu to etcd places more: every
+    /// user's put waits on etcd, while the leader only batches more when it runs later.
+    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
+}
+
+/// The controller's default `--nice`.
+pub const DEFAULT_NICE: i32 = 5;
+
+/// Lowers the priority of the calling thread, and of every thread it starts from now on, by
+/// `by` (Unix nice). Lowering one's own priority needs no privilege.
+pub fn lower_priority(by: i32) -> std::io::Result<()> {
+    if by == 0 {
+        return Ok(());
+    }
+    // SAFETY: nice(2) takes an int and touches no memory of ours. It may return -1 on success,
+    // so errno tells failure apart.
+    let failed = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(by) == -1 && *libc::__errno_location() != 0
+    };
+    if failed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,12 @@ fn main() {
     } else {
         builder.init();
     }
+    // Before the runtime starts its threads: they inherit the priority.
+    if let citadel::cli::Command::Controller(args) = &cli.command
+        && let Err(e) = cli::lower_priority(args.nice)
+    {
+        tracing::warn!(nice = args.nice, error = %e, "cannot lower the cpu priority");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

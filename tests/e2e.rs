@@ -85,6 +85,19 @@ impl Drop for Replica {
     }
 }
 
+/// The nice value of every thread of `pid` ("self" for this process).
+fn nice_of(pid: &str) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // After the command name: state is field 3, nice field 19.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
 fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .arg("--etcd")
@@ -216,6 +229,17 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
             out.status.success(),
             "engine add: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every replica yields the cpu to etcd (`--nice`, 5 by default), in all of its threads.
+    let want = (nice_of("self")[0] + 5).min(19);
+    for r in &replicas {
+        let nice = nice_of(&r.child.id().to_string());
+        assert!(
+            nice.len() > 1 && nice.iter().all(|n| *n == want),
+            "{}: {nice:?}",
+            r.id
         );
     }
 
