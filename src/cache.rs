@@ -8,7 +8,11 @@
 //!
 //! Besides mirroring etcd, the cache classifies every request as it changes, so the leader finds
 //! its work without scanning: `pending` (needs a decision), `releases` (a decision whose request
-//! is gone or changed, or that holds what its status says it should not) and `waiting` (unschedulable until capacity changes).
+//! is gone or changed, or that holds what its status says it should not) and `waiting`
+//! (unschedulable until capacity changes).
+//!
+//! While its replica leads, the watch leaves decisions out: the leader applies its own as it
+//! commits them ([`Cache::set_leading`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,8 +97,8 @@ struct DecisionFacts<'a> {
 }
 
 /// What the cache reads of a decision: [`Decision`]'s required fields and those it keeps.
-/// The echoed request (`container`) and the rest of `resource` are skipped, not built: the
-/// leader reads back every decision it writes.
+/// The echoed request (`container`) and the rest of `resource` are skipped, not built: every
+/// standby reads every decision.
 #[derive(serde::Deserialize)]
 struct DecisionHead {
     #[serde(rename = "container")]

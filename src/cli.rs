@@ -133,6 +133,7 @@ pub const DEFAULT_NICE: i32 = 5;
 
 /// Lowers the priority of the calling thread, and of every thread it starts from now on, by
 /// `by` (Unix nice). Lowering one's own priority needs no privilege.
+#[cfg(target_os = "linux")]
 pub fn lower_priority(by: i32) -> std::io::Result<()> {
     if by == 0 {
         return Ok(());
@@ -146,6 +147,12 @@ pub fn lower_priority(by: i32) -> std::io::Result<()> {
     if failed {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Elsewhere the priority is left as it is.
+#[cfg(not(target_os = "linux"))]
+pub fn lower_priority(_by: i32) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -26,6 +26,11 @@
 //! writes decisions, the fence shuts out every earlier leader, a new leader's cache holds all
 //! they wrote before it plans (the barrier), and a leader never plans a request whose write is
 //! in flight.
+//!
+//! What a transaction wrote goes into the leader's cache as soon as it commits: while leading,
+//! the cache's watch leaves decisions out ([`Cache::set_leading`]). A write whose outcome is
+//! unknown may land unseen, so after one the cache watches decisions again for the rest of the
+//! lead.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
