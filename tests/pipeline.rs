@@ -677,19 +677,6 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     let rev = put_request(&client, &keys, "theirs", request_json(2.0, 64, json!({}))).await;
     let (cache, shutdown, task) = start_cache(&client, rev).await;
     assert_cache_holds(&cache, rev, &["mine", "theirs"], &[]).await;
-    let placed = |id: &str, cpus: f64| {
-        json!({
-            "container": {},
-            "resource": {"id": "e1", "addr": "tcp://e1:2375", "total_cpus": 4.0, "total_memory": 4096.0},
-            "reservation": {"cpus": cpus, "memory": 64.0},
-            "status": "placed",
-            "reason": format!("spread chose e1 for {id}"),
-            "request_revision": rev,
-            "decided_at": "2026-11-29T00:00:00Z",
-            "decided_by": "test",
-        })
-        .to_string()
-    };
     let reserved = |cache: &Cache| cache.lock().usage(&eid("e1")).cpus.as_cpus();
 
     cache.set_leading(true);
@@ -698,7 +685,7 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     })
     .await;
     // Our own write, applied as the leader applies it after a commit.
-    let body = placed("mine", 1.0);
+    let body = placed_on_e1(1.0, rev);
     let at = put_raw(&client, keys.decision(&rid("mine")), body.as_str()).await;
     let decision: citadel::model::Decision = serde_json::from_str(&body).unwrap();
     cache.lock().decided(&rid("mine"), at, &decision);
@@ -706,7 +693,7 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     put_raw(
         &client,
         keys.decision(&rid("theirs")),
-        placed("theirs", 2.0),
+        placed_on_e1(2.0, rev),
     )
     .await;
     put_request(&client, &keys, "later", request_json(0.1, 1, json!({}))).await;
@@ -1033,26 +1020,13 @@ async fn a_placement_that_lands_after_its_request_changed_or_went_is_repaired() 
     let client = connect(&etcd).await;
     let keys = keys();
     put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
-    let stale = |id: &str, cpus: f64, request_revision: i64| {
-        json!({
-            "container": {"image": "x", "cpus": cpus, "memory": 64},
-            "resource": {"id": "e1", "addr": "tcp://e1:2375", "total_cpus": 4.0, "total_memory": 4096.0},
-            "reservation": {"cpus": cpus, "memory": 64.0},
-            "status": "placed",
-            "reason": format!("spread chose e1 for {id}"),
-            "request_revision": request_revision,
-            "decided_at": "2026-11-29T00:00:00Z",
-            "decided_by": "an-earlier-leader",
-        })
-        .to_string()
-    };
     // "gone" was deleted before its placement committed.
     let gone = put_request(&client, &keys, "gone", request_json(1.5, 64, json!({}))).await;
     delete_key(&client, keys.request(&rid("gone"))).await;
     put_raw(
         &client,
         keys.decision(&rid("gone")),
-        stale("gone", 1.5, gone),
+        placed_on_e1(1.5, gone),
     )
     .await;
     // "changed" went from 1.5 to 2 cpus before its placement committed.
@@ -1061,7 +1035,7 @@ async fn a_placement_that_lands_after_its_request_changed_or_went_is_repaired() 
     put_raw(
         &client,
         keys.decision(&rid("changed")),
-        stale("changed", 1.5, old),
+        placed_on_e1(1.5, old),
     )
     .await;
     assert_eq!(

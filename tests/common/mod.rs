@@ -388,6 +388,22 @@ pub async fn reservations_for(
         .collect()
 }
 
+/// A decision as a leader writes it: placed on engine `e1` (4 cpus, 4096 MB), holding `cpus`
+/// and 64 MB, for the request's revision `request_revision`.
+pub fn placed_on_e1(cpus: f64, request_revision: i64) -> String {
+    serde_json::json!({
+        "container": {"image": "x", "cpus": cpus, "memory": 64},
+        "resource": {"id": "e1", "addr": "tcp://e1:2375", "total_cpus": 4.0, "total_memory": 4096.0},
+        "reservation": {"cpus": cpus, "memory": 64.0},
+        "status": "placed",
+        "reason": "spread chose e1",
+        "request_revision": request_revision,
+        "decided_at": "2026-11-29T00:00:00Z",
+        "decided_by": "a-leader",
+    })
+    .to_string()
+}
+
 /// Waits (polling every 50 ms, at most `timeout`) for any readable decision on `id`.
 pub async fn wait_decision(client: &Client, keys: &Keys, id: &str, timeout: Duration) -> Decision {
     wait_decision_where(client, keys, id, timeout, "any decision", |_| true).await
