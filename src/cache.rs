@@ -462,28 +462,28 @@ impl State {
     /// A decision the leader itself committed at `mod_revision`, applied without waiting for
     /// (or parsing) its watch event: the leading replica's cache does not watch decisions
     /// (see [`Cache::set_leading`]).
-    pub fn decided(&mut self, id: &RequestId, mod_revision: i64, d: &Decision) {
+    pub fn decided(&mut self, id: &RequestId, mod_revision: i64, d: Decision) {
         self.fed = self.fed.max(mod_revision);
         let facts = DecisionFacts {
             status: d.status,
-            reason: d.reason.clone(),
+            reason: d.reason,
             request_revision: d.request_revision,
-            engine: d.resource.as_ref().map(|r| r.id.clone()),
+            engine: d.resource.map(|r| r.id),
             reservation: d.reservation.as_ref(),
-            run: d.run.clone().map(Box::new),
+            run: d.run.map(Box::new),
         };
         self.set_decision(id, mod_revision, facts);
     }
 
     /// What one of the leader's transactions wrote, committed at `mod_revision`.
-    pub fn apply_own(&mut self, items: &[crate::manager::Item], mod_revision: i64) {
+    pub fn apply_own(&mut self, items: Vec<crate::manager::Item>, mod_revision: i64) {
         use crate::manager::Item;
         for item in items {
             match item {
                 Item::Place { id, decision, .. } | Item::Refuse { id, decision, .. } => {
-                    self.decided(id, mod_revision, decision)
+                    self.decided(&id, mod_revision, decision)
                 }
-                Item::Release { id, .. } => self.undecided(id, mod_revision),
+                Item::Release { id, .. } => self.undecided(&id, mod_revision),
                 Item::Park { .. } => {}
             }
         }

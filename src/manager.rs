@@ -100,7 +100,6 @@ pub enum StepDown {
 pub enum Item {
     Place {
         id: RequestId,
-        request_revision: i64,
         /// Compare the decision key's mod revision too (see the module's notes).
         decision_fence: Option<i64>,
         engine: EngineId,
@@ -113,7 +112,6 @@ pub enum Item {
     /// An `invalid` or `unschedulable` decision.
     Refuse {
         id: RequestId,
-        request_revision: i64,
         decision_fence: Option<i64>,
         decision: Decision,
     },
@@ -264,7 +262,6 @@ pub fn plan(
                 });
                 let refuse = |status: Status, reason: String| Item::Refuse {
                     id: id.clone(),
-                    request_revision: *request_revision,
                     decision_fence: *decision_fence,
                     decision: Decision {
                         container: container(),
@@ -339,7 +336,6 @@ pub fn plan(
                         e.reserve(request.cpus, request.memory, &request.ports);
                         items.push(Item::Place {
                             id: id.clone(),
-                            request_revision: *request_revision,
                             decision_fence: *decision_fence,
                             engine: e.id.clone(),
                             engine_revision: revisions[i],
@@ -539,13 +535,13 @@ pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize
 /// A request the leader wrote for, and what its placement holds (if it placed one).
 type Written = (RequestId, Option<(EngineId, Held)>);
 
-/// Writes sent or committed but not yet seen by the cache's watch. The running view is the
-/// cache's usage plus these, so a placement is never forgotten in between, and a request in
-/// flight is never planned twice.
+/// Writes sent and not answered yet (a committed batch goes straight into the cache). The
+/// running view is the cache's usage plus these, so a placement is never forgotten in between,
+/// and a request in flight is never planned twice.
 #[derive(Debug, Default)]
 struct Assumed {
-    /// By batch: the revision it committed at (`None` while in flight) and what it wrote.
-    batches: HashMap<u64, (Option<i64>, Vec<Written>)>,
+    /// By batch: what it wrote.
+    batches: HashMap<u64, Vec<Written>>,
     ids: HashSet<RequestId>,
     /// What assumed placements hold, per engine and batch.
     held: HashMap<EngineId, Vec<(u64, Held)>>,
@@ -571,23 +567,24 @@ impl Assumed {
             };
             written.push((item.id().clone(), held));
         }
-        self.batches.insert(token, (None, written));
+        self.batches.insert(token, written);
     }
 
-    fn committed(&mut self, token: u64, rev: i64) {
-        if let Some(entry) = self.batches.get_mut(&token) {
-            entry.0 = Some(rev);
-            if !self.uncertain.is_empty() {
-                for (id, _) in &entry.1 {
-                    self.uncertain.remove(id);
-                }
+    /// Forgets a batch that committed (its writes are in the cache now).
+    fn committed(&mut self, token: u64) {
+        if let Some(written) = self.batches.get(&token)
+            && !self.uncertain.is_empty()
+        {
+            for (id, _) in written {
+                self.uncertain.remove(id);
             }
         }
+        self.forget(token);
     }
 
     /// Forgets a batch whose commit failed without an answer: it may still land.
     fn forget_uncertain(&mut self, token: u64) -> Vec<EngineId> {
-        if let Some((_, written)) = self.batches.get(&token) {
+        if let Some(written) = self.batches.get(&token) {
             self.uncertain
                 .extend(written.iter().map(|(id, _)| id.clone()));
         }
@@ -616,7 +613,7 @@ impl Assumed {
     /// Forgets a batch; returns the engines it held resources on.
     fn forget(&mut self, token: u64) -> Vec<EngineId> {
         let mut engines = Vec::new();
-        if let Some((_, written)) = self.batches.remove(&token) {
+        if let Some(written) = self.batches.remove(&token) {
             for (id, held) in written {
                 self.ids.remove(&id);
                 if let Some((engine, _)) = held {
@@ -633,17 +630,6 @@ impl Assumed {
         engines
     }
 
-    /// Forgets what the cache has caught up with; returns the engines touched.
-    fn prune(&mut self, cache_revision: i64) -> Vec<EngineId> {
-        let seen: Vec<u64> = self
-            .batches
-            .iter()
-            .filter(|(_, (rev, _))| rev.is_some_and(|r| r <= cache_revision))
-            .map(|(t, _)| *t)
-            .collect();
-        seen.into_iter().flat_map(|t| self.forget(t)).collect()
-    }
-
     /// Adds what assumed placements hold on `engine` to its view.
     fn apply(&self, view: &mut EngineView) {
         for (_, h) in self.held.get(&view.id).into_iter().flatten() {
@@ -652,10 +638,7 @@ impl Assumed {
     }
 
     fn in_flight(&self) -> usize {
-        self.batches
-            .values()
-            .filter(|(rev, _)| rev.is_none())
-            .count()
+        self.batches.len()
     }
 }
 
@@ -797,17 +780,10 @@ impl Manager {
                 // Bring the running view up to date with what changed, then take work.
                 let (work, epoch) = {
                     let mut state = self.cache.lock();
-                    let mut touched = assumed.prune(state.revision);
                     if view.stale || state.engine_generation() != view.engines.generation {
                         view.rebuild(state.engines(), &assumed);
                     } else {
-                        let dirty = state.take_dirty();
-                        for (engine, usage) in &dirty {
-                            view.refresh(engine, usage, &assumed);
-                        }
-                        touched.retain(|e| !dirty.iter().any(|(d, _)| d == e));
-                        for engine in touched {
-                            let usage = state.usage(&engine);
+                        for (engine, usage) in state.take_dirty() {
                             view.refresh(&engine, &usage, &assumed);
                         }
                     }
@@ -859,10 +835,10 @@ impl Manager {
                     let Ok((token, result, items)) = done else { continue };
                     match result {
                         Ok(Commit::Done(rev)) => {
-                            self.cache.lock().apply_own(&items, rev);
-                            assumed.committed(token, rev);
-                            let forgotten = assumed.forget(token);
-                            view.refresh_forgotten(forgotten, &self.cache, &assumed);
+                            // The engines placed on are now dirty in the cache: the next
+                            // round refreshes them without what this batch assumed.
+                            self.cache.lock().apply_own(items, rev);
+                            assumed.committed(token);
                         }
                         Ok(Commit::Fenced) => {
                             tracing::warn!("etcd refused our fence: another replica leads");

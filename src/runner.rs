@@ -719,7 +719,7 @@ impl Runner {
         let done = self.commit(compares, ops, "decision").await;
         match done {
             // The leader's cache does not watch decisions: it learns its own from here.
-            Some(Commit::Done(rev)) => self.cache.lock().decided(id, rev, &decision),
+            Some(Commit::Done(rev)) => self.cache.lock().decided(id, rev, decision),
             // It may land later, unseen by a watch without decisions (see the manager).
             None => self.cache.set_leading(false),
             Some(_) => {}

@@ -26,7 +26,6 @@ fn placement_fenced(
     let engine = EngineId::new("e1").unwrap();
     Item::Place {
         id: id.clone(),
-        request_revision,
         decision_fence,
         engine: engine.clone(),
         engine_revision: 2,

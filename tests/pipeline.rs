@@ -688,7 +688,7 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     let body = placed_on_e1(1.0, rev);
     let at = put_raw(&client, keys.decision(&rid("mine")), body.as_str()).await;
     let decision: citadel::model::Decision = serde_json::from_str(&body).unwrap();
-    cache.lock().decided(&rid("mine"), at, &decision);
+    cache.lock().decided(&rid("mine"), at, decision);
     // Someone else's: not watched while leading. Events after it still arrive.
     put_raw(
         &client,
