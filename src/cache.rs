@@ -55,7 +55,7 @@ impl RequestEntry {
 
     /// The request as written: its JSON, or a string when it was not JSON.
     pub fn container(&self) -> serde_json::Value {
-        crate::model::echo(&self.raw)
+        crate::model::Echo::of(&self.raw).value()
     }
 
     fn prepared(&self, id: &RequestId) -> Result<Arc<Prepared>, Invalid> {
@@ -808,6 +808,12 @@ impl State {
         self.capacity_epoch
     }
 
+    /// How many requests wait for the leader: releases and pending decisions, including any
+    /// the leader has written for and not seen yet (see [`State::work`]).
+    pub fn queued(&self) -> usize {
+        self.releases.len() + self.pending.len()
+    }
+
     /// Up to `max_work` work items, releases first, then pending requests oldest first,
     /// leaving out those in `skip` (written by the leader and not yet seen).
     pub fn work(&self, max_work: usize, skip: &HashSet<RequestId>) -> Vec<Work> {
@@ -1221,7 +1227,7 @@ mod tests {
 
     fn decision() -> Decision {
         Decision {
-            container: serde_json::json!({"image": "redis", "cpus": "0.2", "env": ["A=1"]}),
+            container: serde_json::json!({"image": "redis", "cpus": "0.2", "env": ["A=1"]}).into(),
             resource: Some(Resource {
                 id: "e1".into(),
                 addr: "tcp://e1:2375".into(),

@@ -252,7 +252,7 @@ pub fn plan(
                 ..
             } => {
                 // The echo is built only for a decision that is written (not for a parked one).
-                let container = || crate::model::echo(raw);
+                let container = || crate::model::Echo::of(raw);
                 let proposal = proposals.next().flatten();
                 // What earlier placements went through stays in the decision.
                 let run = history.as_deref().map(|h| crate::model::Run {
@@ -778,7 +778,7 @@ impl Manager {
             let free = MAX_IN_FLIGHT.saturating_sub(assumed.in_flight());
             if free > 0 && revision >= must_reach {
                 // Bring the running view up to date with what changed, then take work.
-                let (work, epoch) = {
+                let (mut work, epoch) = {
                     let mut state = self.cache.lock();
                     if view.stale || state.engine_generation() != view.engines.generation {
                         view.rebuild(state.engines(), &assumed);
@@ -787,19 +787,26 @@ impl Manager {
                             view.refresh(&engine, &usage, &assumed);
                         }
                     }
-                    (
-                        state.work(free * items_per_txn(max_ops), &assumed.ids),
-                        state.capacity_epoch(),
-                    )
-                };
-                // Nagle for transactions: while one is in flight, take whole transactions'
-                // worth of work only; the rest waits for the next round. Fewer, fuller
-                // transactions cost etcd far less, and latency stays one round trip.
-                let mut work = work;
-                if assumed.in_flight() > 0 {
+                    // Nagle for transactions: while one is in flight, take whole
+                    // transactions' worth of work only; the rest waits for the next round.
+                    // Fewer, fuller transactions cost etcd far less, and latency stays one
+                    // round trip. Counted before anything is built: this round runs on every
+                    // change the cache sees, and most find less than a whole transaction.
                     let whole = items_per_txn(max_ops);
-                    work.truncate(work.len() / whole * whole);
-                }
+                    let max = if assumed.in_flight() > 0 {
+                        // The requests in flight are still queued in the cache; what is left
+                        // is at least the difference.
+                        let takeable = state.queued().saturating_sub(assumed.ids.len());
+                        takeable.min(free * whole) / whole * whole
+                    } else {
+                        free * whole
+                    };
+                    let work = match max {
+                        0 => Vec::new(),
+                        max => state.work(max, &assumed.ids),
+                    };
+                    (work, state.capacity_epoch())
+                };
                 assumed.fence_uncertain(&mut work);
                 if !work.is_empty() {
                     let items = plan(
