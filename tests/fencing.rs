@@ -35,7 +35,7 @@ fn placement_fenced(
             ports: vec![],
         },
         decision: Decision {
-            container: serde_json::json!({}),
+            container: serde_json::json!({}).into(),
             resource: None,
             reservation: Some(Reservation {
                 cpus: 0.1,

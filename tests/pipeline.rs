@@ -996,7 +996,7 @@ async fn changing_a_placed_request_re_decides_it() {
     )
     .await;
     assert_eq!(d.status, Status::Placed, "{d:?}");
-    assert_eq!(d.container["cpus"], json!(2.0));
+    assert_eq!(d.container.value()["cpus"], json!(2.0));
 
     let held = reservations_for(&client, &keys, "r").await;
     assert_eq!(held.len(), 1, "exactly one reservation: {held:?}");
