@@ -29,7 +29,7 @@ use crate::model::{
     ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
     Request, RequestId, Reservation, Run, Status,
 };
-use crate::scheduler::{EngineView, Prepared};
+use crate::scheduler::{EngineView, Prepared, UNCLASSED};
 use crate::store::{self, StoreError};
 
 /// Keys per range page when (re)listing.
@@ -273,6 +273,9 @@ pub struct State {
     /// The capacity epoch a request was last found unschedulable in, by the leader.
     parked_in: HashMap<RequestId, u64>,
     engine_generation: u64,
+    /// Engine label sets as written, numbered: engines with one set share a scheduling class
+    /// (see [`EngineView::class`]).
+    label_classes: HashMap<Vec<String>, u32>,
     /// Engines whose usage changed since the leader last looked ([`State::take_dirty`]).
     dirty: HashSet<EngineId>,
     policy: HealthPolicy,
@@ -345,7 +348,9 @@ impl State {
         match key {
             Key::Engine(id) => {
                 let spec = EngineSpec::parse(&id, kv.value()).map(|s| {
-                    let view = EngineView::new(&s, self.overcommit);
+                    let mut view = EngineView::new(&s, self.overcommit);
+                    let next = u32::try_from(self.label_classes.len()).unwrap_or(UNCLASSED);
+                    view.class = *self.label_classes.entry(s.labels.clone()).or_insert(next);
                     (s, view)
                 });
                 if let Err(e) = &spec {

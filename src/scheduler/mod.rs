@@ -114,7 +114,14 @@ pub struct EngineView {
     pub reserved_memory: MemoryMb,
     pub ports: BTreeSet<HostPort>,
     pub healthy: bool,
+    /// Engines with the same labels as written (their own `engine=<id>` aside) share a class,
+    /// as Nomad's computed node classes do: a request decides each constraint on any other key
+    /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
+    pub class: u32,
 }
+
+/// The class of an engine nobody classified (see [`EngineView::class`]).
+pub const UNCLASSED: u32 = u32::MAX;
 
 impl EngineView {
     pub fn new(spec: &EngineSpec, overcommit: f64) -> Self {
@@ -138,6 +145,7 @@ impl EngineView {
             reserved_memory: MemoryMb(0),
             ports: BTreeSet::new(),
             healthy: true,
+            class: UNCLASSED,
         }
     }
 
@@ -238,16 +246,17 @@ impl Prepared {
     }
 
     /// The first filter `e` fails, as a cheap code (no allocation on the hot path).
-    fn check(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
+    fn check(&self, e: &EngineView, with_soft: bool, memo: &mut ClassMemo) -> Result<(), Code> {
         for (i, c) in self.hard.iter().enumerate() {
-            if !c.matches(&e.labels) {
+            if !memo.matches(c, i, e) {
                 return Err(Code::Constraint(i));
             }
         }
         if with_soft {
             for (i, c) in self.soft.iter().enumerate() {
-                if !c.matches(&e.labels) {
-                    return Err(Code::Constraint(self.hard.len() + i));
+                let k = self.hard.len() + i;
+                if !memo.matches(c, k, e) {
+                    return Err(Code::Constraint(k));
                 }
             }
         }
@@ -336,6 +345,37 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
     reason
 }
 
+/// One request's constraint results by engine class: bit `k` of `known` says constraint `k`
+/// was decided for the class, bit `k` of `pass` that it matched.
+#[derive(Default)]
+struct ClassMemo(Vec<(u32, u32)>);
+
+/// Classes past this many are checked engine by engine (a cluster where every engine has
+/// labels of its own gains nothing from classes).
+const MEMO_CLASSES: u32 = 4096;
+
+impl ClassMemo {
+    fn matches(&mut self, c: &Constraint, k: usize, e: &EngineView) -> bool {
+        // `engine` tells engines of one class apart: never decided per class.
+        if k >= 32 || e.class >= MEMO_CLASSES || c.key == "engine" {
+            return c.matches(&e.labels);
+        }
+        let class = e.class as usize;
+        if self.0.len() <= class {
+            self.0.resize(class + 1, (0, 0));
+        }
+        let bit = 1u32 << k;
+        let (known, pass) = &mut self.0[class];
+        if *known & bit == 0 {
+            *known |= bit;
+            if c.matches(&e.labels) {
+                *pass |= bit;
+            }
+        }
+        *pass & bit != 0
+    }
+}
+
 /// How many feasible engines to score before choosing, as the Kubernetes scheduler's
 /// `percentageOfNodesToScore`: a large cluster costs a bounded amount per request. The scan
 /// starts at a point derived from the seed, so the sample differs per request; "nothing fits"
@@ -361,7 +401,8 @@ pub fn schedule(
     } else {
         (splitmix(seed) % n as u64) as usize
     };
-    let pass = |with_soft: bool| {
+    let mut memo = ClassMemo::default();
+    let mut pass = |with_soft: bool| {
         let mut best: Option<(usize, f64)> = None;
         let mut feasible = 0usize;
         let mut chosen_random: Option<usize> = None;
@@ -373,7 +414,7 @@ pub fn schedule(
                 start + k - n
             };
             let e = &engines[i];
-            match p.check(e, with_soft) {
+            match p.check(e, with_soft, &mut memo) {
                 Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
                     Some((_, count)) => *count += 1,
                     None => rejections.push((code, 1)),
@@ -510,6 +551,29 @@ mod tests {
         let e = &mut engines[plan.engine];
         e.reserve(r.cpus, r.memory, &r.ports);
         Ok(plan.engine)
+    }
+
+    #[test]
+    fn a_class_decides_constraints_once_but_never_the_engine_itself() {
+        // Two classes: eu engines (class 0) and us engines (class 1). The us engine is the
+        // least loaded, so only the constraint keeps it out.
+        let mut es = vec![
+            engine("e0", 4.0, 4096.0, &["region=eu"]),
+            engine("e1", 4.0, 4096.0, &["region=eu"]),
+            engine("e2", 4.0, 4096.0, &["region=us"]),
+        ];
+        for (e, class) in es.iter_mut().zip([0, 0, 1]) {
+            e.class = class;
+        }
+        es[1].reserve(Millicpus(1000), MemoryMb(0), &[]);
+        let r = request(1.0, 1.0, &["region==eu", "engine!=e0"], &[]);
+        assert_eq!(place(&r, &mut es, Strategy::Spread), Ok(1));
+        // Nothing else fits: the reason counts each engine under the constraint it failed.
+        let r = request(1.0, 1.0, &["region==eu", "engine!=e0", "engine!=e1"], &[]);
+        assert_eq!(
+            place(&r, &mut es, Strategy::Spread),
+            Err("0/3 engines fit: 1 constraint engine!=e0, 1 constraint engine!=e1, 1 constraint region==eu".into())
+        );
     }
 
     #[test]
@@ -700,7 +764,10 @@ mod tests {
                     .enumerate()
                     .map(|(i, (c, m, z))| {
                         let zone = format!("zone={}", ["a", "b", "c"][*z as usize]);
-                        engine(&format!("e{i}"), f64::from(*c) / 1000.0, f64::from(*m), &[zone.as_str()])
+                        let mut e = engine(&format!("e{i}"), f64::from(*c) / 1000.0, f64::from(*m), &[zone.as_str()]);
+                        // Engines of one zone have the same labels: one class (see ClassMemo).
+                        e.class = u32::from(*z);
+                        e
                     })
                     .collect();
                 let mut bound: Vec<BTreeSet<HostPort>> = vec![BTreeSet::new(); view.len()];
@@ -713,6 +780,8 @@ mod tests {
                         Ok(plan) => {
                             let e = &mut view[plan.engine];
                             prop_assert!(fits_resources(&r, e).is_ok());
+                            let one_by_one = EngineView { class: UNCLASSED, ..e.clone() };
+                            prop_assert!(p.check(&one_by_one, false, &mut ClassMemo::default()).is_ok());
                             e.reserve(r.cpus, r.memory, &r.ports);
                             for hp in &r.ports {
                                 prop_assert!(bound[plan.engine].insert(*hp), "port {} bound twice", hp);
@@ -720,7 +789,8 @@ mod tests {
                         }
                         Err(_) => {
                             for e in &view {
-                                let hard_ok = p.check(e, false).is_ok();
+                                let one_by_one = EngineView { class: UNCLASSED, ..e.clone() };
+                                let hard_ok = p.check(&one_by_one, false, &mut ClassMemo::default()).is_ok();
                                 prop_assert!(!hard_ok, "{} could take request {}", e.id, n);
                             }
                         }
