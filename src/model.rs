@@ -1008,6 +1008,46 @@ mod tests {
         assert_eq!(Echo::of(huge.as_bytes()).value(), serde_json::json!(huge));
     }
 
+    mod echo_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                (-1e300f64..1e300).prop_map(serde_json::Value::from),
+                "[ a-z\"\\\\\u{e9}\u{1F600}\n\t]{0,8}".prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6)
+                        .prop_map(serde_json::Value::Array),
+                    proptest::collection::btree_map("[a-z ]{0,5}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever JSON a user writes, however it is spaced, its echo reads back as the
+            /// same JSON, with no whitespace left between tokens.
+            #[test]
+            fn the_echo_reads_back_as_what_was_written(v in json(), pretty in any::<bool>()) {
+                let text = if pretty {
+                    serde_json::to_string_pretty(&v).unwrap()
+                } else {
+                    serde_json::to_string(&v).unwrap()
+                };
+                let echo = Echo::of(text.as_bytes());
+                let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(echo.value(), read);
+                prop_assert_eq!(echo.get(), serde_json::to_string(&v).unwrap());
+            }
+        }
+    }
+
     #[test]
     fn huge_requests_are_invalid_and_not_echoed() {
         let big = format!(
