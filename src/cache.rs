@@ -29,7 +29,7 @@ use crate::model::{
     ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
     Request, RequestId, Reservation, Run, Status,
 };
-use crate::scheduler::{EngineView, Prepared, UNCLASSED};
+use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, UNCLASSED};
 use crate::store::{self, StoreError};
 
 /// Keys per range page when (re)listing.
@@ -274,7 +274,7 @@ pub struct State {
     parked_in: HashMap<RequestId, u64>,
     engine_generation: u64,
     /// Engine label sets as written, numbered: engines with one set share a scheduling class
-    /// (see [`EngineView::class`]).
+    /// (see [`EngineView::class`]). At most [`MAX_CLASSES`]; emptied by a list.
     label_classes: HashMap<Vec<String>, u32>,
     /// Engines whose usage changed since the leader last looked ([`State::take_dirty`]).
     dirty: HashSet<EngineId>,
@@ -349,8 +349,17 @@ impl State {
             Key::Engine(id) => {
                 let spec = EngineSpec::parse(&id, kv.value()).map(|s| {
                     let mut view = EngineView::new(&s, self.overcommit);
-                    let next = u32::try_from(self.label_classes.len()).unwrap_or(UNCLASSED);
-                    view.class = *self.label_classes.entry(s.labels.clone()).or_insert(next);
+                    let known = self.label_classes.len();
+                    view.class = match self.label_classes.get(&s.labels) {
+                        Some(class) => *class,
+                        None => match u32::try_from(known) {
+                            Ok(next) if next < MAX_CLASSES => {
+                                self.label_classes.insert(s.labels.clone(), next);
+                                next
+                            }
+                            _ => UNCLASSED,
+                        },
+                    };
                     (s, view)
                 });
                 if let Err(e) = &spec {

@@ -133,25 +133,36 @@ async fn label_constraints_pick_matching_engines() {
         &["zone=d", "region=eu-north"],
     )
     .await;
+    // Labelled as `ea` is: one scheduling class, told apart only by their own engine label.
+    put_engine(
+        &client,
+        &keys,
+        "ee",
+        16.0,
+        16384.0,
+        &["zone=a", "region=eu-west"],
+    )
+    .await;
     let replica = Replica::start(&etcd, "replica-labels");
 
     // (request id, constraints, engines it may land on)
     let cases: &[(&str, &[&str], &[&str])] = &[
         ("zone-b", &["zone==b"], &["eb"]),
         ("not-zone-a", &["zone!=a"], &["eb", "ec", "ed"]),
-        ("region-glob", &["region==eu-*"], &["ea", "ec", "ed"]),
+        ("region-glob", &["region==eu-*"], &["ea", "ec", "ed", "ee"]),
         (
             "region-regex",
             &["region==/^eu-(west|north)$/"],
-            &["ea", "ed"],
+            &["ea", "ed", "ee"],
         ),
+        ("zone-a-not-ea", &["zone==a", "engine!=ea"], &["ee"]),
         (
             "all-of",
             &["region==eu-*", "zone!=a", "region!=eu-north"],
             &["ec"],
         ),
         ("soft-met", &["zone==~b"], &["eb"]),
-        ("soft-unmet", &["zone==~c"], &["ea", "eb", "ec", "ed"]),
+        ("soft-unmet", &["zone==~c"], &["ea", "eb", "ec", "ed", "ee"]),
         ("pinned", &["engine==ed"], &["ed"]),
     ];
     for (id, labels, _) in cases {
@@ -189,7 +200,7 @@ async fn label_constraints_pick_matching_engines() {
     assert_eq!(hard.status, Status::Unschedulable, "{hard:?}");
     assert!(hard.resource.is_none(), "{hard:?}");
     assert!(
-        hard.reason.starts_with("0/4 engines fit:"),
+        hard.reason.starts_with("0/5 engines fit:"),
         "reason {:?}",
         hard.reason
     );

@@ -350,14 +350,14 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
 #[derive(Default)]
 struct ClassMemo(Vec<(u32, u32)>);
 
-/// Classes past this many are checked engine by engine (a cluster where every engine has
-/// labels of its own gains nothing from classes).
-const MEMO_CLASSES: u32 = 4096;
+/// Classes past this many are not numbered: their engines are checked one by one (a cluster
+/// where every engine has labels of its own gains nothing from classes).
+pub const MAX_CLASSES: u32 = 4096;
 
 impl ClassMemo {
     fn matches(&mut self, c: &Constraint, k: usize, e: &EngineView) -> bool {
         // `engine` tells engines of one class apart: never decided per class.
-        if k >= 32 || e.class >= MEMO_CLASSES || c.key == "engine" {
+        if k >= 32 || e.class >= MAX_CLASSES || c.key == "engine" {
             return c.matches(&e.labels);
         }
         let class = e.class as usize;
