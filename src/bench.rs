@@ -95,6 +95,11 @@ pub struct BenchResult {
     pub raw_put_per_s: f64,
     pub ratio: f64,
     pub p50_ms: f64,
+    /// The median user's put (or `--submit-batch` transaction), from send to etcd's answer,
+    /// while citadel runs, and in the raw measurements. With a fixed number of clients a put's
+    /// latency is what sets the rate.
+    pub put_p50_ms: f64,
+    pub raw_put_p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -220,13 +225,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Puts `total` keys from `clients` concurrent tasks over a few connections; returns puts/s.
+/// What one measurement of etcd's own put rate found.
+struct RawPuts {
+    per_s: f64,
+    /// The median put, from send to etcd's answer.
+    p50_ms: f64,
+}
+
+/// Puts `total` keys from `clients` concurrent tasks over a few connections.
 async fn raw_put_rate(
     conns: &[Client],
     prefix: &str,
     total: usize,
     clients: usize,
-) -> Result<f64, BenchError> {
+) -> Result<RawPuts, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let value = request_json(7);
     let start = Instant::now();
@@ -235,25 +247,36 @@ async fn raw_put_rate(
         let mut kv = conns[c % conns.len()].kv_client();
         let (next, prefix, value) = (next.clone(), prefix.to_string(), value.clone());
         tasks.spawn(async move {
+            let mut took = Vec::new();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
-                    return Ok::<(), etcd_client::Error>(());
+                    return Ok::<_, etcd_client::Error>(took);
                 }
+                let sent = Instant::now();
                 kv.put(format!("{prefix}{n:08}"), value.clone(), None)
                     .await?;
+                took.push(sent.elapsed().as_secs_f64() * 1e3);
             }
         });
     }
+    let mut took = Vec::with_capacity(total);
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| BenchError::Setup(e.to_string()))??;
+        took.extend(r.map_err(|e| BenchError::Setup(e.to_string()))??);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let per_s = total as f64 / start.elapsed().as_secs_f64();
+    took.sort_by(f64::total_cmp);
+    Ok(RawPuts {
+        per_s,
+        p50_ms: percentile(&took, 0.5),
+    })
 }
 
 struct Timings {
     start: Instant,
     sent: Vec<AtomicU64>,
+    /// When etcd answered the request's put.
+    acked: Vec<AtomicU64>,
     decided: Vec<AtomicU64>,
     decided_count: AtomicUsize,
     placed: AtomicUsize,
@@ -320,7 +343,8 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
             .unwrap_or_default()
     };
     let raw_own_cpu0 = own_cpu();
-    let raw_put_per_s = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let raw_before = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let raw_put_per_s = raw_before.per_s;
     let raw_cpu = etcd_cpu().zip(raw_cpu0).map(|(b, a)| b - a);
     let raw_own_cpu = own_cpu() - raw_own_cpu0;
     eprintln!(
@@ -388,6 +412,7 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     let timings = Arc::new(Timings {
         start: Instant::now(),
         sent: (0..args.requests).map(|_| AtomicU64::new(0)).collect(),
+        acked: (0..args.requests).map(|_| AtomicU64::new(0)).collect(),
         decided: (0..args.requests).map(|_| AtomicU64::new(0)).collect(),
         decided_count: AtomicUsize::new(0),
         placed: AtomicUsize::new(0),
@@ -476,6 +501,10 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
                         .collect();
                     kv.txn(Txn::new().and_then(ops)).await?;
                 }
+                let acked = timings.now();
+                for slot in &timings.acked[first..last] {
+                    slot.store(acked, Ordering::Relaxed);
+                }
             }
         });
     }
@@ -542,6 +571,15 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         }
     }
     lat.sort_by(f64::total_cmp);
+    let mut put_ms: Vec<f64> = timings
+        .sent
+        .iter()
+        .zip(&timings.acked)
+        .map(|(s, a)| (s.load(Ordering::Relaxed), a.load(Ordering::Relaxed)))
+        .filter(|(s, a)| *s > 0 && *a >= *s)
+        .map(|(s, a)| (a - s) as f64 / 1e6)
+        .collect();
+    put_ms.sort_by(f64::total_cmp);
     let span = (last_decision.saturating_sub(first_sent.min(last_decision))) as f64 / 1e9;
     let decided = lat.len();
     let placed_seen = timings.placed.load(Ordering::Relaxed);
@@ -553,6 +591,8 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     // etcd's rate again, after: this machine's disk and neighbours drift during a run, so the
     // ratio uses the mean of the two measurements around it.
     let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let raw_put_p50_ms = (raw_before.p50_ms + raw_after.p50_ms) / 2.0;
+    let raw_after = raw_after.per_s;
     let _ = kv
         .delete(
             raw_prefix.as_str(),
@@ -597,6 +637,8 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
         raw_put_per_s,
         ratio: placements_per_s / raw_put_per_s.max(1e-9),
         p50_ms: percentile(&lat, 0.50),
+        put_p50_ms: percentile(&put_ms, 0.50),
+        raw_put_p50_ms,
         p90_ms: percentile(&lat, 0.90),
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
@@ -648,6 +690,10 @@ pub fn print_table(r: &BenchResult) {
         r.raw_put_per_s
     );
     println!("  ratio              {:>10.3}", r.ratio);
+    println!(
+        "  users' put ms      {:>10.2}  p50 while citadel runs ({:.2} in the raw measurement)",
+        r.put_p50_ms, r.raw_put_p50_ms
+    );
     println!(
         "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
         "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms

@@ -41,6 +41,8 @@ fn bench_runs_and_reports_every_field_with_intact_invariants() {
         "raw_put_per_s",
         "ratio",
         "p50_ms",
+        "put_p50_ms",
+        "raw_put_p50_ms",
         "p90_ms",
         "p99_ms",
         "max_ms",
@@ -62,6 +64,10 @@ fn bench_runs_and_reports_every_field_with_intact_invariants() {
     let refused = r["unschedulable"].as_u64().unwrap_or(0) + r["invalid"].as_u64().unwrap_or(0);
     assert_eq!(placed + refused, 400, "every request decided once: {last}");
     assert!(placed > 0, "{last}");
+    for field in ["put_p50_ms", "raw_put_p50_ms"] {
+        let ms = r[field].as_f64().unwrap_or(0.0);
+        assert!(ms > 0.0 && ms.is_finite(), "{field} is a time: {last}");
+    }
     assert!(
         stdout.contains("placements/s"),
         "the human table comes first:\n{stdout}"
