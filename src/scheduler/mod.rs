@@ -123,15 +123,19 @@ pub struct EngineView {
 /// The class of an engine nobody classified (see [`EngineView::class`]).
 pub const UNCLASSED: u32 = u32::MAX;
 
+/// The label every engine carries with its own id unless its operator set one: `engine==<id>`
+/// pins a request to one engine, like Swarm's `node==`. It is also the one label that tells
+/// engines of a class apart.
+const ENGINE_LABEL: &str = "engine";
+
 impl EngineView {
     pub fn new(spec: &EngineSpec, overcommit: f64) -> Self {
         let mut labels = spec.labels.clone();
-        // `engine==<id>` pins a request to one engine, like Swarm's `node==`.
-        if !labels
-            .iter()
-            .any(|l| l == "engine" || l.starts_with("engine="))
-        {
-            labels.push(format!("engine={}", spec.id));
+        if !labels.iter().any(|l| {
+            l.strip_prefix(ENGINE_LABEL)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        }) {
+            labels.push(format!("{ENGINE_LABEL}={}", spec.id));
         }
         EngineView {
             id: spec.id.clone(),
@@ -356,8 +360,8 @@ pub const MAX_CLASSES: u32 = 4096;
 
 impl ClassMemo {
     fn matches(&mut self, c: &Constraint, k: usize, e: &EngineView) -> bool {
-        // `engine` tells engines of one class apart: never decided per class.
-        if k >= 32 || e.class >= MAX_CLASSES || c.key == "engine" {
+        // The engine label tells engines of one class apart: never decided per class.
+        if k >= 32 || e.class >= MAX_CLASSES || c.key == ENGINE_LABEL {
             return c.matches(&e.labels);
         }
         let class = e.class as usize;
