@@ -68,26 +68,35 @@ impl Keys {
         self.root.trim_end_matches('/')
     }
 
+    /// `<root><kind><id>`: built once per key on the leader's hot path, so without `format!`.
+    fn join(&self, kind: &str, id: &str) -> String {
+        let mut key = String::with_capacity(self.root.len() + kind.len() + id.len());
+        key.push_str(&self.root);
+        key.push_str(kind);
+        key.push_str(id);
+        key
+    }
+
     pub fn engines(&self) -> String {
         format!("{}engines/", self.root)
     }
     pub fn engine(&self, id: &EngineId) -> String {
-        format!("{}engines/{}", self.root, id)
+        self.join("engines/", id.as_str())
     }
     pub fn requests(&self) -> String {
         format!("{}requests/", self.root)
     }
     pub fn request(&self, id: &RequestId) -> String {
-        format!("{}requests/{}", self.root, id)
+        self.join("requests/", id.as_str())
     }
     pub fn decisions(&self) -> String {
         format!("{}decisions/", self.root)
     }
     pub fn decision(&self, id: &RequestId) -> String {
-        format!("{}decisions/{}", self.root, id)
+        self.join("decisions/", id.as_str())
     }
     pub fn health(&self, engine: &EngineId) -> String {
-        format!("{}health/{}", self.root, engine)
+        self.join("health/", engine.as_str())
     }
     pub fn healths(&self) -> String {
         format!("{}health/", self.root)
