@@ -54,6 +54,11 @@ pub const MAX_TXN_BYTES: usize = 1024 * 1024;
 /// Transactions in flight at once: etcd folds concurrent proposals into one raft entry and
 /// one fsync, so a few in flight multiply throughput.
 const MAX_IN_FLIGHT: usize = 8;
+/// Requests a round must decide before it is planned on scheduler threads. The threads are
+/// started per round: tens of microseconds each, and a dozen system calls, more than a round
+/// of one transaction's worth (127 at 1,000 engines: 0.2 to 0.4 ms) gains from a second core
+/// that etcd and the users' clients are busy with anyway.
+const PARALLEL_FROM: usize = 512;
 /// Work items planned per free pipeline slot: what one transaction holds when every placement
 /// lands on an engine of its own (at etcd's default of 128: the leader's fence and an engine
 /// compare each make 128 compares; a decision each, 127 operations). A round of exactly this
@@ -211,23 +216,24 @@ pub fn plan(
         .iter()
         .filter(|w| matches!(w, Work::Decide { .. }))
         .collect();
-    let proposals: Vec<Option<scheduler::Plan>> = if cfg.workers > 1 && decide.len() >= 64 {
-        let chunk = decide.len().div_ceil(cfg.workers);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = decide
-                .chunks(chunk)
-                .map(|c| {
-                    s.spawn(move || c.iter().map(|w| propose(w, frozen, cfg, sample)).collect())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|_| vec![None; chunk]))
-                .collect()
-        })
-    } else {
-        Vec::new()
-    };
+    let proposals: Vec<Option<scheduler::Plan>> =
+        if cfg.workers > 1 && decide.len() >= PARALLEL_FROM {
+            let chunk = decide.len().div_ceil(cfg.workers);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = decide
+                    .chunks(chunk)
+                    .map(|c| {
+                        s.spawn(move || c.iter().map(|w| propose(w, frozen, cfg, sample)).collect())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|_| vec![None; chunk]))
+                    .collect()
+            })
+        } else {
+            Vec::new()
+        };
     let mut proposals = proposals.into_iter();
 
     // Stage 2, in order: verify each proposal on the running view; re-plan what no longer fits.
