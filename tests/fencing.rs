@@ -1,5 +1,7 @@
 //! Invariant 3: only the current leader's writes commit. A leader whose lease is cut is deposed
 //! by etcd itself: its fenced transaction is refused even though it still holds its fence.
+//! And invariant 1 across a race with an operator: a placement on an engine changed since it
+//! was verified is refused too.
 
 use std::time::Duration;
 
@@ -23,12 +25,24 @@ fn placement_fenced(
     decision_fence: Option<i64>,
     by: &str,
 ) -> Item {
-    let engine = EngineId::new("e1").unwrap();
+    placement_on(id, request_revision, decision_fence, by, "e1", 2)
+}
+
+/// A placement of `id` on `engine`, verified on the engine key as of `engine_revision`.
+fn placement_on(
+    id: &RequestId,
+    request_revision: i64,
+    decision_fence: Option<i64>,
+    by: &str,
+    engine: &str,
+    engine_revision: i64,
+) -> Item {
+    let engine = EngineId::new(engine).unwrap();
     Item::Place {
         id: id.clone(),
         decision_fence,
         engine: engine.clone(),
-        engine_revision: 2,
+        engine_revision,
         held: Held {
             cpus: Millicpus(100),
             memory: MemoryMb(10),
@@ -150,5 +164,100 @@ async fn deposed_leader_cannot_commit() {
     .await
     .unwrap();
     assert!(matches!(again, Commit::Conflict(_)), "{again:?}");
+    drop(etcd);
+}
+
+/// Invariant 1 across a race: an engine an operator changes (shrinks) after the leader verified
+/// a placement on it, and before the placement commits, fails the transaction instead of being
+/// overcommitted. Both forms of the guard: a compare per engine placed on, and one compare over
+/// the whole engines prefix when the cluster is no bigger than the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_changed_in_flight_refuses_the_placement() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let client = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect");
+    let keys = Keys::default();
+    let mut kv = client.kv_client();
+    let mut revisions = Vec::new();
+    for e in ["e1", "e2", "e3"] {
+        let id = EngineId::new(e).unwrap();
+        let put = kv
+            .put(keys.engine(&id), r#"{"cpus":4,"memory":1000}"#, None)
+            .await
+            .unwrap();
+        revisions.push(put.header().unwrap().revision());
+    }
+    let (_tx, mut shutdown) = watch::channel(false);
+    let lease = Lease::grant(&client, 5).await.unwrap();
+    let leader = election::campaign(&client, &keys, "a", "", &lease, &mut shutdown)
+        .await
+        .expect("elected");
+    let shrink = |e: &str| {
+        let (mut kv, key) = (kv.clone(), keys.engine(&EngineId::new(e).unwrap()));
+        async move {
+            kv.put(key, r#"{"cpus":0.05,"memory":5}"#, None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision()
+        }
+    };
+    let batch = |items: Vec<Item>, newest: i64| {
+        let mut batches = manager::batches(
+            items,
+            &keys,
+            manager::EngineFence { count: 3, newest },
+            manager::MAX_TXN_OPS,
+        );
+        assert_eq!(batches.len(), 1);
+        batches.pop().expect("one batch")
+    };
+    let decided = |id: RequestId| {
+        let (mut kv, key) = (kv.clone(), keys.decision(&id));
+        async move { !kv.get(key, None).await.unwrap().kvs().is_empty() }
+    };
+
+    // One engine of three placed on: its own compare.
+    let r1 = RequestId::new("r1").unwrap();
+    let on_e1 = |rev| batch(vec![placement_on(&r1, 1, None, "a", "e1", rev)], rev);
+    let verified = on_e1(revisions[0]);
+    let e1_now = shrink("e1").await;
+    let refused = manager::commit(&client, &leader.fence, &verified)
+        .await
+        .unwrap();
+    assert!(matches!(refused, Commit::Conflict(_)), "{refused:?}");
+    assert!(!decided(r1.clone()).await, "placed on a shrunk engine");
+    // Verified again on the engine as it is now, it commits.
+    let done = manager::commit(&client, &leader.fence, &on_e1(e1_now))
+        .await
+        .unwrap();
+    assert!(matches!(done, Commit::Done(_)), "{done:?}");
+
+    // Every engine placed on: one compare over the prefix, which any engine's change fails.
+    let ids: Vec<RequestId> = (2..5)
+        .map(|i| RequestId::new(format!("r{i}")).unwrap())
+        .collect();
+    let current = [e1_now, revisions[1], revisions[2]];
+    let verified = batch(
+        ids.iter()
+            .zip(["e1", "e2", "e3"])
+            .zip(current)
+            .map(|((id, e), rev)| placement_on(id, 1, None, "a", e, rev))
+            .collect(),
+        e1_now,
+    );
+    shrink("e3").await;
+    let refused = manager::commit(&client, &leader.fence, &verified)
+        .await
+        .unwrap();
+    assert!(matches!(refused, Commit::Conflict(_)), "{refused:?}");
+    for id in ids {
+        assert!(
+            !decided(id.clone()).await,
+            "{id} placed beside a shrunk engine"
+        );
+    }
     drop(etcd);
 }
