@@ -81,13 +81,18 @@ fn one(keys: &Keys, item: Item) -> manager::Batch {
     .expect("one batch")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deposed_leader_cannot_commit() {
+/// A fresh etcd, a client of it, and the default keys.
+async fn etcd() -> (EtcdProcess, Client, Keys) {
     let etcd = EtcdProcess::start().await.expect("start etcd");
     let client = Client::connect([etcd.endpoint()], None)
         .await
         .expect("connect");
-    let keys = Keys::default();
+    (etcd, client, Keys::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposed_leader_cannot_commit() {
+    let (etcd, client, keys) = etcd().await;
     let mut kv = client.kv_client();
     kv.put("/citadel/engines/e1", r#"{"cpus":4,"memory":1000}"#, None)
         .await
@@ -173,11 +178,7 @@ async fn deposed_leader_cannot_commit() {
 /// the whole engines prefix when the cluster is no bigger than the batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_changed_in_flight_refuses_the_placement() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
-    let keys = Keys::default();
+    let (etcd, client, keys) = etcd().await;
     let mut kv = client.kv_client();
     let mut revisions = Vec::new();
     for e in ["e1", "e2", "e3"] {
