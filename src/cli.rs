@@ -66,6 +66,24 @@ pub enum Command {
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
+    /// Check the invariants on etcd's contents: no engine over capacity, no host port bound
+    /// twice, one current decision per request, none without its request, no placement on a
+    /// missing engine. Exits 1 if anything is found.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The controllers' --overcommit: capacity is multiplied by it.
+    #[arg(long, default_value_t = 1.0)]
+    pub overcommit: f64,
+    /// On a live cluster requests wait for their decision for a moment: look again for up to
+    /// this many seconds before reporting what is still unsettled (0: report the first look).
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
+    /// Output format.
+    #[arg(short = 'o', long = "output", default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]
@@ -164,10 +182,12 @@ pub enum EngineCommand {
     Ls,
     /// What one engine holds: every request reserved on it, with its cpus, memory and ports.
     Show { id: String },
-    /// Remove an engine.
+    /// Remove an engine: refused while placements hold resources on it. It is cordoned first
+    /// (no placement can land meanwhile), checked, then deleted in one transaction.
     Rm {
         id: String,
-        /// Remove it even though placements still hold resources on it.
+        /// Remove it even though placements hold resources on it: the leader then places its
+        /// services elsewhere and marks the rest lost.
         #[arg(long)]
         force: bool,
     },
@@ -198,6 +218,10 @@ pub struct EngineAddArgs {
     pub tls_cert: Option<String>,
     #[arg(long)]
     pub tls_key: Option<String>,
+    /// Register it even with less capacity than its placements hold: the leader then moves its
+    /// newest placements until the rest fit.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +250,8 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     NotPlaced(String),
+    #[error("check: {0} finding(s)")]
+    Findings(usize),
 }
 
 impl CliError {
@@ -287,6 +313,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Submit(a) => submit(&client, &keys, a).await,
                 Command::Status { id } => status(&client, &keys, &id).await,
                 Command::Release { id } => release(&client, &keys, &id).await,
+                Command::Check(a) => check(&client, &keys, a).await,
                 Command::Profile { image } => {
                     println!(
                         "{}",
@@ -435,11 +462,69 @@ async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<()
         tls_ca: a.tls_ca,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
+        cordoned: false,
     };
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
-    EngineSpec::parse(&id, &value).map_err(|e| CliError::Usage(format!("engine {id}: {e}")))?;
+    let spec =
+        EngineSpec::parse(&id, &value).map_err(|e| CliError::Usage(format!("engine {id}: {e}")))?;
+    let key = keys.engine(&id);
     let mut kv = client.kv_client();
-    timed(kv.put(keys.engine(&id), value, None)).await?;
+    let got = timed(kv.get(key.as_str(), None)).await?;
+    let put_if = |rev: i64, value: Vec<u8>| {
+        Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::put(key.as_str(), value, None)])
+    };
+    let changed = || CliError::Usage(format!("engine {id} changed meanwhile; try again"));
+    let Some(current) = got.kvs().first() else {
+        // New: nothing can be placed on it before it exists.
+        if !timed(kv.txn(put_if(0, value))).await?.succeeded() {
+            return Err(changed());
+        }
+        println!(
+            "engine {id} registered: {} cpus, {} MB",
+            trim(cpus),
+            trim(memory)
+        );
+        return Ok(());
+    };
+    let was: Engine = serde_json::from_slice(current.value()).unwrap_or_default();
+    // An operator's cordon outlives a change of capacity or labels.
+    let mut wire = wire;
+    wire.cordoned = was.cordoned;
+    let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
+    if a.force {
+        if !timed(kv.txn(put_if(current.mod_revision(), value)))
+            .await?
+            .succeeded()
+        {
+            return Err(changed());
+        }
+    } else {
+        let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
+        let cache = Cache::new(keys.clone(), 1.0);
+        cache.load(client).await?;
+        let held = cache.lock().usage(&id);
+        if held.cpus > spec.cpus || held.memory > spec.memory {
+            still.release(client).await?;
+            return Err(CliError::Usage(format!(
+                "engine {id}: its {} placement(s) hold {} cpus and {} MB, more than {} cpus and {} MB; \
+                 release some first, or use --force (the leader then moves its newest placements)",
+                held.count,
+                trim(held.cpus.as_cpus()),
+                held.memory.0,
+                trim(spec.cpus.as_cpus()),
+                spec.memory.0
+            )));
+        }
+        if !timed(kv.txn(put_if(still.at, value))).await?.succeeded() {
+            return Err(changed());
+        }
+    }
     println!(
         "engine {id} registered: {} cpus, {} MB",
         trim(cpus),
@@ -448,25 +533,111 @@ async fn engine_add(client: &Client, keys: &Keys, a: EngineAddArgs) -> Result<()
     Ok(())
 }
 
+/// An engine held still while a command checks what it holds: cordoned (unless it already
+/// was), so that nothing new can land on it. Every placement the leader verified on the engine
+/// as it was fails its compare on the engine key, and a cordoned engine takes no new one: what
+/// it holds once the cordon is written is all it will hold until the command is done.
+struct Still {
+    key: String,
+    original: Vec<u8>,
+    /// The engine key's mod revision with the cordon.
+    at: i64,
+    /// Cordoned by this command (not by an operator before it).
+    ours: bool,
+}
+
+impl Still {
+    async fn hold(client: &Client, key: &str, value: &[u8], seen: i64) -> Result<Still, CliError> {
+        let mut wire: Engine = serde_json::from_slice(value)
+            .map_err(|e| CliError::Usage(format!("{key}: unreadable: {e}")))?;
+        if wire.cordoned {
+            return Ok(Still {
+                key: key.to_string(),
+                original: value.to_vec(),
+                at: seen,
+                ours: false,
+            });
+        }
+        wire.cordoned = true;
+        let cordon = Txn::new()
+            .when(vec![Compare::mod_revision(key, CompareOp::Equal, seen)])
+            .and_then(vec![TxnOp::put(
+                key,
+                serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?,
+                None,
+            )]);
+        let resp = timed(client.kv_client().txn(cordon)).await?;
+        if !resp.succeeded() {
+            return Err(CliError::Usage(format!(
+                "{key} changed meanwhile; try again"
+            )));
+        }
+        Ok(Still {
+            key: key.to_string(),
+            original: value.to_vec(),
+            at: resp.header().map_or(seen, |h| h.revision()),
+            ours: true,
+        })
+    }
+
+    /// Puts the engine back as it was, unless someone changed it meanwhile.
+    async fn release(self, client: &Client) -> Result<(), CliError> {
+        if self.ours {
+            let undo = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    self.at,
+                )])
+                .and_then(vec![TxnOp::put(self.key.as_str(), self.original, None)]);
+            timed(client.kv_client().txn(undo)).await?;
+        }
+        Ok(())
+    }
+}
+
 async fn engine_rm(client: &Client, keys: &Keys, id: &str, force: bool) -> Result<(), CliError> {
     let id = engine_id(id)?;
-    let held = if force {
-        0
-    } else {
-        let cache = Cache::new(keys.clone(), 1.0);
-        cache.load(client).await?;
-        cache.lock().held_on(&id).len()
+    let key = keys.engine(&id);
+    let mut kv = client.kv_client();
+    let got = timed(kv.get(key.as_str(), None)).await?;
+    let Some(current) = got.kvs().first() else {
+        return Err(CliError::Usage(format!("engine {id} is not registered")));
     };
+    let delete_if = |rev: i64| {
+        Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)])
+    };
+    let changed = || CliError::Usage(format!("engine {id} changed meanwhile; try again"));
+    if force {
+        if !timed(kv.txn(delete_if(current.mod_revision())))
+            .await?
+            .succeeded()
+        {
+            return Err(changed());
+        }
+        println!(
+            "engine {id} removed (the leader places its services elsewhere and marks the rest lost)"
+        );
+        return Ok(());
+    }
+    let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let held = cache.lock().held_on(&id).len();
     if held > 0 {
+        still.release(client).await?;
         return Err(CliError::Usage(format!(
             "engine {id} still holds {held} reservation(s); release them first or use --force"
         )));
     }
-    let deleted = timed(client.kv_client().delete(keys.engine(&id), None))
-        .await?
-        .deleted();
-    if deleted == 0 {
-        return Err(CliError::Usage(format!("engine {id} is not registered")));
+    if !timed(kv.txn(delete_if(still.at))).await?.succeeded() {
+        return Err(changed());
     }
     println!("engine {id} removed");
     Ok(())
@@ -581,6 +752,56 @@ fn trim(v: f64) -> String {
     let v = if v.abs() < 0.0005 { 0.0 } else { v };
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<(), CliError> {
+    if !(a.overcommit.is_finite() && a.overcommit > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--overcommit {}: expected a number greater than 0",
+            a.overcommit
+        )));
+    }
+    let settle = Duration::try_from_secs_f64(a.settle.max(0.0))
+        .map_err(|e| CliError::Usage(format!("--settle {}: {e}", a.settle)))?;
+    let deadline = tokio::time::Instant::now() + settle;
+    let report = loop {
+        let report = crate::invariants::check_etcd(client, keys, a.overcommit).await?;
+        let clean = report.violations() + report.unsettled() == 0;
+        if clean || tokio::time::Instant::now() >= deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let findings = report.findings();
+    if a.output == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
+        );
+    } else {
+        println!(
+            "revision {}: {} engines, {} requests, {} decisions ({} placed, {} unschedulable, {} invalid, {} pending, {} ended)",
+            report.revision,
+            report.engines,
+            report.requests,
+            report.decided,
+            report.placed,
+            report.unschedulable,
+            report.invalid,
+            report.pending,
+            report.ended
+        );
+        if findings.is_empty() {
+            println!("ok: no engine over capacity, no port bound twice, every request decided");
+        }
+        for (kind, detail) in &findings {
+            println!("{kind}: {detail}");
+        }
+    }
+    match findings.len() {
+        0 => Ok(()),
+        n => Err(CliError::Findings(n)),
+    }
 }
 
 async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {

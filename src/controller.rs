@@ -7,10 +7,13 @@
 //! On shutdown the replica revokes its lease, which deletes its campaign key: if it led, the next
 //! replica in line is elected at once instead of after the lease's TTL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use etcd_client::Client;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::cache::{Cache, HealthPolicy, stopping};
@@ -56,16 +59,22 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
     };
     let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
     cache.lock().set_policy(cfg.policy);
-    let watcher = tokio::spawn(
-        cache
-            .clone()
-            .run(client.clone(), shutdown.clone())
+    let mut watcher = Watcher::start(&cache, &client, &shutdown);
+    let candidates = tokio::spawn(
+        election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
             .in_current_span(),
     );
     let manager = Manager::new(client.clone(), cache.clone(), cfg.manager.clone());
     let mut delays = store::backoff().without_max_times().build();
 
     while !stopping(&shutdown) {
+        if watcher.died() {
+            // Never campaign, nor lead, on a cache that no longer follows etcd.
+            let d = delays.next().unwrap_or(Duration::from_secs(5));
+            sleep_or_shutdown(d, &mut shutdown).await;
+            watcher = Watcher::start(&cache, &client, &shutdown);
+            continue;
+        }
         let lease = match Lease::grant(&client, cfg.lease_ttl).await {
             Ok(l) => l,
             Err(e) => {
@@ -80,15 +89,13 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
             ttl = lease.ttl,
             "campaigning"
         );
-        let won = election::campaign(
-            &client,
-            &cfg.keys,
-            &replica,
-            &cfg.addr,
-            &lease,
-            &mut shutdown,
-        )
-        .await;
+        let won = tokio::select! {
+            won = election::campaign(&client, &cfg.keys, &replica, &cfg.addr, &lease, &mut shutdown) => won,
+            _ = watcher.wait_dead() => {
+                lease.revoke(&client).await;
+                continue;
+            }
+        };
         match won {
             Ok(leadership) => {
                 delays = store::backoff().without_max_times().build();
@@ -97,22 +104,29 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
                     fence = leadership.fence.rev,
                     "elected leader"
                 );
-                let lead = manager.lead(&leadership, &lease, &mut shutdown);
-                let why = match &cfg.docker {
-                    None => lead.await,
-                    Some(rc) => {
-                        // The runner lives exactly as long as this leadership.
-                        let runner = Runner::new(
-                            client.clone(),
-                            cache.clone(),
-                            leadership.fence.clone(),
-                            rc.clone(),
-                        );
-                        tokio::select! {
-                            why = lead => why,
-                            _ = runner.run() => StepDown::Shutdown,
+                let lead = async {
+                    let lead = manager.lead(&leadership, &lease, &mut shutdown);
+                    match &cfg.docker {
+                        None => lead.await,
+                        Some(rc) => {
+                            // The runner lives exactly as long as this leadership; it returns
+                            // only when etcd refused its fence.
+                            let runner = Runner::new(
+                                client.clone(),
+                                cache.clone(),
+                                leadership.fence.clone(),
+                                rc.clone(),
+                            );
+                            tokio::select! {
+                                why = lead => why,
+                                _ = runner.run() => StepDown::Fenced,
+                            }
                         }
                     }
+                };
+                let why = tokio::select! {
+                    why = lead => why,
+                    _ = watcher.wait_dead() => StepDown::WatcherDied,
                 };
                 match why {
                     StepDown::Shutdown => tracing::info!("resigning: shutting down"),
@@ -129,8 +143,63 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
             }
         }
     }
-    let _ = watcher.await;
+    watcher.stop().await;
+    if let Err(e) = candidates.await {
+        tracing::error!(error = %e, "the election watch task failed");
+    }
     tracing::info!("stopped");
+}
+
+/// The cache's watch task, supervised: a task that ends before shutdown (it panicked) is
+/// noticed at once, so the replica steps down instead of leading on a frozen view.
+struct Watcher {
+    /// `None` once it has ended and been awaited.
+    task: Option<JoinHandle<()>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Watcher {
+    fn start(cache: &Arc<Cache>, client: &Client, shutdown: &watch::Receiver<bool>) -> Watcher {
+        let task = tokio::spawn(
+            cache
+                .clone()
+                .run(client.clone(), shutdown.clone())
+                .in_current_span(),
+        );
+        Watcher {
+            task: Some(task),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    /// Whether the task ended although nobody asked it to.
+    fn died(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished()) && !stopping(&self.shutdown)
+    }
+
+    /// Resolves once the task has ended before shutdown, logging why; pends forever otherwise.
+    async fn wait_dead(&mut self) {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = task.await;
+        self.task = None;
+        if stopping(&self.shutdown) {
+            return std::future::pending().await;
+        }
+        match ended {
+            Err(e) => tracing::error!(error = %e, "the cache's watch task failed; restarting it"),
+            Ok(()) => tracing::error!("the cache's watch task ended; restarting it"),
+        }
+    }
+
+    async fn stop(self) {
+        if let Some(task) = self.task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the cache's watch task failed");
+        }
+    }
 }
 
 async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {

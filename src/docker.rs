@@ -304,25 +304,10 @@ fn env(vars: &BTreeMap<String, String>) -> Vec<String> {
     vars.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// A seed port as a binding. A container port of 0 means "the same as the host port".
+/// A seed port as a binding (checked by [`model::launch`] when the request was parsed).
 fn binding(p: &model::Port) -> Result<Binding, String> {
-    let proto = match p.proto.trim().to_ascii_lowercase().as_str() {
-        "" | "tcp" => "tcp",
-        "udp" => "udp",
-        "sctp" => "sctp",
-        other => return Err(format!("proto {other:?} is not tcp, udp or sctp")),
-    };
-    let port = |what: &str, v: i64| {
-        u16::try_from(v).map_err(|_| format!("{what} {v} is not a port (0-65535)"))
-    };
-    let host_port = port("port", p.port)?;
-    let container_port = match port("container_port", p.container_port)? {
-        0 => host_port,
-        n => n,
-    };
-    if container_port == 0 {
-        return Err("neither port nor container_port is set".into());
-    }
+    let proto = p.checked_proto()?;
+    let (host_port, container_port) = p.checked_ports()?;
     Ok(Binding {
         container_port,
         proto: proto.to_string(),
@@ -331,30 +316,16 @@ fn binding(p: &model::Port) -> Result<Binding, String> {
     })
 }
 
-/// The seed's policy as Docker's; an empty name sets none (Docker's default, `no`).
+/// The seed's policy as Docker's (checked by [`model::launch`] when the request was parsed).
 fn restart_policy(p: &model::RestartPolicy) -> Result<Option<RestartPolicy>, String> {
-    let name = match p.name.trim() {
-        "" => return Ok(None),
-        "no" => RestartPolicyNameEnum::NO,
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        other => {
-            return Err(format!(
-                "{other:?} is not no, always, unless-stopped or on-failure"
-            ));
-        }
-    };
-    if p.maximum_retry_count < 0 {
-        return Err(format!(
-            "maximum_retry {} is negative",
-            p.maximum_retry_count
-        ));
-    }
-    let retries = (name == RestartPolicyNameEnum::ON_FAILURE && p.maximum_retry_count > 0)
-        .then_some(p.maximum_retry_count);
-    Ok(Some(RestartPolicy {
-        name: Some(name),
+    use model::launch::RestartName;
+    Ok(p.checked()?.map(|(name, retries)| RestartPolicy {
+        name: Some(match name {
+            RestartName::No => RestartPolicyNameEnum::NO,
+            RestartName::Always => RestartPolicyNameEnum::ALWAYS,
+            RestartName::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+            RestartName::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        }),
         maximum_retry_count: retries,
     }))
 }
@@ -658,7 +629,10 @@ pub async fn launch(docker: &Docker, spec: &LaunchSpec) -> Result<Running, Docke
 /// what Docker allows in a name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`). A fixed name makes creation
 /// atomic: a second launcher racing the first (a leader killed mid-launch, its successor) gets
 /// a name conflict and adopts the container, instead of starting a twin. An id that had to be
-/// changed to fit gets a hash of the original, so two ids never share a name.
+/// changed to fit gets a hash of the original, so two ids never share a name: FNV-1a (64 bits,
+/// offset basis 0xcbf29ce484222325, prime 0x100000001b3) over the id's UTF-8 bytes, its low 32
+/// bits in hex. Fixed here rather than Rust's `DefaultHasher`, whose output may change between
+/// releases: a leader built by another compiler must find the same name.
 pub fn default_name(request_id: &str) -> String {
     let mut name = String::from("citadel-");
     let mut changed = false;
@@ -671,10 +645,7 @@ pub fn default_name(request_id: &str) -> String {
         }
     }
     if changed || request_id.chars().count() > 200 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        request_id.hash(&mut h);
-        name.push_str(&format!("-{:08x}", h.finish() as u32));
+        name.push_str(&format!("-{:08x}", model::fnv1a(request_id) as u32));
     }
     name
 }
@@ -1184,6 +1155,8 @@ mod tests {
         let odd = default_name("a b:c");
         assert!(odd.starts_with("citadel-a-b-c-"), "{odd}");
         assert_ne!(default_name("a b"), default_name("a:b"));
+        // The documented hash, pinned: FNV-1a of "a b" is 0x…04833892.
+        assert_eq!(default_name("a b"), "citadel-a-b-04833892");
         assert!(
             default_name(&"x".repeat(253))
                 .chars()

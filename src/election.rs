@@ -5,15 +5,18 @@
 //! the leader stops writing at once. Leadership is the campaign key: every leader write compares
 //! that key's create revision ([`Fence`]), so a deposed leader's writes are refused by etcd itself.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::Cache;
 use crate::keys::Keys;
 use crate::model::{LeaderInfo, now_rfc3339};
-use crate::store::CALL_TIMEOUT;
+use crate::store::{self, CALL_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -174,4 +177,85 @@ pub async fn campaign(
         value,
         elected_at,
     })
+}
+
+/// How often every replica looks at the election's keys for ones that block it.
+const CANDIDATES_EVERY: Duration = Duration::from_secs(2);
+/// A lease this far from expiry that nobody renews is reported: shorter ones end soon anyway.
+const REPORT_LEFT_SECS: i64 = 10;
+
+/// Watches the election's keys, on every replica, for the two that block every election:
+///
+/// - a key without a lease (`etcdctl put …/leader/x …` by hand). etcd's election API always
+///   attaches its candidate's lease, so such a key is never a candidate; yet every campaign
+///   waits behind it forever. It is deleted, with a compare on its create revision and on its
+///   lack of a lease, and the deletion is logged.
+/// - the leading key held by a lease nobody renews (a replica killed with a long
+///   `--lease-ttl`, or a lease granted by hand): nobody can lead until it expires. It is
+///   reported with its remaining time and the command that ends it now; not revoked, since a
+///   lease may be someone's who is only slow.
+///
+/// A replica's own keep-alive renews its lease every third of its TTL, so a renewed lease
+/// never has less than about two thirds of it left.
+pub async fn watch_candidates(
+    client: Client,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let keys = cache.keys().clone();
+    let mut reported: HashSet<i64> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CANDIDATES_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let candidates = cache.lock().leader_keys();
+        for (suffix, k) in candidates.iter().filter(|(_, k)| k.lease == 0) {
+            let key = format!("{}/{suffix}", keys.leader());
+            tracing::error!(key = %key, create_revision = k.create_revision,
+                "an election key without a lease blocks every election: deleting it (etcd's election API never writes one)");
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(key.clone(), CompareOp::Equal, k.create_revision),
+                    Compare::lease(key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then(vec![TxnOp::delete(key.clone(), None)]);
+            match store::timed(client.kv_client().txn(txn)).await {
+                Ok(r) if r.succeeded() => {
+                    tracing::warn!(key = %key, "deleted the election key without a lease")
+                }
+                Ok(_) => {} // changed or gone meanwhile
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot delete the election key without a lease")
+                }
+            }
+        }
+        let Some((suffix, leading)) = candidates.iter().find(|(_, k)| k.lease != 0) else {
+            continue;
+        };
+        if reported.contains(&leading.lease) {
+            continue;
+        }
+        let Ok(ttl) = store::timed(client.lease_client().time_to_live(leading.lease, None)).await
+        else {
+            continue;
+        };
+        let (left, granted) = (ttl.ttl(), ttl.granted_ttl());
+        if left > REPORT_LEFT_SECS && left < granted * 2 / 3 - 1 {
+            reported.insert(leading.lease);
+            let holder = leading
+                .info
+                .as_ref()
+                .map_or("(not a citadel replica)".to_string(), |i| i.id.clone());
+            tracing::error!(
+                key = %format!("{}/{suffix}", keys.leader()),
+                holder = %holder,
+                lease = %format!("{:x}", leading.lease),
+                expires_in_s = left,
+                granted_ttl_s = granted,
+                fix = %format!("etcdctl lease revoke {:x}", leading.lease),
+                "the leading election key's lease is not renewed: no replica can lead until it expires"
+            );
+        }
+    }
 }

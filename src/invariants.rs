@@ -1,21 +1,29 @@
-//! The invariants of DESIGN.md, checked from etcd's own contents (tests and benchmarks use this).
+//! The invariants, checked from etcd's own contents (`citadel check`, the tests and the bench).
 //!
 //! 1. No engine's reservations exceed its capacity (times the overcommit factor), and no host
 //!    port is reserved twice on one engine.
 //! 2. A placed decision holds exactly one reservation (inside it), on the engine it names, and
 //!    no other decision holds one.
+//!
+//! And what a settled cluster shows, which a live one passes through for a moment: every
+//! request has a decision for its current revision, no decision outlives its request, and no
+//! placement names an engine that is not registered (the leader moves those).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::Client;
+use serde::Serialize;
 
 use crate::keys::{Key, Keys};
 use crate::model::{Decision, EngineSpec, HostPort, MemoryMb, Millicpus, Status};
 use crate::store::{self, StoreError};
 
 /// What the check found. Empty lists everywhere mean the invariants hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// etcd's revision the check read.
+    pub revision: i64,
+    pub engines: usize,
     pub requests: usize,
     pub decided: usize,
     pub placed: usize,
@@ -31,11 +39,40 @@ pub struct Report {
     pub double_bound_ports: Vec<String>,
     /// Placed decisions without a reservation on a named engine, and other decisions with one.
     pub mismatched: Vec<String>,
+    /// Requests without a decision for their current revision (or only a `pending` one).
+    pub undecided: Vec<String>,
+    /// Decisions whose request is gone.
+    pub without_request: Vec<String>,
+    /// Placements on an engine that is not registered.
+    pub on_missing_engines: Vec<String>,
 }
 
 impl Report {
+    /// Broken invariants: never true for a moment, whatever the load.
     pub fn violations(&self) -> usize {
         self.overcommitted_engines.len() + self.double_bound_ports.len() + self.mismatched.len()
+    }
+
+    /// What a settled cluster never shows, and a busy one may for a moment: requests waiting
+    /// for their decision, decisions waiting to be released, placements waiting to move.
+    pub fn unsettled(&self) -> usize {
+        self.undecided.len() + self.without_request.len() + self.on_missing_engines.len()
+    }
+
+    /// Every finding, as `(kind, detail)`, broken invariants first.
+    pub fn findings(&self) -> Vec<(&'static str, &str)> {
+        let lists: [(&'static str, &Vec<String>); 6] = [
+            ("overcommitted", &self.overcommitted_engines),
+            ("port bound twice", &self.double_bound_ports),
+            ("reservation mismatch", &self.mismatched),
+            ("undecided", &self.undecided),
+            ("decision without request", &self.without_request),
+            ("on a missing engine", &self.on_missing_engines),
+        ];
+        lists
+            .into_iter()
+            .flat_map(|(kind, list)| list.iter().map(move |d| (kind, d.as_str())))
+            .collect()
     }
 }
 
@@ -45,31 +82,40 @@ pub async fn check_etcd(
     keys: &Keys,
     overcommit: f64,
 ) -> Result<Report, StoreError> {
-    let (kvs, _) = store::range_all(client, keys.root(), 5_000).await?;
-    Ok(check(
+    let (kvs, revision) = store::range_all(client, keys.root(), 5_000).await?;
+    let mut report = check(
         keys,
-        kvs.iter().map(|kv| (kv.key(), kv.value())),
+        kvs.iter()
+            .map(|kv| (kv.key(), kv.value(), kv.mod_revision())),
         overcommit,
-    ))
+    );
+    report.revision = revision;
+    Ok(report)
 }
 
-/// Checks a set of `(key, value)` pairs as read from etcd at one revision.
+/// Checks a set of `(key, value, mod revision)` as read from etcd at one revision.
 pub fn check<'a>(
     keys: &Keys,
-    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64)>,
     overcommit: f64,
 ) -> Report {
     let mut report = Report::default();
     let mut engines = BTreeMap::new();
+    let mut registered = BTreeSet::new();
+    let mut requests = BTreeMap::new();
     let mut decisions = BTreeMap::new();
-    for (key, value) in kvs {
+    for (key, value, mod_revision) in kvs {
         match keys.parse(key) {
             Some(Key::Engine(id)) => {
+                registered.insert(id.to_string());
                 if let Ok(spec) = EngineSpec::parse(&id, value) {
                     engines.insert(id.to_string(), spec);
                 }
             }
-            Some(Key::Request(_)) => report.requests += 1,
+            Some(Key::Request(id)) => {
+                report.requests += 1;
+                requests.insert(id.to_string(), mod_revision);
+            }
             Some(Key::Decision(id)) => match serde_json::from_slice::<Decision>(value) {
                 Ok(d) => {
                     decisions.insert(id.to_string(), d);
@@ -82,6 +128,27 @@ pub fn check<'a>(
         }
     }
     report.decided = decisions.len();
+    report.engines = registered.len();
+    for (id, rev) in &requests {
+        match decisions.get(id) {
+            None => report.undecided.push(format!("{id}: no decision")),
+            Some(d) if d.request_revision != *rev => report.undecided.push(format!(
+                "{id}: the decision is for revision {}, the request is at {rev}",
+                d.request_revision
+            )),
+            Some(d) if d.status == Status::Pending => report
+                .undecided
+                .push(format!("{id}: pending: {}", d.reason)),
+            Some(_) => {}
+        }
+    }
+    for id in decisions.keys() {
+        if !requests.contains_key(id) {
+            report
+                .without_request
+                .push(format!("{id}: its request does not exist"));
+        }
+    }
     let mut used: BTreeMap<&str, (Millicpus, MemoryMb, BTreeMap<HostPort, usize>)> =
         BTreeMap::new();
     for (id, d) in &decisions {
@@ -94,6 +161,14 @@ pub fn check<'a>(
             Status::Failed | Status::Exited | Status::Lost => report.ended += 1,
         }
         let engine = d.resource.as_ref().map(|r| r.id.as_str());
+        if let (Some(_), Some(engine)) = (&d.reservation, engine)
+            && !registered.contains(engine)
+        {
+            report.on_missing_engines.push(format!(
+                "{id}: {} on {engine}, which is not registered",
+                d.status
+            ));
+        }
         match (&d.reservation, engine) {
             (Some(r), Some(engine)) => {
                 if !placed {
@@ -152,7 +227,7 @@ mod tests {
     fn run(pairs: &[(&str, &str)]) -> Report {
         check(
             &Keys::default(),
-            pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes(), 1)),
             1.0,
         )
     }
@@ -215,5 +290,56 @@ mod tests {
                 "{want}: {report:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_unsettled_cluster_names_what_waits() {
+        let report = check(
+            &Keys::default(),
+            [
+                (ENGINE.0.as_bytes(), ENGINE.1.as_bytes(), 2),
+                (&b"/citadel/requests/current"[..], &b"{}"[..], 1),
+                (&b"/citadel/requests/rewritten"[..], &b"{}"[..], 9),
+                (&b"/citadel/requests/waiting"[..], &b"{}"[..], 4),
+            ]
+            .into_iter()
+            .chain(
+                [
+                    decision("current", "placed", Some((0.1, 80))),
+                    decision("rewritten", "unschedulable", None),
+                    decision("gone", "invalid", None),
+                ]
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes(), 5)),
+            )
+            .chain([(
+                &b"/citadel/decisions/elsewhere"[..],
+                &br#"{"container":{},"resource":{"id":"e9","addr":"","total_cpus":1,"total_memory":1},"reservation":{"cpus":0.1,"memory":1},"status":"placed","request_revision":1,"decided_at":"","decided_by":""}"#[..],
+                6,
+            )]),
+            1.0,
+        );
+        assert_eq!(report.violations(), 0, "{report:#?}");
+        assert_eq!(report.engines, 1);
+        assert_eq!(
+            report.undecided,
+            vec![
+                "rewritten: the decision is for revision 1, the request is at 9".to_string(),
+                "waiting: no decision".to_string(),
+            ]
+        );
+        assert_eq!(
+            report.without_request,
+            vec![
+                "elsewhere: its request does not exist".to_string(),
+                "gone: its request does not exist".to_string(),
+            ]
+        );
+        assert_eq!(
+            report.on_missing_engines,
+            vec!["elsewhere: placed on e9, which is not registered".to_string()]
+        );
+        assert_eq!(report.unsettled(), 5);
+        assert_eq!(report.findings().len(), 5);
     }
 }

@@ -15,6 +15,7 @@ pub mod dockerd_process;
 pub mod election;
 pub mod engine;
 pub mod etcd_process;
+pub mod fence;
 pub mod invariants;
 pub mod keys;
 pub mod manager;

@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod launch;
+
 /// Largest cpus a request or engine may name. Anything bigger is a typo or an attack.
 pub const MAX_CPUS: f64 = 1_000_000.0;
 /// Largest memory (MB) a request or engine may name: one exabyte.
@@ -19,6 +21,13 @@ pub const MAX_MEMORY_MB: f64 = 1_099_511_627_776.0;
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// etcd keys and DNS names agree on this bound; ids longer than this are refused.
 pub const MAX_ID_BYTES: usize = 253;
+/// Deepest nesting of arrays and objects in a request. Its decision echoes it, and common JSON
+/// readers stop far sooner than serde does (Python's `json` near 1,000 levels).
+pub const MAX_DEPTH: usize = 32;
+/// Most constraints (`labels`) one request may carry: each is checked against engine classes.
+pub const MAX_CONSTRAINTS: usize = 32;
+/// Longest constraint expression, in bytes.
+pub const MAX_CONSTRAINT_BYTES: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
 // Units
@@ -171,6 +180,7 @@ id_type!(
 
 /// A host port a container needs exclusively (`bind_ports`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Port {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proto: String,
@@ -187,6 +197,7 @@ fn is_zero_i64(v: &i64) -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -196,7 +207,11 @@ pub struct RestartPolicy {
 
 /// The seed's `Image`: what a user asks for. The seed's sample names the image `image` while the
 /// type says `name`: both are accepted. `cpus` and `memory` may be numbers or numeric strings.
+///
+/// Unknown fields are refused ([`REQUEST_FIELDS`]): a typo such as `"lables"` would otherwise
+/// place the request without its constraints. Free-form data goes in `user_data`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Image {
     #[serde(alias = "image", default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -230,8 +245,10 @@ pub struct Image {
     pub labels: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bind_ports: Vec<Port>,
+    /// Free-form data for whoever reads the decision: any JSON object (the seed's map of
+    /// string lists is one). citadel never reads it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub user_data: BTreeMap<String, Vec<String>>,
+    pub user_data: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -247,6 +264,63 @@ pub struct Image {
     /// Start the container once it is placed (the leader must run with `--docker`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub launch: bool,
+}
+
+/// Every field a request may carry (`image` is the seed sample's name for `name`).
+pub const REQUEST_FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "cpus",
+    "cpuset",
+    "memory",
+    "entrypoint",
+    "environment",
+    "hostname",
+    "domain",
+    "args",
+    "type",
+    "labels",
+    "bind_ports",
+    "user_data",
+    "volumes",
+    "links",
+    "restart_policy",
+    "publish",
+    "network_mode",
+    "container_name",
+    "launch",
+];
+
+/// The known field a misspelt one was probably meant to be: at most two edits away (a swap of
+/// two neighbours counts as one), `lables` → `labels`, `cpu` → `cpus`.
+pub fn did_you_mean<'a>(field: &str, known: &[&'a str]) -> Option<&'a str> {
+    let field = field.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(&field, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// What happens to a request's container when it is done or its engine goes: fixed by its
+/// `type` when the request is parsed. A `batch` container runs to completion and frees its
+/// reservation when it exits; anything else is a service, kept running and placed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lifecycle {
+    #[default]
+    Service,
+    Batch,
+}
+
+impl Lifecycle {
+    pub fn of(kind: &str) -> Self {
+        if kind.trim() == "batch" {
+            Lifecycle::Batch
+        } else {
+            Lifecycle::Service
+        }
+    }
 }
 
 fn is_default_restart(p: &RestartPolicy) -> bool {
@@ -291,6 +365,10 @@ pub struct Engine {
     pub tls_cert: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
+    /// No new placements (existing ones stay): set by `citadel engine rm` while it checks that
+    /// nothing is held, and by an operator for maintenance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
 }
 
 fn number_or_string_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -407,6 +485,7 @@ pub struct Request {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
     pub kind: String,
+    pub lifecycle: Lifecycle,
     /// Raw constraint expressions (`labels`); parsed by the scheduler.
     pub constraints: Vec<String>,
     pub ports: Vec<HostPort>,
@@ -434,12 +513,17 @@ fn check_amount(field: &str, value: Option<f64>, max: f64, unit: &str) -> Result
 impl Request {
     /// Parses and checks a request value as a user wrote it into etcd.
     /// Straight from the bytes into `Image`: no intermediate JSON tree (the decision's echo is
-    /// made separately, by [`echo`], only when a decision is written).
+    /// made separately, by [`Echo::of`], only when a decision is written).
     pub fn parse(raw: &[u8]) -> Result<Request, Invalid> {
         if raw.len() > MAX_REQUEST_BYTES {
             return Err(Invalid(format!(
                 "request: {} bytes, the limit is {MAX_REQUEST_BYTES}",
                 raw.len()
+            )));
+        }
+        if let Some(depth) = nesting_beyond(raw, MAX_DEPTH) {
+            return Err(Invalid(format!(
+                "request: nested {depth} levels deep, the limit is {MAX_DEPTH}"
             )));
         }
         let first = raw.iter().copied().find(|b| !b.is_ascii_whitespace());
@@ -456,6 +540,9 @@ impl Request {
         // the path that names the bad field (tracking the path costs time on every field).
         if let Ok(image) = serde_json::from_slice::<Image>(raw) {
             return Self::from_image(image);
+        }
+        if let Some(unknown) = unknown_fields(raw) {
+            return Err(unknown);
         }
         let mut de = serde_json::Deserializer::from_slice(raw);
         let image: Image = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -481,6 +568,24 @@ impl Request {
                 "type: required, e.g. \"service\" or \"batch\"".into(),
             ));
         }
+        if image.labels.len() > MAX_CONSTRAINTS {
+            return Err(Invalid(format!(
+                "labels: {} constraints, the limit is {MAX_CONSTRAINTS}",
+                image.labels.len()
+            )));
+        }
+        if let Some((i, l)) = image
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.len() > MAX_CONSTRAINT_BYTES)
+        {
+            return Err(Invalid(format!(
+                "labels[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+                l.len()
+            )));
+        }
+
         let mut ports = Vec::new();
         for (i, p) in image.bind_ports.iter().enumerate() {
             let proto = match p.proto.to_ascii_lowercase().as_str() {
@@ -519,10 +624,12 @@ impl Request {
             }
             ports.push(hp);
         }
+        launch::check(&image)?;
         Ok(Request {
             cpus: Millicpus::from_cpus_ceil(cpus),
             memory: MemoryMb::from_mb_ceil(memory),
             kind: image.kind.trim().to_string(),
+            lifecycle: Lifecycle::of(&image.kind),
             constraints: image.labels.clone(),
             ports,
             image,
@@ -548,13 +655,17 @@ impl Echo {
                 raw.len()
             )));
         }
+        let start = || {
+            serde_json::Value::String(
+                String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned(),
+            )
+        };
+        if nesting_beyond(raw, MAX_DEPTH).is_some() {
+            return Echo::from(start());
+        }
         match compact(raw) {
             Some(text) => Echo(text),
-            None => Echo::from(serde_json::from_slice(raw).unwrap_or_else(|_| {
-                serde_json::Value::String(
-                    String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned(),
-                )
-            })),
+            None => Echo::from(serde_json::from_slice(raw).unwrap_or_else(|_| start())),
         }
     }
 
@@ -631,6 +742,55 @@ fn compact(raw: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
     serde_json::value::RawValue::from_string(out).ok()
 }
 
+/// How deep `raw` nests arrays and objects, if deeper than `max`; strings are skipped. One pass
+/// over the bytes, before serde sees them: serde skips unknown values without a depth limit.
+pub fn nesting_beyond(raw: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (deepest > max).then_some(deepest)
+}
+
+/// The request's top-level fields that no request has, named with a guess at what was meant.
+fn unknown_fields(raw: &[u8]) -> Option<Invalid> {
+    let fields: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(raw).ok()?;
+    let unknown: Vec<String> = fields
+        .keys()
+        .filter(|k| !REQUEST_FIELDS.contains(&k.as_str()))
+        .map(|k| match did_you_mean(k, REQUEST_FIELDS) {
+            Some(known) => format!("{k:?} (did you mean {known:?}?)"),
+            None => format!("{k:?}"),
+        })
+        .collect();
+    match unknown.len() {
+        0 => None,
+        1 => Some(Invalid(format!(
+            "unknown field {}; free-form data goes in \"user_data\"",
+            unknown[0]
+        ))),
+        _ => Some(Invalid(format!(
+            "unknown fields {}; free-form data goes in \"user_data\"",
+            unknown.join(", ")
+        ))),
+    }
+}
+
 /// What a JSON text that is not an object is, from its first byte.
 fn json_kind(first: Option<u8>) -> &'static str {
     match first {
@@ -651,6 +811,7 @@ pub struct EngineSpec {
     pub memory: MemoryMb,
     /// The seed's `key=value` (or bare `key`) strings.
     pub labels: Vec<String>,
+    pub cordoned: bool,
     /// The wire form, echoed into decisions.
     pub wire: Engine,
 }
@@ -680,6 +841,7 @@ impl EngineSpec {
             cpus: Millicpus::from_cpus_floor(cpus),
             memory: MemoryMb::from_mb_floor(memory),
             labels: wire.labels.clone(),
+            cordoned: wire.cordoned,
             wire,
         })
     }
@@ -886,6 +1048,14 @@ pub struct LeaderInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub addr: String,
     pub since: String,
+}
+
+/// FNV-1a, 64 bits (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over UTF-8 bytes: a
+/// hash that never changes between builds, for seeds, label keys and container names.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Now, as RFC 3339 with millisecond precision.

@@ -33,13 +33,14 @@ use crate::cache::{Cache, DecisionEntry};
 use crate::docker::{self, Action, ContainerEvent, DockerError, LaunchSpec, Running};
 use crate::election::Fence;
 use crate::engine::TlsFiles;
+use crate::fence::{self, Commit};
 use crate::keys::Keys;
-use crate::manager::{Batch, Commit, commit};
 use crate::model::{
-    Attempt, Decision, EngineId, EngineSpec, Health, Image, PublishedPort, Request, RequestId, Run,
-    Status, now_rfc3339,
+    Attempt, Decision, EngineId, EngineSpec, Health, Lifecycle, PublishedPort, Request, RequestId,
+    Run, Status, now_rfc3339,
 };
 use crate::profile::Profiles;
+use crate::store;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -99,6 +100,8 @@ pub struct Runner {
     profiles: Mutex<Profiles>,
     /// Containers being stopped (by request id and engine), so a round does not stop them twice.
     stopping: Arc<Mutex<HashSet<(String, EngineId)>>>,
+    /// Set when etcd refuses one of our writes' fence: another replica leads.
+    fenced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Runner {
@@ -115,10 +118,12 @@ impl Runner {
             started: Instant::now(),
             profiles: Mutex::new(Profiles::default()),
             stopping: Arc::new(Mutex::new(HashSet::new())),
+            fenced: tokio::sync::watch::channel(false).0,
         }
     }
 
-    /// Runs until dropped (the leader stops leading).
+    /// Runs until dropped (the leader stops leading), or until etcd refuses one of its writes'
+    /// fence: then another replica leads, and this one must step down.
     pub async fn run(&self) {
         // Everything earlier leaders wrote is below our fence: see it before acting on it.
         self.cache
@@ -126,11 +131,19 @@ impl Runner {
             .await;
         tracing::info!("runner: contacting engines");
         let (events_tx, events_rx) = mpsc::channel(1024);
-        tokio::join!(
-            self.health_loop(events_tx),
-            self.launch_loop(),
-            self.event_loop(events_rx),
-        );
+        let mut fenced = self.fenced.subscribe();
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    self.health_loop(events_tx),
+                    self.launch_loop(),
+                    self.event_loop(events_rx),
+                )
+            } => {}
+            _ = fenced.wait_for(|f| *f) => {
+                tracing::warn!("runner: etcd refused our fence; stopping");
+            }
+        }
     }
 
     fn docker(&self, spec: &EngineSpec) -> Result<Docker, String> {
@@ -234,7 +247,7 @@ impl Runner {
 
     async fn write_health(&self, engine: &EngineId, usage: &docker::EngineUsage) {
         let ttl = self.cfg.health_ttl.as_secs().max(1) as i64;
-        let lease = match self.client.lease_client().grant(ttl, None).await {
+        let lease = match store::timed(self.client.lease_client().grant(ttl, None)).await {
             Ok(l) => l.id(),
             Err(e) => {
                 tracing::warn!(engine = %engine, error = %e, "cannot grant a health lease");
@@ -345,7 +358,7 @@ impl Runner {
                 && decision
                     .as_ref()
                     .is_some_and(|d| d.status == Status::Placed)
-                && self.kind(&id).as_deref() == Some("batch");
+                && self.lifecycle(&id) == Lifecycle::Batch;
             if run.state != state || unrecorded_exit {
                 let action = if state == "running" {
                     Action::Start
@@ -369,12 +382,7 @@ impl Runner {
 
     /// Whether our election key is still the one we won with (a linearizable read).
     async fn still_leads(&self) -> bool {
-        match self
-            .client
-            .kv_client()
-            .get(self.fence.key.clone(), None)
-            .await
-        {
+        match store::timed(self.client.kv_client().get(self.fence.key.clone(), None)).await {
             Ok(r) => r
                 .kvs()
                 .first()
@@ -434,7 +442,7 @@ impl Runner {
                 if !launched && !self.cache.lock().is_launchable(&id) {
                     continue;
                 }
-                let batch = launched && self.kind(&id).as_deref() == Some("batch");
+                let batch = launched && self.lifecycle(&id) == Lifecycle::Batch;
                 let engine = spec.id.to_string();
                 self.update(&id, &d, |dec| {
                     dec.reservation = None;
@@ -458,12 +466,12 @@ impl Runner {
         }
     }
 
-    fn kind(&self, id: &RequestId) -> Option<String> {
-        let state = self.cache.lock();
-        let r = state.request(id)?;
-        serde_json::from_slice::<Image>(r.raw())
-            .ok()
-            .map(|i| i.kind.trim().to_string())
+    fn lifecycle(&self, id: &RequestId) -> Lifecycle {
+        self.cache
+            .lock()
+            .request(id)
+            .map(|r| r.lifecycle)
+            .unwrap_or_default()
     }
 
     // ---- launches ----
@@ -560,7 +568,7 @@ impl Runner {
                 // event found no container in the decision, so record the exit here.
                 let state = c.state.to_string();
                 let exited = (state == "exited" || state == "dead")
-                    && self.kind(id).as_deref() == Some("batch");
+                    && self.lifecycle(id) == Lifecycle::Batch;
                 self.update(id, &d, |dec| {
                     if exited {
                         batch_exited(dec, c.exit_code);
@@ -643,7 +651,7 @@ impl Runner {
         if !ours {
             return;
         }
-        let batch = self.kind(&id).as_deref() == Some("batch");
+        let batch = self.lifecycle(&id) == Lifecycle::Batch;
         match ev.action {
             Action::Die | Action::Destroy => {
                 let code = ev.exit_code;
@@ -690,7 +698,7 @@ impl Runner {
         edit: impl FnOnce(&mut Decision),
     ) -> Option<Commit> {
         let key = self.keys.decision(id);
-        let got = match self.client.kv_client().get(key.as_str(), None).await {
+        let got = match store::timed(self.client.kv_client().get(key.as_str(), None)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(request = %id, error = %e, "cannot read the decision");
@@ -716,22 +724,28 @@ impl Runner {
                 decision.request_revision,
             ),
         ];
+        // Numbered for the cache's guard: the decision's watch event may arrive before the
+        // commit returns, and must be known as ours.
+        let seq = self.cache.lock().begin_write();
         let done = self.commit(compares, ops, "decision").await;
+        let mut state = self.cache.lock();
         match done {
-            // The leader's cache does not watch decisions: it learns its own from here.
-            Some(Commit::Done(rev)) => self.cache.lock().decided(id, rev, decision),
-            // It may land later, unseen by a watch without decisions (see the manager).
-            None => self.cache.set_leading(false),
+            // The leader's cache learns its own decisions from its commits.
+            Some(Commit::Done(rev)) => state.decided(id, rev, &decision),
+            // It may land later: its event is then taken as the truth.
+            None => state.uncertain([id]),
             Some(_) => {}
         }
+        state.end_write(seq);
         done
     }
 
     async fn commit(&self, compares: Vec<Compare>, ops: Vec<TxnOp>, what: &str) -> Option<Commit> {
-        match commit(&self.client, &self.fence, &Batch::writes(compares, ops)).await {
+        match fence::commit(&self.client, &self.fence, &compares, &ops).await {
             Ok(c) => {
                 if c == Commit::Fenced {
                     tracing::warn!(what, "runner write refused: no longer the leader");
+                    self.fenced.send_replace(true);
                 }
                 Some(c)
             }

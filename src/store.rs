@@ -36,6 +36,17 @@ pub fn short(e: &etcd_client::Error) -> String {
 /// How long one call may take before we call etcd unreachable (watches and campaigns excepted).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One etcd call, bounded by [`CALL_TIMEOUT`]: no call of a long-running process may hang on a
+/// member that stopped answering.
+pub async fn timed<T>(
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| StoreError::Timeout(CALL_TIMEOUT))?
+        .map_err(StoreError::Etcd)
+}
+
 /// The largest list page or watch response we accept. tonic's default is 4 MiB, which 2,000
 /// keys of 2 KiB already exceed, and etcd sends up to 2 GiB: a larger limit costs nothing
 /// until a response is that large, and a smaller one would leave a cache unable to ever list.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use citadel::election::{self, Lease};
 use citadel::etcd_process::EtcdProcess;
+use citadel::fence::Commit;
 use citadel::keys::Keys;
-use citadel::manager::{self, Commit, Item};
+use citadel::manager::{self, Batch, Item};
 use citadel::model::{
     Decision, EngineId, Held, MemoryMb, Millicpus, RequestId, Reservation, Status,
 };
@@ -135,7 +136,7 @@ async fn deposed_leader_cannot_commit() {
     assert_ne!(a.fence, b.fence);
 
     // a still believes it leads and tries to commit: etcd refuses it.
-    let refused = manager::commit(
+    let refused = commit(
         &client,
         &a.fence,
         &one(&keys, placement(&id, request_revision, "a")),
@@ -150,7 +151,7 @@ async fn deposed_leader_cannot_commit() {
     );
 
     // The same write from the new leader commits.
-    let done = manager::commit(
+    let done = commit(
         &client,
         &b.fence,
         &one(&keys, placement(&id, request_revision, "b")),
@@ -161,7 +162,7 @@ async fn deposed_leader_cannot_commit() {
 
     // A retry after an unknown outcome compares the decision key: the first write landed, so
     // the retry is a conflict, not a second placement (and not a fence failure).
-    let again = manager::commit(
+    let again = commit(
         &client,
         &b.fence,
         &one(&keys, placement_fenced(&id, request_revision, Some(0), "b")),
@@ -225,13 +226,11 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
     let on_e1 = |rev| batch(vec![placement_on(&r1, 1, None, "a", "e1", rev)], rev);
     let verified = on_e1(revisions[0]);
     let e1_now = shrink("e1").await;
-    let refused = manager::commit(&client, &leader.fence, &verified)
-        .await
-        .unwrap();
+    let refused = commit(&client, &leader.fence, &verified).await.unwrap();
     assert!(matches!(refused, Commit::Conflict(_)), "{refused:?}");
     assert!(!decided(r1.clone()).await, "placed on a shrunk engine");
     // Verified again on the engine as it is now, it commits.
-    let done = manager::commit(&client, &leader.fence, &on_e1(e1_now))
+    let done = commit(&client, &leader.fence, &on_e1(e1_now))
         .await
         .unwrap();
     assert!(matches!(done, Commit::Done(_)), "{done:?}");
@@ -250,9 +249,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
         e1_now,
     );
     shrink("e3").await;
-    let refused = manager::commit(&client, &leader.fence, &verified)
-        .await
-        .unwrap();
+    let refused = commit(&client, &leader.fence, &verified).await.unwrap();
     assert!(matches!(refused, Commit::Conflict(_)), "{refused:?}");
     for id in ids {
         assert!(
@@ -261,4 +258,13 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
         );
     }
     drop(etcd);
+}
+
+/// Commits a batch as the leader does.
+async fn commit(
+    client: &etcd_client::Client,
+    fence: &citadel::election::Fence,
+    batch: &Batch,
+) -> Result<Commit, citadel::store::StoreError> {
+    citadel::fence::commit(client, fence, &batch.compares, &batch.ops).await
 }

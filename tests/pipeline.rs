@@ -675,11 +675,11 @@ async fn cache_recovers_from_an_etcd_restart() {
     assert_eq!(report.decided, 0);
 }
 
-/// The leading replica's cache leaves decisions out of its watch and takes its own from its
-/// commits; when it stops leading it lists again, so a decision written meanwhile by anyone
-/// else is seen then.
+/// The leading replica's cache takes its own decisions from its commits; one written by anyone
+/// else is held back and judged someone else's (to be repaired), and is applied as any event
+/// once the replica stops leading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading() {
+async fn a_leading_cache_holds_back_others_decisions_and_applies_them_when_it_stops_leading() {
     let etcd = start_etcd().await;
     let client = connect(&etcd).await;
     let keys = keys();
@@ -691,16 +691,17 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     let reserved = |cache: &Cache| cache.lock().usage(&eid("e1")).cpus.as_cpus();
 
     cache.set_leading(true);
-    wait_until("the watch leaves decisions out", WAIT, || async {
-        !cache.watches_decisions()
-    })
-    .await;
-    // Our own write, applied as the leader applies it after a commit.
+    // Our own write, applied as the leader applies it after a commit; its event comes later.
+    let seq = cache.lock().begin_write();
     let body = placed_on_e1(1.0, rev);
     let at = put_raw(&client, keys.decision(&rid("mine")), body.as_str()).await;
     let decision: citadel::model::Decision = serde_json::from_str(&body).unwrap();
-    cache.lock().decided(&rid("mine"), at, decision);
-    // Someone else's: not watched while leading. Events after it still arrive.
+    {
+        let mut state = cache.lock();
+        state.decided(&rid("mine"), at, &decision);
+        state.end_write(seq);
+    }
+    // Someone else's: held back. Events after it still arrive.
     put_raw(
         &client,
         keys.decision(&rid("theirs")),
@@ -709,16 +710,17 @@ async fn a_leading_cache_skips_decisions_and_lists_again_when_it_stops_leading()
     .await;
     put_request(&client, &keys, "later", request_json(0.1, 1, json!({}))).await;
     wait_cache_holds(&cache, &["later"], &[]).await;
-    assert!(cache.lock().decision(&rid("mine")).is_some());
-    assert!(cache.lock().decision(&rid("theirs")).is_none());
+    {
+        let mut state = cache.lock();
+        assert!(state.decision(&rid("mine")).is_some());
+        assert!(state.decision(&rid("theirs")).is_none());
+        state.judge();
+        assert_eq!(state.repairs(), 1, "theirs is someone else's");
+    }
     assert_eq!(reserved(&cache), 1.0);
 
     cache.set_leading(false);
-    wait_until("the cache lists again and sees theirs", WAIT, || async {
-        cache.lock().decision(&rid("theirs")).is_some()
-    })
-    .await;
-    assert!(cache.watches_decisions());
+    assert!(cache.lock().decision(&rid("theirs")).is_some());
     assert_eq!(
         cache.lock().decision(&rid("mine")).map(|d| d.mod_revision),
         Some(at)

@@ -18,20 +18,47 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 /// Compiled patterns, by source: requests repeat a few constraints thousands of times, and
-/// compiling a regex costs far more than matching one. Bounded: cleared when full.
+/// compiling a regex costs far more than matching one. Bounded: cleared when full, so it holds
+/// at most `COMPILED_MAX` patterns of at most [`REGEX_SIZE_LIMIT`] each.
 static COMPILED: Mutex<Option<HashMap<String, Regex>>> = Mutex::new(None);
-const COMPILED_MAX: usize = 512;
+const COMPILED_MAX: usize = 256;
 
-fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+/// The most memory one compiled pattern (and its lazy DFA's cache) may take. Labels are short
+/// words: `^eu-(west|north)-\d+$` takes a few KiB. A pattern near the limit compiles in about a
+/// millisecond; Unicode classes repeated (`\w{3}`) exceed it and are refused at once.
+pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// The most `/regex/` constraints one request may carry, so that compiling one request's
+/// patterns costs at most a few milliseconds, whatever they are.
+pub const MAX_REGEX_CONSTRAINTS: usize = 8;
+
+fn compile(pattern: &str) -> Result<Regex, String> {
+    let cached = COMPILED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|c| c.get(pattern).cloned());
+    if let Some(r) = cached {
+        return Ok(r);
+    }
+    // Compiled without the lock: a slow pattern must not hold up other requests' lookups.
+    let r = RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .nest_limit(64)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => format!(
+                "compiles to more than {} KiB (Unicode classes such as \\w are large: \
+                 try [a-z0-9_] or (?-u:\\w))",
+                REGEX_SIZE_LIMIT / 1024
+            ),
+            other => other.to_string(),
+        })?;
     let mut cache = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
     let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(r) = cache.get(pattern) {
-        return Ok(r.clone());
-    }
-    let r = Regex::new(pattern)?;
     if cache.len() >= COMPILED_MAX {
         cache.clear();
     }
@@ -101,22 +128,37 @@ fn valid_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'))
 }
 
+/// `key`, the operator, whether it is soft, and the value, of an expression (untrimmed parts).
+fn split(text: &str) -> (&str, Op, bool, &str) {
+    if let Some((k, v)) = text.split_once("==") {
+        match v.strip_prefix('~') {
+            Some(v) => (k, Op::Eq, true, v),
+            None => (k, Op::Eq, false, v),
+        }
+    } else if let Some((k, v)) = text.split_once("!=") {
+        match v.strip_prefix('~') {
+            Some(v) => (k, Op::Ne, true, v),
+            None => (k, Op::Ne, false, v),
+        }
+    } else {
+        (text, Op::Exists, false, "")
+    }
+}
+
+fn is_regex_value(value: &str) -> bool {
+    value.len() >= 2 && value.starts_with('/') && value.ends_with('/')
+}
+
+/// Whether an expression's value is a `/regex/`, told without compiling it.
+pub fn names_regex(expr: &str) -> bool {
+    let (_, op, _, value) = split(expr.trim());
+    op != Op::Exists && is_regex_value(value.trim())
+}
+
 impl Constraint {
     pub fn parse(expr: &str) -> Result<Self, ConstraintError> {
         let text = expr.trim();
-        let (key, op, soft, value) = if let Some((k, v)) = text.split_once("==") {
-            match v.strip_prefix('~') {
-                Some(v) => (k, Op::Eq, true, v),
-                None => (k, Op::Eq, false, v),
-            }
-        } else if let Some((k, v)) = text.split_once("!=") {
-            match v.strip_prefix('~') {
-                Some(v) => (k, Op::Ne, true, v),
-                None => (k, Op::Ne, false, v),
-            }
-        } else {
-            (text, Op::Exists, false, "")
-        };
+        let (key, op, soft, value) = split(text);
         let key = key.trim();
         if key.is_empty() {
             return Err(ConstraintError::NoKey(expr.to_string()));
@@ -125,13 +167,13 @@ impl Constraint {
             return Err(ConstraintError::BadKey(expr.to_string()));
         }
         let value = value.trim();
-        let bad = |err: regex::Error| ConstraintError::BadRegex {
+        let bad = |err: String| ConstraintError::BadRegex {
             expr: expr.to_string(),
-            err: err.to_string(),
+            err,
         };
         let matcher = if op == Op::Exists {
             Matcher::Any
-        } else if value.len() >= 2 && value.starts_with('/') && value.ends_with('/') {
+        } else if is_regex_value(value) {
             Matcher::Regex(compile(&value[1..value.len() - 1]).map_err(bad)?)
         } else if value.contains(['*', '?']) {
             let mut pattern = String::from("(?i)^");
@@ -170,9 +212,7 @@ impl Constraint {
 
 /// FNV-1a of a label key: stable, and cheap for the short keys labels have.
 fn key_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::model::fnv1a(key)
 }
 
 /// An engine's labels, parsed once: `key=value` or a bare `key` (no value), sorted by the

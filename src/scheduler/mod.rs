@@ -114,6 +114,8 @@ pub struct EngineView {
     pub reserved_memory: MemoryMb,
     pub ports: BTreeSet<HostPort>,
     pub healthy: bool,
+    /// Takes no new placements.
+    pub cordoned: bool,
     /// Engines with the same labels as written (their own `engine=<id>` aside) share a class,
     /// as Nomad's computed node classes do: a request decides each constraint on any other key
     /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
@@ -149,6 +151,7 @@ impl EngineView {
             reserved_memory: MemoryMb(0),
             ports: BTreeSet::new(),
             healthy: true,
+            cordoned: spec.cordoned,
             class: UNCLASSED,
         }
     }
@@ -197,6 +200,7 @@ impl EngineView {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rejection {
     Constraint(String),
+    Cordoned,
     Unhealthy,
     Cpus,
     Memory,
@@ -207,6 +211,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::Constraint(expr) => write!(f, "constraint {expr}"),
+            Rejection::Cordoned => f.write_str("cordoned"),
             Rejection::Unhealthy => f.write_str("unhealthy"),
             Rejection::Cpus => f.write_str("insufficient cpus"),
             Rejection::Memory => f.write_str("insufficient memory"),
@@ -227,6 +232,18 @@ pub struct Prepared {
 impl Prepared {
     /// Fails with a reason naming the bad `labels[i]` entry.
     pub fn new(request: Request) -> Result<Self, String> {
+        // Counted before any is compiled: a request pays for at most this many.
+        let regexes = request
+            .constraints
+            .iter()
+            .filter(|e| constraint::names_regex(e))
+            .count();
+        if regexes > constraint::MAX_REGEX_CONSTRAINTS {
+            return Err(format!(
+                "labels: {regexes} /regex/ constraints, the limit is {}",
+                constraint::MAX_REGEX_CONSTRAINTS
+            ));
+        }
         let mut hard = Vec::new();
         let mut soft = Vec::new();
         for (i, expr) in request.constraints.iter().enumerate() {
@@ -264,6 +281,9 @@ impl Prepared {
                 }
             }
         }
+        if e.cordoned {
+            return Err(Code::Cordoned);
+        }
         if !e.healthy {
             return Err(Code::Unhealthy);
         }
@@ -288,6 +308,7 @@ impl Prepared {
                     .unwrap_or_default();
                 Rejection::Constraint(c)
             }
+            Code::Cordoned => Rejection::Cordoned,
             Code::Unhealthy => Rejection::Unhealthy,
             Code::Cpus => Rejection::Cpus,
             Code::Memory => Rejection::Memory,
@@ -300,6 +321,7 @@ impl Prepared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Code {
     Constraint(usize),
+    Cordoned,
     Unhealthy,
     Cpus,
     Memory,
@@ -499,11 +521,7 @@ pub fn splitmix(mut x: u64) -> u64 {
 }
 
 /// A stable 64-bit hash of a string (FNV-1a), for seeds derived from request ids.
-pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
+pub use crate::model::fnv1a;
 
 #[cfg(test)]
 mod tests {

@@ -1,39 +1,18 @@
-//! One watch-fed view of everything under the prefix: engines, requests, decisions (with the
-//! reservations inside them) and the election's keys.
-//!
-//! The watch task is the only writer ([`Cache::run`]); the leader and the CLI read snapshots.
-//! The loop is a small state machine, as kube-runtime's watcher is: `List` reads every key at one
-//! revision, `Watch` follows from the next revision, and a compacted or cancelled watch goes back
-//! to `List`. A broken stream resumes from the last revision seen, so nothing is applied twice.
-//!
-//! Besides mirroring etcd, the cache classifies every request as it changes, so the leader finds
-//! its work without scanning: `pending` (needs a decision), `releases` (a decision whose request
-//! is gone or changed, or that holds what its status says it should not) and `waiting`
-//! (unschedulable until capacity changes).
-//!
-//! While its replica leads, the watch leaves decisions out: the leader applies its own as it
-//! commits them ([`Cache::set_leading`]).
+//! The cache's state: the mirror of every key, and the work sets the leader takes its work from.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
-use backon::BackoffBuilder;
-use etcd_client::{Client, EventType, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue};
 use serde::de::IgnoredAny;
-use tokio::sync::watch;
 
-use crate::keys::{Key, Keys, prefix_end};
+use super::guard::Guard;
+use crate::keys::{Key, Keys};
 use crate::model::{
-    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, MemoryMb, Millicpus,
-    Request, RequestId, Reservation, Run, Status,
+    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle,
+    MemoryMb, Millicpus, Request, RequestId, Reservation, Resource, Run, Status,
 };
-use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, UNCLASSED};
-use crate::store::{self, StoreError};
-
-/// Keys per range page when (re)listing.
-const LIST_PAGE: i64 = 2_000;
+use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, UNCLASSED};
 
 #[derive(Debug, Clone)]
 pub struct RequestEntry {
@@ -45,6 +24,8 @@ pub struct RequestEntry {
     parsed: Option<Result<Arc<Prepared>, Invalid>>,
     /// The request asks to be launched (`"launch": true`), read when it was parsed.
     launch: bool,
+    /// Read when it was parsed (a service for an invalid request).
+    pub lifecycle: Lifecycle,
 }
 
 impl RequestEntry {
@@ -57,17 +38,14 @@ impl RequestEntry {
     pub fn container(&self) -> serde_json::Value {
         crate::model::Echo::of(&self.raw).value()
     }
-
-    fn prepared(&self, id: &RequestId) -> Result<Arc<Prepared>, Invalid> {
-        match &self.parsed {
-            Some(p) => p.clone(),
-            None => prepare(id, &self.raw),
-        }
-    }
 }
 
+/// A request's parse, made before the state's lock is taken: parsing and compiling constraints
+/// is the costliest thing a request asks of a replica, and must not hold up anyone else.
+pub type Parsed = Result<Arc<Prepared>, Invalid>;
+
 /// Parses and checks a request (its id too) and compiles its constraints.
-fn prepare(id: &RequestId, raw: &[u8]) -> Result<Arc<Prepared>, Invalid> {
+pub fn prepare(id: &RequestId, raw: &[u8]) -> Parsed {
     if let Err(e) = id.check() {
         return Err(Invalid(format!("id: {e}")));
     }
@@ -82,6 +60,8 @@ pub struct DecisionEntry {
     pub reason: String,
     pub request_revision: i64,
     pub engine: Option<String>,
+    /// The strategy that chose the engine, if it names one we know.
+    pub scheduler: Option<Strategy>,
     /// The container's fate, for decisions of launched requests.
     pub run: Option<Box<Run>>,
 }
@@ -92,8 +72,23 @@ struct DecisionFacts<'a> {
     reason: String,
     request_revision: i64,
     engine: Option<String>,
+    scheduler: Option<Strategy>,
     reservation: Option<&'a Reservation>,
     run: Option<Box<Run>>,
+}
+
+impl<'a> DecisionFacts<'a> {
+    fn of(d: &'a Decision) -> Self {
+        DecisionFacts {
+            status: d.status,
+            reason: d.reason.clone(),
+            request_revision: d.request_revision,
+            engine: d.resource.as_ref().map(|r| r.id.clone()),
+            scheduler: d.scheduler.parse().ok(),
+            reservation: d.reservation.as_ref(),
+            run: d.run.clone().map(Box::new),
+        }
+    }
 }
 
 /// What the cache reads of a decision: [`Decision`]'s required fields and those it keeps.
@@ -111,6 +106,8 @@ struct DecisionHead {
     #[serde(default)]
     reason: String,
     request_revision: i64,
+    #[serde(default)]
+    scheduler: String,
     #[serde(default)]
     run: Option<Run>,
     #[serde(rename = "decided_at")]
@@ -214,18 +211,21 @@ pub enum Work {
     Decide {
         id: RequestId,
         request_revision: i64,
-        /// Compare the decision key's mod revision too (`Some(0)`: it must not exist). Set by
-        /// the leader only for a request whose last write has an unknown outcome.
+        /// Compare the decision key's mod revision too (`Some(0)`: it must not exist): only for
+        /// a request whose last write has an unknown outcome.
         decision_fence: Option<i64>,
-        /// The decision key's mod revision in this snapshot (0 if none).
-        decision_revision: i64,
+        /// The status and reason of this request revision's decision, if it has one.
         previous: Option<(Status, String)>,
         /// The request's bytes as written, for the decision's echo.
         raw: Arc<[u8]>,
-        parsed: Result<Arc<Prepared>, Invalid>,
+        /// `None`: parse `raw` (the cache keeps the parse only while a request waits).
+        parsed: Option<Parsed>,
+        lifecycle: Lifecycle,
         /// What earlier placements of this request went through (engines it failed on are
         /// never tried again), carried into the next decision.
         history: Option<Box<Run>>,
+        /// It is placed, but its engine was removed or holds more than it can: move it.
+        displaced: Option<Displaced>,
     },
     /// Delete the decision (and with it the reservation) of a request that is gone or changed.
     Release {
@@ -233,14 +233,40 @@ pub enum Work {
         /// The request's mod revision if it still exists (then it is decided anew), else `None`.
         request_revision: Option<i64>,
     },
+    /// Write back a decision someone else changed or deleted (see the guard).
+    Restore {
+        id: RequestId,
+        /// The decision key's mod revision in etcd now (0: deleted).
+        decision_fence: i64,
+        decision: Box<Decision>,
+    },
 }
 
 impl Work {
     pub fn id(&self) -> &RequestId {
         match self {
-            Work::Decide { id, .. } | Work::Release { id, .. } => id,
+            Work::Decide { id, .. } | Work::Release { id, .. } | Work::Restore { id, .. } => id,
         }
     }
+}
+
+/// Why a placed request must move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Displaced {
+    /// Its engine's key was deleted.
+    Removed(EngineId),
+    /// Its engine now holds more than its capacity, and this is among its newest placements.
+    Shrunk(EngineId),
+}
+
+/// An election key (`leader/<suffix>`) as the cache last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderKey {
+    pub create_revision: i64,
+    /// 0: the key has no lease (never written by etcd's election API).
+    pub lease: i64,
+    /// The candidate's own description, when the value is one.
+    pub info: Option<LeaderInfo>,
 }
 
 /// Every valid engine with its usage applied, sorted by id, and each engine key's mod revision.
@@ -263,8 +289,14 @@ pub struct State {
     /// What placed decisions hold, read from the decisions themselves.
     reservations: HashMap<RequestId, ReservationEntry>,
     usage: HashMap<EngineId, Usage>,
-    /// The election's campaign keys (their suffixes), to notice our own disappearing.
-    leaders: BTreeSet<String>,
+    /// The election's campaign keys, by suffix: to notice our own disappearing, and keys that
+    /// block every election.
+    leaders: BTreeMap<String, LeaderKey>,
+    /// This replica leads: decisions are its own, and others' changes are repaired.
+    leading: bool,
+    guard: Guard,
+    /// Placements to move off engines that hold more than their capacity.
+    evicted: HashSet<RequestId>,
     class: HashMap<RequestId, Class>,
     pending: BTreeSet<(i64, RequestId)>,
     releases: BTreeSet<RequestId>,
@@ -304,22 +336,40 @@ impl State {
         self.policy
     }
 
-    /// Replaces everything with a fresh list taken at `revision`.
-    pub fn reset(&mut self, keys: &Keys, kvs: &[KeyValue], revision: i64) {
+    /// Parses a request key's value, if `kv` is one, before the state's lock is taken.
+    pub fn parse_ahead(keys: &Keys, kv: &KeyValue) -> Option<Parsed> {
+        match keys.parse(kv.key()) {
+            Some(Key::Request(id)) => Some(prepare(&id, kv.value())),
+            _ => None,
+        }
+    }
+
+    /// Replaces everything with a fresh list taken at `revision`; `parsed` holds
+    /// [`State::parse_ahead`] of each key.
+    pub fn reset(
+        &mut self,
+        keys: &Keys,
+        kvs: &[KeyValue],
+        parsed: Vec<Option<Parsed>>,
+        revision: i64,
+    ) {
         let fed = self.fed;
         let parked = std::mem::take(&mut self.parked_in);
+        let guard = std::mem::take(&mut self.guard);
         let epoch = self.capacity_epoch;
         let generation = self.engine_generation;
-        let policy = self.policy;
+        let (policy, leading) = (self.policy, self.leading);
         *self = State::new(self.overcommit);
         self.policy = policy;
+        self.leading = leading;
+        self.guard = guard;
         self.capacity_epoch = epoch + 1;
         self.engine_generation = generation + 1;
         self.parked_in = parked;
         self.fed = fed;
         self.replay_until = fed;
-        for kv in kvs {
-            self.put(keys, kv);
+        for (kv, parsed) in kvs.iter().zip(parsed) {
+            self.put(keys, kv, parsed);
         }
         self.revision = revision;
         let ids: Vec<RequestId> = self
@@ -331,17 +381,22 @@ impl State {
         for id in ids {
             self.classify(&id);
         }
+        let engines: Vec<EngineId> = self.engines.keys().cloned().collect();
+        for engine in engines {
+            self.check_capacity(&engine);
+        }
     }
 
-    /// Applies one watch event. Events arrive in revision order, once each.
-    pub fn apply(&mut self, keys: &Keys, kind: EventType, kv: &KeyValue) {
+    /// Applies one watch event, with [`State::parse_ahead`] of its key. Events arrive in
+    /// revision order, once each.
+    pub fn apply(&mut self, keys: &Keys, kind: EventType, kv: &KeyValue, parsed: Option<Parsed>) {
         match kind {
-            EventType::Put => self.put(keys, kv),
+            EventType::Put => self.put(keys, kv, parsed),
             EventType::Delete => self.delete(keys, kv),
         }
     }
 
-    fn put(&mut self, keys: &Keys, kv: &KeyValue) {
+    fn put(&mut self, keys: &Keys, kv: &KeyValue, parsed: Option<Parsed>) {
         let Some(key) = keys.parse(kv.key()) else {
             return;
         };
@@ -365,8 +420,8 @@ impl State {
                 if let Err(e) = &spec {
                     tracing::warn!(engine = %id, error = %e, "engine ignored: invalid JSON");
                 }
-                self.engines.insert(
-                    id,
+                let was = self.engines.insert(
+                    id.clone(),
                     EngineEntry {
                         mod_revision: kv.mod_revision(),
                         spec,
@@ -374,10 +429,19 @@ impl State {
                 );
                 self.engine_generation += 1;
                 self.capacity_changed();
+                if was.is_none() {
+                    // Placements waiting to move off it (it was removed) may stay after all.
+                    self.reclassify_on(&id);
+                }
+                self.check_capacity(&id);
             }
             Key::Request(id) => {
-                let parsed = prepare(&id, kv.value());
+                let parsed = parsed.unwrap_or_else(|| prepare(&id, kv.value()));
                 let launch = parsed.as_ref().is_ok_and(|p| p.request.image.launch);
+                let lifecycle = parsed
+                    .as_ref()
+                    .map(|p| p.request.lifecycle)
+                    .unwrap_or_default();
                 self.requests.insert(
                     id.clone(),
                     RequestEntry {
@@ -385,6 +449,7 @@ impl State {
                         raw: Arc::from(kv.value()),
                         parsed: Some(parsed),
                         launch,
+                        lifecycle,
                     },
                 );
                 self.classify(&id);
@@ -393,38 +458,16 @@ impl State {
                 tracing::warn!(key = %String::from_utf8_lossy(kv.key()), raw_id = %raw, error = %err,
                     "request key cannot name a decision; ignored");
             }
-            Key::Decision(id) => match serde_json::from_slice::<DecisionHead>(kv.value()) {
-                Ok(d) => self.set_decision(
-                    &id,
-                    kv.mod_revision(),
-                    DecisionFacts {
-                        status: d.status,
-                        reason: d.reason,
-                        request_revision: d.request_revision,
-                        engine: d.resource.map(|r| r.id),
-                        reservation: d.reservation.as_ref(),
-                        run: d.run.map(Box::new),
-                    },
-                ),
-                Err(e) => {
-                    // Not ours (written by hand?): decide the request anew over it.
-                    tracing::warn!(request = %id, error = %e, "unreadable decision");
-                    self.set_decision(
-                        &id,
-                        kv.mod_revision(),
-                        DecisionFacts {
-                            status: Status::Invalid,
-                            reason: String::new(),
-                            request_revision: -1,
-                            engine: None,
-                            reservation: None,
-                            run: None,
-                        },
-                    );
-                }
-            },
+            Key::Decision(id) => self.decision_event(id, kv.mod_revision(), Some(kv.value())),
             Key::Leader(suffix) => {
-                self.leaders.insert(suffix);
+                self.leaders.insert(
+                    suffix,
+                    LeaderKey {
+                        create_revision: kv.create_revision(),
+                        lease: kv.lease(),
+                        info: serde_json::from_slice(kv.value()).ok(),
+                    },
+                );
             }
             Key::Health(engine) => match serde_json::from_slice::<Health>(kv.value()) {
                 Ok(health) => {
@@ -445,6 +488,258 @@ impl State {
         }
     }
 
+    /// A decision written at `rev` (`None`: deleted). While this replica leads, an event no
+    /// write of its own explains is held back for the guard to judge ([`State::judge`]).
+    fn decision_event(&mut self, id: RequestId, rev: i64, value: Option<&[u8]>) {
+        if self.guarding() {
+            let held = self.decisions.get(&id).map(|d| d.mod_revision);
+            if explained(value.is_some(), rev, held) {
+                return;
+            }
+            if !self.guard.uncertain.remove(&id) {
+                self.guard.suspect(id, rev, value.map(Arc::from));
+                return;
+            }
+        }
+        match value {
+            Some(v) => self.read_decision(&id, rev, v),
+            None => self.remove_decision(&id),
+        }
+    }
+
+    /// Reads a decision's value into the state, as any replica that does not lead does.
+    fn read_decision(&mut self, id: &RequestId, rev: i64, value: &[u8]) {
+        match serde_json::from_slice::<DecisionHead>(value) {
+            Ok(d) => self.set_decision(
+                id,
+                rev,
+                DecisionFacts {
+                    status: d.status,
+                    reason: d.reason,
+                    request_revision: d.request_revision,
+                    engine: d.resource.map(|r| r.id),
+                    scheduler: d.scheduler.parse().ok(),
+                    reservation: d.reservation.as_ref(),
+                    run: d.run.map(Box::new),
+                },
+            ),
+            Err(e) => {
+                // Not ours (written by hand?): decide the request anew over it.
+                tracing::warn!(request = %id, error = %e, "unreadable decision");
+                self.set_decision(
+                    id,
+                    rev,
+                    DecisionFacts {
+                        status: Status::Invalid,
+                        reason: String::new(),
+                        request_revision: -1,
+                        engine: None,
+                        scheduler: None,
+                        reservation: None,
+                        run: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether decision events are checked against this leader's own writes: while it leads,
+    /// once its cache has replayed what a fresh list may have wiped.
+    fn guarding(&self) -> bool {
+        self.leading && self.caught_up()
+    }
+
+    /// This replica starts or stops leading. When it stops, the events the guard held back are
+    /// applied as they would have been.
+    pub fn set_leading(&mut self, leading: bool) {
+        if self.leading == leading {
+            return;
+        }
+        self.leading = leading;
+        if leading {
+            let engines: Vec<EngineId> = self.engines.keys().cloned().collect();
+            for engine in engines {
+                self.check_capacity(&engine);
+            }
+            return;
+        }
+        for (id, s) in self.guard.stop() {
+            let held = self.decisions.get(&id).map(|d| d.mod_revision);
+            if held.is_some_and(|r| r >= s.rev) {
+                continue;
+            }
+            match s.value {
+                Some(v) => self.read_decision(&id, s.rev, &v),
+                None => self.remove_decision(&id),
+            }
+        }
+    }
+
+    /// Numbers a decision write of this leader's before it is sent (see the guard); give the
+    /// number back with [`State::end_write`] once what it wrote is applied.
+    pub fn begin_write(&mut self) -> u64 {
+        self.guard.begin()
+    }
+
+    pub fn end_write(&mut self, seq: u64) {
+        self.guard.end(seq);
+    }
+
+    /// A write of ours for these requests failed without an answer: it may land unseen.
+    pub fn uncertain<'a>(&mut self, ids: impl IntoIterator<Item = &'a RequestId>) {
+        self.guard.uncertain.extend(ids.into_iter().cloned());
+    }
+
+    /// Judges the decision events the guard held back whose writes of ours have all answered:
+    /// those none explains were someone else's, and are queued to be written back.
+    pub fn judge(&mut self) {
+        if !self.guard.has_suspects() {
+            return;
+        }
+        for (id, s) in self.guard.ready() {
+            let held = self.decisions.get(&id).map(|d| d.mod_revision);
+            if explained(s.value.is_some(), s.rev, held) {
+                continue;
+            }
+            if self.guard.uncertain.remove(&id) {
+                match &s.value {
+                    Some(v) => self.read_decision(&id, s.rev, v),
+                    None => self.remove_decision(&id),
+                }
+                continue;
+            }
+            let request = self.requests.get(&id).map(|r| r.mod_revision);
+            let (change, to_do) = match (&s.value, held, request) {
+                (Some(_), None, Some(_)) => ("written", "it is decided anyway"),
+                (Some(_), None, None) => ("written", "deleting it: its request does not exist"),
+                (Some(_), Some(_), _) => ("changed", "writing the leader's back"),
+                (None, _, _) => ("deleted", "writing the leader's back"),
+            };
+            tracing::warn!(request = %id, revision = s.rev,
+                "a decision was {change} by someone other than the leader: {to_do}");
+            self.guard.repairs.insert(id, s);
+        }
+    }
+
+    /// Decisions written by someone else and not repaired yet.
+    pub fn repairs(&self) -> usize {
+        self.guard.repairs.len()
+    }
+
+    /// The decision this leader holds for `id`, to write back over someone else's change:
+    /// `None` when it holds none that is current (the request's work rewrites the key anyway).
+    fn restoration(&self, id: &RequestId) -> Option<Decision> {
+        let d = self.decisions.get(id)?;
+        let r = self.requests.get(id)?;
+        if d.request_revision != r.mod_revision {
+            return None;
+        }
+        let resource = match &d.engine {
+            Some(e) => Some(self.resource_of(&EngineId::from_key_segment(e)?)?),
+            None => None,
+        };
+        let reservation = self.reservations.get(id).map(|h| Reservation {
+            cpus: h.cpus.as_cpus(),
+            memory: h.memory.0 as f64,
+            ports: h.ports.iter().map(|p| p.to_port()).collect(),
+        });
+        Some(Decision {
+            container: crate::model::Echo::of(&r.raw),
+            resource,
+            reservation,
+            status: d.status,
+            reason: d.reason.clone(),
+            scheduler: d.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+            request_revision: d.request_revision,
+            decided_at: String::new(),
+            decided_by: String::new(),
+            run: d.run.as_deref().cloned(),
+        })
+    }
+
+    fn resource_of(&self, engine: &EngineId) -> Option<Resource> {
+        match &self.engines.get(engine)?.spec {
+            Ok((_, view)) => Some(view.resource()),
+            Err(_) => None,
+        }
+    }
+
+    /// Reclassifies the requests placed on `engine` (it came or went).
+    fn reclassify_on(&mut self, engine: &EngineId) {
+        let on: Vec<RequestId> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.engine == *engine)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in on {
+            self.classify(&id);
+        }
+    }
+
+    /// If `engine` holds more than its capacity (changed by hand, or a smaller `--overcommit`),
+    /// its newest placements are moved until the rest fit. Live use does not count here.
+    fn check_capacity(&mut self, engine: &EngineId) {
+        let Some(Ok((_, view))) = self.engines.get(engine).map(|e| &e.spec) else {
+            return;
+        };
+        let (cap_c, cap_m) = (view.cpus, view.memory);
+        let (used_c, used_m) = self
+            .usage
+            .get(engine)
+            .map_or((Millicpus(0), MemoryMb(0)), |u| (u.cpus, u.memory));
+        let fits = used_c <= cap_c && used_m <= cap_m;
+        if fits && self.evicted.is_empty() {
+            return;
+        }
+        // Choose afresh: capacity may have grown back since earlier evictions.
+        let mut held: Vec<(i64, RequestId, Millicpus, MemoryMb)> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.engine == *engine)
+            .map(|(id, r)| {
+                let rev = self.decisions.get(id).map_or(0, |d| d.mod_revision);
+                (rev, id.clone(), r.cpus, r.memory)
+            })
+            .collect();
+        let before: Vec<RequestId> = held
+            .iter()
+            .filter(|(_, id, _, _)| self.evicted.remove(id))
+            .map(|(_, id, _, _)| id.clone())
+            .collect();
+        if !fits {
+            held.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let (mut c, mut m) = (used_c, used_m);
+            for (_, id, hc, hm) in &held {
+                if c <= cap_c && m <= cap_m {
+                    break;
+                }
+                self.evicted.insert(id.clone());
+                c.0 = c.0.saturating_sub(hc.0);
+                m.0 = m.0.saturating_sub(hm.0);
+            }
+            tracing::warn!(engine = %engine,
+                reserved = format!("{}/{} cpus, {}/{} MB", used_c, cap_c, used_m.0, cap_m.0),
+                moving = self.evicted.len(),
+                "engine holds more than its capacity: moving its newest placements until the rest fit");
+        }
+        for id in before.iter().chain(held.iter().map(|(_, id, _, _)| id)) {
+            self.classify(id);
+        }
+    }
+
+    /// Why a placed request must move, if it must.
+    fn displaced(&self, id: &RequestId) -> Option<Displaced> {
+        let r = self.reservations.get(id)?;
+        if !self.engines.contains_key(&r.engine) {
+            Some(Displaced::Removed(r.engine.clone()))
+        } else if self.evicted.contains(id) {
+            Some(Displaced::Shrunk(r.engine.clone()))
+        } else {
+            None
+        }
+    }
+
     fn delete(&mut self, keys: &Keys, kv: &KeyValue) {
         let Some(key) = keys.parse(kv.key()) else {
             return;
@@ -454,13 +749,15 @@ impl State {
                 self.engines.remove(&id);
                 self.engine_generation += 1;
                 self.capacity_changed();
+                // What it held must move: services elsewhere, the rest are lost.
+                self.reclassify_on(&id);
             }
             Key::Request(id) => {
                 self.requests.remove(&id);
                 self.parked_in.remove(&id);
                 self.classify(&id);
             }
-            Key::Decision(id) => self.remove_decision(&id),
+            Key::Decision(id) => self.decision_event(id, kv.mod_revision(), None),
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
             }
@@ -473,45 +770,26 @@ impl State {
         }
     }
 
-    /// A decision the leader itself committed at `mod_revision`, applied without waiting for
-    /// (or parsing) its watch event: the leading replica's cache does not watch decisions
-    /// (see [`Cache::set_leading`]).
-    pub fn decided(&mut self, id: &RequestId, mod_revision: i64, d: Decision) {
+    /// A decision the leader itself committed at `mod_revision`, applied as its commit returns
+    /// (its watch event, when it comes, is then explained: see the guard).
+    pub fn decided(&mut self, id: &RequestId, mod_revision: i64, d: &Decision) {
         self.fed = self.fed.max(mod_revision);
-        let facts = DecisionFacts {
-            status: d.status,
-            reason: d.reason,
-            request_revision: d.request_revision,
-            engine: d.resource.map(|r| r.id),
-            reservation: d.reservation.as_ref(),
-            run: d.run.map(Box::new),
-        };
-        self.set_decision(id, mod_revision, facts);
-    }
-
-    /// What one of the leader's transactions wrote, committed at `mod_revision`.
-    pub fn apply_own(&mut self, items: Vec<crate::manager::Item>, mod_revision: i64) {
-        use crate::manager::Item;
-        for item in items {
-            match item {
-                Item::Place { id, decision, .. } | Item::Refuse { id, decision, .. } => {
-                    self.decided(&id, mod_revision, decision)
-                }
-                Item::Release { id, .. } => self.undecided(&id, mod_revision),
-                Item::Park { .. } => {}
-            }
-        }
+        self.guard.repairs.remove(id);
+        self.guard.uncertain.remove(id);
+        self.set_decision(id, mod_revision, DecisionFacts::of(d));
     }
 
     /// A decision the leader itself deleted at `mod_revision` (see [`State::decided`]).
     pub fn undecided(&mut self, id: &RequestId, mod_revision: i64) {
         self.fed = self.fed.max(mod_revision);
+        self.guard.repairs.remove(id);
+        self.guard.uncertain.remove(id);
         self.remove_decision(id);
     }
 
-    /// Whether the watch may leave decisions out: every decision written up to the newest one
-    /// the leader applied itself is in the state. A fresh list may have wiped writes applied
-    /// while it was read; the full watch replays them first.
+    /// Whether every decision the leader applied itself, up to the newest, is in the state
+    /// again: a fresh list may have wiped writes applied while it was read, and the watch
+    /// replays them first. Until then decision events are applied as they come.
     fn caught_up(&self) -> bool {
         self.revision >= self.replay_until
     }
@@ -528,6 +806,8 @@ impl State {
             },
             _ => None,
         };
+        self.evicted.remove(id);
+        let engine = held.as_ref().map(|h| h.engine.clone());
         self.hold(id, held);
         self.decisions.insert(
             id.clone(),
@@ -537,13 +817,32 @@ impl State {
                 reason: d.reason,
                 request_revision: d.request_revision,
                 engine: d.engine,
+                scheduler: d.scheduler,
                 run: d.run,
             },
         );
         self.classify(id);
+        // A placement written by hand (or seen before a leader shrank nothing) may overfill
+        // its engine; the leader's own never do.
+        if let Some(engine) = engine
+            && self.over_capacity(&engine)
+        {
+            self.check_capacity(&engine);
+        }
+    }
+
+    fn over_capacity(&self, engine: &EngineId) -> bool {
+        let (Some(Ok((_, view))), Some(u)) = (
+            self.engines.get(engine).map(|e| &e.spec),
+            self.usage.get(engine),
+        ) else {
+            return false;
+        };
+        u.cpus > view.cpus || u.memory > view.memory
     }
 
     fn remove_decision(&mut self, id: &RequestId) {
+        self.evicted.remove(id);
         self.hold(id, None);
         self.decisions.remove(id);
         self.classify(id);
@@ -655,7 +954,10 @@ impl State {
         }
         match d.status {
             // A placed decision whose reservation is gone is no longer true: decide again.
-            Status::Placed => (!reserved).then_some(Class::Release),
+            Status::Placed if !reserved => Some(Class::Release),
+            // Its engine was removed, or holds more than it can: move it.
+            Status::Placed if self.displaced(id).is_some() => Some(pending),
+            Status::Placed => None,
             s if s.is_final() => reserved.then_some(Class::Release),
             Status::Pending => Some(if reserved { Class::Release } else { pending }),
             Status::Unschedulable if reserved => Some(Class::Release),
@@ -825,13 +1127,35 @@ impl State {
     /// How many requests wait for the leader: releases and pending decisions, including any
     /// the leader has written for and not seen yet (see [`State::work`]).
     pub fn queued(&self) -> usize {
-        self.releases.len() + self.pending.len()
+        self.releases.len() + self.pending.len() + self.guard.repairs.len()
     }
 
-    /// Up to `max_work` work items, releases first, then pending requests oldest first,
+    /// Up to `max_work` work items: repairs, releases, then pending requests oldest first,
     /// leaving out those in `skip` (written by the leader and not yet seen).
     pub fn work(&self, max_work: usize, skip: &HashSet<RequestId>) -> Vec<Work> {
         let mut work = Vec::new();
+        for (id, foreign) in &self.guard.repairs {
+            if work.len() >= max_work {
+                break;
+            }
+            if skip.contains(id)
+                || matches!(self.class.get(id), Some(Class::Pending(_) | Class::Release))
+            {
+                continue; // its own work writes the key anyway
+            }
+            if let Some(decision) = self.restoration(id) {
+                work.push(Work::Restore {
+                    id: id.clone(),
+                    decision_fence: foreign.fence(),
+                    decision: Box::new(decision),
+                });
+            } else if !self.requests.contains_key(id) && !self.decisions.contains_key(id) {
+                work.push(Work::Release {
+                    id: id.clone(),
+                    request_revision: None,
+                });
+            }
+        }
         for id in &self.releases {
             if work.len() >= max_work {
                 break;
@@ -855,26 +1179,49 @@ impl State {
                 continue;
             };
             let d = self.decisions.get(id);
+            // A write of ours whose outcome is unknown may still land: compare the key too.
+            let decision_fence = self
+                .guard
+                .uncertain
+                .contains(id)
+                .then(|| d.map_or(0, |d| d.mod_revision));
             work.push(Work::Decide {
                 id: id.clone(),
                 request_revision: *rev,
-                decision_fence: None,
-                decision_revision: d.map(|d| d.mod_revision).unwrap_or(0),
-                previous: d.map(|d| (d.status, d.reason.clone())),
+                decision_fence,
+                // Only this revision's own decision counts: a rewritten request is decided
+                // anew even when the answer is the same.
+                previous: d
+                    .filter(|d| d.request_revision == *rev)
+                    .map(|d| (d.status, d.reason.clone())),
                 raw: r.raw.clone(),
-                parsed: r.prepared(id),
+                // Parsed by the leader outside the lock when the cache no longer holds it.
+                parsed: r.parsed.clone(),
+                lifecycle: r.lifecycle,
                 history: d
                     .filter(|d| matches!(d.status, Status::Pending | Status::Unschedulable))
                     .and_then(|d| d.run.clone()),
+                displaced: self.displaced(id),
             });
         }
         work
     }
 
+    /// The election's keys, lowest create revision (the leader) first.
+    pub fn leader_keys(&self) -> Vec<(String, LeaderKey)> {
+        let mut keys: Vec<(String, LeaderKey)> = self
+            .leaders
+            .iter()
+            .map(|(s, k)| (s.clone(), k.clone()))
+            .collect();
+        keys.sort_by_key(|(_, k)| k.create_revision);
+        keys
+    }
+
     /// Whether the campaign key `key` is still present.
     pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
         match keys.parse(key) {
-            Some(Key::Leader(suffix)) => self.leaders.contains(&suffix),
+            Some(Key::Leader(suffix)) => self.leaders.contains_key(&suffix),
             _ => false,
         }
     }
@@ -949,6 +1296,15 @@ impl State {
     }
 }
 
+/// Whether a decision event at `rev` (a put, or a delete) is explained by what the leader holds:
+/// a decision it applied at that revision or later, or, for a delete, none at all.
+fn explained(put: bool, rev: i64, held: Option<i64>) -> bool {
+    match held {
+        Some(r) => r > rev || (put && r == rev),
+        None => !put,
+    }
+}
+
 /// Sets a view's reservations to `u` (what the cache knows is committed).
 pub fn apply_usage(view: &mut EngineView, u: &Usage) {
     view.reserved_cpus = u.cpus.max(u.live_cpus);
@@ -974,264 +1330,6 @@ fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {
             usage.remove(&r.engine);
         }
     }
-}
-
-/// The shared cache: one writer (the watch task), many readers.
-pub struct Cache {
-    keys: Keys,
-    // A std mutex: nothing awaits while holding it, and every critical section is short.
-    state: Mutex<State>,
-    /// The applied revision, published after every change; readers wait on it.
-    revision: watch::Sender<i64>,
-    /// Set while this replica leads (see [`Cache::set_leading`]).
-    leading: watch::Sender<bool>,
-    /// The watch leaves decisions out, or did until it broke.
-    narrow: AtomicBool,
-    /// Decisions went unwatched while leading: list everything before watching again.
-    must_list: AtomicBool,
-}
-
-#[derive(Debug)]
-enum Phase {
-    List,
-    Watch { from: i64 },
-}
-
-impl Cache {
-    pub fn new(keys: Keys, overcommit: f64) -> Arc<Self> {
-        Arc::new(Cache {
-            keys,
-            state: Mutex::new(State::new(overcommit)),
-            revision: watch::channel(0).0,
-            leading: watch::channel(false).0,
-            narrow: AtomicBool::new(false),
-            must_list: AtomicBool::new(false),
-        })
-    }
-
-    /// Whether the watch follows decisions now: always, unless this replica leads and its
-    /// cache has caught up (see [`Cache::set_leading`]).
-    pub fn watches_decisions(&self) -> bool {
-        !self.narrow.load(Ordering::Relaxed)
-    }
-
-    /// While this replica leads, decisions are its own writes (the fence shuts everyone else
-    /// out, and its barrier showed it every earlier one): it applies them as it commits them
-    /// ([`State::decided`]), and the watch leaves them out, which spares etcd an event and the
-    /// replica a decode per placement. Decisions written by hand meanwhile are not seen until
-    /// the replica stops leading: then it lists everything again and watches all of it.
-    pub fn set_leading(&self, leading: bool) {
-        if !leading && self.narrow.load(Ordering::Relaxed) {
-            // Also when the narrow watch broke and has not been replaced yet.
-            self.must_list.store(true, Ordering::Relaxed);
-        }
-        self.leading
-            .send_if_modified(|l| std::mem::replace(l, leading) != leading);
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    /// The state, for a short read or a `park`. Never hold it across an `.await`.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the state as consistent as any single event
-        // leaves it; carry on rather than take the whole replica down.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn revision(&self) -> i64 {
-        *self.revision.borrow()
-    }
-
-    /// A receiver that sees every applied revision.
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.revision.subscribe()
-    }
-
-    /// Waits until every event up to `rev` is applied. The revision only moves with events
-    /// (etcd 3.4 answers a progress request before a lagging watcher has caught up, so progress
-    /// reports are not trusted): to wait for "now", write a key under the prefix and wait for
-    /// its revision, as the leader's barrier does. False on timeout.
-    pub async fn wait_for(&self, rev: i64, timeout: Duration) -> bool {
-        let mut rx = self.subscribe();
-        let wait = rx.wait_for(|applied| *applied >= rev);
-        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
-    }
-
-    /// Loads everything once at one revision (for one-shot CLI commands).
-    pub async fn load(&self, client: &Client) -> Result<(), StoreError> {
-        let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
-        self.lock().reset(&self.keys, &kvs, rev);
-        self.revision.send_replace(rev);
-        Ok(())
-    }
-
-    /// Keeps the cache in step with etcd until `shutdown` turns true. Errors are logged and
-    /// retried with backoff; this returns only on shutdown.
-    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
-        let mut phase = Phase::List;
-        let mut delays = store::backoff().without_max_times().build();
-        loop {
-            if stopping(&shutdown) {
-                return;
-            }
-            if self.must_list.swap(false, Ordering::Relaxed) {
-                phase = Phase::List;
-            }
-            if matches!(phase, Phase::List) {
-                self.narrow.store(false, Ordering::Relaxed);
-            }
-            let outcome = match phase {
-                Phase::List => self
-                    .list(&client)
-                    .await
-                    .map(|rev| Phase::Watch { from: rev + 1 }),
-                Phase::Watch { from } => self.follow(&client, from, &mut shutdown).await,
-            };
-            match outcome {
-                Ok(next) => {
-                    delays = store::backoff().without_max_times().build();
-                    phase = next;
-                }
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in = ?delay, phase = ?phase, "cache: etcd call failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    if stopping(&shutdown) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn list(&self, client: &Client) -> Result<i64, StoreError> {
-        let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
-        let count = kvs.len();
-        self.lock().reset(&self.keys, &kvs, rev);
-        self.revision.send_replace(rev);
-        tracing::info!(revision = rev, keys = count, "cache listed");
-        Ok(rev)
-    }
-
-    /// Follows the watch from `from`. Returns the next phase: `Watch` to resume after a broken
-    /// stream, `List` after a compaction or cancellation.
-    async fn follow(
-        &self,
-        client: &Client,
-        from: i64,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Phase, StoreError> {
-        let mut leading = self.leading.subscribe();
-        let lead = *leading.borrow_and_update();
-        let narrow = lead && self.lock().caught_up();
-        let (key, opts) = if narrow {
-            // Every kind of key under the prefix but decisions sorts after `decisions/`.
-            (
-                prefix_end(&self.keys.decisions()),
-                WatchOptions::new().with_range(prefix_end(self.keys.root())),
-            )
-        } else {
-            (
-                self.keys.root().as_bytes().to_vec(),
-                WatchOptions::new().with_prefix(),
-            )
-        };
-        let mut stream = client
-            .watch_client()
-            .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
-            .watch(key, Some(opts.with_start_revision(from)))
-            .await?;
-        self.narrow.store(narrow, Ordering::Relaxed);
-        if narrow != lead {
-            tracing::info!(
-                from,
-                "leading, but watching decisions until the cache has caught up"
-            );
-        } else if narrow {
-            tracing::info!(from, "leading: watching everything but decisions");
-        }
-        let mut next = from;
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.changed() => {
-                    if stopping(shutdown) {
-                        return Ok(Phase::Watch { from: next });
-                    }
-                    continue;
-                }
-                Ok(()) = leading.changed() => {
-                    let now = *leading.borrow_and_update();
-                    if narrow {
-                        // No longer leading (perhaps leading again since): decisions written
-                        // by anyone else meanwhile were not watched.
-                        return Ok(Phase::List);
-                    }
-                    if now && self.lock().caught_up() {
-                        return Ok(Phase::Watch { from: next });
-                    }
-                    continue;
-                }
-                msg = stream.message() => msg,
-            };
-            let resp = match msg {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    tracing::info!(resume_from = next, "watch stream ended; resuming");
-                    return Ok(Phase::Watch { from: next });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, resume_from = next, "watch stream broke; resuming");
-                    return Err(StoreError::Etcd(e));
-                }
-            };
-            if resp.compact_revision() > 0 {
-                tracing::warn!(
-                    compacted = resp.compact_revision(),
-                    wanted = next,
-                    "watch revision compacted; listing again"
-                );
-                return Ok(Phase::List);
-            }
-            if resp.canceled() {
-                tracing::warn!(
-                    reason = resp.cancel_reason(),
-                    "watch cancelled; listing again"
-                );
-                return Ok(Phase::List);
-            }
-            if resp.events().is_empty() {
-                continue; // the creation reply; nothing to apply
-            }
-            let mut applied = next - 1;
-            {
-                let mut state = self.lock();
-                for ev in resp.events() {
-                    if let Some(kv) = ev.kv() {
-                        state.apply(&self.keys, ev.event_type(), kv);
-                        applied = applied.max(kv.mod_revision());
-                    }
-                }
-                state.revision = state.revision.max(applied);
-                next = state.revision + 1;
-                if !narrow && *leading.borrow() && state.caught_up() {
-                    drop(state);
-                    self.revision.send_replace(next - 1);
-                    return Ok(Phase::Watch { from: next });
-                }
-            }
-            self.revision.send_replace(next - 1);
-        }
-    }
-}
-
-/// True once shutdown is asked for, or its sender is gone (nobody can ask any more).
-pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
-    *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 #[cfg(test)]

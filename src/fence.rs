@@ -1,0 +1,81 @@
+//! The leader's fenced writes: every one is a transaction whose first compare is the leader's
+//! election key's create revision (invariant 3), so a deposed leader's writes are refused by
+//! etcd itself. The manager's batches, the runner's updates and the barrier all go through here.
+
+use etcd_client::{Client, Compare, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::election::Fence;
+use crate::store::{self, StoreError};
+
+/// etcd's refusal of a transaction over its `--max-txn-ops` (`rpctypes.ErrGRPCTooManyOps`).
+const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+
+/// Whether etcd refused a transaction as holding more operations than its `--max-txn-ops`.
+/// Such a transaction never reached raft: nothing of it can commit later.
+pub fn too_many_ops(e: &StoreError) -> bool {
+    matches!(e, StoreError::Etcd(etcd_client::Error::GRpcStatus(s))
+        if s.code() == tonic::Code::InvalidArgument && s.message() == TOO_MANY_OPS)
+}
+
+/// How a batch transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Committed at this revision.
+    Done(i64),
+    /// A compare other than the fence failed: wait for the cache to reach this revision.
+    Conflict(i64),
+    Fenced,
+}
+
+/// Rewrites the leader's own election key, fenced, keeping its lease. Its revision is a barrier:
+/// once the cache has applied it, it has applied everything committed before it.
+pub async fn barrier(client: &Client, fence: &Fence, value: &[u8]) -> Result<Commit, StoreError> {
+    let txn = Txn::new()
+        .when(vec![fence.compare()])
+        .and_then(vec![TxnOp::put(
+            fence.key.clone(),
+            value.to_vec(),
+            Some(PutOptions::new().with_ignore_lease()),
+        )]);
+    let resp = store::timed(client.kv_client().txn(txn)).await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    Ok(if resp.succeeded() {
+        Commit::Done(rev)
+    } else {
+        Commit::Fenced
+    })
+}
+
+/// Commits writes as one transaction fenced on the leader's election key. A refused fence is
+/// `Fenced`: the caller must stop writing.
+pub async fn commit(
+    client: &Client,
+    fence: &Fence,
+    compares: &[Compare],
+    ops: &[TxnOp],
+) -> Result<Commit, StoreError> {
+    let mut all = Vec::with_capacity(compares.len() + 1);
+    all.push(fence.compare());
+    all.extend(compares.iter().cloned());
+    let txn = Txn::new()
+        .when(all)
+        .and_then(ops.to_vec())
+        .or_else(vec![TxnOp::get(
+            fence.key.clone(),
+            Some(GetOptions::new().with_keys_only()),
+        )]);
+    let resp = store::timed(client.kv_client().txn(txn)).await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    if resp.succeeded() {
+        return Ok(Commit::Done(rev));
+    }
+    let still_ours = resp.op_responses().iter().any(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.create_revision() == fence.rev),
+        _ => false,
+    });
+    Ok(if still_ours {
+        Commit::Conflict(rev)
+    } else {
+        Commit::Fenced
+    })
+}

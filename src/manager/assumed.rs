@@ -1,0 +1,140 @@
+//! What the leader has sent and not heard back about, and the running view it plans on.
+
+use std::collections::{HashMap, HashSet};
+
+use super::item::Item;
+use crate::cache::{Cache, Engines, Usage, apply_usage};
+use crate::model::{EngineId, Held, RequestId};
+use crate::scheduler::EngineView;
+
+/// A request the leader wrote for, and what its placement holds (if it placed one).
+type Written = (RequestId, Option<(EngineId, Held)>);
+
+/// Writes sent and not answered yet (a committed batch goes straight into the cache). The
+/// running view is the cache's usage plus these, so a placement is never forgotten in between,
+/// and a request in flight is never planned twice.
+#[derive(Debug, Default)]
+pub(super) struct Assumed {
+    /// By batch: what it wrote.
+    batches: HashMap<u64, Vec<Written>>,
+    pub(super) ids: HashSet<RequestId>,
+    /// What assumed placements hold, per engine and batch.
+    held: HashMap<EngineId, Vec<(u64, Held)>>,
+}
+
+impl Assumed {
+    pub(super) fn add(&mut self, token: u64, items: &[Item]) {
+        let mut written = Vec::with_capacity(items.len());
+        for item in items {
+            self.ids.insert(item.id().clone());
+            let held = match item {
+                Item::Place { engine, held, .. } => {
+                    self.held
+                        .entry(engine.clone())
+                        .or_default()
+                        .push((token, held.clone()));
+                    Some((engine.clone(), held.clone()))
+                }
+                _ => None,
+            };
+            written.push((item.id().clone(), held));
+        }
+        self.batches.insert(token, written);
+    }
+
+    /// The requests batch `token` wrote for.
+    pub(super) fn ids_of(&self, token: u64) -> Vec<RequestId> {
+        self.batches
+            .get(&token)
+            .map(|w| w.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a batch; returns the engines it held resources on.
+    pub(super) fn forget(&mut self, token: u64) -> Vec<EngineId> {
+        let mut engines = Vec::new();
+        if let Some(written) = self.batches.remove(&token) {
+            for (id, held) in written {
+                self.ids.remove(&id);
+                if let Some((engine, _)) = held {
+                    if let Some(list) = self.held.get_mut(&engine) {
+                        list.retain(|(t, _)| *t != token);
+                        if list.is_empty() {
+                            self.held.remove(&engine);
+                        }
+                    }
+                    engines.push(engine);
+                }
+            }
+        }
+        engines
+    }
+
+    /// Adds what assumed placements hold on `engine` to its view.
+    pub(super) fn apply(&self, view: &mut EngineView) {
+        for (_, h) in self.held.get(&view.id).into_iter().flatten() {
+            view.reserve(h.cpus, h.memory, &h.ports);
+        }
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.batches.len()
+    }
+}
+
+/// The leader's running view: every engine, with what the cache knows is committed plus what
+/// is assumed. Kept across rounds and updated per engine, so a round costs what changed, not
+/// the size of the cluster.
+#[derive(Debug, Default)]
+pub(super) struct RunningView {
+    pub(super) engines: Engines,
+    index: HashMap<EngineId, usize>,
+    /// Set when the view must be rebuilt (new leader, engines changed).
+    pub(super) stale: bool,
+}
+
+impl RunningView {
+    /// A view that is rebuilt from the cache before the first round.
+    pub(super) fn stale() -> Self {
+        RunningView {
+            stale: true,
+            ..RunningView::default()
+        }
+    }
+
+    pub(super) fn rebuild(&mut self, engines: Engines, assumed: &Assumed) {
+        self.index = engines
+            .views
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.clone(), i))
+            .collect();
+        self.engines = engines;
+        for view in &mut self.engines.views {
+            assumed.apply(view);
+        }
+        self.stale = false;
+    }
+
+    /// Recomputes one engine from the cache's usage and what is assumed on it.
+    pub(super) fn refresh(&mut self, engine: &EngineId, usage: &Usage, assumed: &Assumed) {
+        if let Some(&i) = self.index.get(engine) {
+            let view = &mut self.engines.views[i];
+            apply_usage(view, usage);
+            assumed.apply(view);
+        }
+    }
+
+    /// Recomputes the engines a forgotten batch held resources on.
+    pub(super) fn refresh_forgotten(
+        &mut self,
+        engines: Vec<EngineId>,
+        cache: &Cache,
+        assumed: &Assumed,
+    ) {
+        let state = cache.lock();
+        for engine in engines {
+            self.refresh(&engine, &state.usage(&engine), assumed);
+        }
+    }
+}

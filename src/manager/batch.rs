@@ -1,0 +1,125 @@
+//! Items grouped into transactions within etcd's limits, each engine placed on fenced on its key.
+
+use std::collections::HashMap;
+
+use etcd_client::{Compare, CompareOp, TxnOp};
+
+use super::MAX_TXN_BYTES;
+use super::item::Item;
+use crate::keys::Keys;
+use crate::model::EngineId;
+
+/// One transaction's worth of items, encoded once.
+#[derive(Debug)]
+pub struct Batch {
+    pub items: Vec<Item>,
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+}
+
+/// What the engine compares of a batch are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineFence {
+    /// Engines in the view.
+    pub count: usize,
+    /// The newest engine key revision in the view.
+    pub newest: i64,
+}
+
+#[derive(Default)]
+struct Open {
+    items: Vec<Item>,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+    bytes: usize,
+    /// Engines placed on, with the mod revision each was verified at.
+    engines: HashMap<EngineId, i64>,
+}
+
+/// Engine compares a batch placing on `distinct` engines needs: one per engine, or one over
+/// the whole engines prefix when that is no more keys for etcd to read.
+fn engine_compares(fence: EngineFence, distinct: usize) -> usize {
+    match distinct {
+        0 => 0,
+        d if fence.count <= d => 1,
+        d => d,
+    }
+}
+
+impl Open {
+    fn close(self, keys: &Keys, fence: EngineFence) -> Batch {
+        let mut compares = self.compares;
+        if !self.engines.is_empty() && fence.count <= self.engines.len() {
+            // No engine key written after the newest revision in the view.
+            compares.push(
+                Compare::mod_revision(keys.engines(), CompareOp::Less, fence.newest + 1)
+                    .with_prefix(),
+            );
+        } else {
+            for (engine, rev) in self.engines {
+                compares.push(Compare::mod_revision(
+                    keys.engine(&engine),
+                    CompareOp::Equal,
+                    rev,
+                ));
+            }
+        }
+        Batch {
+            items: self.items,
+            compares,
+            ops: self.ops,
+        }
+    }
+}
+
+/// Items grouped into transactions within etcd's limits: `max_ops` compares and operations
+/// (`--max-txn-ops`, 128 by default) and 1.5 MiB per request (`--max-request-bytes`). Parked
+/// items write nothing.
+///
+/// Every placement is fenced on its engine being unchanged since the view it was verified on,
+/// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
+/// every key a compare names (a range compare reads the whole range), so a batch compares each
+/// engine it touches, or the whole engines prefix when the cluster is that small.
+pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut open = Open::default();
+    for item in items {
+        if matches!(item, Item::Park { .. }) {
+            continue;
+        }
+        let compares = item.compares(keys);
+        let (ops, bytes) = item.ops(keys);
+        let engine = match &item {
+            Item::Place {
+                engine,
+                engine_revision,
+                ..
+            } => Some((engine.clone(), *engine_revision)),
+            _ => None,
+        };
+        let full = |o: &Open| {
+            let new = engine
+                .as_ref()
+                .is_some_and(|(e, _)| !o.engines.contains_key(e));
+            let engines = engine_compares(fence, o.engines.len() + usize::from(new));
+            // + 1: the leader's fence.
+            1 + engines + o.compares.len() + compares.len() > max_ops
+                || o.ops.len() + ops.len() > max_ops
+                || o.bytes + bytes > MAX_TXN_BYTES
+        };
+        if !open.items.is_empty() && full(&open) {
+            out.push(std::mem::take(&mut open).close(keys, fence));
+        }
+        if let Some((e, rev)) = engine {
+            open.engines.insert(e, rev);
+        }
+        open.compares.extend(compares);
+        open.ops.extend(ops);
+        open.bytes += bytes;
+        open.items.push(item);
+    }
+    if !open.items.is_empty() {
+        out.push(open.close(keys, fence));
+    }
+    out
+}

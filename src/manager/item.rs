@@ -1,0 +1,132 @@
+//! What a round of the leader decides, one item per request: the writes (or non-writes) that
+//! go into a batch transaction.
+
+use etcd_client::{Compare, CompareOp, TxnOp};
+
+use crate::keys::Keys;
+use crate::model::{Decision, EngineId, Held, RequestId};
+
+/// One write (or non-write) decided in a round.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Place {
+        id: RequestId,
+        /// Compare the decision key's mod revision too (see the module's notes).
+        decision_fence: Option<i64>,
+        engine: EngineId,
+        /// The engine key's mod revision in the view the placement was verified on.
+        engine_revision: i64,
+        held: Held,
+        /// Holds the reservation.
+        decision: Decision,
+    },
+    /// An `invalid` or `unschedulable` decision.
+    Refuse {
+        id: RequestId,
+        decision_fence: Option<i64>,
+        decision: Decision,
+    },
+    /// Unschedulable for the same reason as already written: nothing to write.
+    Park { id: RequestId },
+    /// Delete a decision (and the reservation inside it).
+    Release {
+        id: RequestId,
+        request_revision: Option<i64>,
+    },
+    /// Write back a decision someone else changed or deleted, if etcd still holds what they
+    /// wrote (the decision key's mod revision; 0: none).
+    Restore {
+        id: RequestId,
+        decision_fence: i64,
+        decision: Decision,
+    },
+}
+
+impl Item {
+    pub fn id(&self) -> &RequestId {
+        match self {
+            Item::Place { id, .. }
+            | Item::Refuse { id, .. }
+            | Item::Park { id }
+            | Item::Release { id, .. }
+            | Item::Restore { id, .. } => id,
+        }
+    }
+
+    /// The decision this item writes, if it writes one.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Item::Place { decision, .. }
+            | Item::Refuse { decision, .. }
+            | Item::Restore { decision, .. } => Some(decision),
+            Item::Park { .. } | Item::Release { .. } => None,
+        }
+    }
+
+    pub(super) fn compares(&self, keys: &Keys) -> Vec<Compare> {
+        match self {
+            Item::Restore {
+                id, decision_fence, ..
+            } => vec![Compare::mod_revision(
+                keys.decision(id),
+                CompareOp::Equal,
+                *decision_fence,
+            )],
+            Item::Place {
+                id, decision_fence, ..
+            }
+            | Item::Refuse {
+                id, decision_fence, ..
+            } => decision_fence
+                .map(|rev| Compare::mod_revision(keys.decision(id), CompareOp::Equal, rev))
+                .into_iter()
+                .collect(),
+            // A release deletes what a request's new revision would otherwise be decided over.
+            Item::Release {
+                id,
+                request_revision: Some(rev),
+            } => vec![Compare::mod_revision(
+                keys.request(id),
+                CompareOp::Equal,
+                *rev,
+            )],
+            Item::Release {
+                id,
+                request_revision: None,
+            } => vec![Compare::create_revision(
+                keys.request(id),
+                CompareOp::Equal,
+                0,
+            )],
+            Item::Park { .. } => vec![],
+        }
+    }
+
+    /// The writes, and roughly how many bytes they put on the wire.
+    pub(super) fn ops(&self, keys: &Keys) -> (Vec<TxnOp>, usize) {
+        let put = |key: String, value: Vec<u8>| {
+            let n = key.len() + value.len();
+            (TxnOp::put(key, value, None), n)
+        };
+        let del = |key: String| {
+            let n = key.len();
+            (TxnOp::delete(key, None), n)
+        };
+        let ops: Vec<(TxnOp, usize)> = match self {
+            Item::Place { id, decision, .. }
+            | Item::Refuse { id, decision, .. }
+            | Item::Restore { id, decision, .. } => {
+                vec![put(keys.decision(id), json(decision))]
+            }
+            Item::Release { id, .. } => vec![del(keys.decision(id))],
+            Item::Park { .. } => vec![],
+        };
+        let bytes = ops.iter().map(|(_, n)| n).sum();
+        (ops.into_iter().map(|(op, _)| op).collect(), bytes)
+    }
+}
+
+/// Our own structs have no maps with non-string keys, so serialising them cannot fail.
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}

@@ -1,0 +1,558 @@
+//! The cluster manager: the leader's loop that turns work into fenced, batched etcd transactions.
+//!
+//! ```text
+//! cache work sets ──▶ plan (schedulers, pure) ──▶ verify on the running view ──▶ batches
+//!                 ──▶ fenced Txn (up to 8 in flight) ──▶ applied to the cache as they commit
+//! ```
+//!
+//! Every transaction compares the leader's election key (invariant 3) and the mod revision of
+//! each engine it places on (an engine shrunk meanwhile is not overcommitted). A refused fence
+//! means another replica leads: step down. A placement is one key, its decision, which holds
+//! the reservation too: etcd's work per placement is what decides citadel's throughput.
+//!
+//! Requests are not compared. A decision names the request revision it decides
+//! (`request_revision`), so one written for a request that was changed or deleted meanwhile is
+//! seen as stale by every cache and released (then decided anew): it held capacity for a moment,
+//! but was counted all along, so nothing is overcommitted, and a stale placement is never
+//! launched. Comparing every request would cost etcd a read per placement to guard against a
+//! race that is rare and already repaired.
+//!
+//! Decision keys are compared only for a request whose previous write has an unknown outcome
+//! (the call failed or its task died: it may yet commit), and for a repair. Otherwise the
+//! compare is redundant: only the leader writes decisions, the fence shuts out every earlier
+//! leader, a new leader's cache holds all they wrote before it plans (the barrier), and a leader
+//! never plans a request whose write is in flight. Whoever else writes a decision meanwhile is
+//! caught by the cache's guard, and the leader writes its own back.
+//!
+//! What a transaction wrote goes into the leader's cache as soon as it commits; its watch
+//! events, when they come, are then explained (see the cache's guard).
+
+mod assumed;
+mod batch;
+mod item;
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+
+use crate::cache::{Cache, stopping};
+use crate::election::{Leadership, Lease};
+use crate::fence::{self, Commit, barrier, too_many_ops};
+use crate::keys::Keys;
+use crate::model::{RequestId, Status, now_rfc3339};
+use crate::scheduler::Schedulers;
+use crate::store::{self, StoreError};
+use assumed::{Assumed, RunningView};
+pub use batch::{Batch, EngineFence, batches};
+pub use item::Item;
+pub use plan::plan;
+
+/// etcd's default `--max-txn-ops`: the limit on compares, and on operations, per transaction.
+pub const MAX_TXN_OPS: usize = 128;
+/// Bytes of writes per transaction: well under etcd's default 1.5 MiB request limit.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// Transactions in flight at once: etcd folds concurrent proposals into one raft entry and
+/// one fsync, so a few in flight multiply throughput.
+const MAX_IN_FLIGHT: usize = 8;
+/// Requests a round must decide before it is planned on scheduler threads. The threads are
+/// started per round: tens of microseconds each, and a dozen system calls, more than a round
+/// of one transaction's worth (127 at 1,000 engines: 0.2 to 0.4 ms) gains from a second core
+/// that etcd and the users' clients are busy with anyway.
+const PARALLEL_FROM: usize = 512;
+/// Work items planned per free pipeline slot: what one transaction holds when every placement
+/// lands on an engine of its own (at etcd's default of 128: the leader's fence and an engine
+/// compare each make 128 compares; a decision each, 127 operations). A round of exactly this
+/// many never spills a near-empty transaction after a full one, which costs etcd as much as a
+/// full one: every transaction copies etcd 3.4's read buffer.
+fn items_per_txn(max_ops: usize) -> usize {
+    max_ops.saturating_sub(1).max(1)
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub replica: String,
+    pub schedulers: Schedulers,
+    /// Scheduler threads per round (1 = schedule inline).
+    pub workers: usize,
+    /// Compact etcd's history this often while leading (`None`: leave it to etcd's own
+    /// `--auto-compaction-*`), keeping the last `compact_retain` revisions.
+    pub compact_every: Option<Duration>,
+    pub compact_retain: i64,
+    /// etcd's `--max-txn-ops` (128 unless the operator raised it): the most compares, and the
+    /// most operations, one transaction may hold. If etcd refuses a transaction as too large,
+    /// the leader falls back to 128.
+    pub max_txn_ops: usize,
+}
+
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDown {
+    Shutdown,
+    LeaseLost,
+    /// etcd refused a write: the election key is no longer ours.
+    Fenced,
+    /// The election key disappeared from the cache.
+    KeyGone,
+    /// The cache's watch task died: the leader would plan on a frozen view.
+    WatcherDied,
+}
+
+/// The leader's loop. Returns when this replica must stop leading.
+pub struct Manager {
+    client: Client,
+    cache: Arc<Cache>,
+    cfg: ManagerConfig,
+}
+
+/// What a commit task hands back.
+struct Committed {
+    token: u64,
+    seq: u64,
+    result: Result<Commit, StoreError>,
+    items: Vec<Item>,
+}
+
+impl Manager {
+    pub fn new(client: Client, cache: Arc<Cache>, cfg: ManagerConfig) -> Self {
+        Manager { client, cache, cfg }
+    }
+
+    pub async fn lead(
+        &self,
+        leadership: &Leadership,
+        lease: &Lease,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> StepDown {
+        // Everything earlier leaders wrote precedes our barrier: see it all before planning.
+        if let Err(why) = self.sync(leadership, lease, shutdown).await {
+            return why;
+        }
+        tracing::info!(revision = self.cache.revision(), "leading");
+        // Our own decisions go into the cache as they commit; others' are held back and judged.
+        let _leading = Leading::new(&self.cache);
+        let mut changed = self.cache.subscribe();
+        let mut lead = Lead::new(self, leadership);
+        loop {
+            if let Some(why) = lead.must_stop(lease, shutdown) {
+                return why;
+            }
+            lead.maybe_compact().await;
+            if lead.round() {
+                continue;
+            }
+            tokio::select! {
+                Some(done) = lead.commits.join_next_with_id(), if !lead.commits.is_empty() => {
+                    if let Some(why) = lead.on_commit(done).await {
+                        return why;
+                    }
+                }
+                _ = changed.changed() => {}
+                _ = lease.lost() => return StepDown::LeaseLost,
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Writes a barrier and waits until the cache has applied it, so the cache holds everything
+    /// earlier leaders committed.
+    async fn sync(
+        &self,
+        leadership: &Leadership,
+        lease: &Lease,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), StepDown> {
+        loop {
+            if lease.is_lost() {
+                return Err(StepDown::LeaseLost);
+            }
+            if stopping(shutdown) {
+                return Err(StepDown::Shutdown);
+            }
+            match barrier(&self.client, &leadership.fence, &leadership.value).await {
+                Ok(Commit::Done(rev)) => {
+                    if self.cache.wait_for(rev, Duration::from_secs(5)).await {
+                        return Ok(());
+                    }
+                    tracing::warn!(
+                        want = rev,
+                        have = self.cache.revision(),
+                        "cache has not caught up with the barrier yet"
+                    );
+                }
+                Ok(_) => return Err(StepDown::Fenced),
+                Err(e) => {
+                    tracing::warn!(error = %e, "barrier write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Parks what stays unschedulable and notes the capacity epoch of new refusals.
+    fn remember_refusals(&self, items: &[Item], epoch: u64) {
+        let mut state = self.cache.lock();
+        for item in items {
+            match item {
+                Item::Park { id } => state.park(id, epoch),
+                Item::Refuse { id, decision, .. } if decision.status == Status::Unschedulable => {
+                    state.note_unschedulable(id, epoch)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Compacts etcd's history below `revision - compact_retain`, as the Kubernetes API server
+    /// does. Watches that fall behind it re-list (see the cache); nothing is lost.
+    async fn compact(&self) {
+        let target = self.cache.revision() - self.cfg.compact_retain;
+        if target <= 0 {
+            return;
+        }
+        match store::timed(self.client.kv_client().compact(target, None)).await {
+            Ok(_) => tracing::info!(revision = target, "compacted etcd history"),
+            Err(StoreError::Timeout(_)) => {
+                tracing::warn!(revision = target, "compaction timed out")
+            }
+            Err(e) => tracing::debug!(error = %e, revision = target, "compaction skipped"),
+        }
+    }
+}
+
+/// One lead's state: what is in flight, the running view, and the pacing of rounds.
+struct Lead<'a> {
+    manager: &'a Manager,
+    leadership: &'a Leadership,
+    keys: Keys,
+    assumed: Assumed,
+    view: RunningView,
+    commits: JoinSet<Committed>,
+    /// Each commit task's batch and write number, to account for one that panicked.
+    tasks: HashMap<tokio::task::Id, (u64, u64)>,
+    next_token: u64,
+    /// After a conflict, plan nothing until the cache has seen the state that refused us.
+    must_reach: i64,
+    last_compaction: tokio::time::Instant,
+    max_ops: usize,
+    /// Batches up to this token were planned before a fall back to etcd's default.
+    planned_larger: u64,
+}
+
+impl<'a> Lead<'a> {
+    fn new(manager: &'a Manager, leadership: &'a Leadership) -> Self {
+        Lead {
+            manager,
+            leadership,
+            keys: manager.cache.keys().clone(),
+            assumed: Assumed::default(),
+            view: RunningView::stale(),
+            commits: JoinSet::new(),
+            tasks: HashMap::new(),
+            next_token: 0,
+            must_reach: 0,
+            last_compaction: tokio::time::Instant::now(),
+            max_ops: manager.cfg.max_txn_ops,
+            planned_larger: 0,
+        }
+    }
+
+    fn cache(&self) -> &Cache {
+        &self.manager.cache
+    }
+
+    fn must_stop(&self, lease: &Lease, shutdown: &watch::Receiver<bool>) -> Option<StepDown> {
+        if *shutdown.borrow() {
+            Some(StepDown::Shutdown)
+        } else if lease.is_lost() {
+            Some(StepDown::LeaseLost)
+        } else if !self
+            .cache()
+            .lock()
+            .has_leader_key(&self.keys, &self.leadership.fence.key)
+        {
+            Some(StepDown::KeyGone)
+        } else {
+            None
+        }
+    }
+
+    async fn maybe_compact(&mut self) {
+        if let Some(every) = self.manager.cfg.compact_every
+            && self.last_compaction.elapsed() >= every
+        {
+            self.last_compaction = tokio::time::Instant::now();
+            self.manager.compact().await;
+        }
+    }
+
+    /// Takes work, plans it and sends it. False when there was nothing to do (or no room).
+    fn round(&mut self) -> bool {
+        let free = MAX_IN_FLIGHT.saturating_sub(self.assumed.in_flight());
+        if free == 0 || self.cache().revision() < self.must_reach {
+            return false;
+        }
+        let (work, epoch) = self.take_work(free);
+        if work.is_empty() {
+            return false;
+        }
+        let deciding = work
+            .iter()
+            .filter(|w| matches!(w, crate::cache::Work::Decide { .. }))
+            .count();
+        self.cache().note_planned(deciding);
+        let items = plan(
+            &work,
+            &mut self.view.engines.views,
+            &self.view.engines.revisions,
+            &self.manager.cfg,
+            &now_rfc3339(),
+        );
+        self.manager.remember_refusals(&items, epoch);
+        self.send(items);
+        true
+    }
+
+    /// Brings the running view up to date with what changed, then takes up to `free`
+    /// transactions' worth of work.
+    fn take_work(&mut self, free: usize) -> (Vec<crate::cache::Work>, u64) {
+        let cache = &self.manager.cache;
+        let mut state = cache.lock();
+        state.judge();
+        if self.view.stale || state.engine_generation() != self.view.engines.generation {
+            self.view.rebuild(state.engines(), &self.assumed);
+        } else {
+            for (engine, usage) in state.take_dirty() {
+                self.view.refresh(&engine, &usage, &self.assumed);
+            }
+        }
+        // Nagle for transactions: while one is in flight, take whole transactions' worth of
+        // work only; the rest waits for the next round. Fewer, fuller transactions cost etcd
+        // far less, and latency stays one round trip. Counted before anything is built: this
+        // round runs on every change the cache sees, and most find less than a whole one.
+        let whole = items_per_txn(self.max_ops);
+        let max = if self.assumed.in_flight() > 0 {
+            // The requests in flight are still queued in the cache; what is left is at least
+            // the difference.
+            let takeable = state.queued().saturating_sub(self.assumed.ids.len());
+            takeable.min(free * whole) / whole * whole
+        } else {
+            free * whole
+        };
+        let work = match max {
+            0 => Vec::new(),
+            max => state.work(max, &self.assumed.ids),
+        };
+        (work, state.capacity_epoch())
+    }
+
+    /// Groups items into transactions and starts committing each.
+    fn send(&mut self, items: Vec<Item>) {
+        let fence = EngineFence {
+            count: self.view.engines.views.len(),
+            newest: self
+                .view
+                .engines
+                .revisions
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0),
+        };
+        let batches = batches(items, &self.keys, fence, self.max_ops);
+        let seqs: Vec<u64> = {
+            let mut state = self.cache().lock();
+            batches.iter().map(|_| state.begin_write()).collect()
+        };
+        for (batch, seq) in batches.into_iter().zip(seqs) {
+            self.next_token += 1;
+            let token = self.next_token;
+            self.assumed.add(token, &batch.items);
+            let client = self.manager.client.clone();
+            let fence = self.leadership.fence.clone();
+            let task = self.commits.spawn(async move {
+                let result = fence::commit(&client, &fence, &batch.compares, &batch.ops).await;
+                if let Ok(Commit::Done(rev)) = &result {
+                    log_batch(&batch.items, *rev);
+                }
+                Committed {
+                    token,
+                    seq,
+                    result,
+                    items: batch.items,
+                }
+            });
+            self.tasks.insert(task.id(), (token, seq));
+        }
+    }
+
+    /// Handles one finished commit task. `Some` when the leader must step down.
+    async fn on_commit(
+        &mut self,
+        done: Result<(tokio::task::Id, Committed), JoinError>,
+    ) -> Option<StepDown> {
+        let c = match done {
+            Ok((task, c)) => {
+                self.tasks.remove(&task);
+                c
+            }
+            Err(e) => {
+                // Its transaction may or may not have committed: as with a failed call.
+                let (token, seq) = self.tasks.remove(&e.id())?;
+                tracing::error!(error = %e, "a commit task failed; its outcome is unknown");
+                self.unknown_outcome(token, seq);
+                return None;
+            }
+        };
+        match c.result {
+            Ok(Commit::Done(rev)) => {
+                // The engines placed on are now dirty in the cache: the next round refreshes
+                // them without what this batch assumed.
+                let mut state = self.manager.cache.lock();
+                for item in &c.items {
+                    match item {
+                        Item::Release { id, .. } => state.undecided(id, rev),
+                        item => {
+                            if let Some(d) = item.decision() {
+                                state.decided(item.id(), rev, d);
+                            }
+                        }
+                    }
+                }
+                state.end_write(c.seq);
+                drop(state);
+                self.assumed.forget(c.token);
+            }
+            Ok(Commit::Fenced) => {
+                tracing::warn!("etcd refused our fence: another replica leads");
+                self.commits.abort_all();
+                return Some(StepDown::Fenced);
+            }
+            Ok(Commit::Conflict(rev)) => {
+                tracing::debug!(
+                    revision = rev,
+                    "batch conflicted; re-planning on fresh state"
+                );
+                self.refused(c.token, c.seq);
+                // The change that refused us is below a barrier written now.
+                let l = self.leadership;
+                match barrier(&self.manager.client, &l.fence, &l.value).await {
+                    Ok(Commit::Done(b)) => self.must_reach = self.must_reach.max(b),
+                    Ok(Commit::Fenced) => return Some(StepDown::Fenced),
+                    _ => self.must_reach = self.must_reach.max(rev),
+                }
+            }
+            Err(e) if too_many_ops(&e) => {
+                // Refused before it reached raft: nothing of it can commit later.
+                if self.max_ops > MAX_TXN_OPS {
+                    tracing::error!(
+                        max_txn_ops = self.max_ops,
+                        fallback = MAX_TXN_OPS,
+                        "etcd refused a transaction as too large: its --max-txn-ops is lower than ours; using etcd's default"
+                    );
+                    self.max_ops = MAX_TXN_OPS;
+                    self.planned_larger = self.next_token;
+                } else if c.token > self.planned_larger {
+                    tracing::error!(
+                        max_txn_ops = self.max_ops,
+                        "etcd refuses transactions this large: lower --max-txn-ops to etcd's own"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                self.refused(c.token, c.seq);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; re-planning on fresh state");
+                self.unknown_outcome(c.token, c.seq);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        None
+    }
+
+    /// A batch etcd refused: nothing of it committed.
+    fn refused(&mut self, token: u64, seq: u64) {
+        let forgotten = self.assumed.forget(token);
+        self.view
+            .refresh_forgotten(forgotten, &self.manager.cache, &self.assumed);
+        let mut state = self.manager.cache.lock();
+        state.end_write(seq);
+        // Refusals planned beside the failed placements may be wrong.
+        state.retry_waiting();
+    }
+
+    /// A batch whose outcome is unknown: it may still land. Its requests' next writes compare
+    /// their decision keys, and their decision events are taken as the truth.
+    fn unknown_outcome(&mut self, token: u64, seq: u64) {
+        let ids: Vec<RequestId> = self.assumed.ids_of(token);
+        let forgotten = self.assumed.forget(token);
+        self.view
+            .refresh_forgotten(forgotten, &self.manager.cache, &self.assumed);
+        let mut state = self.manager.cache.lock();
+        state.uncertain(&ids);
+        state.end_write(seq);
+        state.retry_waiting();
+    }
+}
+
+/// Marks the cache as the leader's while it lives (see [`Cache::set_leading`]).
+struct Leading<'a>(&'a Cache);
+
+impl<'a> Leading<'a> {
+    fn new(cache: &'a Cache) -> Self {
+        cache.set_leading(true);
+        Leading(cache)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.set_leading(false);
+    }
+}
+
+fn log_batch(batch: &[Item], rev: i64) {
+    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    for item in batch {
+        let kind = match item {
+            Item::Place { id, engine, .. } => {
+                tracing::debug!(request = %id, engine = %engine, revision = rev, "placed");
+                "placed"
+            }
+            Item::Refuse { id, decision, .. } => {
+                tracing::debug!(request = %id, status = %decision.status, reason = %decision.reason, revision = rev, "refused");
+                match decision.status {
+                    Status::Invalid => "invalid",
+                    Status::Unschedulable => "unschedulable",
+                    _ => "ended",
+                }
+            }
+            Item::Release { id, .. } => {
+                tracing::debug!(request = %id, revision = rev, "released");
+                "released"
+            }
+            Item::Restore { id, .. } => {
+                tracing::info!(request = %id, revision = rev, "restored a decision someone else changed");
+                "restored"
+            }
+            Item::Park { .. } => "parked",
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+    tracing::info!(
+        revision = rev,
+        placed = n("placed"),
+        unschedulable = n("unschedulable"),
+        invalid = n("invalid"),
+        ended = n("ended"),
+        released = n("released"),
+        restored = n("restored"),
+        "committed"
+    );
+}

@@ -1,0 +1,345 @@
+//! A round's plan: the leader's work items turned into decisions, pure and without I/O.
+//!
+//! ```text
+//! work ──parse (if the cache no longer holds it)──▶ propose (scheduler threads, frozen view)
+//!      ──▶ verify each proposal on the running view, in order ──▶ items
+//! ```
+//!
+//! Verification is the seed's "yes/no": a plan made on the frozen snapshot is checked again on
+//! the running view (the snapshot plus every placement accepted since, committed or in flight),
+//! on the one engine it names; a plan that no longer fits is scheduled again on that view.
+
+use std::sync::Arc;
+
+use super::item::Item;
+use super::{ManagerConfig, PARALLEL_FROM};
+use crate::cache::{Displaced, Parsed, Work, prepare};
+use crate::model::{Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status};
+use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
+
+/// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
+/// `engines` (the running view) as they are accepted.
+pub fn plan(
+    work: &[Work],
+    engines: &mut [EngineView],
+    revisions: &[i64],
+    cfg: &ManagerConfig,
+    now: &str,
+) -> Vec<Item> {
+    let parses = parse_all(work);
+    let sample = scheduler::sample_size(engines.len());
+    let mut proposals = propose_all(work, &parses, engines, cfg, sample).into_iter();
+    let mut round = Round {
+        engines,
+        revisions,
+        cfg,
+        now,
+        sample,
+    };
+    let mut items = Vec::with_capacity(work.len());
+    for (w, parsed) in work.iter().zip(&parses) {
+        items.push(match w {
+            Work::Release {
+                id,
+                request_revision,
+            } => Item::Release {
+                id: id.clone(),
+                request_revision: *request_revision,
+            },
+            Work::Restore {
+                id,
+                decision_fence,
+                decision,
+            } => Item::Restore {
+                id: id.clone(),
+                decision_fence: *decision_fence,
+                decision: Decision {
+                    decided_at: now.to_string(),
+                    decided_by: cfg.replica.clone(),
+                    ..(**decision).clone()
+                },
+            },
+            Work::Decide { .. } => {
+                let parsed = parsed.as_ref().expect("every Decide has a parse");
+                round.decide(w, parsed, proposals.next().flatten())
+            }
+        });
+    }
+    items
+}
+
+/// Each `Decide`'s parse: the cache's, or made now (outside the cache's lock) when the cache
+/// no longer holds one.
+fn parse_all(work: &[Work]) -> Vec<Option<Parsed>> {
+    work.iter()
+        .map(|w| match w {
+            Work::Decide {
+                id, raw, parsed, ..
+            } => Some(parsed.clone().unwrap_or_else(|| prepare(id, raw))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stage 1, in parallel when there is enough work: scheduler workers plan every `Decide` on the
+/// same frozen view. Empty when the round is planned inline (on the running view).
+fn propose_all(
+    work: &[Work],
+    parses: &[Option<Parsed>],
+    engines: &[EngineView],
+    cfg: &ManagerConfig,
+    sample: usize,
+) -> Vec<Option<Plan>> {
+    let decide: Vec<(&RequestId, &Parsed)> = work
+        .iter()
+        .zip(parses)
+        .filter_map(|(w, p)| Some((w.id(), p.as_ref()?)))
+        .collect();
+    if cfg.workers <= 1 || decide.len() < PARALLEL_FROM {
+        return Vec::new();
+    }
+    let chunk = decide.len().div_ceil(cfg.workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = decide
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|(id, p)| propose(id, p, engines, cfg, sample))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A worker that panicked proposes nothing: its requests are planned inline.
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec![None; chunk]))
+            .collect()
+    })
+}
+
+/// A scheduler worker's proposal for one request on the frozen snapshot (None: let the verifier
+/// decide, e.g. for invalid requests or when nothing fits).
+fn propose(
+    id: &RequestId,
+    parsed: &Parsed,
+    engines: &[EngineView],
+    cfg: &ManagerConfig,
+    sample: usize,
+) -> Option<Plan> {
+    let prepared = parsed.as_ref().ok()?;
+    let strategy = cfg.schedulers.for_type(&prepared.request.kind).ok()?;
+    scheduler::schedule(prepared, engines, strategy, seed(id), sample).ok()
+}
+
+fn seed(id: &RequestId) -> u64 {
+    scheduler::fnv1a(id.as_str())
+}
+
+/// Stage 2: one round's decisions, in order, on the running view.
+struct Round<'a> {
+    engines: &'a mut [EngineView],
+    revisions: &'a [i64],
+    cfg: &'a ManagerConfig,
+    now: &'a str,
+    sample: usize,
+}
+
+/// The parts of a `Work::Decide` a decision is made of.
+struct Ask<'a> {
+    id: &'a RequestId,
+    request_revision: i64,
+    decision_fence: Option<i64>,
+    previous: Option<&'a (Status, String)>,
+    raw: &'a [u8],
+    lifecycle: Lifecycle,
+    history: Option<&'a Run>,
+    displaced: Option<&'a Displaced>,
+    /// When and by whom the decision is made.
+    now: &'a str,
+    by: &'a str,
+}
+
+impl Ask<'_> {
+    /// What earlier placements went through stays in the decision.
+    fn run(&self) -> Option<Run> {
+        self.history.map(|h| Run {
+            attempts: h.attempts.clone(),
+            lost: h.lost.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// A decision without a placement. The echo is built only for a decision that is written.
+    fn decision(&self, status: Status, reason: String) -> Decision {
+        Decision {
+            container: Echo::of(self.raw),
+            resource: None,
+            reservation: None,
+            status,
+            reason,
+            scheduler: String::new(),
+            request_revision: self.request_revision,
+            decided_at: self.now.to_string(),
+            decided_by: self.by.to_string(),
+            run: self.run(),
+        }
+    }
+
+    fn refuse(&self, status: Status, reason: String) -> Item {
+        Item::Refuse {
+            id: self.id.clone(),
+            decision_fence: self.decision_fence,
+            decision: self.decision(status, reason),
+        }
+    }
+
+    /// Why it is being moved, for the reason people read.
+    fn moved(&self) -> String {
+        match self.displaced {
+            None => String::new(),
+            Some(Displaced::Removed(e)) => format!(" (moved: engine {e} was removed)"),
+            Some(Displaced::Shrunk(e)) => {
+                format!(" (moved: engine {e} holds more than its capacity)")
+            }
+        }
+    }
+}
+
+impl Round<'_> {
+    fn decide(&mut self, w: &Work, parsed: &Parsed, proposal: Option<Plan>) -> Item {
+        let Work::Decide {
+            id,
+            request_revision,
+            decision_fence,
+            previous,
+            raw,
+            lifecycle,
+            history,
+            displaced,
+            ..
+        } = w
+        else {
+            unreachable!("decide is only called on Work::Decide");
+        };
+        let ask = Ask {
+            id,
+            request_revision: *request_revision,
+            decision_fence: *decision_fence,
+            previous: previous.as_ref(),
+            raw,
+            lifecycle: *lifecycle,
+            history: history.as_deref(),
+            displaced: displaced.as_ref(),
+            now: self.now,
+            by: &self.cfg.replica,
+        };
+        let prepared = match parsed {
+            Ok(p) => p,
+            Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
+        };
+        // A batch placement whose engine was removed is lost, as when an engine's health
+        // lapses under it; a service is placed again.
+        if let (Some(Displaced::Removed(engine)), Lifecycle::Batch) = (ask.displaced, ask.lifecycle)
+        {
+            return ask.refuse(
+                Status::Lost,
+                format!("engine {engine} was removed while this batch request was placed on it"),
+            );
+        }
+        // Engines the container failed to start on are never tried again.
+        let excluding = ask
+            .history
+            .filter(|h| !h.attempts.is_empty())
+            .and_then(|h| excluding(prepared, &h.attempts));
+        let (prepared, proposal) = match &excluding {
+            Some(p) => (p, None),
+            None => (prepared, proposal),
+        };
+        let strategy = match self.cfg.schedulers.for_type(&prepared.request.kind) {
+            Ok(s) => s,
+            Err(e) => return ask.refuse(Status::Invalid, e),
+        };
+        let verified =
+            proposal.filter(|p| prepared.fits_resources(&self.engines[p.engine]).is_ok());
+        let chosen = match verified {
+            Some(p) => Ok(p),
+            None => scheduler::schedule(prepared, self.engines, strategy, seed(id), self.sample),
+        };
+        match chosen {
+            Ok(plan) => self.place(&ask, prepared, strategy, plan),
+            Err(u) => self.unschedulable(&ask, u.reason),
+        }
+    }
+
+    /// Reserves the chosen engine in the running view and writes the placement.
+    fn place(
+        &mut self,
+        ask: &Ask<'_>,
+        prepared: &Prepared,
+        strategy: Strategy,
+        plan: Plan,
+    ) -> Item {
+        let request = &prepared.request;
+        let i = plan.engine;
+        let e = &mut self.engines[i];
+        let soft = if plan.soft_dropped {
+            " (soft constraints ignored)"
+        } else {
+            ""
+        };
+        let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
+        let decision = Decision {
+            resource: Some(e.resource()),
+            reservation: Some(Reservation {
+                cpus: request.cpus.as_cpus(),
+                memory: request.memory.0 as f64,
+                ports: request.ports.iter().map(|p| p.to_port()).collect(),
+            }),
+            scheduler: strategy.to_string(),
+            ..ask.decision(Status::Placed, reason)
+        };
+        e.reserve(request.cpus, request.memory, &request.ports);
+        Item::Place {
+            id: ask.id.clone(),
+            decision_fence: ask.decision_fence,
+            engine: e.id.clone(),
+            engine_revision: self.revisions[i],
+            held: Held {
+                cpus: request.cpus,
+                memory: request.memory,
+                ports: request.ports.clone(),
+            },
+            decision,
+        }
+    }
+
+    /// No engine fits. Unschedulable for the same reason as this revision's decision already
+    /// says: nothing to write (parked until capacity changes).
+    fn unschedulable(&self, ask: &Ask<'_>, reason: String) -> Item {
+        // A container that failed to start and has nowhere else to go has failed.
+        if let Some(last) = ask.history.and_then(|r| r.attempts.last()) {
+            return ask.refuse(
+                Status::Failed,
+                format!(
+                    "the container failed to start on {} ({}); no other engine can take it: {reason}",
+                    last.engine, last.error
+                ),
+            );
+        }
+        let reason = format!("{reason}{}", ask.moved());
+        match ask.previous {
+            Some((Status::Unschedulable, r)) if *r == reason => Item::Park { id: ask.id.clone() },
+            _ => ask.refuse(Status::Unschedulable, reason),
+        }
+    }
+}
+
+/// The request with a hard `engine!=<id>` constraint per engine it failed on.
+fn excluding(prepared: &Arc<Prepared>, attempts: &[Attempt]) -> Option<Arc<Prepared>> {
+    let mut request = prepared.request.clone();
+    for a in attempts {
+        request.constraints.push(format!("engine!={}", a.engine));
+    }
+    Prepared::new(request).ok().map(Arc::new)
+}
