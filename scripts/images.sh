@@ -175,4 +175,4 @@ if [[ -x $citadel_bin ]]; then
         die "$base_image: target/release/citadel does not run on it: $got (rebuild it: scripts/images.sh --force)"
     say "$base_image: runs target/release/citadel ($got)"
 fi
-say "next: docker-compose -f docker-compose.etcd.yml build && docker-compose -f docker-compose.etcd.yml up -d"
+say "next: docker-compose -f docker-compose.etcd.yml up -d --build"
