@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, the docker-compose file and
+# The project's test command: formatting, lints, the docker-compose files and
 # every test target. Extra arguments are passed to `cargo test`, e.g.
 #   scripts/test.sh -- --nocapture
 set -euo pipefail
@@ -20,9 +20,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "docker-compose -f docker-compose.etcd.yml config -q"
+step "docker-compose config -q: the plain stack, and with docker-compose.etcd-tls.yml over it"
 if command -v docker-compose >/dev/null 2>&1; then
     docker-compose -f docker-compose.etcd.yml config -q
+    docker-compose -f docker-compose.etcd.yml -f docker-compose.etcd-tls.yml config -q
 else
     echo "docker-compose not installed; skipping the compose file check"
 fi
