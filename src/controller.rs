@@ -40,11 +40,25 @@ pub struct ControllerConfig {
 /// Runs a replica until `shutdown` turns true. Never returns early on etcd trouble: it logs and
 /// retries with backoff.
 pub async fn run(cfg: ControllerConfig, shutdown: watch::Receiver<bool>) {
-    let span = tracing::info_span!("replica", id = %cfg.manager.replica);
-    run_replica(cfg, shutdown).instrument(span).await
+    let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
+    run_with_cache(cfg, cache, shutdown).await
 }
 
-async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>) {
+/// [`run`], on a cache the caller made (and may read: it is the replica's view).
+pub async fn run_with_cache(
+    cfg: ControllerConfig,
+    cache: Arc<Cache>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("replica", id = %cfg.manager.replica);
+    run_replica(cfg, cache, shutdown).instrument(span).await
+}
+
+async fn run_replica(
+    cfg: ControllerConfig,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let replica = cfg.manager.replica.clone();
     tracing::info!(etcd = %cfg.endpoints.join(","), prefix = cfg.keys.prefix(), "starting");
     let client = tokio::select! {
@@ -57,7 +71,6 @@ async fn run_replica(cfg: ControllerConfig, mut shutdown: watch::Receiver<bool>)
         },
         _ = shutdown.wait_for(|s| *s) => return,
     };
-    let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
     cache.lock().set_policy(cfg.policy);
     let mut watcher = Watcher::start(&cache, &client, &shutdown);
     let candidates = tokio::spawn(
@@ -236,4 +249,35 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_task_that_dies_is_noticed_and_one_stopped_on_shutdown_is_not() {
+        let (stop, shutdown) = watch::channel(false);
+        let mut dead = Watcher {
+            task: Some(tokio::spawn(async { panic!("the watch task dies") })),
+            shutdown: shutdown.clone(),
+        };
+        tokio::time::timeout(Duration::from_secs(10), dead.wait_dead())
+            .await
+            .expect("a dead watch task is noticed");
+        assert!(dead.died());
+
+        let mut stopped = Watcher {
+            task: Some(tokio::spawn(async {})),
+            shutdown,
+        };
+        stop.send_replace(true);
+        assert!(!stopped.died(), "ended on shutdown: not a death");
+        let pending = tokio::time::timeout(Duration::from_millis(200), stopped.wait_dead()).await;
+        assert!(
+            pending.is_err(),
+            "a watch task stopped on shutdown is not reported"
+        );
+        stopped.stop().await;
+    }
 }

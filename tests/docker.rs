@@ -128,3 +128,45 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
             .is_none()
     );
 }
+
+/// A runner whose writes etcd refuses for their fence (another replica leads) stops, so that
+/// its replica steps down instead of carrying on as if it led.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_fence_is_refused_stops() {
+    let etcd = common::start_etcd().await;
+    let client = common::connect(&etcd).await;
+    let keys = common::keys();
+    let engine = serde_json::json!({"addr": SOCKET, "cpus": 1, "memory": 256});
+    let rev = common::put_raw(
+        &client,
+        keys.engine(&common::eid("local")),
+        engine.to_string(),
+    )
+    .await;
+    let cache = citadel::cache::Cache::new(keys.clone(), 1.0);
+    cache.load(&client).await.expect("load");
+    // A fence on a campaign key that does not exist: every write it guards is refused.
+    let fence = citadel::election::Fence {
+        key: format!("{}/nobody", keys.leader()).into_bytes(),
+        rev,
+    };
+    let runner = citadel::runner::Runner::new(
+        client.clone(),
+        cache,
+        fence,
+        citadel::runner::RunnerConfig {
+            replica: "deposed".into(),
+            health_every: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    tokio::time::timeout(common::WAIT, runner.run())
+        .await
+        .expect("the runner stops once its fence is refused");
+    assert!(
+        common::get(&client, &keys.health(&common::eid("local")))
+            .await
+            .is_none(),
+        "nothing it wrote landed"
+    );
+}

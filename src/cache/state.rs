@@ -590,6 +590,11 @@ impl State {
         self.guard.uncertain.extend(ids.into_iter().cloned());
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_uncertain(&self, id: &RequestId) -> bool {
+        self.guard.uncertain.contains(id)
+    }
+
     /// Judges the decision events the guard held back whose writes of ours have all answered:
     /// those none explains were someone else's, and are queued to be written back.
     pub fn judge(&mut self) {
@@ -1397,5 +1402,252 @@ mod tests {
         v["resource"].as_object_mut().unwrap().remove("addr");
         let b = serde_json::to_vec(&v).unwrap();
         assert!(serde_json::from_slice::<DecisionHead>(&b).is_err());
+    }
+
+    mod work_sets {
+        use super::*;
+        use etcd_client::proto::PbKeyValue;
+
+        fn kv(key: &str, value: &str, rev: i64) -> PbKeyValue {
+            PbKeyValue {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease: 0,
+            }
+        }
+
+        /// A state fed key by key, as the watch feeds it.
+        struct Fed {
+            state: State,
+            keys: Keys,
+            rev: i64,
+        }
+
+        impl Fed {
+            fn new() -> Self {
+                Fed {
+                    state: State::new(1.0),
+                    keys: Keys::default(),
+                    rev: 0,
+                }
+            }
+            fn put(&mut self, key: &str, value: &str) -> i64 {
+                self.rev += 1;
+                let pb = kv(key, value, self.rev);
+                let kv: &KeyValue = (&pb).into();
+                self.state.apply(&self.keys, EventType::Put, kv, None);
+                self.state.revision = self.rev;
+                self.rev
+            }
+            fn delete(&mut self, key: &str) -> i64 {
+                self.rev += 1;
+                let pb = kv(key, "", self.rev);
+                let kv: &KeyValue = (&pb).into();
+                self.state.apply(&self.keys, EventType::Delete, kv, None);
+                self.state.revision = self.rev;
+                self.rev
+            }
+            fn engine(&mut self, id: &str, cpus: f64) {
+                self.put(
+                    &format!("/citadel/engines/{id}"),
+                    &format!(r#"{{"addr":"tcp://{id}:2375","cpus":{cpus},"memory":4096}}"#),
+                );
+            }
+            fn request(&mut self, id: &str, cpus: f64, kind: &str) -> i64 {
+                self.put(
+                    &format!("/citadel/requests/{id}"),
+                    &format!(r#"{{"image":"x","cpus":{cpus},"memory":1,"type":"{kind}"}}"#),
+                )
+            }
+            /// A placement as a leader writes it, applied as the leader applies its own.
+            fn place(&mut self, id: &str, engine: &str, cpus: f64, request_revision: i64) -> i64 {
+                let d = Decision {
+                    container: serde_json::json!({}).into(),
+                    resource: Some(Resource {
+                        id: engine.into(),
+                        addr: String::new(),
+                        total_cpus: 4.0,
+                        total_memory: 4096.0,
+                    }),
+                    reservation: Some(Reservation {
+                        cpus,
+                        memory: 1.0,
+                        ports: vec![],
+                    }),
+                    status: Status::Placed,
+                    reason: format!("spread chose {engine}"),
+                    scheduler: "spread".into(),
+                    request_revision,
+                    decided_at: String::new(),
+                    decided_by: "me".into(),
+                    run: None,
+                };
+                self.rev += 1;
+                let rev = self.rev;
+                self.state.decided(&rid(id), rev, &d);
+                let pb = kv(
+                    &format!("/citadel/decisions/{id}"),
+                    &serde_json::to_string(&d).unwrap(),
+                    rev,
+                );
+                let kv: &KeyValue = (&pb).into();
+                // The watch echoes it afterwards.
+                self.state.apply(&self.keys, EventType::Put, kv, None);
+                self.state.revision = rev;
+                rev
+            }
+            fn work(&self) -> Vec<Work> {
+                self.state.work(100, &HashSet::new())
+            }
+        }
+
+        fn rid(s: &str) -> RequestId {
+            RequestId::new(s).unwrap()
+        }
+
+        fn displaced(w: &[Work], id: &str) -> Option<Displaced> {
+            w.iter().find_map(|w| match w {
+                Work::Decide {
+                    id: i, displaced, ..
+                } if i.as_str() == id => displaced.clone(),
+                _ => None,
+            })
+        }
+
+        #[test]
+        fn a_removed_engine_displaces_its_placements_until_it_is_back() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            let r = f.request("a", 1.0, "service");
+            f.place("a", "e1", 1.0, r);
+            assert!(f.work().is_empty(), "placed and settled");
+            f.delete("/citadel/engines/e1");
+            let e1 = EngineId::new("e1").unwrap();
+            assert_eq!(displaced(&f.work(), "a"), Some(Displaced::Removed(e1)));
+            f.engine("e1", 4.0);
+            assert!(f.work().is_empty(), "back before it moved: it stays");
+        }
+
+        #[test]
+        fn an_engine_over_capacity_gives_up_its_newest_placements_first() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            for id in ["old", "mid", "new"] {
+                let r = f.request(id, 1.0, "service");
+                f.place(id, "e1", 1.0, r);
+            }
+            f.engine("e1", 2.0);
+            let w = f.work();
+            let e1 = EngineId::new("e1").unwrap();
+            assert_eq!(displaced(&w, "new"), Some(Displaced::Shrunk(e1)));
+            assert_eq!(w.len(), 1, "one move makes the rest fit: {w:?}");
+            f.engine("e1", 4.0);
+            assert!(f.work().is_empty(), "it grew back: nothing moves");
+        }
+
+        #[test]
+        fn only_this_revisions_decision_counts_as_previous() {
+            let mut f = Fed::new();
+            let first = f.request("a", 1.0, "service");
+            let d = r#"{"container":{},"status":"unschedulable","reason":"0/0 engines fit: no engines registered","request_revision":REV,"decided_at":"","decided_by":""}"#;
+            f.put(
+                "/citadel/decisions/a",
+                &d.replace("REV", &first.to_string()),
+            );
+            f.request("a", 2.0, "service");
+            match &f.work()[..] {
+                [Work::Decide { previous, .. }] => assert_eq!(previous, &None),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn the_guard_holds_back_others_writes_and_queues_their_repair() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            let r = f.request("a", 1.0, "service");
+            f.state.set_leading(true);
+            let seq = f.state.begin_write();
+            f.place("a", "e1", 1.0, r);
+            f.state.end_write(seq);
+            // Our own echo was explained; someone else's delete is not, but a write of ours
+            // sent before it arrived might explain it yet.
+            let busy = f.state.begin_write();
+            f.delete("/citadel/decisions/a");
+            assert!(f.state.decision(&rid("a")).is_some(), "held back");
+            let later = f.state.begin_write();
+            f.state.judge();
+            assert_eq!(
+                f.state.repairs(),
+                0,
+                "a write of ours sent before is still out"
+            );
+            f.state.end_write(busy);
+            f.state.judge();
+            assert_eq!(f.state.repairs(), 1, "one sent after it cannot explain it");
+            f.state.end_write(later);
+            match &f.work()[..] {
+                [
+                    Work::Restore {
+                        decision_fence,
+                        decision,
+                        ..
+                    },
+                ] => {
+                    assert_eq!(*decision_fence, 0, "the key must still be gone");
+                    assert_eq!(decision.status, Status::Placed);
+                    assert_eq!(
+                        decision.resource.as_ref().map(|r| r.id.as_str()),
+                        Some("e1")
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            // Stepping down applies what was held back.
+            f.state.set_leading(false);
+            assert!(f.state.decision(&rid("a")).is_none());
+        }
+
+        #[test]
+        fn an_uncertain_write_compares_its_key_and_its_event_is_the_truth() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            f.request("a", 1.0, "service");
+            f.state.set_leading(true);
+            f.state.uncertain([&rid("a")]);
+            match &f.work()[..] {
+                [Work::Decide { decision_fence, .. }] => assert_eq!(*decision_fence, Some(0)),
+                other => panic!("{other:?}"),
+            }
+            // It landed after all: taken as written, no repair.
+            f.put("/citadel/decisions/a", &placed_json("e1", f.rev));
+            assert_eq!(
+                f.state.decision(&rid("a")).map(|d| d.status),
+                Some(Status::Placed)
+            );
+            f.state.judge();
+            assert_eq!(f.state.repairs(), 0);
+        }
+
+        fn placed_json(engine: &str, request_revision: i64) -> String {
+            format!(
+                r#"{{"container":{{}},"resource":{{"id":"{engine}","addr":"","total_cpus":4,"total_memory":4096}},"reservation":{{"cpus":1,"memory":1}},"status":"placed","request_revision":{request_revision},"decided_at":"","decided_by":""}}"#
+            )
+        }
+
+        #[test]
+        fn leader_keys_are_listed_lowest_create_revision_first_with_their_leases() {
+            let mut f = Fed::new();
+            f.put("/citadel/leader/b", r#"{"id":"b","since":""}"#);
+            f.put("/citadel/leader/a", "not json");
+            let keys = f.state.leader_keys();
+            assert_eq!(keys[0].0, "b");
+            assert_eq!(keys[0].1.info.as_ref().map(|i| i.id.as_str()), Some("b"));
+            assert_eq!(keys[1].1.lease, 0);
+            assert!(keys[1].1.info.is_none());
+        }
     }
 }

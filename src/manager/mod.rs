@@ -556,3 +556,89 @@ fn log_batch(batch: &[Item], rev: i64) {
         "committed"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::Fence;
+    use crate::model::{Decision, Echo};
+
+    fn manager(cache: Arc<Cache>) -> Manager {
+        // Never called: the client connects lazily, and these tests send nothing.
+        let client = futures_executor(Client::connect(["http://127.0.0.1:9"], None));
+        Manager::new(
+            client,
+            cache,
+            ManagerConfig {
+                replica: "me".into(),
+                schedulers: Schedulers::default(),
+                workers: 1,
+                compact_every: None,
+                compact_retain: 1,
+                max_txn_ops: MAX_TXN_OPS,
+            },
+        )
+    }
+
+    fn futures_executor<T>(f: impl Future<Output = Result<T, etcd_client::Error>>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+            .expect("a lazy client")
+    }
+
+    #[test]
+    fn a_commit_task_that_panics_counts_as_an_unknown_outcome() {
+        let cache = Cache::new(Keys::default(), 1.0);
+        let manager = manager(cache.clone());
+        let leadership = Leadership {
+            fence: Fence {
+                key: b"/citadel/leader/1".to_vec(),
+                rev: 1,
+            },
+            value: Vec::new(),
+            elected_at: 0,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut lead = Lead::new(&manager, &leadership);
+            let id = RequestId::new("r1").unwrap();
+            let item = Item::Refuse {
+                id: id.clone(),
+                decision_fence: None,
+                decision: Decision {
+                    container: Echo::of(b"{}"),
+                    resource: None,
+                    reservation: None,
+                    status: Status::Invalid,
+                    reason: "x".into(),
+                    scheduler: String::new(),
+                    request_revision: 1,
+                    decided_at: String::new(),
+                    decided_by: String::new(),
+                    run: None,
+                },
+            };
+            lead.assumed.add(1, std::slice::from_ref(&item));
+            let seq = cache.lock().begin_write();
+            let task = lead.commits.spawn(async { panic!("a commit task dies") });
+            lead.tasks.insert(task.id(), (1, seq));
+            let done = lead.commits.join_next_with_id().await.expect("a task");
+            assert!(done.is_err());
+            assert_eq!(lead.on_commit(done).await, None, "no reason to step down");
+            assert!(
+                lead.assumed.ids.is_empty() && lead.assumed.in_flight() == 0,
+                "the batch is no longer assumed: its requests are planned again"
+            );
+            assert!(lead.tasks.is_empty());
+        });
+        // Its write may have landed: the request's next write compares the decision key,
+        // and its decision event is taken as the truth.
+        assert!(cache.lock().is_uncertain(&RequestId::new("r1").unwrap()));
+    }
+}

@@ -70,6 +70,8 @@ pub fn eid(id: &str) -> EngineId {
 /// One in-process controller replica.
 pub struct Replica {
     pub id: String,
+    /// The replica's own view of the cluster.
+    pub cache: std::sync::Arc<citadel::cache::Cache>,
     shutdown: watch::Sender<bool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -124,9 +126,11 @@ impl Replica {
             policy,
         };
         let (shutdown, rx) = watch::channel(false);
-        let handle = tokio::spawn(controller::run(cfg, rx));
+        let cache = citadel::cache::Cache::new(cfg.keys.clone(), cfg.overcommit);
+        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), rx));
         Replica {
             id: id.to_string(),
+            cache,
             shutdown,
             handle: Some(handle),
         }
