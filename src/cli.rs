@@ -1,6 +1,7 @@
 //! The `citadel` command line.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,7 @@ use crate::keys::Keys;
 use crate::manager::ManagerConfig;
 use crate::model::{Decision, Engine, EngineId, EngineSpec, Request, RequestId, Status};
 use crate::scheduler::Schedulers;
-use crate::store::{self, CALL_TIMEOUT, StoreError};
+use crate::store::{self, CALL_TIMEOUT, EtcdConfig, StoreError, TlsConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +44,105 @@ pub struct Global {
     /// Log format of long-running commands.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// The CA bundle etcd's server certificate must chain to, for https:// endpoints (else
+    /// the system's bundle) [also read from ETCDCTL_CACERT].
+    #[arg(long, global = true, env = "CITADEL_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate, for an etcd that asks for one (`--client-cert-auth`; its CN is
+    /// then the etcd user) [also read from ETCDCTL_CERT].
+    #[arg(long, global = true, env = "CITADEL_ETCD_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key [also read from ETCDCTL_KEY].
+    #[arg(long, global = true, env = "CITADEL_ETCD_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The etcd user, as NAME or NAME:PASSWORD (as etcdctl's --user) [also read from
+    /// ETCDCTL_USER].
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD_USER",
+        hide_env_values = true,
+        value_name = "NAME[:PASSWORD]"
+    )]
+    pub user: Option<String>,
+    /// The etcd user's password; --user is then the name as given [also read from
+    /// ETCDCTL_PASSWORD]. Prefer the environment: arguments show in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+/// An etcdctl variable, used when citadel's own flag and variable are not set, so that one
+/// environment serves both tools. Empty counts as unset, as clap does for its variables.
+fn etcdctl_env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+impl Global {
+    /// The connection settings every command uses, from the flags, citadel's variables, and
+    /// then etcdctl's.
+    pub fn etcd_config(&self) -> Result<EtcdConfig, CliError> {
+        let path = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| etcdctl_env(var).map(PathBuf::from))
+        };
+        let cacert = path(&self.cacert, "ETCDCTL_CACERT");
+        let identity = match (
+            path(&self.cert, "ETCDCTL_CERT"),
+            path(&self.key, "ETCDCTL_KEY"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(CliError::Usage(format!(
+                    "--cert {} needs its --key",
+                    cert.display()
+                )));
+            }
+            (None, Some(key)) => {
+                return Err(CliError::Usage(format!(
+                    "--key {} needs its --cert",
+                    key.display()
+                )));
+            }
+        };
+        let tls =
+            (cacert.is_some() || identity.is_some()).then_some(TlsConfig { cacert, identity });
+        let endpoints = self.etcd.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            vec![format!("{scheme}://127.0.0.1:2379")]
+        });
+        let user = self.user.clone().or_else(|| etcdctl_env("ETCDCTL_USER"));
+        let password = self
+            .password
+            .clone()
+            .or_else(|| etcdctl_env("ETCDCTL_PASSWORD"));
+        // etcdctl's rules: with a password given apart, --user is the name as it stands;
+        // without one, --user is NAME:PASSWORD. A password without a user is ignored.
+        let auth = match (user, password) {
+            (None, _) => None,
+            (Some(name), Some(password)) => Some((name, password)),
+            (Some(user), None) => match user.split_once(':') {
+                Some((name, password)) => Some((name.to_string(), password.to_string())),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "--user {user}: no password; give --user {user}:PASSWORD, --password or \
+                         CITADEL_ETCD_PASSWORD (a client certificate needs no --user)"
+                    )));
+                }
+            },
+        };
+        let mut cfg = EtcdConfig::new(endpoints);
+        cfg.tls = tls;
+        if let Some((name, password)) = auth {
+            cfg = cfg.with_auth(name, password);
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,8 +320,10 @@ pub struct SubmitArgs {
 pub enum CliError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", store::short(.0))]
     Etcd(#[from] etcd_client::Error),
+    #[error(transparent)]
+    Controller(#[from] controller::ControllerError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -240,16 +342,19 @@ impl CliError {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let keys = Keys::new(&cli.global.prefix).map_err(|e| CliError::Usage(e.to_string()))?;
-    let endpoints = cli
-        .global
-        .etcd
-        .clone()
-        .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
+    let bench_own_etcd = cli.global.etcd.is_none();
+    // Built once, here, and handed to everything that connects.
+    let etcd = match (&cli.command, bench_own_etcd) {
+        // The bench's own etcd is plain and local: settings meant for another etcd (say,
+        // etcdctl's variables) do not apply to it.
+        (Command::Bench(_), true) => EtcdConfig::default(),
+        _ => cli.global.etcd_config()?,
+    };
     match cli.command {
-        Command::Controller(args) => run_controller(args, keys, endpoints).await,
+        Command::Controller(args) => run_controller(args, keys, etcd).await,
         Command::Bench(args) => {
             let json = args.json;
-            let result = crate::bench::run(args, cli.global.etcd.clone())
+            let result = crate::bench::run(args, (!bench_own_etcd).then_some(etcd))
                 .await
                 .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
             crate::bench::print_table(&result);
@@ -271,7 +376,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         command => {
-            let client = store::connect(&endpoints, Some(Duration::from_secs(5))).await?;
+            let client = store::connect(&etcd, Some(Duration::from_secs(5))).await?;
             match command {
                 Command::Engine(EngineCommand::Add(a)) => engine_add(&client, &keys, a).await,
                 Command::Engine(EngineCommand::Ls) | Command::Ls => {
@@ -303,7 +408,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn run_controller(
     args: ControllerArgs,
     keys: Keys,
-    endpoints: Vec<String>,
+    etcd: EtcdConfig,
 ) -> Result<(), CliError> {
     let schedulers = Schedulers::with_overrides(&args.schedulers).map_err(CliError::Usage)?;
     if !(args.overcommit.is_finite() && args.overcommit > 0.0 && args.overcommit <= 100.0) {
@@ -348,7 +453,7 @@ async fn run_controller(
             .unwrap_or(1)
     });
     let cfg = ControllerConfig {
-        endpoints,
+        etcd,
         keys,
         manager: ManagerConfig {
             replica,
@@ -375,8 +480,7 @@ async fn run_controller(
             launch_all: args.launch,
         },
     };
-    controller::run(cfg, controller::shutdown_on_signals()).await;
-    Ok(())
+    Ok(controller::run(cfg, controller::shutdown_on_signals()).await?)
 }
 
 fn engine_id(id: &str) -> Result<EngineId, CliError> {
