@@ -166,6 +166,9 @@ pub enum Command {
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
+    /// Least-privilege etcd roles and users for citadel under --prefix: prints the etcdctl
+    /// commands, or creates them with --apply (as an etcd admin, given by the global flags).
+    Rbac(crate::rbac::RbacArgs),
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +326,8 @@ pub enum CliError {
     #[error("etcd: {}", store::short(.0))]
     Etcd(#[from] etcd_client::Error),
     #[error(transparent)]
+    Rbac(#[from] crate::rbac::RbacError),
+    #[error(transparent)]
     Controller(#[from] controller::ControllerError),
     #[error("{0}")]
     Usage(String),
@@ -352,6 +357,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.command {
         Command::Controller(args) => run_controller(args, keys, etcd).await,
+        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd)
+            .await
+            .map_err(Into::into),
         Command::Bench(args) => {
             let json = args.json;
             let result = crate::bench::run(args, (!bench_own_etcd).then_some(etcd))
@@ -399,7 +407,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     );
                     Ok(())
                 }
-                Command::Controller(_) | Command::Bench(_) => unreachable!("handled above"),
+                Command::Controller(_) | Command::Bench(_) | Command::Rbac(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
