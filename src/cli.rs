@@ -76,16 +76,21 @@ pub struct Global {
     pub password: Option<String>,
 }
 
-/// An etcdctl variable, used when citadel's own flag and variable are not set, so that one
-/// environment serves both tools. Empty counts as unset, as clap does for its variables.
-fn etcdctl_env(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.is_empty())
-}
-
 impl Global {
     /// The connection settings every command uses, from the flags, citadel's variables, and
     /// then etcdctl's.
     pub fn etcd_config(&self) -> Result<EtcdConfig, CliError> {
+        self.etcd_config_with(|var| std::env::var(var).ok())
+    }
+
+    /// As [`Self::etcd_config`], with etcdctl's variables looked up by `env`. They count when
+    /// citadel's own flag and variable are not set, so that one environment serves both
+    /// tools; empty counts as unset, as clap does for citadel's variables.
+    pub fn etcd_config_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<EtcdConfig, CliError> {
+        let etcdctl_env = |var: &str| env(var).filter(|v| !v.is_empty());
         let path = |flag: &Option<PathBuf>, var: &str| {
             flag.clone().or_else(|| etcdctl_env(var).map(PathBuf::from))
         };
@@ -116,18 +121,17 @@ impl Global {
             vec![format!("{scheme}://127.0.0.1:2379")]
         });
         let user = self.user.clone().or_else(|| etcdctl_env("ETCDCTL_USER"));
-        let password = self
-            .password
-            .clone()
-            .or_else(|| etcdctl_env("ETCDCTL_PASSWORD"));
         // etcdctl's rules: with a password given apart, --user is the name as it stands;
-        // without one, --user is NAME:PASSWORD. A password without a user is ignored.
-        let auth = match (user, password) {
+        // without one, --user is NAME:PASSWORD. etcdctl's variable comes last of all: a
+        // password written into --user is citadel's own setting. A password without a user
+        // is ignored.
+        let auth = match (user, self.password.clone()) {
             (None, _) => None,
             (Some(name), Some(password)) => Some((name, password)),
-            (Some(user), None) => match user.split_once(':') {
-                Some((name, password)) => Some((name.to_string(), password.to_string())),
-                None => {
+            (Some(user), None) => match (user.split_once(':'), etcdctl_env("ETCDCTL_PASSWORD")) {
+                (Some((name, password)), _) => Some((name.to_string(), password.to_string())),
+                (None, Some(password)) => Some((user, password)),
+                (None, None) => {
                     return Err(CliError::Usage(format!(
                         "--user {user}: no password; give --user {user}:PASSWORD, --password or \
                          CITADEL_ETCD_PASSWORD (a client certificate needs no --user)"
@@ -843,4 +847,95 @@ async fn timed<T>(fut: impl Future<Output = Result<T, etcd_client::Error>>) -> R
     Ok(tokio::time::timeout(CALL_TIMEOUT, fut)
         .await
         .map_err(|_| StoreError::Timeout(CALL_TIMEOUT))??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Credentials;
+
+    /// The connection settings of a command line, with `env` as etcdctl's variables.
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<EtcdConfig, CliError> {
+        let mut argv = vec!["citadel"];
+        argv.extend_from_slice(args);
+        argv.push("ls");
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        cli.global.etcd_config_with(|var| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn creds(user: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        })
+    }
+
+    #[test]
+    fn user_takes_a_password_as_etcdctl_does() {
+        let c = config(&["--user", "alice:s3:cret"], &[]).expect("config");
+        assert_eq!(c.auth, creds("alice", "s3:cret"));
+        // With --password apart, --user is the name as it stands.
+        let c = config(&["--user", "a:b", "--password", "pw"], &[]).expect("config");
+        assert_eq!(c.auth, creds("a:b", "pw"));
+        let e = config(&["--user", "alice"], &[]).expect_err("no password");
+        assert!(e.to_string().contains("--user alice: no password"), "{e}");
+        // A password without a user is ignored, as etcdctl does.
+        assert_eq!(
+            config(&["--password", "pw"], &[]).expect("config").auth,
+            None
+        );
+    }
+
+    #[test]
+    fn etcdctl_variables_fill_in_what_citadel_is_not_told() {
+        let env = [
+            ("ETCDCTL_CACERT", "/e/ca.pem"),
+            ("ETCDCTL_CERT", "/e/c.pem"),
+            ("ETCDCTL_KEY", "/e/k.pem"),
+            ("ETCDCTL_USER", "bob"),
+            ("ETCDCTL_PASSWORD", "pw"),
+        ];
+        let c = config(&["--etcd", "https://h:2379"], &env).expect("config");
+        let tls = c.tls.expect("tls");
+        assert_eq!(tls.cacert, Some(PathBuf::from("/e/ca.pem")));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/e/c.pem"), PathBuf::from("/e/k.pem")))
+        );
+        assert_eq!(c.auth, creds("bob", "pw"));
+        // citadel's own flags win.
+        let c = config(
+            &[
+                "--etcd",
+                "https://h:2379",
+                "--cacert",
+                "/c/ca.pem",
+                "--user",
+                "x:y",
+            ],
+            &env,
+        )
+        .expect("config");
+        assert_eq!(c.tls.expect("tls").cacert, Some(PathBuf::from("/c/ca.pem")));
+        assert_eq!(c.auth, creds("x", "y"));
+    }
+
+    #[test]
+    fn tls_settings_pick_the_default_scheme_and_refuse_plain_endpoints() {
+        let c = config(&["--cacert", "/c/ca.pem"], &[]).expect("config");
+        assert_eq!(c.endpoints, ["https://127.0.0.1:2379"]);
+        assert_eq!(
+            config(&[], &[]).expect("config").endpoints,
+            ["http://127.0.0.1:2379"]
+        );
+        let e = config(&["--etcd", "http://h:2379", "--cacert", "/c/ca.pem"], &[])
+            .expect_err("TLS files for plain http");
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let e = config(&["--cert", "/c/c.pem"], &[]).expect_err("a cert without its key");
+        assert!(e.to_string().contains("needs its --key"), "{e}");
+    }
 }
