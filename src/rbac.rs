@@ -122,7 +122,8 @@ impl Access {
         }
     }
 
-    fn permission(self, prefix: &str) -> Permission {
+    /// The permission on every key under `prefix`.
+    pub fn permission(self, prefix: &str) -> Permission {
         let p = match self {
             Access::Read => Permission::read(prefix),
             Access::Write => Permission::write(prefix),

@@ -6,6 +6,8 @@
 // Each test binary that declares `mod common;` uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
