@@ -390,24 +390,43 @@ pub fn backoff() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// What a PEM file must hold.
+#[derive(Debug, Clone, Copy)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+impl Pem {
+    fn name(self) -> &'static str {
+        match self {
+            Pem::Certificate => "certificate",
+            Pem::PrivateKey => "private key",
+        }
+    }
+
+    /// Whether `text` holds one (a key may be PKCS#8, RSA or EC: `-----BEGIN … PRIVATE KEY-----`).
+    fn found_in(self, text: &str) -> bool {
+        match self {
+            Pem::Certificate => text.contains("-----BEGIN CERTIFICATE-----"),
+            Pem::PrivateKey => text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----"),
+        }
+    }
+}
+
 /// Reads a PEM file named by `flag`, and checks it holds what it should: rustls would skip
 /// anything else silently, and the handshake would then fail far from the cause.
-fn read_pem(flag: &'static str, path: &Path, what: &'static str) -> Result<Vec<u8>, StoreError> {
+fn read_pem(flag: &'static str, path: &Path, want: Pem) -> Result<Vec<u8>, StoreError> {
     let bytes = std::fs::read(path).map_err(|source| StoreError::TlsFile {
         flag,
         path: path.to_path_buf(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let found = match what {
-        "private key" => text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----"),
-        _ => text.contains("-----BEGIN CERTIFICATE-----"),
-    };
-    if !found {
+    if !want.found_in(&String::from_utf8_lossy(&bytes)) {
         return Err(StoreError::NotPem {
             flag,
             path: path.to_path_buf(),
-            what,
+            what: want.name(),
         });
     }
     Ok(bytes)
@@ -415,17 +434,17 @@ fn read_pem(flag: &'static str, path: &Path, what: &'static str) -> Result<Vec<u
 
 fn tls_options(tls: &TlsConfig) -> Result<TlsOptions, StoreError> {
     let ca = match &tls.cacert {
-        Some(path) => read_pem("--cacert", path, "certificate")?,
+        Some(path) => read_pem("--cacert", path, Pem::Certificate)?,
         None => read_pem(
             "--cacert (none given; the system's bundle)",
             Path::new(SYSTEM_CA_BUNDLE),
-            "certificate",
+            Pem::Certificate,
         )?,
     };
     let mut opts = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
     if let Some((cert, key)) = &tls.identity {
-        let cert = read_pem("--cert", cert, "certificate")?;
-        let key = read_pem("--key", key, "private key")?;
+        let cert = read_pem("--cert", cert, Pem::Certificate)?;
+        let key = read_pem("--key", key, Pem::PrivateKey)?;
         opts = opts.identity(Identity::from_pem(cert, key));
     }
     Ok(opts)
@@ -695,5 +714,89 @@ pub async fn range_all(
         if !more || kvs.is_empty() {
             return Ok((out, revision));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_file_error_names_the_flag_and_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("ca.pem");
+        let e = read_pem("--cacert", &missing, Pem::Certificate).expect_err("missing");
+        assert_eq!(
+            e.to_string(),
+            format!("--cacert {}: No such file or directory", missing.display())
+        );
+        assert!(e.is_permanent());
+        let not_pem = dir.path().join("key.pem");
+        std::fs::write(&not_pem, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let e = read_pem("--key", &not_pem, Pem::PrivateKey).expect_err("a certificate");
+        assert_eq!(
+            e.to_string(),
+            format!("--key {}: no PEM private key in it", not_pem.display())
+        );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_before_connecting() {
+        let mixed = EtcdConfig::new(vec!["http://a:1".into(), "https://b:2".into()]);
+        assert!(mixed.check().expect_err("mixed").is_permanent());
+        let tls_on_http = EtcdConfig::new(vec!["http://a:1".into()]).with_tls(TlsConfig {
+            cacert: Some("/ca.pem".into()),
+            identity: None,
+        });
+        assert!(
+            tls_on_http
+                .check()
+                .expect_err("TLS on http")
+                .to_string()
+                .contains("use https://")
+        );
+        assert!(matches!(
+            EtcdConfig::default().check(),
+            Err(StoreError::NoEndpoints)
+        ));
+        let https = EtcdConfig::new(vec!["https://a:1".into()]);
+        assert!(https.check().is_ok() && https.uses_tls());
+    }
+
+    #[test]
+    fn a_child_gets_exactly_these_settings_and_no_password_in_its_arguments() {
+        let cfg = EtcdConfig::new(vec!["https://a:1".into(), "https://b:2".into()])
+            .with_tls(TlsConfig {
+                cacert: Some("/ca.pem".into()),
+                identity: Some(("/c.pem".into(), "/k.pem".into())),
+            })
+            .with_auth("ctl", "s3cret");
+        let mut cmd = std::process::Command::new("true");
+        cmd.env("ETCDCTL_USER", "someone-else");
+        cfg.pass_to_child(&mut cmd);
+        let envs: Vec<(String, Option<String>)> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                let s = |o: &std::ffi::OsStr| o.to_string_lossy().into_owned();
+                (s(k), v.map(s))
+            })
+            .collect();
+        let get = |k: &str| {
+            envs.iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("CITADEL_ETCD").as_deref(),
+            Some("https://a:1,https://b:2")
+        );
+        assert_eq!(get("CITADEL_ETCD_CERT").as_deref(), Some("/c.pem"));
+        assert_eq!(get("CITADEL_ETCD_PASSWORD").as_deref(), Some("s3cret"));
+        assert_eq!(get("ETCDCTL_USER"), None, "the inherited one is removed");
+        assert_eq!(cmd.get_args().count(), 0);
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "Debug shows the password"
+        );
     }
 }
