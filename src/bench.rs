@@ -20,7 +20,7 @@ use crate::invariants::{self, Report};
 use crate::keys::Keys;
 use crate::manager::MAX_TXN_OPS;
 use crate::model::{EngineId, RequestId};
-use crate::store;
+use crate::store::{self, EtcdConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -288,10 +288,12 @@ impl Timings {
     }
 }
 
-pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResult, BenchError> {
+/// Runs the bench against `etcd` (its endpoints, TLS and credentials), or its own etcd when
+/// `None`.
+pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
     let started = Instant::now();
-    let (_etcd_proc, endpoints) = match etcd {
-        Some(eps) => (None, eps),
+    let (_etcd_proc, etcd) = match etcd {
+        Some(cfg) => (None, cfg),
         None => {
             let p = EtcdProcess::start_with(EtcdOptions {
                 auto_compaction_retention: Some("100000".into()),
@@ -300,8 +302,8 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
                 ..EtcdOptions::default()
             })
             .await?;
-            let ep = p.endpoint();
-            (Some(p), vec![ep])
+            let cfg = EtcdConfig::new(vec![p.endpoint()]);
+            (Some(p), cfg)
         }
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -310,10 +312,10 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     let conns_n = args.clients.clamp(1, 8);
     let mut conns = Vec::new();
     for _ in 0..conns_n {
-        conns.push(store::connect(&endpoints, Some(Duration::from_secs(10))).await?);
+        conns.push(store::connect(&etcd, Some(Duration::from_secs(10))).await?);
     }
     let client = conns[0].clone();
-    eprintln!("bench: etcd {} prefix {prefix}", endpoints.join(","));
+    eprintln!("bench: etcd {} prefix {prefix}", etcd.endpoints_str());
 
     // Engines, 64 per txn.
     let mut kv = client.kv_client();
@@ -356,22 +358,19 @@ pub async fn run(args: BenchArgs, etcd: Option<Vec<String>>) -> Result<BenchResu
     let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
     let spawn = |i: usize| -> Result<ChildProc, BenchError> {
         let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--etcd",
-            &endpoints.join(","),
-            "--prefix",
-            &prefix,
-            "controller",
-        ])
-        .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
-        .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
-        .args(["--nice", &args.nice.to_string()])
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        // Endpoints, TLS files and credentials go through the environment: a password in the
+        // arguments would show in `ps`.
+        etcd.pass_to_child(&mut cmd);
+        cmd.args(["--prefix", &prefix, "controller"])
+            .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
+            .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
+            .args(["--nice", &args.nice.to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         if let Some(w) = args.workers {
             cmd.args(["--workers", &w.to_string()]);
         }

@@ -21,11 +21,19 @@ use crate::election::{self, ElectionError, Lease};
 use crate::keys::Keys;
 use crate::manager::{Manager, ManagerConfig, StepDown};
 use crate::runner::{Runner, RunnerConfig};
-use crate::store;
+use crate::store::{self, EtcdConfig, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// etcd refused us for good (credentials, certificates, roles): the replica exits.
+    #[error(transparent)]
+    Etcd(#[from] StoreError),
+}
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    pub endpoints: Vec<String>,
+    /// How to reach etcd; the Docker side's writes share this replica's client.
+    pub etcd: EtcdConfig,
     pub keys: Keys,
     pub manager: ManagerConfig,
     /// Shown in the leader key; informational.
@@ -37,9 +45,14 @@ pub struct ControllerConfig {
     pub policy: HealthPolicy,
 }
 
-/// Runs a replica until `shutdown` turns true. Never returns early on etcd trouble: it logs and
-/// retries with backoff.
-pub async fn run(cfg: ControllerConfig, shutdown: watch::Receiver<bool>) {
+/// Runs a replica until `shutdown` turns true. An unreachable etcd is retried with backoff for
+/// as long as it takes (etcd may come back). What retrying cannot fix, credentials,
+/// certificates or a role that etcd refuses, ends the replica with an error after a few tries
+/// ([`store::PERMANENT_TRIES`]), for its supervisor to see.
+pub async fn run(
+    cfg: ControllerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ControllerError> {
     let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
     run_with_cache(cfg, cache, shutdown).await
 }
@@ -49,7 +62,7 @@ pub async fn run_with_cache(
     cfg: ControllerConfig,
     cache: Arc<Cache>,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Result<(), ControllerError> {
     let span = tracing::info_span!("replica", id = %cfg.manager.replica);
     run_replica(cfg, cache, shutdown).instrument(span).await
 }
@@ -58,18 +71,25 @@ async fn run_replica(
     cfg: ControllerConfig,
     cache: Arc<Cache>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Result<(), ControllerError> {
     let replica = cfg.manager.replica.clone();
-    tracing::info!(etcd = %cfg.endpoints.join(","), prefix = cfg.keys.prefix(), "starting");
+    tracing::info!(etcd = %cfg.etcd.endpoints_str(), prefix = cfg.keys.prefix(), "starting");
+    let connect = async {
+        let client = store::connect(&cfg.etcd, None).await?;
+        // A replica whose role cannot read and write the prefix would otherwise retry its
+        // list, or its campaign, forever.
+        store::check_access(&client, cfg.keys.root(), None).await?;
+        Ok::<_, StoreError>(client)
+    };
     let client = tokio::select! {
-        c = store::connect(&cfg.endpoints, None) => match c {
+        c = connect => match c {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot connect to etcd");
-                return;
+                tracing::error!(error = %e, "cannot use etcd; giving up");
+                return Err(e.into());
             }
         },
-        _ = shutdown.wait_for(|s| *s) => return,
+        _ = shutdown.wait_for(|s| *s) => return Ok(()),
     };
     cache.lock().set_policy(cfg.policy);
     let mut watcher = Watcher::start(&cache, &client, &shutdown);
@@ -161,6 +181,7 @@ async fn run_replica(
         tracing::error!(error = %e, "the election watch task failed");
     }
     tracing::info!("stopped");
+    Ok(())
 }
 
 /// The cache's watch task, supervised: a task that ends before shutdown (it panicked) is

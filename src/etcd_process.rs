@@ -3,7 +3,8 @@
 //! Used by tests and local tooling: [`EtcdProcess::start`] picks free client
 //! and peer ports on `127.0.0.1`, puts the data directory (and the etcd log)
 //! in a fresh temporary directory, spawns `etcd` and waits until
-//! `GET /health` reports `"health":"true"`. The process can then be killed,
+//! `GET /health` reports `"health":"true"` (with TLS, until `etcdctl endpoint
+//! health` says so). The process can then be killed,
 //! stopped gracefully and restarted on the same data directory and ports,
 //! which makes it possible to exercise registry outages.
 //!
@@ -85,6 +86,26 @@ pub struct EtcdOptions {
     pub max_txn_ops: Option<u32>,
     /// The etcd binary; `etcd` from `PATH` when `None`.
     pub binary: Option<PathBuf>,
+    /// Serve clients over TLS (`https://`), with the caller's files.
+    pub tls: Option<EtcdTls>,
+    /// If set, passed as `--auth-token-ttl` (seconds a simple token lives unused).
+    pub auth_token_ttl: Option<u64>,
+}
+
+/// TLS on the client port, with files the caller made (tests make them with `openssl`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA of the server's certificate, and with `client_cert_auth` the one clients'
+    /// certificates must chain to (`--trusted-ca-file`).
+    pub ca: PathBuf,
+    /// The server certificate, for `127.0.0.1` (an IP subject alternative name). It must
+    /// also allow client use (`extendedKeyUsage = serverAuth, clientAuth`): etcd's own
+    /// gateway connects to itself with it, and so does the readiness probe.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `--client-cert-auth`: every client needs a certificate from `ca`, and once
+    /// authentication is on, a request without a token runs as the user its CN names.
+    pub client_cert_auth: bool,
 }
 
 /// One real etcd server process listening on `127.0.0.1`.
@@ -173,9 +194,22 @@ impl EtcdProcess {
         }
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.spec.client_port)
+        self.spec.client_url()
+    }
+
+    /// How to reach this etcd: its endpoint, and with TLS its CA (no client certificate and
+    /// no user: add them for the client at hand).
+    pub fn client_config(&self) -> crate::store::EtcdConfig {
+        let cfg = crate::store::EtcdConfig::new(vec![self.endpoint()]);
+        match &self.spec.opts.tls {
+            Some(tls) => cfg.with_tls(crate::store::TlsConfig {
+                cacert: Some(tls.ca.clone()),
+                identity: None,
+            }),
+            None => cfg,
+        }
     }
 
     /// The OS process id of the most recently started etcd process.
@@ -283,7 +317,7 @@ impl Spec {
                     return Attempt::Failed(EtcdProcessError::Io(err));
                 }
             }
-            if health_ok(self.client_port).await {
+            if self.healthy().await {
                 return Attempt::Ready(child);
             }
             if Instant::now() >= deadline {
@@ -297,13 +331,66 @@ impl Spec {
         }
     }
 
+    fn client_url(&self) -> String {
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Whether etcd answers its health check. Over TLS (perhaps demanding a client
+    /// certificate) etcdctl speaks for us, with the server's own certificate as the client's:
+    /// etcd 3.4's `endpoint health` counts "permission denied" as healthy, so it works as
+    /// well once authentication is on.
+    async fn healthy(&self) -> bool {
+        let Some(tls) = &self.opts.tls else {
+            return health_ok(self.client_port).await;
+        };
+        // Cheap first: no etcdctl process while nothing listens yet.
+        let listening = timeout(
+            PROBE_TIMEOUT,
+            TcpStream::connect((Ipv4Addr::LOCALHOST, self.client_port)),
+        )
+        .await;
+        if !matches!(listening, Ok(Ok(_))) {
+            return false;
+        }
+        let mut cmd = Command::new("etcdctl");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCDCTL_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.client_url())
+            .arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .args(["--dial-timeout", "1s", "--command-timeout", "1s"])
+            .args(["endpoint", "health"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        matches!(
+            timeout(PROBE_TIMEOUT * 2, cmd.status()).await,
+            Ok(Ok(status)) if status.success()
+        )
+    }
+
     fn spawn(&self) -> Result<Child, EtcdProcessError> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)?;
         let stdout = log.try_clone()?;
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = self.client_url();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
 
         let mut cmd = Command::new(&self.binary);
@@ -345,6 +432,22 @@ impl Spec {
         }
         if let Some(ops) = self.opts.max_txn_ops {
             cmd.arg("--max-txn-ops").arg(ops.to_string());
+        }
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            // etcd 3.4 asks every client for a certificate as soon as it has a
+            // --trusted-ca-file, --client-cert-auth or not: server-only TLS goes without.
+            if tls.client_cert_auth {
+                cmd.arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
+        }
+        if let Some(ttl) = self.opts.auth_token_ttl {
+            cmd.arg("--auth-token-ttl").arg(ttl.to_string());
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(stdout))

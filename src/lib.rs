@@ -21,6 +21,7 @@ pub mod keys;
 pub mod manager;
 pub mod model;
 pub mod profile;
+pub mod rbac;
 pub mod runner;
 pub mod scheduler;
 pub mod store;

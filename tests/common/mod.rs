@@ -6,17 +6,20 @@
 // Each test binary that declares `mod common;` uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use citadel::controller::{self, ControllerConfig};
+use citadel::controller::{self, ControllerConfig, ControllerError};
 use citadel::etcd_process::EtcdProcess;
 use citadel::invariants::{self, Report};
 use citadel::keys::Keys;
 use citadel::manager::ManagerConfig;
 use citadel::model::{Decision, EngineId, RequestId, Reservation};
 use citadel::scheduler::Schedulers;
+use citadel::store::EtcdConfig;
 use etcd_client::{Client, GetOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -48,9 +51,14 @@ pub async fn start_etcd() -> EtcdProcess {
 
 /// A client for `etcd`, connected and proven to answer.
 pub async fn connect(etcd: &EtcdProcess) -> Client {
-    citadel::store::connect(&[etcd.endpoint()], Some(Duration::from_secs(10)))
+    connect_with(&EtcdConfig::new(vec![etcd.endpoint()])).await
+}
+
+/// A client connected with `cfg` (TLS, credentials), proven to answer.
+pub async fn connect_with(cfg: &EtcdConfig) -> Client {
+    citadel::store::connect(cfg, Some(Duration::from_secs(10)))
         .await
-        .expect("connect to etcd")
+        .unwrap_or_else(|e| panic!("connect to etcd at {}: {e}", cfg.endpoints_str()))
 }
 
 pub fn keys() -> Keys {
@@ -73,7 +81,7 @@ pub struct Replica {
     /// The replica's own view of the cluster.
     pub cache: std::sync::Arc<citadel::cache::Cache>,
     shutdown: watch::Sender<bool>,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<Result<(), ControllerError>>>,
 }
 
 impl Replica {
@@ -108,8 +116,23 @@ impl Replica {
         policy: citadel::cache::HealthPolicy,
         max_txn_ops: usize,
     ) -> Replica {
+        let etcd = EtcdConfig::new(vec![endpoint.to_string()]);
+        Replica::start_config(etcd, id, policy, max_txn_ops)
+    }
+
+    /// Starts a replica that reaches etcd as `etcd` says (TLS, credentials).
+    pub fn start_etcd_config(etcd: EtcdConfig, id: &str) -> Replica {
+        Replica::start_config(etcd, id, Default::default(), citadel::manager::MAX_TXN_OPS)
+    }
+
+    fn start_config(
+        etcd: EtcdConfig,
+        id: &str,
+        policy: citadel::cache::HealthPolicy,
+        max_txn_ops: usize,
+    ) -> Replica {
         let cfg = ControllerConfig {
-            endpoints: vec![endpoint.to_string()],
+            etcd,
             keys: keys(),
             manager: ManagerConfig {
                 replica: id.to_string(),
@@ -146,10 +169,22 @@ impl Replica {
         self.signal_stop();
         if let Some(handle) = self.handle.take() {
             match tokio::time::timeout(WAIT, handle).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("replica {} failed: {e}", self.id),
                 Ok(Err(e)) => panic!("replica {} panicked: {e}", self.id),
                 Err(_) => panic!("replica {} did not stop within {WAIT:?}", self.id),
             }
+        }
+    }
+
+    /// Waits (at most `timeout`) for the replica to end by itself, without asking it to, and
+    /// returns how it ended.
+    pub async fn exited(mut self, timeout: Duration) -> Result<(), ControllerError> {
+        let handle = self.handle.take().expect("a running replica");
+        match tokio::time::timeout(timeout, handle).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => panic!("replica {} panicked: {e}", self.id),
+            Err(_) => panic!("replica {} still runs after {timeout:?}", self.id),
         }
     }
 
@@ -213,9 +248,12 @@ impl Proxy {
 
     /// A client that reaches etcd through this proxy, connected as replicas connect.
     pub async fn connect(&self) -> Client {
-        citadel::store::connect(&[self.endpoint()], Some(Duration::from_secs(10)))
-            .await
-            .expect("connect through the proxy")
+        citadel::store::connect(
+            &EtcdConfig::new(vec![self.endpoint()]),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .expect("connect through the proxy")
     }
 
     pub fn cut(&self) {
