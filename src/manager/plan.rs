@@ -343,3 +343,186 @@ fn excluding(prepared: &Arc<Prepared>, attempts: &[Attempt]) -> Option<Arc<Prepa
     }
     Prepared::new(request).ok().map(Arc::new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EngineId, EngineSpec, MAX_DEPTH};
+    use proptest::prelude::{
+        Just, ProptestConfig, Strategy as _, TestCaseError, any, prop_assert, prop_assert_eq,
+        prop_oneof, proptest,
+    };
+
+    fn engines() -> Vec<EngineView> {
+        (0..4)
+            .map(|i| {
+                let id = EngineId::new(format!("e{i}")).unwrap();
+                let spec = EngineSpec::parse(
+                    &id,
+                    format!(r#"{{"cpus":4,"memory":4096,"labels":["zone={}"]}}"#, i % 2).as_bytes(),
+                )
+                .unwrap();
+                EngineView::new(&spec, 1.0)
+            })
+            .collect()
+    }
+
+    fn cfg() -> ManagerConfig {
+        ManagerConfig {
+            replica: "me".into(),
+            schedulers: crate::scheduler::Schedulers::default(),
+            workers: 1,
+            compact_every: None,
+            compact_retain: 1,
+            max_txn_ops: 128,
+        }
+    }
+
+    fn decide(raw: &[u8]) -> Work {
+        Work::Decide {
+            id: RequestId::new("r").unwrap(),
+            request_revision: 7,
+            decision_fence: None,
+            previous: None,
+            raw: Arc::from(raw),
+            parsed: None,
+            lifecycle: Lifecycle::Service,
+            history: None,
+            displaced: None,
+        }
+    }
+
+    const VALID: &str = r#"{"image":"redis","cpus":"0.5","memory":64,"type":"service","labels":["zone==1","engine!=/^e[0-2]$/"],"bind_ports":[{"port":8080}],"user_data":{"team":["a"]}}"#;
+
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Request bodies a user could write: a valid one with random edits, deep nesting, extreme
+    /// numbers, odd unicode, misspelt fields, random constraints and raw bytes.
+    fn bodies() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let edits = proptest::collection::vec(
+            (
+                any::<proptest::sample::Index>(),
+                0u8..3,
+                prop_oneof![
+                    Just(b'{'),
+                    Just(b'}'),
+                    Just(b'['),
+                    Just(b']'),
+                    Just(b'"'),
+                    Just(b','),
+                    Just(b':'),
+                    Just(b'\\'),
+                    Just(b'9'),
+                    Just(b'e'),
+                    Just(b'-'),
+                    Just(0xff),
+                    Just(0xc3)
+                ],
+            ),
+            0..6,
+        )
+        .prop_map(|edits| {
+            let mut b = VALID.as_bytes().to_vec();
+            for (at, what, byte) in edits {
+                let i = at.index(b.len() + 1);
+                match what {
+                    0 => b.insert(i, byte),
+                    1 if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ if i < b.len() => b[i] = byte,
+                    _ => {}
+                }
+            }
+            b
+        });
+        let deep = (0usize..300).prop_map(|n| {
+            format!(
+                r#"{{"image":"x","cpus":1,"memory":1,"type":"service","user_data":{{"d":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+            .into_bytes()
+        });
+        let numbers = prop_oneof![
+            Just("1e999"),
+            Just("-0"),
+            Just("1e308"),
+            Just("\"NaN\""),
+            Just("\"inf\""),
+            Just("0.0000001"),
+            Just("18446744073709551616"),
+            Just("-1"),
+            Just("\" 2 \"")
+        ]
+        .prop_map(|n| {
+            format!(r#"{{"image":"x","cpus":{n},"memory":{n},"type":"batch"}}"#).into_bytes()
+        });
+        let names = "[a-z_]{1,12}".prop_map(|field| {
+            format!(r#"{{"image":"x","cpus":1,"memory":1,"type":"service","{field}":1}}"#)
+                .into_bytes()
+        });
+        let constraints =
+            proptest::collection::vec("[a-z=!~/\\\\()|*?+{}0-9^$.\u{e9}\u{1F600} ]{0,40}", 0..40)
+                .prop_map(|labels| {
+                    serde_json::to_vec(&serde_json::json!({
+                        "image": "x", "cpus": 1, "memory": 1, "type": "service", "labels": labels
+                    }))
+                    .unwrap()
+                });
+        let unicode = "\\PC{0,64}".prop_map(|s| {
+            serde_json::to_vec(&serde_json::json!({
+                "image": s, "cpus": 1, "memory": 1, "type": s, "hostname": s
+            }))
+            .unwrap()
+        });
+        prop_oneof![
+            edits,
+            deep,
+            numbers,
+            names,
+            constraints,
+            unicode,
+            proptest::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a user writes, the parser and the scheduler neither panic nor stall, and the
+        /// request gets exactly one decision, placed on an engine that fits or refused with a
+        /// reason, which any JSON reader can read back.
+        #[test]
+        fn any_body_gets_one_readable_decision(body in bodies()) {
+            let mut view = engines();
+            let revisions = vec![1; view.len()];
+            let started = std::time::Instant::now();
+            let items = plan(&[decide(&body)], &mut view, &revisions, &cfg(), "now");
+            // A stall detector, a thousand times what any request costs, not a benchmark.
+            prop_assert!(started.elapsed() < std::time::Duration::from_secs(5));
+            prop_assert_eq!(items.len(), 1);
+            let decision = match &items[0] {
+                Item::Place { decision, engine, .. } => {
+                    let e = view.iter().find(|v| v.id == *engine).unwrap();
+                    prop_assert!(e.reserved_cpus <= e.cpus && e.reserved_memory <= e.memory);
+                    decision
+                }
+                Item::Refuse { decision, .. } => {
+                    prop_assert!(!decision.reason.is_empty());
+                    decision
+                }
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            };
+            let text = serde_json::to_string(decision).unwrap();
+            let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert!(depth(&back) <= MAX_DEPTH + 2);
+        }
+    }
+}
