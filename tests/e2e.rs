@@ -470,3 +470,169 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
         other.as_millis()
     );
 }
+
+/// Steady, bounded load: `count` requests one every `pace`, every 7th rewritten and every 11th
+/// deleted a little later. Returns each live request's final revision.
+async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTreeMap<String, i64> {
+    let mut live = BTreeMap::new();
+    for i in 0..count {
+        let id = format!("load-{i:04}");
+        live.insert(
+            id.clone(),
+            put_request(&client, &keys, &id, &request_json(i)).await,
+        );
+        if i >= 3 && (i - 3).is_multiple_of(7) {
+            let again = format!("load-{:04}", i - 3);
+            let body = request_json(i + 1);
+            live.insert(
+                again.clone(),
+                put_request(&client, &keys, &again, &body).await,
+            );
+        }
+        if i >= 5 && (i - 5).is_multiple_of(11) {
+            let gone = format!("load-{:04}", i - 5);
+            common::delete_key(&client, keys.request(&common::rid(&gone))).await;
+            live.remove(&gone);
+        }
+        tokio::time::sleep(pace).await;
+    }
+    live
+}
+
+/// Three replicas under load while each fault of the hostile-input issue is planted in turn: a
+/// request of heavy regexes, one nested too deep, a misspelt field, a rewrite that stays
+/// unschedulable, every decision deleted, an election key without a lease, an engine deleted
+/// under its placements and one shrunk by hand, and the leader SIGKILLed. Afterwards `citadel
+/// check` finds nothing: every live request has exactly one decision for its current revision,
+/// no engine is over capacity, no port bound twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_load_survive_every_planted_fault() {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::default();
+    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    for i in 0..6 {
+        let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
+        common::put_engine(&client, &keys, &format!("e{i}"), 4.0, 8192.0, &[zone]).await;
+    }
+    let mut replicas: Vec<Replica> = (1..=3)
+        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .collect();
+    let loader = tokio::spawn(load(
+        client.clone(),
+        keys.clone(),
+        300,
+        Duration::from_millis(15),
+    ));
+    let pause = || tokio::time::sleep(Duration::from_millis(400));
+
+    // Hostile input beside the load.
+    let heavy: Vec<String> = (0..150)
+        .map(|i| format!("zone!=/^(\\w|\\d){{{}}}x{i}$/", 60 + i % 7))
+        .collect();
+    let hostile = [
+        (
+            "hostile-regex",
+            serde_json::json!({"image":"x","cpus":0.1,"memory":1,"type":"service","labels":heavy})
+                .to_string(),
+        ),
+        (
+            "hostile-deep",
+            format!(
+                r#"{{"image":"x","cpus":0.1,"memory":1,"type":"service","user_data":{{"d":{}1{}}}}}"#,
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+        ),
+        (
+            "hostile-typo",
+            r#"{"image":"x","cpus":0.1,"memory":1,"type":"service","lables":["zone==b"]}"#
+                .to_string(),
+        ),
+    ];
+    for (id, body) in &hostile {
+        put_request(&client, &keys, id, body).await;
+    }
+    pause().await;
+    // A rewrite that stays unschedulable.
+    let big = r#"{"image":"big","cpus":64,"memory":1,"type":"service"}"#;
+    put_request(&client, &keys, "too-big", big).await;
+    pause().await;
+    put_request(
+        &client,
+        &keys,
+        "too-big",
+        &big.replace("\"big\"", "\"bigger\""),
+    )
+    .await;
+    pause().await;
+    // Every decision deleted by an operator's slip.
+    client
+        .kv_client()
+        .delete(
+            keys.decisions(),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("del --prefix decisions/");
+    pause().await;
+    // An election key without a lease.
+    common::put_raw(&client, format!("{}/impostor", keys.leader()), "{}").await;
+    pause().await;
+    // An engine deleted under its placements, another shrunk by hand.
+    common::delete_key(&client, keys.engine(&common::eid("e0"))).await;
+    pause().await;
+    common::put_engine(&client, &keys, "e1", 1.0, 8192.0, &["zone=b"]).await;
+    pause().await;
+    // The leader killed.
+    let first = leader(&client, &keys).await.expect("a leader");
+    let victim = replicas
+        .iter()
+        .position(|r| r.id == first)
+        .expect("the leader is a replica");
+    replicas[victim].signal("-KILL");
+    assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
+    replicas.remove(victim);
+
+    let live = tokio::time::timeout(Duration::from_secs(60), loader)
+        .await
+        .expect("the load ends")
+        .expect("the load task");
+    let out = cli(&ep, &["check", "--settle", "30"]);
+    assert!(
+        out.status.success(),
+        "citadel check:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = live;
+    for (id, _) in &hostile {
+        let d = decision(&client, &keys, id).await.expect("decided");
+        assert_eq!(d.status, Status::Invalid, "{id}: {d:?}");
+        want.insert(id.to_string(), d.request_revision);
+    }
+    let d = decision(&client, &keys, "too-big").await.expect("decided");
+    assert_eq!(d.status, Status::Unschedulable);
+    assert_eq!(
+        Some(d.request_revision),
+        common::get(&client, &keys.request(&common::rid("too-big")))
+            .await
+            .map(|g| g.mod_revision),
+        "the rewrite has its own decision"
+    );
+    assert!(
+        common::get(&client, &format!("{}/impostor", keys.leader()))
+            .await
+            .is_none(),
+        "the election key without a lease is gone"
+    );
+    let report = invariants::check_etcd(&client, &keys, 1.0)
+        .await
+        .expect("read etcd");
+    assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
+    assert_eq!(report.requests, want.len() + 1, "{report:#?}");
+    for r in &replicas {
+        assert!(r.log().contains("starting"), "{}", r.id);
+    }
+}
