@@ -121,11 +121,16 @@ impl Keys {
         format!("{}leader", self.root)
     }
 
+    /// A key's kind (`requests`, `decisions`, …) and the rest after it, without allocating:
+    /// the watch calls this for every event.
+    pub fn split<'a>(&self, key: &'a [u8]) -> Option<(&'a str, &'a str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(self.root.as_str())?.split_once('/')
+    }
+
     /// Parses a key under the prefix. `None` for keys outside it or of no known kind.
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
-        let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(self.root.as_str())?;
-        let (kind, tail) = rest.split_once('/')?;
+        let (kind, tail) = self.split(key)?;
         match kind {
             "engines" => EngineId::from_key_segment(tail).map(Key::Engine),
             "requests" => Some(match RequestId::from_key_segment(tail) {

@@ -144,6 +144,13 @@ macro_rules! id_type {
             }
         }
 
+        // Hash and Eq are those of the text, so maps keyed by ids answer a lookup by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

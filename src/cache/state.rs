@@ -338,6 +338,9 @@ impl State {
 
     /// Parses a request key's value, if `kv` is one, before the state's lock is taken.
     pub fn parse_ahead(keys: &Keys, kv: &KeyValue) -> Option<Parsed> {
+        if !matches!(keys.split(kv.key()), Some(("requests", _))) {
+            return None;
+        }
         match keys.parse(kv.key()) {
             Some(Key::Request(id)) => Some(prepare(&id, kv.value())),
             _ => None,
@@ -390,6 +393,18 @@ impl State {
     /// Applies one watch event, with [`State::parse_ahead`] of its key. Events arrive in
     /// revision order, once each.
     pub fn apply(&mut self, keys: &Keys, kind: EventType, kv: &KeyValue, parsed: Option<Parsed>) {
+        // The leader's own decisions come back as events it has already applied: one per
+        // placement, told apart by revision before anything is allocated or parsed.
+        if kind == EventType::Put
+            && let Some(("decisions", id)) = keys.split(kv.key())
+            && self.guarding()
+            && self
+                .decisions
+                .get(id)
+                .is_some_and(|d| d.mod_revision >= kv.mod_revision())
+        {
+            return;
+        }
         match kind {
             EventType::Put => self.put(keys, kv, parsed),
             EventType::Delete => self.delete(keys, kv),
