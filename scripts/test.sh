@@ -17,8 +17,8 @@ bash scripts/test-image.sh
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "docker-compose config -q: the plain stack, and with docker-compose.etcd-tls.yml over it"
 if command -v docker-compose >/dev/null 2>&1; then
@@ -28,5 +28,5 @@ else
     echo "docker-compose not installed; skipping the compose file check"
 fi
 
-step "cargo test --all-targets${*:+ $*}"
-cargo test --all-targets "$@"
+step "cargo test --workspace --all-targets${*:+ $*}"
+cargo test --workspace --all-targets "$@"

@@ -15,7 +15,9 @@ use clap::Args;
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp, WatchOptions};
 use serde::Serialize;
 
-use crate::etcd_process::{EtcdOptions, EtcdProcess};
+#[cfg(feature = "bench-etcd")]
+use citadel_testkit::etcd::{EtcdOptions, EtcdProcess};
+
 use crate::invariants::{self, Report};
 use crate::keys::Keys;
 use crate::manager::MAX_TXN_OPS;
@@ -69,8 +71,9 @@ pub enum BenchError {
     Etcd(#[from] etcd_client::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[cfg(feature = "bench-etcd")]
     #[error(transparent)]
-    EtcdProcess(#[from] crate::etcd_process::EtcdProcessError),
+    EtcdProcess(#[from] citadel_testkit::etcd::EtcdProcessError),
     #[error("{0}")]
     Setup(String),
 }
@@ -135,9 +138,12 @@ impl ChildProc {
 
 impl Drop for ChildProc {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        if let Some(pid) = i32::try_from(self.0.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         for _ in 0..100 {
             if let Ok(Some(_)) = self.0.try_wait() {
                 return;
@@ -294,6 +300,14 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
     let started = Instant::now();
     let (_etcd_proc, etcd) = match etcd {
         Some(cfg) => (None, cfg),
+        #[cfg(not(feature = "bench-etcd"))]
+        None => {
+            return Err(BenchError::Setup(
+                "this build cannot start an etcd of its own (feature bench-etcd): pass --etcd"
+                    .into(),
+            ));
+        }
+        #[cfg(feature = "bench-etcd")]
         None => {
             let p = EtcdProcess::start_with(EtcdOptions {
                 auto_compaction_retention: Some("100000".into()),

@@ -258,27 +258,13 @@ pub const DEFAULT_NICE: i32 = 5;
 
 /// Lowers the priority of the calling thread, and of every thread it starts from now on, by
 /// `by` (Unix nice). Lowering one's own priority needs no privilege.
-#[cfg(target_os = "linux")]
 pub fn lower_priority(by: i32) -> std::io::Result<()> {
     if by == 0 {
         return Ok(());
     }
-    // SAFETY: nice(2) takes an int and touches no memory of ours. It may return -1 on success,
-    // so errno tells failure apart.
-    let failed = unsafe {
-        *libc::__errno_location() = 0;
-        libc::nice(by) == -1 && *libc::__errno_location() != 0
-    };
-    if failed {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Elsewhere the priority is left as it is.
-#[cfg(not(target_os = "linux"))]
-pub fn lower_priority(_by: i32) -> std::io::Result<()> {
-    Ok(())
+    rustix::process::nice(by)
+        .map(|_| ())
+        .map_err(std::io::Error::from)
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use citadel::engine;
-use citadel::etcd_process::EtcdProcess;
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 
 mod common;

@@ -26,7 +26,7 @@ const ENGINE: &str = "local";
 /// The local test image, built once per test binary.
 fn test_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}")))
+    IMAGE.get_or_init(|| citadel_testkit::dockerd::test_image().unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn connect() -> Docker {

@@ -1,4 +1,4 @@
-//! Extra Docker daemons beside the system one (`citadel::dockerd_process`): several engines on one
+//! Extra Docker daemons beside the system one (`citadel_testkit::dockerd`): several engines on one
 //! machine, each running its own containers, and one of them lost while another carries on.
 //!
 //! Needs root and the system daemon (the test image is copied from it).
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use citadel::dockerd_process::DockerdProcess;
+use citadel_testkit::dockerd::DockerdProcess;
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -18,7 +18,7 @@ use tokio::time::timeout;
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn test_image() -> String {
-    citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}"))
+    citadel_testkit::dockerd::test_image().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `docker [-H addr] ARGS…`, bounded by [`CLI_TIMEOUT`]; the system daemon when `addr` is `None`.

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use citadel::etcd_process::EtcdProcess;
 use citadel::invariants;
 use citadel::keys::Keys;
 use citadel::model::{Decision, Status};
+use citadel_testkit::child::Signal;
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 
 mod common;
@@ -52,13 +53,9 @@ impl Replica {
         }
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {} failed", self.id);
+    fn signal(&self, sig: Signal) {
+        citadel_testkit::child::signal(self.child.id(), sig)
+            .unwrap_or_else(|e| panic!("kill {sig:?} {}: {e}", self.id));
     }
 
     fn log(&self) -> String {
@@ -266,7 +263,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         .position(|r| r.id == first)
         .expect("leader is a replica");
     let killed_at = Instant::now();
-    replicas[victim].signal("-KILL");
+    replicas[victim].signal(Signal::KILL);
     let probe = "probe-after-sigkill";
     revisions.insert(
         probe.into(),
@@ -302,7 +299,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         .position(|r| r.id == second)
         .expect("leader is a replica");
     let termed_at = Instant::now();
-    replicas[victim].signal("-TERM");
+    replicas[victim].signal(Signal::TERM);
     let probe = "probe-after-sigterm";
     revisions.insert(
         probe.into(),
@@ -426,7 +423,7 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
         .iter()
         .find(|r| r.id == d.decided_by)
         .expect("leader");
-    paused.signal("-STOP");
+    paused.signal(Signal::STOP);
     // While it sleeps, its lease expires and the other replica takes over and decides.
     revisions.insert(
         "b".to_string(),
@@ -441,7 +438,7 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
         Duration::from_secs(30),
     )
     .await;
-    paused.signal("-CONT");
+    paused.signal(Signal::CONT);
     // Give the old leader time to wake up, try, and notice.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -591,7 +588,7 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         .iter()
         .position(|r| r.id == first)
         .expect("the leader is a replica");
-    replicas[victim].signal("-KILL");
+    replicas[victim].signal(Signal::KILL);
     assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
     replicas.remove(victim);
 

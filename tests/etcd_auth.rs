@@ -3,7 +3,7 @@
 //! `citadel rbac`, and one plain line (and a non-zero exit) for each way a connection is
 //! refused.
 //!
-//! Every etcd is a real one started by the test (`citadel::etcd_process`), with certificates
+//! Every etcd is a real one started by the test (`citadel_testkit::etcd`), with certificates
 //! made by `openssl` in the test's temporary directory (`common::pki`). Nothing here asserts
 //! a time; every wait is bounded.
 
@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use citadel::etcd_process::{EtcdOptions, EtcdProcess, EtcdTls};
 use citadel::keys::Keys;
 use citadel::rbac::Role;
 use citadel::store::{self, EtcdConfig, TlsConfig};
+use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
 use common::pki::{Ca, Pair, path};
 use common::{Replica, eid, rid};
 use etcd_client::Client;
@@ -150,7 +150,7 @@ fn with(mut base: Vec<String>, more: &[&str]) -> Vec<String> {
 
 /// A library client for `etcd` presenting `pair`.
 fn cert_config(etcd: &EtcdProcess, pair: &Pair) -> EtcdConfig {
-    let mut cfg = etcd.client_config();
+    let mut cfg = common::client_config(etcd);
     cfg.tls = Some(TlsConfig {
         cacert: cfg.tls.and_then(|t| t.cacert),
         identity: Some((pair.cert.clone(), pair.key.clone())),
@@ -482,8 +482,10 @@ async fn passwords_over_server_only_tls_outlive_their_tokens() {
 
     // (2) An in-process controller with a password places requests, also after its token
     // has expired unused.
-    let replica =
-        Replica::start_etcd_config(etcd.client_config().with_auth("ctl", "ctl-pw"), "ctl-1");
+    let replica = Replica::start_etcd_config(
+        common::client_config(&etcd).with_auth("ctl", "ctl-pw"),
+        "ctl-1",
+    );
     let request = dir.path().join("request.json");
     std::fs::write(&request, REQUEST).expect("write the request");
     let user_env: &[(&str, &str)] = &[("ETCDCTL_USER", "u"), ("ETCDCTL_PASSWORD", "u-pw")];
@@ -524,8 +526,10 @@ async fn passwords_over_server_only_tls_outlive_their_tokens() {
         "a wrong password",
         "etcd refused the credentials for user \"u\"",
     );
-    let doomed =
-        Replica::start_etcd_config(etcd.client_config().with_auth("ctl", "nope"), "doomed");
+    let doomed = Replica::start_etcd_config(
+        common::client_config(&etcd).with_auth("ctl", "nope"),
+        "doomed",
+    );
     let err = doomed
         .exited(GIVE_UP_WITHIN)
         .await

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use citadel::election::{self, Lease};
-use citadel::etcd_process::EtcdProcess;
 use citadel::fence::Commit;
 use citadel::keys::Keys;
 use citadel::manager::{self, Batch, Item};
 use citadel::model::{
     Decision, EngineId, Held, MemoryMb, Millicpus, RequestId, Reservation, Status,
 };
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 use tokio::sync::watch;
 

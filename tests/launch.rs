@@ -15,10 +15,11 @@ use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use citadel::dockerd_process::DockerdProcess;
-use citadel::etcd_process::EtcdProcess;
 use citadel::keys::Keys;
 use citadel::model::{Decision, Status};
+use citadel_testkit::child::Signal;
+use citadel_testkit::dockerd::DockerdProcess;
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -48,7 +49,7 @@ const ENGINE_MEMORY_MB: &str = "2048";
 
 /// Builds the test image on the system daemon, once per test binary.
 fn ensure_test_image() {
-    let built = citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}"));
+    let built = citadel_testkit::dockerd::test_image().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         built, IMAGE,
         "scripts/test-image.sh builds {IMAGE} by default"
@@ -76,14 +77,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
-/// Sends `sig` (e.g. `-STOP`) to a process with kill(1).
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill {sig} {pid} failed");
+/// Sends `sig` to a process of this test's.
+fn signal(pid: u32, sig: Signal) {
+    citadel_testkit::child::signal(pid, sig).unwrap_or_else(|e| panic!("kill {sig:?} {pid}: {e}"));
 }
 
 /// A request the leader launches: 0.5 cpus, 64 MB, no network (the extra daemons have no
@@ -166,12 +162,12 @@ impl Engine {
     }
 
     fn pause(&mut self) {
-        signal(self.dockerd.pid(), "-STOP");
+        signal(self.dockerd.pid(), Signal::STOP);
         self.paused = true;
     }
 
     fn resume(&mut self) {
-        signal(self.dockerd.pid(), "-CONT");
+        signal(self.dockerd.pid(), Signal::CONT);
         self.paused = false;
     }
 
@@ -210,9 +206,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         if self.paused {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &self.dockerd.pid().to_string()])
-                .status();
+            let _ = citadel_testkit::child::signal(self.dockerd.pid(), Signal::CONT);
         }
     }
 }
@@ -680,7 +674,7 @@ async fn a_leader_killed_between_placement_and_launch_launches_once() {
         .position(|r| r.id == first)
         .expect("the leader is one of ours");
     let killed = Instant::now();
-    signal(c.controllers[leader].child.id(), "-KILL");
+    signal(c.controllers[leader].child.id(), Signal::KILL);
     let _ = c.controllers[leader].child.wait();
     c.engine_mut("e").resume();
 

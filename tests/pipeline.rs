@@ -1208,7 +1208,7 @@ async fn put_requests(
 
 /// 600 requests, written before the replica starts, so that the leader's first round plans
 /// them all. Returns how many transactions their decisions were committed in.
-async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: usize) -> usize {
+async fn place_a_burst(etcd: &citadel_testkit::etcd::EtcdProcess, max_txn_ops: usize) -> usize {
     let client = connect(etcd).await;
     let keys = keys();
     for e in ["e1", "e2", "e3"] {
@@ -1236,7 +1236,7 @@ async fn place_a_burst(etcd: &citadel::etcd_process::EtcdProcess, max_txn_ops: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_max_txn_ops_packs_fuller_transactions() {
-    let etcd = citadel::etcd_process::EtcdProcess::start_with(citadel::etcd_process::EtcdOptions {
+    let etcd = citadel_testkit::etcd::EtcdProcess::start_with(citadel_testkit::etcd::EtcdOptions {
         max_txn_ops: Some(1024),
         ..Default::default()
     })

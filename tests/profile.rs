@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use citadel::etcd_process::EtcdProcess;
 use citadel::keys::Keys;
 use citadel::profile::{self, Profiles};
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 
 /// 20 samples per image: memory 10..=200 MB against 256 for busybox (fits), cpus

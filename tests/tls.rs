@@ -1,7 +1,7 @@
 //! citadel against a Docker engine over TLS (`https://`, client certificates): the CLI's
 //! `engine add` probe and `citadel::docker` launching and removing a container.
 //!
-//! The engine is an extra dockerd (`citadel::dockerd_process`) serving its API with
+//! The engine is an extra dockerd (`citadel_testkit::dockerd`) serving its API with
 //! `--tlsverify` on a 127.0.0.1 port of the machine's network namespace, with a throwaway CA,
 //! server and client certificates made by `openssl` in the test's temporary directory. Every
 //! daemon, etcd, container and file is cleaned up by drop guards, passed or failed.
@@ -15,10 +15,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use citadel::docker::{self, LaunchSpec, State};
-use citadel::dockerd_process::{DockerdOptions, DockerdProcess, DockerdTls};
 use citadel::engine::{self, TlsFiles};
-use citadel::etcd_process::EtcdProcess;
 use citadel::model::Image;
+use citadel_testkit::dockerd::{DockerdOptions, DockerdProcess, DockerdTls};
+use citadel_testkit::etcd::EtcdProcess;
 use tempfile::TempDir;
 use tokio::process::Command;
 use tokio::time::timeout;
@@ -272,7 +272,7 @@ async fn engine_add_over_tls_reads_the_engine_and_needs_the_tls_files() {
 
 #[tokio::test]
 async fn launch_and_remove_over_tls() {
-    let image = citadel::dockerd_process::test_image().unwrap_or_else(|e| panic!("{e}"));
+    let image = citadel_testkit::dockerd::test_image().unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new().expect("temp dir");
     let pki = Pki::generate(dir.path(), "launch").await;
     let dockerd = tls_dockerd("tls-launch", &pki).await;

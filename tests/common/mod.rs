@@ -13,13 +13,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use citadel::controller::{self, ControllerConfig, ControllerError};
-use citadel::etcd_process::EtcdProcess;
 use citadel::invariants::{self, Report};
 use citadel::keys::Keys;
 use citadel::manager::ManagerConfig;
 use citadel::model::{Decision, EngineId, RequestId, Reservation};
 use citadel::scheduler::Schedulers;
 use citadel::store::EtcdConfig;
+use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::{Client, GetOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -47,6 +47,19 @@ pub fn init_tracing() {
 pub async fn start_etcd() -> EtcdProcess {
     init_tracing();
     EtcdProcess::start().await.expect("start etcd")
+}
+
+/// How to reach `etcd`: its endpoint, and with TLS its CA (no client certificate and no user:
+/// add them for the client at hand).
+pub fn client_config(etcd: &EtcdProcess) -> citadel::store::EtcdConfig {
+    let cfg = citadel::store::EtcdConfig::new(vec![etcd.endpoint()]);
+    match etcd.ca() {
+        Some(ca) => cfg.with_tls(citadel::store::TlsConfig {
+            cacert: Some(ca.to_path_buf()),
+            identity: None,
+        }),
+        None => cfg,
+    }
 }
 
 /// A client for `etcd`, connected and proven to answer.

@@ -46,6 +46,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
+
+use crate::child::ChildProcess;
 use tokio::time::{Instant, sleep, timeout};
 
 /// How long to wait for a freshly spawned dockerd to answer `/_ping`.
@@ -170,8 +172,7 @@ pub struct DockerdTls {
 pub struct DockerdProcess {
     // Field order matters for `Drop`: `drop` stops the child and sweeps
     // mounts first, then the temp dir is removed.
-    child: Option<Child>,
-    pid: u32,
+    child: ChildProcess,
     /// The port of the TLS listener on 127.0.0.1, with [`DockerdOptions::tls`].
     tls_port: Option<u16>,
     spec: Spec,
@@ -231,15 +232,14 @@ impl DockerdProcess {
             }
         };
         let process = DockerdProcess {
-            pid: child.id().unwrap_or(0),
-            child: Some(child),
+            child: ChildProcess::new(child),
             tls_port,
             spec,
             _dir: dir,
         };
         tracing::debug!(
             name,
-            pid = process.pid,
+            pid = process.pid(),
             addr = %process.addr(),
             log = %process.log_path().display(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -267,7 +267,7 @@ impl DockerdProcess {
 
     /// The OS process id of dockerd.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid()
     }
 
     /// The daemon's `--data-root` (inside its temporary directory).
@@ -284,11 +284,8 @@ impl DockerdProcess {
     /// containerd dies with it; its containers keep running until this value
     /// is dropped. No-op if it is not running.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            tracing::debug!(name = %self.spec.name, pid = self.pid, "dockerd killed");
-        }
+        self.child.kill().await;
+        tracing::debug!(name = %self.spec.name, pid = self.pid(), "dockerd killed");
     }
 
     /// Stops dockerd with SIGTERM, waits up to 20 s for it to exit, then
@@ -297,20 +294,12 @@ impl DockerdProcess {
     /// main process ignores SIGTERM makes this take that long. No-op if it is
     /// not running.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id()
-            && sys::signal(pid, sys::SIGTERM).is_ok()
-        {
-            if timeout(STOP_TIMEOUT, child.wait()).await.is_ok() {
-                tracing::debug!(name = %self.spec.name, pid, "dockerd stopped");
-                return;
-            }
-            tracing::debug!(pid, "dockerd ignored SIGTERM for 20 s, killing it");
+        if !self.child.stop(STOP_TIMEOUT).await {
+            tracing::debug!(
+                pid = self.pid(),
+                "dockerd ignored SIGTERM for 20 s, killed it"
+            );
         }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
     }
 
     /// Copies `image` from the daemon the `docker` CLI talks to by default
@@ -371,22 +360,12 @@ impl DockerdProcess {
 
 impl Drop for DockerdProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                // Without containers dockerd shuts down in about a second;
-                // with them it would wait out each one's stop timeout.
-                remove_all_containers(&self.spec.socket());
-                if let Some(pid) = child.id()
-                    && sys::signal(pid, sys::SIGTERM).is_ok()
-                {
-                    wait_blocking(&mut child, STOP_TIMEOUT);
-                }
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.start_kill();
-                wait_blocking(&mut child, Duration::from_secs(1));
-            }
+        if self.child.is_running() {
+            // Without containers dockerd shuts down in about a second; with them it would
+            // wait out each one's stop timeout.
+            remove_all_containers(&self.spec.socket());
         }
+        self.child.stop_blocking(STOP_TIMEOUT);
         self.spec.sweep();
     }
 }
@@ -603,14 +582,14 @@ impl Spec {
                 // A pid read from cgroup.procs a moment ago could in theory
                 // have been reused since; pids are allocated sequentially, so
                 // the window is far too small to matter in tests.
-                if sys::signal(pid, sys::SIGKILL).is_ok() {
+                if sys::signal(pid, sys::Signal::KILL).is_ok() {
                     killed += 1;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         for pid in shim_pids(&self.containerd_socket()) {
-            if sys::signal(pid, sys::SIGKILL).is_ok() {
+            if sys::signal(pid, sys::Signal::KILL).is_ok() {
                 killed += 1;
             }
         }
@@ -647,14 +626,6 @@ fn remove_all_containers(socket: &Path) {
         if let Err(err) = api_request_blocking(socket, "DELETE", &path, REMOVE_TIMEOUT) {
             tracing::debug!(id, %err, "could not remove container before stopping dockerd");
         }
-    }
-}
-
-/// Polls a child until it exits or `limit` passes (for `Drop`, which cannot await).
-fn wait_blocking(child: &mut Child, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -925,70 +896,37 @@ fn unescape_octal(field: &str) -> Vec<u8> {
     out
 }
 
-/// The system calls the harness needs beyond `std`.
+/// The system calls the harness needs beyond `std`, through rustix.
 mod sys {
-    use std::ffi::{CString, c_char, c_int};
     use std::io;
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
     use std::path::Path;
 
-    pub const SIGKILL: c_int = 9;
-    pub const SIGTERM: c_int = 15;
-    const MNT_DETACH: c_int = 2;
-    const F_SETFD: c_int = 2;
+    pub use crate::child::{Signal, signal};
 
-    unsafe extern "C" {
-        fn kill(pid: c_int, sig: c_int) -> c_int;
-        fn umount2(target: *const c_char, flags: c_int) -> c_int;
-        fn dup2(old: c_int, new: c_int) -> c_int;
-        fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
-    }
-
-    /// Makes `fd` the child's descriptor 3, kept across exec: the first
-    /// socket-activation descriptor. Only async-signal-safe calls: it runs
-    /// between fork and exec.
-    pub fn pass_as_fd3(fd: c_int) -> io::Result<()> {
-        const FD3: c_int = 3;
-        // SAFETY: plain descriptor operations; `dup2` onto 3 closes whatever
-        // was there (stdio has already been set up in 0 to 2), and its copy
-        // does not have FD_CLOEXEC. When `fd` already is 3, `dup2` does
-        // nothing, so clear the flag directly.
-        let result = unsafe {
-            if fd == FD3 {
-                fcntl(FD3, F_SETFD, 0 as c_int)
-            } else {
-                dup2(fd, FD3)
-            }
-        };
-        if result == -1 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+    /// Makes `fd` the child's descriptor 3, kept across exec: the first socket-activation
+    /// descriptor. Only async-signal-safe calls: it runs between fork and exec.
+    pub fn pass_as_fd3(fd: RawFd) -> io::Result<()> {
+        const FD3: RawFd = 3;
+        // SAFETY: `fd` is open in the child (the listener the parent bound), and 3 is free
+        // for us to take: stdio has been set up in 0 to 2.
+        let source = unsafe { BorrowedFd::borrow_raw(fd) };
+        if fd == FD3 {
+            // dup2 onto itself does nothing: clear FD_CLOEXEC directly.
+            return rustix::io::fcntl_setfd(source, rustix::io::FdFlags::empty())
+                .map_err(io::Error::from);
         }
-    }
-
-    /// Sends `sig` to `pid`.
-    pub fn signal(pid: u32, sig: c_int) -> io::Result<()> {
-        let pid = c_int::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-        // SAFETY: `kill(2)` has no memory-safety preconditions. Callers only
-        // pass pids of their own children or of processes they just found in
-        // this daemon's cgroup or by its containerd socket.
-        if unsafe { kill(pid, sig) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // SAFETY: descriptor 3 is ours to replace; the OwnedFd is forgotten, never closed,
+        // so the child keeps it across exec (dup2's copy has no FD_CLOEXEC).
+        let mut target = unsafe { OwnedFd::from_raw_fd(FD3) };
+        let result = rustix::io::dup2(source, &mut target).map_err(io::Error::from);
+        std::mem::forget(target);
+        result
     }
 
     /// `umount2(path, MNT_DETACH)`: detaches now, frees when no longer busy.
     pub fn unmount_detached(path: &Path) -> io::Result<()> {
-        let target = CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
-        if unsafe { umount2(target.as_ptr(), MNT_DETACH) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
     }
 }
 
@@ -1007,7 +945,7 @@ pub fn test_image() -> Result<String, String> {
     static IMAGE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-image.sh");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-image.sh");
             let out = std::process::Command::new("bash")
                 .arg(&script)
                 .output()

@@ -1,4 +1,5 @@
-//! A real, single-member etcd server running as a child process on loopback.
+//! Real etcd servers as child processes on loopback: one member ([`EtcdProcess`]) or a
+//! cluster of several ([`EtcdCluster`]) whose members can be killed, paused and restarted.
 //!
 //! Used by tests and local tooling: [`EtcdProcess::start`] picks free client
 //! and peer ports on `127.0.0.1`, puts the data directory (and the etcd log)
@@ -21,6 +22,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+use crate::child::ChildProcess;
 use tokio::time::{Instant, sleep, timeout};
 
 /// How long to wait for a freshly spawned etcd to report healthy.
@@ -112,8 +115,7 @@ pub struct EtcdTls {
 #[derive(Debug)]
 pub struct EtcdProcess {
     // Field order matters for `Drop`: the child goes before the temp dir.
-    child: Option<Child>,
-    pid: u32,
+    child: ChildProcess,
     spec: Spec,
     _dir: TempDir,
 }
@@ -123,6 +125,9 @@ pub struct EtcdProcess {
 struct Spec {
     binary: PathBuf,
     opts: EtcdOptions,
+    /// `--name`, and `--initial-cluster` (every member's `name=peer-url`).
+    name: String,
+    initial_cluster: String,
     data_dir: PathBuf,
     log_path: PathBuf,
     client_port: u16,
@@ -153,6 +158,8 @@ impl EtcdProcess {
             let spec = Spec {
                 binary: binary.clone(),
                 opts: opts.clone(),
+                name: MEMBER_NAME.to_string(),
+                initial_cluster: format!("{MEMBER_NAME}=http://127.0.0.1:{peer_port}"),
                 data_dir: dir.path().join("data"),
                 log_path: dir.path().join("etcd.log"),
                 client_port,
@@ -161,13 +168,12 @@ impl EtcdProcess {
             match spec.spawn_and_wait().await {
                 Attempt::Ready(child) => {
                     let process = EtcdProcess {
-                        pid: child.id().unwrap_or(0),
-                        child: Some(child),
+                        child: ChildProcess::new(child),
                         spec,
                         _dir: dir,
                     };
                     tracing::debug!(
-                        pid = process.pid,
+                        pid = process.pid(),
                         endpoint = %process.endpoint(),
                         data_dir = %process.spec.data_dir.display(),
                         log = %process.spec.log_path.display(),
@@ -199,22 +205,14 @@ impl EtcdProcess {
         self.spec.client_url()
     }
 
-    /// How to reach this etcd: its endpoint, and with TLS its CA (no client certificate and
-    /// no user: add them for the client at hand).
-    pub fn client_config(&self) -> crate::store::EtcdConfig {
-        let cfg = crate::store::EtcdConfig::new(vec![self.endpoint()]);
-        match &self.spec.opts.tls {
-            Some(tls) => cfg.with_tls(crate::store::TlsConfig {
-                cacert: Some(tls.ca.clone()),
-                identity: None,
-            }),
-            None => cfg,
-        }
+    /// The CA clients must trust, when it serves TLS.
+    pub fn ca(&self) -> Option<&Path> {
+        self.spec.opts.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     /// The OS process id of the most recently started etcd process.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid()
     }
 
     /// The etcd data directory (inside the temporary directory).
@@ -224,30 +222,24 @@ impl EtcdProcess {
 
     /// Kills etcd with SIGKILL and reaps it. No-op if it is not running.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            tracing::debug!(pid = self.pid, "etcd killed");
-        }
+        self.child.kill().await;
+        tracing::debug!(pid = self.pid(), "etcd killed");
+    }
+
+    /// SIGSTOP: etcd keeps its sockets but answers nothing, as a frozen host.
+    pub fn pause(&mut self) -> io::Result<()> {
+        self.child.pause()
+    }
+
+    /// SIGCONT after [`EtcdProcess::pause`].
+    pub fn resume(&mut self) -> io::Result<()> {
+        self.child.resume()
     }
 
     /// Stops etcd with SIGTERM, waits up to 10 s for it to exit, then falls
     /// back to SIGKILL. No-op if it is not running.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id()
-            && terminate(pid)
-        {
-            if timeout(STOP_TIMEOUT, child.wait()).await.is_ok() {
-                tracing::debug!(pid, "etcd stopped");
-                return;
-            }
-            tracing::debug!(pid, "etcd ignored SIGTERM for 10 s, killing it");
-        }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        self.child.stop(STOP_TIMEOUT).await;
     }
 
     /// Restarts etcd on the same data directory and ports and waits until it
@@ -256,9 +248,8 @@ impl EtcdProcess {
         self.stop().await;
         match self.spec.spawn_and_wait().await {
             Attempt::Ready(child) => {
-                self.pid = child.id().unwrap_or(0);
-                self.child = Some(child);
-                tracing::debug!(pid = self.pid, endpoint = %self.endpoint(), "etcd restarted");
+                self.child = ChildProcess::new(child);
+                tracing::debug!(pid = self.pid(), endpoint = %self.endpoint(), "etcd restarted");
                 Ok(())
             }
             Attempt::PortInUse(err) | Attempt::Failed(err) => Err(err),
@@ -266,20 +257,200 @@ impl EtcdProcess {
     }
 }
 
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-            // Give the kernel a moment to tear the process down so that the
-            // temporary directory is not removed under a live etcd.
-            for _ in 0..100 {
-                match child.try_wait() {
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    _ => break,
+/// Several etcd members forming one cluster on loopback, each with its own data dir: members can
+/// be killed, paused (SIGSTOP) and restarted on their data, as hosts fail.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    // Field order matters for `Drop`: the children go before the temp dir.
+    members: Vec<Member>,
+    _dir: TempDir,
+}
+
+#[derive(Debug)]
+struct Member {
+    child: Option<ChildProcess>,
+    spec: Spec,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one reports healthy (which needs a quorum).
+    pub async fn start(size: usize) -> Result<Self, EtcdProcessError> {
+        let binary = resolve_binary(None)?;
+        let dir = tempfile::Builder::new()
+            .prefix("citadel-etcd-cluster-")
+            .tempdir()?;
+        let ports = (0..size)
+            .map(|_| pick_ports())
+            .collect::<io::Result<Vec<_>>>()?;
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let specs: Vec<Spec> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client_port, peer_port))| Spec {
+                binary: binary.clone(),
+                opts: EtcdOptions::default(),
+                name: format!("m{i}"),
+                initial_cluster: initial_cluster.clone(),
+                data_dir: dir.path().join(format!("m{i}")),
+                log_path: dir.path().join(format!("m{i}.log")),
+                client_port: *client_port,
+                peer_port: *peer_port,
+            })
+            .collect();
+        // Each member waits for the others before it reports healthy: start them together.
+        let mut members = Vec::new();
+        for spec in specs {
+            let child = spec.spawn()?;
+            members.push(Member {
+                child: Some(ChildProcess::new(child)),
+                spec,
+            });
+        }
+        let cluster = EtcdCluster { members, _dir: dir };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for m in &cluster.members {
+            while !m.spec.healthy().await {
+                if Instant::now() >= deadline {
+                    return Err(EtcdProcessError::NotReady {
+                        log_tail: log_tail(&m.spec.log_path),
+                    });
                 }
+                sleep(POLL_INTERVAL).await;
             }
         }
+        Ok(cluster)
     }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.spec.client_url()).collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].spec.client_url()
+    }
+
+    /// Which member raft elected leader, as the members that answer see it.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = vec![None; self.members.len()];
+        let mut leader = None;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            if let Some(s) = status(m.spec.client_port).await {
+                ids[i] = s.member;
+                leader = leader.or(s.leader);
+            }
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
+    }
+
+    /// SIGKILLs member `i`.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.kill().await;
+        }
+    }
+
+    /// SIGSTOPs member `i`: it keeps its sockets and answers nothing.
+    pub fn pause(&mut self, i: usize) -> io::Result<()> {
+        match self.members[i].child.as_mut() {
+            Some(c) => c.pause(),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "not running")),
+        }
+    }
+
+    /// SIGCONTs member `i`.
+    pub fn resume(&mut self, i: usize) -> io::Result<()> {
+        match self.members[i].child.as_mut() {
+            Some(c) => c.resume(),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "not running")),
+        }
+    }
+
+    /// Stops member `i` gracefully.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.stop(STOP_TIMEOUT).await;
+        }
+    }
+
+    /// Starts member `i` again on its data; without `wait`, does not wait until it is
+    /// healthy (it cannot be while the cluster has no quorum).
+    pub async fn restart(&mut self, i: usize, wait: bool) -> Result<(), EtcdProcessError> {
+        self.stop(i).await;
+        let m = &mut self.members[i];
+        let child = m.spec.spawn()?;
+        m.child = Some(ChildProcess::new(child));
+        if wait {
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !m.spec.healthy().await {
+                if Instant::now() >= deadline {
+                    return Err(EtcdProcessError::NotReady {
+                        log_tail: log_tail(&m.spec.log_path),
+                    });
+                }
+                sleep(POLL_INTERVAL).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether member `i` answers a health check (it has a leader).
+    pub async fn healthy(&self, i: usize) -> bool {
+        self.members[i].spec.healthy().await
+    }
+}
+
+/// What `/v3/maintenance/status` says of the member answering: its id and its leader's.
+struct Status {
+    member: Option<u64>,
+    leader: Option<u64>,
+}
+
+/// Asks the member on `port` for its status through etcd's JSON gateway.
+async fn status(port: u16) -> Option<Status> {
+    let body = b"{}";
+    let probe = async {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        let head = format!(
+            "POST /v3/maintenance/status HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        io::Result::Ok(response)
+    };
+    let response = timeout(PROBE_TIMEOUT, probe).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let json = text.split("\r\n\r\n").nth(1)?;
+    // The gateway writes uint64s as strings: "member_id":"123", "leader":"456".
+    let field = |name: &str| -> Option<u64> {
+        let at = json.find(&format!("\"{name}\":\""))? + name.len() + 4;
+        json[at..].split('"').next()?.parse().ok()
+    };
+    Some(Status {
+        member: field("member_id"),
+        leader: field("leader"),
+    })
 }
 
 impl Spec {
@@ -402,7 +573,7 @@ impl Spec {
             }
         }
         cmd.arg("--name")
-            .arg(MEMBER_NAME)
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-client-urls")
@@ -414,7 +585,9 @@ impl Spec {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("{MEMBER_NAME}={peer_url}"))
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg("citadel-test")
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--logger")
@@ -548,26 +721,6 @@ fn log_tail(path: &Path) -> String {
     lines[start..].join("\n")
 }
 
-/// Sends SIGTERM; returns false when no signal could be sent.
-#[cfg(unix)]
-fn terminate(pid: u32) -> bool {
-    const SIGTERM: i32 = 15;
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: `kill(2)` has no memory-safety preconditions. The pid belongs
-    // to our own, not yet reaped child, so it cannot have been recycled.
-    unsafe { kill(pid, SIGTERM) == 0 }
-}
-
-#[cfg(not(unix))]
-fn terminate(_pid: u32) -> bool {
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +826,8 @@ mod tests {
         let spec = Spec {
             binary: resolve_binary(None).expect("etcd installed"),
             opts: EtcdOptions::default(),
+            name: MEMBER_NAME.to_string(),
+            initial_cluster: format!("{MEMBER_NAME}=http://127.0.0.1:{peer_port}"),
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("etcd.log"),
             client_port: squatter.local_addr().expect("addr").port(),
@@ -700,5 +855,30 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("apt-get install etcd-server"));
+    }
+
+    #[tokio::test]
+    async fn a_cluster_elects_a_leader_and_keeps_quorum_without_one_member() {
+        let mut cluster = EtcdCluster::start(3)
+            .await
+            .expect("start a 3-member cluster");
+        assert_eq!(cluster.endpoints().len(), 3);
+        let leader = cluster.leader().await.expect("raft elected a leader");
+        let other = (leader + 1) % 3;
+        cluster.kill(leader).await;
+        // The two left elect another leader among themselves.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(now) = cluster.leader().await
+                && now != leader
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new leader");
+            sleep(POLL_INTERVAL).await;
+        }
+        assert!(cluster.healthy(other).await);
+        cluster.restart(leader, true).await.expect("rejoins");
+        assert!(cluster.healthy(leader).await);
     }
 }
