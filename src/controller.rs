@@ -92,6 +92,11 @@ async fn run_replica(
         _ = shutdown.wait_for(|s| *s) => return Ok(()),
     };
     cache.lock().set_policy(cfg.policy);
+    // Calls stay off members that stop answering, and go back to them once they do.
+    let endpoints = tokio::spawn(
+        store::endpoints::supervise(client.clone(), cfg.etcd.clone(), shutdown.clone())
+            .in_current_span(),
+    );
     let mut watcher = Watcher::start(&cache, &client, &shutdown);
     let candidates = tokio::spawn(
         election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
@@ -179,6 +184,9 @@ async fn run_replica(
     watcher.stop().await;
     if let Err(e) = candidates.await {
         tracing::error!(error = %e, "the election watch task failed");
+    }
+    if let Err(e) = endpoints.await {
+        tracing::error!(error = %e, "the endpoint supervisor failed");
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,14 +1,24 @@
 //! Leader election on etcd's election API.
 //!
 //! A replica grants a lease and starts its keep-alive *before* it campaigns, and keeps it running
-//! beside the campaign and the leadership. The first failed keep-alive flips [`Lease::lost`], and
-//! the leader stops writing at once. Leadership is the campaign key: every leader write compares
-//! that key's create revision ([`Fence`]), so a deposed leader's writes are refused by etcd itself.
+//! beside the campaign and the leadership. Leadership is the campaign key: every leader write
+//! compares that key's create revision ([`Fence`]), so a deposed leader's writes are refused by
+//! etcd itself.
+//!
+//! The lease is lost ([`Lease::lost`]) when etcd says so (a keep-alive reply with no TTL left),
+//! or when no member has answered at all for twice the TTL (this replica is cut off: others may
+//! have taken over, so it stops acting on its own; its writes were refused by their fence all
+//! along, and its runner starts nothing without a confirmed leadership, so waiting the second
+//! TTL costs nothing and spares a needless hand-over when a reconnection is slow). A keep-alive stream that breaks (its member
+//! died, or lost its raft leader) is opened again on another member, with backoff, for as long
+//! as the lease may still be alive: one dead member is no reason to hand over. While etcd has no
+//! leader it can neither expire the lease nor let anyone else win, so the leader waits.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,9 +70,9 @@ impl Lease {
         let granted = timeout(lc.grant(ttl, None)).await?;
         let id = granted.id();
         let ttl = granted.ttl().max(1);
-        let (keeper, stream) = timeout(lc.keep_alive(id)).await?;
+        let opened = timeout(lc.keep_alive(id)).await?;
         let (tx, lost) = watch::channel(false);
-        let task = tokio::spawn(keep_alive(keeper, stream, id, ttl, tx));
+        let task = tokio::spawn(keep_alive(client.clone(), opened, id, ttl, tx));
         Ok(Lease {
             id,
             ttl,
@@ -99,30 +109,101 @@ impl Drop for Lease {
 }
 
 async fn keep_alive(
-    mut keeper: etcd_client::LeaseKeeper,
-    mut stream: etcd_client::LeaseKeepAliveStream,
+    client: Client,
+    opened: (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
     id: i64,
     ttl: i64,
     lost: watch::Sender<bool>,
 ) {
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    let cut_off = Duration::from_secs(2 * ttl as u64);
+    let mut stream = Some(opened);
+    // When a member last answered anything about this lease (a reply, or "no leader").
+    let mut heard = tokio::time::Instant::now();
+    let mut failing: Option<String> = None;
+    let mut delays = store::backoff()
+        .with_max_delay(period)
+        .without_max_times()
+        .build();
+    let lease = format!("{id:x}");
     loop {
-        let reason = match keeper.keep_alive().await {
-            Err(e) => Some(format!("keep-alive send failed: {e}")),
-            Ok(()) => match tokio::time::timeout(period, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => None,
-                Ok(Ok(Some(_))) => Some("lease expired".to_string()),
-                Ok(Ok(None)) => Some("keep-alive stream closed".to_string()),
-                Ok(Err(e)) => Some(format!("keep-alive failed: {e}")),
-                Err(_) => Some(format!("no keep-alive reply within {period:?}")),
-            },
-        };
-        if let Some(reason) = reason {
-            tracing::warn!(lease = format!("{id:x}"), %reason, "lease lost");
+        if heard.elapsed() > cut_off {
+            let why = failing.unwrap_or_else(|| "no answer".into());
+            tracing::warn!(%lease, reason = %why, "lease lost: no etcd member has answered for twice its TTL");
             let _ = lost.send(true);
             return;
         }
-        tokio::time::sleep(period).await;
+        let (keeper, replies) = match &mut stream {
+            Some(s) => s,
+            None => match timeout(client.lease_client().keep_alive(id)).await {
+                Ok(s) => stream.insert(s),
+                Err(e) => {
+                    if matches!(&e, ElectionError::Etcd(e) if answered(e)) {
+                        heard = tokio::time::Instant::now();
+                    }
+                    failing = Some(e.to_string());
+                    tokio::time::sleep(delays.next().unwrap_or(period)).await;
+                    continue;
+                }
+            },
+        };
+        let reply = match keeper.keep_alive().await {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(period, replies.message()).await {
+                Ok(r) => r,
+                Err(_) => Err(etcd_client::Error::WatchError(format!(
+                    "no keep-alive reply within {period:?}"
+                ))),
+            },
+        };
+        match reply {
+            Ok(Some(resp)) if resp.ttl() > 0 => {
+                heard = tokio::time::Instant::now();
+                if let Some(why) = failing.take() {
+                    tracing::info!(%lease, after = %why, "lease kept alive again");
+                }
+                delays = store::backoff()
+                    .with_max_delay(period)
+                    .without_max_times()
+                    .build();
+                tokio::time::sleep(period).await;
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(%lease, "lease lost: etcd says it expired");
+                let _ = lost.send(true);
+                return;
+            }
+            other => {
+                let why = match other {
+                    Ok(None) => "keep-alive stream closed".to_string(),
+                    Err(e) => {
+                        if answered(&e) {
+                            heard = tokio::time::Instant::now();
+                        }
+                        e.to_string()
+                    }
+                    Ok(Some(_)) => unreachable!("handled above"),
+                };
+                if failing.is_none() {
+                    tracing::warn!(%lease, reason = %why, "keep-alive failed; opening it again on another member");
+                }
+                failing = Some(why);
+                stream = None;
+                tokio::time::sleep(delays.next().unwrap_or(period)).await;
+            }
+        }
+    }
+}
+
+/// Whether an error is etcd answering (it has no leader, or its leader changed), rather than
+/// nobody answering: a member that says so is alive, and no one can take over meanwhile.
+fn answered(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            m.contains("no leader") || m.contains("leader changed")
+        }
+        _ => false,
     }
 }
 

@@ -13,7 +13,6 @@ pub mod controller;
 pub mod docker;
 pub mod election;
 pub mod engine;
-pub mod fence;
 pub mod invariants;
 pub mod keys;
 pub mod manager;

@@ -33,7 +33,6 @@ use crate::cache::{Cache, DecisionEntry};
 use crate::docker::{self, Action, ContainerEvent, DockerError, LaunchSpec, Running};
 use crate::election::Fence;
 use crate::engine::TlsFiles;
-use crate::fence::{self, Commit};
 use crate::keys::Keys;
 use crate::model::{
     Attempt, Decision, EngineId, EngineSpec, Health, Lifecycle, PublishedPort, Request, RequestId,
@@ -41,6 +40,7 @@ use crate::model::{
 };
 use crate::profile::Profiles;
 use crate::store;
+use crate::store::fence::{self, Commit};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -487,7 +487,12 @@ impl Runner {
                 retry_at.retain(|_, t| Instant::now() < *t);
                 let mut skip = launching.clone();
                 skip.extend(retry_at.keys().cloned());
-                let ids = self.cache.lock().launchable(free, &skip);
+                let mut ids = self.cache.lock().launchable(free, &skip);
+                // Starting a container is done once and cannot be fenced: a leader cut off
+                // from etcd (which others may have replaced) must not start one.
+                if !ids.is_empty() && !self.still_leads().await {
+                    ids.clear();
+                }
                 for id in ids {
                     let Some(job) = self.launch_job(&id) else {
                         retry_at.insert(id, Instant::now() + self.cfg.health_every);

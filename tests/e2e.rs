@@ -4,8 +4,7 @@
 //! Run with `cargo test --test e2e -- --nocapture` to see them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use citadel::invariants;
@@ -20,67 +19,8 @@ mod common;
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 const LEASE_TTL: &str = "2";
 
-/// A controller replica process; SIGKILLed when dropped.
-struct Replica {
-    id: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(endpoint: &str, id: &str, dir: &Path) -> Replica {
-        let log = dir.join(format!("{id}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args([
-                "--etcd",
-                endpoint,
-                "controller",
-                "--id",
-                id,
-                "--lease-ttl",
-                LEASE_TTL,
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start citadel controller");
-        Replica {
-            id: id.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        citadel_testkit::child::signal(self.child.id(), sig)
-            .unwrap_or_else(|e| panic!("kill {sig:?} {}: {e}", self.id));
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit (bounded); true if it did.
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A controller replica process (the real binary); SIGKILLed when dropped.
+type Replica = common::ReplicaProcess;
 
 /// The nice value of every thread of `pid` ("self" for this process).
 fn nice_of(pid: &str) -> Vec<i32> {
@@ -202,7 +142,14 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let client = Client::connect([ep.as_str()], None).await.expect("connect");
 
     let mut replicas: Vec<Replica> = (1..=3)
-        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .map(|i| {
+            Replica::start(
+                &ep,
+                &format!("replica-{i}"),
+                dir.path(),
+                &["--lease-ttl", LEASE_TTL],
+            )
+        })
         .collect();
     for i in 0..10 {
         let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
@@ -386,7 +333,14 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     let keys = Keys::default();
     let client = Client::connect([ep.as_str()], None).await.expect("connect");
     let replicas: Vec<Replica> = (1..=2)
-        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .map(|i| {
+            Replica::start(
+                &ep,
+                &format!("replica-{i}"),
+                dir.path(),
+                &["--lease-ttl", LEASE_TTL],
+            )
+        })
         .collect();
     let out = cli(
         &ep,
@@ -514,7 +468,14 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         common::put_engine(&client, &keys, &format!("e{i}"), 4.0, 8192.0, &[zone]).await;
     }
     let mut replicas: Vec<Replica> = (1..=3)
-        .map(|i| Replica::start(&ep, &format!("replica-{i}"), dir.path()))
+        .map(|i| {
+            Replica::start(
+                &ep,
+                &format!("replica-{i}"),
+                dir.path(),
+                &["--lease-ttl", LEASE_TTL],
+            )
+        })
         .collect();
     let loader = tokio::spawn(load(
         client.clone(),

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use citadel::election::{self, Lease};
-use citadel::fence::Commit;
 use citadel::keys::Keys;
 use citadel::manager::{self, Batch, Item};
 use citadel::model::{
     Decision, EngineId, Held, MemoryMb, Millicpus, RequestId, Reservation, Status,
 };
+use citadel::store::fence::Commit;
 use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 use tokio::sync::watch;
@@ -266,5 +266,5 @@ async fn commit(
     fence: &citadel::election::Fence,
     batch: &Batch,
 ) -> Result<Commit, citadel::store::StoreError> {
-    citadel::fence::commit(client, fence, &batch.compares, &batch.ops).await
+    citadel::store::fence::commit(client, fence, &batch.compares, &batch.ops).await
 }

@@ -34,6 +34,11 @@ pub use state::*;
 
 /// Keys per range page when (re)listing.
 const LIST_PAGE: i64 = 2_000;
+/// A watch quiet this long is asked for progress (a few bytes each way, only while nothing
+/// else flows) ...
+const QUIET: Duration = Duration::from_secs(1);
+/// ... and one that answers nothing within this long after is given up for dead.
+const PROGRESS_WAIT: Duration = Duration::from_secs(1);
 
 /// The shared cache: one writer (the watch task), many readers.
 pub struct Cache {
@@ -195,6 +200,10 @@ impl Cache {
                 .watch(self.keys.root(), Some(opts)),
         )
         .await?;
+        // A member frozen (SIGSTOP) or cut off keeps the stream open and says nothing: after a
+        // quiet spell, ask it for progress; a stream that answers nothing then is dead.
+        let mut quiet_until = tokio::time::Instant::now() + QUIET;
+        let mut asked = false;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.changed() => {
@@ -203,8 +212,22 @@ impl Cache {
                     }
                     continue;
                 }
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if asked {
+                        tracing::warn!(resume_from = *from, "watch stream silent; resuming on another member");
+                        return Err(StoreError::Timeout(QUIET + PROGRESS_WAIT));
+                    }
+                    asked = true;
+                    quiet_until = tokio::time::Instant::now() + PROGRESS_WAIT;
+                    if let Err(e) = stream.request_progress().await {
+                        return Err(StoreError::Etcd(e));
+                    }
+                    continue;
+                }
                 msg = stream.message() => msg,
             };
+            quiet_until = tokio::time::Instant::now() + QUIET;
+            asked = false;
             let resp = match msg {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {

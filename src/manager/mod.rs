@@ -42,10 +42,10 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::cache::{Cache, stopping};
 use crate::election::{Leadership, Lease};
-use crate::fence::{self, Commit, barrier, too_many_ops};
 use crate::keys::Keys;
 use crate::model::{RequestId, Status, now_rfc3339};
 use crate::scheduler::Schedulers;
+use crate::store::fence::{self, Commit, barrier, too_many_ops};
 use crate::store::{self, StoreError};
 use assumed::{Assumed, RunningView};
 pub use batch::{Batch, EngineFence, batches};

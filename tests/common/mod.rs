@@ -603,3 +603,64 @@ pub async fn wait_all_decided(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// A controller replica process: the real binary (or the one `CITADEL_TEST_BIN` names, to
+/// measure another build with the same test), logging to a file; SIGKILLed when dropped.
+pub struct ReplicaProcess {
+    pub id: String,
+    pub child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ReplicaProcess {
+    pub fn binary() -> String {
+        std::env::var("CITADEL_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_citadel").into())
+    }
+
+    /// Starts `citadel --etcd ENDPOINTS controller --id ID ARGS…`, logging at info into DIR/ID.log.
+    pub fn start(endpoints: &str, id: &str, dir: &std::path::Path, args: &[&str]) -> Self {
+        let log = dir.join(format!("{id}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(Self::binary())
+            .args(["--etcd", endpoints, "controller", "--id", id])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start citadel controller");
+        ReplicaProcess {
+            id: id.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn signal(&self, sig: citadel_testkit::child::Signal) {
+        citadel_testkit::child::signal(self.child.id(), sig)
+            .unwrap_or_else(|e| panic!("kill {sig:?} {}: {e}", self.id));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (bounded); true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

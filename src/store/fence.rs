@@ -4,8 +4,24 @@
 
 use etcd_client::{Client, Compare, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
+use std::time::Duration;
+
 use crate::election::Fence;
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
+
+/// How long a fenced write may take. Shorter than other calls: a write to a member that froze
+/// holds its batch's requests until it ends (as an unknown outcome), and etcd commits a healthy
+/// transaction in milliseconds.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn timed<T>(
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(WRITE_TIMEOUT, fut)
+        .await
+        .map_err(|_| StoreError::Timeout(WRITE_TIMEOUT))?
+        .map_err(StoreError::Etcd)
+}
 
 /// etcd's refusal of a transaction over its `--max-txn-ops` (`rpctypes.ErrGRPCTooManyOps`).
 const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
@@ -37,7 +53,7 @@ pub async fn barrier(client: &Client, fence: &Fence, value: &[u8]) -> Result<Com
             value.to_vec(),
             Some(PutOptions::new().with_ignore_lease()),
         )]);
-    let resp = store::timed(client.kv_client().txn(txn)).await?;
+    let resp = timed(client.kv_client().txn(txn)).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     Ok(if resp.succeeded() {
         Commit::Done(rev)
@@ -64,7 +80,7 @@ pub async fn commit(
             fence.key.clone(),
             Some(GetOptions::new().with_keys_only()),
         )]);
-    let resp = store::timed(client.kv_client().txn(txn)).await?;
+    let resp = timed(client.kv_client().txn(txn)).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     if resp.succeeded() {
         return Ok(Commit::Done(rev));

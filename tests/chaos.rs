@@ -1,0 +1,435 @@
+//! Chaos on a real 3-member etcd cluster under steady load, with three real replicas: the raft
+//! leader member SIGKILLed and restarted, then frozen (SIGSTOP) and resumed, the citadel leader
+//! SIGKILLed, the citadel leader
+//! SIGSTOPped past its lease TTL then resumed, compaction every second, and two of three members
+//! stopped (quorum lost) then brought back.
+//!
+//! It asserts what must hold, never a time: afterwards `citadel check` finds nothing, every live
+//! request has exactly one decision for its current revision, and the citadel leader changed
+//! only in the two phases aimed at it. Figures (decision gap, p99, commit failures per phase)
+//! are printed: `cargo test --release --test chaos -- --nocapture`. `CITADEL_TEST_BIN=…` runs
+//! the replicas of another build under the same chaos, to compare.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use citadel::keys::Keys;
+use citadel::model::Decision;
+use citadel::store::{self, EtcdConfig};
+use citadel_testkit::child::Signal;
+use citadel_testkit::etcd::EtcdCluster;
+use etcd_client::{Client, EventType, WatchOptions};
+
+mod common;
+use common::ReplicaProcess;
+
+const LEASE_TTL: &str = "3";
+
+/// What happened, with when, as seen from outside the replicas.
+#[derive(Default)]
+struct Seen {
+    /// Request id and revision → when its put returned.
+    put: BTreeMap<(String, i64), Instant>,
+    /// Decision arrivals: when, and for which request revision.
+    decided: Vec<(Instant, String, i64)>,
+    /// Leader changes: when, and to whom.
+    leaders: Vec<(Instant, String)>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Seen> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A client that rides out member loss as citadel's own do: supervised, so that calls stay
+/// off members that stop answering.
+async fn client(endpoints: &[String], stop: &tokio::sync::watch::Receiver<bool>) -> Client {
+    let cfg = EtcdConfig::new(endpoints.to_vec());
+    let c = store::connect(&cfg, None)
+        .await
+        .expect("connect to the cluster");
+    tokio::spawn(store::endpoints::supervise(c.clone(), cfg, stop.clone()));
+    c
+}
+
+/// Steady load for `run`: a request every 25 ms, every 6th rewritten and every 9th deleted a
+/// little later. A put that fails (no quorum, a member dying) is retried until it lands: a
+/// user's put that etcd refused was never accepted. Returns each live request's revision.
+async fn load(client: Client, seen: Shared, run: Duration) -> BTreeMap<String, i64> {
+    let keys = Keys::default();
+    let mut live = BTreeMap::new();
+    let started = Instant::now();
+    let mut i = 0usize;
+    while started.elapsed() < run {
+        let id = format!("load-{i:05}");
+        let body = request(i);
+        let rev = put_until_landed(&client, &keys.request(&common::rid(&id)), &body).await;
+        lock(&seen).put.insert((id.clone(), rev), Instant::now());
+        live.insert(id, rev);
+        if i >= 2 && (i - 2).is_multiple_of(6) {
+            let again = format!("load-{:05}", i - 2);
+            if let Some(slot) = live.get_mut(&again) {
+                let key = keys.request(&common::rid(&again));
+                *slot = put_until_landed(&client, &key, &request(i + 1)).await;
+                lock(&seen).put.insert((again, *slot), Instant::now());
+            }
+        }
+        if i >= 4 && (i - 4).is_multiple_of(9) {
+            let gone = format!("load-{:05}", i - 4);
+            loop {
+                let mut kv = client.kv_client();
+                let del = kv.delete(keys.request(&common::rid(&gone)), None);
+                if matches!(
+                    tokio::time::timeout(Duration::from_secs(2), del).await,
+                    Ok(Ok(_))
+                ) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            live.remove(&gone);
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    live
+}
+
+async fn put_until_landed(client: &Client, key: &str, body: &str) -> i64 {
+    loop {
+        let mut kv = client.kv_client();
+        let put = kv.put(key, body, None);
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), put).await {
+            return r.header().map_or(0, |h| h.revision());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn request(i: usize) -> String {
+    let cpus = [0.05, 0.1, 0.2][i % 3];
+    let kind = if i.is_multiple_of(4) {
+        "batch"
+    } else {
+        "service"
+    };
+    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":16,"type":"{kind}"}}"#)
+}
+
+/// Records every decision as it arrives, resuming the watch whenever it breaks.
+async fn watch_decisions(client: Client, seen: Shared) {
+    let keys = Keys::default();
+    let mut from = 0i64;
+    loop {
+        let opts = WatchOptions::new().with_prefix();
+        let opts = if from > 0 {
+            opts.with_start_revision(from)
+        } else {
+            opts
+        };
+        let Ok(mut stream) = client
+            .watch_client()
+            .watch(keys.decisions(), Some(opts))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        // As the cache does: a stream on a frozen member says nothing; ask, then give up.
+        let mut asked = false;
+        loop {
+            let resp = match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                Ok(Ok(Some(resp))) => resp,
+                Err(_) if !asked => {
+                    asked = true;
+                    if stream.request_progress().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                _ => break,
+            };
+            asked = false;
+            if resp.compact_revision() > 0 {
+                from = resp.compact_revision();
+                break;
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                from = from.max(kv.mod_revision() + 1);
+                if ev.event_type() != EventType::Put {
+                    continue;
+                }
+                if let Ok(d) = serde_json::from_slice::<Decision>(kv.value()) {
+                    let id = String::from_utf8_lossy(kv.key())
+                        .trim_start_matches(keys.decisions().as_str())
+                        .to_string();
+                    lock(&seen)
+                        .decided
+                        .push((Instant::now(), id, d.request_revision));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls who leads (the lowest election key) and records every change.
+async fn watch_leader(client: Client, seen: Shared) {
+    let keys = Keys::default();
+    loop {
+        if let Some(id) = common::leader_id(&client, &keys).await {
+            let mut s = lock(&seen);
+            if s.leaders.last().is_none_or(|(_, last)| *last != id) {
+                s.leaders.push((Instant::now(), id));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One phase's figures.
+fn report(name: &str, seen: &Seen, from: Instant, to: Instant, failures: usize) {
+    let arrivals: Vec<Instant> = seen
+        .decided
+        .iter()
+        .map(|(t, _, _)| *t)
+        .filter(|t| *t >= from && *t < to)
+        .collect();
+    let mut gap = Duration::ZERO;
+    let mut last = from;
+    for t in &arrivals {
+        gap = gap.max(t.duration_since(last));
+        last = *t;
+    }
+    gap = gap.max(to.duration_since(last));
+    let mut lat: Vec<f64> = seen
+        .decided
+        .iter()
+        .filter(|(t, _, _)| *t >= from && *t < to)
+        .filter_map(|(t, id, rev)| {
+            let put = seen.put.get(&(id.clone(), *rev))?;
+            Some(t.saturating_duration_since(*put).as_secs_f64() * 1e3)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let changes = seen
+        .leaders
+        .iter()
+        .skip(1)
+        .filter(|(t, _)| *t >= from && *t < to)
+        .count();
+    println!(
+        "chaos {name:<28} decisions {:>5}  gap {:>6.0} ms  p50 {:>6.1} ms  p99 {:>7.1} ms  commit failures {failures:>4}  leader changes {changes}",
+        arrivals.len(),
+        gap.as_secs_f64() * 1e3,
+        pct(0.5),
+        pct(0.99),
+    );
+}
+
+/// Commits that failed, as every replica (the ones killed too) logged them.
+fn commit_failures(replicas: &[ReplicaProcess]) -> usize {
+    replicas
+        .iter()
+        .map(|r| r.log().matches("commit failed").count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_when_attacked() {
+    common::init_tracing();
+    let mut cluster = EtcdCluster::start(3).await.expect("start 3 members");
+    let endpoints = cluster.endpoints();
+    let joined = endpoints.join(",");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = client(&endpoints, &stopped).await;
+    for i in 0..10 {
+        common::put_engine(&admin, &keys, &format!("e{i}"), 8.0, 8192.0, &[]).await;
+    }
+    let mut replicas: Vec<ReplicaProcess> = (1..=3)
+        .map(|i| {
+            ReplicaProcess::start(
+                &joined,
+                &format!("replica-{i}"),
+                dir.path(),
+                &["--lease-ttl", LEASE_TTL, "--compact-every", "0"],
+            )
+        })
+        .collect();
+    let seen: Shared = Arc::default();
+    let watcher = tokio::spawn(watch_decisions(
+        client(&endpoints, &stopped).await,
+        seen.clone(),
+    ));
+    let leader_watch = tokio::spawn(watch_leader(
+        client(&endpoints, &stopped).await,
+        seen.clone(),
+    ));
+    let loader = tokio::spawn(load(
+        client(&endpoints, &stopped).await,
+        seen.clone(),
+        Duration::from_secs(65),
+    ));
+    common::wait_until("a citadel leader", common::WAIT, || async {
+        !lock(&seen).leaders.is_empty()
+    })
+    .await;
+
+    let mut phases: Vec<(&str, Instant, Instant, usize)> = Vec::new();
+    let mut phase = |name, started: Instant, before: usize, replicas: &[ReplicaProcess]| {
+        phases.push((
+            name,
+            started,
+            Instant::now(),
+            commit_failures(replicas).saturating_sub(before),
+        ));
+    };
+    let settle = || tokio::time::sleep(Duration::from_secs(3));
+
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    settle().await;
+    phase("steady", t, f, &replicas);
+
+    // 1. The raft leader member dies, then comes back.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    let raft = cluster.leader().await.expect("a raft leader");
+    cluster.kill(raft).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster
+        .restart(raft, true)
+        .await
+        .expect("the member rejoins");
+    settle().await;
+    phase("raft leader member killed", t, f, &replicas);
+
+    // 1b. The raft leader member freezes (SIGSTOP), then wakes: it keeps its sockets.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    let raft = cluster.leader().await.expect("a raft leader");
+    cluster.pause(raft).expect("SIGSTOP the member");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.resume(raft).expect("SIGCONT the member");
+    settle().await;
+    phase("raft leader member frozen", t, f, &replicas);
+
+    // 2. The citadel leader dies.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    let leader = common::leader_id(&admin, &keys).await.expect("a leader");
+    let i = replicas
+        .iter()
+        .position(|r| r.id == leader)
+        .expect("a replica");
+    replicas[i].signal(Signal::KILL);
+    assert!(replicas[i].wait_exit(Duration::from_secs(5)));
+    settle().await;
+    settle().await;
+    phase("citadel leader killed", t, f, &replicas);
+
+    // 3. The citadel leader freezes past its TTL, then wakes.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    let leader = common::leader_id(&admin, &keys).await.expect("a leader");
+    let i = replicas
+        .iter()
+        .position(|r| r.id == leader)
+        .expect("a replica");
+    replicas[i].signal(Signal::STOP);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    replicas[i].signal(Signal::CONT);
+    settle().await;
+    phase("citadel leader paused", t, f, &replicas);
+
+    // 4. Compaction every second.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    for _ in 0..5 {
+        if let Ok(r) = admin.kv_client().get("/", None).await
+            && let Some(h) = r.header()
+        {
+            let _ = admin.kv_client().compact(h.revision(), None).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    phase("compaction every second", t, f, &replicas);
+
+    // 5. Quorum lost: two of three members stop, then come back.
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    let (a, b) = (0, 1);
+    cluster.stop(a).await;
+    cluster.stop(b).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.restart(a, false).await.expect("member a back");
+    cluster
+        .restart(b, true)
+        .await
+        .expect("member b back, quorum again");
+    settle().await;
+    phase("quorum lost and regained", t, f, &replicas);
+
+    let (t, f) = (Instant::now(), commit_failures(&replicas));
+    settle().await;
+    settle().await;
+    phase("after", t, f, &replicas);
+
+    let live = tokio::time::timeout(Duration::from_secs(90), loader)
+        .await
+        .expect("the load ends")
+        .expect("the load task");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
+        .args(["--etcd", &joined, "check", "--settle", "60"])
+        .output()
+        .expect("run citadel check");
+    let changes: Vec<(&str, usize)> = {
+        let seen_now = lock(&seen);
+        for (name, from, to, failures) in &phases {
+            report(name, &seen_now, *from, *to, *failures);
+        }
+        phases
+            .iter()
+            .map(|(name, from, to, _)| {
+                let n = seen_now
+                    .leaders
+                    .iter()
+                    .skip(1)
+                    .filter(|(t, _)| t >= from && t < to)
+                    .count();
+                (*name, n)
+            })
+            .collect()
+    };
+    watcher.abort();
+    leader_watch.abort();
+    stop.send_replace(true);
+    assert!(
+        out.status.success(),
+        "citadel check:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = citadel::invariants::check_etcd(&admin, &keys, 1.0)
+        .await
+        .expect("read etcd");
+    assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
+    assert_eq!(report.requests, live.len(), "{report:#?}");
+    for r in &replicas {
+        for line in r.log().lines().filter(|l| {
+            l.contains("stepped down") || l.contains("lease lost") || l.contains("keep-alive")
+        }) {
+            println!("chaos {}: {line}", r.id);
+        }
+    }
+    for (name, n) in changes {
+        let aimed = name.starts_with("citadel leader");
+        assert!(
+            aimed || n == 0,
+            "the citadel leader changed {n} time(s) during \"{name}\", which was not aimed at it"
+        );
+    }
+}
