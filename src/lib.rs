@@ -19,6 +19,7 @@ pub mod fence;
 pub mod invariants;
 pub mod keys;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod profile;
 pub mod rbac;
