@@ -16,6 +16,7 @@ pub mod election;
 pub mod engine;
 pub mod etcd_process;
 pub mod fence;
+pub mod http;
 pub mod invariants;
 pub mod keys;
 pub mod manager;

@@ -39,6 +39,9 @@ impl Replica {
                 id,
                 "--lease-ttl",
                 LEASE_TTL,
+                // Three replicas on one host: each takes a free port.
+                "--listen",
+                "127.0.0.1:0",
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

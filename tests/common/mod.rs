@@ -147,6 +147,8 @@ impl Replica {
             overcommit: 1.0,
             docker: None,
             policy,
+            listen: None,
+            metrics: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);
         let cache = citadel::cache::Cache::new(cfg.keys.clone(), cfg.overcommit);
