@@ -25,6 +25,12 @@
     return el('td', cls, text);
   }
 
+  // An id's class: a short one never wraps; a long one (up to 253 bytes) may break anywhere
+  // rather than stretch the table.
+  function idClass(id) {
+    return String(id).length <= 24 ? 'id short' : 'id';
+  }
+
   // Replaces a node's children with `children` at once (one reflow per table).
   function fill(node, children) {
     const frag = document.createDocumentFragment();
@@ -167,7 +173,7 @@
     for (const g of s.requests) {
       for (const r of g.shown) {
         const tr = el('tr');
-        tr.append(td('', ''), td('id', r.id), td('reason', r.reason || (g.status === 'queued' ? 'waiting for the leader' : '')),
+        tr.append(td('', ''), td(idClass(r.id), r.id), td('reason', r.reason || (g.status === 'queued' ? 'waiting for the leader' : '')),
           td('mono nowrap', r.engine || '–'));
         tr.firstChild.appendChild(statusBadge(g.status));
         rows.push(tr);
@@ -213,7 +219,7 @@
     const rows = s.engines.map((e) => {
       const tr = el('tr');
       const name = td('wrap');
-      name.append(el('div', 'id', e.id), el('div', 'muted small mono', e.addr || ''));
+      name.append(el('div', idClass(e.id), e.id), el('div', 'muted small mono', e.addr || ''));
       if (e.cordoned) name.firstChild.appendChild(el('span', 'tag warn', 'cordoned'));
       if (e.invalid) {
         const why = td('invalid', 'invalid, ignored: ' + e.invalid);
@@ -243,7 +249,7 @@
   function renderRecent(s) {
     const rows = s.recent.map((d) => {
       const tr = el('tr');
-      tr.append(td('num mono', d.revision), td('id', d.id), td('', ''), td('mono nowrap', d.engine || '–'),
+      tr.append(td('num mono', d.revision), td(idClass(d.id), d.id), td('', ''), td('mono nowrap', d.engine || '–'),
         td('', d.scheduler || '–'), td('reason', d.reason));
       tr.children[2].appendChild(statusBadge(d.status));
       return tr;
