@@ -75,12 +75,22 @@ pub struct Surface {
     pub etcd: String,
 }
 
-/// The running server, and the etcd probe once the replica has a client.
+/// The running server, and the etcd probe once the replica has a client. Dropped without
+/// [`Server::stop`] (the replica gave up early), both end at once: a replica that stopped
+/// must not go on answering for itself.
 pub struct Server {
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     probe: Option<JoinHandle<()>>,
     shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in [&self.task, &self.probe].into_iter().flatten() {
+            task.abort();
+        }
+    }
 }
 
 impl Server {
@@ -123,7 +133,7 @@ impl Server {
         );
         Ok(Server {
             addr: local,
-            task,
+            task: Some(task),
             probe: None,
             shutdown,
         })
@@ -150,13 +160,14 @@ impl Server {
 
     /// Waits for the server to stop (it stops with the shutdown signal), at most a few
     /// seconds: a client that keeps its request open does not keep the replica up.
-    pub async fn stop(self) {
-        let mut task = self.task;
-        if tokio::time::timeout(DRAIN, &mut task).await.is_err() {
+    pub async fn stop(mut self) {
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(DRAIN, &mut task).await.is_err()
+        {
             tracing::warn!("http: requests still open after {DRAIN:?}; closing them");
             task.abort();
         }
-        if let Some(probe) = self.probe {
+        if let Some(probe) = self.probe.take() {
             probe.abort();
             let _ = probe.await;
         }
