@@ -7,7 +7,8 @@
 #   3. starts 3 controller replicas (one wins the leader election),
 #   4. registers 3 engines (their addresses are only stored, nothing connects),
 #   5. submits the sample request with plain etcdctl,
-#   6. waits for the scheduling decision and prints it, the leader and `citadel ls`.
+#   6. waits for the scheduling decision and prints it, the leader and `citadel ls`,
+#   7. prints each replica's status page and /metrics address (a free port each).
 #
 # With --docker the replicas run with --docker, the engine is this machine's Docker engine
 # (probed for its cpus and memory), and the request is launched: a local busybox image
@@ -202,7 +203,8 @@ $started || fail "could not find free ports for etcd"
 echo "etcd pid $etcd_pid listening on $EP"
 ectl --endpoints "$EP" endpoint status -w table
 
-controller_flags=(--lease-ttl 3)
+# Three replicas on one host: each serves its status page on a free port of its own.
+controller_flags=(--lease-ttl 3 --listen 127.0.0.1:0)
 if $docker; then
     controller_flags+=(--docker)
 fi
@@ -221,6 +223,18 @@ for i in "${!replica_pids[@]}"; do
     kill -0 "${replica_pids[$i]}" 2>/dev/null || fail "replica-$((i + 1)) exited early"
 done
 echo "replicas running: pids ${replica_pids[*]}"
+
+# The address each replica chose, from its log line "http: serving … url=http://…/".
+status_urls=()
+for n in 1 2 3; do
+    url=""
+    for _ in $(seq 50); do
+        url=$(grep -o 'url=http://[0-9.:]*/' "$tmp/replica-$n.log" 2>/dev/null | head -n 1 | cut -d= -f2 || true)
+        [[ -n $url ]] && break
+        sleep 0.1
+    done
+    status_urls+=("${url:-(not found in $tmp/replica-$n.log)}")
+done
 
 name=redis-1
 request='{"image": "crosbymichael/redis", "cpus": "0.2", "memory": 512, "type": "service"}'
@@ -288,6 +302,11 @@ if $docker; then
     [[ -z $(docker ps -aq --filter "label=citadel.request=$name") ]] ||
         fail "the container of $name is still there 30 s after its request was deleted"
 fi
+
+step "status pages (and /metrics, /healthz, /readyz, /api/state under each)"
+for n in 1 2 3; do
+    printf 'replica-%d  %s\n' "$n" "${status_urls[$((n - 1))]}"
+done
 
 step "etcdctl commands used (copy them)"
 cat <<EOF

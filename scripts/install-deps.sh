@@ -4,7 +4,8 @@
 #   protobuf's well-known .proto files (libprotobuf-dev), which etcd-client's
 #   build imports (google/protobuf/descriptor.proto); protobuf-compiler only
 #   recommends that package, and we install without recommends. openssl makes the
-#   throwaway certificates of the TLS engine test.
+#   throwaway certificates of the TLS engine test. chromium (headless) renders the
+#   controller's status page in tests/http.rs.
 # Idempotent: does nothing (and prints nothing) when everything is present.
 set -euo pipefail
 
@@ -21,10 +22,11 @@ declare -A packages=(
     [etcdctl]=etcd-client
     [protoc]=protobuf-compiler
     [openssl]=openssl
+    [chromium]=chromium
 )
 
 missing=()
-for cmd in etcd etcdctl protoc openssl; do
+for cmd in etcd etcdctl protoc openssl chromium; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         missing+=("${packages[$cmd]}")
     fi
@@ -40,7 +42,7 @@ fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-deps: missing packages: ${missing[*]}, and apt-get is not available;" >&2
-    echo "install-deps: install etcd, etcdctl and protoc by other means." >&2
+    echo "install-deps: install etcd, etcdctl, protoc and chromium by other means." >&2
     exit 1
 fi
 
@@ -58,7 +60,7 @@ export DEBIAN_FRONTEND=noninteractive
 ${sudo[@]+"${sudo[@]}"} apt-get update -qq
 ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
-for cmd in etcd etcdctl protoc openssl; do
+for cmd in etcd etcdctl protoc openssl chromium; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         echo "install-deps: $cmd still not found after installing ${missing[*]}" >&2
         exit 1

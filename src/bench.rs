@@ -379,6 +379,8 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
             .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
             .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
             .args(["--nice", &args.nice.to_string()])
+            // Several replicas on one host: none takes the default HTTP port.
+            .args(["--listen", ""])
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

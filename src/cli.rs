@@ -251,6 +251,10 @@ pub struct ControllerArgs {
     /// user's put waits on etcd, while the leader only batches more when it runs later.
     #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
+    /// Serve the status page, /metrics, /healthz and /readyz on IP:PORT (port 0 picks a free
+    /// one, logged at start); '' serves nothing. Each replica on a host needs its own.
+    #[arg(long, default_value = crate::http::DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: String,
 }
 
 /// The controller's default `--nice`.
@@ -472,6 +476,14 @@ async fn run_controller(
             args.health_ttl, args.health_every
         )));
     }
+    let listen = match args.listen.trim() {
+        "" => None,
+        addr => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            CliError::Usage(format!(
+                "--listen {addr}: expected IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090 ('' serves nothing)"
+            ))
+        })?),
+    };
     let secs = Duration::from_secs_f64;
     let replica_id = replica.clone();
     let workers = args.workers.unwrap_or_else(|| {
@@ -506,6 +518,8 @@ async fn run_controller(
             count_live: args.count_live,
             launch_all: args.launch,
         },
+        listen,
+        metrics: Default::default(),
     };
     Ok(controller::run(cfg, controller::shutdown_on_signals()).await?)
 }

@@ -7,6 +7,7 @@
 //! On shutdown the replica revokes its lease, which deletes its campaign key: if it led, the next
 //! replica in line is elected at once instead of after the lease's TTL.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ use tracing::Instrument;
 
 use crate::cache::{Cache, HealthPolicy, stopping};
 use crate::election::{self, ElectionError, Lease};
+use crate::http::{self, HttpError};
 use crate::keys::Keys;
 use crate::manager::{Manager, ManagerConfig, StepDown};
+use crate::metrics::Metrics;
 use crate::runner::{Runner, RunnerConfig};
 use crate::store::{self, EtcdConfig, StoreError};
 
@@ -28,6 +31,9 @@ pub enum ControllerError {
     /// etcd refused us for good (credentials, certificates, roles): the replica exits.
     #[error(transparent)]
     Etcd(#[from] StoreError),
+    /// The HTTP surface cannot listen where it was told (`--listen`).
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +49,11 @@ pub struct ControllerConfig {
     /// Contact the engines while leading (`--docker`).
     pub docker: Option<RunnerConfig>,
     pub policy: HealthPolicy,
+    /// hook(http): where to serve the status page, `/metrics`, `/healthz` and `/readyz`
+    /// (`--listen`; `None`: nowhere).
+    pub listen: Option<SocketAddr>,
+    /// hook(http): this replica's metrics, fed by its manager, runner and election.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs a replica until `shutdown` turns true. An unreachable etcd is retried with backoff for
@@ -74,6 +85,20 @@ async fn run_replica(
 ) -> Result<(), ControllerError> {
     let replica = cfg.manager.replica.clone();
     tracing::info!(etcd = %cfg.etcd.endpoints_str(), prefix = cfg.keys.prefix(), "starting");
+    // hook(http): served before etcd is reached, so that /readyz can say why it is not ready.
+    cfg.metrics.observe(&cache);
+    let mut http = match cfg.listen {
+        Some(addr) => {
+            let surface = http::Surface {
+                replica: replica.clone(),
+                cache: cache.clone(),
+                metrics: cfg.metrics.clone(),
+                etcd: cfg.etcd.endpoints_str(),
+            };
+            Some(http::Server::start(addr, surface, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let connect = async {
         let client = store::connect(&cfg.etcd, None).await?;
         // A replica whose role cannot read and write the prefix would otherwise retry its
@@ -97,12 +122,18 @@ async fn run_replica(
         store::endpoints::supervise(client.clone(), cfg.etcd.clone(), shutdown.clone())
             .in_current_span(),
     );
+    if let Some(http) = &mut http {
+        http.probe(&client, &cfg.keys, &cfg.metrics); // hook(http)
+    }
+    // The lease is renewed on every member directly when its stream breaks.
+    let members = (cfg.etcd.endpoints.len() > 1).then(|| store::endpoints::Members::new(&cfg.etcd));
     let mut watcher = Watcher::start(&cache, &client, &shutdown);
     let candidates = tokio::spawn(
         election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
             .in_current_span(),
     );
-    let manager = Manager::new(client.clone(), cache.clone(), cfg.manager.clone());
+    let manager = Manager::new(client.clone(), cache.clone(), cfg.manager.clone())
+        .with_metrics(cfg.metrics.clone()); // hook(http)
     let mut delays = store::backoff().without_max_times().build();
 
     while !stopping(&shutdown) {
@@ -113,7 +144,7 @@ async fn run_replica(
             watcher = Watcher::start(&cache, &client, &shutdown);
             continue;
         }
-        let lease = match Lease::grant(&client, cfg.lease_ttl).await {
+        let lease = match Lease::grant_with(&client, cfg.lease_ttl, members.clone()).await {
             Ok(l) => l,
             Err(e) => {
                 let d = delays.next().unwrap_or(Duration::from_secs(5));
@@ -137,6 +168,7 @@ async fn run_replica(
         match won {
             Ok(leadership) => {
                 delays = store::backoff().without_max_times().build();
+                cfg.metrics.set_leader(true); // hook(http)
                 tracing::info!(
                     key = %String::from_utf8_lossy(&leadership.fence.key),
                     fence = leadership.fence.rev,
@@ -154,7 +186,8 @@ async fn run_replica(
                                 cache.clone(),
                                 leadership.fence.clone(),
                                 rc.clone(),
-                            );
+                            )
+                            .with_metrics(cfg.metrics.clone()); // hook(http)
                             tokio::select! {
                                 why = lead => why,
                                 _ = runner.run() => StepDown::Fenced,
@@ -166,6 +199,7 @@ async fn run_replica(
                     why = lead => why,
                     _ = watcher.wait_dead() => StepDown::WatcherDied,
                 };
+                cfg.metrics.set_leader(false); // hook(http)
                 match why {
                     StepDown::Shutdown => tracing::info!("resigning: shutting down"),
                     other => tracing::warn!(reason = ?other, "stepped down"),
@@ -187,6 +221,9 @@ async fn run_replica(
     }
     if let Err(e) = endpoints.await {
         tracing::error!(error = %e, "the endpoint supervisor failed");
+    }
+    if let Some(http) = http {
+        http.stop().await; // hook(http)
     }
     tracing::info!("stopped");
     Ok(())

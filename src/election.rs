@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::cache::Cache;
 use crate::keys::Keys;
 use crate::model::{LeaderInfo, now_rfc3339};
+use crate::store::endpoints::Members;
 use crate::store::{self, CALL_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +67,24 @@ pub struct Lease {
 impl Lease {
     /// Grants a lease and starts keeping it alive (every ttl/3).
     pub async fn grant(client: &Client, ttl: i64) -> Result<Lease, ElectionError> {
+        Self::grant_with(client, ttl, None).await
+    }
+
+    /// [`Lease::grant`], with every member reachable directly: when the keep-alive stream
+    /// breaks, the lease is renewed on each member at once, without waiting for the balancer
+    /// to stop choosing a member that froze.
+    pub async fn grant_with(
+        client: &Client,
+        ttl: i64,
+        members: Option<Arc<Members>>,
+    ) -> Result<Lease, ElectionError> {
         let mut lc = client.lease_client();
         let granted = timeout(lc.grant(ttl, None)).await?;
         let id = granted.id();
         let ttl = granted.ttl().max(1);
         let opened = timeout(lc.keep_alive(id)).await?;
         let (tx, lost) = watch::channel(false);
-        let task = tokio::spawn(keep_alive(client.clone(), opened, id, ttl, tx));
+        let task = tokio::spawn(keep_alive(client.clone(), members, opened, id, ttl, tx));
         Ok(Lease {
             id,
             ttl,
@@ -110,6 +122,7 @@ impl Drop for Lease {
 
 async fn keep_alive(
     client: Client,
+    members: Option<Arc<Members>>,
     opened: (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
     id: i64,
     ttl: i64,
@@ -135,7 +148,13 @@ async fn keep_alive(
         }
         let (keeper, replies) = match &mut stream {
             Some(s) => s,
-            None => match timeout(client.lease_client().keep_alive(id)).await {
+            // Opened within a keep-alive period, not a whole call timeout: a member that froze
+            // holds the opening as long as it is allowed to.
+            None => match tokio::time::timeout(period, client.lease_client().keep_alive(id))
+                .await
+                .map_err(|_| ElectionError::Timeout(period))
+                .and_then(|r| r.map_err(ElectionError::Etcd))
+            {
                 Ok(s) => stream.insert(s),
                 Err(e) => {
                     if matches!(&e, ElectionError::Etcd(e) if answered(e)) {
@@ -189,10 +208,59 @@ async fn keep_alive(
                 }
                 failing = Some(why);
                 stream = None;
+                // Meanwhile, renew it on every member directly.
+                if let Some(members) = &members {
+                    match renew_directly(members, id, period).await {
+                        Some(left) if left > 0 => heard = tokio::time::Instant::now(),
+                        Some(_) => {
+                            tracing::warn!(%lease, "lease lost: etcd says it expired");
+                            let _ = lost.send(true);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
                 tokio::time::sleep(delays.next().unwrap_or(period)).await;
             }
         }
     }
+}
+
+/// Renews the lease on every member at once, each through a client of its own, waiting at most
+/// `wait`: the TTL left, as the first member that renewed it says (0: etcd says it expired),
+/// or `None` when none could.
+async fn renew_directly(members: &Members, id: i64, wait: Duration) -> Option<i64> {
+    let renewals = members.endpoints().iter().map(|ep| async move {
+        let renewed = async {
+            let c = members.client(ep).await?;
+            let mut lc = c.lease_client();
+            let (mut keeper, mut replies) = tokio::time::timeout(wait, lc.keep_alive(id))
+                .await
+                .ok()?
+                .ok()?;
+            keeper.keep_alive().await.ok()?;
+            let reply = tokio::time::timeout(wait, replies.message())
+                .await
+                .ok()?
+                .ok()??;
+            Some(reply.ttl())
+        }
+        .await;
+        if renewed.is_none() {
+            members.forget(ep).await;
+        }
+        renewed
+    });
+    let answers: Vec<i64> = futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    answers
+        .iter()
+        .copied()
+        .find(|t| *t > 0)
+        .or(answers.first().copied())
 }
 
 /// Whether an error is etcd answering (it has no leader, or its leader changed), rather than

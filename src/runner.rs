@@ -34,6 +34,7 @@ use crate::docker::{self, Action, ContainerEvent, DockerError, LaunchSpec, Runni
 use crate::election::Fence;
 use crate::engine::TlsFiles;
 use crate::keys::Keys;
+use crate::metrics::Metrics;
 use crate::model::{
     Attempt, Decision, EngineId, EngineSpec, Health, Lifecycle, PublishedPort, Request, RequestId,
     Run, Status, now_rfc3339,
@@ -102,6 +103,8 @@ pub struct Runner {
     stopping: Arc<Mutex<HashSet<(String, EngineId)>>>,
     /// Set when etcd refuses one of our writes' fence: another replica leads.
     fenced: tokio::sync::watch::Sender<bool>,
+    /// hook(http): what the runner's contacts and launches count.
+    metrics: Arc<Metrics>,
 }
 
 impl Runner {
@@ -119,7 +122,14 @@ impl Runner {
             profiles: Mutex::new(Profiles::default()),
             stopping: Arc::new(Mutex::new(HashSet::new())),
             fenced: tokio::sync::watch::channel(false).0,
+            metrics: Arc::default(),
         }
+    }
+
+    /// hook(http): counts into the replica's metrics instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until dropped (the leader stops leading), or until etcd refuses one of its writes'
@@ -206,6 +216,7 @@ impl Runner {
                 let Ok((engine, result)) = done else { continue };
                 match result {
                     Ok((d, usage, managed)) => {
+                        self.metrics.health_contact(true); // hook(http)
                         if down.remove(&engine) {
                             tracing::info!(engine = %engine, "engine answers again");
                         }
@@ -225,6 +236,7 @@ impl Runner {
                         }
                     }
                     Err(e) => {
+                        self.metrics.health_contact(false); // hook(http)
                         if down.insert(engine.clone()) {
                             tracing::warn!(engine = %engine, error = %e, "engine does not answer");
                         }
@@ -563,6 +575,11 @@ impl Runner {
             return; // Released or moved meanwhile: reconciliation stops what was started.
         }
         let tries = self.cfg.launch_tries;
+        self.metrics.launch(match &result {
+            Ok(_) => "started",
+            Err(Failure::Container(_)) => "failed_to_start",
+            Err(Failure::Engine(_)) => "engine_unreachable",
+        }); // hook(http)
         match result {
             Ok(c) => {
                 tracing::info!(request = %id, engine = %engine, container = %short(&c.id),
@@ -733,6 +750,9 @@ impl Runner {
         // commit returns, and must be known as ours.
         let seq = self.cache.lock().begin_write();
         let done = self.commit(compares, ops, "decision").await;
+        if matches!(done, Some(Commit::Done(_))) && decision.status != seen.status {
+            self.metrics.decided(decision.status); // hook(http)
+        }
         let mut state = self.cache.lock();
         match done {
             // The leader's cache learns its own decisions from its commits.

@@ -420,7 +420,10 @@ async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_wh
     assert_eq!(report.requests, live.len(), "{report:#?}");
     for r in &replicas {
         for line in r.log().lines().filter(|l| {
-            l.contains("stepped down") || l.contains("lease lost") || l.contains("keep-alive")
+            l.contains("stepped down")
+                || l.contains("lease")
+                || l.contains("keep-alive")
+                || l.contains("etcd member")
         }) {
             println!("chaos {}: {line}", r.id);
         }
@@ -432,4 +435,51 @@ async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_wh
             "the citadel leader changed {n} time(s) during \"{name}\", which was not aimed at it"
         );
     }
+}
+
+/// A supervised client's calls leave a member that froze (SIGSTOP: its sockets stay open, it
+/// answers nothing) and a member that died, and go back to them once they answer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_leave_a_frozen_or_dead_member_and_come_back() {
+    common::init_tracing();
+    let mut cluster = EtcdCluster::start(3).await.expect("start 3 members");
+    let endpoints = cluster.endpoints();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let c = client(&endpoints, &stopped).await;
+    // Every one of a run of calls answers within a short bound.
+    let all_answer = |c: Client| async move {
+        for _ in 0..12 {
+            let mut kv = c.kv_client();
+            let get = kv.get("/probe", None);
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(800), get).await,
+                Ok(Ok(_))
+            ) {
+                return false;
+            }
+        }
+        true
+    };
+    for (what, i) in [("frozen", 0usize), ("killed", 1)] {
+        if what == "frozen" {
+            cluster.pause(i).expect("SIGSTOP");
+        } else {
+            cluster.kill(i).await;
+        }
+        common::wait_until(
+            &format!("calls leave the {what} member"),
+            common::WAIT,
+            || all_answer(c.clone()),
+        )
+        .await;
+        if what == "frozen" {
+            cluster.resume(i).expect("SIGCONT");
+        } else {
+            cluster
+                .restart(i, true)
+                .await
+                .expect("the member comes back");
+        }
+    }
+    stop.send_replace(true);
 }

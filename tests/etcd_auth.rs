@@ -102,9 +102,17 @@ fn assert_no_dump(stderr: &str, what: &str) {
 async fn assert_controller_gives_up(conn: &[String], env: &[(&str, &str)], cause: &str) {
     let mut args = conn.to_vec();
     args.extend(
-        ["controller", "--id", "doomed", "--nice", "0"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "controller",
+            "--id",
+            "doomed",
+            "--nice",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     let run = citadel_cmd(&args, env).env("RUST_LOG", "warn").output();
     let out = timeout(GIVE_UP_WITHIN, run)
@@ -268,6 +276,8 @@ async fn client_certificates_name_users_and_roles_limit_them() {
                 "2",
                 "--nice",
                 "0",
+                "--listen",
+                "127.0.0.1:0",
             ],
         ),
         &[],

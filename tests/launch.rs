@@ -122,6 +122,8 @@ impl Controller {
         let file = std::fs::File::create(&log).expect("controller log file");
         let child = std::process::Command::new(BIN)
             .args(["--etcd", endpoint, "controller", "--id", id])
+            // Several replicas on one host: each takes a free port.
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -28,9 +28,13 @@ use crate::keys::Keys;
 use crate::store::{self, StoreError};
 
 mod guard;
+mod progress;
 mod state;
+mod views;
 
+pub use progress::{Followed, Progress, Stage};
 pub use state::*;
+pub use views::*;
 
 /// Keys per range page when (re)listing.
 const LIST_PAGE: i64 = 2_000;
@@ -53,6 +57,8 @@ pub struct Cache {
     /// How many requests the leader has planned a decision for (the same one again when it
     /// is retried): an idle cluster's count stands still.
     planned: AtomicU64,
+    /// hook(http): how closely the watch follows etcd, for the probes and metrics.
+    progress: Progress,
 }
 
 #[derive(Debug)]
@@ -69,6 +75,7 @@ impl Cache {
             revision: watch::channel(0).0,
             lists: AtomicU64::new(0),
             planned: AtomicU64::new(0),
+            progress: Progress::default(),
         })
     }
 
@@ -109,6 +116,11 @@ impl Cache {
     /// The leader planned `n` more.
     pub fn note_planned(&self, n: usize) {
         self.planned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// hook(http): what the watch task last reported (see [`Progress`]).
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
     /// A receiver that sees every applied revision.
@@ -156,6 +168,7 @@ impl Cache {
                     // A broken watch resumes from the last revision it applied (`follow`
                     // moved `from` along), not from where it began.
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    self.progress.broken(e.to_string()); // hook(http)
                     tracing::warn!(error = %e, retry_in = ?delay, phase = ?phase, "cache: etcd call failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -170,6 +183,7 @@ impl Cache {
     }
 
     async fn list(&self, client: &Client) -> Result<i64, StoreError> {
+        self.progress.listing(); // hook(http)
         let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
         let parsed: Vec<Option<Parsed>> = kvs
             .iter()
@@ -179,6 +193,7 @@ impl Cache {
         self.lock().reset(&self.keys, &kvs, parsed, rev);
         self.revision.send_replace(rev);
         self.lists.fetch_add(1, Ordering::Relaxed);
+        self.progress.listed(rev); // hook(http)
         tracing::info!(revision = rev, keys = count, "cache listed");
         Ok(rev)
     }
@@ -254,6 +269,9 @@ impl Cache {
                 );
                 return Ok(Phase::List);
             }
+            // hook(http): etcd answers; its header says how far etcd itself is.
+            self.progress
+                .answered(resp.header().map_or(0, |h| h.revision()));
             if resp.events().is_empty() {
                 continue; // the creation reply; nothing to apply
             }
@@ -280,6 +298,7 @@ impl Cache {
             };
             *from = applied + 1;
             self.revision.send_replace(applied);
+            self.progress.applied(applied); // hook(http)
         }
     }
 }

@@ -284,8 +284,9 @@ pub struct State {
     pub revision: i64,
     overcommit: f64,
     engines: BTreeMap<EngineId, EngineEntry>,
-    requests: HashMap<RequestId, RequestEntry>,
-    decisions: HashMap<RequestId, DecisionEntry>,
+    /// hook(http): read by `views.rs` (read-only views for the status page).
+    pub(super) requests: HashMap<RequestId, RequestEntry>,
+    pub(super) decisions: HashMap<RequestId, DecisionEntry>,
     /// What placed decisions hold, read from the decisions themselves.
     reservations: HashMap<RequestId, ReservationEntry>,
     usage: HashMap<EngineId, Usage>,

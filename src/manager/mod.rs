@@ -43,6 +43,7 @@ use tokio::task::{JoinError, JoinSet};
 use crate::cache::{Cache, stopping};
 use crate::election::{Leadership, Lease};
 use crate::keys::Keys;
+use crate::metrics::Metrics;
 use crate::model::{RequestId, Status, now_rfc3339};
 use crate::scheduler::Schedulers;
 use crate::store::fence::{self, Commit, barrier, too_many_ops};
@@ -107,6 +108,8 @@ pub struct Manager {
     client: Client,
     cache: Arc<Cache>,
     cfg: ManagerConfig,
+    /// hook(http): what the leader's commits count.
+    metrics: Arc<Metrics>,
 }
 
 /// What a commit task hands back.
@@ -119,7 +122,18 @@ struct Committed {
 
 impl Manager {
     pub fn new(client: Client, cache: Arc<Cache>, cfg: ManagerConfig) -> Self {
-        Manager { client, cache, cfg }
+        Manager {
+            client,
+            cache,
+            cfg,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// hook(http): counts into the replica's metrics instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn lead(
@@ -375,10 +389,14 @@ impl<'a> Lead<'a> {
             self.assumed.add(token, &batch.items);
             let client = self.manager.client.clone();
             let fence = self.leadership.fence.clone();
+            let (metrics, cache) = (self.manager.metrics.clone(), self.manager.cache.clone());
             let task = self.commits.spawn(async move {
+                let started = std::time::Instant::now();
                 let result = fence::commit(&client, &fence, &batch.compares, &batch.ops).await;
+                metrics.transaction(&result, batch.ops.len(), started.elapsed()); // hook(http)
                 if let Ok(Commit::Done(rev)) = &result {
                     log_batch(&batch.items, *rev);
+                    metrics.committed(&batch.items, &cache); // hook(http)
                 }
                 Committed {
                     token,

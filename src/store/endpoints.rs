@@ -4,7 +4,7 @@
 //! killed, a call in three went to it and failed, and a member frozen (SIGSTOP) made its calls
 //! wait out their timeout. So every endpoint is probed on its own, every second, with a short
 //! timeout and `require_leader` (a member cut off from its quorum is as useless as a dead one).
-//! One that fails is set aside: taken out of the client's balancer, and probed again with
+//! One that fails twice in a row is set aside: taken out of the client's balancer, and probed again with
 //! backoff; once it answers it is put back. The last endpoint is never set aside: with none
 //! answering, calls keep trying and fail on their own timeouts.
 //!
@@ -26,21 +26,24 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe may take: a member slower than this is as good as gone for a while.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 
+/// A client of its own for one member: what must reach that member, and no other.
+async fn member_client(etcd: &EtcdConfig, endpoint: &str) -> Option<Client> {
+    let one = EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        ..etcd.clone()
+    };
+    let opts = options(&one).ok()?.with_require_leader(true);
+    let connect = Client::connect([endpoint], Some(opts));
+    tokio::time::timeout(PROBE_TIMEOUT, connect)
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Whether one member answers a status call, through a client of its own.
 async fn probe(client: &mut Option<Client>, etcd: &EtcdConfig, endpoint: &str) -> bool {
     if client.is_none() {
-        let one = EtcdConfig {
-            endpoints: vec![endpoint.to_string()],
-            ..etcd.clone()
-        };
-        let Ok(opts) = options(&one) else {
-            return false;
-        };
-        let connect = Client::connect([endpoint], Some(opts.with_require_leader(true)));
-        match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
-            Ok(Ok(c)) => *client = Some(c),
-            _ => return false,
-        }
+        *client = member_client(etcd, endpoint).await;
     }
     let Some(c) = client.as_mut() else {
         return false;
@@ -49,6 +52,44 @@ async fn probe(client: &mut Option<Client>, etcd: &EtcdConfig, endpoint: &str) -
         tokio::time::timeout(PROBE_TIMEOUT, c.status()).await,
         Ok(Ok(_))
     )
+}
+
+/// Every member, each through a client of its own: for the few calls that must not wait for
+/// the balancer to learn which member stopped answering (a leader's lease renewal).
+pub struct Members {
+    etcd: EtcdConfig,
+    clients: tokio::sync::Mutex<BTreeMap<String, Client>>,
+}
+
+impl Members {
+    pub fn new(etcd: &EtcdConfig) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Members {
+            etcd: etcd.clone(),
+            clients: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.etcd.endpoints
+    }
+
+    /// Member `endpoint`'s own client, connected on first use.
+    pub async fn client(&self, endpoint: &str) -> Option<Client> {
+        if let Some(c) = self.clients.lock().await.get(endpoint) {
+            return Some(c.clone());
+        }
+        let c = member_client(&self.etcd, endpoint).await?;
+        self.clients
+            .lock()
+            .await
+            .insert(endpoint.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Forgets a member's client after it failed: its connection may be stuck.
+    pub async fn forget(&self, endpoint: &str) {
+        self.clients.lock().await.remove(endpoint);
+    }
 }
 
 /// The endpoints that answer a probe now (all of them when none does: let the call fail with
@@ -73,9 +114,15 @@ pub async fn answering(etcd: &EtcdConfig) -> Vec<String> {
     }
 }
 
+/// Probes in a row a member in use must fail before it is set aside: one slow answer on a busy
+/// machine is no reason to send everything elsewhere.
+const FAILURES_TO_SET_ASIDE: u32 = 2;
+
 /// One endpoint's standing.
 struct Member {
     client: Option<Client>,
+    /// Probes failed in a row while in use.
+    failed: u32,
     /// `Some` while set aside: when to probe it next, and the delays after that.
     aside: Option<(Instant, backon::ExponentialBackoff)>,
 }
@@ -94,6 +141,7 @@ pub async fn supervise(client: Client, etcd: EtcdConfig, mut shutdown: watch::Re
                 ep.clone(),
                 Member {
                     client: None,
+                    failed: 0,
                     aside: None,
                 },
             )
@@ -126,6 +174,7 @@ pub async fn supervise(client: Client, etcd: EtcdConfig, mut shutdown: watch::Re
                 continue;
             };
             m.client = c;
+            m.failed = if ok { 0 } else { m.failed + 1 };
             match (ok, m.aside.is_some()) {
                 (true, true) => {
                     if let Err(e) = client.add_endpoint(&ep).await {
@@ -135,7 +184,7 @@ pub async fn supervise(client: Client, etcd: EtcdConfig, mut shutdown: watch::Re
                     m.aside = None;
                     tracing::info!(endpoint = %ep, "etcd member answers again: back in use");
                 }
-                (false, false) if in_use > 1 => {
+                (false, false) if in_use > 1 && m.failed >= FAILURES_TO_SET_ASIDE => {
                     if let Err(e) = client.remove_endpoint(&ep).await {
                         tracing::warn!(endpoint = %ep, error = %e, "cannot set an etcd endpoint aside");
                         continue;

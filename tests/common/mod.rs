@@ -160,6 +160,8 @@ impl Replica {
             overcommit: 1.0,
             docker: None,
             policy,
+            listen: None,
+            metrics: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);
         let cache = citadel::cache::Cache::new(cfg.keys.clone(), cfg.overcommit);
@@ -621,8 +623,14 @@ impl ReplicaProcess {
     pub fn start(endpoints: &str, id: &str, dir: &std::path::Path, args: &[&str]) -> Self {
         let log = dir.join(format!("{id}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = std::process::Command::new(Self::binary())
-            .args(["--etcd", endpoints, "controller", "--id", id])
+        let mut cmd = std::process::Command::new(Self::binary());
+        cmd.args(["--etcd", endpoints, "controller", "--id", id]);
+        if std::env::var_os("CITADEL_TEST_BIN").is_none() {
+            // Several replicas on one host: each serves its status page on a free port.
+            // (Another build, measured with the same test, may not know the flag.)
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())

@@ -1,0 +1,376 @@
+//! Read-only views of the state for the operator's status page and metrics: where each request
+//! stands, the newest decisions, and the election's candidates.
+//!
+//! Each view is one pass over the requests or decisions under the caller's lock (a few
+//! milliseconds at 200,000 requests) and returns a bounded list, so a status page refreshing
+//! every two seconds costs the replica little and never ships every request.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use super::state::State;
+use crate::model::{LeaderInfo, RequestId, Status};
+
+/// Where a request stands: the status of the decision on its current revision, or queued for
+/// one (new, changed, or its decision being written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Decided(Status),
+    Queued,
+}
+
+// By name: `Status` itself is not `Hash`, and each standing has a name of its own.
+impl std::hash::Hash for Standing {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl Standing {
+    /// Every standing, in the order an operator reads them: what needs a look first.
+    pub const ORDER: [Standing; 8] = [
+        Standing::Decided(Status::Unschedulable),
+        Standing::Decided(Status::Failed),
+        Standing::Decided(Status::Invalid),
+        Standing::Decided(Status::Lost),
+        Standing::Decided(Status::Pending),
+        Standing::Queued,
+        Standing::Decided(Status::Exited),
+        Standing::Decided(Status::Placed),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Queued => "queued",
+            Standing::Decided(s) => match s {
+                Status::Placed => "placed",
+                Status::Unschedulable => "unschedulable",
+                Status::Invalid => "invalid",
+                Status::Pending => "pending",
+                Status::Failed => "failed",
+                Status::Exited => "exited",
+                Status::Lost => "lost",
+            },
+        }
+    }
+}
+
+/// One request as the status page lists it.
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    pub id: RequestId,
+    /// The decision's reason (empty while queued).
+    pub reason: String,
+    /// The engine its decision names, if any.
+    pub engine: Option<String>,
+    pub request_revision: i64,
+    /// The decision key's mod revision (`None` while queued).
+    pub decision_revision: Option<i64>,
+}
+
+/// The requests of one standing: how many, and the first few.
+#[derive(Debug, Clone)]
+pub struct StandingGroup {
+    pub standing: Standing,
+    pub total: usize,
+    /// Newest decision first; queued requests oldest first (the longest wait leads).
+    pub rows: Vec<RequestRow>,
+}
+
+/// A decision, as the status page lists the newest.
+#[derive(Debug, Clone)]
+pub struct RecentDecision {
+    pub id: RequestId,
+    pub status: Status,
+    pub reason: String,
+    pub engine: Option<String>,
+    pub scheduler: Option<&'static str>,
+    /// The decision key's mod revision.
+    pub revision: i64,
+    pub request_revision: i64,
+}
+
+/// One campaign key of the election.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The key's last segment (etcd's election API names it after the lease).
+    pub key: String,
+    pub create_revision: i64,
+    /// 0: the key has no lease (not written by the election API; it blocks every election).
+    pub lease: i64,
+    /// The candidate's own description, when its value is one.
+    pub info: Option<LeaderInfo>,
+    /// This key leads: the lowest create revision among the keys with a lease.
+    pub leads: bool,
+}
+
+impl State {
+    /// Where `id`'s request stands (it must exist).
+    fn standing(&self, id: &RequestId, request_revision: i64) -> Standing {
+        match self.decisions.get(id) {
+            Some(d) if d.request_revision == request_revision => Standing::Decided(d.status),
+            _ => Standing::Queued,
+        }
+    }
+
+    /// How many requests stand where, in [`Standing::ORDER`] (zeros included).
+    pub fn request_counts(&self) -> Vec<(Standing, usize)> {
+        let mut counts: HashMap<Standing, usize> = HashMap::new();
+        for (id, r) in &self.requests {
+            *counts.entry(self.standing(id, r.mod_revision)).or_default() += 1;
+        }
+        Standing::ORDER
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Requests grouped by where they stand, in [`Standing::ORDER`], at most `per_group` rows
+    /// each (groups with no request left out).
+    pub fn requests_by_standing(&self, per_group: usize) -> Vec<StandingGroup> {
+        // Sort keys first, rows only for what is shown: a reason is cloned per row shown, not
+        // per request.
+        let mut keyed: HashMap<Standing, Vec<(i64, &RequestId)>> = HashMap::new();
+        for (id, r) in &self.requests {
+            let standing = self.standing(id, r.mod_revision);
+            let key = match (standing, self.decisions.get(id)) {
+                (Standing::Decided(_), Some(d)) => -d.mod_revision,
+                _ => r.mod_revision,
+            };
+            keyed.entry(standing).or_default().push((key, id));
+        }
+        Standing::ORDER
+            .iter()
+            .filter_map(|standing| {
+                let mut all = keyed.remove(standing)?;
+                let total = all.len();
+                if all.len() > per_group && per_group > 0 {
+                    all.select_nth_unstable(per_group - 1);
+                }
+                all.truncate(per_group);
+                all.sort_unstable();
+                let rows = all
+                    .into_iter()
+                    .filter_map(|(_, id)| self.request_row(id))
+                    .collect();
+                Some(StandingGroup {
+                    standing: *standing,
+                    total,
+                    rows,
+                })
+            })
+            .collect()
+    }
+
+    fn request_row(&self, id: &RequestId) -> Option<RequestRow> {
+        let r = self.requests.get(id)?;
+        let d = self
+            .decisions
+            .get(id)
+            .filter(|d| d.request_revision == r.mod_revision);
+        Some(RequestRow {
+            id: id.clone(),
+            reason: d.map(|d| d.reason.clone()).unwrap_or_default(),
+            engine: d.and_then(|d| d.engine.clone()),
+            request_revision: r.mod_revision,
+            decision_revision: d.map(|d| d.mod_revision),
+        })
+    }
+
+    /// The `n` decisions with the highest mod revision, newest first.
+    pub fn recent_decisions(&self, n: usize) -> Vec<RecentDecision> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut newest: BinaryHeap<Reverse<(i64, &RequestId)>> = BinaryHeap::with_capacity(n + 1);
+        for (id, d) in &self.decisions {
+            newest.push(Reverse((d.mod_revision, id)));
+            if newest.len() > n {
+                newest.pop();
+            }
+        }
+        let mut ids: Vec<(i64, &RequestId)> = newest.into_iter().map(|Reverse(k)| k).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .filter_map(|(_, id)| {
+                let d = self.decisions.get(id)?;
+                Some(RecentDecision {
+                    id: id.clone(),
+                    status: d.status,
+                    reason: d.reason.clone(),
+                    engine: d.engine.clone(),
+                    scheduler: d.scheduler.map(|s| s.name()),
+                    revision: d.mod_revision,
+                    request_revision: d.request_revision,
+                })
+            })
+            .collect()
+    }
+
+    /// The election's candidates, lowest create revision first, the leader marked.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let keys = self.leader_keys();
+        let leading = keys.iter().position(|(_, k)| k.lease != 0);
+        keys.into_iter()
+            .enumerate()
+            .map(|(i, (key, k))| Candidate {
+                key,
+                create_revision: k.create_revision,
+                lease: k.lease,
+                info: k.info,
+                leads: Some(i) == leading,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+    use etcd_client::EventType;
+    use etcd_client::proto::PbKeyValue;
+
+    struct Fed {
+        state: State,
+        keys: Keys,
+        rev: i64,
+    }
+
+    impl Fed {
+        fn new() -> Self {
+            Fed {
+                state: State::new(1.0),
+                keys: Keys::default(),
+                rev: 0,
+            }
+        }
+
+        fn put_leased(&mut self, key: &str, value: &str, lease: i64) -> i64 {
+            self.rev += 1;
+            let pb = PbKeyValue {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                create_revision: self.rev,
+                mod_revision: self.rev,
+                version: 1,
+                lease,
+            };
+            let kv: &etcd_client::KeyValue = (&pb).into();
+            self.state.apply(&self.keys, EventType::Put, kv, None);
+            self.state.revision = self.rev;
+            self.rev
+        }
+
+        fn put(&mut self, key: &str, value: &str) -> i64 {
+            self.put_leased(key, value, 0)
+        }
+
+        fn request(&mut self, id: &str) -> i64 {
+            self.put(
+                &format!("/citadel/requests/{id}"),
+                r#"{"image":"x","cpus":1,"memory":1,"type":"service"}"#,
+            )
+        }
+
+        fn decide(&mut self, id: &str, status: &str, reason: &str, request_revision: i64) -> i64 {
+            self.put(
+                &format!("/citadel/decisions/{id}"),
+                &serde_json::json!({
+                    "container": {}, "status": status, "reason": reason,
+                    "request_revision": request_revision,
+                    "decided_at": "", "decided_by": "",
+                })
+                .to_string(),
+            )
+        }
+    }
+
+    fn rid(s: &str) -> RequestId {
+        RequestId::new(s).unwrap()
+    }
+
+    #[test]
+    fn requests_stand_by_their_current_decision_and_what_needs_a_look_comes_first() {
+        let mut f = Fed::new();
+        let a = f.request("a");
+        f.decide("a", "invalid", "cpus: NaN is not a number", a);
+        let b = f.request("b");
+        f.decide(
+            "b",
+            "unschedulable",
+            "0/1 engines fit: 1 insufficient cpus",
+            b,
+        );
+        let c = f.request("c");
+        f.decide(
+            "c",
+            "unschedulable",
+            "0/1 engines fit: 1 insufficient memory",
+            c,
+        );
+        let stale = f.request("d");
+        f.decide("d", "invalid", "old", stale);
+        f.request("d"); // rewritten: its decision is for the old revision
+        f.request("e");
+
+        let counts: HashMap<&str, usize> = f
+            .state
+            .request_counts()
+            .into_iter()
+            .map(|(s, n)| (s.name(), n))
+            .collect();
+        assert_eq!(counts["unschedulable"], 2);
+        assert_eq!(counts["invalid"], 1);
+        assert_eq!(counts["queued"], 2);
+        assert_eq!(counts["placed"], 0);
+
+        let groups = f.state.requests_by_standing(1);
+        let names: Vec<&str> = groups.iter().map(|g| g.standing.name()).collect();
+        assert_eq!(names, ["unschedulable", "invalid", "queued"]);
+        assert_eq!(groups[0].total, 2);
+        assert_eq!(groups[0].rows.len(), 1, "capped");
+        assert_eq!(groups[0].rows[0].id, rid("c"), "newest decision first");
+        assert!(groups[0].rows[0].reason.contains("insufficient memory"));
+        assert_eq!(groups[2].rows[0].id, rid("d"), "longest wait first");
+        assert_eq!(
+            groups[2].rows[0].reason, "",
+            "no decision for this revision"
+        );
+    }
+
+    #[test]
+    fn the_newest_decisions_come_first() {
+        let mut f = Fed::new();
+        for id in ["a", "b", "c", "d"] {
+            let r = f.request(id);
+            f.decide(id, "invalid", id, r);
+        }
+        let recent: Vec<String> = f
+            .state
+            .recent_decisions(3)
+            .into_iter()
+            .map(|d| d.id.to_string())
+            .collect();
+        assert_eq!(recent, ["d", "c", "b"]);
+        assert!(f.state.recent_decisions(0).is_empty());
+    }
+
+    #[test]
+    fn the_first_candidate_with_a_lease_leads() {
+        let mut f = Fed::new();
+        f.put("/citadel/leader/stray", "by hand");
+        f.put_leased(
+            "/citadel/leader/694d",
+            r#"{"id":"r1","addr":"a:1","since":"t"}"#,
+            0x694d,
+        );
+        f.put_leased("/citadel/leader/694e", r#"{"id":"r2","since":"t"}"#, 0x694e);
+        let c = f.state.candidates();
+        assert_eq!(c.len(), 3);
+        assert!(!c[0].leads, "a key without a lease never leads");
+        assert!(c[1].leads);
+        assert_eq!(c[1].info.as_ref().map(|i| i.id.as_str()), Some("r1"));
+        assert!(!c[2].leads);
+    }
+}

@@ -1,0 +1,300 @@
+//! `/api/state`: what the status page shows, as JSON, read from this replica's cache.
+//!
+//! Every list is bounded (engines, requests per status, recent decisions) and says how many
+//! there are in all, so a page on a cluster of 200,000 requests stays a few hundred kilobytes.
+//! Strings taken from etcd (ids, reasons, labels, addresses) go out as JSON strings; the page
+//! puts them into the DOM as text, never as markup.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::Surface;
+use crate::cache::{Standing, State};
+use crate::model::{EngineId, now_rfc3339};
+
+/// Engines listed at most; the rest are counted (`engines_total`).
+const MAX_ENGINES: usize = 2_000;
+/// Requests listed per status at most.
+const PER_STATUS: usize = 50;
+/// Recent decisions listed.
+const RECENT: usize = 30;
+
+#[derive(Debug, Serialize)]
+pub struct ApiState {
+    /// When this was read (RFC 3339, UTC).
+    pub generated_at: String,
+    pub replica: ReplicaJson,
+    /// The election's candidates, lowest create revision first; the leader has `leads`.
+    pub candidates: Vec<CandidateJson>,
+    pub cluster: ClusterJson,
+    /// By id, at most 2,000.
+    pub engines: Vec<EngineJson>,
+    pub engines_total: usize,
+    /// How many requests stand where, every status (zeros too), in the order of `requests`.
+    pub request_counts: Vec<CountJson>,
+    /// Requests by status, the statuses that need a look first (unschedulable, failed,
+    /// invalid, lost, pending, queued, exited, placed), at most 50 each.
+    pub requests: Vec<GroupJson>,
+    /// The newest decisions (highest mod revision first).
+    pub recent: Vec<DecisionJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplicaJson {
+    pub id: String,
+    pub prefix: String,
+    pub leads: bool,
+    pub ready: bool,
+    pub ready_reason: String,
+    pub healthy: bool,
+    pub health_reason: String,
+    /// The revision the cache has applied.
+    pub revision: i64,
+    /// etcd's revision as last seen in a response header.
+    pub etcd_revision: i64,
+    pub lag: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CandidateJson {
+    /// The replica's id (absent when the key's value is not a citadel candidate's).
+    pub id: Option<String>,
+    pub addr: String,
+    /// When it began campaigning (RFC 3339), as it wrote it.
+    pub since: String,
+    pub key: String,
+    /// The lease, in hex as `etcdctl lease` prints it ("0": none).
+    pub lease: String,
+    pub create_revision: i64,
+    pub leads: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterJson {
+    pub engines: usize,
+    pub cpus: f64,
+    pub reserved_cpus: f64,
+    pub memory_mb: f64,
+    pub reserved_memory_mb: f64,
+    /// Decisions holding a reservation.
+    pub placements: u64,
+    pub requests: usize,
+    /// Requests waiting for the leader (to decide, or to release).
+    pub queued: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineJson {
+    pub id: String,
+    pub addr: String,
+    pub labels: Vec<String>,
+    pub cordoned: bool,
+    pub cpus: f64,
+    pub memory_mb: f64,
+    pub reserved_cpus: f64,
+    pub reserved_memory_mb: f64,
+    /// Decisions holding a reservation here.
+    pub placements: u64,
+    /// What the last health key said (a leader with `--docker` writes them).
+    pub health: Option<HealthJson>,
+    /// Why the engine's key is ignored, when its JSON is not an engine.
+    pub invalid: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthJson {
+    pub last_contact: String,
+    /// Milliseconds since `last_contact`, by this replica's clock (`null`: unreadable).
+    pub age_ms: Option<u64>,
+    pub checked_by: String,
+    pub live_cpus: f64,
+    pub live_memory_mb: f64,
+    pub containers: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CountJson {
+    pub status: &'static str,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupJson {
+    pub status: &'static str,
+    pub total: usize,
+    pub shown: Vec<RequestJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestJson {
+    pub id: String,
+    pub reason: String,
+    pub engine: Option<String>,
+    pub request_revision: i64,
+    pub decision_revision: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecisionJson {
+    pub id: String,
+    pub status: String,
+    pub reason: String,
+    pub engine: Option<String>,
+    pub scheduler: Option<&'static str>,
+    pub revision: i64,
+    pub request_revision: i64,
+}
+
+/// Reads everything the page shows; the cache's lock is held once, for the copy alone.
+pub fn state(s: &Surface) -> ApiState {
+    let (ready, ready_reason) = super::readiness(s);
+    let (healthy, health_reason) = super::health(s);
+    let etcd_revision = s
+        .metrics
+        .etcd_seen()
+        .revision
+        .max(s.cache.progress().followed().head);
+    let revision = s.cache.revision();
+    let replica = ReplicaJson {
+        id: s.replica.clone(),
+        prefix: s.cache.keys().prefix().to_string(),
+        leads: s.metrics.is_leader(),
+        ready,
+        ready_reason,
+        healthy,
+        health_reason,
+        revision,
+        etcd_revision,
+        lag: (etcd_revision - revision).max(0),
+    };
+    let state = s.cache.lock();
+    let (engines, engines_total, cluster) = engines(&state);
+    let counts = state.request_counts();
+    ApiState {
+        generated_at: now_rfc3339(),
+        replica,
+        candidates: state
+            .candidates()
+            .into_iter()
+            .map(|c| CandidateJson {
+                id: c.info.as_ref().map(|i| i.id.clone()),
+                addr: c.info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
+                since: c.info.map(|i| i.since).unwrap_or_default(),
+                key: c.key,
+                lease: format!("{:x}", c.lease),
+                create_revision: c.create_revision,
+                leads: c.leads,
+            })
+            .collect(),
+        cluster: ClusterJson {
+            requests: counts.iter().map(|(_, n)| n).sum(),
+            queued: state.queued(),
+            ..cluster
+        },
+        engines,
+        engines_total,
+        request_counts: counts
+            .iter()
+            .map(|(standing, count)| CountJson {
+                status: standing.name(),
+                count: *count,
+            })
+            .collect(),
+        requests: state
+            .requests_by_standing(PER_STATUS)
+            .into_iter()
+            .map(|g| GroupJson {
+                status: g.standing.name(),
+                total: g.total,
+                shown: g
+                    .rows
+                    .into_iter()
+                    .map(|r| RequestJson {
+                        id: r.id.to_string(),
+                        reason: r.reason,
+                        engine: r.engine,
+                        request_revision: r.request_revision,
+                        decision_revision: r.decision_revision,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        recent: state
+            .recent_decisions(RECENT)
+            .into_iter()
+            .map(|d| DecisionJson {
+                id: d.id.to_string(),
+                status: Standing::Decided(d.status).name().to_string(),
+                reason: d.reason,
+                engine: d.engine,
+                scheduler: d.scheduler,
+                revision: d.revision,
+                request_revision: d.request_revision,
+            })
+            .collect(),
+    }
+}
+
+/// The engines (at most [`MAX_ENGINES`]), how many there are, and the cluster's sums (over
+/// every valid engine).
+fn engines(state: &State) -> (Vec<EngineJson>, usize, ClusterJson) {
+    let now = SystemTime::now();
+    let rows = state.engine_rows();
+    let total = rows.len();
+    let mut cluster = ClusterJson {
+        engines: 0,
+        cpus: 0.0,
+        reserved_cpus: 0.0,
+        memory_mb: 0.0,
+        reserved_memory_mb: 0.0,
+        placements: 0,
+        requests: 0,
+        queued: 0,
+    };
+    let mut out = Vec::with_capacity(total.min(MAX_ENGINES));
+    for (snap, addr, invalid) in rows {
+        let id = EngineId::from_key_segment(&snap.id);
+        let spec = id.as_ref().and_then(|id| state.engine_spec(id));
+        let placements = id.as_ref().map_or(0, |id| state.usage(id).count);
+        if invalid.is_none() {
+            cluster.engines += 1;
+            cluster.cpus += snap.cpus;
+            cluster.memory_mb += snap.memory;
+            cluster.reserved_cpus += snap.reserved_cpus;
+            cluster.reserved_memory_mb += snap.reserved_memory;
+            cluster.placements += placements;
+        }
+        if out.len() >= MAX_ENGINES {
+            continue;
+        }
+        let health = id.as_ref().and_then(|id| state.health(id)).map(|h| {
+            let h = &h.health;
+            let age_ms = humantime::parse_rfc3339_weak(&h.last_contact)
+                .ok()
+                .map(|t| now.duration_since(t).map_or(0, |d| d.as_millis() as u64));
+            HealthJson {
+                last_contact: h.last_contact.clone(),
+                age_ms,
+                checked_by: h.checked_by.clone(),
+                live_cpus: h.cpus_used,
+                live_memory_mb: h.memory_used_mb,
+                containers: h.containers_running,
+            }
+        });
+        out.push(EngineJson {
+            id: snap.id,
+            addr,
+            labels: spec.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
+            cordoned: spec.as_ref().is_some_and(|s| s.cordoned),
+            cpus: snap.cpus,
+            memory_mb: snap.memory,
+            reserved_cpus: snap.reserved_cpus,
+            reserved_memory_mb: snap.reserved_memory,
+            placements,
+            health,
+            invalid,
+        });
+    }
+    (out, total, cluster)
+}

@@ -1,0 +1,436 @@
+//! The operator's HTTP surface (`controller --listen`), served by every replica, leader or not,
+//! from its own cache:
+//!
+//! ```text
+//! GET /            the status page (static HTML, CSS and JS built in: no CDN, no build step)
+//! GET /api/state   what the page shows, as JSON (see `api.rs`)
+//! GET /metrics     Prometheus text (see `crate::metrics`)
+//! GET /healthz     200 while etcd answers this replica's probe, else 503 and why
+//! GET /readyz      200 once the cache has listed etcd and follows its watch, else 503 and why
+//! ```
+//!
+//! The server starts before the replica reaches etcd, so that `/readyz` can say why it is not
+//! ready yet, and stops with the replica's shutdown signal. Liveness comes from a probe of its
+//! own: an idle cluster's watch stays silent, and a silently dropped connection looks open,
+//! so only a call that must come back proves etcd answers.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use etcd_client::{Client, GetOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::cache::{Cache, Stage};
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::store;
+
+pub use api::ApiState;
+
+/// `--listen`'s default: loopback only, as etcd's own client port defaults to.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// How often the replica asks etcd whether it answers.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// etcd is called unreachable once no probe has succeeded for this long (three probes).
+const STALE_AFTER: Duration = Duration::from_secs(6);
+/// How long a stopping server may take to finish the requests it is answering.
+const DRAIN: Duration = Duration::from_secs(5);
+
+const PAGE: &str = include_str!("status.html");
+const STYLE: &str = include_str!("status.css");
+const SCRIPT: &str = include_str!("status.js");
+
+/// The page's own files only: a string from etcd that ever reached the DOM as markup still
+/// could not run a script or load anything.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("--listen {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// What every handler reads: this replica's cache and metrics.
+#[derive(Clone)]
+pub struct Surface {
+    pub replica: String,
+    pub cache: Arc<Cache>,
+    pub metrics: Arc<Metrics>,
+    /// etcd's endpoints, for messages.
+    pub etcd: String,
+}
+
+/// The running server, and the etcd probe once the replica has a client. Dropped without
+/// [`Server::stop`] (the replica gave up early), both end at once: a replica that stopped
+/// must not go on answering for itself.
+pub struct Server {
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+    probe: Option<JoinHandle<()>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in [&self.task, &self.probe].into_iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Binds `addr` and serves until `shutdown` turns true. A port already taken is an error
+    /// now, before the replica does anything else.
+    pub async fn start(
+        addr: SocketAddr,
+        surface: Surface,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Server, HttpError> {
+        let bind_error = |e: std::io::Error| {
+            HttpError::Bind {
+            addr,
+            reason: match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "address already in use (give another --listen, or --listen '' to serve nothing)"
+                        .into()
+                }
+                _ => io_reason(&e),
+            },
+        }
+        };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        tracing::info!(addr = %local, url = %format!("http://{local}/"),
+            "http: serving the status page, /metrics, /healthz and /readyz");
+        let app = router(surface);
+        let mut stop = shutdown.clone();
+        let task = tokio::spawn(
+            async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    // A dropped sender means nobody can ask any more: stop too.
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "http: the server failed");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Server {
+            addr: local,
+            task: Some(task),
+            probe: None,
+            shutdown,
+        })
+    }
+
+    /// The address it listens on (the port chosen, for `--listen …:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts probing etcd through the replica's `client` (for `/healthz`, and etcd's revision
+    /// for the cache's lag).
+    pub fn probe(&mut self, client: &Client, keys: &Keys, metrics: &Arc<Metrics>) {
+        self.probe = Some(tokio::spawn(
+            probe_etcd(
+                client.clone(),
+                keys.clone(),
+                metrics.clone(),
+                self.shutdown.clone(),
+            )
+            .in_current_span(),
+        ));
+    }
+
+    /// Waits for the server to stop (it stops with the shutdown signal), at most a few
+    /// seconds: a client that keeps its request open does not keep the replica up.
+    pub async fn stop(mut self) {
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(DRAIN, &mut task).await.is_err()
+        {
+            tracing::warn!("http: requests still open after {DRAIN:?}; closing them");
+            task.abort();
+        }
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+            let _ = probe.await;
+        }
+    }
+}
+
+fn router(surface: Surface) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/status.css", get(style))
+        .route("/status.js", get(script))
+        .route("/api/state", get(api_state))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(surface)
+}
+
+/// A response with the headers every answer carries: nothing cached (each read is the
+/// replica's view now), and no content sniffing.
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+async fn page() -> Response {
+    let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE.into());
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    r
+}
+
+async fn style() -> Response {
+    respond(StatusCode::OK, "text/css; charset=utf-8", STYLE.into())
+}
+
+async fn script() -> Response {
+    respond(
+        StatusCode::OK,
+        "text/javascript; charset=utf-8",
+        SCRIPT.into(),
+    )
+}
+
+async fn api_state(State(s): State<Surface>) -> Response {
+    match serde_json::to_string(&api::state(&s)) {
+        Ok(json) => respond(StatusCode::OK, "application/json", json),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("cannot encode the state: {e}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<Surface>) -> Response {
+    match s.metrics.encode() {
+        Ok(text) => respond(StatusCode::OK, Metrics::CONTENT_TYPE, text),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("cannot encode the metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn healthz(State(s): State<Surface>) -> Response {
+    verdict(health(&s))
+}
+
+async fn readyz(State(s): State<Surface>) -> Response {
+    verdict(readiness(&s))
+}
+
+async fn not_found() -> Response {
+    respond(
+        StatusCode::NOT_FOUND,
+        TEXT,
+        "not found: try /, /api/state, /metrics, /healthz or /readyz\n".into(),
+    )
+}
+
+fn verdict((ok, reason): (bool, String)) -> Response {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond(status, TEXT, format!("{reason}\n"))
+}
+
+/// Whether etcd answers this replica, and a one-line reason.
+pub fn health(s: &Surface) -> (bool, String) {
+    let seen = s.metrics.etcd_seen();
+    match (seen.last_ok, seen.error) {
+        (Some(t), _) if t.elapsed() <= STALE_AFTER => {
+            (true, format!("ok: etcd answered {} ago", ago(t.elapsed())))
+        }
+        (Some(t), error) => (
+            false,
+            format!(
+                "etcd has not answered for {}: {}",
+                ago(t.elapsed()),
+                error.unwrap_or_else(|| "no answer yet".into())
+            ),
+        ),
+        (None, Some(e)) => (false, format!("etcd not reached yet: {e}")),
+        (None, None) => (
+            false,
+            format!("etcd not reached yet (connecting to {})", s.etcd),
+        ),
+    }
+}
+
+/// Whether the cache holds a whole view and follows etcd (a standby is ready too: its warm
+/// cache is what lets it take over at once), and a one-line reason.
+pub fn readiness(s: &Surface) -> (bool, String) {
+    let f = s.cache.progress().followed();
+    let rev = s.cache.revision();
+    let for_ = ago(f.since.elapsed());
+    let not = |why: String| (false, format!("not ready: {why}"));
+    match (f.stage, f.listed) {
+        (Stage::Following, true) => match health(s) {
+            (true, _) => {
+                let role = if s.metrics.is_leader() {
+                    "leader"
+                } else {
+                    "standby"
+                };
+                (
+                    true,
+                    format!("ready: {role}, its cache follows etcd at revision {rev}"),
+                )
+            }
+            (false, why) => not(why),
+        },
+        (Stage::Starting, _) | (Stage::Following, false) => {
+            not("the cache has not listed etcd yet".into())
+        }
+        (Stage::Listing, false) => not(format!(
+            "the cache is listing every key for the first time ({for_} so far)"
+        )),
+        (Stage::Listing, true) => not(format!(
+            "the cache is listing again (its watch was compacted or cancelled) for {for_}"
+        )),
+        (Stage::Broken(e), false) => not(format!("the cache cannot list etcd ({for_}): {e}")),
+        (Stage::Broken(e), true) => not(format!(
+            "the cache's watch broke {for_} ago ({e}); it resumes from revision {}",
+            rev + 1
+        )),
+    }
+}
+
+/// Asks etcd every [`PROBE_EVERY`] for the number of election keys: a linearizable read, so an
+/// answer proves a quorum and this replica's credentials, and its header gives etcd's revision.
+async fn probe_etcd(
+    client: Client,
+    keys: Keys,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let candidates = format!("{}/", keys.leader());
+    loop {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let mut kv = client.kv_client();
+        match tokio::time::timeout(PROBE_TIMEOUT, kv.get(candidates.as_str(), Some(options))).await
+        {
+            Ok(Ok(r)) => metrics.etcd_answered(r.header().map_or(0, |h| h.revision())),
+            Ok(Err(e)) => metrics.etcd_failed(store::short(&e)),
+            Err(_) => metrics.etcd_failed(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A duration as a person reads an age: "0.4s", "12s", "3m 5s", "2h 10m".
+pub fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..10 => format!("{:.1}s", d.as_secs_f64()),
+        10..120 => format!("{s}s"),
+        120..7200 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// An io error's text without its `(os error N)` tail.
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_a_person_says_them() {
+        assert_eq!(ago(Duration::from_millis(400)), "0.4s");
+        assert_eq!(ago(Duration::from_secs(12)), "12s");
+        assert_eq!(ago(Duration::from_secs(185)), "3m 5s");
+        assert_eq!(ago(Duration::from_secs(7800)), "2h 10m");
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_one_line_naming_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let surface = Surface {
+            replica: "r".into(),
+            cache: Cache::new(Keys::default(), 1.0),
+            metrics: Arc::default(),
+            etcd: "http://127.0.0.1:2379".into(),
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let e = match Server::start(addr, surface, shutdown).await {
+            Ok(_) => panic!("bound a port in use"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            e,
+            format!(
+                "--listen {addr}: address already in use (give another --listen, or --listen '' to serve nothing)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn before_etcd_answers_the_replica_is_neither_healthy_nor_ready() {
+        let surface = Surface {
+            replica: "r".into(),
+            cache: Cache::new(Keys::default(), 1.0),
+            metrics: Arc::default(),
+            etcd: "http://127.0.0.1:2379".into(),
+        };
+        let (ok, why) = health(&surface);
+        assert!(!ok);
+        assert_eq!(
+            why,
+            "etcd not reached yet (connecting to http://127.0.0.1:2379)"
+        );
+        let (ok, why) = readiness(&surface);
+        assert!(!ok);
+        assert_eq!(why, "not ready: the cache has not listed etcd yet");
+        surface.metrics.etcd_answered(5);
+        assert!(health(&surface).0);
+    }
+}
