@@ -61,7 +61,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub max_txn_ops: u32,
     /// The controllers' `--nice` (see `citadel controller --help`).
-    #[arg(long, default_value_t = crate::cli::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = crate::controller::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
 }
 

@@ -36,6 +36,10 @@ pub enum ControllerError {
     Http(#[from] HttpError),
 }
 
+/// The controller's default `--nice`: on a machine it shares with etcd, a leader that yields the
+/// cpu to etcd places more (every user's put waits on etcd; the leader only batches more).
+pub const DEFAULT_NICE: i32 = 5;
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     /// How to reach etcd; the Docker side's writes share this replica's client.

@@ -23,7 +23,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
-use crate::manager::Item;
 use crate::model::Status;
 use crate::store::StoreError;
 use crate::store::fence::Commit;
@@ -214,52 +213,21 @@ impl Metrics {
         }
     }
 
-    /// A committed transaction's items: decisions by status, placements by strategy, and each
-    /// decided request's wait since `cache` saw its revision.
-    ///
-    /// Only a request revision's first decision is timed: an unschedulable request decided
-    /// again as capacity changes, or a placement moved, has waited for capacity, not for the
-    /// leader. Called before the leader applies the batch to its cache, so the cache still
-    /// shows what was decided before it.
-    pub fn committed(&self, items: &[Item], cache: &Cache) {
-        let now = Instant::now();
-        let first: Vec<bool> = {
-            let state = cache.lock();
-            items
-                .iter()
-                .map(|item| {
-                    item.decision().is_some_and(|d| {
-                        state
-                            .decision(item.id())
-                            .is_none_or(|had| had.request_revision != d.request_revision)
-                    })
-                })
-                .collect()
-        };
-        for (item, first) in items.iter().zip(first) {
-            match item {
-                Item::Release { .. } => {
-                    self.releases.inc();
-                }
-                Item::Park { .. } => {}
-                Item::Restore { decision, .. } => self.decided(decision.status),
-                Item::Place { decision, .. } | Item::Refuse { decision, .. } => {
-                    self.decided(decision.status);
-                    if matches!(item, Item::Place { .. }) {
-                        self.placements
-                            .get_or_create(&[("scheduler", decision.scheduler.clone())])
-                            .inc();
-                    }
-                    if let Some(seen) = first
-                        .then(|| cache.progress().applied_at(decision.request_revision))
-                        .flatten()
-                    {
-                        self.decision_latency
-                            .observe(now.saturating_duration_since(seen).as_secs_f64());
-                    }
-                }
-            }
-        }
+    /// A release committed (a decision deleted because its request went or changed).
+    pub fn released(&self) {
+        self.releases.inc();
+    }
+
+    /// A placement committed by `scheduler`.
+    pub fn placed(&self, scheduler: &str) {
+        self.placements
+            .get_or_create(&[("scheduler", scheduler.to_string())])
+            .inc();
+    }
+
+    /// A request revision's first decision, `waited` after the cache saw it.
+    pub fn decision_waited(&self, waited: std::time::Duration) {
+        self.decision_latency.observe(waited.as_secs_f64());
     }
 
     /// A decision written with `status`.

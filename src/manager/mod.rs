@@ -396,7 +396,7 @@ impl<'a> Lead<'a> {
                 metrics.transaction(&result, batch.ops.len(), started.elapsed()); // hook(http)
                 if let Ok(Commit::Done(rev)) = &result {
                     log_batch(&batch.items, *rev);
-                    metrics.committed(&batch.items, &cache); // hook(http)
+                    record_committed(&metrics, &batch.items, &cache); // hook(http)
                 }
                 Committed {
                     token,
@@ -531,6 +531,49 @@ impl<'a> Leading<'a> {
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         self.0.set_leading(false);
+    }
+}
+
+/// A committed transaction's items, counted: decisions by status, placements by strategy, and
+/// each decided request's wait since the cache saw its revision.
+///
+/// Only a request revision's first decision is timed: an unschedulable request decided again as
+/// capacity changes, or a placement moved, has waited for capacity, not for the leader. Called
+/// before the leader applies the batch to its cache, so the cache still shows what was decided
+/// before it.
+fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
+    let now = std::time::Instant::now();
+    let first: Vec<bool> = {
+        let state = cache.lock();
+        items
+            .iter()
+            .map(|item| {
+                item.decision().is_some_and(|d| {
+                    state
+                        .decision(item.id())
+                        .is_none_or(|had| had.request_revision != d.request_revision)
+                })
+            })
+            .collect()
+    };
+    for (item, first) in items.iter().zip(first) {
+        match item {
+            Item::Release { .. } => metrics.released(),
+            Item::Park { .. } => {}
+            Item::Restore { decision, .. } => metrics.decided(decision.status),
+            Item::Place { decision, .. } | Item::Refuse { decision, .. } => {
+                metrics.decided(decision.status);
+                if matches!(item, Item::Place { .. }) {
+                    metrics.placed(&decision.scheduler);
+                }
+                if let Some(seen) = first
+                    .then(|| cache.progress().applied_at(decision.request_revision))
+                    .flatten()
+                {
+                    metrics.decision_waited(now.saturating_duration_since(seen));
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,176 @@
+//! `citadel controller`: one replica, from its flags.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::CliError;
+use crate::controller::{self, ControllerConfig, DEFAULT_NICE};
+use crate::keys::Keys;
+use crate::manager::ManagerConfig;
+use crate::model::EngineId;
+use crate::scheduler::Schedulers;
+use crate::store::EtcdConfig;
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// This replica's id (default: hostname-pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Address shown in the leader key (informational).
+    #[arg(long, default_value = "")]
+    pub addr: String,
+    /// Lease TTL in seconds: how long a dead leader keeps the lead.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=600))]
+    pub lease_ttl: i64,
+    /// TYPE=STRATEGY (spread, binpack, random); defaults: service=spread, batch=binpack.
+    #[arg(long = "scheduler")]
+    pub schedulers: Vec<String>,
+    /// Capacity multiplier for every engine (1.0 = never overcommit).
+    #[arg(long, default_value_t = 1.0)]
+    pub overcommit: f64,
+    /// Scheduler worker threads (default: the number of cpus).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// While leading, compact etcd's history every this many seconds (0: never; use etcd's
+    /// own --auto-compaction-* instead).
+    #[arg(long, default_value_t = 300)]
+    pub compact_every: u64,
+    /// Revisions kept by that compaction.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub compact_retain: i64,
+    /// While leading, contact every engine's Docker API: health keys and live usage (only
+    /// engines that answer are schedulable), launch placed requests that ask for it
+    /// (`"launch": true`), follow their containers, stop what is deleted.
+    #[arg(long)]
+    pub docker: bool,
+    /// Launch every placed request, not only those with `"launch": true` (implies --docker).
+    #[arg(long)]
+    pub launch: bool,
+    /// Count max(reserved, live use) against an engine's capacity (with --docker).
+    #[arg(long)]
+    pub count_live: bool,
+    /// Seconds between two contacts with each engine.
+    #[arg(long, default_value_t = 2.0)]
+    pub health_every: f64,
+    /// Seconds an engine may stay silent before it drops out of scheduling and its containers
+    /// are placed again (service) or marked lost (batch).
+    #[arg(long, default_value_t = 6.0)]
+    pub health_ttl: f64,
+    /// etcd's --max-txn-ops, if the operator raised it: fuller transactions cost etcd less per
+    /// placement. Should etcd refuse a transaction as too large, the leader logs an error and
+    /// goes back to 128, etcd's default.
+    #[arg(long, default_value_t = crate::manager::MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    pub max_txn_ops: u32,
+    /// Engines a container may fail to start on before its request is `failed`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub launch_tries: u32,
+    /// Lower this replica's cpu priority by this much (Unix nice, 0 to 19; 0 keeps it). On a
+    /// machine it shares with etcd, a leader that yields the cpu to etcd places more: every
+    /// user's put waits on etcd, while the leader only batches more when it runs later.
+    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
+    /// Serve the status page, /metrics, /healthz and /readyz on IP:PORT (port 0 picks a free
+    /// one, logged at start); '' serves nothing. Each replica on a host needs its own.
+    #[arg(long, default_value = crate::http::DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: String,
+}
+
+/// Lowers the priority of the calling thread, and of every thread it starts from now on, by
+/// `by` (Unix nice). Lowering one's own priority needs no privilege.
+pub fn lower_priority(by: i32) -> std::io::Result<()> {
+    if by == 0 {
+        return Ok(());
+    }
+    rustix::process::nice(by)
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
+pub(super) async fn run_controller(
+    args: ControllerArgs,
+    keys: Keys,
+    etcd: EtcdConfig,
+) -> Result<(), CliError> {
+    let schedulers = Schedulers::with_overrides(&args.schedulers).map_err(CliError::Usage)?;
+    if !(args.overcommit.is_finite() && args.overcommit > 0.0 && args.overcommit <= 100.0) {
+        return Err(CliError::Usage(format!(
+            "--overcommit {}: expected a number in (0, 100]",
+            args.overcommit
+        )));
+    }
+    let replica = match args.id {
+        Some(id) => EngineId::new(&id)
+            .map(|_| id)
+            .map_err(|e| CliError::Usage(format!("--id: {e}")))?,
+        None => format!(
+            "{}-{}",
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "replica".into()),
+            std::process::id()
+        ),
+    };
+    for (flag, v) in [
+        ("--health-every", args.health_every),
+        ("--health-ttl", args.health_ttl),
+    ] {
+        if !(v.is_finite() && (0.1..=3600.0).contains(&v)) {
+            return Err(CliError::Usage(format!(
+                "{flag} {v}: expected seconds in [0.1, 3600]"
+            )));
+        }
+    }
+    if args.health_ttl < args.health_every {
+        return Err(CliError::Usage(format!(
+            "--health-ttl {} is shorter than --health-every {}: every engine would drop out",
+            args.health_ttl, args.health_every
+        )));
+    }
+    let listen = match args.listen.trim() {
+        "" => None,
+        addr => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            CliError::Usage(format!(
+                "--listen {addr}: expected IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090 ('' serves nothing)"
+            ))
+        })?),
+    };
+    let secs = Duration::from_secs_f64;
+    let replica_id = replica.clone();
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let cfg = ControllerConfig {
+        etcd,
+        keys,
+        manager: ManagerConfig {
+            replica,
+            schedulers,
+            workers: workers.max(1),
+            compact_every: (args.compact_every > 0)
+                .then(|| Duration::from_secs(args.compact_every)),
+            compact_retain: args.compact_retain,
+            max_txn_ops: args.max_txn_ops as usize,
+        },
+        addr: args.addr,
+        lease_ttl: args.lease_ttl,
+        overcommit: args.overcommit,
+        docker: (args.docker || args.launch).then(|| crate::runner::RunnerConfig {
+            replica: replica_id.clone(),
+            health_every: secs(args.health_every),
+            health_ttl: secs(args.health_ttl),
+            launch_tries: args.launch_tries as usize,
+            ..Default::default()
+        }),
+        policy: crate::cache::HealthPolicy {
+            docker: args.docker || args.launch,
+            count_live: args.count_live,
+            launch_all: args.launch,
+        },
+        listen,
+        metrics: Default::default(),
+    };
+    Ok(controller::run(cfg, controller::shutdown_on_signals()).await?)
+}

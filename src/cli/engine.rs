@@ -1,0 +1,404 @@
+//! `citadel engine add|ls|show|rm`, and `citadel ls`.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+
+use super::{CliError, engine_id, timed, trim};
+use crate::cache::Cache;
+use crate::keys::Keys;
+use crate::model::{Engine, EngineId, EngineSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// Register (or update) an engine.
+    Add(EngineAddArgs),
+    /// List engines with reserved and total resources.
+    Ls,
+    /// What one engine holds: every request reserved on it, with its cpus, memory and ports.
+    Show { id: String },
+    /// Remove an engine: refused while placements hold resources on it. It is cordoned first
+    /// (no placement can land meanwhile), checked, then deleted in one transaction.
+    Rm {
+        id: String,
+        /// Remove it even though placements hold resources on it: the leader then places its
+        /// services elsewhere and marks the rest lost.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EngineAddArgs {
+    pub id: String,
+    /// Docker API address: unix:///var/run/docker.sock, tcp://HOST:2375, https://HOST:2376.
+    #[arg(long)]
+    pub addr: String,
+    /// Cpus to offer [default: the engine's NCPU, read from the engine].
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory in MB to offer [default: the engine's MemTotal, read from the engine].
+    #[arg(long)]
+    pub memory: Option<f64>,
+    /// key=value or a bare key; repeat for several. Added to the daemon's own labels (a flag
+    /// wins over a daemon label with the same key).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Seconds to wait for the engine when probing it.
+    #[arg(long, default_value_t = 5)]
+    pub probe_timeout: u64,
+    #[arg(long)]
+    pub tls_ca: Option<String>,
+    #[arg(long)]
+    pub tls_cert: Option<String>,
+    #[arg(long)]
+    pub tls_key: Option<String>,
+    /// Register it even with less capacity than its placements hold: the leader then moves its
+    /// newest placements until the rest fit.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The engine's offer: explicit flags, else what the engine itself reports.
+async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliError> {
+    if let (Some(cpus), Some(memory)) = (a.cpus, a.memory) {
+        return Ok((cpus, memory, a.labels.clone()));
+    }
+    let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(crate::engine::TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "--tls-ca, --tls-cert and --tls-key go together".into(),
+            ));
+        }
+    };
+    let timeout = Duration::from_secs(a.probe_timeout.max(1));
+    let probe = crate::engine::probe(&a.addr, tls.as_ref(), timeout)
+        .await
+        .map_err(|e| CliError::Usage(format!("{e} (or give --cpus and --memory)")))?;
+    let key = |l: &str| l.split_once('=').map_or(l, |(k, _)| k).to_string();
+    let mut labels: Vec<String> = probe
+        .labels
+        .into_iter()
+        .filter(|d| !a.labels.iter().any(|l| key(l) == key(d)))
+        .collect();
+    labels.extend(a.labels.iter().cloned());
+    Ok((
+        a.cpus.unwrap_or(probe.cpus),
+        a.memory.unwrap_or(probe.memory_mb),
+        labels,
+    ))
+}
+
+pub(super) async fn engine_add(
+    client: &Client,
+    keys: &Keys,
+    a: EngineAddArgs,
+) -> Result<(), CliError> {
+    let id = engine_id(&a.id)?;
+    let (cpus, memory, labels) = engine_offer(&a).await?;
+    let wire = Engine {
+        id: id.to_string(),
+        addr: a.addr,
+        cpus,
+        memory,
+        labels,
+        tls_ca: a.tls_ca,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        cordoned: false,
+    };
+    let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
+    let spec =
+        EngineSpec::parse(&id, &value).map_err(|e| CliError::Usage(format!("engine {id}: {e}")))?;
+    let key = keys.engine(&id);
+    let mut kv = client.kv_client();
+    let got = timed(kv.get(key.as_str(), None)).await?;
+    let put_if = |rev: i64, value: Vec<u8>| {
+        Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::put(key.as_str(), value, None)])
+    };
+    let changed = || CliError::Usage(format!("engine {id} changed meanwhile; try again"));
+    let Some(current) = got.kvs().first() else {
+        // New: nothing can be placed on it before it exists.
+        if !timed(kv.txn(put_if(0, value))).await?.succeeded() {
+            return Err(changed());
+        }
+        println!(
+            "engine {id} registered: {} cpus, {} MB",
+            trim(cpus),
+            trim(memory)
+        );
+        return Ok(());
+    };
+    let was: Engine = serde_json::from_slice(current.value()).unwrap_or_default();
+    // An operator's cordon outlives a change of capacity or labels.
+    let mut wire = wire;
+    wire.cordoned = was.cordoned;
+    let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
+    if a.force {
+        if !timed(kv.txn(put_if(current.mod_revision(), value)))
+            .await?
+            .succeeded()
+        {
+            return Err(changed());
+        }
+    } else {
+        let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
+        let cache = Cache::new(keys.clone(), 1.0);
+        cache.load(client).await?;
+        let held = cache.lock().usage(&id);
+        if held.cpus > spec.cpus || held.memory > spec.memory {
+            still.release(client).await?;
+            return Err(CliError::Usage(format!(
+                "engine {id}: its {} placement(s) hold {} cpus and {} MB, more than {} cpus and {} MB; \
+                 release some first, or use --force (the leader then moves its newest placements)",
+                held.count,
+                trim(held.cpus.as_cpus()),
+                held.memory.0,
+                trim(spec.cpus.as_cpus()),
+                spec.memory.0
+            )));
+        }
+        if !timed(kv.txn(put_if(still.at, value))).await?.succeeded() {
+            return Err(changed());
+        }
+    }
+    println!(
+        "engine {id} registered: {} cpus, {} MB",
+        trim(cpus),
+        trim(memory)
+    );
+    Ok(())
+}
+
+/// An engine held still while a command checks what it holds: cordoned (unless it already
+/// was), so that nothing new can land on it. Every placement the leader verified on the engine
+/// as it was fails its compare on the engine key, and a cordoned engine takes no new one: what
+/// it holds once the cordon is written is all it will hold until the command is done.
+struct Still {
+    key: String,
+    original: Vec<u8>,
+    /// The engine key's mod revision with the cordon.
+    at: i64,
+    /// Cordoned by this command (not by an operator before it).
+    ours: bool,
+}
+
+impl Still {
+    async fn hold(client: &Client, key: &str, value: &[u8], seen: i64) -> Result<Still, CliError> {
+        let mut wire: Engine = serde_json::from_slice(value)
+            .map_err(|e| CliError::Usage(format!("{key}: unreadable: {e}")))?;
+        if wire.cordoned {
+            return Ok(Still {
+                key: key.to_string(),
+                original: value.to_vec(),
+                at: seen,
+                ours: false,
+            });
+        }
+        wire.cordoned = true;
+        let cordon = Txn::new()
+            .when(vec![Compare::mod_revision(key, CompareOp::Equal, seen)])
+            .and_then(vec![TxnOp::put(
+                key,
+                serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?,
+                None,
+            )]);
+        let resp = timed(client.kv_client().txn(cordon)).await?;
+        if !resp.succeeded() {
+            return Err(CliError::Usage(format!(
+                "{key} changed meanwhile; try again"
+            )));
+        }
+        Ok(Still {
+            key: key.to_string(),
+            original: value.to_vec(),
+            at: resp.header().map_or(seen, |h| h.revision()),
+            ours: true,
+        })
+    }
+
+    /// Puts the engine back as it was, unless someone changed it meanwhile.
+    async fn release(self, client: &Client) -> Result<(), CliError> {
+        if self.ours {
+            let undo = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    self.at,
+                )])
+                .and_then(vec![TxnOp::put(self.key.as_str(), self.original, None)]);
+            timed(client.kv_client().txn(undo)).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn engine_rm(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    force: bool,
+) -> Result<(), CliError> {
+    let id = engine_id(id)?;
+    let key = keys.engine(&id);
+    let mut kv = client.kv_client();
+    let got = timed(kv.get(key.as_str(), None)).await?;
+    let Some(current) = got.kvs().first() else {
+        return Err(CliError::Usage(format!("engine {id} is not registered")));
+    };
+    let delete_if = |rev: i64| {
+        Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)])
+    };
+    let changed = || CliError::Usage(format!("engine {id} changed meanwhile; try again"));
+    if force {
+        if !timed(kv.txn(delete_if(current.mod_revision())))
+            .await?
+            .succeeded()
+        {
+            return Err(changed());
+        }
+        println!(
+            "engine {id} removed (the leader places its services elsewhere and marks the rest lost)"
+        );
+        return Ok(());
+    }
+    let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let held = cache.lock().held_on(&id).len();
+    if held > 0 {
+        still.release(client).await?;
+        return Err(CliError::Usage(format!(
+            "engine {id} still holds {held} reservation(s); release them first or use --force"
+        )));
+    }
+    if !timed(kv.txn(delete_if(still.at))).await?.succeeded() {
+        return Err(changed());
+    }
+    println!("engine {id} removed");
+    Ok(())
+}
+
+pub(super) async fn engine_show(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
+    let id = engine_id(id)?;
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let state = cache.lock();
+    let Some(spec) = state.engine_spec(&id) else {
+        return Err(CliError::Usage(format!("engine {id} is not registered")));
+    };
+    let held = state.held_on(&id);
+    let usage = state.usage(&id);
+    println!(
+        "engine {id} ({}): {}/{} cpus, {}/{} MB reserved by {} request(s)",
+        spec.addr,
+        trim(usage.cpus.as_cpus()),
+        trim(spec.cpus.as_cpus()),
+        usage.memory.0,
+        spec.memory.0,
+        held.len()
+    );
+    if held.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<14} {:>8} {:>10}  PORTS",
+        "REQUEST", "STATUS", "CPUS", "MEMORY MB"
+    );
+    for h in held {
+        let ports: Vec<String> = h.ports.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<40} {:<14} {:>8} {:>10}  {}",
+            h.request.as_str(),
+            h.status.map(|s| s.to_string()).unwrap_or_default(),
+            trim(h.cpus.as_cpus()),
+            h.memory.0,
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(",")
+            }
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<(), CliError> {
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let state = cache.lock();
+    if summary {
+        let info = state.cluster_info();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).map_err(|e| CliError::Usage(e.to_string()))?
+        );
+        println!();
+    }
+    println!(
+        "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
+        "ENGINE",
+        "ADDR",
+        "CPUS (res/total)",
+        "MEMORY MB (res/total)",
+        "LIVE CPU",
+        "LIVE MB",
+        "CTRS"
+    );
+    for (snap, addr, error) in state.engine_rows() {
+        if let Some(e) = error {
+            println!(
+                "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
+                snap.id, "", "-", "-", "-", "-", "-"
+            );
+            continue;
+        }
+        let health = EngineId::new(&snap.id)
+            .ok()
+            .and_then(|id| state.health(&id).cloned());
+        let (live_cpu, live_mb, ctrs, status) = match health {
+            Some(h) => (
+                trim(h.health.cpus_used),
+                trim(h.health.memory_used_mb.round()),
+                h.health.containers_running.to_string(),
+                format!("ok, last contact {}", h.health.last_contact),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no health key: silent engine, or no leader runs with --docker".into(),
+            ),
+        };
+        println!(
+            "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
+            snap.id,
+            addr,
+            format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
+            format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
+            live_cpu,
+            live_mb,
+            ctrs,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The `citadel` command line: one file per command group.
+//!
+//! `mod.rs` holds the global flags, the commands, the one-line errors and the dispatch; the
+//! groups are `controller` (a replica), `engine` (add, ls, show, rm), `request` (submit,
+//! status, release) and `check`.
+
+mod check;
+mod controller;
+mod engine;
+mod request;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::keys::Keys;
+use crate::model::{EngineId, RequestId};
+use crate::store::{self, CALL_TIMEOUT, EtcdConfig, StoreError, TlsConfig};
+pub use check::CheckArgs;
+pub use controller::{ControllerArgs, lower_priority};
+pub use engine::{EngineAddArgs, EngineCommand};
+pub use request::SubmitArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "citadel",
+    version,
+    about = "A Docker container scheduler whose registry is etcd"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; `bench` starts its own].
+    #[arg(long, global = true, env = "CITADEL_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix everything lives under.
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_PREFIX",
+        default_value = "/citadel"
+    )]
+    pub prefix: String,
+    /// Log format of long-running commands.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// The CA bundle etcd's server certificate must chain to, for https:// endpoints (else
+    /// the system's bundle) [also read from ETCDCTL_CACERT].
+    #[arg(long, global = true, env = "CITADEL_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate, for an etcd that asks for one (`--client-cert-auth`; its CN is
+    /// then the etcd user) [also read from ETCDCTL_CERT].
+    #[arg(long, global = true, env = "CITADEL_ETCD_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key [also read from ETCDCTL_KEY].
+    #[arg(long, global = true, env = "CITADEL_ETCD_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The etcd user, as NAME or NAME:PASSWORD (as etcdctl's --user) [also read from
+    /// ETCDCTL_USER].
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD_USER",
+        hide_env_values = true,
+        value_name = "NAME[:PASSWORD]"
+    )]
+    pub user: Option<String>,
+    /// The etcd user's password; --user is then the name as given [also read from
+    /// ETCDCTL_PASSWORD]. Prefer the environment: arguments show in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl Global {
+    /// The connection settings every command uses, from the flags, citadel's variables, and
+    /// then etcdctl's.
+    pub fn etcd_config(&self) -> Result<EtcdConfig, CliError> {
+        self.etcd_config_with(|var| std::env::var(var).ok())
+    }
+
+    /// As [`Self::etcd_config`], with etcdctl's variables looked up by `env`. They count when
+    /// citadel's own flag and variable are not set, so that one environment serves both
+    /// tools; empty counts as unset, as clap does for citadel's variables.
+    pub fn etcd_config_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<EtcdConfig, CliError> {
+        let etcdctl_env = |var: &str| env(var).filter(|v| !v.is_empty());
+        let path = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| etcdctl_env(var).map(PathBuf::from))
+        };
+        let cacert = path(&self.cacert, "ETCDCTL_CACERT");
+        let identity = match (
+            path(&self.cert, "ETCDCTL_CERT"),
+            path(&self.key, "ETCDCTL_KEY"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(CliError::Usage(format!(
+                    "--cert {} needs its --key",
+                    cert.display()
+                )));
+            }
+            (None, Some(key)) => {
+                return Err(CliError::Usage(format!(
+                    "--key {} needs its --cert",
+                    key.display()
+                )));
+            }
+        };
+        let tls =
+            (cacert.is_some() || identity.is_some()).then_some(TlsConfig { cacert, identity });
+        let endpoints = self.etcd.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            vec![format!("{scheme}://127.0.0.1:2379")]
+        });
+        let user = self.user.clone().or_else(|| etcdctl_env("ETCDCTL_USER"));
+        // etcdctl's rules: with a password given apart, --user is the name as it stands;
+        // without one, --user is NAME:PASSWORD. etcdctl's variable comes last of all: a
+        // password written into --user is citadel's own setting. A password without a user
+        // is ignored.
+        let auth = match (user, self.password.clone()) {
+            (None, _) => None,
+            (Some(name), Some(password)) => Some((name, password)),
+            (Some(user), None) => match (user.split_once(':'), etcdctl_env("ETCDCTL_PASSWORD")) {
+                (Some((name, password)), _) => Some((name.to_string(), password.to_string())),
+                (None, Some(password)) => Some((user, password)),
+                (None, None) => {
+                    return Err(CliError::Usage(format!(
+                        "--user {user}: no password; give --user {user}:PASSWORD, --password or \
+                         CITADEL_ETCD_PASSWORD (a client certificate needs no --user)"
+                    )));
+                }
+            },
+        };
+        let mut cfg = EtcdConfig::new(endpoints);
+        cfg.tls = tls;
+        if let Some((name, password)) = auth {
+            cfg = cfg.with_auth(name, password);
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a controller replica (leader election, scheduling, commits).
+    Controller(ControllerArgs),
+    /// Register, list and remove Docker engines.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+    /// Submit a request (a JSON file, or - for standard input).
+    Submit(SubmitArgs),
+    /// Show the decision for a request.
+    Status { id: String },
+    /// Cluster summary (the seed's ClusterInfo) and a table of engines.
+    Ls,
+    /// Release a request: deletes it; the leader frees its reservation and removes its decision.
+    Release { id: String },
+    /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
+    /// by a leader running with --docker).
+    Profile { image: Option<String> },
+    /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
+    /// unless --etcd is given; then it works under a fresh prefix and removes it after).
+    Bench(crate::bench::BenchArgs),
+    /// Check the invariants on etcd's contents: no engine over capacity, no host port bound
+    /// twice, one current decision per request, none without its request, no placement on a
+    /// missing engine. Exits 1 if anything is found.
+    Check(CheckArgs),
+    /// Least-privilege etcd roles and users for citadel under --prefix: prints the etcdctl
+    /// commands, or creates them with --apply (as an etcd admin, given by the global flags).
+    Rbac(crate::rbac::RbacArgs),
+}
+
+/// A CLI failure: printed as one line, exit code 1 (2 for "decided, but not placed").
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("etcd: {}", store::short(.0))]
+    Etcd(#[from] etcd_client::Error),
+    #[error(transparent)]
+    Rbac(#[from] crate::rbac::RbacError),
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotPlaced(String),
+    #[error("check: {0} finding(s)")]
+    Findings(usize),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NotPlaced(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let keys = Keys::new(&cli.global.prefix).map_err(|e| CliError::Usage(e.to_string()))?;
+    let bench_own_etcd = cli.global.etcd.is_none();
+    // Built once, here, and handed to everything that connects.
+    let etcd = match (&cli.command, bench_own_etcd) {
+        // The bench's own etcd is plain and local: settings meant for another etcd (say,
+        // etcdctl's variables) do not apply to it.
+        (Command::Bench(_), true) => EtcdConfig::default(),
+        _ => cli.global.etcd_config()?,
+    };
+    match cli.command {
+        Command::Controller(args) => controller::run_controller(args, keys, etcd).await,
+        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd)
+            .await
+            .map_err(Into::into),
+        Command::Bench(args) => {
+            let json = args.json;
+            let result = crate::bench::run(args, (!bench_own_etcd).then_some(etcd))
+                .await
+                .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+            crate::bench::print_table(&result);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&result).map_err(|e| CliError::Usage(e.to_string()))?
+                );
+            }
+            let violations = result.overcommitted_engines
+                + result.double_bound_ports
+                + result.mismatched
+                + result.duplicate_or_missing_decisions;
+            if violations > 0 {
+                return Err(CliError::NotPlaced(format!(
+                    "bench: {violations} invariant violation(s)"
+                )));
+            }
+            Ok(())
+        }
+        command => {
+            let client = store::connect(&etcd, Some(Duration::from_secs(5))).await?;
+            match command {
+                Command::Engine(EngineCommand::Add(a)) => {
+                    engine::engine_add(&client, &keys, a).await
+                }
+                Command::Engine(EngineCommand::Ls) | Command::Ls => {
+                    let summary = matches!(command, Command::Ls);
+                    engine::ls(&client, &keys, summary).await
+                }
+                Command::Engine(EngineCommand::Show { id }) => {
+                    engine::engine_show(&client, &keys, &id).await
+                }
+                Command::Engine(EngineCommand::Rm { id, force }) => {
+                    engine::engine_rm(&client, &keys, &id, force).await
+                }
+                Command::Submit(a) => request::submit(&client, &keys, a).await,
+                Command::Status { id } => request::status(&client, &keys, &id).await,
+                Command::Release { id } => request::release(&client, &keys, &id).await,
+                Command::Check(a) => check::check(&client, &keys, a).await,
+                Command::Profile { image } => {
+                    println!(
+                        "{}",
+                        crate::profile::show(&client, &keys, image.as_deref()).await?
+                    );
+                    Ok(())
+                }
+                Command::Controller(_) | Command::Bench(_) | Command::Rbac(_) => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    }
+}
+
+fn engine_id(id: &str) -> Result<EngineId, CliError> {
+    EngineId::new(id).map_err(|e| CliError::Usage(format!("engine id: {e}")))
+}
+
+fn request_id(id: &str) -> Result<RequestId, CliError> {
+    RequestId::new(id).map_err(|e| CliError::Usage(format!("request id: {e}")))
+}
+
+fn trim(v: f64) -> String {
+    let v = if v.abs() < 0.0005 { 0.0 } else { v };
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+async fn timed<T>(fut: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, CliError> {
+    Ok(tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| StoreError::Timeout(CALL_TIMEOUT))??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Credentials;
+
+    /// The connection settings of a command line, with `env` as etcdctl's variables.
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<EtcdConfig, CliError> {
+        let mut argv = vec!["citadel"];
+        argv.extend_from_slice(args);
+        argv.push("ls");
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        cli.global.etcd_config_with(|var| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn creds(user: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        })
+    }
+
+    #[test]
+    fn user_takes_a_password_as_etcdctl_does() {
+        let c = config(&["--user", "alice:s3:cret"], &[]).expect("config");
+        assert_eq!(c.auth, creds("alice", "s3:cret"));
+        // With --password apart, --user is the name as it stands.
+        let c = config(&["--user", "a:b", "--password", "pw"], &[]).expect("config");
+        assert_eq!(c.auth, creds("a:b", "pw"));
+        let e = config(&["--user", "alice"], &[]).expect_err("no password");
+        assert!(e.to_string().contains("--user alice: no password"), "{e}");
+        // A password without a user is ignored, as etcdctl does.
+        assert_eq!(
+            config(&["--password", "pw"], &[]).expect("config").auth,
+            None
+        );
+    }
+
+    #[test]
+    fn etcdctl_variables_fill_in_what_citadel_is_not_told() {
+        let env = [
+            ("ETCDCTL_CACERT", "/e/ca.pem"),
+            ("ETCDCTL_CERT", "/e/c.pem"),
+            ("ETCDCTL_KEY", "/e/k.pem"),
+            ("ETCDCTL_USER", "bob"),
+            ("ETCDCTL_PASSWORD", "pw"),
+        ];
+        let c = config(&["--etcd", "https://h:2379"], &env).expect("config");
+        let tls = c.tls.expect("tls");
+        assert_eq!(tls.cacert, Some(PathBuf::from("/e/ca.pem")));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/e/c.pem"), PathBuf::from("/e/k.pem")))
+        );
+        assert_eq!(c.auth, creds("bob", "pw"));
+        // citadel's own flags win.
+        let c = config(
+            &[
+                "--etcd",
+                "https://h:2379",
+                "--cacert",
+                "/c/ca.pem",
+                "--user",
+                "x:y",
+            ],
+            &env,
+        )
+        .expect("config");
+        assert_eq!(c.tls.expect("tls").cacert, Some(PathBuf::from("/c/ca.pem")));
+        assert_eq!(c.auth, creds("x", "y"));
+    }
+
+    #[test]
+    fn tls_settings_pick_the_default_scheme_and_refuse_plain_endpoints() {
+        let c = config(&["--cacert", "/c/ca.pem"], &[]).expect("config");
+        assert_eq!(c.endpoints, ["https://127.0.0.1:2379"]);
+        assert_eq!(
+            config(&[], &[]).expect("config").endpoints,
+            ["http://127.0.0.1:2379"]
+        );
+        let e = config(&["--etcd", "http://h:2379", "--cacert", "/c/ca.pem"], &[])
+            .expect_err("TLS files for plain http");
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let e = config(&["--cert", "/c/c.pem"], &[]).expect_err("a cert without its key");
+        assert!(e.to_string().contains("needs its --key"), "{e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! What the leader writes back: decisions, the reservations inside them, the container's fate,
+//! and the other keys it owns (health, the election's values).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Placed,
+    Unschedulable,
+    Invalid,
+    /// Waiting to be placed again: its container failed to start, or its engine was lost.
+    Pending,
+    /// Its container failed to start on every engine tried (`run.attempts` says why).
+    Failed,
+    /// A `batch` container that ran and exited (`run.exit_code`); its reservation is freed.
+    Exited,
+    /// A `batch` container whose engine was lost; its reservation is freed.
+    Lost,
+}
+
+impl Status {
+    /// No more work: the request stays decided until the user changes or deletes it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Invalid | Status::Failed | Status::Exited | Status::Lost
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Placed => "placed",
+            Status::Unschedulable => "unschedulable",
+            Status::Invalid => "invalid",
+            Status::Pending => "pending",
+            Status::Failed => "failed",
+            Status::Exited => "exited",
+            Status::Lost => "lost",
+        })
+    }
+}
+
+/// One engine a container could not run on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub engine: String,
+    pub error: String,
+}
+
+/// A published port of a launched container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub proto: String,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// `decision.run`: what became of the container, when the leader launches it (`--docker`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The engine it runs on (empty before a launch).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    /// Docker's state: `running`, `exited`, `created`, …
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
+    /// Engines the container failed to start on, oldest first: never tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Engines lost under it (a service is placed again elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub updated_at: String,
+}
+
+impl Run {
+    /// Forgets the container (it failed, or its engine is gone), keeping the history that
+    /// steers the next placement: `attempts` and `lost`.
+    pub fn forget_container(&mut self) {
+        let Run { attempts, lost, .. } = std::mem::take(self);
+        *self = Run {
+            attempts,
+            lost,
+            ..Run::default()
+        };
+    }
+}
+
+/// `health/<engine>`: the leader's last contact with an engine, on a lease that lapses when the
+/// engine stops answering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub engine: String,
+    /// RFC 3339, UTC.
+    pub last_contact: String,
+    /// Live use, summed over every running container (citadel's or not).
+    pub cpus_used: f64,
+    pub memory_used_mb: f64,
+    pub containers_running: usize,
+    pub checked_by: String,
+}
+
+/// The seed's `resource`: where the container goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub id: String,
+    pub addr: String,
+    pub total_cpus: f64,
+    pub total_memory: f64,
+}
+
+/// `decisions/<id>`: the seed's response plus why and by whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The request as the user wrote it (see [`Echo`]).
+    pub container: Echo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// What the placement holds on `resource`: present exactly while the decision holds
+    /// capacity (placed, and launched containers that still run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The strategy that chose the engine (`spread`, `binpack`, `random`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scheduler: String,
+    /// The mod revision of the request this decides; a newer request revision is decided anew.
+    pub request_revision: i64,
+    /// RFC 3339, UTC.
+    pub decided_at: String,
+    /// The replica that was leader when this was committed.
+    pub decided_by: String,
+    /// The container's fate, when the leader launches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
+}
+
+/// What a placement holds on the engine its decision names (`resource.id`), written inside the
+/// decision: one key per placement is half the work for etcd of a decision and a separate
+/// reservation key (see BENCHMARKS.md). `citadel engine show` lists what one engine holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub cpus: f64,
+    pub memory: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+/// A reservation in checked units, as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub ports: Vec<HostPort>,
+}
+
+impl Reservation {
+    pub fn held(&self) -> Held {
+        Held {
+            // Written by us from integers, so rounding recovers them exactly; ceil errs safe.
+            cpus: Millicpus::from_cpus_ceil(self.cpus - 1e-9),
+            memory: MemoryMb::from_mb_ceil(self.memory - 1e-9),
+            ports: self
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let proto = match p.proto.as_str() {
+                        "udp" => Proto::Udp,
+                        "sctp" => Proto::Sctp,
+                        _ => Proto::Tcp,
+                    };
+                    u16::try_from(p.port)
+                        .ok()
+                        .map(|port| HostPort { proto, port })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The value of the election key `leader/<lease>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    pub since: String,
+}

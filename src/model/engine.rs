@@ -1,0 +1,48 @@
+//! An engine as the scheduler works on it: parsed from its key, in checked units.
+
+use super::*;
+
+/// An engine that passed validation, in checked units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSpec {
+    pub id: EngineId,
+    pub addr: String,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    /// The seed's `key=value` (or bare `key`) strings.
+    pub labels: Vec<String>,
+    pub cordoned: bool,
+    /// The wire form, echoed into decisions.
+    pub wire: Engine,
+}
+
+impl EngineSpec {
+    /// Parses `engines/<id>`'s value; the key's id wins over a missing or mismatched JSON `id`.
+    pub fn parse(id: &EngineId, raw: &[u8]) -> Result<EngineSpec, Invalid> {
+        let mut wire: Engine = serde_json::from_slice::<serde_json::Value>(raw)
+            .map_err(|e| Invalid(format!("malformed JSON: {e}")))
+            .and_then(|v| {
+                serde_path_to_error::deserialize(v)
+                    .map_err(|e| Invalid(format!("{}: {}", e.path(), e.inner())))
+            })?;
+        if !wire.id.is_empty() && wire.id != id.as_str() {
+            return Err(Invalid(format!(
+                "id: {:?} does not match the key's id {:?}",
+                wire.id,
+                id.as_str()
+            )));
+        }
+        wire.id = id.to_string();
+        let cpus = check_amount("cpus", Some(wire.cpus), MAX_CPUS, " cpus")?;
+        let memory = check_amount("memory", Some(wire.memory), MAX_MEMORY_MB, " MB")?;
+        Ok(EngineSpec {
+            id: id.clone(),
+            addr: wire.addr.clone(),
+            cpus: Millicpus::from_cpus_floor(cpus),
+            memory: MemoryMb::from_mb_floor(memory),
+            labels: wire.labels.clone(),
+            cordoned: wire.cordoned,
+            wire,
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! A request as the scheduler works on it: parsed from the user's bytes, checked against the
+//! limits, with its echo for the decision.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Every field a request may carry (`image` is the seed sample's name for `name`).
+pub const REQUEST_FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "cpus",
+    "cpuset",
+    "memory",
+    "entrypoint",
+    "environment",
+    "hostname",
+    "domain",
+    "args",
+    "type",
+    "labels",
+    "bind_ports",
+    "user_data",
+    "volumes",
+    "links",
+    "restart_policy",
+    "publish",
+    "network_mode",
+    "container_name",
+    "launch",
+];
+
+/// The known field a misspelt one was probably meant to be: at most two edits away (a swap of
+/// two neighbours counts as one), `lables` → `labels`, `cpu` → `cpus`.
+pub fn did_you_mean<'a>(field: &str, known: &[&'a str]) -> Option<&'a str> {
+    let field = field.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(&field, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// What happens to a request's container when it is done or its engine goes: fixed by its
+/// `type` when the request is parsed. A `batch` container runs to completion and frees its
+/// reservation when it exits; anything else is a service, kept running and placed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lifecycle {
+    #[default]
+    Service,
+    Batch,
+}
+
+impl Lifecycle {
+    pub fn of(kind: &str) -> Self {
+        if kind.trim() == "batch" {
+            Lifecycle::Batch
+        } else {
+            Lifecycle::Service
+        }
+    }
+}
+
+/// An exclusive host port on an engine: `(proto, port)`. Port 0 means "any" and reserves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        };
+        write!(f, "{}/{}", self.port, proto)
+    }
+}
+
+impl HostPort {
+    pub fn to_port(self) -> Port {
+        Port {
+            proto: match self.proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+                Proto::Sctp => "sctp",
+            }
+            .to_string(),
+            port: i64::from(self.port),
+            ..Port::default()
+        }
+    }
+}
+
+/// A request that passed validation: everything the scheduler needs, in checked units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub image: Image,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub kind: String,
+    pub lifecycle: Lifecycle,
+    /// Raw constraint expressions (`labels`); parsed by the scheduler.
+    pub constraints: Vec<String>,
+    pub ports: Vec<HostPort>,
+}
+
+/// Why a request was refused as `invalid`. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+pub(super) fn check_amount(
+    field: &str,
+    value: Option<f64>,
+    max: f64,
+    unit: &str,
+) -> Result<f64, Invalid> {
+    match value {
+        None => Err(Invalid(format!(
+            "{field}: required, a number greater than 0"
+        ))),
+        Some(v) if v.is_nan() => Err(Invalid(format!("{field}: NaN is not a number"))),
+        Some(v) if v <= 0.0 => Err(Invalid(format!("{field}: must be greater than 0, got {v}"))),
+        Some(v) if !v.is_finite() || v > max => Err(Invalid(format!(
+            "{field}: {v} is too large, the limit is {max}{unit}"
+        ))),
+        Some(v) => Ok(v),
+    }
+}
+
+impl Request {
+    /// Parses and checks a request value as a user wrote it into etcd.
+    /// Straight from the bytes into `Image`: no intermediate JSON tree (the decision's echo is
+    /// made separately, by [`Echo::of`], only when a decision is written).
+    pub fn parse(raw: &[u8]) -> Result<Request, Invalid> {
+        if raw.len() > MAX_REQUEST_BYTES {
+            return Err(Invalid(format!(
+                "request: {} bytes, the limit is {MAX_REQUEST_BYTES}",
+                raw.len()
+            )));
+        }
+        if let Some(depth) = nesting_beyond(raw, MAX_DEPTH) {
+            return Err(Invalid(format!(
+                "request: nested {depth} levels deep, the limit is {MAX_DEPTH}"
+            )));
+        }
+        let first = raw.iter().copied().find(|b| !b.is_ascii_whitespace());
+        if first != Some(b'{') {
+            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Err(e) => Invalid(format!("malformed JSON: {e}")),
+                Ok(_) => Invalid(format!(
+                    "request must be a JSON object, got {}",
+                    json_kind(first)
+                )),
+            });
+        }
+        // Most requests are well formed: parse them plainly, and only a failure again, with
+        // the path that names the bad field (tracking the path costs time on every field).
+        if let Ok(image) = serde_json::from_slice::<Image>(raw) {
+            return Self::from_image(image);
+        }
+        if let Some(unknown) = unknown_fields(raw) {
+            return Err(unknown);
+        }
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let image: Image = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            if e.inner().is_data() {
+                Invalid(format!("{}: {}", e.path(), e.inner()))
+            } else {
+                Invalid(format!("malformed JSON: {}", e.inner()))
+            }
+        })?;
+        de.end()
+            .map_err(|e| Invalid(format!("malformed JSON: {e}")))?;
+        Self::from_image(image)
+    }
+
+    pub fn from_image(image: Image) -> Result<Request, Invalid> {
+        if image.name.trim().is_empty() {
+            return Err(Invalid("image: required, the docker image to run".into()));
+        }
+        let cpus = check_amount("cpus", image.cpus, MAX_CPUS, " cpus")?;
+        let memory = check_amount("memory", image.memory, MAX_MEMORY_MB, " MB")?;
+        if image.kind.trim().is_empty() {
+            return Err(Invalid(
+                "type: required, e.g. \"service\" or \"batch\"".into(),
+            ));
+        }
+        if image.labels.len() > MAX_CONSTRAINTS {
+            return Err(Invalid(format!(
+                "labels: {} constraints, the limit is {MAX_CONSTRAINTS}",
+                image.labels.len()
+            )));
+        }
+        if let Some((i, l)) = image
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.len() > MAX_CONSTRAINT_BYTES)
+        {
+            return Err(Invalid(format!(
+                "labels[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+                l.len()
+            )));
+        }
+
+        let mut ports = Vec::new();
+        for (i, p) in image.bind_ports.iter().enumerate() {
+            let proto = match p.proto.to_ascii_lowercase().as_str() {
+                "" | "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                "sctp" => Proto::Sctp,
+                other => {
+                    return Err(Invalid(format!(
+                        "bind_ports[{i}].proto: {other:?} is not tcp, udp or sctp"
+                    )));
+                }
+            };
+            if !(0..=65535).contains(&p.port) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}].port: {} is not a port (0-65535)",
+                    p.port
+                )));
+            }
+            if !(0..=65535).contains(&p.container_port) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}].container_port: {} is not a port (0-65535)",
+                    p.container_port
+                )));
+            }
+            if p.port == 0 {
+                continue; // Docker picks a free port; nothing to reserve.
+            }
+            let hp = HostPort {
+                proto,
+                port: p.port as u16,
+            };
+            if ports.contains(&hp) {
+                return Err(Invalid(format!(
+                    "bind_ports[{i}]: host port {hp} is listed twice"
+                )));
+            }
+            ports.push(hp);
+        }
+        launch::check(&image)?;
+        Ok(Request {
+            cpus: Millicpus::from_cpus_ceil(cpus),
+            memory: MemoryMb::from_mb_ceil(memory),
+            kind: image.kind.trim().to_string(),
+            lifecycle: Lifecycle::of(&image.kind),
+            constraints: image.labels.clone(),
+            ports,
+            image,
+        })
+    }
+}
+
+/// A request as its decision echoes it (`container`): the JSON the user wrote, without the
+/// whitespace between its tokens (keys keep their order, numbers and strings their spelling);
+/// the start of the text when it is not JSON; a note when it is over the size limit.
+///
+/// Kept as JSON text, so writing a decision copies it instead of building and dropping a tree
+/// per request (about a tenth of the leader's cpu per placement, by a profile).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Echo(Box<serde_json::value::RawValue>);
+
+impl Echo {
+    pub fn of(raw: &[u8]) -> Echo {
+        if raw.len() > MAX_REQUEST_BYTES {
+            return Echo::from(serde_json::Value::String(format!(
+                "({} bytes, not echoed)",
+                raw.len()
+            )));
+        }
+        let start = || {
+            serde_json::Value::String(
+                String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned(),
+            )
+        };
+        if nesting_beyond(raw, MAX_DEPTH).is_some() {
+            return Echo::from(start());
+        }
+        match compact(raw) {
+            Some(text) => Echo(text),
+            None => Echo::from(serde_json::from_slice(raw).unwrap_or_else(|_| start())),
+        }
+    }
+
+    /// The echo as JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The echo as a JSON tree.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for Echo {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl From<serde_json::Value> for Echo {
+    fn from(v: serde_json::Value) -> Echo {
+        // A tree's own text is always valid JSON.
+        let text = serde_json::value::to_raw_value(&v).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+        });
+        Echo(text)
+    }
+}
+
+/// `raw` without the whitespace between its tokens, if it is one JSON text whose numbers all
+/// fit a float (every reader of the decision can then parse it: `1e999` makes readers fail).
+fn compact(raw: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(raw).ok()?;
+    let text = std::str::from_utf8(raw).ok()?;
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(bytes.len());
+                out.push_str(text.get(start..i)?);
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let number = text.get(start..i)?;
+                if !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return None;
+                }
+                out.push_str(number);
+            }
+            _ => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && !text.is_char_boundary(i) {
+                    i += 1;
+                }
+                out.push_str(text.get(start..i)?);
+            }
+        }
+    }
+    serde_json::value::RawValue::from_string(out).ok()
+}
+
+/// How deep `raw` nests arrays and objects, if deeper than `max`; strings are skipped. One pass
+/// over the bytes, before serde sees them: serde skips unknown values without a depth limit.
+pub fn nesting_beyond(raw: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (deepest > max).then_some(deepest)
+}
+
+/// The request's top-level fields that no request has, named with a guess at what was meant.
+fn unknown_fields(raw: &[u8]) -> Option<Invalid> {
+    let fields: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(raw).ok()?;
+    let unknown: Vec<String> = fields
+        .keys()
+        .filter(|k| !REQUEST_FIELDS.contains(&k.as_str()))
+        .map(|k| match did_you_mean(k, REQUEST_FIELDS) {
+            Some(known) => format!("{k:?} (did you mean {known:?}?)"),
+            None => format!("{k:?}"),
+        })
+        .collect();
+    match unknown.len() {
+        0 => None,
+        1 => Some(Invalid(format!(
+            "unknown field {}; free-form data goes in \"user_data\"",
+            unknown[0]
+        ))),
+        _ => Some(Invalid(format!(
+            "unknown fields {}; free-form data goes in \"user_data\"",
+            unknown.join(", ")
+        ))),
+    }
+}
+
+/// What a JSON text that is not an object is, from its first byte.
+fn json_kind(first: Option<u8>) -> &'static str {
+    match first {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}

@@ -1,0 +1,204 @@
+//! The seed library's types as they travel through etcd: what users and operators write.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A host port a container needs exclusively (`bind_ports`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proto: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub port: i64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub container_port: i64,
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "maximum_retry", default, skip_serializing_if = "is_zero_i64")]
+    pub maximum_retry_count: i64,
+}
+
+/// The seed's `Image`: what a user asks for. The seed's sample names the image `image` while the
+/// type says `name`: both are accepted. `cpus` and `memory` may be numbers or numeric strings.
+///
+/// Unknown fields are refused ([`REQUEST_FIELDS`]): a typo such as `"lables"` would otherwise
+/// place the request without its constraints. Free-form data goes in `user_data`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    #[serde(alias = "image", default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpuset: String,
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(rename = "domain", default, skip_serializing_if = "String::is_empty")]
+    pub domainname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind_ports: Vec<Port>,
+    /// Free-form data for whoever reads the decision: any JSON object (the seed's map of
+    /// string lists is one). citadel never reads it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_data: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_default_restart")]
+    pub restart_policy: RestartPolicy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network_mode: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    /// Start the container once it is placed (the leader must run with `--docker`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub launch: bool,
+}
+
+fn is_default_restart(p: &RestartPolicy) -> bool {
+    *p == RestartPolicy::default()
+}
+
+/// Accepts `0.2`, `"0.2"` and `null`. Strings that do not parse are an error naming the value.
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(f64),
+        Str(String),
+    }
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => Ok(Some(n)),
+        Some(NumOrStr::Str(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+    }
+}
+
+/// A Docker engine that can run containers (`engines/<id>`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Engine {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    #[serde(default, deserialize_with = "number_or_string_zero")]
+    pub cpus: f64,
+    #[serde(default, deserialize_with = "number_or_string_zero")]
+    pub memory: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// No new placements (existing ones stay): set by `citadel engine rm` while it checks that
+    /// nothing is held, and by an operator for maintenance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+}
+
+fn number_or_string_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    number_or_string(d).map(|v| v.unwrap_or(0.0))
+}
+
+/// The seed's snapshot of one engine's capacity and reservations.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub reserved_cpus: f64,
+    #[serde(default)]
+    pub reserved_memory: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub current_memory: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub current_cpu: f64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// The seed's summary of the whole cluster (`citadel ls`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub container_count: u64,
+    #[serde(default)]
+    pub engine_count: u64,
+    #[serde(default)]
+    pub image_count: u64,
+    #[serde(default)]
+    pub reserved_cpus: f64,
+    #[serde(default)]
+    pub reserved_memory: f64,
+}
+
+/// The seed's running container.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
