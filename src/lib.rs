@@ -12,7 +12,6 @@ pub mod cli;
 pub mod controller;
 pub mod docker;
 pub mod election;
-pub mod engine;
 pub mod http;
 pub mod invariants;
 pub mod keys;

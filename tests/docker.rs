@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use citadel::engine;
+use citadel::docker::engine;
 use citadel_testkit::etcd::EtcdProcess;
 use etcd_client::Client;
 

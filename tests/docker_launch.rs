@@ -12,10 +12,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use bollard::Docker;
+use citadel::docker::engine;
 use citadel::docker::{
     self, Action, Binding, DockerError, ENGINE_LABEL, LaunchSpec, REQUEST_LABEL, State,
 };
-use citadel::engine;
 use citadel::model::{Image, Port};
 use futures_util::StreamExt;
 use serde_json::{Value, json};

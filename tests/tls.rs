@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use citadel::docker::engine::{self, TlsFiles};
 use citadel::docker::{self, LaunchSpec, State};
-use citadel::engine::{self, TlsFiles};
 use citadel::model::Image;
 use citadel_testkit::dockerd::{DockerdOptions, DockerdProcess, DockerdTls};
 use citadel_testkit::etcd::EtcdProcess;

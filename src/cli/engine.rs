@@ -66,7 +66,7 @@ async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliE
         return Ok((cpus, memory, a.labels.clone()));
     }
     let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(crate::engine::TlsFiles {
+        (Some(ca), Some(cert), Some(key)) => Some(crate::docker::engine::TlsFiles {
             ca: ca.into(),
             cert: cert.into(),
             key: key.into(),
@@ -79,7 +79,7 @@ async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliE
         }
     };
     let timeout = Duration::from_secs(a.probe_timeout.max(1));
-    let probe = crate::engine::probe(&a.addr, tls.as_ref(), timeout)
+    let probe = crate::docker::engine::probe(&a.addr, tls.as_ref(), timeout)
         .await
         .map_err(|e| CliError::Usage(format!("{e} (or give --cpus and --memory)")))?;
     let key = |l: &str| l.split_once('=').map_or(l, |(k, _)| k).to_string();

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const SEED_SAMPLE: &str = r#"{

@@ -1,0 +1,237 @@
+//! What runs: the containers citadel started, as an engine reports them.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::query_parameters::ListContainersOptions;
+
+use super::*;
+
+/// A container's state as Docker names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// A state this Docker names and we do not know.
+    Other(String),
+}
+
+impl State {
+    fn parse(s: &str) -> State {
+        match s {
+            "created" => State::Created,
+            "running" => State::Running,
+            "paused" => State::Paused,
+            "restarting" => State::Restarting,
+            "removing" => State::Removing,
+            "exited" => State::Exited,
+            "dead" => State::Dead,
+            other => State::Other(other.to_string()),
+        }
+    }
+
+    /// Which of a request's twins [`find`] prefers: the one that runs, then one that could.
+    fn rank(&self) -> u8 {
+        match self {
+            State::Running | State::Restarting | State::Paused => 0,
+            State::Created => 1,
+            State::Exited | State::Dead => 2,
+            State::Removing | State::Other(_) => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Removing => "removing",
+            State::Exited => "exited",
+            State::Dead => "dead",
+            State::Other(s) => s,
+        })
+    }
+}
+
+/// A container citadel launched, as the engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    pub request_id: String,
+    pub engine_id: Option<String>,
+    pub state: State,
+    /// Set once the container has exited (or died).
+    pub exit_code: Option<i64>,
+    /// The ports published on the host (with the host port Docker chose, if it chose), sorted.
+    pub ports: Vec<Binding>,
+}
+
+pub(super) fn label_filter(value: String) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![value])])
+}
+
+pub(super) async fn list(
+    docker: &Docker,
+    all: bool,
+    filters: HashMap<String, Vec<String>>,
+) -> Result<Vec<ContainerSummary>, DockerError> {
+    let options = ListContainersOptions {
+        all,
+        filters: Some(filters),
+        ..ListContainersOptions::default()
+    };
+    docker
+        .list_containers(Some(options))
+        .await
+        .map_err(api("list containers"))
+}
+
+pub(super) fn from_summary(c: ContainerSummary) -> Option<Running> {
+    let labels = c.labels.unwrap_or_default();
+    let mut ports: Vec<Binding> = c
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            Some(Binding {
+                container_port: p.private_port,
+                proto: p.typ.map(|t| t.to_string()).unwrap_or_else(|| "tcp".into()),
+                host_ip: p.ip.unwrap_or_default(),
+                host_port: p.public_port?,
+            })
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    Some(Running {
+        id: c.id?,
+        name: c
+            .names
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        image: c.image.unwrap_or_default(),
+        request_id: labels.get(REQUEST_LABEL).cloned().unwrap_or_default(),
+        engine_id: labels.get(ENGINE_LABEL).cloned(),
+        state: State::parse(&c.state.map(|s| s.to_string()).unwrap_or_default()),
+        exit_code: None,
+        ports,
+    })
+}
+
+pub(super) fn from_inspect(c: ContainerInspectResponse) -> Result<Running, DockerError> {
+    let id = c.id.ok_or(DockerError::Incomplete {
+        op: "inspect container",
+        what: "Id",
+    })?;
+    let config = c.config.unwrap_or_default();
+    let labels = config.labels.unwrap_or_default();
+    let state = c.state.unwrap_or_default();
+    let status = State::parse(&state.status.map(|s| s.to_string()).unwrap_or_default());
+    let exit_code = matches!(status, State::Exited | State::Dead)
+        .then_some(state.exit_code)
+        .flatten();
+    let mut ports = Vec::new();
+    let published = c.network_settings.and_then(|n| n.ports).unwrap_or_default();
+    for (key, bindings) in published {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
+        for b in bindings.unwrap_or_default() {
+            let Some(host_port) = b.host_port.and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            ports.push(Binding {
+                container_port,
+                proto: proto.to_string(),
+                host_ip: b.host_ip.unwrap_or_default(),
+                host_port,
+            });
+        }
+    }
+    ports.sort();
+    Ok(Running {
+        id,
+        name: c
+            .name
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        image: config.image.unwrap_or_default(),
+        request_id: labels.get(REQUEST_LABEL).cloned().unwrap_or_default(),
+        engine_id: labels.get(ENGINE_LABEL).cloned(),
+        state: status,
+        exit_code,
+        ports,
+    })
+}
+
+/// Inspects one container; `None` if it is gone.
+pub(super) async fn inspect(docker: &Docker, id: &str) -> Result<Option<Running>, DockerError> {
+    match docker.inspect_container(id, None).await {
+        Ok(c) => from_inspect(c).map(Some),
+        Err(e) if status(&e) == Some(404) => Ok(None),
+        Err(e) => Err(DockerError::Api {
+            op: "inspect container",
+            source: e,
+        }),
+    }
+}
+
+/// The container running `request_id` on this engine, whatever its state.
+///
+/// Two launchers racing can leave twins; this returns the one that runs (else one that was
+/// created, else one that exited; the newest first) and [`stop_and_remove`] removes them all.
+pub async fn find(docker: &Docker, request_id: &str) -> Result<Option<Running>, DockerError> {
+    let mut found: Vec<(u8, i64, String)> = list(
+        docker,
+        true,
+        label_filter(format!("{REQUEST_LABEL}={request_id}")),
+    )
+    .await?
+    .into_iter()
+    .filter_map(|c| {
+        let created = c.created.unwrap_or(0);
+        let r = from_summary(c)?;
+        Some((r.state.rank(), -created, r.id))
+    })
+    .collect();
+    found.sort();
+    // The list is a snapshot: a container may be removed before it is inspected.
+    for (_, _, id) in found {
+        if let Some(r) = inspect(docker, &id).await? {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// Every container citadel launched on this engine, whatever its state.
+pub async fn list_managed(docker: &Docker) -> Result<Vec<Running>, DockerError> {
+    let listed = list(docker, true, label_filter(REQUEST_LABEL.to_string())).await?;
+    let mut out = Vec::with_capacity(listed.len());
+    for r in listed.into_iter().filter_map(from_summary) {
+        // The list has no exit codes: only an inspect of the ones that stopped reads them.
+        if matches!(r.state, State::Exited | State::Dead) {
+            out.extend(inspect(docker, &r.id).await?);
+        } else {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,189 @@
+//! Launches: a placed request that asks for it is started on its engine, once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::docker::{self, DockerError, LaunchSpec, Running};
+use crate::model::{
+    Attempt, EngineId, Lifecycle, PublishedPort, Request, RequestId, Run, Status, now_rfc3339,
+};
+
+use super::*;
+
+impl Runner {
+    pub(super) async fn launch_loop(&self) {
+        let mut changed = self.cache.subscribe();
+        let mut launches: JoinSet<LaunchResult> = JoinSet::new();
+        let mut launching: HashSet<RequestId> = HashSet::new();
+        let mut retry_at: HashMap<RequestId, Instant> = HashMap::new();
+        loop {
+            let free = self.cfg.max_launches.saturating_sub(launches.len());
+            if free > 0 {
+                retry_at.retain(|_, t| Instant::now() < *t);
+                let mut skip = launching.clone();
+                skip.extend(retry_at.keys().cloned());
+                let mut ids = self.cache.lock().launchable(free, &skip);
+                // Starting a container is done once and cannot be fenced: a leader cut off
+                // from etcd (which others may have replaced) must not start one.
+                if !ids.is_empty() && !self.still_leads().await {
+                    ids.clear();
+                }
+                for id in ids {
+                    let Some(job) = self.launch_job(&id) else {
+                        retry_at.insert(id, Instant::now() + self.cfg.health_every);
+                        continue;
+                    };
+                    launching.insert(id);
+                    launches.spawn(job);
+                }
+            }
+            tokio::select! {
+                Some(done) = launches.join_next(), if !launches.is_empty() => {
+                    let Ok((id, engine, result)) = done else { continue };
+                    self.launched(&id, &engine, result, &mut retry_at).await;
+                    launching.remove(&id);
+                }
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// The launch of one placed request, ready to spawn.
+    pub(super) fn launch_job(
+        &self,
+        id: &RequestId,
+    ) -> Option<impl std::future::Future<Output = LaunchResult> + Send + 'static> {
+        let (raw, engine) = {
+            let state = self.cache.lock();
+            let d = state.decision(id)?;
+            let engine = EngineId::from_key_segment(d.engine.as_deref()?)?;
+            (state.request(id)?.raw().to_vec(), engine)
+        };
+        let spec = self.spec_of(&engine)?;
+        let docker = self.docker(&spec);
+        let request = Request::parse(&raw).ok()?;
+        let launch = LaunchSpec::from_image(
+            id.as_str(),
+            engine.as_str(),
+            &request.image,
+            request.cpus.0,
+            request.memory.0,
+        );
+        let (id, timeout) = (id.clone(), self.cfg.launch_timeout);
+        Some(async move {
+            let result = match docker {
+                Err(e) => Err(Failure::Engine(e)),
+                Ok(d) => match tokio::time::timeout(timeout, docker::launch(&d, &launch)).await {
+                    Err(_) => Err(Failure::Engine(format!("no answer within {timeout:?}"))),
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(classify(e)),
+                },
+            };
+            (id, engine, result)
+        })
+    }
+
+    pub(super) async fn launched(
+        &self,
+        id: &RequestId,
+        engine: &EngineId,
+        result: Result<Running, Failure>,
+        retry_at: &mut HashMap<RequestId, Instant>,
+    ) {
+        let Some(d) = self.cache.lock().decision(id).cloned() else {
+            return;
+        };
+        if d.status != Status::Placed || d.engine.as_deref() != Some(engine.as_str()) {
+            return; // Released or moved meanwhile: reconciliation stops what was started.
+        }
+        let tries = self.cfg.launch_tries;
+        self.metrics.launch(match &result {
+            Ok(_) => "started",
+            Err(Failure::Container(_)) => "failed_to_start",
+            Err(Failure::Engine(_)) => "engine_unreachable",
+        }); // hook(http)
+        match result {
+            Ok(c) => {
+                tracing::info!(request = %id, engine = %engine, container = %short(&c.id),
+                    state = %c.state, "launched");
+                // Until the cache shows the container, do not launch it again.
+                retry_at.insert(id.clone(), Instant::now() + Duration::from_secs(1));
+                // A batch container can be done before its launch is even recorded: its die
+                // event found no container in the decision, so record the exit here.
+                let state = c.state.to_string();
+                let exited = (state == "exited" || state == "dead")
+                    && self.lifecycle(id) == Lifecycle::Batch;
+                self.update(id, &d, |dec| {
+                    if exited {
+                        batch_exited(dec, c.exit_code);
+                    }
+                    let run = dec.run.get_or_insert_with(Run::default);
+                    run.engine = engine.to_string();
+                    run.container_id = c.id.clone();
+                    run.container_name = c.name.trim_start_matches('/').to_string();
+                    run.state = c.state.to_string();
+                    run.exit_code = c.exit_code;
+                    run.ports = c
+                        .ports
+                        .iter()
+                        .map(|b| PublishedPort {
+                            container_port: b.container_port,
+                            proto: b.proto.clone(),
+                            host_ip: b.host_ip.clone(),
+                            host_port: b.host_port,
+                        })
+                        .collect();
+                    run.updated_at = now_rfc3339();
+                })
+                .await;
+            }
+            Err(Failure::Engine(e)) => {
+                tracing::warn!(request = %id, engine = %engine, error = %e,
+                    "launch did not reach the engine; trying again later");
+                retry_at.insert(id.clone(), Instant::now() + self.cfg.health_every);
+            }
+            Err(Failure::Container(e)) => {
+                tracing::warn!(request = %id, engine = %engine, error = %e, "container failed to start");
+                self.update(id, &d, |dec| {
+                    dec.reservation = None;
+                    let run = dec.run.get_or_insert_with(Run::default);
+                    run.attempts.push(Attempt {
+                        engine: engine.to_string(),
+                        error: e.clone(),
+                    });
+                    run.forget_container();
+                    run.updated_at = now_rfc3339();
+                    dec.resource = None;
+                    if run.attempts.len() >= tries {
+                        dec.status = Status::Failed;
+                        dec.reason = format!(
+                            "the container failed to start on {} engines; last, on {engine}: {e}",
+                            run.attempts.len()
+                        );
+                    } else {
+                        dec.status = Status::Pending;
+                        dec.reason = format!(
+                            "the container failed to start on {engine} ({e}); placing it on another engine"
+                        );
+                    }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+pub(super) fn classify(e: DockerError) -> Failure {
+    match e {
+        DockerError::Spec { .. }
+        | DockerError::Pull { .. }
+        | DockerError::Create { .. }
+        | DockerError::Start { .. } => Failure::Container(e.to_string()),
+        DockerError::Api { .. } | DockerError::Incomplete { .. } | DockerError::Vanished { .. } => {
+            Failure::Engine(e.to_string())
+        }
+    }
+}

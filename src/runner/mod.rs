@@ -1,0 +1,265 @@
+//! The leader's hands on the Docker engines (`controller --docker`): health and live usage,
+//! launches, container states, lost engines, and stopping what is no longer asked for.
+//!
+//! ```text
+//! every --health-every: engine ─usage()─▶ health/<engine> (fenced, on a lease of --health-ttl)
+//!                                       ─list_managed()─▶ reconcile: stop what no decision holds
+//!                       engine silent for a TTL ─▶ its launched containers: service → pending
+//!                                                                            batch   → lost
+//!                                                  (and what waited to be launched → pending)
+//! placed + launch wanted ─launch()─▶ decision.run {container_id, state, ports}
+//!                                 └▶ start failed: pending elsewhere (engine excluded) or failed
+//! docker events (die, start, destroy) ─▶ decision.run.state; a batch that exited frees its
+//!                                        reservation (status exited, exit code)
+//! ```
+//!
+//! Everything is level-triggered on the cache, so a new leader picks up where the old one
+//! stopped: a placed request without a container is launched (idempotently: the container is
+//! found by its `citadel.request` label first, so no twin is started), and a container that no
+//! decision holds is stopped. Every write is a fenced transaction that also compares the
+//! decision's and the request's mod revisions, so it never overwrites a newer decision.
+
+mod events;
+use events::{Watchers, batch_exited, forward_events};
+mod health;
+mod launch;
+mod reconcile;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use etcd_client::{Client, Compare, CompareOp, TxnOp};
+use tokio::sync::mpsc;
+
+use crate::cache::{Cache, DecisionEntry};
+use crate::docker::Running;
+use crate::docker::engine::TlsFiles;
+use crate::election::Fence;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::model::{Decision, EngineId, EngineSpec, RequestId};
+use crate::profile::Profiles;
+use crate::store;
+use crate::store::fence::{self, Commit};
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub replica: String,
+    /// How often every engine is contacted.
+    pub health_every: Duration,
+    /// The health keys' lease: an engine silent this long drops out of scheduling, and its
+    /// launched containers are placed again (service) or marked lost (batch).
+    pub health_ttl: Duration,
+    /// One engine contact (usage, list) may take this long.
+    pub contact_timeout: Duration,
+    /// Engines a container may fail to start on before it is `failed`.
+    pub launch_tries: usize,
+    pub launch_timeout: Duration,
+    /// Launches in flight at once.
+    pub max_launches: usize,
+    /// What a stopped container gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            replica: String::new(),
+            health_every: Duration::from_secs(2),
+            health_ttl: Duration::from_secs(6),
+            contact_timeout: Duration::from_secs(5),
+            launch_tries: 3,
+            launch_timeout: Duration::from_secs(120),
+            max_launches: 8,
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A launch that went wrong, and whose fault it was.
+enum Failure {
+    /// The container could not start there (bad image, entrypoint, spec): try elsewhere.
+    Container(String),
+    /// The engine or the network: try again later, on the same engine.
+    Engine(String),
+}
+
+type LaunchResult = (RequestId, EngineId, Result<Running, Failure>);
+
+pub struct Runner {
+    client: Client,
+    cache: Arc<Cache>,
+    keys: Keys,
+    fence: Fence,
+    cfg: RunnerConfig,
+    /// One client per engine, rebuilt when its address changes.
+    dockers: Mutex<HashMap<EngineId, (String, Docker)>>,
+    /// When each engine last answered this leader.
+    last_ok: Mutex<HashMap<EngineId, Instant>>,
+    started: Instant,
+    profiles: Mutex<Profiles>,
+    /// Containers being stopped (by request id and engine), so a round does not stop them twice.
+    stopping: Arc<Mutex<HashSet<(String, EngineId)>>>,
+    /// Set when etcd refuses one of our writes' fence: another replica leads.
+    fenced: tokio::sync::watch::Sender<bool>,
+    /// hook(http): what the runner's contacts and launches count.
+    metrics: Arc<Metrics>,
+}
+
+impl Runner {
+    pub fn new(client: Client, cache: Arc<Cache>, fence: Fence, cfg: RunnerConfig) -> Self {
+        let keys = cache.keys().clone();
+        Runner {
+            client,
+            cache,
+            keys,
+            fence,
+            cfg,
+            dockers: Mutex::new(HashMap::new()),
+            last_ok: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            profiles: Mutex::new(Profiles::default()),
+            stopping: Arc::new(Mutex::new(HashSet::new())),
+            fenced: tokio::sync::watch::channel(false).0,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// hook(http): counts into the replica's metrics instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs until dropped (the leader stops leading), or until etcd refuses one of its writes'
+    /// fence: then another replica leads, and this one must step down.
+    pub async fn run(&self) {
+        // Everything earlier leaders wrote is below our fence: see it before acting on it.
+        self.cache
+            .wait_for(self.fence.rev, Duration::from_secs(30))
+            .await;
+        tracing::info!("runner: contacting engines");
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let mut fenced = self.fenced.subscribe();
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    self.health_loop(events_tx),
+                    self.launch_loop(),
+                    self.event_loop(events_rx),
+                )
+            } => {}
+            _ = fenced.wait_for(|f| *f) => {
+                tracing::warn!("runner: etcd refused our fence; stopping");
+            }
+        }
+    }
+
+    pub(super) fn docker(&self, spec: &EngineSpec) -> Result<Docker, String> {
+        let mut dockers = self.dockers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((addr, d)) = dockers.get(&spec.id)
+            && *addr == spec.addr
+        {
+            return Ok(d.clone());
+        }
+        let tls = match (&spec.wire.tls_ca, &spec.wire.tls_cert, &spec.wire.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => None,
+        };
+        let d = crate::docker::engine::connect(&spec.addr, tls.as_ref(), self.cfg.contact_timeout)
+            .map_err(|e| e.to_string())?;
+        dockers.insert(spec.id.clone(), (spec.addr.clone(), d.clone()));
+        Ok(d)
+    }
+
+    pub(super) fn spec_of(&self, engine: &EngineId) -> Option<EngineSpec> {
+        self.cache.lock().engine_spec(engine)
+    }
+
+    // ---- writes ----
+
+    /// Rewrites a decision if neither it nor its request changed since `seen`: fenced on the
+    /// leader's key too.
+    pub(super) async fn update(
+        &self,
+        id: &RequestId,
+        seen: &DecisionEntry,
+        edit: impl FnOnce(&mut Decision),
+    ) -> Option<Commit> {
+        let key = self.keys.decision(id);
+        let got = match store::timed(self.client.kv_client().get(key.as_str(), None)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "cannot read the decision");
+                return None;
+            }
+        };
+        let kv = got.kvs().first()?;
+        if kv.mod_revision() != seen.mod_revision {
+            return None; // The cache is behind; the next round sees the new one.
+        }
+        let mut decision: Decision = serde_json::from_slice(kv.value()).ok()?;
+        edit(&mut decision);
+        let ops = vec![TxnOp::put(
+            key.as_str(),
+            serde_json::to_vec(&decision).unwrap_or_default(),
+            None,
+        )];
+        let compares = vec![
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+            Compare::mod_revision(
+                self.keys.request(id),
+                CompareOp::Equal,
+                decision.request_revision,
+            ),
+        ];
+        // Numbered for the cache's guard: the decision's watch event may arrive before the
+        // commit returns, and must be known as ours.
+        let seq = self.cache.lock().begin_write();
+        let done = self.commit(compares, ops, "decision").await;
+        if matches!(done, Some(Commit::Done(_))) && decision.status != seen.status {
+            self.metrics.decided(decision.status); // hook(http)
+        }
+        let mut state = self.cache.lock();
+        match done {
+            // The leader's cache learns its own decisions from its commits.
+            Some(Commit::Done(rev)) => state.decided(id, rev, &decision),
+            // It may land later: its event is then taken as the truth.
+            None => state.uncertain([id]),
+            Some(_) => {}
+        }
+        state.end_write(seq);
+        done
+    }
+
+    pub(super) async fn commit(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        what: &str,
+    ) -> Option<Commit> {
+        match fence::commit(&self.client, &self.fence, &compares, &ops).await {
+            Ok(c) => {
+                if c == Commit::Fenced {
+                    tracing::warn!(what, "runner write refused: no longer the leader");
+                    self.fenced.send_replace(true);
+                }
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(what, error = %e, "runner write failed");
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
