@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::model::RequestId;
+use super::state::*;
+use crate::model::*;
 
 /// A decision event no write of ours explains yet.
 #[derive(Debug, Clone)]
@@ -102,16 +103,148 @@ impl Guard {
     }
 }
 
+impl State {
+    /// Whether decision events are checked against this leader's own writes: while it leads,
+    /// once its cache has replayed what a fresh list may have wiped.
+    pub(super) fn guarding(&self) -> bool {
+        self.leading && self.caught_up()
+    }
+
+    /// This replica starts or stops leading. When it stops, the events the guard held back are
+    /// applied as they would have been.
+    pub fn set_leading(&mut self, leading: bool) {
+        if self.leading == leading {
+            return;
+        }
+        self.leading = leading;
+        if leading {
+            let engines: Vec<EngineId> = self.engines.keys().cloned().collect();
+            for engine in engines {
+                self.check_capacity(&engine);
+            }
+            return;
+        }
+        for (id, s) in self.guard.stop() {
+            let held = self.decisions.get(&id).map(|d| d.mod_revision);
+            if held.is_some_and(|r| r >= s.rev) {
+                continue;
+            }
+            match s.value {
+                Some(v) => self.read_decision(&id, s.rev, &v),
+                None => self.remove_decision(&id),
+            }
+        }
+    }
+
+    /// Numbers a decision write of this leader's before it is sent (see the guard); give the
+    /// number back with [`State::end_write`] once what it wrote is applied.
+    pub fn begin_write(&mut self) -> u64 {
+        self.guard.begin()
+    }
+
+    pub fn end_write(&mut self, seq: u64) {
+        self.guard.end(seq);
+    }
+
+    /// A write of ours for these requests failed without an answer: it may land unseen.
+    pub fn uncertain<'a>(&mut self, ids: impl IntoIterator<Item = &'a RequestId>) {
+        self.guard.uncertain.extend(ids.into_iter().cloned());
+    }
+
+    /// Judges the decision events the guard held back whose writes of ours have all answered:
+    /// those none explains were someone else's, and are queued to be written back.
+    pub fn judge(&mut self) {
+        if !self.guard.has_suspects() {
+            return;
+        }
+        for (id, s) in self.guard.ready() {
+            let held = self.decisions.get(&id).map(|d| d.mod_revision);
+            if explained(s.value.is_some(), s.rev, held) {
+                continue;
+            }
+            if self.guard.uncertain.remove(&id) {
+                match &s.value {
+                    Some(v) => self.read_decision(&id, s.rev, v),
+                    None => self.remove_decision(&id),
+                }
+                continue;
+            }
+            let request = self.requests.get(&id).map(|r| r.mod_revision);
+            let (change, to_do) = match (&s.value, held, request) {
+                (Some(_), None, Some(_)) => ("written", "it is decided anyway"),
+                (Some(_), None, None) => ("written", "deleting it: its request does not exist"),
+                (Some(_), Some(_), _) => ("changed", "writing the leader's back"),
+                (None, _, _) => ("deleted", "writing the leader's back"),
+            };
+            tracing::warn!(request = %id, revision = s.rev,
+                "a decision was {change} by someone other than the leader: {to_do}");
+            self.guard.repairs.insert(id, s);
+        }
+    }
+
+    /// Decisions written by someone else and not repaired yet.
+    pub fn repairs(&self) -> usize {
+        self.guard.repairs.len()
+    }
+
+    /// The decision this leader holds for `id`, to write back over someone else's change:
+    /// `None` when it holds none that is current (the request's work rewrites the key anyway).
+    pub(super) fn restoration(&self, id: &RequestId) -> Option<Decision> {
+        let d = self.decisions.get(id)?;
+        let r = self.requests.get(id)?;
+        if d.request_revision != r.mod_revision {
+            return None;
+        }
+        let resource = match &d.engine {
+            Some(e) => Some(self.resource_of(&EngineId::from_key_segment(e)?)?),
+            None => None,
+        };
+        let reservation = self.reservations.get(id).map(|h| Reservation {
+            cpus: h.cpus.as_cpus(),
+            memory: h.memory.0 as f64,
+            ports: h.ports.iter().map(|p| p.to_port()).collect(),
+        });
+        Some(Decision {
+            container: crate::model::Echo::of(&r.raw),
+            resource,
+            reservation,
+            status: d.status,
+            reason: d.reason.clone(),
+            scheduler: d.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+            request_revision: d.request_revision,
+            decided_at: String::new(),
+            decided_by: String::new(),
+            run: d.run.as_deref().cloned(),
+        })
+    }
+
+    pub(super) fn resource_of(&self, engine: &EngineId) -> Option<Resource> {
+        match &self.engines.get(engine)?.spec {
+            Ok((_, view)) => Some(view.resource()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Whether a decision event at `rev` (a put, or a delete) is explained by what the leader holds:
+/// a decision it applied at that revision or later, or, for a delete, none at all.
+pub(super) fn explained(put: bool, rev: i64, held: Option<i64>) -> bool {
+    match held {
+        Some(r) => r > rev || (put && r == rev),
+        None => !put,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rid(s: &str) -> RequestId {
+    pub(super) fn rid(s: &str) -> RequestId {
         RequestId::new(s).unwrap()
     }
 
     #[test]
-    fn a_suspect_waits_for_every_write_sent_before_it() {
+    pub(super) fn a_suspect_waits_for_every_write_sent_before_it() {
         let mut g = Guard::default();
         let early = g.begin();
         let other = g.begin();
@@ -130,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn stopping_hands_back_suspects_oldest_first() {
+    pub(super) fn stopping_hands_back_suspects_oldest_first() {
         let mut g = Guard::default();
         g.begin();
         g.suspect(rid("b"), 7, Some(Arc::from(&b"{}"[..])));

@@ -30,10 +30,13 @@ use crate::store::{self, StoreError};
 mod guard;
 mod progress;
 mod state;
+mod usage;
 mod views;
+mod work;
 
 pub use progress::{Followed, Progress, Stage};
 pub use state::*;
+pub use usage::apply_usage;
 pub use views::*;
 
 /// Keys per range page when (re)listing.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use etcd_client::{EventType, KeyValue};
 use serde::de::IgnoredAny;
 
-use super::guard::Guard;
+use super::guard::{Guard, explained};
 use crate::keys::{Key, Keys};
 use crate::model::{
-    ClusterInfo, Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle,
-    MemoryMb, Millicpus, Request, RequestId, Reservation, Resource, Run, Status,
+    Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle, MemoryMb,
+    Millicpus, Request, RequestId, Reservation, Run, Status,
 };
 use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, UNCLASSED};
 
@@ -18,12 +18,12 @@ use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, UNCLASSED};
 pub struct RequestEntry {
     pub mod_revision: i64,
     /// The request's bytes as written: echoed into its decision.
-    raw: Arc<[u8]>,
+    pub(super) raw: Arc<[u8]>,
     /// The checked request with its constraints compiled, or why it is invalid. Kept only while
     /// the request waits for a decision: a decided request costs its bytes and little more.
-    parsed: Option<Result<Arc<Prepared>, Invalid>>,
+    pub(super) parsed: Option<Result<Arc<Prepared>, Invalid>>,
     /// The request asks to be launched (`"launch": true`), read when it was parsed.
-    launch: bool,
+    pub(super) launch: bool,
     /// Read when it was parsed (a service for an invalid request).
     pub lifecycle: Lifecycle,
 }
@@ -67,18 +67,18 @@ pub struct DecisionEntry {
 }
 
 /// What the cache keeps of a decision, however it learnt of it.
-struct DecisionFacts<'a> {
-    status: Status,
-    reason: String,
-    request_revision: i64,
-    engine: Option<String>,
-    scheduler: Option<Strategy>,
-    reservation: Option<&'a Reservation>,
-    run: Option<Box<Run>>,
+pub(super) struct DecisionFacts<'a> {
+    pub(super) status: Status,
+    pub(super) reason: String,
+    pub(super) request_revision: i64,
+    pub(super) engine: Option<String>,
+    pub(super) scheduler: Option<Strategy>,
+    pub(super) reservation: Option<&'a Reservation>,
+    pub(super) run: Option<Box<Run>>,
 }
 
 impl<'a> DecisionFacts<'a> {
-    fn of(d: &'a Decision) -> Self {
+    pub(super) fn of(d: &'a Decision) -> Self {
         DecisionFacts {
             status: d.status,
             reason: d.reason.clone(),
@@ -95,36 +95,36 @@ impl<'a> DecisionFacts<'a> {
 /// The echoed request (`container`) and the rest of `resource` are skipped, not built: every
 /// standby reads every decision.
 #[derive(serde::Deserialize)]
-struct DecisionHead {
+pub(super) struct DecisionHead {
     #[serde(rename = "container")]
-    _container: IgnoredAny,
+    pub(super) _container: IgnoredAny,
     #[serde(default)]
-    resource: Option<ResourceId>,
+    pub(super) resource: Option<ResourceId>,
     #[serde(default)]
-    reservation: Option<Reservation>,
-    status: Status,
+    pub(super) reservation: Option<Reservation>,
+    pub(super) status: Status,
     #[serde(default)]
-    reason: String,
-    request_revision: i64,
+    pub(super) reason: String,
+    pub(super) request_revision: i64,
     #[serde(default)]
-    scheduler: String,
+    pub(super) scheduler: String,
     #[serde(default)]
-    run: Option<Run>,
+    pub(super) run: Option<Run>,
     #[serde(rename = "decided_at")]
-    _decided_at: IgnoredAny,
+    pub(super) _decided_at: IgnoredAny,
     #[serde(rename = "decided_by")]
-    _decided_by: IgnoredAny,
+    pub(super) _decided_by: IgnoredAny,
 }
 
 #[derive(serde::Deserialize)]
-struct ResourceId {
-    id: String,
+pub(super) struct ResourceId {
+    pub(super) id: String,
     #[serde(rename = "addr")]
-    _addr: IgnoredAny,
+    pub(super) _addr: IgnoredAny,
     #[serde(rename = "total_cpus")]
-    _total_cpus: IgnoredAny,
+    pub(super) _total_cpus: IgnoredAny,
     #[serde(rename = "total_memory")]
-    _total_memory: IgnoredAny,
+    pub(super) _total_memory: IgnoredAny,
 }
 
 /// One reservation, as `citadel engine show` lists it.
@@ -157,15 +157,15 @@ pub struct HealthEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ReservationEntry {
-    engine: EngineId,
-    cpus: Millicpus,
-    memory: MemoryMb,
-    ports: Vec<HostPort>,
+pub(super) struct ReservationEntry {
+    pub(super) engine: EngineId,
+    pub(super) cpus: Millicpus,
+    pub(super) memory: MemoryMb,
+    pub(super) ports: Vec<HostPort>,
 }
 
 impl ReservationEntry {
-    fn new(engine: EngineId, r: &Reservation) -> Self {
+    pub(super) fn new(engine: EngineId, r: &Reservation) -> Self {
         let held = r.held();
         ReservationEntry {
             engine,
@@ -177,9 +177,9 @@ impl ReservationEntry {
 }
 
 #[derive(Debug, Clone)]
-struct EngineEntry {
-    mod_revision: i64,
-    spec: Result<(EngineSpec, EngineView), Invalid>,
+pub(super) struct EngineEntry {
+    pub(super) mod_revision: i64,
+    pub(super) spec: Result<(EngineSpec, EngineView), Invalid>,
 }
 
 /// What one engine holds, summed over its reservations. Ports are counted so that a (wrong)
@@ -198,7 +198,7 @@ pub struct Usage {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(super) enum Class {
     Pending(i64),
     Release,
     Waiting,
@@ -282,43 +282,43 @@ pub struct Engines {
 pub struct State {
     /// Every event up to this revision is applied.
     pub revision: i64,
-    overcommit: f64,
-    engines: BTreeMap<EngineId, EngineEntry>,
+    pub(super) overcommit: f64,
+    pub(super) engines: BTreeMap<EngineId, EngineEntry>,
     /// hook(http): read by `views.rs` (read-only views for the status page).
     pub(super) requests: HashMap<RequestId, RequestEntry>,
     pub(super) decisions: HashMap<RequestId, DecisionEntry>,
     /// What placed decisions hold, read from the decisions themselves.
-    reservations: HashMap<RequestId, ReservationEntry>,
-    usage: HashMap<EngineId, Usage>,
+    pub(super) reservations: HashMap<RequestId, ReservationEntry>,
+    pub(super) usage: HashMap<EngineId, Usage>,
     /// The election's campaign keys, by suffix: to notice our own disappearing, and keys that
     /// block every election.
-    leaders: BTreeMap<String, LeaderKey>,
+    pub(super) leaders: BTreeMap<String, LeaderKey>,
     /// This replica leads: decisions are its own, and others' changes are repaired.
-    leading: bool,
-    guard: Guard,
+    pub(super) leading: bool,
+    pub(super) guard: Guard,
     /// Placements to move off engines that hold more than their capacity.
-    evicted: HashSet<RequestId>,
-    class: HashMap<RequestId, Class>,
-    pending: BTreeSet<(i64, RequestId)>,
-    releases: BTreeSet<RequestId>,
-    waiting: HashSet<RequestId>,
-    capacity_epoch: u64,
+    pub(super) evicted: HashSet<RequestId>,
+    pub(super) class: HashMap<RequestId, Class>,
+    pub(super) pending: BTreeSet<(i64, RequestId)>,
+    pub(super) releases: BTreeSet<RequestId>,
+    pub(super) waiting: HashSet<RequestId>,
+    pub(super) capacity_epoch: u64,
     /// The capacity epoch a request was last found unschedulable in, by the leader.
-    parked_in: HashMap<RequestId, u64>,
-    engine_generation: u64,
+    pub(super) parked_in: HashMap<RequestId, u64>,
+    pub(super) engine_generation: u64,
     /// Engine label sets as written, numbered: engines with one set share a scheduling class
     /// (see [`EngineView::class`]). At most [`MAX_CLASSES`]; emptied by a list.
-    label_classes: HashMap<Vec<String>, u32>,
+    pub(super) label_classes: HashMap<Vec<String>, u32>,
     /// Engines whose usage changed since the leader last looked ([`State::take_dirty`]).
-    dirty: HashSet<EngineId>,
-    policy: HealthPolicy,
-    health: HashMap<EngineId, HealthEntry>,
+    pub(super) dirty: HashSet<EngineId>,
+    pub(super) policy: HealthPolicy,
+    pub(super) health: HashMap<EngineId, HealthEntry>,
     /// Placed, asked to be launched, and not launched yet (by the leader's runner).
-    launchable: BTreeSet<RequestId>,
+    pub(super) launchable: BTreeSet<RequestId>,
     /// The newest revision of a decision the leader applied itself ([`State::decided`]).
-    fed: i64,
+    pub(super) fed: i64,
     /// Decisions are watched until `revision` reaches this (see [`State::caught_up`]).
-    replay_until: i64,
+    pub(super) replay_until: i64,
 }
 
 impl State {
@@ -412,7 +412,7 @@ impl State {
         }
     }
 
-    fn put(&mut self, keys: &Keys, kv: &KeyValue, parsed: Option<Parsed>) {
+    pub(super) fn put(&mut self, keys: &Keys, kv: &KeyValue, parsed: Option<Parsed>) {
         let Some(key) = keys.parse(kv.key()) else {
             return;
         };
@@ -506,7 +506,7 @@ impl State {
 
     /// A decision written at `rev` (`None`: deleted). While this replica leads, an event no
     /// write of its own explains is held back for the guard to judge ([`State::judge`]).
-    fn decision_event(&mut self, id: RequestId, rev: i64, value: Option<&[u8]>) {
+    pub(super) fn decision_event(&mut self, id: RequestId, rev: i64, value: Option<&[u8]>) {
         if self.guarding() {
             let held = self.decisions.get(&id).map(|d| d.mod_revision);
             if explained(value.is_some(), rev, held) {
@@ -524,7 +524,7 @@ impl State {
     }
 
     /// Reads a decision's value into the state, as any replica that does not lead does.
-    fn read_decision(&mut self, id: &RequestId, rev: i64, value: &[u8]) {
+    pub(super) fn read_decision(&mut self, id: &RequestId, rev: i64, value: &[u8]) {
         match serde_json::from_slice::<DecisionHead>(value) {
             Ok(d) => self.set_decision(
                 id,
@@ -559,209 +559,12 @@ impl State {
         }
     }
 
-    /// Whether decision events are checked against this leader's own writes: while it leads,
-    /// once its cache has replayed what a fresh list may have wiped.
-    fn guarding(&self) -> bool {
-        self.leading && self.caught_up()
-    }
-
-    /// This replica starts or stops leading. When it stops, the events the guard held back are
-    /// applied as they would have been.
-    pub fn set_leading(&mut self, leading: bool) {
-        if self.leading == leading {
-            return;
-        }
-        self.leading = leading;
-        if leading {
-            let engines: Vec<EngineId> = self.engines.keys().cloned().collect();
-            for engine in engines {
-                self.check_capacity(&engine);
-            }
-            return;
-        }
-        for (id, s) in self.guard.stop() {
-            let held = self.decisions.get(&id).map(|d| d.mod_revision);
-            if held.is_some_and(|r| r >= s.rev) {
-                continue;
-            }
-            match s.value {
-                Some(v) => self.read_decision(&id, s.rev, &v),
-                None => self.remove_decision(&id),
-            }
-        }
-    }
-
-    /// Numbers a decision write of this leader's before it is sent (see the guard); give the
-    /// number back with [`State::end_write`] once what it wrote is applied.
-    pub fn begin_write(&mut self) -> u64 {
-        self.guard.begin()
-    }
-
-    pub fn end_write(&mut self, seq: u64) {
-        self.guard.end(seq);
-    }
-
-    /// A write of ours for these requests failed without an answer: it may land unseen.
-    pub fn uncertain<'a>(&mut self, ids: impl IntoIterator<Item = &'a RequestId>) {
-        self.guard.uncertain.extend(ids.into_iter().cloned());
-    }
-
     #[cfg(test)]
     pub(crate) fn is_uncertain(&self, id: &RequestId) -> bool {
         self.guard.uncertain.contains(id)
     }
 
-    /// Judges the decision events the guard held back whose writes of ours have all answered:
-    /// those none explains were someone else's, and are queued to be written back.
-    pub fn judge(&mut self) {
-        if !self.guard.has_suspects() {
-            return;
-        }
-        for (id, s) in self.guard.ready() {
-            let held = self.decisions.get(&id).map(|d| d.mod_revision);
-            if explained(s.value.is_some(), s.rev, held) {
-                continue;
-            }
-            if self.guard.uncertain.remove(&id) {
-                match &s.value {
-                    Some(v) => self.read_decision(&id, s.rev, v),
-                    None => self.remove_decision(&id),
-                }
-                continue;
-            }
-            let request = self.requests.get(&id).map(|r| r.mod_revision);
-            let (change, to_do) = match (&s.value, held, request) {
-                (Some(_), None, Some(_)) => ("written", "it is decided anyway"),
-                (Some(_), None, None) => ("written", "deleting it: its request does not exist"),
-                (Some(_), Some(_), _) => ("changed", "writing the leader's back"),
-                (None, _, _) => ("deleted", "writing the leader's back"),
-            };
-            tracing::warn!(request = %id, revision = s.rev,
-                "a decision was {change} by someone other than the leader: {to_do}");
-            self.guard.repairs.insert(id, s);
-        }
-    }
-
-    /// Decisions written by someone else and not repaired yet.
-    pub fn repairs(&self) -> usize {
-        self.guard.repairs.len()
-    }
-
-    /// The decision this leader holds for `id`, to write back over someone else's change:
-    /// `None` when it holds none that is current (the request's work rewrites the key anyway).
-    fn restoration(&self, id: &RequestId) -> Option<Decision> {
-        let d = self.decisions.get(id)?;
-        let r = self.requests.get(id)?;
-        if d.request_revision != r.mod_revision {
-            return None;
-        }
-        let resource = match &d.engine {
-            Some(e) => Some(self.resource_of(&EngineId::from_key_segment(e)?)?),
-            None => None,
-        };
-        let reservation = self.reservations.get(id).map(|h| Reservation {
-            cpus: h.cpus.as_cpus(),
-            memory: h.memory.0 as f64,
-            ports: h.ports.iter().map(|p| p.to_port()).collect(),
-        });
-        Some(Decision {
-            container: crate::model::Echo::of(&r.raw),
-            resource,
-            reservation,
-            status: d.status,
-            reason: d.reason.clone(),
-            scheduler: d.scheduler.map(|s| s.to_string()).unwrap_or_default(),
-            request_revision: d.request_revision,
-            decided_at: String::new(),
-            decided_by: String::new(),
-            run: d.run.as_deref().cloned(),
-        })
-    }
-
-    fn resource_of(&self, engine: &EngineId) -> Option<Resource> {
-        match &self.engines.get(engine)?.spec {
-            Ok((_, view)) => Some(view.resource()),
-            Err(_) => None,
-        }
-    }
-
-    /// Reclassifies the requests placed on `engine` (it came or went).
-    fn reclassify_on(&mut self, engine: &EngineId) {
-        let on: Vec<RequestId> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.engine == *engine)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in on {
-            self.classify(&id);
-        }
-    }
-
-    /// If `engine` holds more than its capacity (changed by hand, or a smaller `--overcommit`),
-    /// its newest placements are moved until the rest fit. Live use does not count here.
-    fn check_capacity(&mut self, engine: &EngineId) {
-        let Some(Ok((_, view))) = self.engines.get(engine).map(|e| &e.spec) else {
-            return;
-        };
-        let (cap_c, cap_m) = (view.cpus, view.memory);
-        let (used_c, used_m) = self
-            .usage
-            .get(engine)
-            .map_or((Millicpus(0), MemoryMb(0)), |u| (u.cpus, u.memory));
-        let fits = used_c <= cap_c && used_m <= cap_m;
-        if fits && self.evicted.is_empty() {
-            return;
-        }
-        // Choose afresh: capacity may have grown back since earlier evictions.
-        let mut held: Vec<(i64, RequestId, Millicpus, MemoryMb)> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.engine == *engine)
-            .map(|(id, r)| {
-                let rev = self.decisions.get(id).map_or(0, |d| d.mod_revision);
-                (rev, id.clone(), r.cpus, r.memory)
-            })
-            .collect();
-        let before: Vec<RequestId> = held
-            .iter()
-            .filter(|(_, id, _, _)| self.evicted.remove(id))
-            .map(|(_, id, _, _)| id.clone())
-            .collect();
-        if !fits {
-            held.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-            let (mut c, mut m) = (used_c, used_m);
-            for (_, id, hc, hm) in &held {
-                if c <= cap_c && m <= cap_m {
-                    break;
-                }
-                self.evicted.insert(id.clone());
-                c.0 = c.0.saturating_sub(hc.0);
-                m.0 = m.0.saturating_sub(hm.0);
-            }
-            tracing::warn!(engine = %engine,
-                reserved = format!("{}/{} cpus, {}/{} MB", used_c, cap_c, used_m.0, cap_m.0),
-                moving = self.evicted.len(),
-                "engine holds more than its capacity: moving its newest placements until the rest fit");
-        }
-        for id in before.iter().chain(held.iter().map(|(_, id, _, _)| id)) {
-            self.classify(id);
-        }
-    }
-
-    /// Why a placed request must move, if it must.
-    fn displaced(&self, id: &RequestId) -> Option<Displaced> {
-        let r = self.reservations.get(id)?;
-        if !self.engines.contains_key(&r.engine) {
-            Some(Displaced::Removed(r.engine.clone()))
-        } else if self.evicted.contains(id) {
-            Some(Displaced::Shrunk(r.engine.clone()))
-        } else {
-            None
-        }
-    }
-
-    fn delete(&mut self, keys: &Keys, kv: &KeyValue) {
+    pub(super) fn delete(&mut self, keys: &Keys, kv: &KeyValue) {
         let Some(key) = keys.parse(kv.key()) else {
             return;
         };
@@ -811,11 +614,11 @@ impl State {
     /// Whether every decision the leader applied itself, up to the newest, is in the state
     /// again: a fresh list may have wiped writes applied while it was read, and the watch
     /// replays them first. Until then decision events are applied as they come.
-    fn caught_up(&self) -> bool {
+    pub(super) fn caught_up(&self) -> bool {
         self.revision >= self.replay_until
     }
 
-    fn set_decision(&mut self, id: &RequestId, mod_revision: i64, d: DecisionFacts<'_>) {
+    pub(super) fn set_decision(&mut self, id: &RequestId, mod_revision: i64, d: DecisionFacts<'_>) {
         let held = match (&d.engine, d.reservation) {
             (Some(at), Some(r)) => match EngineId::new(at.as_str()) {
                 Ok(engine) => Some(ReservationEntry::new(engine, r)),
@@ -852,504 +655,11 @@ impl State {
         }
     }
 
-    fn over_capacity(&self, engine: &EngineId) -> bool {
-        let (Some(Ok((_, view))), Some(u)) = (
-            self.engines.get(engine).map(|e| &e.spec),
-            self.usage.get(engine),
-        ) else {
-            return false;
-        };
-        u.cpus > view.cpus || u.memory > view.memory
-    }
-
-    fn remove_decision(&mut self, id: &RequestId) {
+    pub(super) fn remove_decision(&mut self, id: &RequestId) {
         self.evicted.remove(id);
         self.hold(id, None);
         self.decisions.remove(id);
         self.classify(id);
-    }
-
-    /// Sets what `id`'s decision holds, keeping every engine's sum. Freeing capacity gives
-    /// unschedulable requests another look.
-    fn hold(&mut self, id: &RequestId, new: Option<ReservationEntry>) {
-        if let Some(n) = &new {
-            let u = self.usage.entry(n.engine.clone()).or_default();
-            u.cpus.0 = u.cpus.0.saturating_add(n.cpus.0);
-            u.memory.0 = u.memory.0.saturating_add(n.memory.0);
-            u.count += 1;
-            for p in &n.ports {
-                *u.ports.entry(*p).or_default() += 1;
-            }
-            self.dirty.insert(n.engine.clone());
-        }
-        let old = match new {
-            Some(n) => self.reservations.insert(id.clone(), n),
-            None => self.reservations.remove(id),
-        };
-        if let Some(old) = old {
-            release_usage(&mut self.usage, &old);
-            if self.reservations.get(id) != Some(&old) {
-                self.capacity_changed();
-            }
-            self.dirty.insert(old.engine);
-        }
-    }
-
-    /// A placement the leader planned did not commit: refusals made beside it get another look.
-    pub fn retry_waiting(&mut self) {
-        self.capacity_changed();
-    }
-
-    /// Capacity may have grown: every unschedulable request gets another look.
-    fn capacity_changed(&mut self) {
-        self.capacity_epoch += 1;
-        let waiting: Vec<RequestId> = self.waiting.drain().collect();
-        for id in waiting {
-            self.class.remove(&id);
-            self.classify(&id);
-        }
-    }
-
-    /// Puts a request in the one work set its current state calls for.
-    fn classify(&mut self, id: &RequestId) {
-        if self.policy.docker {
-            if self.wants_launch(id) {
-                self.launchable.insert(id.clone());
-            } else {
-                self.launchable.remove(id);
-            }
-        }
-        let new = self.class_of(id);
-        let old = self.class.get(id).copied();
-        if old == new {
-            return;
-        }
-        match old {
-            Some(Class::Pending(rev)) => {
-                self.pending.remove(&(rev, id.clone()));
-            }
-            Some(Class::Release) => {
-                self.releases.remove(id);
-            }
-            Some(Class::Waiting) => {
-                self.waiting.remove(id);
-            }
-            None => {}
-        }
-        match new {
-            Some(Class::Pending(rev)) => {
-                self.pending.insert((rev, id.clone()));
-            }
-            Some(Class::Release) => {
-                self.releases.insert(id.clone());
-            }
-            Some(Class::Waiting) => {
-                self.waiting.insert(id.clone());
-            }
-            None => {}
-        }
-        match new {
-            Some(c) => self.class.insert(id.clone(), c),
-            None => {
-                // Decided: the parsed form is only needed again if the request comes back.
-                if let Some(r) = self.requests.get_mut(id) {
-                    r.parsed = None;
-                }
-                self.class.remove(id)
-            }
-        };
-    }
-
-    fn class_of(&self, id: &RequestId) -> Option<Class> {
-        let reserved = self.reservations.contains_key(id);
-        let decision = self.decisions.get(id);
-        let Some(request) = self.requests.get(id) else {
-            return (decision.is_some() || reserved).then_some(Class::Release);
-        };
-        let pending = Class::Pending(request.mod_revision);
-        let Some(d) = decision else {
-            return Some(if reserved { Class::Release } else { pending });
-        };
-        if d.request_revision != request.mod_revision {
-            return Some(if reserved { Class::Release } else { pending });
-        }
-        match d.status {
-            // A placed decision whose reservation is gone is no longer true: decide again.
-            Status::Placed if !reserved => Some(Class::Release),
-            // Its engine was removed, or holds more than it can: move it.
-            Status::Placed if self.displaced(id).is_some() => Some(pending),
-            Status::Placed => None,
-            s if s.is_final() => reserved.then_some(Class::Release),
-            Status::Pending => Some(if reserved { Class::Release } else { pending }),
-            Status::Unschedulable if reserved => Some(Class::Release),
-            Status::Unschedulable => {
-                if self.parked_in.get(id) == Some(&self.capacity_epoch) {
-                    Some(Class::Waiting)
-                } else {
-                    Some(pending)
-                }
-            }
-            _ => reserved.then_some(Class::Release),
-        }
-    }
-
-    /// Placed, current, not launched yet, and asked to be (by the request or `--launch`).
-    fn wants_launch(&self, id: &RequestId) -> bool {
-        let (Some(d), Some(r)) = (self.decisions.get(id), self.requests.get(id)) else {
-            return false;
-        };
-        if d.status != Status::Placed || d.request_revision != r.mod_revision {
-            return false;
-        }
-        if d.run
-            .as_ref()
-            .is_some_and(|run| !run.container_id.is_empty())
-        {
-            return false;
-        }
-        self.policy.launch_all || r.launch
-    }
-
-    /// Requests to launch now, oldest id first, leaving out those in `skip`.
-    pub fn launchable(&self, max: usize, skip: &HashSet<RequestId>) -> Vec<RequestId> {
-        self.launchable
-            .iter()
-            .filter(|id| !skip.contains(*id))
-            .take(max)
-            .cloned()
-            .collect()
-    }
-
-    pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
-        self.decisions.get(id)
-    }
-
-    /// Placed requests on `engine`, with their decisions.
-    pub fn placed_on(&self, engine: &EngineId) -> Vec<(RequestId, DecisionEntry)> {
-        self.decisions
-            .iter()
-            .filter(|(_, d)| {
-                d.status == Status::Placed && d.engine.as_deref() == Some(engine.as_str())
-            })
-            .map(|(id, d)| (id.clone(), d.clone()))
-            .collect()
-    }
-
-    /// What decisions hold on `engine`, by request id.
-    pub fn held_on(&self, engine: &EngineId) -> Vec<Holding> {
-        let mut held: Vec<Holding> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.engine == *engine)
-            .map(|(id, r)| Holding {
-                request: id.clone(),
-                status: self.decisions.get(id).map(|d| d.status),
-                cpus: r.cpus,
-                memory: r.memory,
-                ports: r.ports.clone(),
-            })
-            .collect();
-        held.sort_by(|a, b| a.request.cmp(&b.request));
-        held
-    }
-
-    pub fn health(&self, engine: &EngineId) -> Option<&HealthEntry> {
-        self.health.get(engine)
-    }
-
-    /// One valid engine's id, address and TLS files.
-    pub fn engine_spec(&self, id: &EngineId) -> Option<EngineSpec> {
-        self.engines
-            .get(id)
-            .and_then(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
-    }
-
-    /// Every valid engine's id, address and TLS files.
-    pub fn engine_specs(&self) -> Vec<EngineSpec> {
-        self.engines
-            .values()
-            .filter_map(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
-            .collect()
-    }
-
-    /// What one engine holds, with the health policy applied.
-    fn effective(&self, id: &EngineId) -> Usage {
-        let mut u = self.usage.get(id).cloned().unwrap_or_default();
-        if self.policy.docker {
-            match self.health.get(id) {
-                None => u.unhealthy = true,
-                Some(h) if self.policy.count_live => {
-                    u.live_cpus = Millicpus::from_cpus_ceil(h.health.cpus_used.max(0.0));
-                    u.live_memory = MemoryMb::from_mb_ceil(h.health.memory_used_mb.max(0.0));
-                }
-                Some(_) => {}
-            }
-        }
-        u
-    }
-
-    /// The leader found `id` unschedulable in `epoch` and wrote nothing new: keep it off the
-    /// pending set until capacity changes after that epoch.
-    pub fn park(&mut self, id: &RequestId, epoch: u64) {
-        self.parked_in.insert(id.clone(), epoch);
-        self.classify(id);
-    }
-
-    /// Remembers the epoch an unschedulable decision was computed in, before its write is seen.
-    pub fn note_unschedulable(&mut self, id: &RequestId, epoch: u64) {
-        self.parked_in.insert(id.clone(), epoch);
-    }
-
-    pub fn engine_generation(&self) -> u64 {
-        self.engine_generation
-    }
-
-    /// Every valid engine with its usage, from scratch; forgets the dirty set.
-    pub fn engines(&mut self) -> Engines {
-        self.dirty.clear();
-        let mut views = Vec::with_capacity(self.engines.len());
-        let mut revisions = Vec::with_capacity(self.engines.len());
-        for (id, entry) in &self.engines {
-            if let Ok((_, view)) = &entry.spec {
-                let mut view = view.clone();
-                apply_usage(&mut view, &self.effective(id));
-                views.push(view);
-                revisions.push(entry.mod_revision);
-            }
-        }
-        Engines {
-            generation: self.engine_generation,
-            views,
-            revisions,
-        }
-    }
-
-    /// Engines whose usage changed since the last call, with their usage now.
-    pub fn take_dirty(&mut self) -> Vec<(EngineId, Usage)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|id| {
-                let u = self.effective(&id);
-                (id, u)
-            })
-            .collect()
-    }
-
-    /// What the cache knows one engine holds.
-    pub fn usage(&self, engine: &EngineId) -> Usage {
-        self.effective(engine)
-    }
-
-    pub fn capacity_epoch(&self) -> u64 {
-        self.capacity_epoch
-    }
-
-    /// How many requests wait for the leader: releases and pending decisions, including any
-    /// the leader has written for and not seen yet (see [`State::work`]).
-    pub fn queued(&self) -> usize {
-        self.releases.len() + self.pending.len() + self.guard.repairs.len()
-    }
-
-    /// Up to `max_work` work items: repairs, releases, then pending requests oldest first,
-    /// leaving out those in `skip` (written by the leader and not yet seen).
-    pub fn work(&self, max_work: usize, skip: &HashSet<RequestId>) -> Vec<Work> {
-        let mut work = Vec::new();
-        for (id, foreign) in &self.guard.repairs {
-            if work.len() >= max_work {
-                break;
-            }
-            if skip.contains(id)
-                || matches!(self.class.get(id), Some(Class::Pending(_) | Class::Release))
-            {
-                continue; // its own work writes the key anyway
-            }
-            if let Some(decision) = self.restoration(id) {
-                work.push(Work::Restore {
-                    id: id.clone(),
-                    decision_fence: foreign.fence(),
-                    decision: Box::new(decision),
-                });
-            } else if !self.requests.contains_key(id) && !self.decisions.contains_key(id) {
-                work.push(Work::Release {
-                    id: id.clone(),
-                    request_revision: None,
-                });
-            }
-        }
-        for id in &self.releases {
-            if work.len() >= max_work {
-                break;
-            }
-            if skip.contains(id) {
-                continue;
-            }
-            work.push(Work::Release {
-                id: id.clone(),
-                request_revision: self.requests.get(id).map(|r| r.mod_revision),
-            });
-        }
-        for (rev, id) in &self.pending {
-            if work.len() >= max_work {
-                break;
-            }
-            if skip.contains(id) {
-                continue;
-            }
-            let Some(r) = self.requests.get(id) else {
-                continue;
-            };
-            let d = self.decisions.get(id);
-            // A write of ours whose outcome is unknown may still land: compare the key too.
-            let decision_fence = self
-                .guard
-                .uncertain
-                .contains(id)
-                .then(|| d.map_or(0, |d| d.mod_revision));
-            work.push(Work::Decide {
-                id: id.clone(),
-                request_revision: *rev,
-                decision_fence,
-                // Only this revision's own decision counts: a rewritten request is decided
-                // anew even when the answer is the same.
-                previous: d
-                    .filter(|d| d.request_revision == *rev)
-                    .map(|d| (d.status, d.reason.clone())),
-                raw: r.raw.clone(),
-                // Parsed by the leader outside the lock when the cache no longer holds it.
-                parsed: r.parsed.clone(),
-                lifecycle: r.lifecycle,
-                history: d
-                    .filter(|d| matches!(d.status, Status::Pending | Status::Unschedulable))
-                    .and_then(|d| d.run.clone()),
-                displaced: self.displaced(id),
-            });
-        }
-        work
-    }
-
-    /// The election's keys, lowest create revision (the leader) first.
-    pub fn leader_keys(&self) -> Vec<(String, LeaderKey)> {
-        let mut keys: Vec<(String, LeaderKey)> = self
-            .leaders
-            .iter()
-            .map(|(s, k)| (s.clone(), k.clone()))
-            .collect();
-        keys.sort_by_key(|(_, k)| k.create_revision);
-        keys
-    }
-
-    /// Whether the campaign key `key` is still present.
-    pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
-        match keys.parse(key) {
-            Some(Key::Leader(suffix)) => self.leaders.contains_key(&suffix),
-            _ => false,
-        }
-    }
-
-    /// Whether `id` is placed and waits to be launched.
-    pub fn is_launchable(&self, id: &RequestId) -> bool {
-        self.launchable.contains(id)
-    }
-
-    pub fn request(&self, id: &RequestId) -> Option<&RequestEntry> {
-        self.requests.get(id)
-    }
-
-    /// The seed's `ClusterInfo` for the whole cluster.
-    pub fn cluster_info(&self) -> ClusterInfo {
-        let mut info = ClusterInfo::default();
-        let mut images = BTreeSet::new();
-        for entry in self.engines.values() {
-            if let Ok((spec, _)) = &entry.spec {
-                info.engine_count += 1;
-                info.cpus += spec.wire.cpus;
-                info.memory += spec.wire.memory;
-            }
-        }
-        for u in self.usage.values() {
-            info.reserved_cpus += u.cpus.as_cpus();
-            info.reserved_memory += u.memory.0 as f64;
-            info.container_count += u.count;
-        }
-        for (id, d) in &self.decisions {
-            if d.status == Status::Placed
-                && let Some(r) = self.requests.get(id)
-                && let Ok(image) = serde_json::from_slice::<crate::model::Image>(&r.raw)
-            {
-                images.insert(image.name);
-            }
-        }
-        info.image_count = images.len() as u64;
-        info
-    }
-
-    /// One row per engine: the seed's `EngineSnapshot`, plus whether its JSON is valid.
-    pub fn engine_rows(&self) -> Vec<(crate::model::EngineSnapshot, String, Option<String>)> {
-        self.engines
-            .iter()
-            .map(|(id, entry)| {
-                let u = self.usage.get(id).cloned().unwrap_or_default();
-                match &entry.spec {
-                    Ok((spec, _)) => (
-                        crate::model::EngineSnapshot {
-                            id: id.to_string(),
-                            cpus: spec.wire.cpus,
-                            memory: spec.wire.memory,
-                            reserved_cpus: u.cpus.as_cpus(),
-                            reserved_memory: u.memory.0 as f64,
-                            ..Default::default()
-                        },
-                        spec.addr.clone(),
-                        None,
-                    ),
-                    Err(e) => (
-                        crate::model::EngineSnapshot {
-                            id: id.to_string(),
-                            ..Default::default()
-                        },
-                        String::new(),
-                        Some(e.to_string()),
-                    ),
-                }
-            })
-            .collect()
-    }
-}
-
-/// Whether a decision event at `rev` (a put, or a delete) is explained by what the leader holds:
-/// a decision it applied at that revision or later, or, for a delete, none at all.
-fn explained(put: bool, rev: i64, held: Option<i64>) -> bool {
-    match held {
-        Some(r) => r > rev || (put && r == rev),
-        None => !put,
-    }
-}
-
-/// Sets a view's reservations to `u` (what the cache knows is committed).
-pub fn apply_usage(view: &mut EngineView, u: &Usage) {
-    view.reserved_cpus = u.cpus.max(u.live_cpus);
-    view.reserved_memory = u.memory.max(u.live_memory);
-    view.ports = u.ports.keys().copied().collect();
-    view.healthy = !u.unhealthy;
-}
-
-fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {
-    if let Some(u) = usage.get_mut(&r.engine) {
-        u.cpus.0 = u.cpus.0.saturating_sub(r.cpus.0);
-        u.memory.0 = u.memory.0.saturating_sub(r.memory.0);
-        u.count = u.count.saturating_sub(1);
-        for p in &r.ports {
-            if let Some(n) = u.ports.get_mut(p) {
-                *n -= 1;
-                if *n == 0 {
-                    u.ports.remove(p);
-                }
-            }
-        }
-        if u.count == 0 {
-            usage.remove(&r.engine);
-        }
     }
 }
 
@@ -1358,7 +668,7 @@ mod tests {
     use super::*;
     use crate::model::{Decision, Resource};
 
-    fn decision() -> Decision {
+    pub(super) fn decision() -> Decision {
         Decision {
             container: serde_json::json!({"image": "redis", "cpus": "0.2", "env": ["A=1"]}).into(),
             resource: Some(Resource {
@@ -1383,7 +693,7 @@ mod tests {
     }
 
     #[test]
-    fn the_head_reads_what_the_cache_keeps_and_requires_what_a_decision_requires() {
+    pub(super) fn the_head_reads_what_the_cache_keeps_and_requires_what_a_decision_requires() {
         let bytes = serde_json::to_vec(&decision()).unwrap();
         let head: DecisionHead = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(head.status, Status::Placed);

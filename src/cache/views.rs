@@ -6,9 +6,11 @@
 //! every two seconds costs the replica little and never ships every request.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use super::state::State;
+use super::state::*;
+use crate::keys::{Key, Keys};
+use crate::model::*;
 use crate::model::{LeaderInfo, RequestId, Status};
 
 /// Where a request stands: the status of the decision on its current revision, or queued for
@@ -106,7 +108,7 @@ pub struct Candidate {
 
 impl State {
     /// Where `id`'s request stands (it must exist).
-    fn standing(&self, id: &RequestId, request_revision: i64) -> Standing {
+    pub(super) fn standing(&self, id: &RequestId, request_revision: i64) -> Standing {
         match self.decisions.get(id) {
             Some(d) if d.request_revision == request_revision => Standing::Decided(d.status),
             _ => Standing::Queued,
@@ -162,7 +164,7 @@ impl State {
             .collect()
     }
 
-    fn request_row(&self, id: &RequestId) -> Option<RequestRow> {
+    pub(super) fn request_row(&self, id: &RequestId) -> Option<RequestRow> {
         let r = self.requests.get(id)?;
         let d = self
             .decisions
@@ -219,6 +221,143 @@ impl State {
                 lease: k.lease,
                 info: k.info,
                 leads: Some(i) == leading,
+            })
+            .collect()
+    }
+}
+
+impl State {
+    pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
+        self.decisions.get(id)
+    }
+
+    /// Placed requests on `engine`, with their decisions.
+    pub fn placed_on(&self, engine: &EngineId) -> Vec<(RequestId, DecisionEntry)> {
+        self.decisions
+            .iter()
+            .filter(|(_, d)| {
+                d.status == Status::Placed && d.engine.as_deref() == Some(engine.as_str())
+            })
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect()
+    }
+
+    /// What decisions hold on `engine`, by request id.
+    pub fn held_on(&self, engine: &EngineId) -> Vec<Holding> {
+        let mut held: Vec<Holding> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.engine == *engine)
+            .map(|(id, r)| Holding {
+                request: id.clone(),
+                status: self.decisions.get(id).map(|d| d.status),
+                cpus: r.cpus,
+                memory: r.memory,
+                ports: r.ports.clone(),
+            })
+            .collect();
+        held.sort_by(|a, b| a.request.cmp(&b.request));
+        held
+    }
+
+    pub fn health(&self, engine: &EngineId) -> Option<&HealthEntry> {
+        self.health.get(engine)
+    }
+
+    /// One valid engine's id, address and TLS files.
+    pub fn engine_spec(&self, id: &EngineId) -> Option<EngineSpec> {
+        self.engines
+            .get(id)
+            .and_then(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
+    }
+
+    /// Every valid engine's id, address and TLS files.
+    pub fn engine_specs(&self) -> Vec<EngineSpec> {
+        self.engines
+            .values()
+            .filter_map(|e| e.spec.as_ref().ok().map(|(s, _)| s.clone()))
+            .collect()
+    }
+
+    /// The election's keys, lowest create revision (the leader) first.
+    pub fn leader_keys(&self) -> Vec<(String, LeaderKey)> {
+        let mut keys: Vec<(String, LeaderKey)> = self
+            .leaders
+            .iter()
+            .map(|(s, k)| (s.clone(), k.clone()))
+            .collect();
+        keys.sort_by_key(|(_, k)| k.create_revision);
+        keys
+    }
+
+    /// Whether the campaign key `key` is still present.
+    pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
+        match keys.parse(key) {
+            Some(Key::Leader(suffix)) => self.leaders.contains_key(&suffix),
+            _ => false,
+        }
+    }
+
+    pub fn request(&self, id: &RequestId) -> Option<&RequestEntry> {
+        self.requests.get(id)
+    }
+
+    /// The seed's `ClusterInfo` for the whole cluster.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let mut info = ClusterInfo::default();
+        let mut images = BTreeSet::new();
+        for entry in self.engines.values() {
+            if let Ok((spec, _)) = &entry.spec {
+                info.engine_count += 1;
+                info.cpus += spec.wire.cpus;
+                info.memory += spec.wire.memory;
+            }
+        }
+        for u in self.usage.values() {
+            info.reserved_cpus += u.cpus.as_cpus();
+            info.reserved_memory += u.memory.0 as f64;
+            info.container_count += u.count;
+        }
+        for (id, d) in &self.decisions {
+            if d.status == Status::Placed
+                && let Some(r) = self.requests.get(id)
+                && let Ok(image) = serde_json::from_slice::<crate::model::Image>(&r.raw)
+            {
+                images.insert(image.name);
+            }
+        }
+        info.image_count = images.len() as u64;
+        info
+    }
+
+    /// One row per engine: the seed's `EngineSnapshot`, plus whether its JSON is valid.
+    pub fn engine_rows(&self) -> Vec<(crate::model::EngineSnapshot, String, Option<String>)> {
+        self.engines
+            .iter()
+            .map(|(id, entry)| {
+                let u = self.usage.get(id).cloned().unwrap_or_default();
+                match &entry.spec {
+                    Ok((spec, _)) => (
+                        crate::model::EngineSnapshot {
+                            id: id.to_string(),
+                            cpus: spec.wire.cpus,
+                            memory: spec.wire.memory,
+                            reserved_cpus: u.cpus.as_cpus(),
+                            reserved_memory: u.memory.0 as f64,
+                            ..Default::default()
+                        },
+                        spec.addr.clone(),
+                        None,
+                    ),
+                    Err(e) => (
+                        crate::model::EngineSnapshot {
+                            id: id.to_string(),
+                            ..Default::default()
+                        },
+                        String::new(),
+                        Some(e.to_string()),
+                    ),
+                }
             })
             .collect()
     }
@@ -286,12 +425,12 @@ mod tests {
         }
     }
 
-    fn rid(s: &str) -> RequestId {
+    pub(super) fn rid(s: &str) -> RequestId {
         RequestId::new(s).unwrap()
     }
 
     #[test]
-    fn requests_stand_by_their_current_decision_and_what_needs_a_look_comes_first() {
+    pub(super) fn requests_stand_by_their_current_decision_and_what_needs_a_look_comes_first() {
         let mut f = Fed::new();
         let a = f.request("a");
         f.decide("a", "invalid", "cpus: NaN is not a number", a);
@@ -340,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_decisions_come_first() {
+    pub(super) fn the_newest_decisions_come_first() {
         let mut f = Fed::new();
         for id in ["a", "b", "c", "d"] {
             let r = f.request(id);
@@ -357,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_candidate_with_a_lease_leads() {
+    pub(super) fn the_first_candidate_with_a_lease_leads() {
         let mut f = Fed::new();
         f.put("/citadel/leader/stray", "by hand");
         f.put_leased(
