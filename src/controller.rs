@@ -94,7 +94,7 @@ async fn run_replica(
     let mut http = match cfg.listen {
         Some(addr) => {
             let surface = http::Surface {
-                replica: replica.clone(),
+                replica: replica.to_string(),
                 cache: cache.clone(),
                 metrics: cfg.metrics.clone(),
                 etcd: cfg.etcd.endpoints_str(),
@@ -163,7 +163,7 @@ async fn run_replica(
             "campaigning"
         );
         let won = tokio::select! {
-            won = election::campaign(&client, &cfg.keys, &replica, &cfg.addr, &lease, &mut shutdown) => won,
+            won = election::campaign(&client, &cfg.keys, replica.as_str(), &cfg.addr, &lease, &mut shutdown) => won,
             _ = watcher.wait_dead() => {
                 lease.revoke(&client).await;
                 continue;

@@ -52,7 +52,7 @@ impl Served {
             etcd: EtcdConfig::new(vec![endpoint.to_string()]),
             keys: keys(),
             manager: ManagerConfig {
-                replica: id.to_string(),
+                replica: citadel::model::ReplicaId::new(id).expect("a replica id"),
                 schedulers: Schedulers::default(),
                 workers: 2,
                 compact_every: None,

@@ -16,7 +16,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use citadel::keys::Keys;
-use citadel::model::{Decision, Status};
+use citadel::model::{ContainerState, Decision, Status};
 use citadel_testkit::child::Signal;
 use citadel_testkit::dockerd::DockerdProcess;
 use citadel_testkit::etcd::EtcdProcess;
@@ -98,15 +98,15 @@ fn request(kind: &str, entrypoint: &[&str]) -> String {
 }
 
 /// The docker run state of a decision: container id, state, engine.
-fn run_of(d: &Decision) -> (&str, &str, &str) {
-    d.run.as_ref().map_or(("", "", ""), |r| {
-        (r.container_id.as_str(), r.state.as_str(), r.engine.as_str())
+fn run_of(d: &Decision) -> (&str, Option<&ContainerState>, &str) {
+    d.run.as_ref().map_or(("", None, ""), |r| {
+        (r.container_id.as_str(), r.state.as_ref(), r.engine.as_str())
     })
 }
 
 fn is_running(d: &Decision) -> bool {
     let (container, state, _) = run_of(d);
-    d.status == Status::Placed && !container.is_empty() && state == "running"
+    d.status == Status::Placed && !container.is_empty() && state == Some(&ContainerState::Running)
 }
 
 /// A controller replica process (the real binary); SIGKILLed when dropped.
@@ -596,7 +596,7 @@ async fn a_lost_engine_moves_services_and_loses_batches() {
 
     let job_run = j.run.clone().expect("run");
     assert_eq!(job_run.lost, ["a"], "{j:#?}");
-    assert_eq!(job_run.state, "lost", "{j:#?}");
+    assert_eq!(job_run.state, Some(ContainerState::Lost), "{j:#?}");
     assert!(c.reservations_of(job).await.is_empty());
     let svc_run = s.run.clone().expect("run");
     assert_eq!(svc_run.lost, ["a"], "{s:#?}");

@@ -196,7 +196,7 @@ impl State {
             return None;
         }
         let resource = match &d.engine {
-            Some(e) => Some(self.resource_of(&EngineId::from_key_segment(e)?)?),
+            Some(e) => Some(self.resource_of(e)?),
             None => None,
         };
         let reservation = self.reservations.get(id).map(|h| Reservation {

@@ -50,7 +50,9 @@ pub fn prepare(id: &RequestId, raw: &[u8]) -> Parsed {
         return Err(Invalid(format!("id: {e}")));
     }
     let request = Request::parse(raw)?;
-    Prepared::new(request).map(Arc::new).map_err(Invalid)
+    Prepared::new(request)
+        .map(Arc::new)
+        .map_err(|e| Invalid(e.to_string()))
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +61,7 @@ pub struct DecisionEntry {
     pub status: Status,
     pub reason: String,
     pub request_revision: i64,
-    pub engine: Option<String>,
+    pub engine: Option<EngineId>,
     /// The strategy that chose the engine, if it names one we know.
     pub scheduler: Option<Strategy>,
     /// The container's fate, for decisions of launched requests.
@@ -619,19 +621,21 @@ impl State {
     }
 
     pub(super) fn set_decision(&mut self, id: &RequestId, mod_revision: i64, d: DecisionFacts<'_>) {
-        let held = match (&d.engine, d.reservation) {
-            (Some(at), Some(r)) => match EngineId::new(at.as_str()) {
-                Ok(engine) => Some(ReservationEntry::new(engine, r)),
-                Err(e) => {
-                    tracing::warn!(request = %id, error = %e,
-                        "decision names an impossible engine; it will be released");
-                    None
-                }
-            },
+        let engine = match d.engine.as_deref().map(EngineId::new) {
+            Some(Ok(engine)) => Some(engine),
+            Some(Err(e)) => {
+                tracing::warn!(request = %id, error = %e,
+                    "decision names an impossible engine; it will be released");
+                None
+            }
+            None => None,
+        };
+        let held = match (&engine, d.reservation) {
+            (Some(at), Some(r)) => Some(ReservationEntry::new(at.clone(), r)),
             _ => None,
         };
         self.evicted.remove(id);
-        let engine = held.as_ref().map(|h| h.engine.clone());
+        let held_on = held.as_ref().map(|h| h.engine.clone());
         self.hold(id, held);
         self.decisions.insert(
             id.clone(),
@@ -640,7 +644,7 @@ impl State {
                 status: d.status,
                 reason: d.reason,
                 request_revision: d.request_revision,
-                engine: d.engine,
+                engine,
                 scheduler: d.scheduler,
                 run: d.run,
             },
@@ -648,7 +652,7 @@ impl State {
         self.classify(id);
         // A placement written by hand (or seen before a leader shrank nothing) may overfill
         // its engine; the leader's own never do.
-        if let Some(engine) = engine
+        if let Some(engine) = held_on
             && self.over_capacity(&engine)
         {
             self.check_capacity(&engine);

@@ -173,7 +173,7 @@ impl State {
         Some(RequestRow {
             id: id.clone(),
             reason: d.map(|d| d.reason.clone()).unwrap_or_default(),
-            engine: d.and_then(|d| d.engine.clone()),
+            engine: d.and_then(|d| d.engine.as_ref().map(ToString::to_string)),
             request_revision: r.mod_revision,
             decision_revision: d.map(|d| d.mod_revision),
         })
@@ -200,7 +200,7 @@ impl State {
                     id: id.clone(),
                     status: d.status,
                     reason: d.reason.clone(),
-                    engine: d.engine.clone(),
+                    engine: d.engine.as_ref().map(ToString::to_string),
                     scheduler: d.scheduler.map(|s| s.name()),
                     revision: d.mod_revision,
                     request_revision: d.request_revision,
@@ -235,9 +235,7 @@ impl State {
     pub fn placed_on(&self, engine: &EngineId) -> Vec<(RequestId, DecisionEntry)> {
         self.decisions
             .iter()
-            .filter(|(_, d)| {
-                d.status == Status::Placed && d.engine.as_deref() == Some(engine.as_str())
-            })
+            .filter(|(_, d)| d.status == Status::Placed && d.engine.as_ref() == Some(engine))
             .map(|(id, d)| (id.clone(), d.clone()))
             .collect()
     }

@@ -8,7 +8,7 @@ use super::CliError;
 use crate::controller::{self, ControllerConfig, DEFAULT_NICE};
 use crate::keys::Keys;
 use crate::manager::ManagerConfig;
-use crate::model::EngineId;
+use crate::model::ReplicaId;
 use crate::scheduler::Schedulers;
 use crate::store::EtcdConfig;
 
@@ -92,7 +92,8 @@ pub(super) async fn run_controller(
     keys: Keys,
     etcd: EtcdConfig,
 ) -> Result<(), CliError> {
-    let schedulers = Schedulers::with_overrides(&args.schedulers).map_err(CliError::Usage)?;
+    let schedulers =
+        Schedulers::with_overrides(&args.schedulers).map_err(|e| CliError::Usage(e.to_string()))?;
     if !(args.overcommit.is_finite() && args.overcommit > 0.0 && args.overcommit <= 100.0) {
         return Err(CliError::Usage(format!(
             "--overcommit {}: expected a number in (0, 100]",
@@ -100,16 +101,15 @@ pub(super) async fn run_controller(
         )));
     }
     let replica = match args.id {
-        Some(id) => EngineId::new(&id)
-            .map(|_| id)
-            .map_err(|e| CliError::Usage(format!("--id: {e}")))?,
-        None => format!(
-            "{}-{}",
-            std::fs::read_to_string("/etc/hostname")
+        Some(id) => ReplicaId::new(id).map_err(|e| CliError::Usage(format!("--id: {e}")))?,
+        None => {
+            let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "replica".into()),
-            std::process::id()
-        ),
+                .unwrap_or_default();
+            ReplicaId::new(format!("{host}-{}", std::process::id()))
+                .or_else(|_| ReplicaId::new(format!("replica-{}", std::process::id())))
+                .map_err(|e| CliError::Usage(format!("--id: {e}")))?
+        }
     };
     for (flag, v) in [
         ("--health-every", args.health_every),
@@ -158,7 +158,7 @@ pub(super) async fn run_controller(
         lease_ttl: args.lease_ttl,
         overcommit: args.overcommit,
         docker: (args.docker || args.launch).then(|| crate::runner::RunnerConfig {
-            replica: replica_id.clone(),
+            replica: replica_id.to_string(),
             health_every: secs(args.health_every),
             health_ttl: secs(args.health_ttl),
             launch_tries: args.launch_tries as usize,

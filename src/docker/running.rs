@@ -8,57 +8,15 @@ use bollard::query_parameters::ListContainersOptions;
 
 use super::*;
 
-/// A container's state as Docker names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Created,
-    Running,
-    Paused,
-    Restarting,
-    Removing,
-    Exited,
-    Dead,
-    /// A state this Docker names and we do not know.
-    Other(String),
-}
+pub use crate::model::ContainerState as State;
 
-impl State {
-    fn parse(s: &str) -> State {
-        match s {
-            "created" => State::Created,
-            "running" => State::Running,
-            "paused" => State::Paused,
-            "restarting" => State::Restarting,
-            "removing" => State::Removing,
-            "exited" => State::Exited,
-            "dead" => State::Dead,
-            other => State::Other(other.to_string()),
-        }
-    }
-
-    /// Which of a request's twins [`find`] prefers: the one that runs, then one that could.
-    fn rank(&self) -> u8 {
-        match self {
-            State::Running | State::Restarting | State::Paused => 0,
-            State::Created => 1,
-            State::Exited | State::Dead => 2,
-            State::Removing | State::Other(_) => 3,
-        }
-    }
-}
-
-impl std::fmt::Display for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            State::Created => "created",
-            State::Running => "running",
-            State::Paused => "paused",
-            State::Restarting => "restarting",
-            State::Removing => "removing",
-            State::Exited => "exited",
-            State::Dead => "dead",
-            State::Other(s) => s,
-        })
+/// Which of a request's twins [`find`] prefers: the one that runs, then one that could.
+fn rank(state: &State) -> u8 {
+    match state {
+        State::Running | State::Restarting | State::Paused => 0,
+        State::Created => 1,
+        State::Exited | State::Dead => 2,
+        _ => 3,
     }
 }
 
@@ -208,7 +166,7 @@ pub async fn find(docker: &Docker, request_id: &str) -> Result<Option<Running>, 
     .filter_map(|c| {
         let created = c.created.unwrap_or(0);
         let r = from_summary(c)?;
-        Some((r.state.rank(), -created, r.id))
+        Some((rank(&r.state), -created, r.id))
     })
     .collect();
     found.sort();

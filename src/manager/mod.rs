@@ -44,7 +44,7 @@ use crate::cache::{Cache, stopping};
 use crate::election::{Leadership, Lease};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::model::{RequestId, Status, now_rfc3339};
+use crate::model::{ReplicaId, RequestId, Status, now_rfc3339};
 use crate::scheduler::Schedulers;
 use crate::store::fence::{self, Commit, barrier, too_many_ops};
 use crate::store::{self, StoreError};
@@ -76,7 +76,7 @@ fn items_per_txn(max_ops: usize) -> usize {
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    pub replica: String,
+    pub replica: ReplicaId,
     pub schedulers: Schedulers,
     /// Scheduler threads per round (1 = schedule inline).
     pub workers: usize,
@@ -631,7 +631,7 @@ mod tests {
             client,
             cache,
             ManagerConfig {
-                replica: "me".into(),
+                replica: ReplicaId::new("me").expect("an id"),
                 schedulers: Schedulers::default(),
                 workers: 1,
                 compact_every: None,

@@ -55,7 +55,7 @@ pub fn plan(
                 decision_fence: *decision_fence,
                 decision: Decision {
                     decided_at: now.to_string(),
-                    decided_by: cfg.replica.clone(),
+                    decided_by: cfg.replica.to_string(),
                     ..(**decision).clone()
                 },
             },
@@ -232,7 +232,7 @@ impl Round<'_> {
             history: history.as_deref(),
             displaced: displaced.as_ref(),
             now: self.now,
-            by: &self.cfg.replica,
+            by: self.cfg.replica.as_str(),
         };
         let prepared = match parsed {
             Ok(p) => p,
@@ -258,7 +258,7 @@ impl Round<'_> {
         };
         let strategy = match self.cfg.schedulers.for_type(&prepared.request.kind) {
             Ok(s) => s,
-            Err(e) => return ask.refuse(Status::Invalid, e),
+            Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
         };
         let verified =
             proposal.filter(|p| prepared.fits_resources(&self.engines[p.engine]).is_ok());
@@ -369,7 +369,7 @@ mod tests {
 
     fn cfg() -> ManagerConfig {
         ManagerConfig {
-            replica: "me".into(),
+            replica: crate::model::ReplicaId::new("me").expect("an id"),
             schedulers: crate::scheduler::Schedulers::default(),
             workers: 1,
             compact_every: None,

@@ -54,6 +54,76 @@ pub struct Attempt {
     pub error: String,
 }
 
+/// A container's state: Docker's own names, and citadel's two for a container no engine can
+/// report (`removed`, and `lost` with its engine). Written as a lowercase string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// Removed while it was followed.
+    Removed,
+    /// Its engine was lost under it.
+    Lost,
+    /// A state a Docker names and citadel does not know.
+    Other(String),
+}
+
+impl ContainerState {
+    pub fn parse(s: &str) -> ContainerState {
+        match s {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "removing" => ContainerState::Removing,
+            "exited" => ContainerState::Exited,
+            "dead" => ContainerState::Dead,
+            "removed" => ContainerState::Removed,
+            "lost" => ContainerState::Lost,
+            other => ContainerState::Other(other.to_string()),
+        }
+    }
+
+    /// It has stopped for good (exited or dead).
+    pub fn is_done(&self) -> bool {
+        matches!(self, ContainerState::Exited | ContainerState::Dead)
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Removing => "removing",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+            ContainerState::Removed => "removed",
+            ContainerState::Lost => "lost",
+            ContainerState::Other(s) => s,
+        })
+    }
+}
+
+impl Serialize for ContainerState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ContainerState::parse(&String::deserialize(d)?))
+    }
+}
+
 /// A published port of a launched container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
@@ -73,9 +143,9 @@ pub struct Run {
     pub container_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub container_name: String,
-    /// Docker's state: `running`, `exited`, `created`, …
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub state: String,
+    /// Docker's state: `running`, `exited`, `created`, … (none before a launch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -102,3 +102,8 @@ id_type!(
     /// The last segment of `engines/<id>`.
     EngineId
 );
+id_type!(
+    /// A controller replica's id (`controller --id`): in its election key's value and in the
+    /// decisions it writes (`decided_by`).
+    ReplicaId
+);

@@ -7,7 +7,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::docker::{self, Action, ContainerEvent};
-use crate::model::{Decision, EngineId, Lifecycle, RequestId, Run, Status, now_rfc3339};
+use crate::model::{
+    ContainerState, Decision, EngineId, Lifecycle, RequestId, Run, Status, now_rfc3339,
+};
 
 use super::*;
 
@@ -26,7 +28,7 @@ impl Runner {
             return;
         };
         let ours = d.status == Status::Placed
-            && d.engine.as_deref() == Some(engine.as_str())
+            && d.engine.as_ref() == Some(engine)
             && d.run
                 .as_ref()
                 .is_some_and(|r| r.container_id == ev.container_id);
@@ -40,11 +42,11 @@ impl Runner {
                 tracing::info!(request = %id, engine = %engine, exit_code = ?code, batch, "container exited");
                 self.update(&id, &d, |dec| {
                     let run = dec.run.get_or_insert_with(Run::default);
-                    run.state = if ev.action == Action::Destroy {
-                        "removed".into()
+                    run.state = Some(if ev.action == Action::Destroy {
+                        ContainerState::Removed
                     } else {
-                        "exited".into()
-                    };
+                        ContainerState::Exited
+                    });
                     run.exit_code = code.or(run.exit_code);
                     run.updated_at = now_rfc3339();
                     if batch {
@@ -55,11 +57,13 @@ impl Runner {
                 .await;
             }
             Action::Start | Action::Restart
-                if d.run.as_ref().is_some_and(|r| r.state != "running") =>
+                if d.run
+                    .as_ref()
+                    .is_some_and(|r| r.state != Some(ContainerState::Running)) =>
             {
                 self.update(&id, &d, |dec| {
                     let run = dec.run.get_or_insert_with(Run::default);
-                    run.state = "running".into();
+                    run.state = Some(ContainerState::Running);
                     run.exit_code = None;
                     run.updated_at = now_rfc3339();
                 })

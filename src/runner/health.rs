@@ -33,13 +33,12 @@ impl Runner {
                 contacts.spawn(async move {
                     let result = match docker {
                         Ok(d) => tokio::time::timeout(timeout, async {
-                            let usage = docker::usage(&d).await.map_err(|e| e.to_string())?;
-                            let managed =
-                                docker::list_managed(&d).await.map_err(|e| e.to_string())?;
-                            Ok::<_, String>((d, usage, managed))
+                            let usage = docker::usage(&d).await?;
+                            let managed = docker::list_managed(&d).await?;
+                            Ok::<_, RunnerError>((d, usage, managed))
                         })
                         .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}"))),
+                        .unwrap_or(Err(RunnerError::Timeout(timeout))),
                         Err(e) => Err(e),
                     };
                     (spec.id, result)

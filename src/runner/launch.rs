@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::docker::{self, DockerError, LaunchSpec, Running};
+use crate::docker::{self, LaunchSpec, Running};
 use crate::model::{
     Attempt, EngineId, Lifecycle, PublishedPort, Request, RequestId, Run, Status, now_rfc3339,
 };
@@ -59,7 +59,7 @@ impl Runner {
         let (raw, engine) = {
             let state = self.cache.lock();
             let d = state.decision(id)?;
-            let engine = EngineId::from_key_segment(d.engine.as_deref()?)?;
+            let engine = d.engine.clone()?;
             (state.request(id)?.raw().to_vec(), engine)
         };
         let spec = self.spec_of(&engine)?;
@@ -75,11 +75,11 @@ impl Runner {
         let (id, timeout) = (id.clone(), self.cfg.launch_timeout);
         Some(async move {
             let result = match docker {
-                Err(e) => Err(Failure::Engine(e)),
+                Err(e) => Err(e),
                 Ok(d) => match tokio::time::timeout(timeout, docker::launch(&d, &launch)).await {
-                    Err(_) => Err(Failure::Engine(format!("no answer within {timeout:?}"))),
+                    Err(_) => Err(RunnerError::Timeout(timeout)),
                     Ok(Ok(r)) => Ok(r),
-                    Ok(Err(e)) => Err(classify(e)),
+                    Ok(Err(e)) => Err(RunnerError::from(e)),
                 },
             };
             (id, engine, result)
@@ -90,20 +90,20 @@ impl Runner {
         &self,
         id: &RequestId,
         engine: &EngineId,
-        result: Result<Running, Failure>,
+        result: Result<Running, RunnerError>,
         retry_at: &mut HashMap<RequestId, Instant>,
     ) {
         let Some(d) = self.cache.lock().decision(id).cloned() else {
             return;
         };
-        if d.status != Status::Placed || d.engine.as_deref() != Some(engine.as_str()) {
+        if d.status != Status::Placed || d.engine.as_ref() != Some(engine) {
             return; // Released or moved meanwhile: reconciliation stops what was started.
         }
         let tries = self.cfg.launch_tries;
         self.metrics.launch(match &result {
             Ok(_) => "started",
-            Err(Failure::Container(_)) => "failed_to_start",
-            Err(Failure::Engine(_)) => "engine_unreachable",
+            Err(RunnerError::Container(_)) => "failed_to_start",
+            Err(_) => "engine_unreachable",
         }); // hook(http)
         match result {
             Ok(c) => {
@@ -113,9 +113,7 @@ impl Runner {
                 retry_at.insert(id.clone(), Instant::now() + Duration::from_secs(1));
                 // A batch container can be done before its launch is even recorded: its die
                 // event found no container in the decision, so record the exit here.
-                let state = c.state.to_string();
-                let exited = (state == "exited" || state == "dead")
-                    && self.lifecycle(id) == Lifecycle::Batch;
+                let exited = c.state.is_done() && self.lifecycle(id) == Lifecycle::Batch;
                 self.update(id, &d, |dec| {
                     if exited {
                         batch_exited(dec, c.exit_code);
@@ -124,7 +122,7 @@ impl Runner {
                     run.engine = engine.to_string();
                     run.container_id = c.id.clone();
                     run.container_name = c.name.trim_start_matches('/').to_string();
-                    run.state = c.state.to_string();
+                    run.state = Some(c.state.clone());
                     run.exit_code = c.exit_code;
                     run.ports = c
                         .ports
@@ -140,12 +138,8 @@ impl Runner {
                 })
                 .await;
             }
-            Err(Failure::Engine(e)) => {
-                tracing::warn!(request = %id, engine = %engine, error = %e,
-                    "launch did not reach the engine; trying again later");
-                retry_at.insert(id.clone(), Instant::now() + self.cfg.health_every);
-            }
-            Err(Failure::Container(e)) => {
+            Err(RunnerError::Container(e)) => {
+                let e = e.to_string();
                 tracing::warn!(request = %id, engine = %engine, error = %e, "container failed to start");
                 self.update(id, &d, |dec| {
                     dec.reservation = None;
@@ -172,18 +166,11 @@ impl Runner {
                 })
                 .await;
             }
-        }
-    }
-}
-
-pub(super) fn classify(e: DockerError) -> Failure {
-    match e {
-        DockerError::Spec { .. }
-        | DockerError::Pull { .. }
-        | DockerError::Create { .. }
-        | DockerError::Start { .. } => Failure::Container(e.to_string()),
-        DockerError::Api { .. } | DockerError::Incomplete { .. } | DockerError::Vanished { .. } => {
-            Failure::Engine(e.to_string())
+            Err(e) => {
+                tracing::warn!(request = %id, engine = %engine, error = %e,
+                    "launch did not reach the engine; trying again later");
+                retry_at.insert(id.clone(), Instant::now() + self.cfg.health_every);
+            }
         }
     }
 }

@@ -34,8 +34,8 @@ use etcd_client::{Client, Compare, CompareOp, TxnOp};
 use tokio::sync::mpsc;
 
 use crate::cache::{Cache, DecisionEntry};
-use crate::docker::Running;
 use crate::docker::engine::TlsFiles;
+use crate::docker::{DockerError, Running};
 use crate::election::Fence;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -78,15 +78,39 @@ impl Default for RunnerConfig {
     }
 }
 
-/// A launch that went wrong, and whose fault it was.
-enum Failure {
+/// What went wrong with an engine, and whose fault it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
     /// The container could not start there (bad image, entrypoint, spec): try elsewhere.
-    Container(String),
-    /// The engine or the network: try again later, on the same engine.
-    Engine(String),
+    #[error(transparent)]
+    Container(DockerError),
+    /// The engine answered wrongly, or not at all: try again later, on the same engine.
+    #[error(transparent)]
+    Engine(DockerError),
+    /// The engine's address or TLS files cannot make a client.
+    #[error(transparent)]
+    Connect(#[from] crate::docker::engine::EngineError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
-type LaunchResult = (RequestId, EngineId, Result<Running, Failure>);
+impl From<DockerError> for RunnerError {
+    /// Whose fault a Docker error is: the container's (it will not start anywhere like this)
+    /// or the engine's (it may answer later).
+    fn from(e: DockerError) -> Self {
+        match e {
+            DockerError::Spec { .. }
+            | DockerError::Pull { .. }
+            | DockerError::Create { .. }
+            | DockerError::Start { .. } => RunnerError::Container(e),
+            DockerError::Api { .. }
+            | DockerError::Incomplete { .. }
+            | DockerError::Vanished { .. } => RunnerError::Engine(e),
+        }
+    }
+}
+
+type LaunchResult = (RequestId, EngineId, Result<Running, RunnerError>);
 
 pub struct Runner {
     client: Client,
@@ -157,7 +181,7 @@ impl Runner {
         }
     }
 
-    pub(super) fn docker(&self, spec: &EngineSpec) -> Result<Docker, String> {
+    pub(super) fn docker(&self, spec: &EngineSpec) -> Result<Docker, RunnerError> {
         let mut dockers = self.dockers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((addr, d)) = dockers.get(&spec.id)
             && *addr == spec.addr
@@ -172,8 +196,7 @@ impl Runner {
             }),
             _ => None,
         };
-        let d = crate::docker::engine::connect(&spec.addr, tls.as_ref(), self.cfg.contact_timeout)
-            .map_err(|e| e.to_string())?;
+        let d = crate::docker::engine::connect(&spec.addr, tls.as_ref(), self.cfg.contact_timeout)?;
         dockers.insert(spec.id.clone(), (spec.addr.clone(), d.clone()));
         Ok(d)
     }

@@ -6,7 +6,9 @@ use std::sync::PoisonError;
 use bollard::Docker;
 
 use crate::docker::{self, Action, ContainerEvent, Running};
-use crate::model::{EngineId, EngineSpec, Lifecycle, RequestId, Run, Status, now_rfc3339};
+use crate::model::{
+    ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Run, Status, now_rfc3339,
+};
 use crate::store;
 
 use super::*;
@@ -25,7 +27,7 @@ impl Runner {
             let run = decision.as_ref().and_then(|d| d.run.as_deref());
             let here = decision.as_ref().is_some_and(|d| {
                 matches!(d.status, Status::Placed | Status::Exited)
-                    && d.engine.as_deref() == Some(engine.as_str())
+                    && d.engine.as_ref() == Some(engine)
             });
             let ours = run.is_some_and(|r| r.container_id.is_empty() || r.container_id == c.id);
             if here && !ours {
@@ -49,18 +51,17 @@ impl Runner {
             let Some(run) = run.filter(|r| r.container_id == c.id) else {
                 continue;
             };
-            let state = c.state.to_string();
-            let done = state == "exited" || state == "dead";
+            let done = c.state.is_done();
             // A batch still `placed` whose container is done missed its exit (see `launched`).
             let unrecorded_exit = done
                 && decision
                     .as_ref()
                     .is_some_and(|d| d.status == Status::Placed)
                 && self.lifecycle(&id) == Lifecycle::Batch;
-            if run.state != state || unrecorded_exit {
-                let action = if state == "running" {
+            if run.state.as_ref() != Some(&c.state) || unrecorded_exit {
+                let action = if c.state == ContainerState::Running {
                     Action::Start
-                } else if state == "exited" || state == "dead" {
+                } else if done {
                     Action::Die
                 } else {
                     continue;
@@ -149,7 +150,7 @@ impl Runner {
                     if batch {
                         dec.status = Status::Lost;
                         dec.reason = format!("engine {engine} was lost while the container ran");
-                        run.state = "lost".into();
+                        run.state = Some(ContainerState::Lost);
                     } else {
                         dec.status = Status::Pending;
                         dec.resource = None;

@@ -41,16 +41,36 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
+/// an `invalid` decision's reason (or a one-line CLI error) says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("unknown strategy {0:?}: expected spread, binpack or random")]
+    UnknownStrategy(String),
+    #[error("--scheduler {0:?}: expected TYPE=STRATEGY")]
+    NotTypeEqualsStrategy(String),
+    #[error("--scheduler {0:?}: the type is empty")]
+    NoType(String),
+    #[error("type: no scheduler for {kind:?}; known types: {known}")]
+    UnknownType { kind: String, known: String },
+    #[error("labels: {count} /regex/ constraints, the limit is {limit}")]
+    TooManyRegexes { count: usize, limit: usize },
+    #[error("labels[{index}]: {source}")]
+    Constraint {
+        index: usize,
+        #[source]
+        source: ConstraintError,
+    },
+}
+
 impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SchedulerError;
+    fn from_str(s: &str) -> Result<Self, SchedulerError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "spread" => Ok(Strategy::Spread),
             "binpack" => Ok(Strategy::Binpack),
             "random" => Ok(Strategy::Random),
-            other => Err(format!(
-                "unknown strategy {other:?}: expected spread, binpack or random"
-            )),
+            other => Err(SchedulerError::UnknownStrategy(other.to_string())),
         }
     }
 }
@@ -70,30 +90,35 @@ impl Default for Schedulers {
 
 impl Schedulers {
     /// The defaults with `TYPE=STRATEGY` overrides applied.
-    pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Self, String> {
+    pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Self, SchedulerError> {
         let mut s = Schedulers::default();
         for o in overrides {
             let o = o.as_ref();
             let (kind, strategy) = o
                 .split_once('=')
-                .ok_or_else(|| format!("--scheduler {o:?}: expected TYPE=STRATEGY"))?;
+                .ok_or_else(|| SchedulerError::NotTypeEqualsStrategy(o.to_string()))?;
             let kind = kind.trim();
             if kind.is_empty() {
-                return Err(format!("--scheduler {o:?}: the type is empty"));
+                return Err(SchedulerError::NoType(o.to_string()));
             }
             s.0.insert(kind.to_string(), strategy.parse()?);
         }
         Ok(s)
     }
 
-    pub fn for_type(&self, kind: &str) -> Result<Strategy, String> {
-        self.0.get(kind).copied().ok_or_else(|| {
-            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
-            format!(
-                "type: no scheduler for {kind:?}; known types: {}",
-                known.join(", ")
-            )
-        })
+    pub fn for_type(&self, kind: &str) -> Result<Strategy, SchedulerError> {
+        self.0
+            .get(kind)
+            .copied()
+            .ok_or_else(|| SchedulerError::UnknownType {
+                kind: kind.to_string(),
+                known: self
+                    .0
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }
 
@@ -231,7 +256,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Fails with a reason naming the bad `labels[i]` entry.
-    pub fn new(request: Request) -> Result<Self, String> {
+    pub fn new(request: Request) -> Result<Self, SchedulerError> {
         // Counted before any is compiled: a request pays for at most this many.
         let regexes = request
             .constraints
@@ -239,15 +264,16 @@ impl Prepared {
             .filter(|e| constraint::names_regex(e))
             .count();
         if regexes > constraint::MAX_REGEX_CONSTRAINTS {
-            return Err(format!(
-                "labels: {regexes} /regex/ constraints, the limit is {}",
-                constraint::MAX_REGEX_CONSTRAINTS
-            ));
+            return Err(SchedulerError::TooManyRegexes {
+                count: regexes,
+                limit: constraint::MAX_REGEX_CONSTRAINTS,
+            });
         }
         let mut hard = Vec::new();
         let mut soft = Vec::new();
         for (i, expr) in request.constraints.iter().enumerate() {
-            let c = Constraint::parse(expr).map_err(|e| format!("labels[{i}]: {e}"))?;
+            let c = Constraint::parse(expr)
+                .map_err(|source| SchedulerError::Constraint { index: i, source })?;
             if c.soft {
                 soft.push(c);
             } else {
@@ -568,7 +594,7 @@ mod tests {
     }
 
     fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
-        let p = Prepared::new(r.clone())?;
+        let p = Prepared::new(r.clone()).map_err(|e| e.to_string())?;
         let plan = schedule(&p, engines, s, 1, usize::MAX).map_err(|u| u.reason)?;
         let e = &mut engines[plan.engine];
         e.reserve(r.cpus, r.memory, &r.ports);
@@ -723,7 +749,10 @@ mod tests {
             Ok(1)
         );
         let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
-        assert!(Prepared::new(bad).unwrap_err().starts_with("labels[0]: "));
+        assert!(matches!(
+            Prepared::new(bad),
+            Err(SchedulerError::Constraint { index: 0, .. })
+        ));
     }
 
     #[test]
@@ -739,7 +768,7 @@ mod tests {
         let s = Schedulers::default();
         assert_eq!(s.for_type("service"), Ok(Strategy::Spread));
         assert_eq!(s.for_type("batch"), Ok(Strategy::Binpack));
-        let err = s.for_type("daemon").unwrap_err();
+        let err = s.for_type("daemon").unwrap_err().to_string();
         assert!(err.contains("known types: batch, service"), "{err}");
         let s = Schedulers::with_overrides(&["batch=random", "gpu=binpack"]).unwrap();
         assert_eq!(s.for_type("batch"), Ok(Strategy::Random));

@@ -148,7 +148,7 @@ impl Replica {
             etcd,
             keys: keys(),
             manager: ManagerConfig {
-                replica: id.to_string(),
+                replica: citadel::model::ReplicaId::new(id).expect("a replica id"),
                 schedulers: Schedulers::default(),
                 workers: 2,
                 compact_every: None,
