@@ -103,22 +103,8 @@ async fn run_replica(
         }
         None => None,
     };
-    let connect = async {
-        let client = store::connect(&cfg.etcd, None).await?;
-        // A replica whose role cannot read and write the prefix would otherwise retry its
-        // list, or its campaign, forever.
-        store::check_access(&client, cfg.keys.root(), None).await?;
-        Ok::<_, StoreError>(client)
-    };
-    let client = tokio::select! {
-        c = connect => match c {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot use etcd; giving up");
-                return Err(e.into());
-            }
-        },
-        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+    let Some(client) = connect(&cfg, &mut shutdown).await? else {
+        return Ok(());
     };
     cache.lock().set_policy(cfg.policy);
     // Calls stay off members that stop answering, and go back to them once they do.
@@ -172,42 +158,15 @@ async fn run_replica(
         match won {
             Ok(leadership) => {
                 delays = store::backoff().without_max_times().build();
-                cfg.metrics.set_leader(true); // hook(http)
-                tracing::info!(
-                    key = %String::from_utf8_lossy(&leadership.fence.key),
-                    fence = leadership.fence.rev,
-                    "elected leader"
-                );
-                let lead = async {
-                    let lead = manager.lead(&leadership, &lease, &mut shutdown);
-                    match &cfg.docker {
-                        None => lead.await,
-                        Some(rc) => {
-                            // The runner lives exactly as long as this leadership; it returns
-                            // only when etcd refused its fence.
-                            let runner = Runner::new(
-                                client.clone(),
-                                cache.clone(),
-                                leadership.fence.clone(),
-                                rc.clone(),
-                            )
-                            .with_metrics(cfg.metrics.clone()); // hook(http)
-                            tokio::select! {
-                                why = lead => why,
-                                _ = runner.run() => StepDown::Fenced,
-                            }
-                        }
-                    }
+                let hands = Hands {
+                    cfg: &cfg,
+                    client: &client,
+                    cache: &cache,
+                    manager: &manager,
                 };
-                let why = tokio::select! {
-                    why = lead => why,
-                    _ = watcher.wait_dead() => StepDown::WatcherDied,
-                };
-                cfg.metrics.set_leader(false); // hook(http)
-                match why {
-                    StepDown::Shutdown => tracing::info!("resigning: shutting down"),
-                    other => tracing::warn!(reason = ?other, "stepped down"),
-                }
+                hands
+                    .lead(&leadership, &lease, &mut watcher, &mut shutdown)
+                    .await;
                 lease.revoke(&client).await;
             }
             Err(ElectionError::Shutdown) => lease.revoke(&client).await,
@@ -231,6 +190,88 @@ async fn run_replica(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects and checks the role's access; `None` when shutdown came first.
+async fn connect(
+    cfg: &ControllerConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Client>, ControllerError> {
+    let connect = async {
+        let client = store::connect(&cfg.etcd, None).await?;
+        // A replica whose role cannot read and write the prefix would otherwise retry its
+        // list, or its campaign, forever.
+        store::check_access(&client, cfg.keys.root(), None).await?;
+        Ok::<_, StoreError>(client)
+    };
+    tokio::select! {
+        c = connect => match c {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use etcd; giving up");
+                Err(e.into())
+            }
+        },
+        _ = shutdown.wait_for(|s| *s) => Ok(None),
+    }
+}
+
+/// What a replica leads with.
+struct Hands<'a> {
+    cfg: &'a ControllerConfig,
+    client: &'a Client,
+    cache: &'a Arc<Cache>,
+    manager: &'a Manager,
+}
+
+impl Hands<'_> {
+    /// Leads until a reason to step down: the manager's loop, the runner beside it with
+    /// `--docker` (it returns only when etcd refused its fence), and the cache's watch task
+    /// (a leader never plans on a frozen view).
+    async fn lead(
+        &self,
+        leadership: &election::Leadership,
+        lease: &Lease,
+        watcher: &mut Watcher,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> StepDown {
+        let metrics = &self.cfg.metrics;
+        metrics.set_leader(true); // hook(http)
+        tracing::info!(
+            key = %String::from_utf8_lossy(&leadership.fence.key),
+            fence = leadership.fence.rev,
+            "elected leader"
+        );
+        let lead = async {
+            let lead = self.manager.lead(leadership, lease, shutdown);
+            match &self.cfg.docker {
+                None => lead.await,
+                Some(rc) => {
+                    let runner = Runner::new(
+                        self.client.clone(),
+                        self.cache.clone(),
+                        leadership.fence.clone(),
+                        rc.clone(),
+                    )
+                    .with_metrics(metrics.clone()); // hook(http)
+                    tokio::select! {
+                        why = lead => why,
+                        _ = runner.run() => StepDown::Fenced,
+                    }
+                }
+            }
+        };
+        let why = tokio::select! {
+            why = lead => why,
+            _ = watcher.wait_dead() => StepDown::WatcherDied,
+        };
+        metrics.set_leader(false); // hook(http)
+        match why {
+            StepDown::Shutdown => tracing::info!("resigning: shutting down"),
+            other => tracing::warn!(reason = ?other, "stepped down"),
+        }
+        why
+    }
 }
 
 /// The cache's watch task, supervised: a task that ends before shutdown (it panicked) is

@@ -100,124 +100,162 @@ pub fn check<'a>(
     overcommit: f64,
 ) -> Report {
     let mut report = Report::default();
-    let mut engines = BTreeMap::new();
-    let mut registered = BTreeSet::new();
-    let mut requests = BTreeMap::new();
-    let mut decisions = BTreeMap::new();
-    for (key, value, mod_revision) in kvs {
-        match keys.parse(key) {
-            Some(Key::Engine(id)) => {
-                registered.insert(id.to_string());
-                if let Ok(spec) = EngineSpec::parse(&id, value) {
-                    engines.insert(id.to_string(), spec);
+    let seen = Seen::read(keys, kvs, &mut report);
+    seen.settlement(&mut report);
+    let used = seen.reservations(&mut report);
+    seen.capacity(&used, overcommit, &mut report);
+    report
+}
+
+/// What one engine's reservations add up to: cpus, memory and how often each host port is held.
+type Held = (Millicpus, MemoryMb, BTreeMap<HostPort, usize>);
+
+/// The keys the check reads, sorted by kind.
+#[derive(Default)]
+struct Seen {
+    /// Engines whose key parses, for their capacity.
+    engines: BTreeMap<String, EngineSpec>,
+    /// Every engine key, readable or not.
+    registered: BTreeSet<String>,
+    /// Request id to the revision it was last written at.
+    requests: BTreeMap<String, i64>,
+    decisions: BTreeMap<String, Decision>,
+}
+
+impl Seen {
+    fn read<'a>(
+        keys: &Keys,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64)>,
+        report: &mut Report,
+    ) -> Self {
+        let mut seen = Seen::default();
+        for (key, value, mod_revision) in kvs {
+            match keys.parse(key) {
+                Some(Key::Engine(id)) => {
+                    seen.registered.insert(id.to_string());
+                    if let Ok(spec) = EngineSpec::parse(&id, value) {
+                        seen.engines.insert(id.to_string(), spec);
+                    }
                 }
-            }
-            Some(Key::Request(id)) => {
-                report.requests += 1;
-                requests.insert(id.to_string(), mod_revision);
-            }
-            Some(Key::Decision(id)) => match serde_json::from_slice::<Decision>(value) {
-                Ok(d) => {
-                    decisions.insert(id.to_string(), d);
+                Some(Key::Request(id)) => {
+                    seen.requests.insert(id.to_string(), mod_revision);
                 }
-                Err(e) => report
+                Some(Key::Decision(id)) => match serde_json::from_slice::<Decision>(value) {
+                    Ok(d) => {
+                        seen.decisions.insert(id.to_string(), d);
+                    }
+                    Err(e) => report
+                        .mismatched
+                        .push(format!("{id}: unreadable decision: {e}")),
+                },
+                _ => {}
+            }
+        }
+        report.requests = seen.requests.len();
+        report.decided = seen.decisions.len();
+        report.engines = seen.registered.len();
+        seen
+    }
+
+    /// Requests still waiting for their decision, and decisions whose request is gone.
+    fn settlement(&self, report: &mut Report) {
+        for (id, rev) in &self.requests {
+            match self.decisions.get(id) {
+                None => report.undecided.push(format!("{id}: no decision")),
+                Some(d) if d.request_revision != *rev => report.undecided.push(format!(
+                    "{id}: the decision is for revision {}, the request is at {rev}",
+                    d.request_revision
+                )),
+                Some(d) if d.status == Status::Pending => report
+                    .undecided
+                    .push(format!("{id}: pending: {}", d.reason)),
+                Some(_) => {}
+            }
+        }
+        for id in self.decisions.keys() {
+            if !self.requests.contains_key(id) {
+                report
+                    .without_request
+                    .push(format!("{id}: its request does not exist"));
+            }
+        }
+    }
+
+    /// Counts each decision by status, checks that placements and reservations pair up, and
+    /// adds up what each engine holds.
+    fn reservations(&self, report: &mut Report) -> BTreeMap<&str, Held> {
+        let mut used: BTreeMap<&str, Held> = BTreeMap::new();
+        for (id, d) in &self.decisions {
+            match d.status {
+                Status::Placed => report.placed += 1,
+                Status::Unschedulable => report.unschedulable += 1,
+                Status::Invalid => report.invalid += 1,
+                Status::Pending => report.pending += 1,
+                Status::Failed | Status::Exited | Status::Lost => report.ended += 1,
+            }
+            let placed = d.status == Status::Placed;
+            let engine = d.resource.as_ref().map(|r| r.id.as_str());
+            match (&d.reservation, engine) {
+                (Some(r), Some(engine)) => {
+                    if !self.registered.contains(engine) {
+                        report.on_missing_engines.push(format!(
+                            "{id}: {} on {engine}, which is not registered",
+                            d.status
+                        ));
+                    }
+                    if !placed {
+                        report.mismatched.push(format!(
+                            "{id}: {} but holds a reservation on {engine}",
+                            d.status
+                        ));
+                    }
+                    // Counted whatever the status: capacity a decision claims is taken.
+                    let held = r.held();
+                    let u = used.entry(engine).or_default();
+                    u.0.0 += held.cpus.0;
+                    u.1.0 += held.memory.0;
+                    for p in held.ports {
+                        *u.2.entry(p).or_default() += 1;
+                    }
+                }
+                (Some(_), None) => report
                     .mismatched
-                    .push(format!("{id}: unreadable decision: {e}")),
-            },
-            _ => {}
+                    .push(format!("{id}: holds a reservation on no engine")),
+                (None, _) if placed => report.mismatched.push(format!(
+                    "{id}: placed on {:?} without a reservation",
+                    engine.unwrap_or("")
+                )),
+                (None, _) => {}
+            }
         }
+        used
     }
-    report.decided = decisions.len();
-    report.engines = registered.len();
-    for (id, rev) in &requests {
-        match decisions.get(id) {
-            None => report.undecided.push(format!("{id}: no decision")),
-            Some(d) if d.request_revision != *rev => report.undecided.push(format!(
-                "{id}: the decision is for revision {}, the request is at {rev}",
-                d.request_revision
-            )),
-            Some(d) if d.status == Status::Pending => report
-                .undecided
-                .push(format!("{id}: pending: {}", d.reason)),
-            Some(_) => {}
-        }
-    }
-    for id in decisions.keys() {
-        if !requests.contains_key(id) {
-            report
-                .without_request
-                .push(format!("{id}: its request does not exist"));
-        }
-    }
-    let mut used: BTreeMap<&str, (Millicpus, MemoryMb, BTreeMap<HostPort, usize>)> =
-        BTreeMap::new();
-    for (id, d) in &decisions {
-        let placed = d.status == Status::Placed;
-        match d.status {
-            Status::Placed => report.placed += 1,
-            Status::Unschedulable => report.unschedulable += 1,
-            Status::Invalid => report.invalid += 1,
-            Status::Pending => report.pending += 1,
-            Status::Failed | Status::Exited | Status::Lost => report.ended += 1,
-        }
-        let engine = d.resource.as_ref().map(|r| r.id.as_str());
-        if let (Some(_), Some(engine)) = (&d.reservation, engine)
-            && !registered.contains(engine)
-        {
-            report.on_missing_engines.push(format!(
-                "{id}: {} on {engine}, which is not registered",
-                d.status
-            ));
-        }
-        match (&d.reservation, engine) {
-            (Some(r), Some(engine)) => {
-                if !placed {
-                    report.mismatched.push(format!(
-                        "{id}: {} but holds a reservation on {engine}",
-                        d.status
+
+    /// Engines holding more than their capacity (times the overcommit factor), and host ports
+    /// held twice on one engine.
+    fn capacity(&self, used: &BTreeMap<&str, Held>, overcommit: f64, report: &mut Report) {
+        for (engine, (cpus, memory, ports)) in used {
+            if let Some(spec) = self.engines.get(*engine) {
+                let cap_c = (spec.cpus.0 as f64 * overcommit).floor() as u64;
+                let cap_m = (spec.memory.0 as f64 * overcommit).floor() as u64;
+                if cpus.0 > cap_c || memory.0 > cap_m {
+                    report.overcommitted_engines.push(format!(
+                        "{engine}: {}/{} cpus, {}/{} MB",
+                        cpus.as_cpus(),
+                        cap_c as f64 / 1000.0,
+                        memory.0,
+                        cap_m
                     ));
                 }
-                // Counted whatever the status: capacity a decision claims is taken.
-                let held = r.held();
-                let u = used.entry(engine).or_default();
-                u.0.0 += held.cpus.0;
-                u.1.0 += held.memory.0;
-                for p in held.ports {
-                    *u.2.entry(p).or_default() += 1;
-                }
             }
-            (Some(_), None) => report
-                .mismatched
-                .push(format!("{id}: holds a reservation on no engine")),
-            (None, _) if placed => report.mismatched.push(format!(
-                "{id}: placed on {:?} without a reservation",
-                engine.unwrap_or("")
-            )),
-            (None, _) => {}
+            let doubles: BTreeSet<String> = ports
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(p, _)| format!("{engine} {p}"))
+                .collect();
+            report.double_bound_ports.extend(doubles);
         }
     }
-    for (engine, (cpus, memory, ports)) in &used {
-        if let Some(spec) = engines.get(*engine) {
-            let cap_c = (spec.cpus.0 as f64 * overcommit).floor() as u64;
-            let cap_m = (spec.memory.0 as f64 * overcommit).floor() as u64;
-            if cpus.0 > cap_c || memory.0 > cap_m {
-                report.overcommitted_engines.push(format!(
-                    "{engine}: {}/{} cpus, {}/{} MB",
-                    cpus.as_cpus(),
-                    cap_c as f64 / 1000.0,
-                    memory.0,
-                    cap_m
-                ));
-            }
-        }
-        let doubles: BTreeSet<String> = ports
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(p, _)| format!("{engine} {p}"))
-            .collect();
-        report.double_bound_ports.extend(doubles);
-    }
-    report
 }
 
 #[cfg(test)]

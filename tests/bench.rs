@@ -73,3 +73,48 @@ fn bench_runs_and_reports_every_field_with_intact_invariants() {
         "the human table comes first:\n{stdout}"
     );
 }
+
+/// `--baseline floor` measures the contract's floor in the same run and reports citadel's rate
+/// over it; the floor writes under its own prefix and leaves the run's invariants alone.
+#[test]
+fn bench_with_the_floor_reports_the_ratio_to_it() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--engines",
+            "10",
+            "--requests",
+            "200",
+            "--clients",
+            "4",
+            "--replicas",
+            "1",
+            "--baseline",
+            "floor",
+            "--json",
+        ])
+        .output()
+        .expect("run citadel bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    let floor = r["floor_per_s"].as_f64().expect("floor_per_s");
+    let ratio = r["ratio_to_floor"].as_f64().expect("ratio_to_floor");
+    let placements = r["placements_per_s"].as_f64().unwrap_or(0.0);
+    assert!(floor > 0.0 && floor.is_finite(), "{last}");
+    assert!(
+        (ratio - placements / floor).abs() < 1e-6 * ratio.max(1.0),
+        "ratio_to_floor is placements_per_s over floor_per_s: {last}"
+    );
+    assert_eq!(r["overcommitted_engines"], 0, "{last}");
+    assert_eq!(r["undecided"], 0, "{last}");
+    assert!(
+        stdout.contains("floor"),
+        "the human table names the floor:\n{stdout}"
+    );
+}

@@ -1,0 +1,221 @@
+//! The contract's floor (`--baseline floor`): the least any client can do while it writes one
+//! decision key per request with the leader's guards, measured in the same run as citadel.
+//!
+//! A minimal writer, in this process, under a prefix of its own and with the same engines:
+//! it watches `requests/`, and for each request writes a decision of the same shape and size as
+//! the leader's (the request's echo, the engine's `resource`, a reservation, a reason), choosing
+//! engines round robin instead of scheduling. It batches as the leader does: one decision less
+//! than `--max-txn-ops` per transaction, each guarded by the fence compare on an election key
+//! of its own and by one compare per engine placed on (one over the engines prefix when the
+//! cluster is no bigger than the batch), up to 8 transactions in flight, and only whole
+//! transactions while one is. It parses nothing, schedules nothing, keeps no cache.
+//!
+//! Its decisions are timed by the same watch as citadel's, so `floor_per_s` and citadel's
+//! placements per second are read alike, and `ratio_to_floor` is their quotient.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::phase::{self, Seen};
+use super::workload::{engine_json, register_engines};
+use super::{BenchArgs, BenchError};
+use crate::election::Fence;
+use crate::keys::Keys;
+use crate::model::{
+    Decision, Echo, Engine, EngineId, RequestId, Reservation, Resource, Status, now_rfc3339,
+};
+use crate::store;
+
+/// Transactions in flight at once, as the leader keeps them.
+const IN_FLIGHT: usize = 8;
+
+/// One engine as the writer names it in a decision, with its key's revision for the compare.
+struct Target {
+    id: EngineId,
+    revision: i64,
+    resource: Resource,
+}
+
+/// Runs the floor's phase under `<prefix>-floor`.
+pub(super) async fn run(
+    conns: &[Client],
+    prefix: &str,
+    args: &BenchArgs,
+) -> Result<Seen, BenchError> {
+    let keys =
+        Keys::new(&format!("{prefix}-floor")).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let client = conns[0].clone();
+    let targets: Vec<Target> = register_engines(&client, &keys, args.engines)
+        .await?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, revision))| {
+            let wire: Engine = serde_json::from_str(&engine_json(i)).unwrap_or_default();
+            let resource = Resource {
+                id: id.to_string(),
+                addr: wire.addr,
+                total_cpus: wire.cpus,
+                total_memory: wire.memory,
+            };
+            Target {
+                id,
+                revision,
+                resource,
+            }
+        })
+        .collect();
+    // An election key of its own, for the fence compare every transaction carries.
+    let key = format!("{}/floor", keys.leader());
+    let put = client.kv_client().put(key.as_str(), "{}", None).await?;
+    let fence = Fence {
+        key: key.into_bytes(),
+        rev: put.header().map_or(0, |h| h.revision()),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let writer = Writer {
+        client: client.clone(),
+        keys: keys.clone(),
+        fence,
+        targets,
+        whole: (args.max_txn_ops as usize).saturating_sub(1).max(1),
+    };
+    let writing = tokio::spawn(writer.run(stopped));
+    let seen = phase::run(conns, &keys, args).await;
+    stop.send_replace(true);
+    match writing.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("bench: the floor's writer stopped: {e}"),
+        Err(e) => eprintln!("bench: the floor's writer failed: {e}"),
+    }
+    seen
+}
+
+struct Writer {
+    client: Client,
+    keys: Keys,
+    fence: Fence,
+    targets: Vec<Target>,
+    /// Decisions a transaction holds: etcd's `--max-txn-ops` less the fence.
+    whole: usize,
+}
+
+impl Writer {
+    async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), BenchError> {
+        let from = self
+            .client
+            .kv_client()
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await?;
+        let from = from.header().map_or(0, |h| h.revision()) + 1;
+        let mut stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
+            .watch(
+                self.keys.requests(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+            )
+            .await?;
+        let mut waiting: VecDeque<(String, i64, Vec<u8>)> = VecDeque::new();
+        let mut in_flight = JoinSet::new();
+        let mut next = 0usize;
+        let requests = self.keys.requests();
+        loop {
+            // While one is in flight, only whole transactions go: fewer, fuller ones cost etcd
+            // less, as they do the leader.
+            while in_flight.len() < IN_FLIGHT
+                && (waiting.len() >= self.whole || (in_flight.is_empty() && !waiting.is_empty()))
+            {
+                let take = waiting.len().min(self.whole);
+                let txn = self.txn(waiting.drain(..take), &mut next);
+                let mut kv = self.client.kv_client();
+                in_flight.spawn(async move { kv.txn(txn).await });
+            }
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            if ev.event_type() != etcd_client::EventType::Put {
+                                continue;
+                            }
+                            let id = String::from_utf8_lossy(kv.key());
+                            let Some(id) = id.strip_prefix(requests.as_str()) else { continue };
+                            waiting.push_back((id.to_string(), kv.mod_revision(), kv.value().to_vec()));
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match done {
+                        Ok(Ok(r)) if !r.succeeded() => eprintln!("bench: a floor transaction was refused"),
+                        Ok(Err(e)) => eprintln!("bench: a floor transaction failed: {e}"),
+                        _ => {}
+                    }
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// One transaction: a decision per request, the fence, and the engine compares.
+    fn txn(&self, items: impl Iterator<Item = (String, i64, Vec<u8>)>, next: &mut usize) -> Txn {
+        let mut ops = Vec::new();
+        let mut placed_on = BTreeSet::new();
+        let decided_at = now_rfc3339();
+        for (id, revision, raw) in items {
+            let i = *next % self.targets.len().max(1);
+            *next += 1;
+            let Some(target) = self.targets.get(i) else {
+                continue;
+            };
+            placed_on.insert(i);
+            let decision = Decision {
+                container: Echo::of(&raw),
+                resource: Some(target.resource.clone()),
+                reservation: Some(Reservation {
+                    cpus: 0.25,
+                    memory: 256.0,
+                    ports: Vec::new(),
+                }),
+                status: Status::Placed,
+                reason: format!("spread chose {}", target.id),
+                scheduler: "spread".into(),
+                request_revision: revision,
+                decided_at: decided_at.clone(),
+                decided_by: "floor".into(),
+                run: None,
+            };
+            let Some(id) = RequestId::from_key_segment(&id) else {
+                continue;
+            };
+            ops.push(TxnOp::put(
+                self.keys.decision(&id),
+                serde_json::to_vec(&decision).unwrap_or_default(),
+                None,
+            ));
+        }
+        let mut compares = vec![self.fence.compare()];
+        if self.targets.len() <= placed_on.len() {
+            let newest = self.targets.iter().map(|t| t.revision).max().unwrap_or(0);
+            compares.push(
+                Compare::mod_revision(self.keys.engines(), CompareOp::Less, newest + 1)
+                    .with_prefix(),
+            );
+        } else {
+            compares.extend(placed_on.into_iter().filter_map(|i| {
+                let t = self.targets.get(i)?;
+                Some(Compare::mod_revision(
+                    self.keys.engine(&t.id),
+                    CompareOp::Equal,
+                    t.revision,
+                ))
+            }));
+        }
+        Txn::new().when(compares).and_then(ops)
+    }
+}

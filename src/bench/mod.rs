@@ -1,0 +1,394 @@
+//! `citadel bench`: the production code paths under load, measured against etcd's own rate and,
+//! with `--baseline floor`, against the contract's floor.
+//!
+//! One run: start (or reuse) an etcd, register engines, measure etcd's raw single-put rate with
+//! the same client concurrency as the submitters, start the real controller binary (a leader and
+//! optional standbys), submit requests, time each request from its put to its decision (seen on
+//! a watch), check the invariants from etcd itself, optionally run the floor's minimal writer on
+//! the same requests, and measure etcd's raw rate again.
+
+mod floor;
+mod phase;
+mod proc;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use etcd_client::{Client, DeleteOptions};
+use serde::Serialize;
+
+#[cfg(feature = "bench-etcd")]
+use citadel_testkit::etcd::{EtcdOptions, EtcdProcess};
+
+use crate::invariants::{self, Report};
+use crate::keys::Keys;
+use crate::manager::MAX_TXN_OPS;
+use crate::store::{self, EtcdConfig};
+use phase::Seen;
+use proc::{Controllers, Meter, proc_usage};
+pub use report::print_table;
+pub use workload::request_json;
+use workload::{RawPuts, percentile, raw_put_rate, register_engines};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Engines to register.
+    #[arg(long, default_value_t = 1_000)]
+    pub engines: usize,
+    /// Requests to submit.
+    #[arg(long, default_value_t = 20_000)]
+    pub requests: usize,
+    /// Concurrent submitters (and clients of the raw put measurement).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Standby replicas besides the leader.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
+    /// Requests per submit transaction (1 = one put each).
+    #[arg(long, default_value_t = 1)]
+    pub submit_batch: usize,
+    /// Offer this many requests per second instead of as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw latency over time and its distribution into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Give up waiting for decisions after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Scheduler worker threads of the controller.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// etcd's --max-txn-ops: the bench starts its own etcd with it and tells the controller
+    /// (with --etcd, raise it on that etcd yourself). 128 is etcd's default.
+    #[arg(long, default_value_t = MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    pub max_txn_ops: u32,
+    /// The controllers' `--nice` (see `citadel controller --help`).
+    #[arg(long, default_value_t = crate::controller::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
+    /// Also measure, in the same run, the contract's floor: the least any client can do while
+    /// it writes one decision per request with the leader's guards (see BENCHMARKS.md). Adds
+    /// `floor_per_s` and `ratio_to_floor`.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+}
+
+/// What `--baseline` measures next to citadel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// The contract's floor: a minimal writer of the same decisions with the same guards.
+    Floor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[cfg(feature = "bench-etcd")]
+    #[error(transparent)]
+    EtcdProcess(#[from] citadel_testkit::etcd::EtcdProcessError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The figures of one run (`--json` prints this).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub engines: usize,
+    pub requests: usize,
+    pub clients: usize,
+    pub submit_batch: usize,
+    pub replicas: usize,
+    /// The controllers' `--nice`.
+    pub controller_nice: i32,
+    pub offered_rate: Option<f64>,
+    pub placed: usize,
+    pub unschedulable: usize,
+    pub invalid: usize,
+    pub undecided: usize,
+    pub placements_per_s: f64,
+    pub decisions_per_s: f64,
+    pub raw_put_per_s: f64,
+    pub ratio: f64,
+    /// With `--baseline floor`: the floor's decisions per second, and citadel's placements per
+    /// second over it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_floor: Option<f64>,
+    pub p50_ms: f64,
+    /// The median user's put (or `--submit-batch` transaction), from send to etcd's answer,
+    /// while citadel runs, and in the raw measurements. With a fixed number of clients a put's
+    /// latency is what sets the rate.
+    pub put_p50_ms: f64,
+    pub raw_put_p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub controller_cpu_s: f64,
+    pub controller_cpu_us_per_placement: f64,
+    pub controller_rss_mb: f64,
+    pub controller_rss_base_mb: f64,
+    pub controller_bytes_per_placement: f64,
+    /// etcd's cpu seconds per 1,000 raw puts, and per 1,000 placements (own etcd only).
+    pub etcd_cpu_s_per_1k_raw_puts: Option<f64>,
+    pub etcd_cpu_s_per_1k_placements: Option<f64>,
+    /// This bench process's own cpu seconds while submitting and watching (load generator).
+    pub bench_cpu_s: f64,
+    /// The same per 1,000 raw puts and per 1,000 placements: the load generator shares the
+    /// two cores with etcd and the controller, so its share is part of what a ratio measures.
+    pub bench_cpu_s_per_1k_raw_puts: f64,
+    pub bench_cpu_s_per_1k_placements: f64,
+    pub overcommitted_engines: usize,
+    pub double_bound_ports: usize,
+    pub mismatched: usize,
+    pub duplicate_or_missing_decisions: usize,
+    pub elapsed_s: f64,
+}
+
+impl BenchResult {
+    /// The run's parameters, in one line (the table's first, the plot's title).
+    pub(crate) fn parameters(&self) -> String {
+        let rate = self
+            .offered_rate
+            .map(|x| format!("{x:.0}/s offered"))
+            .unwrap_or_else(|| "as fast as possible".into());
+        format!(
+            "{} engines, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            self.engines,
+            self.requests,
+            self.clients,
+            self.submit_batch,
+            self.replicas,
+            self.controller_nice
+        )
+    }
+}
+
+/// The own etcd a run starts when it is given none (it lives as long as the run).
+#[cfg(feature = "bench-etcd")]
+type OwnEtcd = Option<EtcdProcess>;
+#[cfg(not(feature = "bench-etcd"))]
+type OwnEtcd = Option<()>;
+
+async fn own_or_given(
+    args: &BenchArgs,
+    etcd: Option<EtcdConfig>,
+) -> Result<(OwnEtcd, EtcdConfig, Option<u32>), BenchError> {
+    match etcd {
+        Some(cfg) => Ok((None, cfg, None)),
+        #[cfg(not(feature = "bench-etcd"))]
+        None => Err(BenchError::Setup(
+            "this build cannot start an etcd of its own (feature bench-etcd): pass --etcd".into(),
+        )),
+        #[cfg(feature = "bench-etcd")]
+        None => {
+            let p = EtcdProcess::start_with(EtcdOptions {
+                auto_compaction_retention: Some("100000".into()),
+                quota_bytes: Some(8 * 1024 * 1024 * 1024),
+                max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS).then_some(args.max_txn_ops),
+                ..EtcdOptions::default()
+            })
+            .await?;
+            let cfg = EtcdConfig::new(vec![p.endpoint()]);
+            let pid = Some(p.pid());
+            Ok((Some(p), cfg, pid))
+        }
+    }
+}
+
+/// What the controller phase measured, besides what its watch saw.
+struct Citadel {
+    seen: Seen,
+    report: Report,
+    /// The leader's cpu seconds, resident set at start and peak (MB).
+    cpu_s: f64,
+    rss0_mb: f64,
+    rss_peak_mb: f64,
+    etcd_cpu_s: Option<f64>,
+    bench_cpu_s: f64,
+}
+
+/// Runs the bench against `etcd` (its endpoints, TLS and credentials), or its own etcd when
+/// `None`.
+pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
+    let started = Instant::now();
+    let (_own, etcd, etcd_pid) = own_or_given(&args, etcd).await?;
+    let meter = Meter { etcd_pid };
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("/citadel-bench-{}", &run_id[..8]);
+    let keys = Keys::new(&prefix).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut conns = Vec::new();
+    for _ in 0..args.clients.clamp(1, 8) {
+        conns.push(store::connect(&etcd, Some(Duration::from_secs(10))).await?);
+    }
+    let client = conns[0].clone();
+    eprintln!("bench: etcd {} prefix {prefix}", etcd.endpoints_str());
+    register_engines(&client, &keys, args.engines).await?;
+
+    // etcd's own rate on the same etcd, same concurrency, before citadel runs. Its keys stay
+    // until the end: deleting 20,000 keys in one request would grow etcd 3.4's read buffer
+    // to that many entries for good (its `reset` keeps the length; every `Txn` then copies all
+    // of it): up to a fifth of etcd's cpu in the placement phase went to that copy and its GC.
+    let raw_prefix = format!("{prefix}-raw/");
+    let raw_total = args.requests.clamp(1_000, 20_000);
+    let (etcd0, own0) = (meter.etcd(), meter.own());
+    let raw_before = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    let raw_cpu = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
+    let raw_own_cpu = meter.own() - own0;
+    eprintln!(
+        "bench: raw single puts: {:.0}/s with {} clients",
+        raw_before.per_s, args.clients
+    );
+
+    let citadel = citadel_phase(&args, &etcd, &prefix, &conns, &keys, &meter).await?;
+    let floor = match args.baseline {
+        Some(Baseline::Floor) => {
+            eprintln!("bench: the contract's floor: a minimal writer of the same decisions");
+            Some(floor::run(&conns, &prefix, &args).await?)
+        }
+        None => None,
+    };
+
+    // etcd's rate again, after: this machine's disk and neighbours drift during a run, so the
+    // ratio uses the mean of the two measurements around it.
+    let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
+    eprintln!("bench: raw single puts after: {:.0}/s", raw_after.per_s);
+    cleanup(&client, &prefix, &raw_prefix).await;
+    let raw = Raw {
+        puts: RawPuts {
+            per_s: (raw_before.per_s + raw_after.per_s) / 2.0,
+            p50_ms: (raw_before.p50_ms + raw_after.p50_ms) / 2.0,
+        },
+        total: raw_total,
+        etcd_cpu_s: raw_cpu,
+        own_cpu_s: raw_own_cpu,
+    };
+    let result = assemble(&args, &citadel, floor.as_ref(), &raw, started);
+    if let Some(path) = &args.plot {
+        match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
+            Ok(()) => eprintln!("bench: plot written to {}", path.display()),
+            Err(e) => eprintln!("bench: could not draw {}: {e}", path.display()),
+        }
+    }
+    Ok(result)
+}
+
+/// The real controllers decide the requests; their cost is read from /proc around it.
+async fn citadel_phase(
+    args: &BenchArgs,
+    etcd: &EtcdConfig,
+    prefix: &str,
+    conns: &[Client],
+    keys: &Keys,
+    meter: &Meter,
+) -> Result<Citadel, BenchError> {
+    let controllers = Controllers::start(etcd, prefix, args, &conns[0], keys).await?;
+    let leader = controllers.leader.pid();
+    let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
+    let (etcd0, own0) = (meter.etcd(), meter.own());
+    let seen = phase::run(conns, keys, args).await?;
+    let (cpu1, _, hwm) = proc_usage(leader).unwrap_or_default();
+    let etcd_cpu_s = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
+    let bench_cpu_s = meter.own() - own0;
+    let report = invariants::check_etcd(&conns[0], keys, 1.0).await?;
+    drop(controllers);
+    Ok(Citadel {
+        seen,
+        report,
+        cpu_s: cpu1 - cpu0,
+        rss0_mb: rss0,
+        rss_peak_mb: hwm,
+        etcd_cpu_s,
+        bench_cpu_s,
+    })
+}
+
+/// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
+async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
+    let mut kv = client.kv_client();
+    for p in [
+        raw_prefix.to_string(),
+        format!("{prefix}-floor/"),
+        format!("{prefix}/"),
+    ] {
+        if let Err(e) = kv
+            .delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
+            .await
+        {
+            tracing::warn!(prefix = %p, error = %e, "could not clean up the bench's keys");
+        }
+    }
+}
+
+/// etcd's raw put rate (the mean of the measurements before and after), and what it cost.
+struct Raw {
+    puts: RawPuts,
+    total: usize,
+    etcd_cpu_s: Option<f64>,
+    own_cpu_s: f64,
+}
+
+fn assemble(
+    args: &BenchArgs,
+    c: &Citadel,
+    floor: Option<&Seen>,
+    raw: &Raw,
+    started: Instant,
+) -> BenchResult {
+    let (raw_total, raw_cpu, raw_own_cpu) = (raw.total, raw.etcd_cpu_s, raw.own_cpu_s);
+    let raw = &raw.puts;
+    let (seen, report) = (&c.seen, &c.report);
+    let placements_per_s = seen.per_s(seen.placed);
+    let floor_per_s = floor.map(|f| f.per_s(f.placed));
+    let placed = report.placed.max(1) as f64;
+    BenchResult {
+        engines: args.engines,
+        requests: args.requests,
+        clients: args.clients,
+        submit_batch: args.submit_batch.max(1),
+        replicas: args.replicas,
+        controller_nice: args.nice,
+        offered_rate: args.rate,
+        placed: report.placed,
+        unschedulable: report.unschedulable,
+        invalid: report.invalid,
+        undecided: args.requests.saturating_sub(seen.decided()),
+        placements_per_s,
+        decisions_per_s: seen.per_s(seen.decided()),
+        raw_put_per_s: raw.per_s,
+        ratio: placements_per_s / raw.per_s.max(1e-9),
+        floor_per_s,
+        ratio_to_floor: floor_per_s.map(|f| placements_per_s / f.max(1e-9)),
+        p50_ms: seen.p(0.50),
+        put_p50_ms: percentile(&seen.put_ms, 0.50),
+        raw_put_p50_ms: raw.p50_ms,
+        p90_ms: seen.p(0.90),
+        p99_ms: seen.p(0.99),
+        max_ms: seen.latencies.last().copied().unwrap_or(0.0),
+        controller_cpu_s: c.cpu_s,
+        controller_cpu_us_per_placement: c.cpu_s * 1e6 / placed,
+        controller_rss_mb: c.rss_peak_mb,
+        controller_rss_base_mb: c.rss0_mb,
+        controller_bytes_per_placement: (c.rss_peak_mb - c.rss0_mb).max(0.0) * 1024.0 * 1024.0
+            / placed,
+        etcd_cpu_s_per_1k_raw_puts: raw_cpu.map(|x| x * 1000.0 / raw_total as f64),
+        etcd_cpu_s_per_1k_placements: c.etcd_cpu_s.map(|x| x * 1000.0 / placed),
+        bench_cpu_s: c.bench_cpu_s,
+        bench_cpu_s_per_1k_raw_puts: raw_own_cpu * 1000.0 / raw_total as f64,
+        bench_cpu_s_per_1k_placements: c.bench_cpu_s * 1000.0 / placed,
+        overcommitted_engines: report.overcommitted_engines.len(),
+        double_bound_ports: report.double_bound_ports.len(),
+        mismatched: report.mismatched.len(),
+        duplicate_or_missing_decisions: report.decided.abs_diff(args.requests),
+        elapsed_s: started.elapsed().as_secs_f64(),
+    }
+}

@@ -1,0 +1,272 @@
+//! One measured phase: submitters put the requests (one put each, or `--submit-batch` per
+//! transaction, as fast as possible or at `--rate`), a watch times each request from its put to
+//! its decision, and what was seen is summed up. Whoever decides (the real controller, or the
+//! floor's minimal writer) is started before and stopped after.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
+
+use super::workload::{percentile, request_json};
+use super::{BenchArgs, BenchError};
+use crate::keys::Keys;
+use crate::model::RequestId;
+use crate::store;
+
+struct Timings {
+    start: Instant,
+    sent: Vec<AtomicU64>,
+    /// When etcd answered the request's put.
+    acked: Vec<AtomicU64>,
+    decided: Vec<AtomicU64>,
+    decided_count: AtomicUsize,
+    placed: AtomicUsize,
+}
+
+impl Timings {
+    fn new(requests: usize) -> Arc<Timings> {
+        Arc::new(Timings {
+            start: Instant::now(),
+            sent: (0..requests).map(|_| AtomicU64::new(0)).collect(),
+            acked: (0..requests).map(|_| AtomicU64::new(0)).collect(),
+            decided: (0..requests).map(|_| AtomicU64::new(0)).collect(),
+            decided_count: AtomicUsize::new(0),
+            placed: AtomicUsize::new(0),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64 + 1
+    }
+}
+
+/// What a phase saw.
+pub(super) struct Seen {
+    /// put -> decision, ms, sorted.
+    pub(super) latencies: Vec<f64>,
+    /// (seconds since start, ms) per decided request, in request order.
+    pub(super) series: Vec<(f64, f64)>,
+    /// The users' own puts, send to etcd's answer, ms, sorted.
+    pub(super) put_ms: Vec<f64>,
+    /// From the first put to the last decision, seconds.
+    pub(super) span_s: f64,
+    /// Decisions seen with `"status":"placed"`.
+    pub(super) placed: usize,
+}
+
+impl Seen {
+    pub(super) fn decided(&self) -> usize {
+        self.latencies.len()
+    }
+
+    pub(super) fn per_s(&self, n: usize) -> f64 {
+        if self.span_s > 0.0 {
+            n as f64 / self.span_s
+        } else {
+            0.0
+        }
+    }
+
+    pub(super) fn p(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p)
+    }
+}
+
+/// Submits the run's requests under `keys` and waits (up to `--timeout`) until each one's
+/// decision was seen.
+pub(super) async fn run(
+    conns: &[Client],
+    keys: &Keys,
+    args: &BenchArgs,
+) -> Result<Seen, BenchError> {
+    let timings = Timings::new(args.requests);
+    let watcher = watch_decisions(&conns[0], keys, &timings).await?;
+    let mut submitters = submit(conns, keys, args, &timings);
+    let progress = show_progress(&timings, args.requests);
+    while let Some(r) = submitters.join_next().await {
+        r.map_err(|e| BenchError::Setup(e.to_string()))??;
+    }
+    let wait = tokio::time::timeout(Duration::from_secs(args.timeout), watcher).await;
+    progress.abort();
+    if wait.is_err() {
+        eprintln!(
+            "\nbench: gave up waiting for decisions after {} s",
+            args.timeout
+        );
+    }
+    Ok(summarize(&timings))
+}
+
+/// Watches decisions from now on, recording when each request's first arrives.
+async fn watch_decisions(
+    client: &Client,
+    keys: &Keys,
+    timings: &Arc<Timings>,
+) -> Result<tokio::task::JoinHandle<()>, BenchError> {
+    let from = client
+        .kv_client()
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await?;
+    let from = from.header().map(|h| h.revision()).unwrap_or(0) + 1;
+    let mut watch = client
+        .watch_client()
+        .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
+        .watch(
+            keys.decisions(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await?;
+    let (timings, decisions) = (timings.clone(), keys.decisions());
+    let placed = memchr::memmem::Finder::new(br#""status":"placed""#).into_owned();
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(resp)) = watch.message().await {
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(n) = kv
+                    .key()
+                    .strip_prefix(decisions.as_bytes())
+                    .and_then(|id| std::str::from_utf8(id).ok())
+                    .and_then(|id| id.strip_prefix('r'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                let Some(slot) = timings.decided.get(n) else {
+                    continue;
+                };
+                if slot.load(Ordering::Relaxed) == 0 && !kv.value().is_empty() {
+                    slot.store(timings.now(), Ordering::Relaxed);
+                    timings.decided_count.fetch_add(1, Ordering::Relaxed);
+                    if placed.find(kv.value()).is_some() {
+                        timings.placed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if timings.decided_count.load(Ordering::Relaxed) >= timings.decided.len() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Starts `--clients` submitters sharing the requests.
+fn submit(
+    conns: &[Client],
+    keys: &Keys,
+    args: &BenchArgs,
+    timings: &Arc<Timings>,
+) -> tokio::task::JoinSet<Result<(), etcd_client::Error>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let batch = args.submit_batch.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..args.clients {
+        let mut kv = conns[c % conns.len()].kv_client();
+        let (next, timings, keys) = (next.clone(), timings.clone(), keys.clone());
+        let (total, rate) = (args.requests, args.rate);
+        tasks.spawn(async move {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= total {
+                    return Ok(());
+                }
+                let last = (first + batch).min(total);
+                if let Some(rate) = rate {
+                    let due = timings.start + Duration::from_secs_f64(first as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let now = timings.now();
+                let mut ops = Vec::with_capacity(last - first);
+                for n in first..last {
+                    timings.sent[n].store(now, Ordering::Relaxed);
+                    let id = RequestId::new(format!("r{n:07}")).expect("valid id");
+                    ops.push((keys.request(&id), request_json(n)));
+                }
+                if ops.len() == 1 {
+                    let (k, v) = ops.pop().expect("one op");
+                    kv.put(k, v, None).await?;
+                } else {
+                    let ops: Vec<TxnOp> = ops
+                        .into_iter()
+                        .map(|(k, v)| TxnOp::put(k, v, None))
+                        .collect();
+                    kv.txn(Txn::new().and_then(ops)).await?;
+                }
+                let acked = timings.now();
+                for slot in &timings.acked[first..last] {
+                    slot.store(acked, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    tasks
+}
+
+/// A progress line: redrawn in place on a terminal, printed every two seconds otherwise.
+fn show_progress(timings: &Arc<Timings>, total: usize) -> tokio::task::JoinHandle<()> {
+    let timings = timings.clone();
+    tokio::spawn(async move {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(if tty { 200 } else { 2_000 })).await;
+            let done = timings.decided_count.load(Ordering::Relaxed);
+            let secs = timings.start.elapsed().as_secs_f64().max(1e-9);
+            let width = 30;
+            let filled = width * done / total.max(1);
+            let bar = format!("[{}{}]", "=".repeat(filled), " ".repeat(width - filled));
+            let line = format!("{bar} {done}/{total} decided, {:.0}/s", done as f64 / secs);
+            if tty {
+                eprint!("\r{line}");
+            } else if last.elapsed() >= Duration::from_secs(2) {
+                eprintln!("bench: {line}");
+                last = Instant::now();
+            }
+            if done >= total {
+                if tty {
+                    eprintln!();
+                }
+                return;
+            }
+        }
+    })
+}
+
+fn summarize(timings: &Timings) -> Seen {
+    let n = timings.sent.len();
+    let mut latencies = Vec::with_capacity(n);
+    let mut series = Vec::with_capacity(n);
+    let mut last_decision = 0u64;
+    let mut first_sent = u64::MAX;
+    for i in 0..n {
+        let s = timings.sent[i].load(Ordering::Relaxed);
+        let d = timings.decided[i].load(Ordering::Relaxed);
+        if s > 0 {
+            first_sent = first_sent.min(s);
+        }
+        if s > 0 && d > 0 {
+            let ms = d.saturating_sub(s) as f64 / 1e6;
+            latencies.push(ms);
+            series.push((s as f64 / 1e9, ms));
+            last_decision = last_decision.max(d);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let mut put_ms: Vec<f64> = timings
+        .sent
+        .iter()
+        .zip(&timings.acked)
+        .map(|(s, a)| (s.load(Ordering::Relaxed), a.load(Ordering::Relaxed)))
+        .filter(|(s, a)| *s > 0 && *a >= *s)
+        .map(|(s, a)| (a - s) as f64 / 1e6)
+        .collect();
+    put_ms.sort_by(f64::total_cmp);
+    Seen {
+        latencies,
+        series,
+        put_ms,
+        span_s: (last_decision.saturating_sub(first_sent.min(last_decision))) as f64 / 1e9,
+        placed: timings.placed.load(Ordering::Relaxed),
+    }
+}

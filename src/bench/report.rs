@@ -1,0 +1,160 @@
+//! What a run prints: the table, and the plot of latencies (`--plot`).
+
+use std::path::Path;
+
+use super::BenchResult;
+
+/// The human table.
+pub fn print_table(r: &BenchResult) {
+    println!("citadel bench: {}", r.parameters());
+    println!(
+        "  decided            {:>10}  (placed {}, unschedulable {}, invalid {}, undecided {})",
+        r.requests - r.undecided,
+        r.placed,
+        r.unschedulable,
+        r.invalid,
+        r.undecided
+    );
+    println!("  placements/s       {:>10.0}", r.placements_per_s);
+    println!(
+        "  raw etcd puts/s    {:>10.0}  (same etcd, same concurrency)",
+        r.raw_put_per_s
+    );
+    println!("  ratio              {:>10.3}", r.ratio);
+    if let (Some(floor), Some(to_floor)) = (r.floor_per_s, r.ratio_to_floor) {
+        println!(
+            "  floor/s            {floor:>10.0}  (a minimal writer of the same decisions, with the same guards)"
+        );
+        println!("  ratio to the floor {to_floor:>10.3}");
+    }
+    println!(
+        "  users' put ms      {:>10.2}  p50 while citadel runs ({:.2} in the raw measurement)",
+        r.put_p50_ms, r.raw_put_p50_ms
+    );
+    println!(
+        "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+    );
+    println!(
+        "  controller cpu     {:>10.2} s  ({:.1} us per placement)",
+        r.controller_cpu_s, r.controller_cpu_us_per_placement
+    );
+    println!(
+        "  controller rss     {:>10.1} MB peak  ({:.1} MB at start, {:.0} B per placement)",
+        r.controller_rss_mb, r.controller_rss_base_mb, r.controller_bytes_per_placement
+    );
+    if let (Some(raw), Some(run)) = (r.etcd_cpu_s_per_1k_raw_puts, r.etcd_cpu_s_per_1k_placements) {
+        println!(
+            "  etcd cpu           {raw:>10.3} s per 1k raw puts, {run:.3} s per 1k placements"
+        );
+    }
+    println!(
+        "  bench cpu          {:>10.2} s  (submitters and decision watcher): {:.3} s per 1k raw puts, {:.3} s per 1k placements",
+        r.bench_cpu_s, r.bench_cpu_s_per_1k_raw_puts, r.bench_cpu_s_per_1k_placements
+    );
+    println!(
+        "  invariants         overcommitted engines {}, double-bound ports {}, mismatched {}, missing/duplicate decisions {}",
+        r.overcommitted_engines,
+        r.double_bound_ports,
+        r.mismatched,
+        r.duplicate_or_missing_decisions
+    );
+    println!("  wall time          {:>10.1} s", r.elapsed_s);
+}
+
+/// Latency over submit time and its distribution, titled with the run's parameters and marked
+/// at p50 and p99.
+pub(super) fn plot(
+    path: &Path,
+    r: &BenchResult,
+    series: &[(f64, f64)],
+    sorted: &[f64],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 860)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, rest) = root.split_vertically(60);
+    title.draw(&Text::new(
+        format!("citadel bench: {}", r.parameters()),
+        (10, 8),
+        ("sans-serif", 16),
+    ))?;
+    title.draw(&Text::new(
+        format!(
+            "{:.0} placements/s, ratio {:.3}{}; p50 {:.1} ms, p99 {:.1} ms",
+            r.placements_per_s,
+            r.ratio,
+            r.ratio_to_floor
+                .map(|f| format!(" ({f:.3} of the floor)"))
+                .unwrap_or_default(),
+            r.p50_ms,
+            r.p99_ms
+        ),
+        (10, 32),
+        ("sans-serif", 14),
+    ))?;
+    let (top, bottom) = rest.split_vertically(400);
+    let max_t = series.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-3);
+    let max_ms = sorted.last().copied().unwrap_or(1.0).max(1e-3);
+    let mut chart = ChartBuilder::on(&top)
+        .caption("latency by submit time", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..max_t * 1.02, 0.0..max_ms * 1.05)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("put -> decision (ms)")
+        .draw()?;
+    // At most ~5,000 dots: the file stays small and the shape is the same.
+    let every = (series.len() / 5_000).max(1);
+    chart.draw_series(
+        series
+            .iter()
+            .step_by(every)
+            .map(|(t, ms)| Circle::new((*t, *ms), 1, BLUE.mix(0.4).filled())),
+    )?;
+    for (ms, name, color) in [(r.p50_ms, "p50", GREEN), (r.p99_ms, "p99", RED)] {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, ms), (max_t * 1.02, ms)],
+                color.stroke_width(1),
+            ))?
+            .label(format!("{name} {ms:.1} ms"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    let mut cdf = ChartBuilder::on(&bottom)
+        .caption("latency distribution (CDF)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..max_ms * 1.05, 0.0..1.0)?;
+    cdf.configure_mesh()
+        .x_desc("put -> decision (ms)")
+        .y_desc("fraction of requests")
+        .draw()?;
+    let n = sorted.len().max(1) as f64;
+    let step = (sorted.len() / 2_000).max(1);
+    cdf.draw_series(LineSeries::new(
+        sorted
+            .iter()
+            .enumerate()
+            .step_by(step)
+            .map(|(i, ms)| (*ms, (i + 1) as f64 / n)),
+        &BLUE,
+    ))?;
+    for (ms, color) in [(r.p50_ms, GREEN), (r.p99_ms, RED)] {
+        cdf.draw_series(LineSeries::new(
+            [(ms, 0.0), (ms, 1.0)],
+            color.stroke_width(1),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}
