@@ -6,6 +6,8 @@
 //!
 //! On shutdown the replica revokes its lease, which deletes its campaign key: if it led, the next
 //! replica in line is elected at once instead of after the lease's TTL.
+//!
+//! It owns one replica's lifecycle and shutdown; it holds no scheduling or etcd logic of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,17 +2,22 @@
 //!
 //! A replica grants a lease and starts its keep-alive *before* it campaigns, and keeps it running
 //! beside the campaign and the leadership. Leadership is the campaign key: every leader write
-//! compares that key's create revision ([`Fence`]), so a deposed leader's writes are refused by
-//! etcd itself.
+//! compares that key's create revision ([`crate::store::fence::Fence`]), so a deposed leader's
+//! writes are refused by etcd itself.
 //!
-//! The lease is lost ([`Lease::lost`]) when etcd says so (a keep-alive reply with no TTL left),
-//! or when no member has answered at all for twice the TTL (this replica is cut off: others may
-//! have taken over, so it stops acting on its own; its writes were refused by their fence all
-//! along, and its runner starts nothing without a confirmed leadership, so waiting the second
-//! TTL costs nothing and spares a needless hand-over when a reconnection is slow). A keep-alive stream that breaks (its member
-//! died, or lost its raft leader) is opened again on another member, with backoff, for as long
-//! as the lease may still be alive: one dead member is no reason to hand over. While etcd has no
-//! leader it can neither expire the lease nor let anyone else win, so the leader waits.
+//! The lease is lost ([`Lease::lost`]) when etcd says so (a keep-alive reply with no TTL left), or
+//! when no member has answered at all for twice the TTL (this replica is cut off: others may have
+//! taken over, so it stops acting on its own; its writes were refused by their fence all along, and
+//! its runner starts nothing without a confirmed leadership, so waiting the second TTL costs
+//! nothing and spares a needless hand-over when a reconnection is slow). A keep-alive stream that
+//! breaks (its member died, or lost its raft leader) is opened again on another member, with
+//! backoff, for as long as the lease may still be alive: one dead member is no reason to hand over.
+//! While etcd has no leader it can neither expire the lease nor let anyone else win, so the leader
+//! waits.
+//!
+//! It owns the lease, the campaign and the fence's key. It may not write outside `leader/` (its own
+//! key, and impostor keys it deletes), nor decide anything: the manager and the runner act on the
+//! leadership it hands them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use crate::cache::Cache;
 use crate::keys::Keys;
 use crate::model::{LeaderInfo, now_rfc3339};
 use crate::store::endpoints::Members;
+use crate::store::fence::Fence;
 use crate::store::{self, CALL_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,19 +47,6 @@ pub enum ElectionError {
     Shutdown,
     #[error("etcd's campaign reply had no leader key")]
     NoLeaderKey,
-}
-
-/// What every leader write is fenced on: `create_revision(key) == rev`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub key: Vec<u8>,
-    pub rev: i64,
-}
-
-impl Fence {
-    pub fn compare(&self) -> Compare {
-        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev)
-    }
 }
 
 /// A lease with its keep-alive task. Dropping it stops the keep-alive (the lease then expires).

@@ -8,6 +8,8 @@
 //! And what a settled cluster shows, which a live one passes through for a moment: every
 //! request has a decision for its current revision, no decision outlives its request, and no
 //! placement names an engine that is not registered (the leader moves those).
+//!
+//! It may not write: it reads etcd at one revision and reports.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -8,6 +8,8 @@
 //! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
 //! ```
+//!
+//! It may not read or write etcd, nor look inside a value: it knows names, not JSON.
 
 use crate::model::{EngineId, IdError, RequestId};
 

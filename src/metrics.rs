@@ -8,6 +8,8 @@
 //! scrape never shows a copy older than the cache.
 //!
 //! Every name starts with `citadel_`; the README's "Monitoring" section lists them.
+//!
+//! It may not read etcd or take the cache's lock for longer than one scrape's read.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -13,6 +13,8 @@
 //! two windows whose samples it cannot tell apart.
 //!
 //! Everything here is pure except [`show`], which reads etcd.
+//!
+//! It may not write outside the leader's fenced transactions.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;

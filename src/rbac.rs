@@ -16,6 +16,8 @@
 //! operations through etcd's auth API, as the admin the global flags name, and skips what
 //! exists already. Users are given as `NAME` (no password: etcd with `--client-cert-auth`
 //! takes a client certificate's CN as the user name) or `NAME:PASSWORD`, etcdctl's own form.
+//!
+//! It touches only etcd's auth API (roles, users, `auth enable`), never a key under the prefix.
 
 use std::time::Duration;
 

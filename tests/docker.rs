@@ -146,7 +146,7 @@ async fn a_runner_whose_fence_is_refused_stops() {
     let cache = citadel::cache::Cache::new(keys.clone(), 1.0);
     cache.load(&client).await.expect("load");
     // A fence on a campaign key that does not exist: every write it guards is refused.
-    let fence = citadel::election::Fence {
+    let fence = citadel::store::fence::Fence {
         key: format!("{}/nobody", keys.leader()).into_bytes(),
         rev,
     };

@@ -263,7 +263,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
 /// Commits a batch as the leader does.
 async fn commit(
     client: &etcd_client::Client,
-    fence: &citadel::election::Fence,
+    fence: &citadel::store::fence::Fence,
     batch: &Batch,
 ) -> Result<Commit, citadel::store::StoreError> {
     citadel::store::fence::commit(client, fence, &batch.compares, &batch.ops).await

@@ -22,12 +22,12 @@ use tokio::task::JoinSet;
 use super::phase::{self, Seen};
 use super::workload::{engine_json, register_engines};
 use super::{BenchArgs, BenchError};
-use crate::election::Fence;
 use crate::keys::Keys;
 use crate::model::{
     Decision, Echo, Engine, EngineId, RequestId, Reservation, Resource, Status, now_rfc3339,
 };
 use crate::store;
+use crate::store::fence::Fence;
 
 /// Transactions in flight at once, as the leader keeps them.
 const IN_FLIGHT: usize = 8;

@@ -6,6 +6,9 @@
 //! optional standbys), submit requests, time each request from its put to its decision (seen on
 //! a watch), check the invariants from etcd itself, optionally run the floor's minimal writer on
 //! the same requests, and measure etcd's raw rate again.
+//!
+//! It runs the controller as a separate binary and may not reach into a running replica: what it
+//! measures, it reads from etcd and from `/proc`.
 
 mod floor;
 mod phase;

@@ -13,8 +13,11 @@
 //!
 //! Requests are parsed (and their constraints compiled) before the state's lock is taken, so a
 //! costly request holds up no reader. While its replica leads, the leader applies its own
-//! decisions as it commits them, and the guard ([`guard`]) holds back decision events that no
+//! decisions as it commits them, and the guard (`guard.rs`) holds back decision events that no
 //! write of its own explains: someone else changed them, and the leader writes its own back.
+//!
+//! It may not write to etcd: it reads (list and watch) and is written only by its watch task and
+//! by the leader applying what it committed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

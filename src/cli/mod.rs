@@ -3,6 +3,9 @@
 //! `mod.rs` holds the global flags, the commands, the one-line errors and the dispatch; the
 //! groups are `controller` (a replica), `engine` (add, ls, show, rm), `request` (submit,
 //! status, release) and `check`.
+//!
+//! It is the only module that prints for a person and exits; nothing else in the library calls
+//! into it.
 
 mod check;
 mod controller;

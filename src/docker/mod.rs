@@ -6,7 +6,9 @@
 //! etcd and Docker: [`launch`] first [`find`]s the request's container by label, so a launch that
 //! was already done (by a deposed leader, or by this one before a crash) is not done twice.
 //!
-//! [`engine`] connects and probes; the rest only borrows the [`Docker`] it returns.
+//! [`engine`] connects and probes; the rest only borrows the [`Docker`](bollard::Docker) it returns.
+//!
+//! It may not touch etcd, nor decide anything: it does what the runner asks on one engine.
 
 pub mod engine;
 mod events;

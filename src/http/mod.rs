@@ -13,6 +13,9 @@
 //! ready yet, and stops with the replica's shutdown signal. Liveness comes from a probe of its
 //! own: an idle cluster's watch stays silent, and a silently dropped connection looks open,
 //! so only a call that must come back proves etcd answers.
+//!
+//! It may not write to etcd: every page and probe reads the replica's cache or asks etcd a
+//! read-only question.
 
 mod api;
 

@@ -26,6 +26,8 @@
 //!
 //! What a transaction wrote goes into the leader's cache as soon as it commits; its watch
 //! events, when they come, are then explained (see the cache's guard).
+//!
+//! It may not talk to Docker (that is the runner's) nor write a key outside a fenced transaction.
 
 mod assumed;
 mod batch;
@@ -621,8 +623,8 @@ fn log_batch(batch: &[Item], rev: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::Fence;
     use crate::model::{Decision, Echo};
+    use crate::store::fence::Fence;
 
     fn manager(cache: Arc<Cache>) -> Manager {
         // Never called: the client connects lazily, and these tests send nothing.

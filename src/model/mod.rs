@@ -4,6 +4,8 @@
 //! JSON in etcd is the contract, so the wire structs keep the seed's field names. Inside, resources
 //! are integers (`Millicpus`, `MemoryMb`) so that sums never drift: a request is rounded *up* and an
 //! engine's capacity *down*, which can only ever err on the side of not overcommitting.
+//!
+//! It may not do I/O or use any other citadel module: everything else builds on it.
 
 mod decision;
 mod engine;

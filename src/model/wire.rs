@@ -34,7 +34,7 @@ pub struct RestartPolicy {
 /// The seed's `Image`: what a user asks for. The seed's sample names the image `image` while the
 /// type says `name`: both are accepted. `cpus` and `memory` may be numbers or numeric strings.
 ///
-/// Unknown fields are refused ([`REQUEST_FIELDS`]): a typo such as `"lables"` would otherwise
+/// Unknown fields are refused ([`REQUEST_FIELDS`](super::REQUEST_FIELDS)): a typo such as `"lables"` would otherwise
 /// place the request without its constraints. Free-form data goes in `user_data`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,8 @@
 //! found by its `citadel.request` label first, so no twin is started), and a container that no
 //! decision holds is stopped. Every write is a fenced transaction that also compares the
 //! decision's and the request's mod revisions, so it never overwrites a newer decision.
+//!
+//! It may not choose an engine (the manager does) nor write outside a fenced transaction.
 
 mod events;
 use events::{Watchers, batch_exited, forward_events};
@@ -36,12 +38,12 @@ use tokio::sync::mpsc;
 use crate::cache::{Cache, DecisionEntry};
 use crate::docker::engine::TlsFiles;
 use crate::docker::{DockerError, Running};
-use crate::election::Fence;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::model::{Decision, EngineId, EngineSpec, RequestId};
 use crate::profile::Profiles;
 use crate::store;
+use crate::store::fence::Fence;
 use crate::store::fence::{self, Commit};
 
 #[derive(Debug, Clone)]

@@ -1,45 +1,23 @@
 //! The scheduling core: pure functions from a request and a view of the cluster to a plan.
 //!
 //! No I/O, no clock, no randomness that is not passed in. The leader's cluster manager calls
-//! [`fits`] again on the one engine a plan names before it commits anything, so a plan made on a
-//! stale view can never overcommit.
+//! [`fits_resources`] again on the one engine a plan names before it commits anything, so a plan
+//! made on a stale view can never overcommit.
+//!
+//! It may not touch etcd, Docker, the cache or a clock: it sees only the [`EngineView`]s and the
+//! request it is handed.
 
 pub mod constraint;
+mod strategy;
+mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use crate::model::{EngineId, EngineSpec, HostPort, MemoryMb, Millicpus, Request, Resource};
+use crate::model::{HostPort, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
-
-/// How to choose among the engines that fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Least reserved fraction first: spreads load, limits the blast radius of one engine.
-    Spread,
-    /// Most reserved fraction that still fits: keeps whole engines free for big requests.
-    Binpack,
-    /// Any engine that fits, chosen by the seed passed in.
-    Random,
-}
-
-impl Strategy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Spread => "spread",
-            Strategy::Binpack => "binpack",
-            Strategy::Random => "random",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use strategy::{Schedulers, Strategy};
+use view::ENGINE_LABEL;
+pub use view::{EngineView, Rejection, UNCLASSED, fits_resources};
 
 /// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
 /// an `invalid` decision's reason (or a one-line CLI error) says.
@@ -61,188 +39,6 @@ pub enum SchedulerError {
         #[source]
         source: ConstraintError,
     },
-}
-
-impl FromStr for Strategy {
-    type Err = SchedulerError;
-    fn from_str(s: &str) -> Result<Self, SchedulerError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "spread" => Ok(Strategy::Spread),
-            "binpack" => Ok(Strategy::Binpack),
-            "random" => Ok(Strategy::Random),
-            other => Err(SchedulerError::UnknownStrategy(other.to_string())),
-        }
-    }
-}
-
-/// Which strategy schedules which container `type`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedulers(BTreeMap<String, Strategy>);
-
-impl Default for Schedulers {
-    fn default() -> Self {
-        Schedulers(BTreeMap::from([
-            ("batch".to_string(), Strategy::Binpack),
-            ("service".to_string(), Strategy::Spread),
-        ]))
-    }
-}
-
-impl Schedulers {
-    /// The defaults with `TYPE=STRATEGY` overrides applied.
-    pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Self, SchedulerError> {
-        let mut s = Schedulers::default();
-        for o in overrides {
-            let o = o.as_ref();
-            let (kind, strategy) = o
-                .split_once('=')
-                .ok_or_else(|| SchedulerError::NotTypeEqualsStrategy(o.to_string()))?;
-            let kind = kind.trim();
-            if kind.is_empty() {
-                return Err(SchedulerError::NoType(o.to_string()));
-            }
-            s.0.insert(kind.to_string(), strategy.parse()?);
-        }
-        Ok(s)
-    }
-
-    pub fn for_type(&self, kind: &str) -> Result<Strategy, SchedulerError> {
-        self.0
-            .get(kind)
-            .copied()
-            .ok_or_else(|| SchedulerError::UnknownType {
-                kind: kind.to_string(),
-                known: self
-                    .0
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-}
-
-/// One engine as the scheduler sees it: capacity, what is reserved, which ports are taken.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineView {
-    pub id: EngineId,
-    pub addr: String,
-    /// Shared: a view is cloned for every scheduling round, its labels never change.
-    pub labels: Arc<Labels>,
-    /// Capacity after the overcommit factor.
-    pub cpus: Millicpus,
-    pub memory: MemoryMb,
-    /// As the operator wrote them, for the decision's `resource`.
-    pub total_cpus: f64,
-    pub total_memory: f64,
-    pub reserved_cpus: Millicpus,
-    pub reserved_memory: MemoryMb,
-    pub ports: BTreeSet<HostPort>,
-    pub healthy: bool,
-    /// Takes no new placements.
-    pub cordoned: bool,
-    /// Engines with the same labels as written (their own `engine=<id>` aside) share a class,
-    /// as Nomad's computed node classes do: a request decides each constraint on any other key
-    /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
-    pub class: u32,
-}
-
-/// The class of an engine nobody classified (see [`EngineView::class`]).
-pub const UNCLASSED: u32 = u32::MAX;
-
-/// The label every engine carries with its own id unless its operator set one: `engine==<id>`
-/// pins a request to one engine, like Swarm's `node==`. It is also the one label that tells
-/// engines of a class apart.
-const ENGINE_LABEL: &str = "engine";
-
-impl EngineView {
-    pub fn new(spec: &EngineSpec, overcommit: f64) -> Self {
-        let mut labels = spec.labels.clone();
-        if !labels.iter().any(|l| {
-            l.strip_prefix(ENGINE_LABEL)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
-        }) {
-            labels.push(format!("{ENGINE_LABEL}={}", spec.id));
-        }
-        EngineView {
-            id: spec.id.clone(),
-            addr: spec.addr.clone(),
-            labels: Arc::new(Labels::parse(&labels)),
-            cpus: Millicpus((spec.cpus.0 as f64 * overcommit).floor() as u64),
-            memory: MemoryMb((spec.memory.0 as f64 * overcommit).floor() as u64),
-            total_cpus: spec.wire.cpus,
-            total_memory: spec.wire.memory,
-            reserved_cpus: Millicpus(0),
-            reserved_memory: MemoryMb(0),
-            ports: BTreeSet::new(),
-            healthy: true,
-            cordoned: spec.cordoned,
-            class: UNCLASSED,
-        }
-    }
-
-    pub fn reserve(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
-        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_add(cpus.0);
-        self.reserved_memory.0 = self.reserved_memory.0.saturating_add(memory.0);
-        self.ports.extend(ports.iter().copied());
-    }
-
-    pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
-        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_sub(cpus.0);
-        self.reserved_memory.0 = self.reserved_memory.0.saturating_sub(memory.0);
-        for p in ports {
-            self.ports.remove(p);
-        }
-    }
-
-    pub fn resource(&self) -> Resource {
-        Resource {
-            id: self.id.to_string(),
-            addr: self.addr.clone(),
-            total_cpus: self.total_cpus,
-            total_memory: self.total_memory,
-        }
-    }
-
-    /// The larger of the cpu and memory fractions reserved once `extra` is added.
-    fn fraction_with(&self, cpus: Millicpus, memory: MemoryMb) -> f64 {
-        let frac = |used: u64, extra: u64, cap: u64| {
-            if cap == 0 {
-                1.0
-            } else {
-                (used.saturating_add(extra)) as f64 / cap as f64
-            }
-        };
-        frac(self.reserved_cpus.0, cpus.0, self.cpus.0).max(frac(
-            self.reserved_memory.0,
-            memory.0,
-            self.memory.0,
-        ))
-    }
-}
-
-/// Why one engine cannot take a request: the first filter it failed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rejection {
-    Constraint(String),
-    Cordoned,
-    Unhealthy,
-    Cpus,
-    Memory,
-    Port(HostPort),
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Constraint(expr) => write!(f, "constraint {expr}"),
-            Rejection::Cordoned => f.write_str("cordoned"),
-            Rejection::Unhealthy => f.write_str("unhealthy"),
-            Rejection::Cpus => f.write_str("insufficient cpus"),
-            Rejection::Memory => f.write_str("insufficient memory"),
-            Rejection::Port(p) => write!(f, "port {p} in use"),
-        }
-    }
 }
 
 /// A request ready to schedule: its constraints parsed (and their regexes compiled) once, when
@@ -352,20 +148,6 @@ enum Code {
     Cpus,
     Memory,
     Port(HostPort),
-}
-
-/// Whether an engine has room for a request's cpus, memory and host ports.
-pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
-    if e.reserved_cpus.0.saturating_add(r.cpus.0) > e.cpus.0 {
-        return Err(Rejection::Cpus);
-    }
-    if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
-        return Err(Rejection::Memory);
-    }
-    if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
-        return Err(Rejection::Port(*p));
-    }
-    Ok(())
 }
 
 /// Where a request goes: an index into the view's engines.
@@ -552,7 +334,8 @@ pub use crate::model::fnv1a;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Engine, Image, Proto};
+    use crate::model::{Engine, EngineId, EngineSpec, Image, MemoryMb, Millicpus, Proto};
+    use std::collections::BTreeSet;
 
     fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
         let wire = Engine {
@@ -753,28 +536,6 @@ mod tests {
             Prepared::new(bad),
             Err(SchedulerError::Constraint { index: 0, .. })
         ));
-    }
-
-    #[test]
-    fn overcommit_factor_scales_capacity() {
-        let spec = EngineSpec::parse(&EngineId::new("a").unwrap(), br#"{"cpus":2,"memory":1000}"#)
-            .unwrap();
-        let e = EngineView::new(&spec, 1.5);
-        assert_eq!((e.cpus, e.memory), (Millicpus(3000), MemoryMb(1500)));
-    }
-
-    #[test]
-    fn scheduler_map_defaults_and_overrides() {
-        let s = Schedulers::default();
-        assert_eq!(s.for_type("service"), Ok(Strategy::Spread));
-        assert_eq!(s.for_type("batch"), Ok(Strategy::Binpack));
-        let err = s.for_type("daemon").unwrap_err().to_string();
-        assert!(err.contains("known types: batch, service"), "{err}");
-        let s = Schedulers::with_overrides(&["batch=random", "gpu=binpack"]).unwrap();
-        assert_eq!(s.for_type("batch"), Ok(Strategy::Random));
-        assert_eq!(s.for_type("gpu"), Ok(Strategy::Binpack));
-        assert!(Schedulers::with_overrides(&["batch"]).is_err());
-        assert!(Schedulers::with_overrides(&["batch=fast"]).is_err());
     }
 
     mod properties {

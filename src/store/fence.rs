@@ -2,12 +2,24 @@
 //! election key's create revision (invariant 3), so a deposed leader's writes are refused by
 //! etcd itself. The manager's batches, the runner's updates and the barrier all go through here.
 
-use etcd_client::{Client, Compare, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use std::time::Duration;
 
-use crate::election::Fence;
 use crate::store::StoreError;
+
+/// What every leader write is fenced on: `create_revision(key) == rev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub rev: i64,
+}
+
+impl Fence {
+    pub fn compare(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev)
+    }
+}
 
 /// How long a fenced write may take. Shorter than other calls: a write to a member that froze
 /// holds its batch's requests until it ends (as an unknown outcome), and etcd commits a healthy

@@ -5,6 +5,9 @@
 //!
 //! Nothing above this module speaks gRPC: it hands out a connected [`etcd_client::Client`] and
 //! bounds every call ([`timed`]).
+//!
+//! It may not parse a value or know what a request, decision or engine is: the modules above
+//! bring their keys and bytes.
 
 mod config;
 mod connect;

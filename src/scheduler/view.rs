@@ -1,0 +1,209 @@
+//! One engine as the scheduler sees it: capacity after the overcommit factor, what is reserved,
+//! which host ports are taken, its labels, health and class; and the resource filter the leader
+//! verifies again before it commits. Pure: it reads no key and no clock.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use super::Labels;
+use crate::model::{EngineId, EngineSpec, HostPort, MemoryMb, Millicpus, Request, Resource};
+
+/// One engine as the scheduler sees it: capacity, what is reserved, which ports are taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineView {
+    pub id: EngineId,
+    pub addr: String,
+    /// Shared: a view is cloned for every scheduling round, its labels never change.
+    pub labels: Arc<Labels>,
+    /// Capacity after the overcommit factor.
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    /// As the operator wrote them, for the decision's `resource`.
+    pub total_cpus: f64,
+    pub total_memory: f64,
+    pub reserved_cpus: Millicpus,
+    pub reserved_memory: MemoryMb,
+    pub ports: BTreeSet<HostPort>,
+    pub healthy: bool,
+    /// Takes no new placements.
+    pub cordoned: bool,
+    /// Engines with the same labels as written (their own `engine=<id>` aside) share a class,
+    /// as Nomad's computed node classes do: a request decides each constraint on any other key
+    /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
+    pub class: u32,
+}
+
+/// The class of an engine nobody classified (see [`EngineView::class`]).
+pub const UNCLASSED: u32 = u32::MAX;
+
+/// The label every engine carries with its own id unless its operator set one: `engine==<id>`
+/// pins a request to one engine, like Swarm's `node==`. It is also the one label that tells
+/// engines of a class apart.
+pub(super) const ENGINE_LABEL: &str = "engine";
+
+impl EngineView {
+    pub fn new(spec: &EngineSpec, overcommit: f64) -> Self {
+        let mut labels = spec.labels.clone();
+        if !labels.iter().any(|l| {
+            l.strip_prefix(ENGINE_LABEL)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        }) {
+            labels.push(format!("{ENGINE_LABEL}={}", spec.id));
+        }
+        EngineView {
+            id: spec.id.clone(),
+            addr: spec.addr.clone(),
+            labels: Arc::new(Labels::parse(&labels)),
+            cpus: Millicpus((spec.cpus.0 as f64 * overcommit).floor() as u64),
+            memory: MemoryMb((spec.memory.0 as f64 * overcommit).floor() as u64),
+            total_cpus: spec.wire.cpus,
+            total_memory: spec.wire.memory,
+            reserved_cpus: Millicpus(0),
+            reserved_memory: MemoryMb(0),
+            ports: BTreeSet::new(),
+            healthy: true,
+            cordoned: spec.cordoned,
+            class: UNCLASSED,
+        }
+    }
+
+    pub fn reserve(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
+        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_add(cpus.0);
+        self.reserved_memory.0 = self.reserved_memory.0.saturating_add(memory.0);
+        self.ports.extend(ports.iter().copied());
+    }
+
+    pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
+        self.reserved_cpus.0 = self.reserved_cpus.0.saturating_sub(cpus.0);
+        self.reserved_memory.0 = self.reserved_memory.0.saturating_sub(memory.0);
+        for p in ports {
+            self.ports.remove(p);
+        }
+    }
+
+    pub fn resource(&self) -> Resource {
+        Resource {
+            id: self.id.to_string(),
+            addr: self.addr.clone(),
+            total_cpus: self.total_cpus,
+            total_memory: self.total_memory,
+        }
+    }
+
+    /// The larger of the cpu and memory fractions reserved once `extra` is added.
+    pub(super) fn fraction_with(&self, cpus: Millicpus, memory: MemoryMb) -> f64 {
+        let frac = |used: u64, extra: u64, cap: u64| {
+            if cap == 0 {
+                1.0
+            } else {
+                (used.saturating_add(extra)) as f64 / cap as f64
+            }
+        };
+        frac(self.reserved_cpus.0, cpus.0, self.cpus.0).max(frac(
+            self.reserved_memory.0,
+            memory.0,
+            self.memory.0,
+        ))
+    }
+}
+
+/// Why one engine cannot take a request: the first filter it failed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rejection {
+    Constraint(String),
+    Cordoned,
+    Unhealthy,
+    Cpus,
+    Memory,
+    Port(HostPort),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Constraint(expr) => write!(f, "constraint {expr}"),
+            Rejection::Cordoned => f.write_str("cordoned"),
+            Rejection::Unhealthy => f.write_str("unhealthy"),
+            Rejection::Cpus => f.write_str("insufficient cpus"),
+            Rejection::Memory => f.write_str("insufficient memory"),
+            Rejection::Port(p) => write!(f, "port {p} in use"),
+        }
+    }
+}
+
+/// Whether an engine has room for a request's cpus, memory and host ports.
+pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
+    if e.reserved_cpus.0.saturating_add(r.cpus.0) > e.cpus.0 {
+        return Err(Rejection::Cpus);
+    }
+    if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
+        return Err(Rejection::Memory);
+    }
+    if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
+        return Err(Rejection::Port(*p));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overcommit_factor_scales_capacity() {
+        let spec = EngineSpec::parse(&EngineId::new("a").unwrap(), br#"{"cpus":2,"memory":1000}"#)
+            .unwrap();
+        let e = EngineView::new(&spec, 1.5);
+        assert_eq!((e.cpus, e.memory), (Millicpus(3000), MemoryMb(1500)));
+    }
+
+    #[test]
+    fn reservations_add_up_and_release_back() {
+        let spec = EngineSpec::parse(&EngineId::new("a").unwrap(), br#"{"cpus":2,"memory":1000}"#)
+            .unwrap();
+        let mut e = EngineView::new(&spec, 1.0);
+        let port = HostPort {
+            proto: crate::model::Proto::Tcp,
+            port: 80,
+        };
+        e.reserve(Millicpus(1500), MemoryMb(600), &[port]);
+        assert_eq!(
+            (e.reserved_cpus, e.reserved_memory),
+            (Millicpus(1500), MemoryMb(600))
+        );
+        assert!(e.ports.contains(&port));
+        assert!((e.fraction_with(Millicpus(500), MemoryMb(0)) - 1.0).abs() < 1e-9);
+        e.release(Millicpus(1500), MemoryMb(600), &[port]);
+        e.release(Millicpus(1), MemoryMb(1), &[]);
+        assert_eq!(
+            (e.reserved_cpus, e.reserved_memory),
+            (Millicpus(0), MemoryMb(0))
+        );
+        assert!(
+            e.ports.is_empty(),
+            "a release never goes below zero or keeps a port"
+        );
+    }
+
+    fn has(labels: &Labels, expr: &str) -> bool {
+        super::super::Constraint::parse(expr)
+            .map(|c| c.matches(labels))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn every_engine_carries_its_own_id_unless_labelled_otherwise() {
+        let plain =
+            EngineSpec::parse(&EngineId::new("a").unwrap(), br#"{"cpus":1,"memory":1}"#).unwrap();
+        assert!(has(&EngineView::new(&plain, 1.0).labels, "engine==a"));
+        let set = EngineSpec::parse(
+            &EngineId::new("b").unwrap(),
+            br#"{"cpus":1,"memory":1,"labels":["engine=gpu"]}"#,
+        )
+        .unwrap();
+        let view = EngineView::new(&set, 1.0);
+        assert!(has(&view.labels, "engine==gpu"));
+        assert!(!has(&view.labels, "engine==b"));
+    }
+}
