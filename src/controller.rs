@@ -270,7 +270,7 @@ impl Hands<'_> {
         metrics.set_leader(false); // hook(http)
         match why {
             StepDown::Shutdown => tracing::info!("resigning: shutting down"),
-            other => tracing::warn!(reason = ?other, "stepped down"),
+            other => tracing::warn!(reason = %other, "stepped down"),
         }
         why
     }

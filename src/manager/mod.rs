@@ -92,16 +92,22 @@ pub struct ManagerConfig {
     pub max_txn_ops: usize,
 }
 
-/// Why a leader stopped leading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a leader stopped leading: the manager's only way out of its loop. Every other failure
+/// (a conflict, a timeout, a transaction too large) is handled inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StepDown {
+    #[error("shutting down")]
     Shutdown,
+    #[error("the lease was lost")]
     LeaseLost,
     /// etcd refused a write: the election key is no longer ours.
+    #[error("etcd refused a fenced write: another replica leads")]
     Fenced,
     /// The election key disappeared from the cache.
+    #[error("the election key is gone")]
     KeyGone,
     /// The cache's watch task died: the leader would plan on a frozen view.
+    #[error("the cache's watch task died")]
     WatcherDied,
 }
 
