@@ -42,6 +42,17 @@ pub enum ControllerError {
 /// cpu to etcd places more (every user's put waits on etcd; the leader only batches more).
 pub const DEFAULT_NICE: i32 = 5;
 
+/// Lowers the priority of the calling thread, and of every thread it starts from now on, by
+/// `by` (Unix nice). Lowering one's own priority needs no privilege.
+pub fn lower_priority(by: i32) -> std::io::Result<()> {
+    if by == 0 {
+        return Ok(());
+    }
+    rustix::process::nice(by)
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     /// How to reach etcd; the Docker side's writes share this replica's client.

@@ -25,7 +25,7 @@ fn main() {
     }
     // Before the runtime starts its threads: they inherit the priority.
     if let citadel::cli::Command::Controller(args) = &cli.command
-        && let Err(e) = cli::lower_priority(args.nice)
+        && let Err(e) = citadel::controller::lower_priority(args.nice)
     {
         tracing::warn!(nice = args.nice, error = %e, "cannot lower the cpu priority");
     }

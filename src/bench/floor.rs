@@ -1,7 +1,7 @@
 //! The contract's floor (`--baseline floor`): the least any client can do while it writes one
 //! decision key per request with the leader's guards, measured in the same run as citadel.
 //!
-//! A minimal writer, in this process, under a prefix of its own and with the same engines:
+//! A minimal writer, in the bench's process, under a prefix of its own and with as many engines:
 //! it watches `requests/`, and for each request writes a decision of the same shape and size as
 //! the leader's (the request's echo, the engine's `resource`, a reservation, a reason), choosing
 //! engines round robin instead of scheduling. It batches as the leader does: one decision less
@@ -10,24 +10,31 @@
 //! cluster is no bigger than the batch), up to 8 transactions in flight, and only whole
 //! transactions while one is. It parses nothing, schedules nothing, keeps no cache.
 //!
-//! Its decisions are timed by the same watch as citadel's, so `floor_per_s` and citadel's
-//! placements per second are read alike, and `ratio_to_floor` is their quotient.
+//! It runs as a leader would: on a thread of its own, at the controllers' `--nice`, with its
+//! own connection and runtime, so it does not share the submitters' scheduler. It runs twice,
+//! right before citadel's phase and right after, each time under a fresh prefix, and
+//! `floor_per_s` is the mean: this machine drifts within a run, and both sides see the same
+//! drift. Its decisions are timed by the same watch as citadel's, so the two rates are read
+//! alike, and `ratio_to_floor` is their quotient.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::phase::{self, Seen};
 use super::workload::{engine_json, register_engines};
 use super::{BenchArgs, BenchError};
+use crate::controller::lower_priority;
 use crate::keys::Keys;
 use crate::model::{
     Decision, Echo, Engine, EngineId, RequestId, Reservation, Resource, Status, now_rfc3339,
 };
-use crate::store;
 use crate::store::fence::Fence;
+use crate::store::{self, EtcdConfig};
 
 /// Transactions in flight at once, as the leader keeps them.
 const IN_FLIGHT: usize = 8;
@@ -39,14 +46,17 @@ struct Target {
     resource: Resource,
 }
 
-/// Runs the floor's phase under `<prefix>-floor`.
+/// Runs one floor phase under `<prefix>-floor-<n>`: the writer on a thread of its own at the
+/// controllers' `--nice`, with a connection of its own, while this task submits and watches.
 pub(super) async fn run(
+    etcd: &EtcdConfig,
     conns: &[Client],
     prefix: &str,
+    n: usize,
     args: &BenchArgs,
 ) -> Result<Seen, BenchError> {
     let keys =
-        Keys::new(&format!("{prefix}-floor")).map_err(|e| BenchError::Setup(e.to_string()))?;
+        Keys::new(&format!("{prefix}-floor-{n}")).map_err(|e| BenchError::Setup(e.to_string()))?;
     let client = conns[0].clone();
     let targets: Vec<Target> = register_engines(&client, &keys, args.engines)
         .await?
@@ -67,34 +77,42 @@ pub(super) async fn run(
             }
         })
         .collect();
-    // An election key of its own, for the fence compare every transaction carries.
+    // An election key of its own, for the fence compare every transaction carries. Its
+    // revision is also where the writer's watch starts: no request can come before it.
     let key = format!("{}/floor", keys.leader());
     let put = client.kv_client().put(key.as_str(), "{}", None).await?;
-    let fence = Fence {
-        key: key.into_bytes(),
-        rev: put.header().map_or(0, |h| h.revision()),
-    };
-    let (stop, stopped) = watch::channel(false);
+    let rev = put.header().map_or(0, |h| h.revision());
     let writer = Writer {
-        client: client.clone(),
         keys: keys.clone(),
-        fence,
+        fence: Fence {
+            key: key.into_bytes(),
+            rev,
+        },
         targets,
         whole: (args.max_txn_ops as usize).saturating_sub(1).max(1),
     };
-    let writing = tokio::spawn(writer.run(stopped));
-    let seen = phase::run(conns, &keys, args).await;
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let writing = writer.start(etcd.clone(), args.nice, rev + 1, stopped, ready_tx)?;
+    // The writer's watch is open before the first request is put.
+    let ready = ready.await.unwrap_or(false);
+    let seen = if ready {
+        phase::run(conns, &keys, args).await
+    } else {
+        Err(BenchError::Setup(
+            "the floor's writer could not start".into(),
+        ))
+    };
     stop.send_replace(true);
-    match writing.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("bench: the floor's writer stopped: {e}"),
-        Err(e) => eprintln!("bench: the floor's writer failed: {e}"),
+    match tokio::task::spawn_blocking(move || writing.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("bench: the floor's writer stopped: {e}"),
+        Ok(Err(_)) | Err(_) => eprintln!("bench: the floor's writer panicked"),
     }
     seen
 }
 
 struct Writer {
-    client: Client,
     keys: Keys,
     fence: Fence,
     targets: Vec<Target>,
@@ -103,22 +121,60 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), BenchError> {
-        let from = self
-            .client
-            .kv_client()
-            .get("/", Some(GetOptions::new().with_count_only()))
-            .await?;
-        let from = from.header().map_or(0, |h| h.revision()) + 1;
-        let mut stream = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
-            .watch(
-                self.keys.requests(),
-                Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-            )
-            .await?;
+    /// Starts the writer on a thread of its own, with the controllers' priority (as a leader
+    /// would have) and its own current-thread runtime and connection: it shares neither cpu
+    /// priority nor a scheduler with the submitters it answers.
+    fn start(
+        self,
+        etcd: EtcdConfig,
+        nice: i32,
+        from: i64,
+        stop: watch::Receiver<bool>,
+        ready: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<std::thread::JoinHandle<Result<(), BenchError>>, BenchError> {
+        std::thread::Builder::new()
+            .name("citadel-floor".into())
+            .spawn(move || {
+                if let Err(e) = lower_priority(nice) {
+                    eprintln!("bench: the floor's writer keeps its priority: {e}");
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(false);
+                        return Err(BenchError::Setup(format!("floor runtime: {e}")));
+                    }
+                };
+                rt.block_on(self.run(etcd, from, stop, ready))
+            })
+            .map_err(|e| BenchError::Setup(format!("floor thread: {e}")))
+    }
+
+    async fn run(
+        self,
+        etcd: EtcdConfig,
+        from: i64,
+        mut stop: watch::Receiver<bool>,
+        ready: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<(), BenchError> {
+        let opened = async {
+            let client = store::connect(&etcd, Some(Duration::from_secs(10))).await?;
+            let stream = client
+                .watch_client()
+                .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
+                .watch(
+                    self.keys.requests(),
+                    Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+                )
+                .await?;
+            Ok::<_, BenchError>((client, stream))
+        }
+        .await;
+        let _ = ready.send(opened.is_ok());
+        let (client, mut stream) = opened?;
         let mut waiting: VecDeque<(String, i64, Vec<u8>)> = VecDeque::new();
         let mut in_flight = JoinSet::new();
         let mut next = 0usize;
@@ -131,7 +187,7 @@ impl Writer {
             {
                 let take = waiting.len().min(self.whole);
                 let txn = self.txn(waiting.drain(..take), &mut next);
-                let mut kv = self.client.kv_client();
+                let mut kv = client.kv_client();
                 in_flight.spawn(async move { kv.txn(txn).await });
             }
             tokio::select! {

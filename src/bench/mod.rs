@@ -252,12 +252,24 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
         raw_before.per_s, args.clients
     );
 
-    let citadel = citadel_phase(&args, &etcd, &prefix, &conns, &keys, &meter).await?;
-    let floor = match args.baseline {
-        Some(Baseline::Floor) => {
-            eprintln!("bench: the contract's floor: a minimal writer of the same decisions");
-            Some(floor::run(&conns, &prefix, &args).await?)
+    // The floor runs right before citadel and right after, and its rate is the mean of the
+    // two: the machine drifts during a run, and this way both sides see the same drift.
+    let floor_phase = |n: usize| {
+        let (etcd, conns, prefix, args) = (&etcd, &conns, &prefix, &args);
+        async move {
+            let seen = floor::run(etcd, conns, prefix, n, args).await?;
+            let per_s = seen.per_s(seen.placed);
+            eprintln!("bench: the contract's floor ({n} of 2): {per_s:.0} decisions/s");
+            Ok::<f64, BenchError>(per_s)
         }
+    };
+    let floor_before = match args.baseline {
+        Some(Baseline::Floor) => Some(floor_phase(1).await?),
+        None => None,
+    };
+    let citadel = citadel_phase(&args, &etcd, &prefix, &conns, &keys, &meter).await?;
+    let floor = match floor_before {
+        Some(before) => Some((before + floor_phase(2).await?) / 2.0),
         None => None,
     };
 
@@ -275,7 +287,7 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
         etcd_cpu_s: raw_cpu,
         own_cpu_s: raw_own_cpu,
     };
-    let result = assemble(&args, &citadel, floor.as_ref(), &raw, started);
+    let result = assemble(&args, &citadel, floor, &raw, started);
     if let Some(path) = &args.plot {
         match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
             Ok(()) => eprintln!("bench: plot written to {}", path.display()),
@@ -320,7 +332,8 @@ async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
     let mut kv = client.kv_client();
     for p in [
         raw_prefix.to_string(),
-        format!("{prefix}-floor/"),
+        format!("{prefix}-floor-1/"),
+        format!("{prefix}-floor-2/"),
         format!("{prefix}/"),
     ] {
         if let Err(e) = kv
@@ -343,7 +356,7 @@ struct Raw {
 fn assemble(
     args: &BenchArgs,
     c: &Citadel,
-    floor: Option<&Seen>,
+    floor_per_s: Option<f64>,
     raw: &Raw,
     started: Instant,
 ) -> BenchResult {
@@ -351,7 +364,6 @@ fn assemble(
     let raw = &raw.puts;
     let (seen, report) = (&c.seen, &c.report);
     let placements_per_s = seen.per_s(seen.placed);
-    let floor_per_s = floor.map(|f| f.per_s(f.placed));
     let placed = report.placed.max(1) as f64;
     BenchResult {
         engines: args.engines,

@@ -76,17 +76,6 @@ pub struct ControllerArgs {
     pub listen: String,
 }
 
-/// Lowers the priority of the calling thread, and of every thread it starts from now on, by
-/// `by` (Unix nice). Lowering one's own priority needs no privilege.
-pub fn lower_priority(by: i32) -> std::io::Result<()> {
-    if by == 0 {
-        return Ok(());
-    }
-    rustix::process::nice(by)
-        .map(|_| ())
-        .map_err(std::io::Error::from)
-}
-
 pub(super) async fn run_controller(
     args: ControllerArgs,
     keys: Keys,

@@ -21,7 +21,7 @@ use crate::keys::Keys;
 use crate::model::{EngineId, RequestId};
 use crate::store::{self, CALL_TIMEOUT, EtcdConfig, StoreError, TlsConfig};
 pub use check::CheckArgs;
-pub use controller::{ControllerArgs, lower_priority};
+pub use controller::ControllerArgs;
 pub use engine::{EngineAddArgs, EngineCommand};
 pub use request::SubmitArgs;
 
