@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::phase::{self, Seen};
-use super::workload::{engine_json, register_engines};
+use super::workload::{Fleet, register_engines};
 use super::{BenchArgs, BenchError};
 use crate::controller::lower_priority;
 use crate::keys::Keys;
@@ -58,12 +58,13 @@ pub(super) async fn run(
     let keys =
         Keys::new(&format!("{prefix}-floor-{n}")).map_err(|e| BenchError::Setup(e.to_string()))?;
     let client = conns[0].clone();
-    let targets: Vec<Target> = register_engines(&client, &keys, args.engines)
+    let fleet = Fleet::new(args.engines, args.requests, args.headroom);
+    let targets: Vec<Target> = register_engines(&client, &keys, &fleet)
         .await?
         .into_iter()
         .enumerate()
         .map(|(i, (id, revision))| {
-            let wire: Engine = serde_json::from_str(&engine_json(i)).unwrap_or_default();
+            let wire: Engine = serde_json::from_str(&fleet.engine_json(i)).unwrap_or_default();
             let resource = Resource {
                 id: id.to_string(),
                 addr: wire.addr,

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use etcd_client::{Client, DeleteOptions};
+use etcd_client::{Client, DeleteOptions, GetOptions};
 use serde::Serialize;
 
 #[cfg(feature = "bench-etcd")]
@@ -34,7 +34,7 @@ use phase::Seen;
 use proc::{Controllers, Meter, proc_usage};
 pub use report::print_table;
 pub use workload::request_json;
-use workload::{RawPuts, percentile, raw_put_rate, register_engines};
+use workload::{Fleet, RawPuts, percentile, raw_put_rate, register_engines};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -80,6 +80,21 @@ pub struct BenchArgs {
     /// `floor_per_s` and `ratio_to_floor`.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
+    /// Size the engines so that together they hold this many times what the requests ask for
+    /// (cpus and memory alike, sizes 1 to 4): 1.1 fits everything, 0.3 saturates the cluster.
+    /// Without it, engines have 8 to 64 cpus and 16 to 128 GB.
+    #[arg(long, value_parser = parse_headroom)]
+    pub headroom: Option<f64>,
+    /// No progress lines (a terminal gets a bar; other output one line per tenth).
+    #[arg(long)]
+    pub quiet_progress: bool,
+}
+
+fn parse_headroom(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(h) if h.is_finite() && (0.01..=100.0).contains(&h) => Ok(h),
+        _ => Err(format!("{s:?} is not a headroom between 0.01 and 100")),
+    }
 }
 
 /// What `--baseline` measures next to citadel.
@@ -113,6 +128,8 @@ pub struct BenchResult {
     /// The controllers' `--nice`.
     pub controller_nice: i32,
     pub offered_rate: Option<f64>,
+    /// `--headroom`: the engines' total capacity over the requests' total demand.
+    pub headroom: Option<f64>,
     pub placed: usize,
     pub unschedulable: usize,
     pub invalid: usize,
@@ -141,6 +158,15 @@ pub struct BenchResult {
     pub controller_rss_mb: f64,
     pub controller_rss_base_mb: f64,
     pub controller_bytes_per_placement: f64,
+    /// The same per decision of any status: a saturated run decides most requests
+    /// `unschedulable`, and those cost the controller too.
+    pub controller_cpu_us_per_decision: f64,
+    pub controller_bytes_per_decision: f64,
+    /// etcd's database file and the part of it in use at the end, before clean-up (MB), and
+    /// whether its history was compacted during the run (by the leader's `--compact-every`).
+    pub etcd_db_mb: Option<f64>,
+    pub etcd_db_in_use_mb: Option<f64>,
+    pub etcd_history_compacted: Option<bool>,
     /// etcd's cpu seconds per 1,000 raw puts, and per 1,000 placements (own etcd only).
     pub etcd_cpu_s_per_1k_raw_puts: Option<f64>,
     pub etcd_cpu_s_per_1k_placements: Option<f64>,
@@ -164,8 +190,12 @@ impl BenchResult {
             .offered_rate
             .map(|x| format!("{x:.0}/s offered"))
             .unwrap_or_else(|| "as fast as possible".into());
+        let headroom = self
+            .headroom
+            .map(|h| format!(", headroom {h}"))
+            .unwrap_or_default();
         format!(
-            "{} engines, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            "{} engines{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
             self.engines,
             self.requests,
             self.clients,
@@ -210,6 +240,9 @@ async fn own_or_given(
 
 /// What the controller phase measured, besides what its watch saw.
 struct Citadel {
+    /// etcd's revision when the controllers started: compacted by the end, if the leader's
+    /// compaction ran.
+    first_revision: i64,
     seen: Seen,
     report: Report,
     /// The leader's cpu seconds, resident set at start and peak (MB).
@@ -235,7 +268,12 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
     }
     let client = conns[0].clone();
     eprintln!("bench: etcd {} prefix {prefix}", etcd.endpoints_str());
-    register_engines(&client, &keys, args.engines).await?;
+    register_engines(
+        &client,
+        &keys,
+        &Fleet::new(args.engines, args.requests, args.headroom),
+    )
+    .await?;
 
     // etcd's own rate on the same etcd, same concurrency, before citadel runs. Its keys stay
     // until the end: deleting 20,000 keys in one request would grow etcd 3.4's read buffer
@@ -277,7 +315,11 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
     // ratio uses the mean of the two measurements around it.
     let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
     eprintln!("bench: raw single puts after: {:.0}/s", raw_after.per_s);
-    cleanup(&client, &prefix, &raw_prefix).await;
+    let db = EtcdDb::read(&client, citadel.first_revision).await;
+    // An etcd of the run's own goes away with it; a given one is left as it was found.
+    if _own.is_none() {
+        cleanup(&client, &prefix, &raw_prefix).await;
+    }
     let raw = Raw {
         puts: RawPuts {
             per_s: (raw_before.per_s + raw_after.per_s) / 2.0,
@@ -287,7 +329,7 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
         etcd_cpu_s: raw_cpu,
         own_cpu_s: raw_own_cpu,
     };
-    let result = assemble(&args, &citadel, floor, &raw, started);
+    let result = assemble(&args, &citadel, floor, &raw, &db, started);
     if let Some(path) = &args.plot {
         match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
             Ok(()) => eprintln!("bench: plot written to {}", path.display()),
@@ -306,6 +348,12 @@ async fn citadel_phase(
     keys: &Keys,
     meter: &Meter,
 ) -> Result<Citadel, BenchError> {
+    let first_revision = conns[0]
+        .kv_client()
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
     let controllers = Controllers::start(etcd, prefix, args, &conns[0], keys).await?;
     let leader = controllers.leader.pid();
     let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
@@ -317,6 +365,7 @@ async fn citadel_phase(
     let report = invariants::check_etcd(&conns[0], keys, 1.0).await?;
     drop(controllers);
     Ok(Citadel {
+        first_revision,
         seen,
         report,
         cpu_s: cpu1 - cpu0,
@@ -345,6 +394,42 @@ async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
     }
 }
 
+/// etcd's database at the end of a run (`None` where etcd did not say).
+struct EtcdDb {
+    size_mb: Option<f64>,
+    in_use_mb: Option<f64>,
+    compacted: Option<bool>,
+}
+
+impl EtcdDb {
+    async fn read(client: &Client, first_revision: i64) -> EtcdDb {
+        let mb = |b: i64| b as f64 / (1024.0 * 1024.0);
+        let status = client.maintenance_client().status().await.ok();
+        // A read at the revision the run began at fails once the history below it is gone.
+        let compacted = match client
+            .kv_client()
+            .get(
+                "/",
+                Some(
+                    GetOptions::new()
+                        .with_count_only()
+                        .with_revision(first_revision.max(1)),
+                ),
+            )
+            .await
+        {
+            Ok(_) => Some(false),
+            Err(e) if e.to_string().contains("compacted") => Some(true),
+            Err(_) => None,
+        };
+        EtcdDb {
+            size_mb: status.as_ref().map(|s| mb(s.db_size())),
+            in_use_mb: status.as_ref().map(|s| mb(s.raft_used_db_size())),
+            compacted,
+        }
+    }
+}
+
 /// etcd's raw put rate (the mean of the measurements before and after), and what it cost.
 struct Raw {
     puts: RawPuts,
@@ -358,6 +443,7 @@ fn assemble(
     c: &Citadel,
     floor_per_s: Option<f64>,
     raw: &Raw,
+    db: &EtcdDb,
     started: Instant,
 ) -> BenchResult {
     let (raw_total, raw_cpu, raw_own_cpu) = (raw.total, raw.etcd_cpu_s, raw.own_cpu_s);
@@ -365,6 +451,8 @@ fn assemble(
     let (seen, report) = (&c.seen, &c.report);
     let placements_per_s = seen.per_s(seen.placed);
     let placed = report.placed.max(1) as f64;
+    let decided = report.decided.max(1) as f64;
+    let grown = (c.rss_peak_mb - c.rss0_mb).max(0.0) * 1024.0 * 1024.0;
     BenchResult {
         engines: args.engines,
         requests: args.requests,
@@ -373,6 +461,7 @@ fn assemble(
         replicas: args.replicas,
         controller_nice: args.nice,
         offered_rate: args.rate,
+        headroom: args.headroom,
         placed: report.placed,
         unschedulable: report.unschedulable,
         invalid: report.invalid,
@@ -393,8 +482,12 @@ fn assemble(
         controller_cpu_us_per_placement: c.cpu_s * 1e6 / placed,
         controller_rss_mb: c.rss_peak_mb,
         controller_rss_base_mb: c.rss0_mb,
-        controller_bytes_per_placement: (c.rss_peak_mb - c.rss0_mb).max(0.0) * 1024.0 * 1024.0
-            / placed,
+        controller_bytes_per_placement: grown / placed,
+        controller_cpu_us_per_decision: c.cpu_s * 1e6 / decided,
+        controller_bytes_per_decision: grown / decided,
+        etcd_db_mb: db.size_mb,
+        etcd_db_in_use_mb: db.in_use_mb,
+        etcd_history_compacted: db.compacted,
         etcd_cpu_s_per_1k_raw_puts: raw_cpu.map(|x| x * 1000.0 / raw_total as f64),
         etcd_cpu_s_per_1k_placements: c.etcd_cpu_s.map(|x| x * 1000.0 / placed),
         bench_cpu_s: c.bench_cpu_s,

@@ -84,7 +84,7 @@ pub(super) async fn run(
     let timings = Timings::new(args.requests);
     let watcher = watch_decisions(&conns[0], keys, &timings).await?;
     let mut submitters = submit(conns, keys, args, &timings);
-    let progress = show_progress(&timings, args.requests);
+    let progress = show_progress(&timings, args.requests, args.quiet_progress);
     while let Some(r) = submitters.join_next().await {
         r.map_err(|e| BenchError::Setup(e.to_string()))??;
     }
@@ -203,25 +203,30 @@ fn submit(
     tasks
 }
 
-/// A progress line: redrawn in place on a terminal, printed every two seconds otherwise.
-fn show_progress(timings: &Arc<Timings>, total: usize) -> tokio::task::JoinHandle<()> {
+/// A bar on a terminal; elsewhere (a log, CI) one line per tenth of the requests decided;
+/// nothing with `--quiet-progress`.
+fn show_progress(timings: &Arc<Timings>, total: usize, quiet: bool) -> tokio::task::JoinHandle<()> {
     let timings = timings.clone();
     tokio::spawn(async move {
+        if quiet {
+            return;
+        }
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let mut last = Instant::now();
+        let mut tenths_shown = 0;
         loop {
-            tokio::time::sleep(Duration::from_millis(if tty { 200 } else { 2_000 })).await;
+            tokio::time::sleep(Duration::from_millis(if tty { 200 } else { 1_000 })).await;
             let done = timings.decided_count.load(Ordering::Relaxed);
             let secs = timings.start.elapsed().as_secs_f64().max(1e-9);
             let width = 30;
             let filled = width * done / total.max(1);
             let bar = format!("[{}{}]", "=".repeat(filled), " ".repeat(width - filled));
             let line = format!("{bar} {done}/{total} decided, {:.0}/s", done as f64 / secs);
+            let tenths = 10 * done / total.max(1);
             if tty {
                 eprint!("\r{line}");
-            } else if last.elapsed() >= Duration::from_secs(2) {
+            } else if tenths > tenths_shown {
                 eprintln!("bench: {line}");
-                last = Instant::now();
+                tenths_shown = tenths;
             }
             if done >= total {
                 if tty {

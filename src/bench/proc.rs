@@ -97,14 +97,22 @@ impl Controllers {
         client: &Client,
         keys: &Keys,
     ) -> Result<Controllers, BenchError> {
-        let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+        // CITADEL_BENCH_CONTROLLER runs another build's controller under this bench: an A/B
+        // of two builds then differs in the controller alone.
+        let exe = match std::env::var_os("CITADEL_BENCH_CONTROLLER") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?,
+        };
         let spawn = |i: usize| -> Result<ChildProc, BenchError> {
             let mut cmd = Command::new(&exe);
             // Endpoints, TLS files and credentials go through the environment: a password in
             // the arguments would show in `ps`.
             etcd.pass_to_child(&mut cmd);
             cmd.args(["--prefix", prefix, "controller"])
-                .args(["--id", &format!("bench-{i}"), "--compact-every", "0"])
+                .args(["--id", &format!("bench-{i}")])
+                // The leader keeps etcd's history short, as in production: a million
+                // requests would otherwise keep every revision.
+                .args(["--compact-every", "10", "--compact-retain", "200000"])
                 .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
                 .args(["--nice", &args.nice.to_string()])
                 // Several replicas on one host: none takes the default HTTP port.

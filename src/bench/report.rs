@@ -36,12 +36,15 @@ pub fn print_table(r: &BenchResult) {
         "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
     );
     println!(
-        "  controller cpu     {:>10.2} s  ({:.1} us per placement)",
-        r.controller_cpu_s, r.controller_cpu_us_per_placement
+        "  controller cpu     {:>10.2} s  ({:.1} us per placement, {:.1} us per decision)",
+        r.controller_cpu_s, r.controller_cpu_us_per_placement, r.controller_cpu_us_per_decision
     );
     println!(
-        "  controller rss     {:>10.1} MB peak  ({:.1} MB at start, {:.0} B per placement)",
-        r.controller_rss_mb, r.controller_rss_base_mb, r.controller_bytes_per_placement
+        "  controller rss     {:>10.1} MB peak  ({:.1} MB at start, {:.0} B per placement, {:.0} B per decision)",
+        r.controller_rss_mb,
+        r.controller_rss_base_mb,
+        r.controller_bytes_per_placement,
+        r.controller_bytes_per_decision
     );
     if let (Some(raw), Some(run)) = (r.etcd_cpu_s_per_1k_raw_puts, r.etcd_cpu_s_per_1k_placements) {
         println!(
@@ -59,6 +62,18 @@ pub fn print_table(r: &BenchResult) {
         r.mismatched,
         r.duplicate_or_missing_decisions
     );
+    if let Some(db) = r.etcd_db_mb {
+        let in_use = r
+            .etcd_db_in_use_mb
+            .map(|u| format!(", {u:.0} MB in use"))
+            .unwrap_or_default();
+        let compacted = match r.etcd_history_compacted {
+            Some(true) => "; history compacted during the run",
+            Some(false) => "; history not compacted",
+            None => "",
+        };
+        println!("  etcd database      {db:>10.0} MB{in_use}{compacted}");
+    }
     println!("  wall time          {:>10.1} s", r.elapsed_s);
 }
 
