@@ -317,6 +317,69 @@ async fn unschedulable_request_is_placed_when_capacity_frees() {
     replica.stop().await;
 }
 
+/// The parked set through the real pipeline: refused requests are not looked at again for a
+/// change that cannot fit them (their reasons still count the engines as they were), a release
+/// brings back the oldest that fit, and the one left over is placed at the next release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_requests_wait_for_room_that_fits_them_and_the_oldest_go_first() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 2.0, 4096.0, &[]).await;
+    let replica = Replica::start(&etcd, "replica-parks");
+    put_request(&client, &keys, "holder", request_json(2.0, 128, json!({}))).await;
+    let holder = wait_decision(&client, &keys, "holder", WAIT).await;
+    assert_eq!(holder.status, Status::Placed, "{holder:?}");
+
+    for id in ["w1", "w2", "w3"] {
+        put_request(&client, &keys, id, request_json(1.0, 128, json!({}))).await;
+        let d = wait_decision(&client, &keys, id, WAIT).await;
+        assert_eq!(d.status, Status::Unschedulable, "{d:?}");
+        assert!(d.reason.starts_with("0/1 engines fit:"), "{:?}", d.reason);
+    }
+    let parked_at = get(&client, &keys.decision(&rid("w3")))
+        .await
+        .unwrap()
+        .mod_revision;
+
+    // An engine too small for any of them, and a placement on it: nothing they could use.
+    put_engine(&client, &keys, "small", 0.5, 4096.0, &[]).await;
+    put_request(&client, &keys, "tiny", request_json(0.25, 64, json!({}))).await;
+    let tiny = wait_decision(&client, &keys, "tiny", WAIT).await;
+    assert_eq!(engine_of(&tiny), "small");
+    // A request the leader decides after them, and waits for: by then it has had every chance
+    // to look at the parked ones again, and it did not (a new look would count two engines).
+    put_request(&client, &keys, "later", request_json(0.25, 64, json!({}))).await;
+    wait_decision(&client, &keys, "later", WAIT).await;
+    let w3 = get(&client, &keys.decision(&rid("w3"))).await.unwrap();
+    assert_eq!(
+        w3.mod_revision, parked_at,
+        "a change that fits nothing retried w3"
+    );
+
+    // The holder goes: two cpus free on e1. The two oldest are placed; the third is looked at
+    // again (its reason now counts both engines) and waits.
+    delete_key(&client, keys.request(&rid("holder"))).await;
+    for id in ["w1", "w2"] {
+        let d = wait_decision_where(&client, &keys, id, WAIT, "placed decision", placed).await;
+        assert_eq!(engine_of(&d), "e1");
+    }
+    let w3 = wait_decision_where(&client, &keys, "w3", WAIT, "a fresh refusal", |d| {
+        d.reason.starts_with("0/2 engines fit:")
+    })
+    .await;
+    assert_eq!(w3.status, Status::Unschedulable, "{w3:?}");
+
+    // Not starved: the next release is its turn.
+    delete_key(&client, keys.request(&rid("w1"))).await;
+    let w3 = wait_decision_where(&client, &keys, "w3", WAIT, "placed decision", placed).await;
+    assert_eq!(engine_of(&w3), "e1");
+
+    let report = assert_invariants(&client, &keys).await;
+    assert_eq!(report.placed, 4, "w2, w3, tiny and later");
+    replica.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unschedulable_request_is_placed_when_an_engine_is_added() {
     let etcd = start_etcd().await;

@@ -9,7 +9,7 @@
 //! Besides mirroring etcd, the cache classifies every request as it changes, so the leader finds
 //! its work without scanning: `pending` (needs a decision), `releases` (a decision whose request
 //! is gone or changed, or that holds what its status says it should not) and `waiting`
-//! (unschedulable until capacity changes).
+//! (unschedulable, parked until room that could fit it appears: see `parked.rs`).
 //!
 //! Requests are parsed (and their constraints compiled) before the state's lock is taken, so a
 //! costly request holds up no reader. While its replica leads, the leader applies its own
@@ -31,6 +31,7 @@ use crate::keys::Keys;
 use crate::store::{self, StoreError};
 
 mod guard;
+mod parked;
 mod progress;
 mod state;
 mod usage;

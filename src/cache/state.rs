@@ -7,6 +7,7 @@ use etcd_client::{EventType, KeyValue};
 use serde::de::IgnoredAny;
 
 use super::guard::{Guard, explained};
+use super::parked::{Demand, Parked};
 use crate::keys::{Key, Keys};
 use crate::model::{
     Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle, MemoryMb,
@@ -203,7 +204,26 @@ pub struct Usage {
 pub(super) enum Class {
     Pending(i64),
     Release,
-    Waiting,
+    /// Parked (see `parked.rs`), at this request revision, with this demand.
+    Waiting(i64, Demand),
+}
+
+/// A request the leader found unschedulable: since when, and what it asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Park {
+    pub(super) since: Since,
+    pub(super) demand: Demand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Since {
+    /// Decided unschedulable at this capacity epoch: parked when its decision is seen, unless
+    /// capacity changed meanwhile.
+    Epoch(u64),
+    /// In the parked set until capacity that could fit it appears.
+    Parked,
+    /// Taken out of the parked set to be tried again.
+    Retry,
 }
 
 /// A unit of work for the leader, read from one snapshot.
@@ -303,10 +323,10 @@ pub struct State {
     pub(super) class: HashMap<RequestId, Class>,
     pub(super) pending: BTreeSet<(i64, RequestId)>,
     pub(super) releases: BTreeSet<RequestId>,
-    pub(super) waiting: HashSet<RequestId>,
+    pub(super) waiting: Parked,
     pub(super) capacity_epoch: u64,
-    /// The capacity epoch a request was last found unschedulable in, by the leader.
-    pub(super) parked_in: HashMap<RequestId, u64>,
+    /// Requests the leader found unschedulable: when, and their demand.
+    pub(super) parked_in: HashMap<RequestId, Park>,
     pub(super) engine_generation: u64,
     /// Engine label sets as written, numbered: engines with one set share a scheduling class
     /// (see [`EngineView::class`]). At most [`MAX_CLASSES`]; emptied by a list.
@@ -360,7 +380,12 @@ impl State {
         revision: i64,
     ) {
         let fed = self.fed;
-        let parked = std::mem::take(&mut self.parked_in);
+        let mut parked = std::mem::take(&mut self.parked_in);
+        // Anything may have changed while the watch was down: every parked request is tried
+        // again once.
+        for p in parked.values_mut() {
+            p.since = Since::Retry;
+        }
         let guard = std::mem::take(&mut self.guard);
         let epoch = self.capacity_epoch;
         let generation = self.engine_generation;
@@ -377,6 +402,8 @@ impl State {
         for (kv, parsed) in kvs.iter().zip(parsed) {
             self.put(keys, kv, parsed);
         }
+        let requests = &self.requests;
+        self.parked_in.retain(|id, _| requests.contains_key(id));
         self.revision = revision;
         let ids: Vec<RequestId> = self
             .requests
@@ -446,7 +473,7 @@ impl State {
                     },
                 );
                 self.engine_generation += 1;
-                self.capacity_changed();
+                self.capacity_grew_on(&id);
                 if was.is_none() {
                     // Placements waiting to move off it (it was removed) may stay after all.
                     self.reclassify_on(&id);
@@ -496,10 +523,10 @@ impl State {
                             lease: kv.lease(),
                         },
                     );
-                    self.dirty.insert(engine);
                     if was.is_none() || self.policy.count_live {
-                        self.capacity_changed();
+                        self.capacity_grew_on(&engine);
                     }
+                    self.dirty.insert(engine);
                 }
                 Err(e) => tracing::warn!(engine = %engine, error = %e, "unreadable health key"),
             },
@@ -574,7 +601,8 @@ impl State {
             Key::Engine(id) => {
                 self.engines.remove(&id);
                 self.engine_generation += 1;
-                self.capacity_changed();
+                // Nothing can fit anew; what the leader knew to be unschedulable may be moot.
+                self.capacity_grew_on(&id);
                 // What it held must move: services elsewhere, the rest are lost.
                 self.reclassify_on(&id);
             }
@@ -966,6 +994,71 @@ mod tests {
             format!(
                 r#"{{"container":{{}},"resource":{{"id":"{engine}","addr":"","total_cpus":4,"total_memory":4096}},"reservation":{{"cpus":1,"memory":1}},"status":"placed","request_revision":{request_revision},"decided_at":"","decided_by":""}}"#
             )
+        }
+
+        /// The leader finds `id` unschedulable in the current epoch and writes that.
+        fn refuse(f: &mut Fed, id: &str, request_revision: i64) {
+            let epoch = f.state.capacity_epoch();
+            f.state.note_unschedulable(&rid(id), epoch);
+            let d = format!(
+                r#"{{"container":{{}},"status":"unschedulable","reason":"0/1 engines fit: 1 lack cpus","request_revision":{request_revision},"decided_at":"","decided_by":""}}"#
+            );
+            f.put(&format!("/citadel/decisions/{id}"), &d);
+        }
+
+        fn deciding(f: &Fed) -> Vec<String> {
+            f.work()
+                .iter()
+                .filter(|w| matches!(w, Work::Decide { .. }))
+                .map(|w| w.id().to_string())
+                .collect()
+        }
+
+        #[test]
+        fn parked_requests_are_retried_when_room_that_fits_them_appears_oldest_first() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            let r = f.request("big-job", 3.0, "service");
+            f.place("big-job", "e1", 3.0, r);
+            // Five 2-cpu requests and one of 8 cpus find no room, and are parked.
+            for id in ["s1", "s2", "s3", "s4", "s5"] {
+                let r = f.request(id, 2.0, "service");
+                refuse(&mut f, id, r);
+            }
+            let r = f.request("huge", 8.0, "service");
+            refuse(&mut f, "huge", r);
+            assert_eq!(f.state.parked(), 6);
+            assert!(deciding(&f).is_empty(), "parked: not planned again");
+
+            // Placements elsewhere take capacity: nothing is re-tried.
+            f.engine("e2", 1.0);
+            let r = f.request("tiny", 0.5, "service");
+            f.place("tiny", "e2", 0.5, r);
+            assert!(deciding(&f).is_empty(), "{:?}", deciding(&f));
+            assert_eq!(f.state.parked(), 6);
+
+            // The 3-cpu placement is released: 4 cpus free on e1 hold two 2-cpu requests.
+            // The two oldest are re-tried, and one more to learn whether others fit; the
+            // 8-cpu one is not.
+            f.delete("/citadel/requests/big-job");
+            f.state.undecided(&rid("big-job"), f.rev + 1);
+            assert_eq!(deciding(&f), ["s1", "s2", "s3"]);
+            assert_eq!(f.state.parked(), 3);
+
+            // They are placed, or refused again and parked again; the rest wait their turn.
+            let rev = |f: &Fed, id: &str| f.state.requests[&rid(id)].mod_revision;
+            let (r1, r2, r3) = (rev(&f, "s1"), rev(&f, "s2"), rev(&f, "s3"));
+            f.place("s1", "e1", 2.0, r1);
+            f.place("s2", "e1", 2.0, r2);
+            refuse(&mut f, "s3", r3);
+            assert!(deciding(&f).is_empty());
+            assert_eq!(f.state.parked(), 4);
+
+            // A larger engine arrives: everything that fits it is re-tried, oldest first, the
+            // ones re-tried before included (no starvation).
+            f.engine("e3", 16.0);
+            assert_eq!(deciding(&f), ["s3", "s4", "s5", "huge"]);
+            assert_eq!(f.state.parked(), 0);
         }
 
         #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::parked::Demand;
 use super::state::*;
 use crate::model::*;
 use crate::scheduler::EngineView;
@@ -114,7 +115,7 @@ impl State {
         if let Some(old) = old {
             release_usage(&mut self.usage, &old);
             if self.reservations.get(id) != Some(&old) {
-                self.capacity_changed();
+                self.capacity_grew_on(&old.engine);
             }
             self.dirty.insert(old.engine);
         }
@@ -125,11 +126,40 @@ impl State {
         self.capacity_changed();
     }
 
-    /// Capacity may have grown: every unschedulable request gets another look.
+    /// Capacity may have grown anywhere: every parked request gets another look.
     pub(super) fn capacity_changed(&mut self) {
         self.capacity_epoch += 1;
-        let waiting: Vec<RequestId> = self.waiting.drain().collect();
-        for id in waiting {
+        let all = self.waiting.take_all();
+        self.retry(all);
+    }
+
+    /// `engine` may have more room than before (a release, a new or larger engine, its health
+    /// back): parked requests that fit into what it has free get another look, oldest first.
+    /// Any change starts a new capacity epoch: what the leader found unschedulable before it
+    /// is no longer known to be.
+    pub(super) fn capacity_grew_on(&mut self, engine: &EngineId) {
+        self.capacity_epoch += 1;
+        if self.waiting.is_empty() {
+            return;
+        }
+        let Some(Ok((_, view))) = self.engines.get(engine).map(|e| &e.spec) else {
+            return;
+        };
+        let used = self.usage.get(engine).cloned().unwrap_or_default();
+        let free = Demand {
+            cpus: Millicpus(view.cpus.0.saturating_sub(used.cpus.0)),
+            memory: MemoryMb(view.memory.0.saturating_sub(used.memory.0)),
+        };
+        let fitting = self.waiting.take_fitting(free);
+        self.retry(fitting);
+    }
+
+    /// Takes requests out of the parked set to be decided again.
+    fn retry(&mut self, ids: Vec<RequestId>) {
+        for id in ids {
+            if let Some(p) = self.parked_in.get_mut(&id) {
+                p.since = Since::Retry;
+            }
             self.class.remove(&id);
             self.classify(&id);
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use super::parked::Demand;
 use super::state::*;
 use crate::model::*;
 
@@ -28,8 +29,8 @@ impl State {
             Some(Class::Release) => {
                 self.releases.remove(id);
             }
-            Some(Class::Waiting) => {
-                self.waiting.remove(id);
+            Some(Class::Waiting(rev, demand)) => {
+                self.waiting.remove(demand, rev, id);
             }
             None => {}
         }
@@ -40,8 +41,15 @@ impl State {
             Some(Class::Release) => {
                 self.releases.insert(id.clone());
             }
-            Some(Class::Waiting) => {
-                self.waiting.insert(id.clone());
+            Some(Class::Waiting(rev, demand)) => {
+                self.waiting.insert(demand, rev, id.clone());
+                if let Some(p) = self.parked_in.get_mut(id) {
+                    p.since = Since::Parked;
+                }
+                // Parked: as small as a placed request. Parsed again if it is re-tried.
+                if let Some(r) = self.requests.get_mut(id) {
+                    r.parsed = None;
+                }
             }
             None => {}
         }
@@ -52,6 +60,7 @@ impl State {
                 if let Some(r) = self.requests.get_mut(id) {
                     r.parsed = None;
                 }
+                self.parked_in.remove(id);
                 self.class.remove(id)
             }
         };
@@ -79,13 +88,14 @@ impl State {
             s if s.is_final() => reserved.then_some(Class::Release),
             Status::Pending => Some(if reserved { Class::Release } else { pending }),
             Status::Unschedulable if reserved => Some(Class::Release),
-            Status::Unschedulable => {
-                if self.parked_in.get(id) == Some(&self.capacity_epoch) {
-                    Some(Class::Waiting)
-                } else {
-                    Some(pending)
+            Status::Unschedulable => match self.parked_in.get(id) {
+                Some(p)
+                    if p.since == Since::Parked || p.since == Since::Epoch(self.capacity_epoch) =>
+                {
+                    Some(Class::Waiting(request.mod_revision, p.demand))
                 }
-            }
+                _ => Some(pending),
+            },
             _ => reserved.then_some(Class::Release),
         }
     }
@@ -117,16 +127,41 @@ impl State {
             .collect()
     }
 
-    /// The leader found `id` unschedulable in `epoch` and wrote nothing new: keep it off the
-    /// pending set until capacity changes after that epoch.
+    /// The leader found `id` unschedulable in `epoch` and wrote nothing new: park it until
+    /// capacity that could fit it appears (unless some already did after that epoch).
     pub fn park(&mut self, id: &RequestId, epoch: u64) {
-        self.parked_in.insert(id.clone(), epoch);
+        self.note_unschedulable(id, epoch);
         self.classify(id);
     }
 
     /// Remembers the epoch an unschedulable decision was computed in, before its write is seen.
     pub fn note_unschedulable(&mut self, id: &RequestId, epoch: u64) {
-        self.parked_in.insert(id.clone(), epoch);
+        let demand = self.demand_of(id);
+        self.parked_in.insert(
+            id.clone(),
+            Park {
+                since: Since::Epoch(epoch),
+                demand,
+            },
+        );
+    }
+
+    /// What `id` asks of an engine: from its parse, or what it was parked with. Unknown: zero,
+    /// which any change of capacity re-tries.
+    fn demand_of(&self, id: &RequestId) -> Demand {
+        let parsed = self.requests.get(id).and_then(|r| r.parsed.as_ref());
+        match parsed {
+            Some(Ok(p)) => Demand {
+                cpus: p.request.cpus,
+                memory: p.request.memory,
+            },
+            _ => self.parked_in.get(id).map(|p| p.demand).unwrap_or_default(),
+        }
+    }
+
+    /// How many requests are parked.
+    pub fn parked(&self) -> usize {
+        self.waiting.len()
     }
 
     /// How many requests wait for the leader: releases and pending decisions, including any

@@ -33,6 +33,7 @@ mod assumed;
 mod batch;
 mod item;
 mod plan;
+mod unfit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use assumed::{Assumed, RunningView};
 pub use batch::{Batch, EngineFence, batches};
 pub use item::Item;
 pub use plan::plan;
+pub use unfit::Unfit;
 
 /// etcd's default `--max-txn-ops`: the limit on compares, and on operations, per transaction.
 pub const MAX_TXN_OPS: usize = 128;
@@ -264,6 +266,8 @@ struct Lead<'a> {
     max_ops: usize,
     /// Batches up to this token were planned before a fall back to etcd's default.
     planned_larger: u64,
+    /// Shapes found unschedulable in the current capacity epoch.
+    unfit: Unfit,
 }
 
 impl<'a> Lead<'a> {
@@ -281,6 +285,7 @@ impl<'a> Lead<'a> {
             last_compaction: tokio::time::Instant::now(),
             max_ops: manager.cfg.max_txn_ops,
             planned_larger: 0,
+            unfit: Unfit::default(),
         }
     }
 
@@ -328,12 +333,14 @@ impl<'a> Lead<'a> {
             .filter(|w| matches!(w, crate::cache::Work::Decide { .. }))
             .count();
         self.cache().note_planned(deciding);
+        self.unfit.at(epoch);
         let items = plan(
             &work,
             &mut self.view.engines.views,
             &self.view.engines.revisions,
             &self.manager.cfg,
             &now_rfc3339(),
+            &mut self.unfit,
         );
         self.manager.remember_refusals(&items, epoch);
         self.send(items);

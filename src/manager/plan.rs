@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::item::Item;
+use super::unfit::Unfit;
 use super::{ManagerConfig, PARALLEL_FROM};
 use crate::cache::{Displaced, Parsed, Work, prepare};
 use crate::model::{Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status};
@@ -19,22 +20,28 @@ use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
 /// `engines` (the running view) as they are accepted.
+///
+/// `unfit` holds the shapes found unschedulable in the capacity epoch `engines` was taken in
+/// (see [`Unfit::at`]); requests of those shapes are refused without a scan, and this round's
+/// refusals are added to it.
 pub fn plan(
     work: &[Work],
     engines: &mut [EngineView],
     revisions: &[i64],
     cfg: &ManagerConfig,
     now: &str,
+    unfit: &mut Unfit,
 ) -> Vec<Item> {
     let parses = parse_all(work);
     let sample = scheduler::sample_size(engines.len());
-    let mut proposals = propose_all(work, &parses, engines, cfg, sample).into_iter();
+    let mut proposals = propose_all(work, &parses, engines, cfg, sample, unfit).into_iter();
     let mut round = Round {
         engines,
         revisions,
         cfg,
         now,
         sample,
+        unfit,
     };
     let mut items = Vec::with_capacity(work.len());
     for (w, parsed) in work.iter().zip(&parses) {
@@ -89,6 +96,7 @@ fn propose_all(
     engines: &[EngineView],
     cfg: &ManagerConfig,
     sample: usize,
+    unfit: &Unfit,
 ) -> Vec<Option<Plan>> {
     let decide: Vec<(&RequestId, &Parsed)> = work
         .iter()
@@ -105,7 +113,7 @@ fn propose_all(
             .map(|c| {
                 s.spawn(move || {
                     c.iter()
-                        .map(|(id, p)| propose(id, p, engines, cfg, sample))
+                        .map(|(id, p)| propose(id, p, engines, cfg, sample, unfit))
                         .collect::<Vec<_>>()
                 })
             })
@@ -126,8 +134,12 @@ fn propose(
     engines: &[EngineView],
     cfg: &ManagerConfig,
     sample: usize,
+    unfit: &Unfit,
 ) -> Option<Plan> {
     let prepared = parsed.as_ref().ok()?;
+    if unfit.reason(prepared).is_some() {
+        return None;
+    }
     let strategy = cfg.schedulers.for_type(&prepared.request.kind).ok()?;
     scheduler::schedule(prepared, engines, strategy, seed(id), sample).ok()
 }
@@ -143,6 +155,7 @@ struct Round<'a> {
     cfg: &'a ManagerConfig,
     now: &'a str,
     sample: usize,
+    unfit: &'a mut Unfit,
 }
 
 /// The parts of a `Work::Decide` a decision is made of.
@@ -262,13 +275,22 @@ impl Round<'_> {
         };
         let verified =
             proposal.filter(|p| prepared.fits_resources(&self.engines[p.engine]).is_ok());
+        if verified.is_none()
+            && let Some(reason) = self.unfit.reason(prepared)
+        {
+            let reason = reason.to_string();
+            return self.unschedulable(&ask, reason);
+        }
         let chosen = match verified {
             Some(p) => Ok(p),
             None => scheduler::schedule(prepared, self.engines, strategy, seed(id), self.sample),
         };
         match chosen {
             Ok(plan) => self.place(&ask, prepared, strategy, plan),
-            Err(u) => self.unschedulable(&ask, u.reason),
+            Err(u) => {
+                self.unfit.remember(prepared, &u.reason);
+                self.unschedulable(&ask, u.reason)
+            }
         }
     }
 
@@ -493,6 +515,73 @@ mod tests {
         ]
     }
 
+    /// A request of `cpus` for image `image`.
+    fn ask(image: &str, cpus: u32) -> Vec<u8> {
+        format!(r#"{{"image":"{image}","cpus":{cpus},"memory":64,"type":"service"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_shape_refused_in_an_epoch_is_refused_alike_without_a_scan_until_the_next() {
+        let mut view = engines();
+        let revisions = vec![1; view.len()];
+        let mut unfit = Unfit::default();
+        unfit.at(3);
+        let reason = |items: &[Item]| match items {
+            [Item::Refuse { decision, .. }] => decision.reason.clone(),
+            other => panic!("expected one refusal: {other:?}"),
+        };
+        let first = plan(
+            &[decide(&ask("a", 8))],
+            &mut view,
+            &revisions,
+            &cfg(),
+            "now",
+            &mut unfit,
+        );
+        let first = reason(&first);
+        assert!(first.starts_with("0/4 engines fit"), "{first}");
+        assert_eq!(unfit.len(), 1);
+
+        // The engines grow, but nothing told the leader (the same epoch): a request of the same
+        // shape, for another image, gets the answer it remembered. That is what makes a
+        // saturated cluster cheap; the cache starts a new epoch on every change of capacity.
+        for e in &mut view {
+            e.cpus = crate::model::Millicpus(16_000);
+        }
+        let again = plan(
+            &[decide(&ask("b", 8))],
+            &mut view,
+            &revisions,
+            &cfg(),
+            "now",
+            &mut unfit,
+        );
+        assert_eq!(reason(&again), first);
+        // Another shape is looked at.
+        let other = plan(
+            &[decide(&ask("c", 9))],
+            &mut view,
+            &revisions,
+            &cfg(),
+            "now",
+            &mut unfit,
+        );
+        assert!(matches!(&other[..], [Item::Place { .. }]), "{other:?}");
+
+        // A new epoch forgets it.
+        unfit.at(4);
+        assert!(unfit.is_empty());
+        let placed = plan(
+            &[decide(&ask("b", 8))],
+            &mut view,
+            &revisions,
+            &cfg(),
+            "now",
+            &mut unfit,
+        );
+        assert!(matches!(&placed[..], [Item::Place { .. }]), "{placed:?}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -504,7 +593,14 @@ mod tests {
             let mut view = engines();
             let revisions = vec![1; view.len()];
             let started = std::time::Instant::now();
-            let items = plan(&[decide(&body)], &mut view, &revisions, &cfg(), "now");
+            let items = plan(
+                &[decide(&body)],
+                &mut view,
+                &revisions,
+                &cfg(),
+                "now",
+                &mut Unfit::default(),
+            );
             // A stall detector, a thousand times what any request costs, not a benchmark.
             prop_assert!(started.elapsed() < std::time::Duration::from_secs(5));
             prop_assert_eq!(items.len(), 1);

@@ -13,7 +13,7 @@ mod view;
 
 use std::collections::BTreeMap;
 
-use crate::model::{HostPort, Request};
+use crate::model::{HostPort, MemoryMb, Millicpus, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
 pub use strategy::{Schedulers, Strategy};
 use view::ENGINE_LABEL;
@@ -39,6 +39,19 @@ pub enum SchedulerError {
         #[source]
         source: ConstraintError,
     },
+}
+
+/// What decides whether, and why not, a request fits an engine: its demand, its host ports and
+/// its constraints as written; not its image, name, type or environment. Requests of one shape
+/// are refused alike on the same engines, so when one fits nowhere, neither does the next until
+/// capacity grows (the leader's memo of unschedulable shapes is keyed by it). A request field
+/// that the filters read belongs here too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    cpus: Millicpus,
+    memory: MemoryMb,
+    ports: Vec<HostPort>,
+    constraints: Vec<String>,
 }
 
 /// A request ready to schedule: its constraints parsed (and their regexes compiled) once, when
@@ -81,6 +94,16 @@ impl Prepared {
             hard,
             soft,
         })
+    }
+
+    /// What decides where this request may go (see [`Shape`]).
+    pub fn shape(&self) -> Shape {
+        Shape {
+            cpus: self.request.cpus,
+            memory: self.request.memory,
+            ports: self.request.ports.clone(),
+            constraints: self.request.constraints.clone(),
+        }
     }
 
     /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
