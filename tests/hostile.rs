@@ -393,6 +393,9 @@ async fn engine_add_and_rm_refuse_what_would_overcommit_or_orphan() {
     }
     let (code, _, err) = add("2", &[]);
     assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already registered"), "{err}");
+    let (code, _, err) = add("2", &["--replace"]);
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("hold 3 cpus") && err.contains("--force"),
         "{err}"
@@ -407,7 +410,12 @@ async fn engine_add_and_rm_refuse_what_would_overcommit_or_orphan() {
         "unchanged, and not left cordoned: {engine}"
     );
     assert!(engine.get("cordoned").is_none(), "{engine}");
-    assert_eq!(add("3", &[]).0, 0, "exactly what it holds fits");
+    let (code, out, err) = add("3", &["--replace"]);
+    assert_eq!(code, 0, "exactly what it holds fits: {err}");
+    assert!(
+        out.contains("was 4 cpus, 4096 MB"),
+        "says what it replaced: {out}"
+    );
 
     let (code, _, err) = cli(&ep, &["engine", "rm", "e1"]);
     assert_eq!(code, 1);

@@ -373,6 +373,12 @@ fn request_id(id: &str) -> Result<RequestId, CliError> {
     RequestId::new(id).map_err(|e| CliError::Usage(format!("request id: {e}")))
 }
 
+/// `text` on one line: a reason may quote a multi-line message (a regex's), and an error is
+/// one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn trim(v: f64) -> String {
     let v = if v.abs() < 0.0005 { 0.0 } else { v };
     let s = format!("{v:.3}");

@@ -115,7 +115,7 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
     match report.status {
         "invalid" => Err(CliError::Decided {
             code: EXIT_INVALID,
-            message: format!("invalid: {}", report.reason),
+            message: format!("invalid: {}", super::one_line(&report.reason)),
         }),
         "unschedulable" => Err(CliError::Decided {
             code: EXIT_UNSCHEDULABLE,

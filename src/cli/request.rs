@@ -89,7 +89,11 @@ pub(super) fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
 pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {
     let raw = read_input(&a.file)?;
     if let Err(e) = Request::parse(&raw) {
-        return Err(CliError::Usage(format!("invalid request: {e}")));
+        // Refused before it is written: as invalid as the leader would have said.
+        return Err(CliError::Decided {
+            code: EXIT_INVALID,
+            message: format!("invalid request: {e}"),
+        });
     }
     let id = match a.id {
         Some(id) => request_id(&id)?,
@@ -126,7 +130,8 @@ fn outcome(d: &Decision, wait: WaitFor) -> Option<Result<(), CliError>> {
     let not = |code: i32| {
         Some(Err(CliError::Decided {
             code,
-            message: format!("{}: {}", d.status, d.reason),
+            // A reason may quote a multi-line message (a regex's): the error is one line.
+            message: format!("{}: {}", d.status, super::one_line(&d.reason)),
         }))
     };
     let running = d
@@ -182,7 +187,10 @@ async fn wait_decision(
     };
     let what = match wait {
         WaitFor::Placed => "no decision",
-        WaitFor::Running => "no running container",
+        WaitFor::Running => {
+            "no running container (only a leader with --docker runs one, for a request with \
+             \"launch\": true or with --launch)"
+        }
     };
     tokio::time::timeout(timeout, wait_for)
         .await

@@ -174,6 +174,9 @@ fn print(listing: &Listing, a: &RequestsLsArgs) -> Result<(), CliError> {
             json(listing)
         };
     }
+    if a.watch {
+        outln!("at revision {}:", listing.revision);
+    }
     if listing.requests.is_empty() {
         outln!("no requests (at revision {})", listing.revision);
         return Ok(());
