@@ -1,14 +1,15 @@
 //! The `citadel` command line: one file per command group.
 //!
-//! `mod.rs` holds the global flags, the commands, the one-line errors and the dispatch; the
-//! groups are `controller` (a replica), `engine` (add, ls, show, rm), `request` (submit,
-//! status, release), `requests` (ls), `leader`, `events`, `plan` (a dry run of the
-//! scheduler), `check` and `completions` (shell completions, the man page). `output` is how
-//! they all print (`-o table|wide|json`, tables, a closed pipe), and `follow` how the
-//! commands that keep running watch etcd and stop.
+//! `mod.rs` holds the global flags, the commands, the one-line errors with their exit codes,
+//! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
+//! (`ls`, `engine ls`, `engine show`), `request` (submit, status, release, profile),
+//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
+//! `completions` (shell completions, the man page). `output` is how they all print (`-o
+//! table|wide|json`, tables, a closed pipe), and `follow` how the commands that keep running
+//! watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
-//! into it.
+//! into it (`rbac` is handed its printer). It writes to etcd only what a command is for.
 
 mod check;
 mod completions;
@@ -294,7 +295,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.command {
         Command::Controller(args) => controller::run_controller(args, keys, etcd).await,
-        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd)
+        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd, output::write_line)
             .await
             .map_err(Into::into),
         Command::Bench(args) => bench(args, bench_own_etcd, etcd).await,
@@ -314,7 +315,7 @@ async fn bench(
     let result = crate::bench::run(args, (!own_etcd).then_some(etcd))
         .await
         .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
-    crate::bench::print_table(&result);
+    output::write_line(&crate::bench::render_table(&result));
     if json {
         output::json_line(&result)?;
     }
