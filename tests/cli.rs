@@ -229,50 +229,6 @@ async fn submit_wait_exits_with_a_code_per_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_add_refuses_an_existing_id_unless_replace() {
-    let etcd = start_etcd().await;
-    let client = connect(&etcd).await;
-    let ep = etcd.endpoint();
-    let add = |cpus: &str, extra: &[&str]| {
-        let mut args = vec![
-            "engine",
-            "add",
-            "e1",
-            "--addr",
-            "tcp://e1:2375",
-            "--cpus",
-            cpus,
-        ];
-        args.extend_from_slice(&["--memory", "2048", "--label", "zone=a"]);
-        args.extend_from_slice(extra);
-        cli(&ep, &args)
-    };
-    assert_eq!(add("4", &[]).0, 0);
-    let (code, _, err) = add("8", &[]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("e1 is already registered (4 cpus, 2048 MB, labels zone=a)")
-            && err.contains("--replace"),
-        "{err}"
-    );
-    let e1 = get_json(&client, &keys().engine(&eid("e1")))
-        .await
-        .expect("e1");
-    assert_eq!(e1["cpus"], json!(4.0), "unchanged: {e1}");
-    let (code, out, err) = add("8", &["--replace"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("engine e1 replaced: now 8 cpus")
-            && out.contains("was 4 cpus, 2048 MB, labels zone=a"),
-        "{out}"
-    );
-    let e1 = get_json(&client, &keys().engine(&eid("e1")))
-        .await
-        .expect("e1");
-    assert_eq!(e1["cpus"], json!(8.0), "{e1}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_ls_finds_requests_by_status_engine_and_image() {
     let etcd = start_etcd().await;
     let (client, replica) = cluster(&etcd).await;

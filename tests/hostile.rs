@@ -393,7 +393,11 @@ async fn engine_add_and_rm_refuse_what_would_overcommit_or_orphan() {
     }
     let (code, _, err) = add("2", &[]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("already registered"), "{err}");
+    assert!(
+        err.contains("engine e1 is already registered (4 cpus, 4096 MB, labels -)")
+            && err.contains("use --replace"),
+        "an existing id is refused, saying what it holds: {err}"
+    );
     let (code, _, err) = add("2", &["--replace"]);
     assert_eq!(code, 1, "{err}");
     assert!(
