@@ -157,6 +157,31 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: quiet, no panic: {err}");
     }
+    // The commands that follow etcd stop too, in a cluster where nothing happens (no write
+    // would tell them).
+    for args in [&["events"][..], &["requests", "ls", "--watch"]] {
+        let mut child = Command::new(BIN)
+            .arg("--etcd")
+            .arg(etcd.endpoint())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{args:?} still runs after its reader went away");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{args:?}");
+    }
     // And through a real `head -1`, as an operator types it.
     let out = Command::new("bash")
         .arg("-c")

@@ -5,15 +5,19 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Event, WatchOptions, WatchStream};
+use rustix::event::{PollFd, PollFlags};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::oneshot;
 
 use super::CliError;
 use crate::keys::{Key, Keys};
 
-/// SIGINT and SIGTERM, caught for as long as the command runs.
+/// SIGINT and SIGTERM, caught for as long as the command runs, and a pipe on stdout whose
+/// reader went away (`citadel events | head -1` in a quiet cluster: no write would tell).
 pub struct Stop {
     int: Option<Signal>,
     term: Option<Signal>,
+    reader_gone: Option<oneshot::Receiver<()>>,
 }
 
 impl Stop {
@@ -21,10 +25,11 @@ impl Stop {
         Stop {
             int: signal(SignalKind::interrupt()).ok(),
             term: signal(SignalKind::terminate()).ok(),
+            reader_gone: reader_gone(),
         }
     }
 
-    /// Resolves when either signal arrives (never, if neither could be caught).
+    /// Resolves when either signal arrives or the reader goes away.
     pub async fn wait(&mut self) {
         async fn one(s: &mut Option<Signal>) {
             match s {
@@ -34,11 +39,54 @@ impl Stop {
                 None => std::future::pending().await,
             }
         }
+        async fn gone(r: &mut Option<oneshot::Receiver<()>>) {
+            if let Some(rx) = r {
+                let said = rx.await.is_ok();
+                // A receiver is awaited once; a watcher thread that ended without a word
+                // found nothing to watch.
+                *r = None;
+                if said {
+                    return;
+                }
+            }
+            std::future::pending().await
+        }
         tokio::select! {
             () = one(&mut self.int) => {}
             () = one(&mut self.term) => {}
+            () = gone(&mut self.reader_gone) => {}
         }
     }
+}
+
+/// When stdout is a pipe: a thread that waits in poll(2) until the pipe's reader closes it
+/// (poll reports an error on a pipe without a reader, whatever events were asked for). The
+/// thread is detached: it never keeps the process from exiting.
+fn reader_gone() -> Option<oneshot::Receiver<()>> {
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = std::fs::metadata("/proc/self/fd/1").is_ok_and(|m| m.file_type().is_fifo());
+    if !fifo {
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("stdout-reader".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            loop {
+                let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Err(rustix::io::Errno::INTR) | Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .ok()?;
+    Some(rx)
 }
 
 /// A watch on everything under the prefix.

@@ -35,6 +35,9 @@ pub struct PlanArgs {
     /// schedulable [default: true when any engine has a health key].
     #[arg(long, value_name = "BOOL")]
     pub docker: Option<bool>,
+    /// As the controllers' --count-live: count max(reserved, live use) against capacity.
+    #[arg(long)]
+    pub count_live: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -82,7 +85,7 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
         Schedulers::with_overrides(&a.schedulers).map_err(|e| CliError::Usage(e.to_string()))?;
     let raw = read_input(&a.file)?;
     let id = request_id(&a.id)?;
-    let (views, labels, revision) = engine_views(client, keys, a.overcommit, a.docker).await?;
+    let (views, labels, revision) = engine_views(client, keys, &a).await?;
     let report = match prepare(&id, &raw).map_err(|e| e.to_string()).and_then(|p| {
         Ok((
             schedulers
@@ -130,14 +133,13 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
 async fn engine_views(
     client: &Client,
     keys: &Keys,
-    overcommit: f64,
-    docker: Option<bool>,
+    a: &PlanArgs,
 ) -> Result<(Vec<EngineView>, HashMap<String, Vec<String>>, i64), CliError> {
-    let cache = Cache::new(keys.clone(), overcommit);
+    let cache = Cache::new(keys.clone(), a.overcommit);
     cache.load(client).await?;
     let revision = cache.revision();
     let mut state = cache.lock();
-    let docker = docker.unwrap_or_else(|| {
+    let docker = a.docker.unwrap_or_else(|| {
         state
             .engine_specs()
             .iter()
@@ -145,7 +147,8 @@ async fn engine_views(
     });
     state.set_policy(HealthPolicy {
         docker,
-        ..HealthPolicy::default()
+        count_live: a.count_live,
+        launch_all: false,
     });
     let labels = state
         .engine_specs()
