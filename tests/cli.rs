@@ -18,20 +18,32 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 
-/// Runs the real binary against `endpoint`; returns its exit code and its output.
-fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+/// Starts the real binary against `endpoint`, its stdout and stderr piped.
+fn spawn(endpoint: &str, args: &[&str]) -> Child {
+    Command::new(BIN)
         .arg("--etcd")
         .arg(endpoint)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("run citadel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn citadel")
+}
+
+/// Waits (bounded by [`WAIT`]) for `child` to exit; kills it and panics naming `what` if not.
+fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("still running: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// etcd's current revision.
@@ -137,50 +149,25 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
         put_engine(&client, &keys(), &format!("e{i:02}"), 2.0, 1024.0, &[]).await;
     }
     // `citadel ls | head -1`: a pipe whose reading end is closed before anything is written.
+    // The commands that follow etcd stop too, in a cluster where nothing happens (no write
+    // would tell them).
     for args in [
         &["ls"][..],
         &["engine", "ls"],
         &["leader"],
         &["ls", "-o", "json"],
+        &["events"],
+        &["requests", "ls", "--watch"],
     ] {
-        let mut child = Command::new(BIN)
-            .arg("--etcd")
-            .arg(etcd.endpoint())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn(&etcd.endpoint(), args);
         drop(child.stdout.take());
-        let out = child.wait_with_output().expect("wait");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        let status = exit_of(&mut child, &format!("{args:?} after its reader went away"));
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut stderr, &mut err).expect("stderr");
+        }
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: quiet, no panic: {err}");
-    }
-    // The commands that follow etcd stop too, in a cluster where nothing happens (no write
-    // would tell them).
-    for args in [&["events"][..], &["requests", "ls", "--watch"]] {
-        let mut child = Command::new(BIN)
-            .arg("--etcd")
-            .arg(etcd.endpoint())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        drop(child.stdout.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("{args:?} still runs after its reader went away");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(status.code(), Some(0), "{args:?}");
     }
     // And through a real `head -1`, as an operator types it.
     let out = Command::new("bash")
@@ -303,14 +290,7 @@ struct Following {
 
 impl Following {
     fn start(endpoint: &str, args: &[&str]) -> Following {
-        let mut child = Command::new(BIN)
-            .arg("--etcd")
-            .arg(endpoint)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn(endpoint, args);
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -340,15 +320,8 @@ impl Following {
     /// Sends `sig` and waits (bounded) for a clean exit.
     fn stop(mut self, sig: Signal) {
         citadel_testkit::child::signal(self.child.id(), sig).expect("signal");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert_eq!(status.code(), Some(0), "exits cleanly on {sig:?}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "still running after {sig:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = exit_of(&mut self.child, &format!("after {sig:?}"));
+        assert_eq!(status.code(), Some(0), "exits cleanly on {sig:?}");
     }
 }
 

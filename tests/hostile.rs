@@ -3,7 +3,6 @@
 //! real binary.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use citadel::cache::Cache;
@@ -14,23 +13,6 @@ use tokio::sync::watch;
 
 mod common;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-
-/// Runs the real binary against `endpoint`; returns its exit code and its output.
-fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("--etcd")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("run citadel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn status_is(status: Status) -> impl Fn(&Decision) -> bool {
     move |d| d.status == status
