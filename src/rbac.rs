@@ -397,15 +397,20 @@ pub async fn apply(
     Ok(())
 }
 
-/// `citadel rbac`.
-pub async fn run(args: RbacArgs, keys: &Keys, etcd: &EtcdConfig) -> Result<(), RbacError> {
+/// `citadel rbac`: each line it has to say goes to `say` (the CLI's stdout).
+pub async fn run(
+    args: RbacArgs,
+    keys: &Keys,
+    etcd: &EtcdConfig,
+    say: fn(&str),
+) -> Result<(), RbacError> {
     let plan = plan(&args, keys, etcd)?;
     if !args.apply {
-        print!("{}", script(&plan));
+        say(script(&plan).trim_end());
         return Ok(());
     }
     let client = store::connect(etcd, Some(Duration::from_secs(5))).await?;
-    apply(&client, &plan, |line| println!("{line}")).await
+    apply(&client, &plan, |line| say(&line)).await
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
         "{e}"
     );
 
-    let e = add_local(&["--cpus", "0.5"]).await;
+    let e = add_local(&["--cpus", "0.5", "--replace"]).await;
     assert_eq!(e["cpus"].as_f64(), Some(0.5), "the flag wins: {e}");
     assert_eq!(
         e["memory"].as_f64(),

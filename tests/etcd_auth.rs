@@ -318,7 +318,7 @@ async fn client_certificates_name_users_and_roles_limit_them() {
 
     // (4) The user reads the decision, here with etcdctl's variables alone.
     let out = citadel(
-        &strings(&["--etcd", &etcd.endpoint(), "status", "r1"]),
+        &strings(&["--etcd", &etcd.endpoint(), "status", "r1", "-o", "json"]),
         &[
             ("ETCDCTL_CACERT", path(&ca.cert)),
             ("ETCDCTL_CERT", path(&alice.cert)),

@@ -3,7 +3,6 @@
 //! real binary.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use citadel::cache::Cache;
@@ -14,23 +13,6 @@ use tokio::sync::watch;
 
 mod common;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-
-/// Runs the real binary against `endpoint`; returns its exit code and its output.
-fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("--etcd")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("run citadel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn status_is(status: Status) -> impl Fn(&Decision) -> bool {
     move |d| d.status == status
@@ -394,6 +376,13 @@ async fn engine_add_and_rm_refuse_what_would_overcommit_or_orphan() {
     let (code, _, err) = add("2", &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
+        err.contains("engine e1 is already registered (4 cpus, 4096 MB, labels -)")
+            && err.contains("use --replace"),
+        "an existing id is refused, saying what it holds: {err}"
+    );
+    let (code, _, err) = add("2", &["--replace"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
         err.contains("hold 3 cpus") && err.contains("--force"),
         "{err}"
     );
@@ -407,7 +396,12 @@ async fn engine_add_and_rm_refuse_what_would_overcommit_or_orphan() {
         "unchanged, and not left cordoned: {engine}"
     );
     assert!(engine.get("cordoned").is_none(), "{engine}");
-    assert_eq!(add("3", &[]).0, 0, "exactly what it holds fits");
+    let (code, out, err) = add("3", &["--replace"]);
+    assert_eq!(code, 0, "exactly what it holds fits: {err}");
+    assert!(
+        out.contains("was 4 cpus, 4096 MB"),
+        "says what it replaced: {out}"
+    );
 
     let (code, _, err) = cli(&ep, &["engine", "rm", "e1"]);
     assert_eq!(code, 1);

@@ -731,9 +731,10 @@ async fn engine_ls_shows_health_and_live_usage() {
             .find(|l| l.split_whitespace().next() == Some("e1"))
             .unwrap_or_else(|| panic!("no row for e1:\n{text}"))
             .to_string();
+        // ENGINE CPUS MEMORY LIVE-CPU LIVE-MB CTRS HEALTH CONTACT ("2s ago") LABELS
         let cols: Vec<&str> = row.split_whitespace().collect();
-        let ctrs: usize = cols.get(6).and_then(|n| n.parse().ok()).unwrap_or(0);
-        if row.contains("ok, last contact") && ctrs >= 1 {
+        let ctrs: usize = cols.get(5).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if cols.get(6) == Some(&"ok") && ctrs >= 1 {
             break row;
         }
         assert!(
@@ -744,8 +745,12 @@ async fn engine_ls_shows_health_and_live_usage() {
     };
     println!("ls: after {} ms: {row}", since.elapsed().as_millis());
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[2], "0.5/2", "reserved/total cpus: {row}");
-    assert_eq!(cols[3], "64/2048", "reserved/total MB: {row}");
+    assert_eq!(cols[1], "0.5/2", "reserved/total cpus: {row}");
+    assert_eq!(cols[2], "64/2048", "reserved/total MB: {row}");
+    assert!(
+        cols[7].ends_with('s') && cols[8] == "ago",
+        "contact as an age: {row}"
+    );
 
     // Profiles are written every 5 health rounds.
     let since = Instant::now();
@@ -775,4 +780,62 @@ async fn engine_ls_shows_health_and_live_usage() {
     assert!(samples >= 1, "{profile}");
     assert!(cols[2].starts_with("0.5/"), "requested cpus: {profile}");
     assert!(cols[3].starts_with("64/"), "requested MB: {profile}");
+}
+
+/// `submit --wait=running` exits 0 once the container runs, and 5 when it fails to start on
+/// every engine it may try; `--wait` (placed) exits 0 at the placement alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_running_and_failed_exit_codes() {
+    let mut c = Cluster::start("waitrun", &["a"]).await;
+    let mut args = FAST.to_vec();
+    args.extend(["--launch-tries", "1"]);
+    c.start_controller("ctl-1", &args);
+    c.register("a").await;
+    let submit = async |c: &Cluster, id: &str, body: &str, wait: &str| {
+        let file = c.dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, body).expect("write the request");
+        let file = file.to_string_lossy().to_string();
+        c.citadel(&["submit", &file, "--id", id, wait, "--timeout", "30"])
+            .await
+    };
+
+    let started = Instant::now();
+    let out = submit(
+        &c,
+        "runs",
+        &request("service", &["sleep", "300"]),
+        "--wait=running",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d: Decision = serde_json::from_str(&stdout(&out)).expect("the decision, as JSON");
+    assert!(is_running(&d), "{d:#?}");
+    println!(
+        "waitrun: submit --wait=running returned after {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let out = submit(
+        &c,
+        "placed",
+        &request("service", &["sleep", "300"]),
+        "--wait",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = submit(
+        &c,
+        "fails",
+        &request("service", &["/nonexistent"]),
+        "--wait=running",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "failed: {}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("citadel: error: failed:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }

@@ -32,7 +32,7 @@ use crate::manager::MAX_TXN_OPS;
 use crate::store::{self, EtcdConfig};
 use phase::Seen;
 use proc::{Controllers, Meter, proc_usage};
-pub use report::print_table;
+pub use report::render_table;
 pub use workload::request_json;
 use workload::{Fleet, RawPuts, percentile, raw_put_rate, register_engines};
 

@@ -1,13 +1,16 @@
 //! What a run prints: the table, and the plot of latencies (`--plot`).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use super::BenchResult;
 
-/// The human table.
-pub fn print_table(r: &BenchResult) {
-    println!("citadel bench: {}", r.parameters());
-    println!(
+/// The human table (no trailing newline). Writing to a String cannot fail.
+pub fn render_table(r: &BenchResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "citadel bench: {}", r.parameters());
+    let _ = writeln!(
+        out,
         "  decided            {:>10}  (placed {}, unschedulable {}, invalid {}, undecided {})",
         r.requests - r.undecided,
         r.placed,
@@ -15,31 +18,37 @@ pub fn print_table(r: &BenchResult) {
         r.invalid,
         r.undecided
     );
-    println!("  placements/s       {:>10.0}", r.placements_per_s);
-    println!(
+    let _ = writeln!(out, "  placements/s       {:>10.0}", r.placements_per_s);
+    let _ = writeln!(
+        out,
         "  raw etcd puts/s    {:>10.0}  (same etcd, same concurrency)",
         r.raw_put_per_s
     );
-    println!("  ratio              {:>10.3}", r.ratio);
+    let _ = writeln!(out, "  ratio              {:>10.3}", r.ratio);
     if let (Some(floor), Some(to_floor)) = (r.floor_per_s, r.ratio_to_floor) {
-        println!(
+        let _ = writeln!(
+            out,
             "  floor/s            {floor:>10.0}  (a minimal writer of the same decisions, with the same guards)"
         );
-        println!("  ratio to the floor {to_floor:>10.3}");
+        let _ = writeln!(out, "  ratio to the floor {to_floor:>10.3}");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  users' put ms      {:>10.2}  p50 while citadel runs ({:.2} in the raw measurement)",
         r.put_p50_ms, r.raw_put_p50_ms
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
         "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  controller cpu     {:>10.2} s  ({:.1} us per placement, {:.1} us per decision)",
         r.controller_cpu_s, r.controller_cpu_us_per_placement, r.controller_cpu_us_per_decision
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  controller rss     {:>10.1} MB peak  ({:.1} MB at start, {:.0} B per placement, {:.0} B per decision)",
         r.controller_rss_mb,
         r.controller_rss_base_mb,
@@ -47,15 +56,18 @@ pub fn print_table(r: &BenchResult) {
         r.controller_bytes_per_decision
     );
     if let (Some(raw), Some(run)) = (r.etcd_cpu_s_per_1k_raw_puts, r.etcd_cpu_s_per_1k_placements) {
-        println!(
+        let _ = writeln!(
+            out,
             "  etcd cpu           {raw:>10.3} s per 1k raw puts, {run:.3} s per 1k placements"
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  bench cpu          {:>10.2} s  (submitters and decision watcher): {:.3} s per 1k raw puts, {:.3} s per 1k placements",
         r.bench_cpu_s, r.bench_cpu_s_per_1k_raw_puts, r.bench_cpu_s_per_1k_placements
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  invariants         overcommitted engines {}, double-bound ports {}, mismatched {}, missing/duplicate decisions {}",
         r.overcommitted_engines,
         r.double_bound_ports,
@@ -72,9 +84,10 @@ pub fn print_table(r: &BenchResult) {
             Some(false) => "; history not compacted",
             None => "",
         };
-        println!("  etcd database      {db:>10.0} MB{in_use}{compacted}");
+        let _ = writeln!(out, "  etcd database      {db:>10.0} MB{in_use}{compacted}");
     }
-    println!("  wall time          {:>10.1} s", r.elapsed_s);
+    let _ = writeln!(out, "  wall time          {:>10.1} s", r.elapsed_s);
+    out.trim_end().to_string()
 }
 
 /// Latency over submit time and its distribution, titled with the run's parameters and marked

@@ -6,6 +6,7 @@ use clap::Args;
 use etcd_client::Client;
 
 use super::CliError;
+use super::output::outln;
 use crate::keys::Keys;
 
 #[derive(Debug, Args)]
@@ -42,12 +43,9 @@ pub(super) async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<
     };
     let findings = report.findings();
     if a.output == "json" {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
-        );
+        super::output::json(&report)?;
     } else {
-        println!(
+        outln!(
             "revision {}: {} engines, {} requests, {} decisions ({} placed, {} unschedulable, {} invalid, {} pending, {} ended)",
             report.revision,
             report.engines,
@@ -60,10 +58,10 @@ pub(super) async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<
             report.ended
         );
         if findings.is_empty() {
-            println!("ok: no engine over capacity, no port bound twice, every request decided");
+            outln!("ok: no engine over capacity, no port bound twice, every request decided");
         }
         for (kind, detail) in &findings {
-            println!("{kind}: {detail}");
+            outln!("{kind}: {detail}");
         }
     }
     match findings.len() {

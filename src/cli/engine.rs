@@ -1,26 +1,36 @@
-//! `citadel engine add|ls|show|rm`, and `citadel ls`.
+//! `citadel engine add|rm` and the engine commands themselves; `engine ls`, `engine show` and
+//! `citadel ls` print from `engine_ls`.
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
+use super::output::{OutputArgs, outln};
 use super::{CliError, engine_id, timed, trim};
 use crate::cache::Cache;
 use crate::keys::Keys;
-use crate::model::{Engine, EngineId, EngineSpec};
+use crate::model::{Engine, EngineSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum EngineCommand {
-    /// Register (or update) an engine.
+    /// Register an engine (or replace one, with --replace).
     Add(EngineAddArgs),
-    /// List engines with reserved and total resources.
-    Ls,
+    /// List engines with reserved and total resources, live use and health.
+    Ls(OutputArgs),
     /// What one engine holds: every request reserved on it, with its cpus, memory and ports.
-    Show { id: String },
+    Show {
+        /// The engine's id.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Remove an engine: refused while placements hold resources on it. It is cordoned first
     /// (no placement can land meanwhile), checked, then deleted in one transaction.
     Rm {
+        /// The engine's id.
+        #[arg(value_name = "ID")]
         id: String,
         /// Remove it even though placements hold resources on it: the leader then places its
         /// services elsewhere and marks the rest lost.
@@ -31,31 +41,39 @@ pub enum EngineCommand {
 
 #[derive(Debug, Args)]
 pub struct EngineAddArgs {
+    /// The engine's id (its key under engines/, and the label engine=ID).
+    #[arg(value_name = "ID")]
     pub id: String,
     /// Docker API address: unix:///var/run/docker.sock, tcp://HOST:2375, https://HOST:2376.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub addr: String,
     /// Cpus to offer [default: the engine's NCPU, read from the engine].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub cpus: Option<f64>,
     /// Memory in MB to offer [default: the engine's MemTotal, read from the engine].
-    #[arg(long)]
+    #[arg(long, value_name = "MB")]
     pub memory: Option<f64>,
     /// key=value or a bare key; repeat for several. Added to the daemon's own labels (a flag
     /// wins over a daemon label with the same key).
-    #[arg(long = "label")]
+    #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
     /// Seconds to wait for the engine when probing it.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub probe_timeout: u64,
-    #[arg(long)]
+    /// The CA that signed the engine's Docker API certificate (for https:// addresses).
+    #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<String>,
-    #[arg(long)]
+    /// A client certificate the engine's Docker API accepts.
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<String>,
-    #[arg(long)]
+    /// The client certificate's private key.
+    #[arg(long, value_name = "FILE")]
     pub tls_key: Option<String>,
+    /// Replace an engine registered under this id (refused otherwise); says what it replaced.
+    #[arg(long)]
+    pub replace: bool,
     /// Register it even with less capacity than its placements hold: the leader then moves its
-    /// newest placements until the rest fit.
+    /// newest placements until the rest fit (implies --replace).
     #[arg(long)]
     pub force: bool,
 }
@@ -135,7 +153,7 @@ pub(super) async fn engine_add(
         if !timed(kv.txn(put_if(0, value))).await?.succeeded() {
             return Err(changed());
         }
-        println!(
+        outln!(
             "engine {id} registered: {} cpus, {} MB",
             trim(cpus),
             trim(memory)
@@ -143,6 +161,12 @@ pub(super) async fn engine_add(
         return Ok(());
     };
     let was: Engine = serde_json::from_slice(current.value()).unwrap_or_default();
+    if !(a.replace || a.force) {
+        return Err(CliError::Usage(format!(
+            "engine {id} is already registered ({}); use --replace to replace it",
+            offer(&was)
+        )));
+    }
     // An operator's cordon outlives a change of capacity or labels.
     let mut wire = wire;
     wire.cordoned = was.cordoned;
@@ -175,12 +199,23 @@ pub(super) async fn engine_add(
             return Err(changed());
         }
     }
-    println!(
-        "engine {id} registered: {} cpus, {} MB",
-        trim(cpus),
-        trim(memory)
+    outln!(
+        "engine {id} replaced: now {}; was {}",
+        offer(&wire),
+        offer(&was)
     );
     Ok(())
+}
+
+/// An engine's offer in one phrase: `4 cpus, 8192 MB, labels zone=a,ssd`.
+fn offer(e: &Engine) -> String {
+    format!(
+        "{} cpus, {} MB, labels {}{}",
+        trim(e.cpus),
+        trim(e.memory),
+        super::output::labels_cell(&e.labels),
+        if e.cordoned { ", cordoned" } else { "" }
+    )
 }
 
 /// An engine held still while a command checks what it holds: cordoned (unless it already
@@ -276,7 +311,7 @@ pub(super) async fn engine_rm(
         {
             return Err(changed());
         }
-        println!(
+        outln!(
             "engine {id} removed (the leader places its services elsewhere and marks the rest lost)"
         );
         return Ok(());
@@ -294,111 +329,6 @@ pub(super) async fn engine_rm(
     if !timed(kv.txn(delete_if(still.at))).await?.succeeded() {
         return Err(changed());
     }
-    println!("engine {id} removed");
-    Ok(())
-}
-
-pub(super) async fn engine_show(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
-    let id = engine_id(id)?;
-    let cache = Cache::new(keys.clone(), 1.0);
-    cache.load(client).await?;
-    let state = cache.lock();
-    let Some(spec) = state.engine_spec(&id) else {
-        return Err(CliError::Usage(format!("engine {id} is not registered")));
-    };
-    let held = state.held_on(&id);
-    let usage = state.usage(&id);
-    println!(
-        "engine {id} ({}): {}/{} cpus, {}/{} MB reserved by {} request(s)",
-        spec.addr,
-        trim(usage.cpus.as_cpus()),
-        trim(spec.cpus.as_cpus()),
-        usage.memory.0,
-        spec.memory.0,
-        held.len()
-    );
-    if held.is_empty() {
-        return Ok(());
-    }
-    println!(
-        "{:<40} {:<14} {:>8} {:>10}  PORTS",
-        "REQUEST", "STATUS", "CPUS", "MEMORY MB"
-    );
-    for h in held {
-        let ports: Vec<String> = h.ports.iter().map(ToString::to_string).collect();
-        println!(
-            "{:<40} {:<14} {:>8} {:>10}  {}",
-            h.request.as_str(),
-            h.status.map(|s| s.to_string()).unwrap_or_default(),
-            trim(h.cpus.as_cpus()),
-            h.memory.0,
-            if ports.is_empty() {
-                "-".to_string()
-            } else {
-                ports.join(",")
-            }
-        );
-    }
-    Ok(())
-}
-
-pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<(), CliError> {
-    let cache = Cache::new(keys.clone(), 1.0);
-    cache.load(client).await?;
-    let state = cache.lock();
-    if summary {
-        let info = state.cluster_info();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).map_err(|e| CliError::Usage(e.to_string()))?
-        );
-        println!();
-    }
-    println!(
-        "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
-        "ENGINE",
-        "ADDR",
-        "CPUS (res/total)",
-        "MEMORY MB (res/total)",
-        "LIVE CPU",
-        "LIVE MB",
-        "CTRS"
-    );
-    for (snap, addr, error) in state.engine_rows() {
-        if let Some(e) = error {
-            println!(
-                "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
-                snap.id, "", "-", "-", "-", "-", "-"
-            );
-            continue;
-        }
-        let health = EngineId::new(&snap.id)
-            .ok()
-            .and_then(|id| state.health(&id).cloned());
-        let (live_cpu, live_mb, ctrs, status) = match health {
-            Some(h) => (
-                trim(h.health.cpus_used),
-                trim(h.health.memory_used_mb.round()),
-                h.health.containers_running.to_string(),
-                format!("ok, last contact {}", h.health.last_contact),
-            ),
-            None => (
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "no health key: silent engine, or no leader runs with --docker".into(),
-            ),
-        };
-        println!(
-            "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
-            snap.id,
-            addr,
-            format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
-            format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
-            live_cpu,
-            live_mb,
-            ctrs,
-        );
-    }
+    outln!("engine {id} removed");
     Ok(())
 }

@@ -1,16 +1,28 @@
 //! The `citadel` command line: one file per command group.
 //!
-//! `mod.rs` holds the global flags, the commands, the one-line errors and the dispatch; the
-//! groups are `controller` (a replica), `engine` (add, ls, show, rm), `request` (submit,
-//! status, release) and `check`.
+//! `mod.rs` holds the global flags, the commands, the one-line errors with their exit codes,
+//! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
+//! (`ls`, `engine ls`, `engine show`), `request` (submit, status, release, profile),
+//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
+//! `completions` (shell completions, the man page). `output` is how they all print (`-o
+//! table|wide|json`, tables, a closed pipe), and `follow` how the commands that keep running
+//! watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
-//! into it.
+//! into it (`rbac` is handed its printer). It writes to etcd only what a command is for.
 
 mod check;
+mod completions;
 mod controller;
 mod engine;
+mod engine_ls;
+mod events;
+mod follow;
+mod leader;
+pub(crate) mod output;
+mod plan;
 mod request;
+mod requests;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,13 +35,18 @@ use crate::store::{self, CALL_TIMEOUT, EtcdConfig, StoreError, TlsConfig};
 pub use check::CheckArgs;
 pub use controller::ControllerArgs;
 pub use engine::{EngineAddArgs, EngineCommand};
-pub use request::SubmitArgs;
+pub use events::EventsArgs;
+pub use output::{Format, OutputArgs};
+pub use plan::PlanArgs;
+pub use request::{StatusArgs, SubmitArgs, WaitFor};
+pub use requests::{RequestsCommand, RequestsLsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "citadel",
     version,
-    about = "A Docker container scheduler whose registry is etcd"
+    about = "A Docker container scheduler whose registry is etcd",
+    after_help = request::EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -41,18 +58,25 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; `bench` starts its own].
-    #[arg(long, global = true, env = "CITADEL_ETCD", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "CITADEL_ETCD",
+        value_delimiter = ',',
+        value_name = "URL[,URL…]"
+    )]
     pub etcd: Option<Vec<String>>,
     /// Key prefix everything lives under.
     #[arg(
         long,
         global = true,
         env = "CITADEL_PREFIX",
-        default_value = "/citadel"
+        default_value = "/citadel",
+        value_name = "PREFIX"
     )]
     pub prefix: String,
     /// Log format of long-running commands.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
     pub log_format: String,
     /// The CA bundle etcd's server certificate must chain to, for https:// endpoints (else
     /// the system's bundle) [also read from ETCDCTL_CACERT].
@@ -81,7 +105,8 @@ pub struct Global {
         long,
         global = true,
         env = "CITADEL_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_name = "PASSWORD"
     )]
     pub password: Option<String>,
 }
@@ -167,16 +192,48 @@ pub enum Command {
     #[command(subcommand)]
     Engine(EngineCommand),
     /// Submit a request (a JSON file, or - for standard input).
+    #[command(after_help = request::EXIT_CODES_HELP)]
     Submit(SubmitArgs),
     /// Show the decision for a request.
-    Status { id: String },
-    /// Cluster summary (the seed's ClusterInfo) and a table of engines.
-    Ls,
+    Status(StatusArgs),
+    /// Who leads, the cluster's totals (the seed's ClusterInfo) and a table of engines.
+    Ls(OutputArgs),
     /// Release a request: deletes it; the leader frees its reservation and removes its decision.
-    Release { id: String },
+    Release {
+        /// The request's id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
     /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
     /// by a leader running with --docker).
-    Profile { image: Option<String> },
+    Profile {
+        /// One image (default: every image observed).
+        #[arg(value_name = "IMAGE")]
+        image: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Find requests by where they stand (unschedulable, failed, …), with their reasons.
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+    /// Who leads: the candidate with the lowest create revision under the leader prefix, its
+    /// lease, since when it leads, and the other candidates.
+    Leader(OutputArgs),
+    /// A stream of decisions, engine and health changes as they happen (an etcd watch), one
+    /// line each, or one JSON object each with -o json. Stops on Ctrl-C, SIGTERM or a closed
+    /// pipe.
+    Events(EventsArgs),
+    /// A dry run: where a request would go now, and why each engine would be ruled out or
+    /// how it scores. Reads etcd once and writes nothing.
+    Plan(PlanArgs),
+    /// Shell completions on stdout: `citadel completions bash > /etc/bash_completion.d/citadel`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on stdout: `citadel man | man -l -`.
+    Man,
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
@@ -189,7 +246,8 @@ pub enum Command {
     Rbac(crate::rbac::RbacArgs),
 }
 
-/// A CLI failure: printed as one line, exit code 1 (2 for "decided, but not placed").
+/// A CLI failure: printed as one line, exit code 1 (`submit --wait` has codes of its own, see
+/// [`request::EXIT_CODES_HELP`]; clap's usage errors exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
@@ -202,8 +260,9 @@ pub enum CliError {
     Controller(#[from] crate::controller::ControllerError),
     #[error("{0}")]
     Usage(String),
-    #[error("{0}")]
-    NotPlaced(String),
+    /// `submit --wait` ended otherwise than asked: the exit code says how.
+    #[error("{message}")]
+    Decided { code: i32, message: String },
     #[error("check: {0} finding(s)")]
     Findings(usize),
 }
@@ -211,7 +270,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::NotPlaced(_) => 2,
+            CliError::Decided { code, .. } => *code,
             _ => 1,
         }
     }
@@ -219,6 +278,12 @@ impl CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    // Neither needs etcd, nor its settings.
+    match cli.command {
+        Command::Completions { shell } => return completions::completions(shell),
+        Command::Man => return completions::man(),
+        _ => {}
+    }
     let keys = Keys::new(&cli.global.prefix).map_err(|e| CliError::Usage(e.to_string()))?;
     let bench_own_etcd = cli.global.etcd.is_none();
     // Built once, here, and handed to everything that connects.
@@ -230,64 +295,74 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.command {
         Command::Controller(args) => controller::run_controller(args, keys, etcd).await,
-        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd)
+        Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd, output::write_line)
             .await
             .map_err(Into::into),
-        Command::Bench(args) => {
-            let json = args.json;
-            let result = crate::bench::run(args, (!bench_own_etcd).then_some(etcd))
-                .await
-                .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
-            crate::bench::print_table(&result);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&result).map_err(|e| CliError::Usage(e.to_string()))?
-                );
-            }
-            let violations = result.overcommitted_engines
-                + result.double_bound_ports
-                + result.mismatched
-                + result.duplicate_or_missing_decisions;
-            if violations > 0 {
-                return Err(CliError::NotPlaced(format!(
-                    "bench: {violations} invariant violation(s)"
-                )));
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench(args, bench_own_etcd, etcd).await,
         command => {
             let client = store::connect(&etcd, Some(Duration::from_secs(5))).await?;
-            match command {
-                Command::Engine(EngineCommand::Add(a)) => {
-                    engine::engine_add(&client, &keys, a).await
-                }
-                Command::Engine(EngineCommand::Ls) | Command::Ls => {
-                    let summary = matches!(command, Command::Ls);
-                    engine::ls(&client, &keys, summary).await
-                }
-                Command::Engine(EngineCommand::Show { id }) => {
-                    engine::engine_show(&client, &keys, &id).await
-                }
-                Command::Engine(EngineCommand::Rm { id, force }) => {
-                    engine::engine_rm(&client, &keys, &id, force).await
-                }
-                Command::Submit(a) => request::submit(&client, &keys, a).await,
-                Command::Status { id } => request::status(&client, &keys, &id).await,
-                Command::Release { id } => request::release(&client, &keys, &id).await,
-                Command::Check(a) => check::check(&client, &keys, a).await,
-                Command::Profile { image } => {
-                    println!(
-                        "{}",
-                        crate::profile::show(&client, &keys, image.as_deref()).await?
-                    );
-                    Ok(())
-                }
-                Command::Controller(_) | Command::Bench(_) | Command::Rbac(_) => {
-                    unreachable!("handled above")
-                }
-            }
+            one_shot(&client, &keys, command).await
         }
+    }
+}
+
+async fn bench(
+    args: crate::bench::BenchArgs,
+    own_etcd: bool,
+    etcd: EtcdConfig,
+) -> Result<(), CliError> {
+    let json = args.json;
+    let result = crate::bench::run(args, (!own_etcd).then_some(etcd))
+        .await
+        .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+    output::write_line(&crate::bench::render_table(&result));
+    if json {
+        output::json_line(&result)?;
+    }
+    let violations = result.overcommitted_engines
+        + result.double_bound_ports
+        + result.mismatched
+        + result.duplicate_or_missing_decisions;
+    if violations > 0 {
+        return Err(CliError::Usage(format!(
+            "bench: {violations} invariant violation(s)"
+        )));
+    }
+    Ok(())
+}
+
+/// The commands that connect, do one thing (or follow etcd until stopped), and exit.
+async fn one_shot(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    command: Command,
+) -> Result<(), CliError> {
+    match command {
+        Command::Engine(EngineCommand::Add(a)) => engine::engine_add(client, keys, a).await,
+        Command::Engine(EngineCommand::Ls(o)) => engine_ls::ls(client, keys, false, o).await,
+        Command::Ls(o) => engine_ls::ls(client, keys, true, o).await,
+        Command::Engine(EngineCommand::Show { id, output }) => {
+            engine_ls::engine_show(client, keys, &id, output).await
+        }
+        Command::Engine(EngineCommand::Rm { id, force }) => {
+            engine::engine_rm(client, keys, &id, force).await
+        }
+        Command::Submit(a) => request::submit(client, keys, a).await,
+        Command::Status(a) => request::status(client, keys, a).await,
+        Command::Release { id } => request::release(client, keys, &id).await,
+        Command::Check(a) => check::check(client, keys, a).await,
+        Command::Profile { image, output } => {
+            request::profile(client, keys, image.as_deref(), output).await
+        }
+        Command::Requests(RequestsCommand::Ls(a)) => requests::ls(client, keys, a).await,
+        Command::Leader(o) => leader::leader(client, keys, o).await,
+        Command::Events(a) => events::events(client, keys, a).await,
+        Command::Plan(a) => plan::plan(client, keys, a).await,
+        Command::Controller(_)
+        | Command::Bench(_)
+        | Command::Rbac(_)
+        | Command::Completions { .. }
+        | Command::Man => Err(CliError::Usage("not a one-shot command".into())),
     }
 }
 
@@ -297,6 +372,12 @@ fn engine_id(id: &str) -> Result<EngineId, CliError> {
 
 fn request_id(id: &str) -> Result<RequestId, CliError> {
     RequestId::new(id).map_err(|e| CliError::Usage(format!("request id: {e}")))
+}
+
+/// `text` on one line: a reason may quote a multi-line message (a regex's), and an error is
+/// one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn trim(v: f64) -> String {

@@ -1,42 +1,99 @@
-//! `citadel submit`, `status` and `release`: a user's requests.
+//! `citadel submit`, `status`, `release` and `profile`: a user's requests.
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
+use serde::Serialize;
 
+use super::follow::{Follow, Stop};
+use super::output::{OutputArgs, age, json, json_line, outln, write_line};
 use super::{CliError, request_id, timed};
-use crate::keys::Keys;
-use crate::model::{Decision, Request, RequestId, Status};
+use crate::keys::{Key, Keys};
+use crate::model::{ContainerState, Decision, Request, RequestId, Status};
+
+/// `submit --wait`'s exit codes past 0 (placed, or running) and 1 (any other error); clap's
+/// usage errors are 2.
+pub const EXIT_UNSCHEDULABLE: i32 = 3;
+pub const EXIT_INVALID: i32 = 4;
+pub const EXIT_FAILED: i32 = 5;
+pub const EXIT_TIMEOUT: i32 = 6;
+
+/// The exit codes, as `--help` states them.
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (submit --wait: placed, or running with \
+--wait=running); 1 an error (etcd unreachable, refused, bad file, …); 2 a usage error; \
+3 unschedulable; 4 invalid; 5 failed (its container could not start, or its engine was lost); \
+6 --wait timed out.";
+
+/// What `submit --wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    /// The decision: placed (exit 0) or not (3, 4).
+    Placed,
+    /// The container running on its engine (a leader with --docker; the request asks for
+    /// `"launch": true`, or the leader runs with --launch).
+    Running,
+}
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// A JSON file, or - for standard input.
+    /// The request: a JSON file, or - for standard input.
+    #[arg(value_name = "FILE|-")]
     pub file: String,
     /// Request id (default: a new UUID).
-    #[arg(long)]
+    #[arg(long, value_name = "ID")]
     pub id: Option<String>,
-    /// Wait for the decision and print it; exit 0 if placed, 2 if not.
-    #[arg(long)]
-    pub wait: bool,
-    /// How long --wait waits, in seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Wait for the decision (placed, the default) or for the container to run, print the
+    /// decision, and exit with a code that says how it went (see below).
+    #[arg(
+        long,
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "placed",
+        value_name = "placed|running"
+    )]
+    pub wait: Option<WaitFor>,
+    /// How long --wait waits, in seconds (then exit 6).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
 }
 
-pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {
-    let raw = if a.file == "-" {
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The request's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print it again whenever the request or its decision changes (an etcd watch), until
+    /// Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A request's bytes: from a file, or from standard input for `-`.
+pub(super) fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
+    if file == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
             .map_err(|e| CliError::Usage(format!("reading standard input: {e}")))?;
-        buf
+        Ok(buf)
     } else {
-        std::fs::read(&a.file).map_err(|e| CliError::Usage(format!("{}: {e}", a.file)))?
-    };
+        std::fs::read(file).map_err(|e| CliError::Usage(format!("{file}: {e}")))
+    }
+}
+
+pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {
+    let raw = read_input(&a.file)?;
     if let Err(e) = Request::parse(&raw) {
-        return Err(CliError::Usage(format!("invalid request: {e}")));
+        // Refused before it is written: as invalid as the leader would have said.
+        return Err(CliError::Decided {
+            code: EXIT_INVALID,
+            message: format!("invalid request: {e}"),
+        });
     }
     let id = match a.id {
         Some(id) => request_id(&id)?,
@@ -58,24 +115,54 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
         )));
     }
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    if !a.wait {
-        println!("{id}");
+    let Some(wait) = a.wait else {
+        outln!("{id}");
         return Ok(());
-    }
-    let decision = wait_decision(client, keys, &id, rev, Duration::from_secs(a.timeout)).await?;
-    print_decision(&decision)
+    };
+    let (decision, done) =
+        wait_decision(client, keys, &id, rev, wait, Duration::from_secs(a.timeout)).await?;
+    json(&decision)?;
+    done
 }
 
-/// Waits for a decision on request revision `rev`, watching from that revision.
+/// How a decision ends a `submit --wait`: `None` while there is more to wait for.
+fn outcome(d: &Decision, wait: WaitFor) -> Option<Result<(), CliError>> {
+    let not = |code: i32| {
+        Some(Err(CliError::Decided {
+            code,
+            // A reason may quote a multi-line message (a regex's): the error is one line.
+            message: format!("{}: {}", d.status, super::one_line(&d.reason)),
+        }))
+    };
+    let running = d
+        .run
+        .as_ref()
+        .and_then(|r| r.state.as_ref())
+        .is_some_and(|s| *s == ContainerState::Running);
+    match d.status {
+        Status::Unschedulable => not(EXIT_UNSCHEDULABLE),
+        Status::Invalid => not(EXIT_INVALID),
+        Status::Failed | Status::Lost => not(EXIT_FAILED),
+        // A batch container that ran to its end.
+        Status::Exited => Some(Ok(())),
+        Status::Placed if wait == WaitFor::Placed || running => Some(Ok(())),
+        // Placed but not yet running, or being placed again after a failed start.
+        Status::Placed | Status::Pending => None,
+    }
+}
+
+/// Waits for a decision on request revision `rev` that ends the wait (see [`outcome`]),
+/// watching from that revision; returns it with how it ends the command.
 async fn wait_decision(
     client: &Client,
     keys: &Keys,
     id: &RequestId,
     rev: i64,
+    wait: WaitFor,
     timeout: Duration,
-) -> Result<Decision, CliError> {
+) -> Result<(Decision, Result<(), CliError>), CliError> {
     let key = keys.decision(id);
-    let wait = async {
+    let wait_for = async {
         let mut stream = client
             .watch_client()
             .watch(
@@ -88,8 +175,9 @@ async fn wait_decision(
                 if let Some(kv) = ev.kv()
                     && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
                     && d.request_revision >= rev
+                    && let Some(done) = outcome(&d, wait)
                 {
-                    return Ok(d);
+                    return Ok((d, done));
                 }
             }
         }
@@ -97,61 +185,141 @@ async fn wait_decision(
             "watch ended before a decision arrived".into(),
         ))
     };
-    tokio::time::timeout(timeout, wait).await.map_err(|_| {
-        CliError::Usage(format!(
-            "no decision for {id} within {timeout:?}: is a controller running? (citadel status {id})"
-        ))
-    })?
+    let what = match wait {
+        WaitFor::Placed => "no decision",
+        WaitFor::Running => {
+            "no running container (only a leader with --docker runs one, for a request with \
+             \"launch\": true or with --launch)"
+        }
+    };
+    tokio::time::timeout(timeout, wait_for)
+        .await
+        .map_err(|_| CliError::Decided {
+            code: EXIT_TIMEOUT,
+            message: format!(
+                "{what} for {id} within {timeout:?}: is a controller running? (citadel status {id})"
+            ),
+        })?
 }
 
-fn print_decision(d: &Decision) -> Result<(), CliError> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(d).map_err(|e| CliError::Usage(e.to_string()))?
-    );
-    match d.status {
-        Status::Placed => Ok(()),
-        other => Err(CliError::NotPlaced(format!("{other}: {}", d.reason))),
-    }
+/// A request's current standing, as `status` prints it.
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    id: String,
+    /// The request's mod revision (`None`: the request is gone, its decision not yet).
+    request_revision: Option<i64>,
+    /// `queued` while no decision is for the request's current revision.
+    status: String,
+    /// The newest decision, whichever revision it is for.
+    decision: Option<Decision>,
 }
 
-pub(super) async fn status(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
-    let id = request_id(id)?;
-    let mut kv = client.kv_client();
+/// Reads the request and its decision in one transaction.
+async fn read_status(
+    client: &Client,
+    keys: &Keys,
+    id: &RequestId,
+) -> Result<(StatusReport, i64), CliError> {
     let txn = Txn::new().and_then(vec![
-        TxnOp::get(keys.request(&id), None),
-        TxnOp::get(keys.decision(&id), None),
+        TxnOp::get(keys.request(id), None),
+        TxnOp::get(keys.decision(id), None),
     ]);
-    let resp = timed(kv.txn(txn)).await?;
+    let resp = timed(client.kv_client().txn(txn)).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
     let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
         etcd_client::TxnOpResponse::Get(g) => Some(g),
         _ => None,
     });
     let request = gets.next().and_then(|g| g.kvs().first().cloned());
     let decision = gets.next().and_then(|g| g.kvs().first().cloned());
-    match (request, decision) {
-        (None, None) => Err(CliError::Usage(format!("no request {id}"))),
-        (Some(r), None) => {
-            println!("{id}: pending (request revision {})", r.mod_revision());
-            Ok(())
+    if request.is_none() && decision.is_none() {
+        return Err(CliError::Usage(format!("no request {id}")));
+    }
+    let decision = match decision {
+        Some(d) => Some(
+            serde_json::from_slice::<Decision>(d.value())
+                .map_err(|e| CliError::Usage(format!("decision for {id} is unreadable: {e}")))?,
+        ),
+        None => None,
+    };
+    let request_revision = request.map(|r| r.mod_revision());
+    let status = match (&decision, request_revision) {
+        (Some(d), Some(r)) if d.request_revision == r => d.status.to_string(),
+        (Some(d), None) => format!("{} (request deleted: being released)", d.status),
+        _ => "queued".to_string(),
+    };
+    let report = StatusReport {
+        id: id.to_string(),
+        request_revision,
+        status,
+        decision,
+    };
+    Ok((report, revision))
+}
+
+fn print_status(r: &StatusReport, o: OutputArgs, stream: bool) -> Result<(), CliError> {
+    if o.json() {
+        return if stream { json_line(r) } else { json(r) };
+    }
+    let mut lines = vec![
+        format!("request   {}", r.id),
+        format!("status    {}", r.status),
+    ];
+    if let Some(rev) = r.request_revision {
+        lines.push(format!("revision  {rev}"));
+    }
+    if let Some(d) = &r.decision {
+        if r.request_revision != Some(d.request_revision) {
+            lines.push(format!(
+                "decision  for revision {} (a new one is coming)",
+                d.request_revision
+            ));
         }
-        (r, Some(d)) => {
-            let d: Decision = serde_json::from_slice(d.value())
-                .map_err(|e| CliError::Usage(format!("decision for {id} is unreadable: {e}")))?;
-            if let Some(r) = r
-                && r.mod_revision() != d.request_revision
-            {
-                println!(
-                    "{id}: pending (request revision {}; the decision below is for revision {})",
-                    r.mod_revision(),
-                    d.request_revision
-                );
+        if let Some(res) = &d.resource {
+            lines.push(format!("engine    {} ({})", res.id, res.addr));
+        }
+        if !d.reason.is_empty() {
+            lines.push(format!("reason    {}", d.reason));
+        }
+        lines.push(format!(
+            "decided   {} by {}{}",
+            age(&d.decided_at, SystemTime::now()),
+            d.decided_by,
+            if o.wide() {
+                format!(" at {}", d.decided_at)
+            } else {
+                String::new()
             }
-            // `status` reports; only `submit --wait` turns "not placed" into an exit code.
-            print_decision(&d).or_else(|e| match e {
-                CliError::NotPlaced(_) => Ok(()),
-                e => Err(e),
-            })
+        ));
+        if let Some(run) = &d.run {
+            let state = run
+                .state
+                .as_ref()
+                .map_or("-".to_string(), ToString::to_string);
+            let short: String = run.container_id.chars().take(12).collect();
+            lines.push(format!("container {state} {short} {}", run.container_name));
+        }
+        if o.wide() {
+            lines.push(format!("request   {}", d.container.get()));
+        }
+    }
+    write_line(&lines.join("\n"));
+    Ok(())
+}
+
+pub(super) async fn status(client: &Client, keys: &Keys, a: StatusArgs) -> Result<(), CliError> {
+    let id = request_id(&a.id)?;
+    let mut stop = Stop::new();
+    loop {
+        let (report, revision) = read_status(client, keys, &id).await?;
+        print_status(&report, a.output, a.watch)?;
+        if !a.watch {
+            return Ok(());
+        }
+        let mut follow = Follow::start(client, keys, revision + 1).await?;
+        let mine = |k: &Key| matches!(k, Key::Request(r) | Key::Decision(r) if *r == id);
+        if !follow.changed(&mut stop, mine).await? {
+            return Ok(());
         }
     }
 }
@@ -163,6 +331,35 @@ pub(super) async fn release(client: &Client, keys: &Keys, id: &str) -> Result<()
     if deleted == 0 {
         return Err(CliError::Usage(format!("no request {id}")));
     }
-    println!("released {id}: the leader frees its reservation and removes its decision");
+    outln!("released {id}: the leader frees its reservation and removes its decision");
     Ok(())
+}
+
+/// Learned usage per image: the table of [`crate::profile::show`], or every profile as JSON.
+pub(super) async fn profile(
+    client: &Client,
+    keys: &Keys,
+    image: Option<&str>,
+    o: OutputArgs,
+) -> Result<(), CliError> {
+    if !o.json() {
+        write_line(&crate::profile::show(client, keys, image).await?);
+        return Ok(());
+    }
+    let kvs = match image {
+        None => {
+            crate::store::range_all(client, &keys.profiles(), 500)
+                .await?
+                .0
+        }
+        Some(image) => timed(client.kv_client().get(keys.profile(image), None))
+            .await?
+            .kvs()
+            .to_vec(),
+    };
+    let profiles: Vec<crate::profile::ImageProfile> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    json(&profiles)
 }

@@ -111,6 +111,19 @@ impl Prepared {
         fits_resources(&self.request, e)
     }
 
+    /// The first filter `e` fails, named, or `Ok` if it fits: the scan's own check, for a dry
+    /// run (`citadel plan`) that explains every engine.
+    pub fn verdict(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
+        self.check(e, with_soft, &mut ClassMemo::default())
+            .map_err(|code| self.rejection(code))
+    }
+
+    /// What `spread` and `binpack` rank `e` by: its reserved fraction once this request is
+    /// placed there (spread takes the lowest, binpack the highest).
+    pub fn score(&self, e: &EngineView) -> f64 {
+        e.fraction_with(self.request.cpus, self.request.memory)
+    }
+
     /// The first filter `e` fails, as a cheap code (no allocation on the hot path).
     fn check(&self, e: &EngineView, with_soft: bool, memo: &mut ClassMemo) -> Result<(), Code> {
         for (i, c) in self.hard.iter().enumerate() {

@@ -606,6 +606,23 @@ pub async fn wait_all_decided(
     }
 }
 
+/// Runs the real binary (`citadel --etcd ENDPOINT ARGS…`, no standard input) to its end;
+/// returns its exit code and its output.
+pub fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
+        .arg("--etcd")
+        .arg(endpoint)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run citadel");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A controller replica process: the real binary (or the one `CITADEL_TEST_BIN` names, to
 /// measure another build with the same test), logging to a file; SIGKILLed when dropped.
 pub struct ReplicaProcess {

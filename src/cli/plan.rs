@@ -1,0 +1,268 @@
+//! `citadel plan FILE|-`: a dry run, like `nomad job plan`. It reads the engines, their health
+//! and every decision from etcd once, builds the views the leader schedules on, and runs the
+//! scheduler's own filters and scoring on them: for each engine, the filter that rules it out
+//! or its score, and which engine the leader would choose now. It writes nothing.
+
+use std::collections::HashMap;
+
+use clap::Args;
+use etcd_client::Client;
+use serde::Serialize;
+
+use super::output::{OutputArgs, add_row, json, labels_cell, outln, print_table, table};
+use super::request::{EXIT_INVALID, EXIT_UNSCHEDULABLE, read_input};
+use super::{CliError, request_id, trim};
+use crate::cache::{Cache, HealthPolicy, prepare};
+use crate::keys::Keys;
+use crate::scheduler::{self, EngineView, Prepared, Schedulers, Strategy};
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The request: a JSON file, or - for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: String,
+    /// The id it would be submitted under: it picks where the leader's scan starts (and
+    /// random's draw), as it will for the real request.
+    #[arg(long, value_name = "ID", default_value = "plan")]
+    pub id: String,
+    /// TYPE=STRATEGY, as the controllers run with (defaults: service=spread, batch=binpack).
+    #[arg(long = "scheduler", value_name = "TYPE=STRATEGY")]
+    pub schedulers: Vec<String>,
+    /// The controllers' --overcommit.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub overcommit: f64,
+    /// Whether the leader runs with --docker, so that only engines with a health key are
+    /// schedulable [default: true when any engine has a health key].
+    #[arg(long, value_name = "BOOL")]
+    pub docker: Option<bool>,
+    /// As the controllers' --count-live: count max(reserved, live use) against capacity.
+    #[arg(long)]
+    pub count_live: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// One engine in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnginePlan {
+    pub id: String,
+    pub addr: String,
+    pub labels: Vec<String>,
+    /// The first filter it fails (`None`: it fits).
+    pub rejected: Option<String>,
+    /// Its reserved fraction once the request is placed there (engines that fit).
+    pub score: Option<f64>,
+    pub free_cpus: f64,
+    pub free_memory: f64,
+    pub chosen: bool,
+}
+
+/// What `plan -o json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    /// etcd's revision the state was read at.
+    pub revision: i64,
+    pub request: String,
+    /// `placed`, `unschedulable` or `invalid`: the decision the leader would write now.
+    pub status: &'static str,
+    pub strategy: Option<&'static str>,
+    /// The engine it would be placed on.
+    pub engine: Option<String>,
+    pub reason: String,
+    /// No engine met the soft constraints, so they were dropped.
+    pub soft_dropped: bool,
+    pub engines: Vec<EnginePlan>,
+}
+
+pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<(), CliError> {
+    if !(a.overcommit.is_finite() && a.overcommit > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--overcommit {}: expected a number greater than 0",
+            a.overcommit
+        )));
+    }
+    let schedulers =
+        Schedulers::with_overrides(&a.schedulers).map_err(|e| CliError::Usage(e.to_string()))?;
+    let raw = read_input(&a.file)?;
+    let id = request_id(&a.id)?;
+    let (views, labels, revision) = engine_views(client, keys, &a).await?;
+    let report = match prepare(&id, &raw).map_err(|e| e.to_string()).and_then(|p| {
+        Ok((
+            schedulers
+                .for_type(&p.request.kind)
+                .map_err(|e| e.to_string())?,
+            p,
+        ))
+    }) {
+        Err(reason) => PlanReport {
+            revision,
+            request: id.to_string(),
+            status: "invalid",
+            strategy: None,
+            engine: None,
+            reason,
+            soft_dropped: false,
+            engines: Vec::new(),
+        },
+        Ok((strategy, prepared)) => {
+            let mut r = explain(&prepared, &views, &labels, strategy, &id);
+            r.revision = revision;
+            r
+        }
+    };
+    if a.output.json() {
+        json(&report)?;
+    } else {
+        print(&report, a.output.wide());
+    }
+    match report.status {
+        "invalid" => Err(CliError::Decided {
+            code: EXIT_INVALID,
+            message: format!("invalid: {}", super::one_line(&report.reason)),
+        }),
+        "unschedulable" => Err(CliError::Decided {
+            code: EXIT_UNSCHEDULABLE,
+            message: format!("unschedulable: {}", report.reason),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The engines as the leader sees them: every decision's reservation applied, health as
+/// `--docker` weighs it. Read once; only the cache's own reads.
+async fn engine_views(
+    client: &Client,
+    keys: &Keys,
+    a: &PlanArgs,
+) -> Result<(Vec<EngineView>, HashMap<String, Vec<String>>, i64), CliError> {
+    let cache = Cache::new(keys.clone(), a.overcommit);
+    cache.load(client).await?;
+    let revision = cache.revision();
+    let mut state = cache.lock();
+    let docker = a.docker.unwrap_or_else(|| {
+        state
+            .engine_specs()
+            .iter()
+            .any(|s| state.health(&s.id).is_some())
+    });
+    state.set_policy(HealthPolicy {
+        docker,
+        count_live: a.count_live,
+        launch_all: false,
+    });
+    let labels = state
+        .engine_specs()
+        .into_iter()
+        .map(|s| (s.id.to_string(), s.labels))
+        .collect();
+    Ok((state.engines().views, labels, revision))
+}
+
+/// Schedules as the leader would (same seed, same sample), then names each engine's verdict.
+fn explain(
+    p: &Prepared,
+    views: &[EngineView],
+    labels: &HashMap<String, Vec<String>>,
+    strategy: Strategy,
+    id: &crate::model::RequestId,
+) -> PlanReport {
+    let sample = scheduler::sample_size(views.len());
+    let result = scheduler::schedule(p, views, strategy, scheduler::fnv1a(id.as_str()), sample);
+    // The verdicts of the pass that decided: soft constraints count unless they were dropped.
+    let with_soft = result.as_ref().is_ok_and(|plan| !plan.soft_dropped);
+    let chosen = result.as_ref().ok().map(|plan| plan.engine);
+    let engines = views
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let verdict = p.verdict(e, with_soft);
+            EnginePlan {
+                id: e.id.to_string(),
+                addr: e.addr.clone(),
+                labels: labels.get(e.id.as_str()).cloned().unwrap_or_default(),
+                rejected: verdict.as_ref().err().map(ToString::to_string),
+                score: verdict.is_ok().then(|| p.score(e)),
+                free_cpus: e.cpus.as_cpus() - e.reserved_cpus.as_cpus(),
+                free_memory: e.memory.0.saturating_sub(e.reserved_memory.0) as f64,
+                chosen: chosen == Some(i),
+            }
+        })
+        .collect();
+    let (status, engine, reason, soft_dropped) = match result {
+        Ok(plan) => {
+            let e = &views[plan.engine];
+            (
+                "placed",
+                Some(e.id.to_string()),
+                format!("{} chose {}", strategy.name(), e.id),
+                plan.soft_dropped,
+            )
+        }
+        // The reason says "(soft constraints ignored)" itself.
+        Err(u) => ("unschedulable", None, u.reason, false),
+    };
+    PlanReport {
+        revision: 0,
+        request: id.to_string(),
+        status,
+        strategy: Some(strategy.name()),
+        engine,
+        reason,
+        soft_dropped,
+        engines,
+    }
+}
+
+fn print(r: &PlanReport, wide: bool) {
+    if !r.engines.is_empty() {
+        let mut header = vec!["ENGINE", "RESULT", "SCORE", "FREE CPUS", "FREE MB"];
+        if wide {
+            header.extend(["ADDR", "LABELS"]);
+        }
+        let mut t = table(&header);
+        for e in &r.engines {
+            let result = match (&e.rejected, e.chosen) {
+                (Some(why), _) => format!("ruled out: {why}"),
+                (None, true) => "fits, chosen".to_string(),
+                (None, false) => "fits".to_string(),
+            };
+            let mut row = vec![
+                e.id.clone(),
+                result,
+                e.score.map_or_else(|| "-".into(), |s| format!("{s:.3}")),
+                trim(e.free_cpus),
+                trim(e.free_memory),
+            ];
+            if wide {
+                row.extend([e.addr.clone(), labels_cell(&e.labels)]);
+            }
+            add_row(&mut t, row);
+        }
+        print_table(&t);
+    }
+    let strategy = r.strategy.map(|s| format!(" ({s}")).unwrap_or_default();
+    let how = match r.strategy {
+        Some("spread") => ": the lowest score wins)",
+        Some("binpack") => ": the highest score that fits wins)",
+        Some(_) => ")",
+        None => "",
+    };
+    match &r.engine {
+        Some(e) => outln!(
+            "would place {} on {e}{strategy}{how}{}; nothing was written (revision {})",
+            r.request,
+            if r.soft_dropped {
+                ", soft constraints dropped"
+            } else {
+                ""
+            },
+            r.revision
+        ),
+        None => outln!(
+            "would be {}: {}; nothing was written (revision {})",
+            r.status,
+            r.reason,
+            r.revision
+        ),
+    }
+}

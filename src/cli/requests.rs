@@ -1,0 +1,221 @@
+//! `citadel requests ls`: every request with where it stands and why, filtered by status,
+//! engine or image, so an operator finds what is unschedulable or failed. `--watch` prints it
+//! again whenever a request or a decision changes.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+use etcd_client::Client;
+use serde::Serialize;
+
+use super::follow::{Follow, Stop};
+use super::output::{
+    OutputArgs, add_row, age, id_cell, json, json_line, outln, print_table, table,
+};
+use super::{CliError, trim};
+use crate::cache::Standing;
+use crate::keys::{Key, Keys};
+use crate::model::Decision;
+
+/// Pages of this many keys when reading every request and decision.
+const PAGE: i64 = 1000;
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// List requests with their status, engine, image, age and reason.
+    Ls(RequestsLsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestsLsArgs {
+    /// Only requests that stand here; comma-separated for several.
+    #[arg(
+        long,
+        value_name = "STATUS",
+        value_delimiter = ',',
+        value_parser = ["queued", "placed", "unschedulable", "invalid", "pending", "failed", "exited", "lost"]
+    )]
+    pub status: Vec<String>,
+    /// Only requests whose decision names this engine.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
+    /// Only requests for this image.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Print the list again whenever a request or a decision changes (an etcd watch), until
+    /// Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// One request, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestListing {
+    pub id: String,
+    /// The status of the decision on its current revision, or `queued`.
+    pub status: &'static str,
+    pub engine: Option<String>,
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub request_revision: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub decided_at: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub decided_by: String,
+    pub cpus: Option<f64>,
+    pub memory: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    /// etcd's revision the requests were read at.
+    revision: i64,
+    requests: Vec<RequestListing>,
+}
+
+/// Every request and its current decision.
+async fn read(client: &Client, keys: &Keys) -> Result<Listing, CliError> {
+    let (requests, revision) = crate::store::range_all(client, &keys.requests(), PAGE).await?;
+    let (decisions, _) = crate::store::range_all(client, &keys.decisions(), PAGE).await?;
+    let mut decided: HashMap<String, Decision> = HashMap::new();
+    for kv in &decisions {
+        if let Some(Key::Decision(id)) = keys.parse(kv.key())
+            && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
+        {
+            decided.insert(id.to_string(), d);
+        }
+    }
+    let mut rows = Vec::with_capacity(requests.len());
+    for kv in &requests {
+        let Some(Key::Request(id)) = keys.parse(kv.key()) else {
+            continue;
+        };
+        let value: Option<serde_json::Value> = serde_json::from_slice(kv.value()).ok();
+        let field = |name: &str| value.as_ref().and_then(|v| v.get(name));
+        let image = field("image")
+            .or_else(|| field("name"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let d = decided
+            .remove(id.as_str())
+            .filter(|d| d.request_revision == kv.mod_revision());
+        let standing = d
+            .as_ref()
+            .map_or(Standing::Queued, |d| Standing::Decided(d.status));
+        let (cpus, memory) = match d.as_ref().and_then(|d| d.reservation.as_ref()) {
+            Some(r) => (Some(r.cpus), Some(r.memory)),
+            None => (None, None),
+        };
+        rows.push(RequestListing {
+            id: id.to_string(),
+            status: standing.name(),
+            engine: d
+                .as_ref()
+                .and_then(|d| d.resource.as_ref().map(|r| r.id.clone())),
+            image,
+            reason: d.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+            request_revision: kv.mod_revision(),
+            decided_at: d.as_ref().map(|d| d.decided_at.clone()).unwrap_or_default(),
+            decided_by: d.map(|d| d.decided_by).unwrap_or_default(),
+            cpus,
+            memory,
+        });
+    }
+    // What needs a look first, then by id.
+    let rank = |s: &str| Standing::ORDER.iter().position(|o| o.name() == s);
+    rows.sort_by(|a, b| rank(a.status).cmp(&rank(b.status)).then(a.id.cmp(&b.id)));
+    Ok(Listing {
+        revision,
+        requests: rows,
+    })
+}
+
+impl RequestsLsArgs {
+    fn keeps(&self, r: &RequestListing) -> bool {
+        (self.status.is_empty() || self.status.iter().any(|s| s == r.status))
+            && self
+                .engine
+                .as_ref()
+                .is_none_or(|e| r.engine.as_ref() == Some(e))
+            && self
+                .image
+                .as_ref()
+                .is_none_or(|i| r.image.as_ref() == Some(i))
+    }
+}
+
+pub(super) async fn ls(client: &Client, keys: &Keys, a: RequestsLsArgs) -> Result<(), CliError> {
+    let mut stop = Stop::new();
+    loop {
+        let mut listing = read(client, keys).await?;
+        listing.requests.retain(|r| a.keeps(r));
+        print(&listing, &a)?;
+        if !a.watch {
+            return Ok(());
+        }
+        let mut follow = Follow::start(client, keys, listing.revision + 1).await?;
+        let matters = |k: &Key| matches!(k, Key::Request(_) | Key::Decision(_));
+        if !follow.changed(&mut stop, matters).await? {
+            return Ok(());
+        }
+    }
+}
+
+fn print(listing: &Listing, a: &RequestsLsArgs) -> Result<(), CliError> {
+    if a.output.json() {
+        // One document per line while watching: each change is one line to read.
+        return if a.watch {
+            json_line(listing)
+        } else {
+            json(listing)
+        };
+    }
+    if a.watch {
+        outln!("at revision {}:", listing.revision);
+    }
+    if listing.requests.is_empty() {
+        outln!("no requests (at revision {})", listing.revision);
+        return Ok(());
+    }
+    let wide = a.output.wide();
+    let mut header = vec!["REQUEST", "STATUS", "ENGINE", "IMAGE", "DECIDED", "REASON"];
+    if wide {
+        header.extend(["CPUS", "MEMORY MB", "REQ REV", "DECIDED BY"]);
+    }
+    let now = SystemTime::now();
+    let mut t = table(&header);
+    let dash = |s: Option<&String>| s.cloned().unwrap_or_else(|| "-".into());
+    for r in &listing.requests {
+        let mut row = vec![
+            id_cell(&r.id, wide),
+            r.status.to_string(),
+            dash(r.engine.as_ref()),
+            dash(r.image.as_ref()),
+            age(&r.decided_at, now),
+            if r.reason.is_empty() {
+                "-".into()
+            } else {
+                r.reason.clone()
+            },
+        ];
+        if wide {
+            row.extend([
+                r.cpus.map_or_else(|| "-".into(), trim),
+                r.memory.map_or_else(|| "-".into(), trim),
+                r.request_revision.to_string(),
+                if r.decided_by.is_empty() {
+                    "-".into()
+                } else {
+                    r.decided_by.clone()
+                },
+            ]);
+        }
+        add_row(&mut t, row);
+    }
+    print_table(&t);
+    Ok(())
+}
