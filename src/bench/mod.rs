@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// No progress lines (a terminal gets a bar; other output one line per tenth).
     #[arg(long)]
     pub quiet_progress: bool,
+    /// With --etcd: leave the run's keys there, to look at its decisions afterwards (the
+    /// prefix is printed at the start).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 fn parse_headroom(s: &str) -> Result<f64, String> {
@@ -316,8 +320,9 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
     let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
     eprintln!("bench: raw single puts after: {:.0}/s", raw_after.per_s);
     let db = EtcdDb::read(&client, citadel.first_revision).await;
-    // An etcd of the run's own goes away with it; a given one is left as it was found.
-    if _own.is_none() {
+    // An etcd of the run's own goes away with it; a given one is left as it was found, unless
+    // asked to keep what the run wrote.
+    if _own.is_none() && !args.keep {
         cleanup(&client, &prefix, &raw_prefix).await;
     }
     let raw = Raw {
