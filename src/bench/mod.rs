@@ -13,6 +13,7 @@
 mod floor;
 mod phase;
 mod proc;
+pub mod quality;
 mod report;
 mod workload;
 
@@ -80,6 +81,16 @@ pub struct BenchArgs {
     /// `floor_per_s` and `ratio_to_floor`.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
+    /// Measure placement quality instead (pure, in-process, seeded): engines binpack uses
+    /// beside first-fit decreasing and the lower bound, and spread's balance, on two fleets.
+    #[arg(long)]
+    pub quality: bool,
+    /// With --quality: the generator's seed.
+    #[arg(long, default_value_t = 16)]
+    pub seed: u64,
+    /// Output format (`json` is the same as --json).
+    #[arg(short = 'o', long = "output", value_parser = ["table", "json"])]
+    pub output: Option<String>,
 }
 
 /// What `--baseline` measures next to citadel.

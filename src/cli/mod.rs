@@ -233,8 +233,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd)
             .await
             .map_err(Into::into),
+        Command::Bench(args) if args.quality => {
+            let rows = crate::bench::quality::measure_all(args.seed);
+            if args.json || args.output.as_deref() == Some("json") {
+                println!(
+                    "{}",
+                    serde_json::to_string(&rows).map_err(|e| CliError::Usage(e.to_string()))?
+                );
+            } else {
+                print!("{}", crate::bench::quality::table(&rows));
+            }
+            Ok(())
+        }
         Command::Bench(args) => {
-            let json = args.json;
+            let json = args.json || args.output.as_deref() == Some("json");
             let result = crate::bench::run(args, (!bench_own_etcd).then_some(etcd))
                 .await
                 .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
