@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use crate::model::{EngineId, EngineSpec, Image, Request};
+use crate::model::{EngineId, EngineSpec, Held, Image, Request, RequestId};
 use crate::scheduler::{self, EngineView, Prepared, Strategy, splitmix};
 
 /// One fleet's shape: how many engines, their cpus and memory ranges, and the requests.
@@ -80,7 +80,7 @@ impl Rng {
 fn engines(f: &Fleet, rng: &mut Rng) -> Vec<EngineView> {
     (0..f.engines)
         .filter_map(|i| {
-            let id = EngineId::new(&format!("e{i:03}")).ok()?;
+            let id = EngineId::new(format!("e{i:03}")).ok()?;
             let raw = serde_json::json!({
                 "addr": format!("tcp://e{i:03}:2375"),
                 "cpus": rng.range(f.cpus.0, f.cpus.1),
@@ -137,13 +137,28 @@ fn place_all(
         let seed = crate::model::fnv1a(&format!("q-{n}"));
         match scheduler::schedule(&p, engines, strategy, seed, sample) {
             Ok(plan) => {
-                engines[plan.engine].reserve(r.cpus, r.memory, &r.ports);
+                engines[plan.engine].hold(&id(n), &held(r));
                 count[plan.engine] += 1;
             }
             Err(_) => unplaced += 1,
         }
     }
     (count, unplaced)
+}
+
+fn id(n: usize) -> RequestId {
+    RequestId::from_key_segment(&format!("q-{n}")).unwrap_or_else(|| unreachable!())
+}
+
+/// What a placement of `r` holds.
+pub fn held(r: &Request) -> Held {
+    Held {
+        cpus: r.cpus,
+        memory: r.memory,
+        disk: r.disk,
+        ports: r.ports.clone(),
+        image: r.image.name.as_str().into(),
+    }
 }
 
 /// A request's size for sorting: its larger share of an average engine.

@@ -12,7 +12,7 @@ use crate::model::{
     Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle, MemoryMb,
     Millicpus, Request, RequestId, Reservation, Run, Status,
 };
-use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, UNCLASSED};
+use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, Tenants, UNCLASSED};
 
 #[derive(Debug, Clone)]
 pub struct RequestEntry {
@@ -163,7 +163,9 @@ pub(super) struct ReservationEntry {
     pub(super) engine: EngineId,
     pub(super) cpus: Millicpus,
     pub(super) memory: MemoryMb,
+    pub(super) disk: MemoryMb,
     pub(super) ports: Vec<HostPort>,
+    pub(super) image: Arc<str>,
 }
 
 impl ReservationEntry {
@@ -173,7 +175,9 @@ impl ReservationEntry {
             engine,
             cpus: held.cpus,
             memory: held.memory,
+            disk: held.disk,
             ports: held.ports,
+            image: held.image,
         }
     }
 }
@@ -190,6 +194,9 @@ pub(super) struct EngineEntry {
 pub struct Usage {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
+    pub disk: MemoryMb,
+    /// What is placed there, by request, with its image: what affinity is decided on.
+    pub tenants: Arc<Tenants>,
     pub ports: BTreeMap<HostPort, u32>,
     pub count: u64,
     /// Not schedulable: no health key while the policy asks for one.
@@ -684,11 +691,14 @@ mod tests {
             reservation: Some(Reservation {
                 cpus: 0.2,
                 memory: 512.0,
+                disk: 0.0,
+                image: String::new(),
                 ports: vec![],
             }),
             status: Status::Placed,
             reason: "spread chose e1".into(),
             scheduler: "spread".into(),
+            alternatives: Vec::new(),
             request_revision: 42,
             decided_at: "2026-11-29T08:00:00Z".into(),
             decided_by: "r1".into(),
@@ -805,11 +815,14 @@ mod tests {
                     reservation: Some(Reservation {
                         cpus,
                         memory: 1.0,
+                        disk: 0.0,
                         ports: vec![],
+                        image: String::new(),
                     }),
                     status: Status::Placed,
                     reason: format!("spread chose {engine}"),
                     scheduler: "spread".into(),
+                    alternatives: Vec::new(),
                     request_revision,
                     decided_at: String::new(),
                     decided_by: "me".into(),

@@ -2,6 +2,7 @@
 //! and the placements that must move (their engine was removed, or holds more than it can).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::state::*;
 use crate::model::*;
@@ -101,6 +102,7 @@ impl State {
             let u = self.usage.entry(n.engine.clone()).or_default();
             u.cpus.0 = u.cpus.0.saturating_add(n.cpus.0);
             u.memory.0 = u.memory.0.saturating_add(n.memory.0);
+            u.disk.0 = u.disk.0.saturating_add(n.disk.0);
             u.count += 1;
             for p in &n.ports {
                 *u.ports.entry(*p).or_default() += 1;
@@ -112,11 +114,16 @@ impl State {
             None => self.reservations.remove(id),
         };
         if let Some(old) = old {
-            release_usage(&mut self.usage, &old);
+            release_usage(&mut self.usage, id, &old);
             if self.reservations.get(id) != Some(&old) {
                 self.capacity_changed();
             }
             self.dirty.insert(old.engine);
+        }
+        if let Some(n) = self.reservations.get(id)
+            && let Some(u) = self.usage.get_mut(&n.engine)
+        {
+            Arc::make_mut(&mut u.tenants).insert(id.clone(), n.image.clone());
         }
     }
 
@@ -201,14 +208,23 @@ impl State {
 pub fn apply_usage(view: &mut EngineView, u: &Usage) {
     view.reserved_cpus = u.cpus.max(u.live_cpus);
     view.reserved_memory = u.memory.max(u.live_memory);
+    view.reserved_disk = u.disk;
+    view.containers = u.count;
+    view.tenants = u.tenants.clone();
     view.ports = u.ports.keys().copied().collect();
     view.healthy = !u.unhealthy;
 }
 
-pub(super) fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {
+pub(super) fn release_usage(
+    usage: &mut HashMap<EngineId, Usage>,
+    id: &RequestId,
+    r: &ReservationEntry,
+) {
     if let Some(u) = usage.get_mut(&r.engine) {
         u.cpus.0 = u.cpus.0.saturating_sub(r.cpus.0);
         u.memory.0 = u.memory.0.saturating_sub(r.memory.0);
+        u.disk.0 = u.disk.0.saturating_sub(r.disk.0);
+        Arc::make_mut(&mut u.tenants).remove(id);
         u.count = u.count.saturating_sub(1);
         for p in &r.ports {
             if let Some(n) = u.ports.get_mut(p) {

@@ -41,6 +41,10 @@ pub struct EngineAddArgs {
     /// Memory in MB to offer [default: the engine's MemTotal, read from the engine].
     #[arg(long)]
     pub memory: Option<f64>,
+    /// Disk in MB to offer [default: the size of the filesystem Docker keeps its data on,
+    /// when the engine is probed and tells it; else none].
+    #[arg(long)]
+    pub disk: Option<f64>,
     /// key=value or a bare key; repeat for several. Added to the daemon's own labels (a flag
     /// wins over a daemon label with the same key).
     #[arg(long = "label")]
@@ -61,9 +65,12 @@ pub struct EngineAddArgs {
 }
 
 /// The engine's offer: explicit flags, else what the engine itself reports.
-async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliError> {
+/// What an engine offers: cpus, memory, disk (MB) and labels.
+type Offer = (f64, f64, f64, Vec<String>);
+
+async fn engine_offer(a: &EngineAddArgs) -> Result<Offer, CliError> {
     if let (Some(cpus), Some(memory)) = (a.cpus, a.memory) {
-        return Ok((cpus, memory, a.labels.clone()));
+        return Ok((cpus, memory, a.disk.unwrap_or(0.0), a.labels.clone()));
     }
     let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(crate::docker::engine::TlsFiles {
@@ -92,6 +99,7 @@ async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliE
     Ok((
         a.cpus.unwrap_or(probe.cpus),
         a.memory.unwrap_or(probe.memory_mb),
+        a.disk.unwrap_or(probe.disk_mb),
         labels,
     ))
 }
@@ -102,17 +110,19 @@ pub(super) async fn engine_add(
     a: EngineAddArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(&a.id)?;
-    let (cpus, memory, labels) = engine_offer(&a).await?;
+    let (cpus, memory, disk, labels) = engine_offer(&a).await?;
     let wire = Engine {
         id: id.to_string(),
         addr: a.addr,
         cpus,
         memory,
+        disk,
         labels,
         tls_ca: a.tls_ca,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
         cordoned: false,
+        drained: false,
     };
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     let spec =

@@ -19,7 +19,7 @@ pub(super) struct Assumed {
     batches: HashMap<u64, Vec<Written>>,
     pub(super) ids: HashSet<RequestId>,
     /// What assumed placements hold, per engine and batch.
-    held: HashMap<EngineId, Vec<(u64, Held)>>,
+    held: HashMap<EngineId, Vec<(u64, RequestId, Held)>>,
 }
 
 impl Assumed {
@@ -29,10 +29,11 @@ impl Assumed {
             self.ids.insert(item.id().clone());
             let held = match item {
                 Item::Place { engine, held, .. } => {
-                    self.held
-                        .entry(engine.clone())
-                        .or_default()
-                        .push((token, held.clone()));
+                    self.held.entry(engine.clone()).or_default().push((
+                        token,
+                        item.id().clone(),
+                        held.clone(),
+                    ));
                     Some((engine.clone(), held.clone()))
                 }
                 _ => None,
@@ -58,7 +59,7 @@ impl Assumed {
                 self.ids.remove(&id);
                 if let Some((engine, _)) = held {
                     if let Some(list) = self.held.get_mut(&engine) {
-                        list.retain(|(t, _)| *t != token);
+                        list.retain(|(t, _, _)| *t != token);
                         if list.is_empty() {
                             self.held.remove(&engine);
                         }
@@ -72,8 +73,8 @@ impl Assumed {
 
     /// Adds what assumed placements hold on `engine` to its view.
     pub(super) fn apply(&self, view: &mut EngineView) {
-        for (_, h) in self.held.get(&view.id).into_iter().flatten() {
-            view.reserve(h.cpus, h.memory, &h.ports);
+        for (_, id, h) in self.held.get(&view.id).into_iter().flatten() {
+            view.hold(id, h);
         }
     }
 

@@ -687,6 +687,7 @@ mod tests {
                     status: Status::Invalid,
                     reason: "x".into(),
                     scheduler: String::new(),
+                    alternatives: Vec::new(),
                     request_revision: 1,
                     decided_at: String::new(),
                     decided_by: String::new(),

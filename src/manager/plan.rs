@@ -14,7 +14,9 @@ use std::sync::Arc;
 use super::item::Item;
 use super::{ManagerConfig, PARALLEL_FROM};
 use crate::cache::{Displaced, Parsed, Work, prepare};
-use crate::model::{Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status};
+use crate::model::{
+    Alternative, Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status,
+};
 use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
@@ -179,6 +181,7 @@ impl Ask<'_> {
             status,
             reason,
             scheduler: String::new(),
+            alternatives: Vec::new(),
             request_revision: self.request_revision,
             decided_at: self.now.to_string(),
             decided_by: self.by.to_string(),
@@ -260,8 +263,12 @@ impl Round<'_> {
             Ok(s) => s,
             Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
         };
-        let verified =
-            proposal.filter(|p| prepared.fits_resources(&self.engines[p.engine]).is_ok());
+        // A plan that depends on other placements (affinity, a volume) is made on this view
+        // only: the frozen one does not see what this round placed before it.
+        let verified = proposal.filter(|p| {
+            !prepared.depends_on_placements()
+                && prepared.fits_resources(&self.engines[p.engine]).is_ok()
+        });
         let chosen = match verified {
             Some(p) => Ok(p),
             None => scheduler::schedule(prepared, self.engines, strategy, seed(id), self.sample),
@@ -282,6 +289,7 @@ impl Round<'_> {
     ) -> Item {
         let request = &prepared.request;
         let i = plan.engine;
+        let alternatives = self.alternatives(prepared, strategy, i);
         let e = &mut self.engines[i];
         let soft = if plan.soft_dropped {
             " (soft constraints ignored)"
@@ -289,29 +297,57 @@ impl Round<'_> {
             ""
         };
         let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
+        let held = Held {
+            cpus: request.cpus,
+            memory: request.memory,
+            disk: request.disk,
+            ports: request.ports.clone(),
+            image: request.image.name.as_str().into(),
+        };
         let decision = Decision {
             resource: Some(e.resource()),
             reservation: Some(Reservation {
                 cpus: request.cpus.as_cpus(),
                 memory: request.memory.0 as f64,
+                disk: request.disk.0 as f64,
                 ports: request.ports.iter().map(|p| p.to_port()).collect(),
+                image: request.image.name.clone(),
             }),
             scheduler: strategy.to_string(),
+            alternatives,
             ..ask.decision(Status::Placed, reason)
         };
-        e.reserve(request.cpus, request.memory, &request.ports);
+        e.hold(ask.id, &held);
         Item::Place {
             id: ask.id.clone(),
             decision_fence: ask.decision_fence,
             engine: e.id.clone(),
             engine_revision: self.revisions[i],
-            held: Held {
-                cpus: request.cpus,
-                memory: request.memory,
-                ports: request.ports.clone(),
-            },
+            held,
             decision,
         }
+    }
+
+    /// The next engines that fit after the chosen one, best first, when the request asks.
+    fn alternatives(
+        &self,
+        prepared: &Prepared,
+        strategy: Strategy,
+        chosen: usize,
+    ) -> Vec<Alternative> {
+        let n = prepared.request.alternatives;
+        if n == 0 {
+            return Vec::new();
+        }
+        scheduler::rank(prepared, self.engines, strategy, n + 1)
+            .into_iter()
+            .filter(|(i, _)| *i != chosen)
+            .take(n)
+            .map(|(i, score)| Alternative {
+                engine: self.engines[i].id.to_string(),
+                score: (score * 1e4).round() / 1e4,
+            })
+            .collect()
     }
 
     /// No engine fits. Unschedulable for the same reason as this revision's decision already

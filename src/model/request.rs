@@ -31,7 +31,13 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "network_mode",
     "container_name",
     "launch",
+    "disk",
+    "alternatives",
+    "affinity",
 ];
+
+/// The most alternatives a placed decision lists.
+pub const MAX_ALTERNATIVES: u64 = 16;
 
 /// The known field a misspelt one was probably meant to be: at most two edits away (a swap of
 /// two neighbours counts as one), `lables` → `labels`, `cpu` → `cpus`.
@@ -116,6 +122,25 @@ pub struct Request {
     /// Raw constraint expressions (`labels`); parsed by the scheduler.
     pub constraints: Vec<String>,
     pub ports: Vec<HostPort>,
+    /// Disk to reserve (0: none).
+    pub disk: MemoryMb,
+    /// How many more engines that fit a placed decision lists.
+    pub alternatives: usize,
+    /// Raw affinity expressions; parsed by the scheduler.
+    pub affinity: Vec<String>,
+    /// The named volumes it mounts (`pgdata` of `pgdata:/var/lib/postgresql`): each sticks to
+    /// the engine it was first placed on.
+    pub volumes: Vec<String>,
+}
+
+/// The named volume of a `volumes` entry, if it names one: `name:/path[:mode]`, where a name
+/// is not a path (no `/`, not `.` or `~` first). A bind mount (`/host:/path`) or an anonymous
+/// volume (`/path`) names none.
+pub fn named_volume(entry: &str) -> Option<&str> {
+    let (source, _) = entry.split_once(':')?;
+    let source = source.trim();
+    (!source.is_empty() && !source.contains('/') && !source.starts_with(['.', '~']))
+        .then_some(source)
 }
 
 /// Why a request was refused as `invalid`. The message names the field.
@@ -257,7 +282,54 @@ impl Request {
             ports.push(hp);
         }
         launch::check(&image)?;
+        let disk = match image.disk {
+            None => 0.0,
+            Some(_) => check_amount("disk", image.disk, MAX_MEMORY_MB, " MB")?,
+        };
+        let alternatives = match image.alternatives {
+            None => 0,
+            Some(n) if n <= MAX_ALTERNATIVES => n as usize,
+            Some(n) => {
+                return Err(Invalid(format!(
+                    "alternatives: {n} is too many, the limit is {MAX_ALTERNATIVES}"
+                )));
+            }
+        };
+        if image.affinity.len() > MAX_CONSTRAINTS {
+            return Err(Invalid(format!(
+                "affinity: {} expressions, the limit is {MAX_CONSTRAINTS}",
+                image.affinity.len()
+            )));
+        }
+        if let Some((i, a)) = image
+            .affinity
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.len() > MAX_CONSTRAINT_BYTES)
+        {
+            return Err(Invalid(format!(
+                "affinity[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+                a.len()
+            )));
+        }
+        let mut volumes: Vec<String> = image
+            .volumes
+            .iter()
+            .filter_map(|v| named_volume(v))
+            .map(str::to_string)
+            .collect();
+        volumes.sort();
+        volumes.dedup();
+        if let Some(v) = volumes.iter().find(|v| RequestId::new(v.as_str()).is_err()) {
+            return Err(Invalid(format!(
+                "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
+            )));
+        }
         Ok(Request {
+            disk: MemoryMb::from_mb_ceil(disk),
+            alternatives,
+            affinity: image.affinity.clone(),
+            volumes,
             cpus: Millicpus::from_cpus_ceil(cpus),
             memory: MemoryMb::from_mb_ceil(memory),
             kind: image.kind.trim().to_string(),
