@@ -266,6 +266,8 @@ pub enum Displaced {
     Removed(EngineId),
     /// Its engine now holds more than its capacity, and this is among its newest placements.
     Shrunk(EngineId),
+    /// Its engine is being drained (`citadel engine drain`), and it is a service.
+    Drained(EngineId),
 }
 
 /// An election key (`leader/<suffix>`) as the cache last saw it.
@@ -445,6 +447,7 @@ impl State {
                 if let Err(e) = &spec {
                     tracing::warn!(engine = %id, error = %e, "engine ignored: invalid JSON");
                 }
+                let drained = matches!(&spec, Ok((s, _)) if s.drained);
                 let was = self.engines.insert(
                     id.clone(),
                     EngineEntry {
@@ -454,7 +457,10 @@ impl State {
                 );
                 self.engine_generation += 1;
                 self.capacity_changed();
-                if was.is_none() {
+                let was_drained =
+                    matches!(&was, Some(EngineEntry { spec: Ok((s, _)), .. }) if s.drained);
+                // Drained, undrained or new: what it holds may have to move, or may stay.
+                if was.is_none() || drained != was_drained {
                     // Placements waiting to move off it (it was removed) may stay after all.
                     self.reclassify_on(&id);
                 }

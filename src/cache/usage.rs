@@ -80,9 +80,23 @@ impl State {
             Some(Displaced::Removed(r.engine.clone()))
         } else if self.evicted.contains(id) {
             Some(Displaced::Shrunk(r.engine.clone()))
+        } else if self.is_drained(&r.engine)
+            && self
+                .requests
+                .get(id)
+                .is_some_and(|q| q.lifecycle == Lifecycle::Service)
+        {
+            Some(Displaced::Drained(r.engine.clone()))
         } else {
             None
         }
+    }
+
+    /// Whether `engine` is being drained: its services are placed again elsewhere.
+    pub fn is_drained(&self, engine: &EngineId) -> bool {
+        self.engines
+            .get(engine)
+            .is_some_and(|e| matches!(&e.spec, Ok((s, _)) if s.drained))
     }
 
     pub(super) fn over_capacity(&self, engine: &EngineId) -> bool {

@@ -27,6 +27,12 @@ pub enum EngineCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Take no new placements; existing ones stay (`"cordoned": true` in its key).
+    Cordon { id: String },
+    /// Take placements again (clears a cordon and a drain).
+    Uncordon { id: String },
+    /// Cordon, then place its service requests again elsewhere; batch ones run to the end.
+    Drain { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +162,7 @@ pub(super) async fn engine_add(
     // An operator's cordon outlives a change of capacity or labels.
     let mut wire = wire;
     wire.cordoned = was.cordoned;
+    wire.drained = was.drained;
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     if a.force {
         if !timed(kv.txn(put_if(current.mod_revision(), value)))
@@ -365,8 +372,9 @@ pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<()
         println!();
     }
     println!(
-        "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
+        "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
         "ENGINE",
+        "STATE",
         "ADDR",
         "CPUS (res/total)",
         "MEMORY MB (res/total)",
@@ -377,14 +385,14 @@ pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<()
     for (snap, addr, error) in state.engine_rows() {
         if let Some(e) = error {
             println!(
-                "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
-                snap.id, "", "-", "-", "-", "-", "-"
+                "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
+                snap.id, "-", "", "-", "-", "-", "-", "-"
             );
             continue;
         }
-        let health = EngineId::new(&snap.id)
-            .ok()
-            .and_then(|id| state.health(&id).cloned());
+        let engine = EngineId::new(&snap.id).ok();
+        let health = engine.as_ref().and_then(|id| state.health(id).cloned());
+        let standing = engine.map_or("-", |id| super::maintenance::state_of(&state, &id));
         let (live_cpu, live_mb, ctrs, status) = match health {
             Some(h) => (
                 trim(h.health.cpus_used),
@@ -400,8 +408,9 @@ pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<()
             ),
         };
         println!(
-            "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
+            "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
             snap.id,
+            standing,
             addr,
             format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
             format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),

@@ -10,6 +10,7 @@
 mod check;
 mod controller;
 mod engine;
+mod maintenance;
 mod request;
 
 use std::path::PathBuf;
@@ -283,6 +284,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 Command::Engine(EngineCommand::Rm { id, force }) => {
                     engine::engine_rm(&client, &keys, &id, force).await
+                }
+                Command::Engine(EngineCommand::Cordon { id }) => {
+                    maintenance::set(&client, &keys, &id, maintenance::Maintenance::Cordon).await
+                }
+                Command::Engine(EngineCommand::Uncordon { id }) => {
+                    maintenance::set(&client, &keys, &id, maintenance::Maintenance::Uncordon).await
+                }
+                Command::Engine(EngineCommand::Drain { id }) => {
+                    maintenance::set(&client, &keys, &id, maintenance::Maintenance::Drain).await
                 }
                 Command::Submit(a) => request::submit(&client, &keys, a).await,
                 Command::Status { id } => request::status(&client, &keys, &id).await,

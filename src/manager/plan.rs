@@ -202,6 +202,7 @@ impl Ask<'_> {
         match self.displaced {
             None => String::new(),
             Some(Displaced::Removed(e)) => format!(" (moved: engine {e} was removed)"),
+            Some(Displaced::Drained(e)) => format!(" (moved: engine {e} is being drained)"),
             Some(Displaced::Shrunk(e)) => {
                 format!(" (moved: engine {e} holds more than its capacity)")
             }
