@@ -70,6 +70,7 @@ fn placement_on(
             decided_by: by.into(),
             run: None,
         },
+        volumes: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use super::guard::{Guard, explained};
 use crate::keys::{Key, Keys};
 use crate::model::{
     Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle, MemoryMb,
-    Millicpus, Request, RequestId, Reservation, Run, Status,
+    Millicpus, Request, RequestId, Reservation, Run, Status, VolumeRecord,
 };
 use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, Tenants, UNCLASSED};
 
@@ -324,6 +324,8 @@ pub struct State {
     pub(super) dirty: HashSet<EngineId>,
     pub(super) policy: HealthPolicy,
     pub(super) health: HashMap<EngineId, HealthEntry>,
+    /// Where each named volume lives (`volumes/<name>`). Shared with the leader's rounds.
+    pub(super) volumes: Arc<HashMap<String, EngineId>>,
     /// Placed, asked to be launched, and not launched yet (by the leader's runner).
     pub(super) launchable: BTreeSet<RequestId>,
     /// The newest revision of a decision the leader applied itself ([`State::decided`]).
@@ -500,6 +502,15 @@ impl State {
                     },
                 );
             }
+            Key::Volume(name) => {
+                match serde_json::from_slice::<VolumeRecord>(kv.value())
+                    .ok()
+                    .and_then(|v| EngineId::new(v.engine).ok())
+                {
+                    Some(engine) => self.volume_recorded(&name, engine),
+                    None => tracing::warn!(volume = %name, "unreadable volume key; ignored"),
+                }
+            }
             Key::Health(engine) => match serde_json::from_slice::<Health>(kv.value()) {
                 Ok(health) => {
                     let was = self.health.insert(
@@ -600,6 +611,12 @@ impl State {
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
             }
+            Key::Volume(name) => {
+                if Arc::make_mut(&mut self.volumes).remove(&name).is_some() {
+                    // Requests held to it may go anywhere now.
+                    self.capacity_changed();
+                }
+            }
             Key::Health(engine) => {
                 if self.health.remove(&engine).is_some() {
                     self.dirty.insert(engine);
@@ -616,6 +633,19 @@ impl State {
         self.guard.repairs.remove(id);
         self.guard.uncertain.remove(id);
         self.set_decision(id, mod_revision, DecisionFacts::of(d));
+    }
+
+    /// A named volume lives on `engine` (read from its key, or committed by the leader).
+    pub fn volume_recorded(&mut self, name: &str, engine: EngineId) {
+        if self.volumes.get(name) != Some(&engine) {
+            Arc::make_mut(&mut self.volumes).insert(name.to_string(), engine);
+            self.capacity_changed();
+        }
+    }
+
+    /// Where each named volume lives.
+    pub fn volumes(&self) -> Arc<HashMap<String, EngineId>> {
+        self.volumes.clone()
     }
 
     /// A decision the leader itself deleted at `mod_revision` (see [`State::decided`]).

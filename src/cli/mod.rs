@@ -12,6 +12,7 @@ mod controller;
 mod engine;
 mod maintenance;
 mod request;
+mod volume;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -178,6 +179,9 @@ pub enum Command {
     /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
     /// by a leader running with --docker).
     Profile { image: Option<String> },
+    /// Named volumes: where each lives (ls), and forgetting one (rm).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
@@ -294,6 +298,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Engine(EngineCommand::Drain { id }) => {
                     maintenance::set(&client, &keys, &id, maintenance::Maintenance::Drain).await
                 }
+                Command::Volume(cmd) => volume::run(&client, &keys, cmd).await,
                 Command::Submit(a) => request::submit(&client, &keys, a).await,
                 Command::Status { id } => request::status(&client, &keys, &id).await,
                 Command::Release { id } => request::release(&client, &keys, &id).await,

@@ -18,6 +18,8 @@ pub(super) struct Assumed {
     /// By batch: what it wrote.
     batches: HashMap<u64, Vec<Written>>,
     pub(super) ids: HashSet<RequestId>,
+    /// Named volumes recorded by batches in flight: where, and by which batch.
+    volumes: HashMap<String, (u64, EngineId)>,
     /// What assumed placements hold, per engine and batch.
     held: HashMap<EngineId, Vec<(u64, RequestId, Held)>>,
 }
@@ -28,7 +30,15 @@ impl Assumed {
         for item in items {
             self.ids.insert(item.id().clone());
             let held = match item {
-                Item::Place { engine, held, .. } => {
+                Item::Place {
+                    engine,
+                    held,
+                    volumes,
+                    ..
+                } => {
+                    for v in volumes {
+                        self.volumes.insert(v.clone(), (token, engine.clone()));
+                    }
                     self.held.entry(engine.clone()).or_default().push((
                         token,
                         item.id().clone(),
@@ -54,6 +64,7 @@ impl Assumed {
     /// Forgets a batch; returns the engines it held resources on.
     pub(super) fn forget(&mut self, token: u64) -> Vec<EngineId> {
         let mut engines = Vec::new();
+        self.volumes.retain(|_, (t, _)| *t != token);
         if let Some(written) = self.batches.remove(&token) {
             for (id, held) in written {
                 self.ids.remove(&id);
@@ -76,6 +87,11 @@ impl Assumed {
         for (_, id, h) in self.held.get(&view.id).into_iter().flatten() {
             view.hold(id, h);
         }
+    }
+
+    /// Where a named volume recorded by a batch in flight lives.
+    pub(super) fn volume(&self, name: &str) -> Option<EngineId> {
+        self.volumes.get(name).map(|(_, e)| e.clone())
     }
 
     pub(super) fn in_flight(&self) -> usize {

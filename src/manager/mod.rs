@@ -328,10 +328,14 @@ impl<'a> Lead<'a> {
             .filter(|w| matches!(w, crate::cache::Work::Decide { .. }))
             .count();
         self.cache().note_planned(deciding);
+        let recorded = self.cache().lock().volumes();
+        let assumed = &self.assumed;
+        let volumes = |name: &str| assumed.volume(name).or_else(|| recorded.get(name).cloned());
         let items = plan(
             &work,
             &mut self.view.engines.views,
             &self.view.engines.revisions,
+            &volumes,
             &self.manager.cfg,
             &now_rfc3339(),
         );
@@ -446,6 +450,14 @@ impl<'a> Lead<'a> {
                         item => {
                             if let Some(d) = item.decision() {
                                 state.decided(item.id(), rev, d);
+                            }
+                            if let Item::Place {
+                                engine, volumes, ..
+                            } = item
+                            {
+                                for v in volumes {
+                                    state.volume_recorded(v, engine.clone());
+                                }
                             }
                         }
                     }

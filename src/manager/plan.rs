@@ -9,13 +9,15 @@
 //! the running view (the snapshot plus every placement accepted since, committed or in flight),
 //! on the one engine it names; a plan that no longer fits is scheduled again on that view.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::item::Item;
 use super::{ManagerConfig, PARALLEL_FROM};
 use crate::cache::{Displaced, Parsed, Work, prepare};
 use crate::model::{
-    Alternative, Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status,
+    Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
+    Status,
 };
 use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
 
@@ -25,6 +27,7 @@ pub fn plan(
     work: &[Work],
     engines: &mut [EngineView],
     revisions: &[i64],
+    volumes: &dyn Fn(&str) -> Option<EngineId>,
     cfg: &ManagerConfig,
     now: &str,
 ) -> Vec<Item> {
@@ -37,6 +40,8 @@ pub fn plan(
         cfg,
         now,
         sample,
+        volumes,
+        fresh: HashMap::new(),
     };
     let mut items = Vec::with_capacity(work.len());
     for (w, parsed) in work.iter().zip(&parses) {
@@ -145,6 +150,10 @@ struct Round<'a> {
     cfg: &'a ManagerConfig,
     now: &'a str,
     sample: usize,
+    /// Where named volumes live: recorded, or in flight.
+    volumes: &'a dyn Fn(&str) -> Option<EngineId>,
+    /// Named volumes this round placed first.
+    fresh: HashMap<String, EngineId>,
 }
 
 /// The parts of a `Work::Decide` a decision is made of.
@@ -260,6 +269,9 @@ impl Round<'_> {
             Some(p) => (p, None),
             None => (prepared, proposal),
         };
+        // Named volumes stick to the engine they were first placed on.
+        let pinned = self.pins(prepared);
+        let prepared = pinned.as_ref().unwrap_or(prepared);
         let strategy = match self.cfg.schedulers.for_type(&prepared.request.kind) {
             Ok(s) => s,
             Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
@@ -319,14 +331,42 @@ impl Round<'_> {
             ..ask.decision(Status::Placed, reason)
         };
         e.hold(ask.id, &held);
+        let engine = e.id.clone();
+        let mut volumes = Vec::new();
+        for v in &request.volumes {
+            if self.volume(v).is_none() {
+                self.fresh.insert(v.clone(), engine.clone());
+                volumes.push(v.clone());
+            }
+        }
         Item::Place {
             id: ask.id.clone(),
             decision_fence: ask.decision_fence,
-            engine: e.id.clone(),
+            engine,
             engine_revision: self.revisions[i],
             held,
             decision,
+            volumes,
         }
+    }
+
+    /// Where a named volume lives, if it was placed before (in this round or earlier).
+    fn volume(&self, name: &str) -> Option<EngineId> {
+        self.fresh
+            .get(name)
+            .cloned()
+            .or_else(|| (self.volumes)(name))
+    }
+
+    /// The request held to the engines its named volumes live on, if any of them does.
+    fn pins(&self, prepared: &Prepared) -> Option<Arc<Prepared>> {
+        let pins: Vec<(String, EngineId)> = prepared
+            .request
+            .volumes
+            .iter()
+            .filter_map(|v| Some((v.clone(), self.volume(v)?)))
+            .collect();
+        (!pins.is_empty()).then(|| Arc::new(prepared.pinned(pins)))
     }
 
     /// The next engines that fit after the chosen one, best first, when the request asks.
@@ -541,7 +581,7 @@ mod tests {
             let mut view = engines();
             let revisions = vec![1; view.len()];
             let started = std::time::Instant::now();
-            let items = plan(&[decide(&body)], &mut view, &revisions, &cfg(), "now");
+            let items = plan(&[decide(&body)], &mut view, &revisions, &|_| None, &cfg(), "now");
             // A stall detector, a thousand times what any request costs, not a benchmark.
             prop_assert!(started.elapsed() < std::time::Duration::from_secs(5));
             prop_assert_eq!(items.len(), 1);

@@ -292,6 +292,17 @@ impl Reservation {
     }
 }
 
+/// `volumes/<name>`: the engine a named volume lives on, written by the leader beside the
+/// first placement that mounts it, and forgotten only by `citadel volume rm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub engine: String,
+    /// The request whose placement recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request: String,
+}
+
 /// The value of the election key `leader/<lease>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderInfo {
