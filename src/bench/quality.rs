@@ -241,6 +241,40 @@ fn ranges(engines: &[EngineView]) -> (f64, f64) {
     )
 }
 
+/// First-fit with the engines in id order: engines in use and requests left unplaced.
+fn first_fit(requests: &[Request], engines: &[EngineView]) -> (usize, usize) {
+    let mut es = engines.to_vec();
+    let mut used = vec![false; es.len()];
+    let mut unplaced = 0;
+    for r in requests {
+        match es
+            .iter()
+            .position(|e| scheduler::fits_resources(r, e).is_ok())
+        {
+            Some(i) => {
+                es[i].reserve(r.cpus, r.memory, &r.ports);
+                used[i] = true;
+            }
+            None => unplaced += 1,
+        }
+    }
+    (used.iter().filter(|u| **u).count(), unplaced)
+}
+
+/// Engines in use and requests unplaced, by binpack and by first-fit in id order, on one
+/// fleet drawn with `seed`.
+pub fn binpack_and_first_fit(f: &Fleet, seed: u64) -> ((usize, usize), (usize, usize)) {
+    let mut rng = Rng(seed);
+    let fleet = engines(f, &mut rng);
+    let reqs = requests(f, &mut rng);
+    let mut packed = fleet.clone();
+    let (count, unplaced) = place_all(&reqs, &mut packed, Strategy::Binpack);
+    (
+        (count.iter().filter(|c| **c > 0).count(), unplaced),
+        first_fit(&reqs, &fleet),
+    )
+}
+
 /// Measures one fleet with the generator seeded by `seed`.
 pub fn measure(f: &Fleet, seed: u64) -> FleetQuality {
     let mut rng = Rng(seed);

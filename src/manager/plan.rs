@@ -429,6 +429,7 @@ mod tests {
         Just, ProptestConfig, Strategy as _, TestCaseError, any, prop_assert, prop_assert_eq,
         prop_oneof, proptest,
     };
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn engines() -> Vec<EngineView> {
         (0..4)
@@ -600,6 +601,64 @@ mod tests {
             let text = serde_json::to_string(decision).unwrap();
             let back: serde_json::Value = serde_json::from_str(&text).unwrap();
             prop_assert!(depth(&back) <= MAX_DEPTH + 2);
+        }
+
+        /// One round of requests, some anti-affine to their group, some mounting named
+        /// volumes (a few recorded before the round): within the round, no engine takes two of
+        /// an anti-affine group, every request that names a volume lands where the volume
+        /// lives, and a volume placed first in the round is recorded once, where it went.
+        #[test]
+        fn one_round_keeps_affinity_and_volumes(
+            asks in proptest::collection::vec((0u8..3, any::<bool>(), proptest::option::of(0u8..4)), 1..24),
+            recorded in proptest::collection::btree_map(0u8..4, 0usize..4, 0..3),
+        ) {
+            let work: Vec<Work> = asks
+                .iter()
+                .enumerate()
+                .map(|(k, (g, anti, vol))| {
+                    let mut body = serde_json::json!({"image": "x", "cpus": 0.1, "memory": 16, "type": "service"});
+                    if *anti {
+                        body["affinity"] = serde_json::json!([format!("request!=g{g}-*")]);
+                    }
+                    if let Some(v) = vol {
+                        body["volumes"] = serde_json::json!([format!("v{v}:/data")]);
+                    }
+                    let mut w = decide(body.to_string().as_bytes());
+                    if let Work::Decide { id, .. } = &mut w {
+                        *id = RequestId::new(format!("g{g}-{k}")).unwrap();
+                    }
+                    w
+                })
+                .collect();
+            let mut view = engines();
+            let revisions = vec![1; view.len()];
+            let names: Vec<EngineId> = view.iter().map(|e| e.id.clone()).collect();
+            let lookup = |name: &str| {
+                let v: u8 = name.strip_prefix('v')?.parse().ok()?;
+                recorded.get(&v).map(|i| names[*i].clone())
+            };
+            let items = plan(&work, &mut view, &revisions, &lookup, &cfg(), "now");
+            let mut anti_on: BTreeSet<(u8, EngineId)> = BTreeSet::new();
+            let mut volume_on: BTreeMap<u8, EngineId> = recorded
+                .iter()
+                .map(|(v, i)| (*v, names[*i].clone()))
+                .collect();
+            let mut written: BTreeSet<u8> = BTreeSet::new();
+            for (item, (g, anti, vol)) in items.iter().zip(&asks) {
+                let Item::Place { engine, volumes, .. } = item else { continue };
+                if *anti {
+                    prop_assert!(anti_on.insert((*g, engine.clone())), "two of group {g} on {engine}");
+                }
+                if let Some(v) = vol {
+                    let home = volume_on.entry(*v).or_insert_with(|| engine.clone());
+                    prop_assert_eq!(&*home, engine, "volume v{} split", v);
+                }
+                for name in volumes {
+                    let v: u8 = name[1..].parse().unwrap();
+                    prop_assert!(!recorded.contains_key(&v), "{name} was recorded already");
+                    prop_assert!(written.insert(v), "{name} recorded twice");
+                }
+            }
         }
     }
 }

@@ -282,51 +282,9 @@ impl Request {
             ports.push(hp);
         }
         launch::check(&image)?;
-        let disk = match image.disk {
-            None => 0.0,
-            Some(_) => check_amount("disk", image.disk, MAX_MEMORY_MB, " MB")?,
-        };
-        let alternatives = match image.alternatives {
-            None => 0,
-            Some(n) if n <= MAX_ALTERNATIVES => n as usize,
-            Some(n) => {
-                return Err(Invalid(format!(
-                    "alternatives: {n} is too many, the limit is {MAX_ALTERNATIVES}"
-                )));
-            }
-        };
-        if image.affinity.len() > MAX_CONSTRAINTS {
-            return Err(Invalid(format!(
-                "affinity: {} expressions, the limit is {MAX_CONSTRAINTS}",
-                image.affinity.len()
-            )));
-        }
-        if let Some((i, a)) = image
-            .affinity
-            .iter()
-            .enumerate()
-            .find(|(_, a)| a.len() > MAX_CONSTRAINT_BYTES)
-        {
-            return Err(Invalid(format!(
-                "affinity[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
-                a.len()
-            )));
-        }
-        let mut volumes: Vec<String> = image
-            .volumes
-            .iter()
-            .filter_map(|v| named_volume(v))
-            .map(str::to_string)
-            .collect();
-        volumes.sort();
-        volumes.dedup();
-        if let Some(v) = volumes.iter().find(|v| RequestId::new(v.as_str()).is_err()) {
-            return Err(Invalid(format!(
-                "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
-            )));
-        }
+        let (disk, alternatives, volumes) = scheduling_fields(&image)?;
         Ok(Request {
-            disk: MemoryMb::from_mb_ceil(disk),
+            disk,
             alternatives,
             affinity: image.affinity.clone(),
             volumes,
@@ -339,6 +297,55 @@ impl Request {
             image,
         })
     }
+}
+
+/// The fields of issue 16, checked: disk (rounded up), how many alternatives, and the named
+/// volumes (sorted, once each); affinity expressions are bounded like constraints.
+fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), Invalid> {
+    let disk = match image.disk {
+        None => 0.0,
+        Some(_) => check_amount("disk", image.disk, MAX_MEMORY_MB, " MB")?,
+    };
+    let alternatives = match image.alternatives {
+        None => 0,
+        Some(n) if n <= MAX_ALTERNATIVES => n as usize,
+        Some(n) => {
+            return Err(Invalid(format!(
+                "alternatives: {n} is too many, the limit is {MAX_ALTERNATIVES}"
+            )));
+        }
+    };
+    if image.affinity.len() > MAX_CONSTRAINTS {
+        return Err(Invalid(format!(
+            "affinity: {} expressions, the limit is {MAX_CONSTRAINTS}",
+            image.affinity.len()
+        )));
+    }
+    if let Some((i, a)) = image
+        .affinity
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.len() > MAX_CONSTRAINT_BYTES)
+    {
+        return Err(Invalid(format!(
+            "affinity[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+            a.len()
+        )));
+    }
+    let mut volumes: Vec<String> = image
+        .volumes
+        .iter()
+        .filter_map(|v| named_volume(v))
+        .map(str::to_string)
+        .collect();
+    volumes.sort();
+    volumes.dedup();
+    if let Some(v) = volumes.iter().find(|v| RequestId::new(v.as_str()).is_err()) {
+        return Err(Invalid(format!(
+            "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
+        )));
+    }
+    Ok((MemoryMb::from_mb_ceil(disk), alternatives, volumes))
 }
 
 /// A request as its decision echoes it (`container`): the JSON the user wrote, without the

@@ -8,6 +8,8 @@
 //! request it is handed.
 
 pub mod constraint;
+#[cfg(test)]
+mod props;
 mod strategy;
 mod view;
 
@@ -336,11 +338,10 @@ pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
     match strategy {
         Strategy::Spread | Strategy::Random => 1.0 - e.fraction_with(r.cpus, r.memory),
         Strategy::Binpack => {
-            let copies = e.copies_left(r).min(1e12);
             if e.reserved_cpus.0 > 0 || e.reserved_memory.0 > 0 {
-                1.0 + 1.0 / (1.0 + copies)
+                1.0 + e.fraction_with(r.cpus, r.memory).min(1.0)
             } else {
-                1.0 - 1.0 / (1.0 + copies)
+                1.0 - 1.0 / (2.0 + e.copies_left(r).min(1e12))
             }
         }
     }
