@@ -8,7 +8,8 @@
 //! the same requests, and measure etcd's raw rate again.
 //!
 //! It runs the controller as a separate binary and may not reach into a running replica: what it
-//! measures, it reads from etcd and from `/proc`.
+//! measures, it reads from etcd and from `/proc`. `--quality` is apart: it runs the scheduler
+//! in-process on seeded fleets, with no etcd at all (`quality.rs`).
 
 mod floor;
 mod phase;

@@ -1,4 +1,5 @@
-//! `citadel engine add|ls|show|rm`, and `citadel ls`.
+//! `citadel engine add|ls|show|rm`, and `citadel ls` (cordon, uncordon and drain are in
+//! `maintenance.rs`).
 
 use std::time::Duration;
 

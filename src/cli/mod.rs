@@ -1,8 +1,8 @@
 //! The `citadel` command line: one file per command group.
 //!
 //! `mod.rs` holds the global flags, the commands, the one-line errors and the dispatch; the
-//! groups are `controller` (a replica), `engine` (add, ls, show, rm), `request` (submit,
-//! status, release) and `check`.
+//! groups are `controller` (a replica), `engine` (add, ls, show, rm), `maintenance` (engine
+//! cordon, uncordon, drain), `volume` (ls, rm), `request` (submit, status, release) and `check`.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
 //! into it.
