@@ -137,7 +137,7 @@ fn place_all(
         let seed = crate::model::fnv1a(&format!("q-{n}"));
         match scheduler::schedule(&p, engines, strategy, seed, sample) {
             Ok(plan) => {
-                engines[plan.engine].hold(&id(n), &held(r));
+                engines[plan.engine].hold(&id(n), &Held::of(r));
                 count[plan.engine] += 1;
             }
             Err(_) => unplaced += 1,
@@ -148,17 +148,6 @@ fn place_all(
 
 fn id(n: usize) -> RequestId {
     RequestId::from_key_segment(&format!("q-{n}")).unwrap_or_else(|| unreachable!())
-}
-
-/// What a placement of `r` holds.
-pub fn held(r: &Request) -> Held {
-    Held {
-        cpus: r.cpus,
-        memory: r.memory,
-        disk: r.disk,
-        ports: r.ports.clone(),
-        image: r.image.name.as_str().into(),
-    }
 }
 
 /// A request's size for sorting: its larger share of an average engine.

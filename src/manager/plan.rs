@@ -310,13 +310,7 @@ impl Round<'_> {
             ""
         };
         let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
-        let held = Held {
-            cpus: request.cpus,
-            memory: request.memory,
-            disk: request.disk,
-            ports: request.ports.clone(),
-            image: request.image.name.as_str().into(),
-        };
+        let held = Held::of(request);
         let decision = Decision {
             resource: Some(e.resource()),
             reservation: Some(Reservation {

@@ -266,6 +266,19 @@ pub struct Held {
     pub image: std::sync::Arc<str>,
 }
 
+impl Held {
+    /// What a placement of `r` holds.
+    pub fn of(r: &Request) -> Held {
+        Held {
+            cpus: r.cpus,
+            memory: r.memory,
+            disk: r.disk,
+            ports: r.ports.clone(),
+            image: r.image.name.as_str().into(),
+        }
+    }
+}
+
 impl Reservation {
     pub fn held(&self) -> Held {
         Held {

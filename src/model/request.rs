@@ -225,23 +225,7 @@ impl Request {
                 "type: required, e.g. \"service\" or \"batch\"".into(),
             ));
         }
-        if image.labels.len() > MAX_CONSTRAINTS {
-            return Err(Invalid(format!(
-                "labels: {} constraints, the limit is {MAX_CONSTRAINTS}",
-                image.labels.len()
-            )));
-        }
-        if let Some((i, l)) = image
-            .labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| l.len() > MAX_CONSTRAINT_BYTES)
-        {
-            return Err(Invalid(format!(
-                "labels[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
-                l.len()
-            )));
-        }
+        check_expressions("labels", "constraints", &image.labels)?;
 
         let mut ports = Vec::new();
         for (i, p) in image.bind_ports.iter().enumerate() {
@@ -299,6 +283,28 @@ impl Request {
     }
 }
 
+/// Bounds a list of constraint-grammar expressions (`labels`, `affinity`): how many, and how
+/// long each may be.
+fn check_expressions(field: &str, what: &str, exprs: &[String]) -> Result<(), Invalid> {
+    if exprs.len() > MAX_CONSTRAINTS {
+        return Err(Invalid(format!(
+            "{field}: {} {what}, the limit is {MAX_CONSTRAINTS}",
+            exprs.len()
+        )));
+    }
+    if let Some((i, e)) = exprs
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.len() > MAX_CONSTRAINT_BYTES)
+    {
+        return Err(Invalid(format!(
+            "{field}[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+            e.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The fields of issue 16, checked: disk (rounded up), how many alternatives, and the named
 /// volumes (sorted, once each); affinity expressions are bounded like constraints.
 fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), Invalid> {
@@ -315,23 +321,7 @@ fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), In
             )));
         }
     };
-    if image.affinity.len() > MAX_CONSTRAINTS {
-        return Err(Invalid(format!(
-            "affinity: {} expressions, the limit is {MAX_CONSTRAINTS}",
-            image.affinity.len()
-        )));
-    }
-    if let Some((i, a)) = image
-        .affinity
-        .iter()
-        .enumerate()
-        .find(|(_, a)| a.len() > MAX_CONSTRAINT_BYTES)
-    {
-        return Err(Invalid(format!(
-            "affinity[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
-            a.len()
-        )));
-    }
+    check_expressions("affinity", "expressions", &image.affinity)?;
     let mut volumes: Vec<String> = image
         .volumes
         .iter()

@@ -187,25 +187,9 @@ impl Prepared {
 
     fn rejection(&self, code: Code) -> Rejection {
         match code {
-            Code::Constraint(i) => {
-                let c = self
-                    .hard
-                    .iter()
-                    .chain(self.soft.iter())
-                    .nth(i)
-                    .map(|c| c.expr.clone())
-                    .unwrap_or_default();
-                Rejection::Constraint(c)
-            }
+            Code::Constraint(i) => Rejection::Constraint(nth_expr(&self.hard, &self.soft, i)),
             Code::Affinity(i) => {
-                let c = self
-                    .affinity_hard
-                    .iter()
-                    .chain(self.affinity_soft.iter())
-                    .nth(i)
-                    .map(|c| c.expr.clone())
-                    .unwrap_or_default();
-                Rejection::Affinity(c)
+                Rejection::Affinity(nth_expr(&self.affinity_hard, &self.affinity_soft, i))
             }
             Code::Volume(i) => {
                 let (name, engine) = self.pins[i].clone();
@@ -223,6 +207,15 @@ impl Prepared {
     fn has_soft(&self) -> bool {
         !self.soft.is_empty() || !self.affinity_soft.is_empty()
     }
+}
+
+/// The `i`th expression counting the hard ones first, as [`Code`] numbers them.
+fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
+    hard.iter()
+        .chain(soft)
+        .nth(i)
+        .map(|c| c.expr.clone())
+        .unwrap_or_default()
 }
 
 /// Parses expressions into hard and soft ones; `err` names the bad entry.

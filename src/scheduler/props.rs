@@ -31,16 +31,6 @@ fn request(cpus: u32, memory: u32, affinity: &[String]) -> Request {
     .unwrap()
 }
 
-fn held(r: &Request) -> Held {
-    Held {
-        cpus: r.cpus,
-        memory: r.memory,
-        disk: r.disk,
-        ports: r.ports.clone(),
-        image: r.image.name.as_str().into(),
-    }
-}
-
 /// Places `rs` in turn; containers per engine id.
 fn place_all(
     rs: &[Request],
@@ -53,7 +43,7 @@ fn place_all(
         let p = Prepared::new(r.clone()).unwrap();
         if let Ok(plan) = schedule(&p, &view, s, n as u64 * 7919, usize::MAX) {
             let id = RequestId::new(format!("r{n}")).unwrap();
-            view[plan.engine].hold(&id, &held(r));
+            view[plan.engine].hold(&id, &Held::of(r));
             *counts.entry(view[plan.engine].id.to_string()).or_default() += 1;
         }
     }
@@ -132,7 +122,7 @@ proptest! {
                     prop_assert!(beside, "{id} affine but placed away from its group on {}", e.id);
                 }
                 group_of.insert(id.to_string(), (*g, *anti));
-                view[plan.engine].hold(&id, &held(&r));
+                view[plan.engine].hold(&id, &Held::of(&r));
             }
         }
         for e in &view {
