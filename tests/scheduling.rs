@@ -319,8 +319,20 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
         |kind: &str| request_json(0.5, 64, json!({"type": kind, "labels": ["engine==~e1"]}));
     put_request(&client, &keys, "svc", on_e1("service")).await;
     put_request(&client, &keys, "job", on_e1("batch")).await;
+    put_request(
+        &client,
+        &keys,
+        "stateful",
+        request_json(
+            0.5,
+            64,
+            json!({"labels": ["engine==e1"], "volumes": ["data:/d"]}),
+        ),
+    )
+    .await;
     assert_eq!(placed(&client, "svc").await, "e1");
     assert_eq!(placed(&client, "job").await, "e1");
+    assert_eq!(placed(&client, "stateful").await, "e1");
 
     let (code, out, err) = cli(&etcd, &["engine", "cordon", "e1"]);
     assert_eq!(code, 0, "{err}");
@@ -351,7 +363,7 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
 
     let (code, out, err) = cli(&etcd, &["engine", "drain", "e1"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("1 service placement(s)"), "{out}");
+    assert!(out.contains("2 service placement(s)"), "{out}");
     let moved = wait_decision_where(&client, &keys, "svc", WAIT, "moved", |d| {
         d.status == Status::Placed && d.resource.as_ref().is_some_and(|r| r.id == "e2")
     })
@@ -366,12 +378,24 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
         "e1",
         "a batch runs to the end"
     );
+    assert_eq!(
+        placed(&client, "stateful").await,
+        "e1",
+        "a service whose named volume lives there stays"
+    );
     let (_, ls, _) = cli(&etcd, &["engine", "ls"]);
     assert!(
         ls.lines()
-            .any(|l| l.starts_with("e1") && l.contains("drained")),
+            .any(|l| l.starts_with("e1 ") && l.contains("draining")),
         "{ls}"
     );
+    delete_key(&client, keys.request(&rid("stateful"))).await;
+    wait_until("e1 is drained", WAIT, || async {
+        let (_, ls, _) = cli(&etcd, &["engine", "ls"]);
+        ls.lines()
+            .any(|l| l.starts_with("e1 ") && l.contains("drained"))
+    })
+    .await;
 
     let (code, _, err) = cli(&etcd, &["engine", "uncordon", "e1"]);
     assert_eq!(code, 0, "{err}");

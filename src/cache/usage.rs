@@ -85,11 +85,28 @@ impl State {
                 .requests
                 .get(id)
                 .is_some_and(|q| q.lifecycle == Lifecycle::Service)
+            && !self.held_by_volume(id, &r.engine)
         {
             Some(Displaced::Drained(r.engine.clone()))
         } else {
             None
         }
+    }
+
+    /// Whether `id` mounts a named volume that lives on `engine`: a drain leaves it there, as
+    /// it could go nowhere else. Parsed only for requests on an engine that holds volumes.
+    fn held_by_volume(&self, id: &RequestId, engine: &EngineId) -> bool {
+        if !self.volumes.values().any(|e| e == engine) {
+            return false;
+        }
+        self.requests
+            .get(id)
+            .and_then(|q| Request::parse(q.raw()).ok())
+            .is_some_and(|r| {
+                r.volumes
+                    .iter()
+                    .any(|v| self.volumes.get(v) == Some(engine))
+            })
     }
 
     /// Whether `engine` is being drained: its services are placed again elsewhere.
