@@ -373,21 +373,21 @@ pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<()
         println!();
     }
     println!(
-        "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  HEALTH",
+        "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {:<9} HEALTH",
         "ENGINE",
-        "STATE",
         "ADDR",
         "CPUS (res/total)",
         "MEMORY MB (res/total)",
         "LIVE CPU",
         "LIVE MB",
-        "CTRS"
+        "CTRS",
+        "STATE"
     );
     for (snap, addr, error) in state.engine_rows() {
         if let Some(e) = error {
             println!(
-                "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  invalid: {e}",
-                snap.id, "-", "", "-", "-", "-", "-", "-"
+                "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {:<9} invalid: {e}",
+                snap.id, "", "-", "-", "-", "-", "-", "-"
             );
             continue;
         }
@@ -409,15 +409,15 @@ pub(super) async fn ls(client: &Client, keys: &Keys, summary: bool) -> Result<()
             ),
         };
         println!(
-            "{:<20} {:<9} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {status}",
+            "{:<20} {:<28} {:>17} {:>21} {:>9} {:>9} {:>5}  {:<9} {status}",
             snap.id,
-            standing,
             addr,
             format!("{}/{}", trim(snap.reserved_cpus), trim(snap.cpus)),
             format!("{}/{}", trim(snap.reserved_memory), trim(snap.memory)),
             live_cpu,
             live_mb,
             ctrs,
+            standing,
         );
     }
     Ok(())
