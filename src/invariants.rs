@@ -109,8 +109,9 @@ pub fn check<'a>(
     report
 }
 
-/// What one engine's reservations add up to: cpus, memory and how often each host port is held.
-type Held = (Millicpus, MemoryMb, BTreeMap<HostPort, usize>);
+/// What one engine's reservations add up to: cpus, memory, how often each host port is held,
+/// and disk.
+type Held = (Millicpus, MemoryMb, BTreeMap<HostPort, usize>, MemoryMb);
 
 /// The keys the check reads, sorted by kind.
 #[derive(Default)]
@@ -216,6 +217,7 @@ impl Seen {
                     let u = used.entry(engine).or_default();
                     u.0.0 += held.cpus.0;
                     u.1.0 += held.memory.0;
+                    u.3.0 += held.disk.0;
                     for p in held.ports {
                         *u.2.entry(p).or_default() += 1;
                     }
@@ -236,17 +238,20 @@ impl Seen {
     /// Engines holding more than their capacity (times the overcommit factor), and host ports
     /// held twice on one engine.
     fn capacity(&self, used: &BTreeMap<&str, Held>, overcommit: f64, report: &mut Report) {
-        for (engine, (cpus, memory, ports)) in used {
+        for (engine, (cpus, memory, ports, disk)) in used {
             if let Some(spec) = self.engines.get(*engine) {
                 let cap_c = (spec.cpus.0 as f64 * overcommit).floor() as u64;
                 let cap_m = (spec.memory.0 as f64 * overcommit).floor() as u64;
-                if cpus.0 > cap_c || memory.0 > cap_m {
+                let cap_d = (spec.disk.0 as f64 * overcommit).floor() as u64;
+                if cpus.0 > cap_c || memory.0 > cap_m || disk.0 > cap_d {
                     report.overcommitted_engines.push(format!(
-                        "{engine}: {}/{} cpus, {}/{} MB",
+                        "{engine}: {}/{} cpus, {}/{} MB, {}/{} MB disk",
                         cpus.as_cpus(),
                         cap_c as f64 / 1000.0,
                         memory.0,
-                        cap_m
+                        cap_m,
+                        disk.0,
+                        cap_d
                     ));
                 }
             }

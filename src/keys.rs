@@ -27,6 +27,8 @@ pub enum Key {
     Request(RequestId),
     Decision(RequestId),
     Health(EngineId),
+    /// `volumes/<name>`: the engine a named volume lives on.
+    Volume(String),
     /// A campaign key of the election; the string is etcd's suffix (the lease id in hex).
     Leader(String),
     /// A request key that cannot name a decision (`requests/` or `requests/a/b`): logged and
@@ -103,6 +105,13 @@ impl Keys {
     pub fn healths(&self) -> String {
         format!("{}health/", self.root)
     }
+    pub fn volumes(&self) -> String {
+        format!("{}volumes/", self.root)
+    }
+    /// A named volume's key; names are checked like request ids (no `/`).
+    pub fn volume(&self, name: &str) -> String {
+        self.join("volumes/", name)
+    }
     pub fn profiles(&self) -> String {
         format!("{}profiles/", self.root)
     }
@@ -141,6 +150,9 @@ impl Keys {
             }),
             "decisions" => RequestId::from_key_segment(tail).map(Key::Decision),
             "health" => EngineId::from_key_segment(tail).map(Key::Health),
+            "volumes" => {
+                (!tail.is_empty() && !tail.contains('/')).then(|| Key::Volume(tail.into()))
+            }
             "leader" => Some(Key::Leader(tail.to_string())),
             _ => None,
         }

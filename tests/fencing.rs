@@ -47,7 +47,9 @@ fn placement_on(
         held: Held {
             cpus: Millicpus(100),
             memory: MemoryMb(10),
+            disk: MemoryMb(0),
             ports: vec![],
+            image: "".into(),
         },
         decision: Decision {
             container: serde_json::json!({}).into(),
@@ -55,16 +57,20 @@ fn placement_on(
             reservation: Some(Reservation {
                 cpus: 0.1,
                 memory: 10.0,
+                disk: 0.0,
                 ports: vec![],
+                image: String::new(),
             }),
             status: Status::Placed,
             reason: String::new(),
             scheduler: "spread".into(),
+            alternatives: Vec::new(),
             request_revision,
             decided_at: String::new(),
             decided_by: by.into(),
             run: None,
         },
+        volumes: Vec::new(),
     }
 }
 

@@ -8,11 +8,13 @@
 //! the same requests, and measure etcd's raw rate again.
 //!
 //! It runs the controller as a separate binary and may not reach into a running replica: what it
-//! measures, it reads from etcd and from `/proc`.
+//! measures, it reads from etcd and from `/proc`. `--quality` is apart: it runs the scheduler
+//! in-process on seeded fleets, with no etcd at all (`quality.rs`).
 
 mod floor;
 mod phase;
 mod proc;
+pub mod quality;
 mod report;
 mod workload;
 
@@ -92,6 +94,16 @@ pub struct BenchArgs {
     /// prefix is printed at the start).
     #[arg(long)]
     pub keep: bool,
+    /// Measure placement quality instead (pure, in-process, seeded): engines binpack uses
+    /// beside first-fit decreasing and the lower bound, and spread's balance, on two fleets.
+    #[arg(long)]
+    pub quality: bool,
+    /// With --quality: the generator's seed.
+    #[arg(long, default_value_t = 16)]
+    pub seed: u64,
+    /// Output format (`json` is the same as --json).
+    #[arg(short = 'o', long = "output", value_parser = ["table", "json"])]
+    pub output: Option<String>,
 }
 
 fn parse_headroom(s: &str) -> Result<f64, String> {

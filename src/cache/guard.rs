@@ -202,7 +202,9 @@ impl State {
         let reservation = self.reservations.get(id).map(|h| Reservation {
             cpus: h.cpus.as_cpus(),
             memory: h.memory.0 as f64,
+            disk: h.disk.0 as f64,
             ports: h.ports.iter().map(|p| p.to_port()).collect(),
+            image: h.image.to_string(),
         });
         Some(Decision {
             container: crate::model::Echo::of(&r.raw),
@@ -211,6 +213,7 @@ impl State {
             status: d.status,
             reason: d.reason.clone(),
             scheduler: d.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+            alternatives: Vec::new(),
             request_revision: d.request_revision,
             decided_at: String::new(),
             decided_by: String::new(),

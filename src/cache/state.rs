@@ -11,9 +11,9 @@ use super::parked::{Demand, Parked};
 use crate::keys::{Key, Keys};
 use crate::model::{
     Decision, EngineId, EngineSpec, Health, HostPort, Invalid, LeaderInfo, Lifecycle, MemoryMb,
-    Millicpus, Request, RequestId, Reservation, Run, Status,
+    Millicpus, Request, RequestId, Reservation, Run, Status, VolumeRecord,
 };
-use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, UNCLASSED};
+use crate::scheduler::{EngineView, MAX_CLASSES, Prepared, Strategy, Tenants, UNCLASSED};
 
 #[derive(Debug, Clone)]
 pub struct RequestEntry {
@@ -164,7 +164,9 @@ pub(super) struct ReservationEntry {
     pub(super) engine: EngineId,
     pub(super) cpus: Millicpus,
     pub(super) memory: MemoryMb,
+    pub(super) disk: MemoryMb,
     pub(super) ports: Vec<HostPort>,
+    pub(super) image: Arc<str>,
 }
 
 impl ReservationEntry {
@@ -174,7 +176,9 @@ impl ReservationEntry {
             engine,
             cpus: held.cpus,
             memory: held.memory,
+            disk: held.disk,
             ports: held.ports,
+            image: held.image,
         }
     }
 }
@@ -191,6 +195,9 @@ pub(super) struct EngineEntry {
 pub struct Usage {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
+    pub disk: MemoryMb,
+    /// What is placed there, by request, with its image: what affinity is decided on.
+    pub tenants: Arc<Tenants>,
     pub ports: BTreeMap<HostPort, u32>,
     pub count: u64,
     /// Not schedulable: no health key while the policy asks for one.
@@ -279,6 +286,8 @@ pub enum Displaced {
     Removed(EngineId),
     /// Its engine now holds more than its capacity, and this is among its newest placements.
     Shrunk(EngineId),
+    /// Its engine is being drained (`citadel engine drain`), and it is a service.
+    Drained(EngineId),
 }
 
 /// An election key (`leader/<suffix>`) as the cache last saw it.
@@ -335,6 +344,8 @@ pub struct State {
     pub(super) dirty: HashSet<EngineId>,
     pub(super) policy: HealthPolicy,
     pub(super) health: HashMap<EngineId, HealthEntry>,
+    /// Where each named volume lives (`volumes/<name>`). Shared with the leader's rounds.
+    pub(super) volumes: Arc<HashMap<String, EngineId>>,
     /// Placed, asked to be launched, and not launched yet (by the leader's runner).
     pub(super) launchable: BTreeSet<RequestId>,
     /// The newest revision of a decision the leader applied itself ([`State::decided`]).
@@ -465,6 +476,7 @@ impl State {
                 if let Err(e) = &spec {
                     tracing::warn!(engine = %id, error = %e, "engine ignored: invalid JSON");
                 }
+                let drained = matches!(&spec, Ok((s, _)) if s.drained);
                 let was = self.engines.insert(
                     id.clone(),
                     EngineEntry {
@@ -474,7 +486,10 @@ impl State {
                 );
                 self.engine_generation += 1;
                 self.capacity_grew_on(&id);
-                if was.is_none() {
+                let was_drained =
+                    matches!(&was, Some(EngineEntry { spec: Ok((s, _)), .. }) if s.drained);
+                // Drained, undrained or new: what it holds may have to move, or may stay.
+                if was.is_none() || drained != was_drained {
                     // Placements waiting to move off it (it was removed) may stay after all.
                     self.reclassify_on(&id);
                 }
@@ -513,6 +528,15 @@ impl State {
                         info: serde_json::from_slice(kv.value()).ok(),
                     },
                 );
+            }
+            Key::Volume(name) => {
+                match serde_json::from_slice::<VolumeRecord>(kv.value())
+                    .ok()
+                    .and_then(|v| EngineId::new(v.engine).ok())
+                {
+                    Some(engine) => self.volume_recorded(&name, engine),
+                    None => tracing::warn!(volume = %name, "unreadable volume key; ignored"),
+                }
             }
             Key::Health(engine) => match serde_json::from_slice::<Health>(kv.value()) {
                 Ok(health) => {
@@ -615,6 +639,12 @@ impl State {
             Key::Leader(suffix) => {
                 self.leaders.remove(&suffix);
             }
+            Key::Volume(name) => {
+                if Arc::make_mut(&mut self.volumes).remove(&name).is_some() {
+                    // Requests held to it may go anywhere now.
+                    self.capacity_changed();
+                }
+            }
             Key::Health(engine) => {
                 if self.health.remove(&engine).is_some() {
                     self.dirty.insert(engine);
@@ -631,6 +661,19 @@ impl State {
         self.guard.repairs.remove(id);
         self.guard.uncertain.remove(id);
         self.set_decision(id, mod_revision, DecisionFacts::of(d));
+    }
+
+    /// A named volume lives on `engine` (read from its key, or committed by the leader).
+    pub fn volume_recorded(&mut self, name: &str, engine: EngineId) {
+        if self.volumes.get(name) != Some(&engine) {
+            Arc::make_mut(&mut self.volumes).insert(name.to_string(), engine);
+            self.capacity_changed();
+        }
+    }
+
+    /// Where each named volume lives.
+    pub fn volumes(&self) -> Arc<HashMap<String, EngineId>> {
+        self.volumes.clone()
     }
 
     /// A decision the leader itself deleted at `mod_revision` (see [`State::decided`]).
@@ -712,11 +755,14 @@ mod tests {
             reservation: Some(Reservation {
                 cpus: 0.2,
                 memory: 512.0,
+                disk: 0.0,
+                image: String::new(),
                 ports: vec![],
             }),
             status: Status::Placed,
             reason: "spread chose e1".into(),
             scheduler: "spread".into(),
+            alternatives: Vec::new(),
             request_revision: 42,
             decided_at: "2026-11-29T08:00:00Z".into(),
             decided_by: "r1".into(),
@@ -833,11 +879,14 @@ mod tests {
                     reservation: Some(Reservation {
                         cpus,
                         memory: 1.0,
+                        disk: 0.0,
                         ports: vec![],
+                        image: String::new(),
                     }),
                     status: Status::Placed,
                     reason: format!("spread chose {engine}"),
                     scheduler: "spread".into(),
+                    alternatives: Vec::new(),
                     request_revision,
                     decided_at: String::new(),
                     decided_by: "me".into(),

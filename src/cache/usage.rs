@@ -2,6 +2,7 @@
 //! and the placements that must move (their engine was removed, or holds more than it can).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::parked::Demand;
 use super::state::*;
@@ -80,9 +81,40 @@ impl State {
             Some(Displaced::Removed(r.engine.clone()))
         } else if self.evicted.contains(id) {
             Some(Displaced::Shrunk(r.engine.clone()))
+        } else if self.is_drained(&r.engine)
+            && self
+                .requests
+                .get(id)
+                .is_some_and(|q| q.lifecycle == Lifecycle::Service)
+            && !self.held_by_volume(id, &r.engine)
+        {
+            Some(Displaced::Drained(r.engine.clone()))
         } else {
             None
         }
+    }
+
+    /// Whether `id` mounts a named volume that lives on `engine`: a drain leaves it there, as
+    /// it could go nowhere else. Parsed only for requests on an engine that holds volumes.
+    fn held_by_volume(&self, id: &RequestId, engine: &EngineId) -> bool {
+        if !self.volumes.values().any(|e| e == engine) {
+            return false;
+        }
+        self.requests
+            .get(id)
+            .and_then(|q| Request::parse(q.raw()).ok())
+            .is_some_and(|r| {
+                r.volumes
+                    .iter()
+                    .any(|v| self.volumes.get(v) == Some(engine))
+            })
+    }
+
+    /// Whether `engine` is being drained: its services are placed again elsewhere.
+    pub fn is_drained(&self, engine: &EngineId) -> bool {
+        self.engines
+            .get(engine)
+            .is_some_and(|e| matches!(&e.spec, Ok((s, _)) if s.drained))
     }
 
     pub(super) fn over_capacity(&self, engine: &EngineId) -> bool {
@@ -102,6 +134,7 @@ impl State {
             let u = self.usage.entry(n.engine.clone()).or_default();
             u.cpus.0 = u.cpus.0.saturating_add(n.cpus.0);
             u.memory.0 = u.memory.0.saturating_add(n.memory.0);
+            u.disk.0 = u.disk.0.saturating_add(n.disk.0);
             u.count += 1;
             for p in &n.ports {
                 *u.ports.entry(*p).or_default() += 1;
@@ -113,11 +146,16 @@ impl State {
             None => self.reservations.remove(id),
         };
         if let Some(old) = old {
-            release_usage(&mut self.usage, &old);
+            release_usage(&mut self.usage, id, &old);
             if self.reservations.get(id) != Some(&old) {
                 self.capacity_grew_on(&old.engine);
             }
             self.dirty.insert(old.engine);
+        }
+        if let Some(n) = self.reservations.get(id)
+            && let Some(u) = self.usage.get_mut(&n.engine)
+        {
+            Arc::make_mut(&mut u.tenants).insert(id.clone(), n.image.clone());
         }
     }
 
@@ -231,14 +269,23 @@ impl State {
 pub fn apply_usage(view: &mut EngineView, u: &Usage) {
     view.reserved_cpus = u.cpus.max(u.live_cpus);
     view.reserved_memory = u.memory.max(u.live_memory);
+    view.reserved_disk = u.disk;
+    view.containers = u.count;
+    view.tenants = u.tenants.clone();
     view.ports = u.ports.keys().copied().collect();
     view.healthy = !u.unhealthy;
 }
 
-pub(super) fn release_usage(usage: &mut HashMap<EngineId, Usage>, r: &ReservationEntry) {
+pub(super) fn release_usage(
+    usage: &mut HashMap<EngineId, Usage>,
+    id: &RequestId,
+    r: &ReservationEntry,
+) {
     if let Some(u) = usage.get_mut(&r.engine) {
         u.cpus.0 = u.cpus.0.saturating_sub(r.cpus.0);
         u.memory.0 = u.memory.0.saturating_sub(r.memory.0);
+        u.disk.0 = u.disk.0.saturating_sub(r.disk.0);
+        Arc::make_mut(&mut u.tenants).remove(id);
         u.count = u.count.saturating_sub(1);
         for p in &r.ports {
             if let Some(n) = u.ports.get_mut(p) {

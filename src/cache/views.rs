@@ -232,6 +232,14 @@ impl State {
     }
 
     /// Placed requests on `engine`, with their decisions.
+    /// Every request with a placed decision.
+    pub fn placed(&self) -> impl Iterator<Item = &RequestId> {
+        self.decisions
+            .iter()
+            .filter(|(_, d)| d.status == Status::Placed)
+            .map(|(id, _)| id)
+    }
+
     pub fn placed_on(&self, engine: &EngineId) -> Vec<(RequestId, DecisionEntry)> {
         self.decisions
             .iter()

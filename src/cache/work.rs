@@ -146,11 +146,13 @@ impl State {
         );
     }
 
-    /// What `id` asks of an engine: from its parse, or what it was parked with. Unknown: zero,
-    /// which any change of capacity re-tries.
+    /// What `id` asks of an engine: from its parse, or what it was parked with. Unknown, or
+    /// with affinity: zero, which any new room re-tries.
     fn demand_of(&self, id: &RequestId) -> Demand {
         let parsed = self.requests.get(id).and_then(|r| r.parsed.as_ref());
         match parsed {
+            // Its answer hangs on other placements too: any new room may be the one.
+            Some(Ok(p)) if p.depends_on_placements() => Demand::default(),
             Some(Ok(p)) => Demand {
                 cpus: p.request.cpus,
                 memory: p.request.memory,

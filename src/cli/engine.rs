@@ -1,5 +1,5 @@
 //! `citadel engine add|rm` and the engine commands themselves; `engine ls`, `engine show` and
-//! `citadel ls` print from `engine_ls`.
+//! `citadel ls` print from `engine_ls`, and cordon, uncordon and drain are in `maintenance.rs`.
 
 use std::time::Duration;
 
@@ -37,6 +37,24 @@ pub enum EngineCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Take no new placements; existing ones stay (`"cordoned": true` in its key).
+    Cordon {
+        /// The engine's id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Take placements again (clears a cordon and a drain).
+    Uncordon {
+        /// The engine's id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Cordon, then place its service requests again elsewhere; batch ones run to the end.
+    Drain {
+        /// The engine's id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +71,10 @@ pub struct EngineAddArgs {
     /// Memory in MB to offer [default: the engine's MemTotal, read from the engine].
     #[arg(long, value_name = "MB")]
     pub memory: Option<f64>,
+    /// Disk in MB to offer [default: the size of the filesystem Docker keeps its data on,
+    /// when the engine is probed and tells it; else none].
+    #[arg(long)]
+    pub disk: Option<f64>,
     /// key=value or a bare key; repeat for several. Added to the daemon's own labels (a flag
     /// wins over a daemon label with the same key).
     #[arg(long = "label", value_name = "K=V")]
@@ -79,9 +101,12 @@ pub struct EngineAddArgs {
 }
 
 /// The engine's offer: explicit flags, else what the engine itself reports.
-async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliError> {
+/// What an engine offers: cpus, memory, disk (MB) and labels.
+type Offer = (f64, f64, f64, Vec<String>);
+
+async fn engine_offer(a: &EngineAddArgs) -> Result<Offer, CliError> {
     if let (Some(cpus), Some(memory)) = (a.cpus, a.memory) {
-        return Ok((cpus, memory, a.labels.clone()));
+        return Ok((cpus, memory, a.disk.unwrap_or(0.0), a.labels.clone()));
     }
     let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(crate::docker::engine::TlsFiles {
@@ -110,6 +135,7 @@ async fn engine_offer(a: &EngineAddArgs) -> Result<(f64, f64, Vec<String>), CliE
     Ok((
         a.cpus.unwrap_or(probe.cpus),
         a.memory.unwrap_or(probe.memory_mb),
+        a.disk.unwrap_or(probe.disk_mb),
         labels,
     ))
 }
@@ -120,17 +146,19 @@ pub(super) async fn engine_add(
     a: EngineAddArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(&a.id)?;
-    let (cpus, memory, labels) = engine_offer(&a).await?;
+    let (cpus, memory, disk, labels) = engine_offer(&a).await?;
     let wire = Engine {
         id: id.to_string(),
         addr: a.addr,
         cpus,
         memory,
+        disk,
         labels,
         tls_ca: a.tls_ca,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
         cordoned: false,
+        drained: false,
     };
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     let spec =
@@ -170,6 +198,7 @@ pub(super) async fn engine_add(
     // An operator's cordon outlives a change of capacity or labels.
     let mut wire = wire;
     wire.cordoned = was.cordoned;
+    wire.drained = was.drained;
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     if a.force {
         if !timed(kv.txn(put_if(current.mod_revision(), value)))

@@ -22,6 +22,8 @@ pub struct EngineRow {
     pub addr: String,
     pub labels: Vec<String>,
     pub cordoned: bool,
+    /// ready, cordoned, draining (a drain with placements left) or drained.
+    pub state: &'static str,
     pub cpus: f64,
     pub memory: f64,
     pub reserved_cpus: f64,
@@ -46,6 +48,9 @@ fn engine_rows(state: &State) -> Vec<EngineRow> {
                     .and_then(|id| state.health(id).map(|h| h.health.clone())),
                 labels: spec.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
                 cordoned: spec.is_some_and(|s| s.cordoned),
+                state: id
+                    .as_ref()
+                    .map_or("-", |id| super::maintenance::state_of(state, id)),
                 id: snap.id,
                 addr,
                 cpus: snap.cpus,
@@ -78,6 +83,7 @@ fn print_engines(rows: &[EngineRow], wide: bool) {
         "HEALTH",
         "CONTACT",
         "LABELS",
+        "STATE",
     ];
     if wide {
         header.extend(["ADDR", "CORDONED", "CHECKED BY"]);
@@ -97,6 +103,7 @@ fn print_engines(rows: &[EngineRow], wide: bool) {
             health_word(r).to_string(),
             h.map_or_else(dash, |h| age(&h.last_contact, now)),
             labels_cell(&r.labels),
+            r.state.to_string(),
         ];
         if wide {
             row.extend([

@@ -123,7 +123,13 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                     "{} cpus, {} MB{}",
                     super::trim(e.cpus),
                     super::trim(e.memory),
-                    if e.cordoned { ", cordoned" } else { "" }
+                    if e.drained {
+                        ", drained"
+                    } else if e.cordoned {
+                        ", cordoned"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -150,6 +156,16 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                 Ok(info) => Some(info.id),
                 Err(_) => Some(format!("lease {lease}")),
             };
+        }
+        Key::Volume(name) => {
+            event.kind = "volume";
+            event.id = Some(name);
+            event.action = if deleted { "forgotten" } else { "recorded" }.into();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(kv.value())
+                && let Some(engine) = v.get("engine").and_then(|e| e.as_str())
+            {
+                event.engine = Some(engine.to_string());
+            }
         }
         Key::Request(_) | Key::BadRequest(..) => return None,
     }

@@ -2,11 +2,11 @@
 //!
 //! `mod.rs` holds the global flags, the commands, the one-line errors with their exit codes,
 //! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
-//! (`ls`, `engine ls`, `engine show`), `request` (submit, status, release, profile),
-//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
-//! `completions` (shell completions, the man page). `output` is how they all print (`-o
-//! table|wide|json`, tables, a closed pipe), and `follow` how the commands that keep running
-//! watch etcd and stop.
+//! (`ls`, `engine ls`, `engine show`), `maintenance` (engine cordon, uncordon, drain), `volume`
+//! (ls, rm), `request` (submit, status, release, profile), `requests` (ls), `leader`, `events`,
+//! `plan` (a dry run of the scheduler), `check` and `completions` (shell completions, the man
+//! page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
+//! `follow` how the commands that keep running watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
 //! into it (`rbac` is handed its printer). It writes to etcd only what a command is for.
@@ -19,10 +19,12 @@ mod engine_ls;
 mod events;
 mod follow;
 mod leader;
+mod maintenance;
 pub(crate) mod output;
 mod plan;
 mod request;
 mod requests;
+mod volume;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -234,6 +236,9 @@ pub enum Command {
     },
     /// The man page (roff) on stdout: `citadel man | man -l -`.
     Man,
+    /// Named volumes: where each lives (ls), and forgetting one (rm).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Measure placements/s and latency against etcd's own put rate (starts its own etcd
     /// unless --etcd is given; then it works under a fresh prefix and removes it after).
     Bench(crate::bench::BenchArgs),
@@ -311,7 +316,16 @@ async fn bench(
     own_etcd: bool,
     etcd: EtcdConfig,
 ) -> Result<(), CliError> {
-    let json = args.json;
+    let json = args.json || args.output.as_deref() == Some("json");
+    if args.quality {
+        let rows = crate::bench::quality::measure_all(args.seed);
+        if json {
+            output::json_line(&rows)?;
+        } else {
+            output::write_line(crate::bench::quality::table(&rows).trim_end());
+        }
+        return Ok(());
+    }
     let result = crate::bench::run(args, (!own_etcd).then_some(etcd))
         .await
         .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
@@ -347,6 +361,16 @@ async fn one_shot(
         Command::Engine(EngineCommand::Rm { id, force }) => {
             engine::engine_rm(client, keys, &id, force).await
         }
+        Command::Engine(EngineCommand::Cordon { id }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Cordon).await
+        }
+        Command::Engine(EngineCommand::Uncordon { id }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Uncordon).await
+        }
+        Command::Engine(EngineCommand::Drain { id }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Drain).await
+        }
+        Command::Volume(cmd) => volume::run(client, keys, cmd).await,
         Command::Submit(a) => request::submit(client, keys, a).await,
         Command::Status(a) => request::status(client, keys, a).await,
         Command::Release { id } => request::release(client, keys, &id).await,

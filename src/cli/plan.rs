@@ -52,6 +52,9 @@ pub struct EnginePlan {
     pub rejected: Option<String>,
     /// Its reserved fraction once the request is placed there (engines that fit).
     pub score: Option<f64>,
+    /// Its place among the engines that fit, best first (1: the best), as a placed decision's
+    /// `alternatives` would rank it.
+    pub rank: Option<usize>,
     pub free_cpus: f64,
     pub free_memory: f64,
     pub chosen: bool,
@@ -171,7 +174,12 @@ fn explain(
     // The verdicts of the pass that decided: soft constraints count unless they were dropped.
     let with_soft = result.as_ref().is_ok_and(|plan| !plan.soft_dropped);
     let chosen = result.as_ref().ok().map(|plan| plan.engine);
-    let engines = views
+    let ranked: HashMap<usize, usize> = scheduler::rank(p, views, strategy, views.len())
+        .into_iter()
+        .enumerate()
+        .map(|(place, (i, _))| (i, place + 1))
+        .collect();
+    let mut engines: Vec<EnginePlan> = views
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -182,12 +190,15 @@ fn explain(
                 labels: labels.get(e.id.as_str()).cloned().unwrap_or_default(),
                 rejected: verdict.as_ref().err().map(ToString::to_string),
                 score: verdict.is_ok().then(|| p.score(e)),
+                rank: ranked.get(&i).copied(),
                 free_cpus: e.cpus.as_cpus() - e.reserved_cpus.as_cpus(),
                 free_memory: e.memory.0.saturating_sub(e.reserved_memory.0) as f64,
                 chosen: chosen == Some(i),
             }
         })
         .collect();
+    // Best first, then the engines ruled out, by id.
+    engines.sort_by_key(|e| (e.rank.unwrap_or(usize::MAX), e.id.clone()));
     let (status, engine, reason, soft_dropped) = match result {
         Ok(plan) => {
             let e = &views[plan.engine];
@@ -215,7 +226,7 @@ fn explain(
 
 fn print(r: &PlanReport, wide: bool) {
     if !r.engines.is_empty() {
-        let mut header = vec!["ENGINE", "RESULT", "SCORE", "FREE CPUS", "FREE MB"];
+        let mut header = vec!["ENGINE", "RESULT", "RANK", "SCORE", "FREE CPUS", "FREE MB"];
         if wide {
             header.extend(["ADDR", "LABELS"]);
         }
@@ -229,6 +240,7 @@ fn print(r: &PlanReport, wide: bool) {
             let mut row = vec![
                 e.id.clone(),
                 result,
+                e.rank.map_or_else(|| "-".into(), |r| r.to_string()),
                 e.score.map_or_else(|| "-".into(), |s| format!("{s:.3}")),
                 trim(e.free_cpus),
                 trim(e.free_memory),

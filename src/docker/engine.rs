@@ -41,6 +41,8 @@ pub struct Probe {
     pub cpus: f64,
     /// MemTotal, in MB (MiB, as Docker's own `docker info` rounds it).
     pub memory_mb: f64,
+    /// The size of the filesystem Docker keeps its data on, in MB (0: not told).
+    pub disk_mb: f64,
     /// The daemon's labels (`--label` on dockerd), `key=value`.
     pub labels: Vec<String>,
     pub name: String,
@@ -116,18 +118,64 @@ pub async fn probe(
         .mem_total
         .filter(|m| *m > 0)
         .ok_or_else(|| incomplete("MemTotal"))?;
+    let disk_mb = data_space_total(info.driver_status.as_deref().unwrap_or_default())
+        .or_else(|| local_root_size(addr, info.docker_root_dir.as_deref()?))
+        .unwrap_or(0.0);
     Ok(Probe {
         cpus: cpus as f64,
         memory_mb: (mem / (1024 * 1024)) as f64,
+        disk_mb,
         labels: info.labels.unwrap_or_default(),
         name: info.name.unwrap_or_default(),
         server_version: info.server_version.unwrap_or_default(),
     })
 }
 
+/// The storage driver's "Data Space Total" (devicemapper and friends report it), in MB.
+fn data_space_total(status: &[Vec<String>]) -> Option<f64> {
+    let value = status
+        .iter()
+        .find(|kv| kv.first().is_some_and(|k| k.ends_with("Space Total")))?
+        .get(1)?;
+    let (number, unit) = value.trim().split_once(' ')?;
+    let n: f64 = number.parse().ok()?;
+    let mb = match unit.trim() {
+        "kB" | "KB" => n / 1000.0 / 1.048_576,
+        "MB" => n / 1.048_576,
+        "GB" => n * 1000.0 / 1.048_576,
+        "TB" => n * 1_000_000.0 / 1.048_576,
+        _ => return None,
+    };
+    (mb > 0.0).then_some(mb.floor())
+}
+
+/// For an engine on this machine (a unix socket), the size of the filesystem under its data
+/// root (`DockerRootDir`), in MB, read with statvfs.
+fn local_root_size(addr: &str, root: &str) -> Option<f64> {
+    if !addr.starts_with("unix://") {
+        return None;
+    }
+    let st = rustix::fs::statvfs(root).ok()?;
+    let bytes = st.f_blocks.saturating_mul(st.f_frsize);
+    (bytes > 0).then_some((bytes / (1024 * 1024)) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_is_read_from_the_driver_or_the_local_data_root() {
+        let status = vec![
+            vec!["Pool Name".to_string(), "docker-pool".to_string()],
+            vec!["Data Space Total".to_string(), "107.4 GB".to_string()],
+        ];
+        let mb = data_space_total(&status).unwrap();
+        assert!((102_000.0..103_000.0).contains(&mb), "{mb}");
+        assert_eq!(data_space_total(&[]), None);
+        assert!(local_root_size("unix:///var/run/docker.sock", "/").is_some_and(|mb| mb > 0.0));
+        assert_eq!(local_root_size("tcp://h:2375", "/"), None);
+    }
 
     #[test]
     fn addresses_are_checked_before_any_io() {

@@ -18,8 +18,10 @@ pub(super) struct Assumed {
     /// By batch: what it wrote.
     batches: HashMap<u64, Vec<Written>>,
     pub(super) ids: HashSet<RequestId>,
+    /// Named volumes recorded by batches in flight: where, and by which batch.
+    volumes: HashMap<String, (u64, EngineId)>,
     /// What assumed placements hold, per engine and batch.
-    held: HashMap<EngineId, Vec<(u64, Held)>>,
+    held: HashMap<EngineId, Vec<(u64, RequestId, Held)>>,
 }
 
 impl Assumed {
@@ -28,11 +30,20 @@ impl Assumed {
         for item in items {
             self.ids.insert(item.id().clone());
             let held = match item {
-                Item::Place { engine, held, .. } => {
-                    self.held
-                        .entry(engine.clone())
-                        .or_default()
-                        .push((token, held.clone()));
+                Item::Place {
+                    engine,
+                    held,
+                    volumes,
+                    ..
+                } => {
+                    for v in volumes {
+                        self.volumes.insert(v.clone(), (token, engine.clone()));
+                    }
+                    self.held.entry(engine.clone()).or_default().push((
+                        token,
+                        item.id().clone(),
+                        held.clone(),
+                    ));
                     Some((engine.clone(), held.clone()))
                 }
                 _ => None,
@@ -53,12 +64,13 @@ impl Assumed {
     /// Forgets a batch; returns the engines it held resources on.
     pub(super) fn forget(&mut self, token: u64) -> Vec<EngineId> {
         let mut engines = Vec::new();
+        self.volumes.retain(|_, (t, _)| *t != token);
         if let Some(written) = self.batches.remove(&token) {
             for (id, held) in written {
                 self.ids.remove(&id);
                 if let Some((engine, _)) = held {
                     if let Some(list) = self.held.get_mut(&engine) {
-                        list.retain(|(t, _)| *t != token);
+                        list.retain(|(t, _, _)| *t != token);
                         if list.is_empty() {
                             self.held.remove(&engine);
                         }
@@ -72,9 +84,14 @@ impl Assumed {
 
     /// Adds what assumed placements hold on `engine` to its view.
     pub(super) fn apply(&self, view: &mut EngineView) {
-        for (_, h) in self.held.get(&view.id).into_iter().flatten() {
-            view.reserve(h.cpus, h.memory, &h.ports);
+        for (_, id, h) in self.held.get(&view.id).into_iter().flatten() {
+            view.hold(id, h);
         }
+    }
+
+    /// Where a named volume recorded by a batch in flight lives.
+    pub(super) fn volume(&self, name: &str) -> Option<EngineId> {
+        self.volumes.get(name).map(|(_, e)| e.clone())
     }
 
     pub(super) fn in_flight(&self) -> usize {

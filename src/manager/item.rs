@@ -4,7 +4,7 @@
 use etcd_client::{Compare, CompareOp, TxnOp};
 
 use crate::keys::Keys;
-use crate::model::{Decision, EngineId, Held, RequestId};
+use crate::model::{Decision, EngineId, Held, RequestId, VolumeRecord};
 
 /// One write (or non-write) decided in a round.
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub enum Item {
         held: Held,
         /// Holds the reservation.
         decision: Decision,
+        /// Named volumes it is the first to mount: recorded on its engine.
+        volumes: Vec<String>,
     },
     /// An `invalid` or `unschedulable` decision.
     Refuse {
@@ -73,9 +75,21 @@ impl Item {
                 *decision_fence,
             )],
             Item::Place {
-                id, decision_fence, ..
-            }
-            | Item::Refuse {
+                id,
+                decision_fence,
+                volumes,
+                ..
+            } => decision_fence
+                .map(|rev| Compare::mod_revision(keys.decision(id), CompareOp::Equal, rev))
+                .into_iter()
+                // A volume is recorded once: nobody else may have recorded it meanwhile.
+                .chain(
+                    volumes
+                        .iter()
+                        .map(|v| Compare::create_revision(keys.volume(v), CompareOp::Equal, 0)),
+                )
+                .collect(),
+            Item::Refuse {
                 id, decision_fence, ..
             } => decision_fence
                 .map(|rev| Compare::mod_revision(keys.decision(id), CompareOp::Equal, rev))
@@ -113,9 +127,23 @@ impl Item {
             (TxnOp::delete(key, None), n)
         };
         let ops: Vec<(TxnOp, usize)> = match self {
-            Item::Place { id, decision, .. }
-            | Item::Refuse { id, decision, .. }
-            | Item::Restore { id, decision, .. } => {
+            Item::Place {
+                id,
+                decision,
+                engine,
+                volumes,
+                ..
+            } => std::iter::once(put(keys.decision(id), json(decision)))
+                .chain(volumes.iter().map(|v| {
+                    let record = VolumeRecord {
+                        name: v.clone(),
+                        engine: engine.to_string(),
+                        request: id.to_string(),
+                    };
+                    put(keys.volume(v), json(&record))
+                }))
+                .collect(),
+            Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
                 vec![put(keys.decision(id), json(decision))]
             }
             Item::Release { id, .. } => vec![del(keys.decision(id))],

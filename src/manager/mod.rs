@@ -334,10 +334,14 @@ impl<'a> Lead<'a> {
             .count();
         self.cache().note_planned(deciding);
         self.unfit.at(epoch);
+        let recorded = self.cache().lock().volumes();
+        let assumed = &self.assumed;
+        let volumes = |name: &str| assumed.volume(name).or_else(|| recorded.get(name).cloned());
         let items = plan(
             &work,
             &mut self.view.engines.views,
             &self.view.engines.revisions,
+            &volumes,
             &self.manager.cfg,
             &now_rfc3339(),
             &mut self.unfit,
@@ -453,6 +457,14 @@ impl<'a> Lead<'a> {
                         item => {
                             if let Some(d) = item.decision() {
                                 state.decided(item.id(), rev, d);
+                            }
+                            if let Item::Place {
+                                engine, volumes, ..
+                            } = item
+                            {
+                                for v in volumes {
+                                    state.volume_recorded(v, engine.clone());
+                                }
                             }
                         }
                     }
@@ -694,6 +706,7 @@ mod tests {
                     status: Status::Invalid,
                     reason: "x".into(),
                     scheduler: String::new(),
+                    alternatives: Vec::new(),
                     request_revision: 1,
                     decided_at: String::new(),
                     decided_by: String::new(),

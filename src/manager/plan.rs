@@ -9,13 +9,17 @@
 //! the running view (the snapshot plus every placement accepted since, committed or in flight),
 //! on the one engine it names; a plan that no longer fits is scheduled again on that view.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::item::Item;
 use super::unfit::Unfit;
 use super::{ManagerConfig, PARALLEL_FROM};
 use crate::cache::{Displaced, Parsed, Work, prepare};
-use crate::model::{Attempt, Decision, Echo, Held, Lifecycle, RequestId, Reservation, Run, Status};
+use crate::model::{
+    Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
+    Status,
+};
 use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
@@ -28,6 +32,7 @@ pub fn plan(
     work: &[Work],
     engines: &mut [EngineView],
     revisions: &[i64],
+    volumes: &dyn Fn(&str) -> Option<EngineId>,
     cfg: &ManagerConfig,
     now: &str,
     unfit: &mut Unfit,
@@ -42,6 +47,8 @@ pub fn plan(
         now,
         sample,
         unfit,
+        volumes,
+        fresh: HashMap::new(),
     };
     let mut items = Vec::with_capacity(work.len());
     for (w, parsed) in work.iter().zip(&parses) {
@@ -156,6 +163,10 @@ struct Round<'a> {
     now: &'a str,
     sample: usize,
     unfit: &'a mut Unfit,
+    /// Where named volumes live: recorded, or in flight.
+    volumes: &'a dyn Fn(&str) -> Option<EngineId>,
+    /// Named volumes this round placed first.
+    fresh: HashMap<String, EngineId>,
 }
 
 /// The parts of a `Work::Decide` a decision is made of.
@@ -192,6 +203,7 @@ impl Ask<'_> {
             status,
             reason,
             scheduler: String::new(),
+            alternatives: Vec::new(),
             request_revision: self.request_revision,
             decided_at: self.now.to_string(),
             decided_by: self.by.to_string(),
@@ -212,6 +224,7 @@ impl Ask<'_> {
         match self.displaced {
             None => String::new(),
             Some(Displaced::Removed(e)) => format!(" (moved: engine {e} was removed)"),
+            Some(Displaced::Drained(e)) => format!(" (moved: engine {e} is being drained)"),
             Some(Displaced::Shrunk(e)) => {
                 format!(" (moved: engine {e} holds more than its capacity)")
             }
@@ -269,12 +282,19 @@ impl Round<'_> {
             Some(p) => (p, None),
             None => (prepared, proposal),
         };
+        // Named volumes stick to the engine they were first placed on.
+        let pinned = self.pins(prepared);
+        let prepared = pinned.as_ref().unwrap_or(prepared);
         let strategy = match self.cfg.schedulers.for_type(&prepared.request.kind) {
             Ok(s) => s,
             Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
         };
-        let verified =
-            proposal.filter(|p| prepared.fits_resources(&self.engines[p.engine]).is_ok());
+        // A plan that depends on other placements (affinity, a volume) is made on this view
+        // only: the frozen one does not see what this round placed before it.
+        let verified = proposal.filter(|p| {
+            !prepared.depends_on_placements()
+                && prepared.fits_resources(&self.engines[p.engine]).is_ok()
+        });
         if verified.is_none()
             && let Some(reason) = self.unfit.reason(prepared)
         {
@@ -304,6 +324,7 @@ impl Round<'_> {
     ) -> Item {
         let request = &prepared.request;
         let i = plan.engine;
+        let alternatives = self.alternatives(prepared, strategy, i);
         let e = &mut self.engines[i];
         let soft = if plan.soft_dropped {
             " (soft constraints ignored)"
@@ -311,29 +332,79 @@ impl Round<'_> {
             ""
         };
         let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
+        let held = Held::of(request);
         let decision = Decision {
             resource: Some(e.resource()),
             reservation: Some(Reservation {
                 cpus: request.cpus.as_cpus(),
                 memory: request.memory.0 as f64,
+                disk: request.disk.0 as f64,
                 ports: request.ports.iter().map(|p| p.to_port()).collect(),
+                image: request.image.name.clone(),
             }),
             scheduler: strategy.to_string(),
+            alternatives,
             ..ask.decision(Status::Placed, reason)
         };
-        e.reserve(request.cpus, request.memory, &request.ports);
+        e.hold(ask.id, &held);
+        let engine = e.id.clone();
+        let mut volumes = Vec::new();
+        for v in &request.volumes {
+            if self.volume(v).is_none() {
+                self.fresh.insert(v.clone(), engine.clone());
+                volumes.push(v.clone());
+            }
+        }
         Item::Place {
             id: ask.id.clone(),
             decision_fence: ask.decision_fence,
-            engine: e.id.clone(),
+            engine,
             engine_revision: self.revisions[i],
-            held: Held {
-                cpus: request.cpus,
-                memory: request.memory,
-                ports: request.ports.clone(),
-            },
+            held,
             decision,
+            volumes,
         }
+    }
+
+    /// Where a named volume lives, if it was placed before (in this round or earlier).
+    fn volume(&self, name: &str) -> Option<EngineId> {
+        self.fresh
+            .get(name)
+            .cloned()
+            .or_else(|| (self.volumes)(name))
+    }
+
+    /// The request held to the engines its named volumes live on, if any of them does.
+    fn pins(&self, prepared: &Prepared) -> Option<Arc<Prepared>> {
+        let pins: Vec<(String, EngineId)> = prepared
+            .request
+            .volumes
+            .iter()
+            .filter_map(|v| Some((v.clone(), self.volume(v)?)))
+            .collect();
+        (!pins.is_empty()).then(|| Arc::new(prepared.pinned(pins)))
+    }
+
+    /// The next engines that fit after the chosen one, best first, when the request asks.
+    fn alternatives(
+        &self,
+        prepared: &Prepared,
+        strategy: Strategy,
+        chosen: usize,
+    ) -> Vec<Alternative> {
+        let n = prepared.request.alternatives;
+        if n == 0 {
+            return Vec::new();
+        }
+        scheduler::rank(prepared, self.engines, strategy, n + 1)
+            .into_iter()
+            .filter(|(i, _)| *i != chosen)
+            .take(n)
+            .map(|(i, score)| Alternative {
+                engine: self.engines[i].id.to_string(),
+                score: (score * 1e4).round() / 1e4,
+            })
+            .collect()
     }
 
     /// No engine fits. Unschedulable for the same reason as this revision's decision already
@@ -374,6 +445,7 @@ mod tests {
         Just, ProptestConfig, Strategy as _, TestCaseError, any, prop_assert, prop_assert_eq,
         prop_oneof, proptest,
     };
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn engines() -> Vec<EngineView> {
         (0..4)
@@ -534,6 +606,7 @@ mod tests {
             &[decide(&ask("a", 8))],
             &mut view,
             &revisions,
+            &|_| None,
             &cfg(),
             "now",
             &mut unfit,
@@ -552,6 +625,7 @@ mod tests {
             &[decide(&ask("b", 8))],
             &mut view,
             &revisions,
+            &|_| None,
             &cfg(),
             "now",
             &mut unfit,
@@ -562,6 +636,7 @@ mod tests {
             &[decide(&ask("c", 9))],
             &mut view,
             &revisions,
+            &|_| None,
             &cfg(),
             "now",
             &mut unfit,
@@ -575,6 +650,7 @@ mod tests {
             &[decide(&ask("b", 8))],
             &mut view,
             &revisions,
+            &|_| None,
             &cfg(),
             "now",
             &mut unfit,
@@ -597,6 +673,7 @@ mod tests {
                 &[decide(&body)],
                 &mut view,
                 &revisions,
+                &|_| None,
                 &cfg(),
                 "now",
                 &mut Unfit::default(),
@@ -619,6 +696,72 @@ mod tests {
             let text = serde_json::to_string(decision).unwrap();
             let back: serde_json::Value = serde_json::from_str(&text).unwrap();
             prop_assert!(depth(&back) <= MAX_DEPTH + 2);
+        }
+
+        /// One round of requests, some anti-affine to their group, some mounting named
+        /// volumes (a few recorded before the round): within the round, no engine takes two of
+        /// an anti-affine group, every request that names a volume lands where the volume
+        /// lives, and a volume placed first in the round is recorded once, where it went.
+        #[test]
+        fn one_round_keeps_affinity_and_volumes(
+            asks in proptest::collection::vec((0u8..3, any::<bool>(), proptest::option::of(0u8..4)), 1..24),
+            recorded in proptest::collection::btree_map(0u8..4, 0usize..4, 0..3),
+        ) {
+            let work: Vec<Work> = asks
+                .iter()
+                .enumerate()
+                .map(|(k, (g, anti, vol))| {
+                    let mut body = serde_json::json!({"image": "x", "cpus": 0.1, "memory": 16, "type": "service"});
+                    if *anti {
+                        body["affinity"] = serde_json::json!([format!("request!=g{g}-*")]);
+                    }
+                    if let Some(v) = vol {
+                        body["volumes"] = serde_json::json!([format!("v{v}:/data")]);
+                    }
+                    let mut w = decide(body.to_string().as_bytes());
+                    if let Work::Decide { id, .. } = &mut w {
+                        *id = RequestId::new(format!("g{g}-{k}")).unwrap();
+                    }
+                    w
+                })
+                .collect();
+            let mut view = engines();
+            let revisions = vec![1; view.len()];
+            let names: Vec<EngineId> = view.iter().map(|e| e.id.clone()).collect();
+            let lookup = |name: &str| {
+                let v: u8 = name.strip_prefix('v')?.parse().ok()?;
+                recorded.get(&v).map(|i| names[*i].clone())
+            };
+            let items = plan(
+                &work,
+                &mut view,
+                &revisions,
+                &lookup,
+                &cfg(),
+                "now",
+                &mut Unfit::default(),
+            );
+            let mut anti_on: BTreeSet<(u8, EngineId)> = BTreeSet::new();
+            let mut volume_on: BTreeMap<u8, EngineId> = recorded
+                .iter()
+                .map(|(v, i)| (*v, names[*i].clone()))
+                .collect();
+            let mut written: BTreeSet<u8> = BTreeSet::new();
+            for (item, (g, anti, vol)) in items.iter().zip(&asks) {
+                let Item::Place { engine, volumes, .. } = item else { continue };
+                if *anti {
+                    prop_assert!(anti_on.insert((*g, engine.clone())), "two of group {g} on {engine}");
+                }
+                if let Some(v) = vol {
+                    let home = volume_on.entry(*v).or_insert_with(|| engine.clone());
+                    prop_assert_eq!(&*home, engine, "volume v{} split", v);
+                }
+                for name in volumes {
+                    let v: u8 = name[1..].parse().unwrap();
+                    prop_assert!(!recorded.contains_key(&v), "{name} was recorded already");
+                    prop_assert!(written.insert(v), "{name} recorded twice");
+                }
+            }
         }
     }
 }

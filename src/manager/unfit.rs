@@ -33,14 +33,19 @@ impl Unfit {
 
     /// Why `p` fits nowhere, if a request of its shape was found so in this epoch. Free when
     /// nothing was: no shape is built.
+    /// A request whose answer hangs on other placements (affinity, a pinned volume) is
+    /// never answered from the memo.
     pub fn reason(&self, p: &Prepared) -> Option<&str> {
-        if self.reasons.is_empty() {
+        if self.reasons.is_empty() || p.depends_on_placements() {
             return None;
         }
         self.reasons.get(&p.shape()).map(String::as_str)
     }
 
     pub fn remember(&mut self, p: &Prepared, reason: &str) {
+        if p.depends_on_placements() {
+            return;
+        }
         if self.reasons.len() >= MAX_SHAPES {
             self.reasons.clear();
         }

@@ -213,6 +213,10 @@ pub struct Decision {
     /// The strategy that chose the engine (`spread`, `binpack`, `random`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scheduler: String,
+    /// With the request's `alternatives`: the next engines that fit, best first. Only
+    /// `resource` holds a reservation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<Alternative>,
     /// The mod revision of the request this decides; a newer request revision is decided anew.
     pub request_revision: i64,
     /// RFC 3339, UTC.
@@ -224,6 +228,13 @@ pub struct Decision {
     pub run: Option<Run>,
 }
 
+/// An engine that also fits, and its score under the strategy (higher is better).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub engine: String,
+    pub score: f64,
+}
+
 /// What a placement holds on the engine its decision names (`resource.id`), written inside the
 /// decision: one key per placement is half the work for etcd of a decision and a separate
 /// reservation key (see BENCHMARKS.md). `citadel engine show` lists what one engine holds.
@@ -231,8 +242,18 @@ pub struct Decision {
 pub struct Reservation {
     pub cpus: f64,
     pub memory: f64,
+    /// Disk in MB, when the request asks for some.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
+    /// The image it runs: what `image==` affinity is decided on, on any replica.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// A reservation in checked units, as the cache keeps it.
@@ -240,7 +261,22 @@ pub struct Reservation {
 pub struct Held {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
+    pub disk: MemoryMb,
     pub ports: Vec<HostPort>,
+    pub image: std::sync::Arc<str>,
+}
+
+impl Held {
+    /// What a placement of `r` holds.
+    pub fn of(r: &Request) -> Held {
+        Held {
+            cpus: r.cpus,
+            memory: r.memory,
+            disk: r.disk,
+            ports: r.ports.clone(),
+            image: r.image.name.as_str().into(),
+        }
+    }
 }
 
 impl Reservation {
@@ -249,6 +285,8 @@ impl Reservation {
             // Written by us from integers, so rounding recovers them exactly; ceil errs safe.
             cpus: Millicpus::from_cpus_ceil(self.cpus - 1e-9),
             memory: MemoryMb::from_mb_ceil(self.memory - 1e-9),
+            disk: MemoryMb::from_mb_ceil(self.disk - 1e-9),
+            image: self.image.as_str().into(),
             ports: self
                 .ports
                 .iter()
@@ -265,6 +303,17 @@ impl Reservation {
                 .collect(),
         }
     }
+}
+
+/// `volumes/<name>`: the engine a named volume lives on, written by the leader beside the
+/// first placement that mounts it, and forgotten only by `citadel volume rm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub engine: String,
+    /// The request whose placement recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request: String,
 }
 
 /// The value of the election key `leader/<lease>`.

@@ -9,9 +9,13 @@ pub struct EngineSpec {
     pub addr: String,
     pub cpus: Millicpus,
     pub memory: MemoryMb,
+    /// Disk in MB (0: none offered).
+    pub disk: MemoryMb,
     /// The seed's `key=value` (or bare `key`) strings.
     pub labels: Vec<String>,
     pub cordoned: bool,
+    /// Its service placements move elsewhere (implies cordoned).
+    pub drained: bool,
     /// The wire form, echoed into decisions.
     pub wire: Engine,
 }
@@ -35,13 +39,20 @@ impl EngineSpec {
         wire.id = id.to_string();
         let cpus = check_amount("cpus", Some(wire.cpus), MAX_CPUS, " cpus")?;
         let memory = check_amount("memory", Some(wire.memory), MAX_MEMORY_MB, " MB")?;
+        let disk = if wire.disk == 0.0 {
+            0.0
+        } else {
+            check_amount("disk", Some(wire.disk), MAX_MEMORY_MB, " MB")?
+        };
         Ok(EngineSpec {
             id: id.clone(),
             addr: wire.addr.clone(),
             cpus: Millicpus::from_cpus_floor(cpus),
             memory: MemoryMb::from_mb_floor(memory),
+            disk: MemoryMb::from_mb_floor(disk),
             labels: wire.labels.clone(),
-            cordoned: wire.cordoned,
+            cordoned: wire.cordoned || wire.drained,
+            drained: wire.drained,
             wire,
         })
     }

@@ -31,7 +31,13 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "network_mode",
     "container_name",
     "launch",
+    "disk",
+    "alternatives",
+    "affinity",
 ];
+
+/// The most alternatives a placed decision lists.
+pub const MAX_ALTERNATIVES: u64 = 16;
 
 /// The known field a misspelt one was probably meant to be: at most two edits away (a swap of
 /// two neighbours counts as one), `lables` → `labels`, `cpu` → `cpus`.
@@ -116,6 +122,25 @@ pub struct Request {
     /// Raw constraint expressions (`labels`); parsed by the scheduler.
     pub constraints: Vec<String>,
     pub ports: Vec<HostPort>,
+    /// Disk to reserve (0: none).
+    pub disk: MemoryMb,
+    /// How many more engines that fit a placed decision lists.
+    pub alternatives: usize,
+    /// Raw affinity expressions; parsed by the scheduler.
+    pub affinity: Vec<String>,
+    /// The named volumes it mounts (`pgdata` of `pgdata:/var/lib/postgresql`): each sticks to
+    /// the engine it was first placed on.
+    pub volumes: Vec<String>,
+}
+
+/// The named volume of a `volumes` entry, if it names one: `name:/path[:mode]`, where a name
+/// is not a path (no `/`, not `.` or `~` first). A bind mount (`/host:/path`) or an anonymous
+/// volume (`/path`) names none.
+pub fn named_volume(entry: &str) -> Option<&str> {
+    let (source, _) = entry.split_once(':')?;
+    let source = source.trim();
+    (!source.is_empty() && !source.contains('/') && !source.starts_with(['.', '~']))
+        .then_some(source)
 }
 
 /// Why a request was refused as `invalid`. The message names the field.
@@ -200,23 +225,7 @@ impl Request {
                 "type: required, e.g. \"service\" or \"batch\"".into(),
             ));
         }
-        if image.labels.len() > MAX_CONSTRAINTS {
-            return Err(Invalid(format!(
-                "labels: {} constraints, the limit is {MAX_CONSTRAINTS}",
-                image.labels.len()
-            )));
-        }
-        if let Some((i, l)) = image
-            .labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| l.len() > MAX_CONSTRAINT_BYTES)
-        {
-            return Err(Invalid(format!(
-                "labels[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
-                l.len()
-            )));
-        }
+        check_expressions("labels", "constraints", &image.labels)?;
 
         let mut ports = Vec::new();
         for (i, p) in image.bind_ports.iter().enumerate() {
@@ -257,7 +266,12 @@ impl Request {
             ports.push(hp);
         }
         launch::check(&image)?;
+        let (disk, alternatives, volumes) = scheduling_fields(&image)?;
         Ok(Request {
+            disk,
+            alternatives,
+            affinity: image.affinity.clone(),
+            volumes,
             cpus: Millicpus::from_cpus_ceil(cpus),
             memory: MemoryMb::from_mb_ceil(memory),
             kind: image.kind.trim().to_string(),
@@ -267,6 +281,61 @@ impl Request {
             image,
         })
     }
+}
+
+/// Bounds a list of constraint-grammar expressions (`labels`, `affinity`): how many, and how
+/// long each may be.
+fn check_expressions(field: &str, what: &str, exprs: &[String]) -> Result<(), Invalid> {
+    if exprs.len() > MAX_CONSTRAINTS {
+        return Err(Invalid(format!(
+            "{field}: {} {what}, the limit is {MAX_CONSTRAINTS}",
+            exprs.len()
+        )));
+    }
+    if let Some((i, e)) = exprs
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.len() > MAX_CONSTRAINT_BYTES)
+    {
+        return Err(Invalid(format!(
+            "{field}[{i}]: {} bytes, the limit is {MAX_CONSTRAINT_BYTES}",
+            e.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The fields of issue 16, checked: disk (rounded up), how many alternatives, and the named
+/// volumes (sorted, once each); affinity expressions are bounded like constraints.
+fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), Invalid> {
+    let disk = match image.disk {
+        None => 0.0,
+        Some(_) => check_amount("disk", image.disk, MAX_MEMORY_MB, " MB")?,
+    };
+    let alternatives = match image.alternatives {
+        None => 0,
+        Some(n) if n <= MAX_ALTERNATIVES => n as usize,
+        Some(n) => {
+            return Err(Invalid(format!(
+                "alternatives: {n} is too many, the limit is {MAX_ALTERNATIVES}"
+            )));
+        }
+    };
+    check_expressions("affinity", "expressions", &image.affinity)?;
+    let mut volumes: Vec<String> = image
+        .volumes
+        .iter()
+        .filter_map(|v| named_volume(v))
+        .map(str::to_string)
+        .collect();
+    volumes.sort();
+    volumes.dedup();
+    if let Some(v) = volumes.iter().find(|v| RequestId::new(v.as_str()).is_err()) {
+        return Err(Invalid(format!(
+            "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
+        )));
+    }
+    Ok((MemoryMb::from_mb_ceil(disk), alternatives, volumes))
 }
 
 /// A request as its decision echoes it (`container`): the JSON the user wrote, without the

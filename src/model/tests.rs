@@ -212,6 +212,8 @@ fn reservation_round_trips_its_units() {
     let r = Reservation {
         cpus: Millicpus(200).as_cpus(),
         memory: 512.0,
+        disk: 0.0,
+        image: String::new(),
         ports: vec![
             HostPort {
                 proto: Proto::Udp,

@@ -90,6 +90,20 @@ pub struct Image {
     /// Start the container once it is placed (the leader must run with `--docker`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub launch: bool,
+    /// Disk to reserve, in MB (none when absent).
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disk: Option<f64>,
+    /// List this many more engines that fit, best first, in a placed decision (at most 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<u64>,
+    /// Affinity to other placements: `request==web-*`, `request!=db-*`, `image==redis*`, and
+    /// the soft `==~` / `!=~` forms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<String>,
 }
 
 fn is_default_restart(p: &RestartPolicy) -> bool {
@@ -126,6 +140,13 @@ pub struct Engine {
     pub cpus: f64,
     #[serde(default, deserialize_with = "number_or_string_zero")]
     pub memory: f64,
+    /// Disk in MB, where Docker keeps its data (0: none offered).
+    #[serde(
+        default,
+        deserialize_with = "number_or_string_zero",
+        skip_serializing_if = "is_zero_f64"
+    )]
+    pub disk: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +159,10 @@ pub struct Engine {
     /// nothing is held, and by an operator for maintenance.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cordoned: bool,
+    /// Being drained (`citadel engine drain`): cordoned, and its `service` placements are
+    /// placed again elsewhere; its `batch` ones run to the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 fn number_or_string_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

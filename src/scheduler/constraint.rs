@@ -166,6 +166,8 @@ impl Constraint {
         if !valid_key(key) {
             return Err(ConstraintError::BadKey(expr.to_string()));
         }
+        // Swarm's name for the implicit label every engine carries with its id.
+        let key = if key == "node" { "engine" } else { key };
         let value = value.trim();
         let bad = |err: String| ConstraintError::BadRegex {
             expr: expr.to_string(),
@@ -201,7 +203,12 @@ impl Constraint {
 
     /// Whether an engine with these labels satisfies the constraint.
     pub fn matches(&self, labels: &Labels) -> bool {
-        let mut values = labels.values(self.key_hash, &self.key).peekable();
+        self.matches_values(labels.values(self.key_hash, &self.key))
+    }
+
+    /// Whether the values an engine has for the key (`None` for a bare key) satisfy it.
+    pub fn matches_values<'a>(&self, values: impl Iterator<Item = Option<&'a str>>) -> bool {
+        let mut values = values.peekable();
         match self.op {
             Op::Exists => values.peek().is_some(),
             Op::Eq => values.any(|v| self.matcher.matches(v)),

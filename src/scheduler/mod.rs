@@ -8,16 +8,18 @@
 //! request it is handed.
 
 pub mod constraint;
+#[cfg(test)]
+mod props;
 mod strategy;
 mod view;
 
 use std::collections::BTreeMap;
 
-use crate::model::{HostPort, MemoryMb, Millicpus, Request};
+use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
 pub use strategy::{Schedulers, Strategy};
 use view::ENGINE_LABEL;
-pub use view::{EngineView, Rejection, UNCLASSED, fits_resources};
+pub use view::{EngineView, Rejection, Tenants, UNCLASSED, fits_resources};
 
 /// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
 /// an `invalid` decision's reason (or a one-line CLI error) says.
@@ -39,10 +41,19 @@ pub enum SchedulerError {
         #[source]
         source: ConstraintError,
     },
+    #[error("affinity[{index}]: {source}")]
+    Affinity {
+        index: usize,
+        #[source]
+        source: ConstraintError,
+    },
+    #[error("affinity[{index}]: {expr:?}: the key is request or image")]
+    AffinityKey { index: usize, expr: String },
 }
 
 /// What decides whether, and why not, a request fits an engine: its demand, its host ports and
-/// its constraints as written; not its image, name, type or environment. Requests of one shape
+/// its constraints as written (affinity and volume pins aside: see
+/// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
 /// are refused alike on the same engines, so when one fits nowhere, neither does the next until
 /// capacity grows (the leader's memo of unschedulable shapes is keyed by it). A request field
 /// that the filters read belongs here too.
@@ -50,26 +61,35 @@ pub enum SchedulerError {
 pub struct Shape {
     cpus: Millicpus,
     memory: MemoryMb,
+    disk: MemoryMb,
     ports: Vec<HostPort>,
     constraints: Vec<String>,
 }
 
-/// A request ready to schedule: its constraints parsed (and their regexes compiled) once, when
-/// the request is read, not once per engine or per scheduling round.
+/// A request ready to schedule: its constraints and affinity parsed (and their regexes
+/// compiled) once, when the request is read, not once per engine or per scheduling round.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub request: Request,
     hard: Vec<Constraint>,
     soft: Vec<Constraint>,
+    affinity_hard: Vec<Constraint>,
+    affinity_soft: Vec<Constraint>,
+    /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
+    pins: Vec<(String, EngineId)>,
 }
 
+/// The keys an affinity expression may name.
+const AFFINITY_KEYS: [&str; 2] = ["request", "image"];
+
 impl Prepared {
-    /// Fails with a reason naming the bad `labels[i]` entry.
+    /// Fails with a reason naming the bad `labels[i]` or `affinity[i]` entry.
     pub fn new(request: Request) -> Result<Self, SchedulerError> {
         // Counted before any is compiled: a request pays for at most this many.
         let regexes = request
             .constraints
             .iter()
+            .chain(&request.affinity)
             .filter(|e| constraint::names_regex(e))
             .count();
         if regexes > constraint::MAX_REGEX_CONSTRAINTS {
@@ -78,21 +98,30 @@ impl Prepared {
                 limit: constraint::MAX_REGEX_CONSTRAINTS,
             });
         }
-        let mut hard = Vec::new();
-        let mut soft = Vec::new();
-        for (i, expr) in request.constraints.iter().enumerate() {
-            let c = Constraint::parse(expr)
-                .map_err(|source| SchedulerError::Constraint { index: i, source })?;
-            if c.soft {
-                soft.push(c);
-            } else {
-                hard.push(c);
-            }
+        let (hard, soft) = parse_all(&request.constraints, |index, source| {
+            SchedulerError::Constraint { index, source }
+        })?;
+        let (affinity_hard, affinity_soft) = parse_all(&request.affinity, |index, source| {
+            SchedulerError::Affinity { index, source }
+        })?;
+        if let Some((index, c)) = affinity_hard
+            .iter()
+            .chain(&affinity_soft)
+            .enumerate()
+            .find(|(_, c)| !AFFINITY_KEYS.contains(&c.key.as_str()))
+        {
+            return Err(SchedulerError::AffinityKey {
+                index,
+                expr: c.expr.clone(),
+            });
         }
         Ok(Prepared {
             request,
             hard,
             soft,
+            affinity_hard,
+            affinity_soft,
+            pins: Vec::new(),
         })
     }
 
@@ -101,9 +130,24 @@ impl Prepared {
         Shape {
             cpus: self.request.cpus,
             memory: self.request.memory,
+            disk: self.request.disk,
             ports: self.request.ports.clone(),
             constraints: self.request.constraints.clone(),
         }
+    }
+
+    /// The same request, held to the engines its named volumes are recorded on.
+    pub fn pinned(&self, pins: Vec<(String, EngineId)>) -> Prepared {
+        Prepared {
+            pins,
+            ..self.clone()
+        }
+    }
+
+    /// It asks for more than resources, ports and labels (affinity or a pinned volume): a
+    /// plan for it made on another view must be made again, not only re-verified.
+    pub fn depends_on_placements(&self) -> bool {
+        !self.affinity_hard.is_empty() || !self.affinity_soft.is_empty() || !self.pins.is_empty()
     }
 
     /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
@@ -139,6 +183,9 @@ impl Prepared {
                 }
             }
         }
+        if let Some(i) = self.pins.iter().position(|(_, at)| *at != e.id) {
+            return Err(Code::Volume(i));
+        }
         if e.cordoned {
             return Err(Code::Cordoned);
         }
@@ -146,43 +193,99 @@ impl Prepared {
             return Err(Code::Unhealthy);
         }
         match fits_resources(&self.request, e) {
-            Ok(()) => Ok(()),
-            Err(Rejection::Cpus) => Err(Code::Cpus),
-            Err(Rejection::Memory) => Err(Code::Memory),
-            Err(Rejection::Port(p)) => Err(Code::Port(p)),
-            Err(_) => Err(Code::Unhealthy),
+            Ok(()) => {}
+            Err(Rejection::Cpus) => return Err(Code::Cpus),
+            Err(Rejection::Memory) => return Err(Code::Memory),
+            Err(Rejection::Disk) => return Err(Code::Disk),
+            Err(Rejection::Port(p)) => return Err(Code::Port(p)),
+            Err(_) => return Err(Code::Unhealthy),
         }
+        self.check_affinity(e, with_soft)
+    }
+
+    /// Affinity, decided on what the engine holds (its tenants), after the cheaper filters.
+    fn check_affinity(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
+        let holds = |c: &Constraint| match c.key.as_str() {
+            "request" => c.matches_values(e.tenants.keys().map(|id| Some(id.as_str()))),
+            _ => c.matches_values(e.tenants.values().map(|image| Some(&**image))),
+        };
+        for (i, c) in self.affinity_hard.iter().enumerate() {
+            if !holds(c) {
+                return Err(Code::Affinity(i));
+            }
+        }
+        if with_soft {
+            for (i, c) in self.affinity_soft.iter().enumerate() {
+                if !holds(c) {
+                    return Err(Code::Affinity(self.affinity_hard.len() + i));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn rejection(&self, code: Code) -> Rejection {
         match code {
-            Code::Constraint(i) => {
-                let c = self
-                    .hard
-                    .iter()
-                    .chain(self.soft.iter())
-                    .nth(i)
-                    .map(|c| c.expr.clone())
-                    .unwrap_or_default();
-                Rejection::Constraint(c)
+            Code::Constraint(i) => Rejection::Constraint(nth_expr(&self.hard, &self.soft, i)),
+            Code::Affinity(i) => {
+                Rejection::Affinity(nth_expr(&self.affinity_hard, &self.affinity_soft, i))
+            }
+            Code::Volume(i) => {
+                let (name, engine) = self.pins[i].clone();
+                Rejection::Volume { name, engine }
             }
             Code::Cordoned => Rejection::Cordoned,
             Code::Unhealthy => Rejection::Unhealthy,
             Code::Cpus => Rejection::Cpus,
             Code::Memory => Rejection::Memory,
+            Code::Disk => Rejection::Disk,
             Code::Port(p) => Rejection::Port(p),
         }
     }
+
+    fn has_soft(&self) -> bool {
+        !self.soft.is_empty() || !self.affinity_soft.is_empty()
+    }
+}
+
+/// The `i`th expression counting the hard ones first, as [`Code`] numbers them.
+fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
+    hard.iter()
+        .chain(soft)
+        .nth(i)
+        .map(|c| c.expr.clone())
+        .unwrap_or_default()
+}
+
+/// Parses expressions into hard and soft ones; `err` names the bad entry.
+fn parse_all(
+    exprs: &[String],
+    err: impl Fn(usize, ConstraintError) -> SchedulerError,
+) -> Result<(Vec<Constraint>, Vec<Constraint>), SchedulerError> {
+    let mut hard = Vec::new();
+    let mut soft = Vec::new();
+    for (i, expr) in exprs.iter().enumerate() {
+        let c = Constraint::parse(expr).map_err(|source| err(i, source))?;
+        if c.soft {
+            soft.push(c);
+        } else {
+            hard.push(c);
+        }
+    }
+    Ok((hard, soft))
 }
 
 /// [`Rejection`] without its text: counted per engine, named only when explaining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Code {
     Constraint(usize),
+    Affinity(usize),
+    Volume(usize),
     Cordoned,
     Unhealthy,
     Cpus,
     Memory,
+    Disk,
     Port(HostPort),
 }
 
@@ -254,6 +357,109 @@ pub fn sample_size(engines: usize) -> usize {
     (engines / 50).clamp(64, 100)
 }
 
+/// How good an engine that fits is for a request under a strategy: higher is better.
+///
+/// - `spread`: one minus the larger of the cpu and memory fractions reserved once placed, so
+///   the engine left least loaded on its fuller side wins.
+/// - `binpack`: an engine already in use beats an empty one (scores in (1, 2] against [0, 1));
+///   among engines in use, the best fit (the fewest further copies of this request would fit,
+///   the tightest), and among empty ones the largest (the most copies): first-fit decreasing's
+///   "largest bins first", decided online.
+/// - `random`: scored as spread, for ranking only.
+pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
+    match strategy {
+        Strategy::Spread | Strategy::Random => 1.0 - e.fraction_with(r.cpus, r.memory),
+        Strategy::Binpack => {
+            if e.reserved_cpus.0 > 0 || e.reserved_memory.0 > 0 {
+                1.0 + e.fraction_with(r.cpus, r.memory).min(1.0)
+            } else {
+                1.0 - 1.0 / (2.0 + e.copies_left(r).min(1e12))
+            }
+        }
+    }
+}
+
+/// Whether `a` beats `b` for `strategy`: the higher score; on an exact tie, fewer containers
+/// (spread) or more (binpack); then the lower engine id, whatever the scan's start.
+fn beats(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Strategy) -> bool {
+    let (ea, sa) = a;
+    let (eb, sb) = b;
+    if sa != sb {
+        return sa > sb;
+    }
+    if ea.containers != eb.containers {
+        return match strategy {
+            Strategy::Binpack => ea.containers > eb.containers,
+            _ => ea.containers < eb.containers,
+        };
+    }
+    ea.id < eb.id
+}
+
+/// One scan's outcome: the choice, and what ruled out the others.
+struct Scan {
+    choice: Option<usize>,
+    rejections: Vec<(Code, usize)>,
+}
+
+/// Scans the engines from `start`, scoring at most `sample` that fit.
+fn scan(
+    p: &Prepared,
+    engines: &[EngineView],
+    strategy: Strategy,
+    seed: u64,
+    sample: usize,
+    with_soft: bool,
+    memo: &mut ClassMemo,
+) -> Scan {
+    let n = engines.len();
+    let start = if n == 0 {
+        0
+    } else {
+        (splitmix(seed) % n as u64) as usize
+    };
+    let mut best: Option<(usize, f64)> = None;
+    let mut feasible = 0usize;
+    let mut chosen_random: Option<usize> = None;
+    let mut rejections: Vec<(Code, usize)> = Vec::new();
+    for k in 0..n {
+        let i = if start + k < n {
+            start + k
+        } else {
+            start + k - n
+        };
+        let e = &engines[i];
+        match p.check(e, with_soft, memo) {
+            Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, count)) => *count += 1,
+                None => rejections.push((code, 1)),
+            },
+            Ok(()) => {
+                feasible += 1;
+                if strategy == Strategy::Random {
+                    // Reservoir sampling: one pass, uniform, deterministic in `seed`.
+                    let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
+                    if draw.is_multiple_of(feasible as u64) {
+                        chosen_random = Some(i);
+                    }
+                } else {
+                    let s = score(e, &p.request, strategy);
+                    if best.is_none_or(|(bi, bs)| beats((e, s), (&engines[bi], bs), strategy)) {
+                        best = Some((i, s));
+                    }
+                }
+                if feasible >= sample {
+                    break;
+                }
+            }
+        }
+    }
+    Scan {
+        choice: chosen_random.or(best.map(|(i, _)| i)),
+        rejections,
+    }
+}
+
 /// Chooses an engine for a request, or says why none fits.
 ///
 /// Scores at most `sample` feasible engines (see [`sample_size`]; `usize::MAX` scores all).
@@ -266,63 +472,7 @@ pub fn schedule(
     sample: usize,
 ) -> Result<Plan, Unschedulable> {
     let n = engines.len();
-    let start = if n == 0 {
-        0
-    } else {
-        (splitmix(seed) % n as u64) as usize
-    };
     let mut memo = ClassMemo::default();
-    let mut pass = |with_soft: bool| {
-        let mut best: Option<(usize, f64)> = None;
-        let mut feasible = 0usize;
-        let mut chosen_random: Option<usize> = None;
-        let mut rejections: Vec<(Code, usize)> = Vec::new();
-        for k in 0..n {
-            let i = if start + k < n {
-                start + k
-            } else {
-                start + k - n
-            };
-            let e = &engines[i];
-            match p.check(e, with_soft, &mut memo) {
-                Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
-                    Some((_, count)) => *count += 1,
-                    None => rejections.push((code, 1)),
-                },
-                Ok(()) => {
-                    feasible += 1;
-                    match strategy {
-                        Strategy::Random => {
-                            // Reservoir sampling: one pass, uniform, deterministic in `seed`.
-                            let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
-                            if draw.is_multiple_of(feasible as u64) {
-                                chosen_random = Some(i);
-                            }
-                        }
-                        Strategy::Spread | Strategy::Binpack => {
-                            let f = e.fraction_with(p.request.cpus, p.request.memory);
-                            let better = match best {
-                                None => true,
-                                // Ties go to the lower id, whatever the scan's start.
-                                Some((bi, bf)) if strategy == Strategy::Spread => {
-                                    f < bf || (f == bf && i < bi)
-                                }
-                                Some((bi, bf)) => f > bf || (f == bf && i < bi),
-                            };
-                            if better {
-                                best = Some((i, f));
-                            }
-                        }
-                    }
-                    if feasible >= sample {
-                        break;
-                    }
-                }
-            }
-        }
-        let choice = chosen_random.or(best.map(|(i, _)| i));
-        (choice, rejections)
-    };
     let named = |rejections: Vec<(Code, usize)>| -> BTreeMap<Rejection, usize> {
         let mut out = BTreeMap::new();
         for (code, count) in rejections {
@@ -330,30 +480,65 @@ pub fn schedule(
         }
         out
     };
-    let (choice, rejections) = pass(true);
-    if let Some(engine) = choice {
+    let first = scan(p, engines, strategy, seed, sample, true, &mut memo);
+    if let Some(engine) = first.choice {
         return Ok(Plan {
             engine,
             strategy,
             soft_dropped: false,
         });
     }
-    if p.soft.is_empty() {
+    if !p.has_soft() {
         return Err(Unschedulable {
-            reason: explain(n, named(rejections), false),
+            reason: explain(n, named(first.rejections), false),
         });
     }
-    let (choice, rejections) = pass(false);
-    match choice {
+    let second = scan(p, engines, strategy, seed, sample, false, &mut memo);
+    match second.choice {
         Some(engine) => Ok(Plan {
             engine,
             strategy,
             soft_dropped: true,
         }),
         None => Err(Unschedulable {
-            reason: explain(n, named(rejections), true),
+            reason: explain(n, named(second.rejections), true),
         }),
     }
+}
+
+/// Every engine that fits, best first, with its [`score`], at most `limit` of them: what a
+/// placed decision's `alternatives` lists and what a plan preview shows. Soft constraints
+/// count when any engine meets them, as in [`schedule`]. Scans the whole view.
+pub fn rank(
+    p: &Prepared,
+    engines: &[EngineView],
+    strategy: Strategy,
+    limit: usize,
+) -> Vec<(usize, f64)> {
+    let mut memo = ClassMemo::default();
+    let fitting = |with_soft: bool, memo: &mut ClassMemo| -> Vec<(usize, f64)> {
+        engines
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| p.check(e, with_soft, memo).is_ok())
+            .map(|(i, e)| (i, score(e, &p.request, strategy)))
+            .collect()
+    };
+    let mut all = fitting(true, &mut memo);
+    if all.is_empty() && p.has_soft() {
+        all = fitting(false, &mut memo);
+    }
+    all.sort_by(|a, b| {
+        if beats((&engines[a.0], a.1), (&engines[b.0], b.1), strategy) {
+            std::cmp::Ordering::Less
+        } else if beats((&engines[b.0], b.1), (&engines[a.0], a.1), strategy) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    all.truncate(limit);
+    all
 }
 
 /// A small, good mixing function (SplitMix64's finaliser).

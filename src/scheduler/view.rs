@@ -2,12 +2,19 @@
 //! which host ports are taken, its labels, health and class; and the resource filter the leader
 //! verifies again before it commits. Pure: it reads no key and no clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use super::Labels;
-use crate::model::{EngineId, EngineSpec, HostPort, MemoryMb, Millicpus, Request, Resource};
+use crate::model::{
+    EngineId, EngineSpec, Held, HostPort, MemoryMb, Millicpus, Request, RequestId, Resource,
+};
+
+/// The requests placed on one engine and their images: what affinity (`request==web-*`,
+/// `image==redis*`) is decided on. Shared: the cache, the running view and each round's
+/// frozen view hold the same map until one of them changes it.
+pub type Tenants = BTreeMap<RequestId, Arc<str>>;
 
 /// One engine as the scheduler sees it: capacity, what is reserved, which ports are taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +31,14 @@ pub struct EngineView {
     pub total_memory: f64,
     pub reserved_cpus: Millicpus,
     pub reserved_memory: MemoryMb,
+    /// Disk in MB (0: the engine offers none), and what is reserved of it.
+    pub disk: MemoryMb,
+    pub reserved_disk: MemoryMb,
     pub ports: BTreeSet<HostPort>,
+    /// Containers placed on it: exact ties go to fewer (spread) or more (binpack).
+    pub containers: u64,
+    /// What is placed on it, by request (see [`Tenants`]).
+    pub tenants: Arc<Tenants>,
     pub healthy: bool,
     /// Takes no new placements.
     pub cordoned: bool,
@@ -61,7 +75,11 @@ impl EngineView {
             total_memory: spec.wire.memory,
             reserved_cpus: Millicpus(0),
             reserved_memory: MemoryMb(0),
+            disk: MemoryMb((spec.disk.0 as f64 * overcommit).floor() as u64),
+            reserved_disk: MemoryMb(0),
             ports: BTreeSet::new(),
+            containers: 0,
+            tenants: Arc::default(),
             healthy: true,
             cordoned: spec.cordoned,
             class: UNCLASSED,
@@ -72,6 +90,14 @@ impl EngineView {
         self.reserved_cpus.0 = self.reserved_cpus.0.saturating_add(cpus.0);
         self.reserved_memory.0 = self.reserved_memory.0.saturating_add(memory.0);
         self.ports.extend(ports.iter().copied());
+    }
+
+    /// Reserves a placement of `id`: its resources, one container more, and it as a tenant.
+    pub fn hold(&mut self, id: &RequestId, h: &Held) {
+        self.reserve(h.cpus, h.memory, &h.ports);
+        self.reserved_disk.0 = self.reserved_disk.0.saturating_add(h.disk.0);
+        self.containers += 1;
+        Arc::make_mut(&mut self.tenants).insert(id.clone(), h.image.clone());
     }
 
     pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
@@ -106,6 +132,21 @@ impl EngineView {
             self.memory.0,
         ))
     }
+
+    /// How many more copies of `r` would fit once it is placed: the engine's room measured in
+    /// the request's own shape, so cpus and memory need no exchange rate.
+    pub(super) fn copies_left(&self, r: &Request) -> f64 {
+        let left = |cap: u64, used: u64, ask: u64| {
+            if ask == 0 {
+                f64::INFINITY
+            } else {
+                cap.saturating_sub(used.saturating_add(ask)) as f64 / ask as f64
+            }
+        };
+        left(self.cpus.0, self.reserved_cpus.0, r.cpus.0)
+            .min(left(self.memory.0, self.reserved_memory.0, r.memory.0))
+            .min(left(self.disk.0, self.reserved_disk.0, r.disk.0))
+    }
 }
 
 /// Why one engine cannot take a request: the first filter it failed.
@@ -116,7 +157,15 @@ pub enum Rejection {
     Unhealthy,
     Cpus,
     Memory,
+    Disk,
     Port(HostPort),
+    /// A named volume the request mounts lives on another engine.
+    Volume {
+        name: String,
+        engine: EngineId,
+    },
+    /// An affinity expression (`request!=web-*`, `image==redis*`) the engine fails.
+    Affinity(String),
 }
 
 impl fmt::Display for Rejection {
@@ -127,6 +176,9 @@ impl fmt::Display for Rejection {
             Rejection::Unhealthy => f.write_str("unhealthy"),
             Rejection::Cpus => f.write_str("insufficient cpus"),
             Rejection::Memory => f.write_str("insufficient memory"),
+            Rejection::Disk => f.write_str("insufficient disk"),
+            Rejection::Volume { name, engine } => write!(f, "volume {name} is on engine {engine}"),
+            Rejection::Affinity(expr) => write!(f, "affinity {expr}"),
             Rejection::Port(p) => write!(f, "port {p} in use"),
         }
     }
@@ -139,6 +191,9 @@ pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
     }
     if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
         return Err(Rejection::Memory);
+    }
+    if r.disk.0 > 0 && e.reserved_disk.0.saturating_add(r.disk.0) > e.disk.0 {
+        return Err(Rejection::Disk);
     }
     if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
         return Err(Rejection::Port(*p));

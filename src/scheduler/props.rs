@@ -1,0 +1,135 @@
+//! Property tests of the scheduling core (issue 16): exact ties do not depend on how engines
+//! are named, binpack is never worse than first-fit in id order, and affinity is never violated
+//! when requests are placed one after another on a view that records each placement.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
+use proptest::strategy::Strategy as _;
+
+use super::*;
+use crate::model::{EngineSpec, Held, Image, RequestId};
+
+fn engine(id: &str, cpus: u32, memory: u32) -> EngineView {
+    let spec = EngineSpec::parse(
+        &EngineId::new(id).unwrap(),
+        format!(r#"{{"cpus":{cpus},"memory":{memory}}}"#).as_bytes(),
+    )
+    .unwrap();
+    EngineView::new(&spec, 1.0)
+}
+
+fn request(cpus: u32, memory: u32, affinity: &[String]) -> Request {
+    Request::from_image(Image {
+        name: "img".into(),
+        cpus: Some(f64::from(cpus) / 1000.0),
+        memory: Some(f64::from(memory)),
+        kind: "service".into(),
+        affinity: affinity.to_vec(),
+        ..Image::default()
+    })
+    .unwrap()
+}
+
+/// Places `rs` in turn; containers per engine id.
+fn place_all(
+    rs: &[Request],
+    mut view: Vec<EngineView>,
+    s: Strategy,
+) -> (Vec<EngineView>, BTreeMap<String, usize>) {
+    view.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut counts = BTreeMap::new();
+    for (n, r) in rs.iter().enumerate() {
+        let p = Prepared::new(r.clone()).unwrap();
+        if let Ok(plan) = schedule(&p, &view, s, n as u64 * 7919, usize::MAX) {
+            let id = RequestId::new(format!("r{n}")).unwrap();
+            view[plan.engine].hold(&id, &Held::of(r));
+            *counts.entry(view[plan.engine].id.to_string()).or_default() += 1;
+        }
+    }
+    (view, counts)
+}
+
+fn shapes() -> impl proptest::strategy::Strategy<Value = Vec<(u32, u32)>> {
+    proptest::collection::vec((1u32..4_000, 1u32..4_000), 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Identical engines under any names: the containers each ends up with, sorted, are the
+    /// same, whatever the names and wherever each scan starts.
+    #[test]
+    fn ties_do_not_depend_on_engine_names(
+        rs in shapes(),
+        n in 2usize..8,
+        names in Just((0..8u32).collect::<Vec<u32>>()).prop_shuffle(),
+        binpack in any::<bool>(),
+    ) {
+        let s = if binpack { Strategy::Binpack } else { Strategy::Spread };
+        let rs: Vec<Request> = rs.iter().map(|(c, m)| request(*c, *m, &[])).collect();
+        let plain = (0..n).map(|i| engine(&format!("e{i}"), 8, 8192)).collect();
+        let renamed = (0..n).map(|i| engine(&format!("z{}", names[i]), 8, 8192)).collect();
+        let (_, a) = place_all(&rs, plain, s);
+        let (_, b) = place_all(&rs, renamed, s);
+        let mut a: Vec<usize> = a.into_values().collect();
+        let mut b: Vec<usize> = b.into_values().collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        prop_assert_eq!(a, b);
+    }
+
+    /// On heterogeneous fleets and mixed sequences drawn as `bench --quality` draws them,
+    /// binpack never uses more engines than first-fit with the engines in id order, nor places
+    /// fewer requests. (Over every sequence this holds for no best-fit rule: best fit and first
+    /// fit are incomparable instance by instance, and a homogeneous fleet of 4 engines with 15
+    /// requests is enough to show it. Measured here over the workloads it is chosen for.)
+    #[test]
+    fn binpack_is_never_worse_than_first_fit_in_id_order(seed in any::<u64>()) {
+        for fleet in crate::bench::quality::FLEETS {
+            let (binpack, first_fit) = crate::bench::quality::binpack_and_first_fit(&fleet, seed);
+            prop_assert!(binpack.1 <= first_fit.1, "seed {seed}: binpack left {} unplaced, first-fit {}", binpack.1, first_fit.1);
+            prop_assert!(
+                binpack.0 <= first_fit.0,
+                "seed {seed}, {} fleet: binpack used {} engines, first-fit {}", fleet.name, binpack.0, first_fit.0
+            );
+        }
+    }
+
+    /// Requests of a few groups, each anti-affine to its own group and some affine to another,
+    /// placed in turn on a view that records each placement (as a round's running view does):
+    /// no engine ever holds two of an anti-affine group, and an affine request lands beside
+    /// its group.
+    #[test]
+    fn affinity_is_never_violated(
+        rs in proptest::collection::vec((0u8..3, any::<bool>(), 1u32..2_000), 1..40),
+        n in 1usize..8,
+    ) {
+        let mut view: Vec<EngineView> = (0..n).map(|i| engine(&format!("e{i}"), 16, 16384)).collect();
+        let mut group_of: BTreeMap<String, (u8, bool)> = BTreeMap::new();
+        for (k, (g, anti, cpus)) in rs.iter().enumerate() {
+            let expr = if *anti { format!("request!=g{g}-*") } else { format!("request==g{}-*", (g + 1) % 3) };
+            let r = request(*cpus, 64, std::slice::from_ref(&expr));
+            let p = Prepared::new(r.clone()).unwrap();
+            let id = RequestId::new(format!("g{g}-{k}")).unwrap();
+            if let Ok(plan) = schedule(&p, &view, Strategy::Spread, k as u64, usize::MAX) {
+                let e = &view[plan.engine];
+                let beside = e.tenants.keys().any(|t| t.as_str().starts_with(&format!("g{}-", (g + 1) % 3)));
+                let own = e.tenants.keys().any(|t| t.as_str().starts_with(&format!("g{g}-")));
+                if *anti {
+                    prop_assert!(!own, "{id} anti-affine but placed beside its group on {}", e.id);
+                } else {
+                    prop_assert!(beside, "{id} affine but placed away from its group on {}", e.id);
+                }
+                group_of.insert(id.to_string(), (*g, *anti));
+                view[plan.engine].hold(&id, &Held::of(&r));
+            }
+        }
+        for e in &view {
+            for g in 0..3u8 {
+                let anti = e.tenants.keys().filter(|t| group_of.get(t.as_str()) == Some(&(g, true))).count();
+                prop_assert!(anti <= 1, "{} holds {anti} anti-affine requests of group {g}", e.id);
+            }
+        }
+    }
+}
