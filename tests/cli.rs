@@ -107,6 +107,7 @@ async fn every_read_command_prints_json_alone_with_o_json() {
         vec!["leader"],
         vec!["requests", "ls"],
         vec!["plan", &plan],
+        vec!["volume", "ls"],
     ];
     for command in commands {
         let mut args = command.clone();

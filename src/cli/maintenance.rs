@@ -30,6 +30,11 @@ pub(super) async fn set(
 ) -> Result<(), CliError> {
     let id = engine_id(id)?;
     let key = keys.engine(&id);
+    // What it holds is counted before the write: once it is drained, the leader starts
+    // moving its services at once.
+    let cache = Cache::new(keys.clone(), 1.0);
+    cache.load(client).await?;
+    let (services, batches) = placed(&cache.lock(), &id);
     let got = timed(client.kv_client().get(key.as_str(), None)).await?;
     let Some(kv) = got.kvs().first() else {
         return Err(CliError::Usage(format!("engine {id} is not registered")));
@@ -54,10 +59,6 @@ pub(super) async fn set(
             "engine {id} changed meanwhile; try again"
         )));
     }
-    let cache = Cache::new(keys.clone(), 1.0);
-    cache.load(client).await?;
-    let state = cache.lock();
-    let (services, batches) = placed(&state, &id);
     match what {
         Maintenance::Cordon => outln!(
             "engine {id} cordoned: no new placements; its {} placement(s) stay",

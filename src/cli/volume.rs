@@ -1,7 +1,7 @@
 //! `citadel volume ls|rm`: the named volumes the leader recorded (`volumes/<name>`), each on
 //! the engine its first placement went to. A volume outlives its requests; `rm` forgets it.
 
-use super::output::outln;
+use super::output::{OutputArgs, add_row, json, outln, print_table, table};
 use clap::Subcommand;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
@@ -13,29 +13,55 @@ use crate::model::Request;
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Named volumes and the engine each lives on.
-    Ls,
+    Ls(OutputArgs),
     /// Forget a volume: a later request that names it may go to any engine. Refused while a
     /// placed request mounts it, unless --force.
     Rm {
+        /// The volume's name (`pgdata` of `pgdata:/var/lib/postgresql`).
+        #[arg(value_name = "NAME")]
         name: String,
+        /// Forget it even though placed requests mount it: their next placement may go
+        /// anywhere.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// One named volume, as listed.
+#[derive(Debug, serde::Serialize)]
+struct VolumeRow {
+    name: String,
+    engine: String,
+    /// The requests placed with it mounted.
+    mounted_by: Vec<String>,
 }
 
 pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Result<(), CliError> {
     let cache = Cache::new(keys.clone(), 1.0);
     cache.load(client).await?;
     match cmd {
-        VolumeCommand::Ls => {
+        VolumeCommand::Ls(o) => {
             let volumes = cache.lock().volumes();
-            let mut rows: Vec<_> = volumes.iter().collect();
-            rows.sort();
-            outln!("{:<40} {:<20} MOUNTED BY", "VOLUME", "ENGINE");
-            for (name, engine) in rows {
-                let users = mounted_by(&cache, name).join(", ");
-                outln!("{name:<40} {:<20} {users}", engine.as_str());
+            let mut rows: Vec<VolumeRow> = volumes
+                .iter()
+                .map(|(name, engine)| VolumeRow {
+                    name: name.clone(),
+                    engine: engine.to_string(),
+                    mounted_by: mounted_by(&cache, name),
+                })
+                .collect();
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+            if o.json() {
+                return json(&rows);
             }
+            let mut t = table(&["VOLUME", "ENGINE", "MOUNTED BY"]);
+            for r in &rows {
+                add_row(
+                    &mut t,
+                    [r.name.clone(), r.engine.clone(), r.mounted_by.join(", ")],
+                );
+            }
+            print_table(&t);
             Ok(())
         }
         VolumeCommand::Rm { name, force } => {
