@@ -196,8 +196,11 @@ pub struct Usage {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
     pub disk: MemoryMb,
-    /// What is placed there, by request, with its image: what affinity is decided on.
+    /// What is placed there, by request, with its image: what affinity is decided on. Kept
+    /// only once some request asks for affinity (`tracks_tenants`): copying the map on each
+    /// placement would cost every cluster for what few use.
     pub tenants: Arc<Tenants>,
+    pub tracks_tenants: bool,
     pub ports: BTreeMap<HostPort, u32>,
     pub count: u64,
     /// Not schedulable: no health key while the policy asks for one.
@@ -334,6 +337,8 @@ pub struct State {
     pub(super) releases: BTreeSet<RequestId>,
     pub(super) waiting: Parked,
     pub(super) capacity_epoch: u64,
+    /// Some request has asked for affinity: engines keep their tenants from then on.
+    pub(super) tracks_tenants: bool,
     /// Requests the leader found unschedulable: when, and their demand.
     pub(super) parked_in: HashMap<RequestId, Park>,
     pub(super) engine_generation: u64,
@@ -502,6 +507,13 @@ impl State {
                     .as_ref()
                     .map(|p| p.request.lifecycle)
                     .unwrap_or_default();
+                if !self.tracks_tenants
+                    && parsed
+                        .as_ref()
+                        .is_ok_and(|p| !p.request.affinity.is_empty())
+                {
+                    self.track_tenants();
+                }
                 self.requests.insert(
                     id.clone(),
                     RequestEntry {
@@ -1108,6 +1120,38 @@ mod tests {
             f.engine("e3", 16.0);
             assert_eq!(deciding(&f), ["s3", "s4", "s5", "huge"]);
             assert_eq!(f.state.parked(), 0);
+        }
+
+        #[test]
+        fn engines_keep_their_tenants_once_a_request_asks_for_affinity() {
+            let mut f = Fed::new();
+            f.engine("e1", 4.0);
+            let r = f.request("web-1", 1.0, "service");
+            f.place("web-1", "e1", 1.0, r);
+            let e1 = EngineId::new("e1").unwrap();
+            // No request asks for affinity: placements cost no tenant bookkeeping.
+            assert!(f.state.usage(&e1).tenants.is_empty());
+            assert!(!f.state.usage(&e1).tracks_tenants);
+            let generation = f.state.engine_generation();
+
+            f.put(
+                "/citadel/requests/cache",
+                r#"{"image":"redis","cpus":1,"memory":1,"type":"service","affinity":["request==web-*"]}"#,
+            );
+            let u = f.state.usage(&e1);
+            assert!(u.tracks_tenants);
+            assert_eq!(
+                u.tenants.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ["web-1"]
+            );
+            assert!(
+                f.state.engine_generation() > generation,
+                "the leader's views are rebuilt with them"
+            );
+            // Later placements are added as they come.
+            let r = f.request("web-2", 1.0, "service");
+            f.place("web-2", "e1", 1.0, r);
+            assert_eq!(f.state.usage(&e1).tenants.len(), 2);
         }
 
         #[test]

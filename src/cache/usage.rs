@@ -152,11 +152,24 @@ impl State {
             }
             self.dirty.insert(old.engine);
         }
-        if let Some(n) = self.reservations.get(id)
+        if self.tracks_tenants
+            && let Some(n) = self.reservations.get(id)
             && let Some(u) = self.usage.get_mut(&n.engine)
         {
             Arc::make_mut(&mut u.tenants).insert(id.clone(), n.image.clone());
         }
+    }
+
+    /// From now on engines keep their tenants (a request asked for affinity): what they hold
+    /// already is filled in, and the leader's views are rebuilt with it.
+    pub(super) fn track_tenants(&mut self) {
+        self.tracks_tenants = true;
+        for (id, r) in &self.reservations {
+            if let Some(u) = self.usage.get_mut(&r.engine) {
+                Arc::make_mut(&mut u.tenants).insert(id.clone(), r.image.clone());
+            }
+        }
+        self.engine_generation += 1;
     }
 
     /// A placement the leader planned did not commit: refusals made beside it get another look.
@@ -206,6 +219,7 @@ impl State {
     /// What one engine holds, with the health policy applied.
     pub(super) fn effective(&self, id: &EngineId) -> Usage {
         let mut u = self.usage.get(id).cloned().unwrap_or_default();
+        u.tracks_tenants = self.tracks_tenants;
         if self.policy.docker {
             match self.health.get(id) {
                 None => u.unhealthy = true,
@@ -272,6 +286,7 @@ pub fn apply_usage(view: &mut EngineView, u: &Usage) {
     view.reserved_disk = u.disk;
     view.containers = u.count;
     view.tenants = u.tenants.clone();
+    view.tracks_tenants = u.tracks_tenants;
     view.ports = u.ports.keys().copied().collect();
     view.healthy = !u.unhealthy;
 }
@@ -285,7 +300,9 @@ pub(super) fn release_usage(
         u.cpus.0 = u.cpus.0.saturating_sub(r.cpus.0);
         u.memory.0 = u.memory.0.saturating_sub(r.memory.0);
         u.disk.0 = u.disk.0.saturating_sub(r.disk.0);
-        Arc::make_mut(&mut u.tenants).remove(id);
+        if u.tenants.contains_key(id) {
+            Arc::make_mut(&mut u.tenants).remove(id);
+        }
         u.count = u.count.saturating_sub(1);
         for p in &r.ports {
             if let Some(n) = u.ports.get_mut(p) {

@@ -598,20 +598,23 @@ mod tests {
         let revisions = vec![1; view.len()];
         let mut unfit = Unfit::default();
         unfit.at(3);
+        let one = |view: &mut Vec<EngineView>, unfit: &mut Unfit, image: &str, cpus: u32| {
+            let body = ask(image, cpus);
+            plan(
+                &[decide(&body)],
+                view,
+                &revisions,
+                &|_| None,
+                &cfg(),
+                "now",
+                unfit,
+            )
+        };
         let reason = |items: &[Item]| match items {
             [Item::Refuse { decision, .. }] => decision.reason.clone(),
             other => panic!("expected one refusal: {other:?}"),
         };
-        let first = plan(
-            &[decide(&ask("a", 8))],
-            &mut view,
-            &revisions,
-            &|_| None,
-            &cfg(),
-            "now",
-            &mut unfit,
-        );
-        let first = reason(&first);
+        let first = reason(&one(&mut view, &mut unfit, "a", 8));
         assert!(first.starts_with("0/4 engines fit"), "{first}");
         assert_eq!(unfit.len(), 1);
 
@@ -621,40 +624,15 @@ mod tests {
         for e in &mut view {
             e.cpus = crate::model::Millicpus(16_000);
         }
-        let again = plan(
-            &[decide(&ask("b", 8))],
-            &mut view,
-            &revisions,
-            &|_| None,
-            &cfg(),
-            "now",
-            &mut unfit,
-        );
-        assert_eq!(reason(&again), first);
+        assert_eq!(reason(&one(&mut view, &mut unfit, "b", 8)), first);
         // Another shape is looked at.
-        let other = plan(
-            &[decide(&ask("c", 9))],
-            &mut view,
-            &revisions,
-            &|_| None,
-            &cfg(),
-            "now",
-            &mut unfit,
-        );
+        let other = one(&mut view, &mut unfit, "c", 9);
         assert!(matches!(&other[..], [Item::Place { .. }]), "{other:?}");
 
         // A new epoch forgets it.
         unfit.at(4);
         assert!(unfit.is_empty());
-        let placed = plan(
-            &[decide(&ask("b", 8))],
-            &mut view,
-            &revisions,
-            &|_| None,
-            &cfg(),
-            "now",
-            &mut unfit,
-        );
+        let placed = one(&mut view, &mut unfit, "b", 8);
         assert!(matches!(&placed[..], [Item::Place { .. }]), "{placed:?}");
     }
 

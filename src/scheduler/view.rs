@@ -39,6 +39,8 @@ pub struct EngineView {
     pub containers: u64,
     /// What is placed on it, by request (see [`Tenants`]).
     pub tenants: Arc<Tenants>,
+    /// Placements in this view add their tenants (some request asks for affinity).
+    pub tracks_tenants: bool,
     pub healthy: bool,
     /// Takes no new placements.
     pub cordoned: bool,
@@ -80,6 +82,7 @@ impl EngineView {
             ports: BTreeSet::new(),
             containers: 0,
             tenants: Arc::default(),
+            tracks_tenants: true,
             healthy: true,
             cordoned: spec.cordoned,
             class: UNCLASSED,
@@ -97,7 +100,9 @@ impl EngineView {
         self.reserve(h.cpus, h.memory, &h.ports);
         self.reserved_disk.0 = self.reserved_disk.0.saturating_add(h.disk.0);
         self.containers += 1;
-        Arc::make_mut(&mut self.tenants).insert(id.clone(), h.image.clone());
+        if self.tracks_tenants {
+            Arc::make_mut(&mut self.tenants).insert(id.clone(), h.image.clone());
+        }
     }
 
     pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
