@@ -231,6 +231,11 @@ impl Writer {
                 continue;
             };
             placed_on.insert(i);
+            // The image the leader records in each reservation, as long as the mix's own.
+            let n: usize = id
+                .strip_prefix('r')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_default();
             let decision = Decision {
                 container: Echo::of(&raw),
                 resource: Some(target.resource.clone()),
@@ -239,7 +244,7 @@ impl Writer {
                     memory: 256.0,
                     disk: 0.0,
                     ports: Vec::new(),
-                    image: String::new(),
+                    image: format!("bench/app:{}", n % 100),
                 }),
                 status: Status::Placed,
                 reason: format!("spread chose {}", target.id),
