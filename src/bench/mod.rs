@@ -375,7 +375,7 @@ async fn citadel_phase(
     let leader = controllers.leader.pid();
     let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
     let (etcd0, own0) = (meter.etcd(), meter.own());
-    let seen = phase::run(conns, keys, args).await?;
+    let seen = phase::run(etcd, conns, keys, args).await?;
     let (cpu1, _, hwm) = proc_usage(leader).unwrap_or_default();
     let etcd_cpu_s = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
     let bench_cpu_s = meter.own() - own0;

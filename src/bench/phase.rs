@@ -13,7 +13,7 @@ use super::workload::{percentile, request_json};
 use super::{BenchArgs, BenchError};
 use crate::keys::Keys;
 use crate::model::RequestId;
-use crate::store;
+use crate::store::{self, EtcdConfig};
 
 struct Timings {
     start: Instant,
@@ -77,19 +77,28 @@ impl Seen {
 /// Submits the run's requests under `keys` and waits (up to `--timeout`) until each one's
 /// decision was seen.
 pub(super) async fn run(
+    etcd: &EtcdConfig,
     conns: &[Client],
     keys: &Keys,
     args: &BenchArgs,
 ) -> Result<Seen, BenchError> {
     let timings = Timings::new(args.requests);
-    let watcher = watch_decisions(&conns[0], keys, &timings).await?;
+    let from = conns[0]
+        .kv_client()
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await?
+        .header()
+        .map_or(0, |h| h.revision())
+        + 1;
+    let watcher = Watcher::start(etcd, keys, &timings, from).await?;
     let mut submitters = submit(conns, keys, args, &timings);
     let progress = show_progress(&timings, args.requests, args.quiet_progress);
     while let Some(r) = submitters.join_next().await {
         r.map_err(|e| BenchError::Setup(e.to_string()))??;
     }
-    let wait = tokio::time::timeout(Duration::from_secs(args.timeout), watcher).await;
+    let wait = tokio::time::timeout(Duration::from_secs(args.timeout), watcher.done).await;
     progress.abort();
+    drop(watcher.stop);
     if wait.is_err() {
         eprintln!(
             "\nbench: gave up waiting for decisions after {} s",
@@ -99,56 +108,110 @@ pub(super) async fn run(
     Ok(summarize(&timings))
 }
 
-/// Watches decisions from now on, recording when each request's first arrives.
-async fn watch_decisions(
-    client: &Client,
-    keys: &Keys,
-    timings: &Arc<Timings>,
-) -> Result<tokio::task::JoinHandle<()>, BenchError> {
-    let from = client
-        .kv_client()
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await?;
-    let from = from.header().map(|h| h.revision()).unwrap_or(0) + 1;
-    let mut watch = client
-        .watch_client()
-        .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
-        .watch(
-            keys.decisions(),
-            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-        )
-        .await?;
-    let (timings, decisions) = (timings.clone(), keys.decisions());
-    let placed = memchr::memmem::Finder::new(br#""status":"placed""#).into_owned();
-    Ok(tokio::spawn(async move {
-        while let Ok(Some(resp)) = watch.message().await {
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let Some(n) = kv
-                    .key()
-                    .strip_prefix(decisions.as_bytes())
-                    .and_then(|id| std::str::from_utf8(id).ok())
-                    .and_then(|id| id.strip_prefix('r'))
-                    .and_then(|n| n.parse::<usize>().ok())
-                else {
-                    continue;
-                };
-                let Some(slot) = timings.decided.get(n) else {
-                    continue;
-                };
-                if slot.load(Ordering::Relaxed) == 0 && !kv.value().is_empty() {
-                    slot.store(timings.now(), Ordering::Relaxed);
-                    timings.decided_count.fetch_add(1, Ordering::Relaxed);
-                    if placed.find(kv.value()).is_some() {
-                        timings.placed.fetch_add(1, Ordering::Relaxed);
+/// The decision watch, on a thread, a runtime and a connection of its own: a watcher that the
+/// submitters starve of cpu falls behind, and etcd then serves it from its backend instead of
+/// from memory, which slows everyone else as well (seen at a million requests).
+struct Watcher {
+    /// Resolves when every request's decision was seen (or the watch ended).
+    done: tokio::sync::oneshot::Receiver<()>,
+    /// Dropped to stop the watch.
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Watcher {
+    /// Returns once the watch is open, from revision `from` on.
+    async fn start(
+        etcd: &EtcdConfig,
+        keys: &Keys,
+        timings: &Arc<Timings>,
+        from: i64,
+    ) -> Result<Watcher, BenchError> {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (etcd, decisions, timings) = (etcd.clone(), keys.decisions(), timings.clone());
+        let thread = std::thread::Builder::new()
+            .name("bench-watch".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
                     }
+                };
+                runtime.block_on(async move {
+                    let opened = async {
+                        let client = store::connect(&etcd, Some(Duration::from_secs(10))).await?;
+                        let watch = client
+                            .watch_client()
+                            .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
+                            .watch(
+                                decisions.as_str(),
+                                Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+                            )
+                            .await?;
+                        Ok::<_, BenchError>((client, watch))
+                    };
+                    let (_client, mut watch) = match opened.await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::select! {
+                        () = follow(&mut watch, &decisions, &timings) => {}
+                        _ = &mut stopped => {}
+                    }
+                    let _ = done_tx.send(());
+                });
+            });
+        if let Err(e) = thread {
+            return Err(BenchError::Setup(format!("start the decision watch: {e}")));
+        }
+        match ready.await {
+            Ok(Ok(())) => Ok(Watcher { done, stop }),
+            Ok(Err(e)) => Err(BenchError::Setup(format!("the decision watch: {e}"))),
+            Err(_) => Err(BenchError::Setup("the decision watch ended at once".into())),
+        }
+    }
+}
+
+/// Records when each request's first decision arrives, until every one has.
+async fn follow(watch: &mut etcd_client::WatchStream, decisions: &str, timings: &Timings) {
+    let placed = memchr::memmem::Finder::new(br#""status":"placed""#);
+    while let Ok(Some(resp)) = watch.message().await {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(n) = kv
+                .key()
+                .strip_prefix(decisions.as_bytes())
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .and_then(|id| id.strip_prefix('r'))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let Some(slot) = timings.decided.get(n) else {
+                continue;
+            };
+            if slot.load(Ordering::Relaxed) == 0 && !kv.value().is_empty() {
+                slot.store(timings.now(), Ordering::Relaxed);
+                timings.decided_count.fetch_add(1, Ordering::Relaxed);
+                if placed.find(kv.value()).is_some() {
+                    timings.placed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if timings.decided_count.load(Ordering::Relaxed) >= timings.decided.len() {
-                return;
-            }
         }
-    }))
+        if timings.decided_count.load(Ordering::Relaxed) >= timings.decided.len() {
+            return;
+        }
+    }
 }
 
 /// Starts `--clients` submitters sharing the requests.
