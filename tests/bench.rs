@@ -5,33 +5,40 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 
-#[test]
-fn bench_runs_and_reports_every_field_with_intact_invariants() {
+/// Runs `citadel bench ARGS --json`; returns its stdout and the JSON of its last line.
+fn bench(args: &[&str]) -> (String, serde_json::Value) {
     let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--engines",
-            "20",
-            "--requests",
-            "400",
-            "--clients",
-            "8",
-            "--submit-batch",
-            "4",
-            "--replicas",
-            "1",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .expect("run citadel bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "bench failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let last = stdout.lines().last().expect("a JSON line");
-    let r: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    let r = serde_json::from_str(last).expect("the last line is JSON");
+    (stdout, r)
+}
+
+#[test]
+fn bench_runs_and_reports_every_field_with_intact_invariants() {
+    let (stdout, r) = bench(&[
+        "--engines",
+        "20",
+        "--requests",
+        "400",
+        "--clients",
+        "8",
+        "--submit-batch",
+        "4",
+        "--replicas",
+        "1",
+    ]);
+    let last = r.to_string();
     for field in [
         "engines",
         "requests",
@@ -78,31 +85,19 @@ fn bench_runs_and_reports_every_field_with_intact_invariants() {
 /// over it; the floor writes under its own prefix and leaves the run's invariants alone.
 #[test]
 fn bench_with_the_floor_reports_the_ratio_to_it() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--engines",
-            "10",
-            "--requests",
-            "200",
-            "--clients",
-            "4",
-            "--replicas",
-            "1",
-            "--baseline",
-            "floor",
-            "--json",
-        ])
-        .output()
-        .expect("run citadel bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().expect("a JSON line");
-    let r: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    let (stdout, r) = bench(&[
+        "--engines",
+        "10",
+        "--requests",
+        "200",
+        "--clients",
+        "4",
+        "--replicas",
+        "1",
+        "--baseline",
+        "floor",
+    ]);
+    let last = r.to_string();
     let floor = r["floor_per_s"].as_f64().expect("floor_per_s");
     let ratio = r["ratio_to_floor"].as_f64().expect("ratio_to_floor");
     let placements = r["placements_per_s"].as_f64().unwrap_or(0.0);
@@ -116,5 +111,43 @@ fn bench_with_the_floor_reports_the_ratio_to_it() {
     assert!(
         stdout.contains("floor"),
         "the human table names the floor:\n{stdout}"
+    );
+}
+
+/// `--headroom 0.3` sizes the engines below the demand: most requests are refused, every one is
+/// decided once, and the per-decision figures and etcd's database size are reported.
+#[test]
+fn bench_with_little_headroom_saturates_and_reports_per_decision_figures() {
+    let (stdout, r) = bench(&[
+        "--engines",
+        "10",
+        "--requests",
+        "400",
+        "--clients",
+        "4",
+        "--headroom",
+        "0.3",
+        "--quiet-progress",
+    ]);
+    let last = r.to_string();
+    assert_eq!(r["headroom"], 0.3, "{last}");
+    let placed = r["placed"].as_u64().unwrap_or(0);
+    let refused = r["unschedulable"].as_u64().unwrap_or(0);
+    assert_eq!(placed + refused, 400, "every request decided once: {last}");
+    assert!(placed > 0 && refused > placed, "a saturated run: {last}");
+    assert_eq!(r["overcommitted_engines"], 0, "{last}");
+    assert_eq!(r["mismatched"], 0, "{last}");
+    for field in [
+        "controller_cpu_us_per_decision",
+        "controller_bytes_per_decision",
+        "etcd_db_mb",
+    ] {
+        let v = r[field].as_f64().unwrap_or(-1.0);
+        assert!(v >= 0.0 && v.is_finite(), "{field}: {last}");
+    }
+    assert!(r["etcd_history_compacted"].is_boolean(), "{last}");
+    assert!(
+        stdout.contains("headroom 0.3"),
+        "the parameters line says it:\n{stdout}"
     );
 }
