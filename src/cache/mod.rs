@@ -30,6 +30,8 @@ use tokio::sync::watch;
 use crate::keys::Keys;
 use crate::store::{self, StoreError};
 
+#[cfg(test)]
+mod fed;
 mod guard;
 mod parked;
 mod progress;

@@ -44,15 +44,7 @@ impl Standing {
     pub fn name(self) -> &'static str {
         match self {
             Standing::Queued => "queued",
-            Standing::Decided(s) => match s {
-                Status::Placed => "placed",
-                Status::Unschedulable => "unschedulable",
-                Status::Invalid => "invalid",
-                Status::Pending => "pending",
-                Status::Failed => "failed",
-                Status::Exited => "exited",
-                Status::Lost => "lost",
-            },
+            Standing::Decided(s) => s.as_str(),
         }
     }
 }
@@ -372,64 +364,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Keys;
-    use etcd_client::EventType;
-    use etcd_client::proto::PbKeyValue;
-
-    struct Fed {
-        state: State,
-        keys: Keys,
-        rev: i64,
-    }
-
-    impl Fed {
-        fn new() -> Self {
-            Fed {
-                state: State::new(1.0),
-                keys: Keys::default(),
-                rev: 0,
-            }
-        }
-
-        fn put_leased(&mut self, key: &str, value: &str, lease: i64) -> i64 {
-            self.rev += 1;
-            let pb = PbKeyValue {
-                key: key.as_bytes().to_vec(),
-                value: value.as_bytes().to_vec(),
-                create_revision: self.rev,
-                mod_revision: self.rev,
-                version: 1,
-                lease,
-            };
-            let kv: &etcd_client::KeyValue = (&pb).into();
-            self.state.apply(&self.keys, EventType::Put, kv, None);
-            self.state.revision = self.rev;
-            self.rev
-        }
-
-        fn put(&mut self, key: &str, value: &str) -> i64 {
-            self.put_leased(key, value, 0)
-        }
-
-        fn request(&mut self, id: &str) -> i64 {
-            self.put(
-                &format!("/citadel/requests/{id}"),
-                r#"{"image":"x","cpus":1,"memory":1,"type":"service"}"#,
-            )
-        }
-
-        fn decide(&mut self, id: &str, status: &str, reason: &str, request_revision: i64) -> i64 {
-            self.put(
-                &format!("/citadel/decisions/{id}"),
-                &serde_json::json!({
-                    "container": {}, "status": status, "reason": reason,
-                    "request_revision": request_revision,
-                    "decided_at": "", "decided_by": "",
-                })
-                .to_string(),
-            )
-        }
-    }
+    use crate::cache::fed::Fed;
 
     pub(super) fn rid(s: &str) -> RequestId {
         RequestId::new(s).unwrap()
@@ -438,26 +373,26 @@ mod tests {
     #[test]
     pub(super) fn requests_stand_by_their_current_decision_and_what_needs_a_look_comes_first() {
         let mut f = Fed::new();
-        let a = f.request("a");
+        let a = f.request("a", 1.0, "service");
         f.decide("a", "invalid", "cpus: NaN is not a number", a);
-        let b = f.request("b");
+        let b = f.request("b", 1.0, "service");
         f.decide(
             "b",
             "unschedulable",
             "0/1 engines fit: 1 insufficient cpus",
             b,
         );
-        let c = f.request("c");
+        let c = f.request("c", 1.0, "service");
         f.decide(
             "c",
             "unschedulable",
             "0/1 engines fit: 1 insufficient memory",
             c,
         );
-        let stale = f.request("d");
+        let stale = f.request("d", 1.0, "service");
         f.decide("d", "invalid", "old", stale);
-        f.request("d"); // rewritten: its decision is for the old revision
-        f.request("e");
+        f.request("d", 1.0, "service"); // rewritten: its decision is for the old revision
+        f.request("e", 1.0, "service");
 
         let counts: HashMap<&str, usize> = f
             .state
@@ -488,7 +423,7 @@ mod tests {
     pub(super) fn the_newest_decisions_come_first() {
         let mut f = Fed::new();
         for id in ["a", "b", "c", "d"] {
-            let r = f.request(id);
+            let r = f.request(id, 1.0, "service");
             f.decide(id, "invalid", id, r);
         }
         let recent: Vec<String> = f

@@ -33,9 +33,10 @@ impl Status {
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Status {
+    /// The word a decision's JSON says.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Status::Placed => "placed",
             Status::Unschedulable => "unschedulable",
             Status::Invalid => "invalid",
@@ -43,7 +44,13 @@ impl fmt::Display for Status {
             Status::Failed => "failed",
             Status::Exited => "exited",
             Status::Lost => "lost",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
