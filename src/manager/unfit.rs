@@ -15,11 +15,12 @@ use crate::scheduler::{Prepared, Shape};
 /// again, never memory).
 const MAX_SHAPES: usize = 4_096;
 
-/// Unschedulable shapes and their reasons, valid in `epoch`.
+/// Unschedulable shapes and their reasons, valid in `epoch`, by [`Prepared::shape_hash`]. A
+/// lookup compares the whole shape, so two shapes that hash alike only cost a scan.
 #[derive(Debug, Default)]
 pub struct Unfit {
     epoch: u64,
-    reasons: HashMap<Shape, String>,
+    reasons: HashMap<u64, (Shape, String)>,
 }
 
 impl Unfit {
@@ -31,15 +32,18 @@ impl Unfit {
         }
     }
 
-    /// Why `p` fits nowhere, if a request of its shape was found so in this epoch. Free when
-    /// nothing was: no shape is built.
+    /// Why `p` fits nowhere, if a request of its shape was found so in this epoch. No shape is
+    /// built to look it up.
     /// A request whose answer hangs on other placements (affinity, a pinned volume) is
     /// never answered from the memo.
     pub fn reason(&self, p: &Prepared) -> Option<&str> {
         if self.reasons.is_empty() || p.depends_on_placements() {
             return None;
         }
-        self.reasons.get(&p.shape()).map(String::as_str)
+        self.reasons
+            .get(&p.shape_hash())
+            .filter(|(shape, _)| shape.is_of(p))
+            .map(|(_, reason)| reason.as_str())
     }
 
     pub fn remember(&mut self, p: &Prepared, reason: &str) {
@@ -49,7 +53,8 @@ impl Unfit {
         if self.reasons.len() >= MAX_SHAPES {
             self.reasons.clear();
         }
-        self.reasons.insert(p.shape(), reason.to_string());
+        self.reasons
+            .insert(p.shape_hash(), (p.shape(), reason.to_string()));
     }
 
     pub fn len(&self) -> usize {

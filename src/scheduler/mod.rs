@@ -55,15 +55,34 @@ pub enum SchedulerError {
 /// its constraints as written (affinity and volume pins aside: see
 /// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
 /// are refused alike on the same engines, so when one fits nowhere, neither does the next until
-/// capacity grows (the leader's memo of unschedulable shapes is keyed by it). A request field
+/// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
 /// that the filters read belongs here too.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     cpus: Millicpus,
     memory: MemoryMb,
     disk: MemoryMb,
     ports: Vec<HostPort>,
     constraints: Vec<String>,
+}
+
+impl Shape {
+    /// Whether `p` has this shape, without building its own.
+    pub fn is_of(&self, p: &Prepared) -> bool {
+        let r = &p.request;
+        self.cpus == r.cpus
+            && self.memory == r.memory
+            && self.disk == r.disk
+            && self.ports == r.ports
+            && self.constraints == r.constraints
+    }
+
+    fn hash_of(r: &Request) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (r.cpus, r.memory, r.disk, &r.ports, &r.constraints).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A request ready to schedule: its constraints and affinity parsed (and their regexes
@@ -77,6 +96,9 @@ pub struct Prepared {
     affinity_soft: Vec<Constraint>,
     /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
     pins: Vec<(String, EngineId)>,
+    /// A hash of its [`Shape`], made once when it is read: the leader's memo of refused shapes
+    /// looks it up without building one.
+    shape_hash: u64,
 }
 
 /// The keys an affinity expression may name.
@@ -115,6 +137,7 @@ impl Prepared {
                 expr: c.expr.clone(),
             });
         }
+        let shape_hash = Shape::hash_of(&request);
         Ok(Prepared {
             request,
             hard,
@@ -122,7 +145,13 @@ impl Prepared {
             affinity_hard,
             affinity_soft,
             pins: Vec::new(),
+            shape_hash,
         })
+    }
+
+    /// A hash of [`Prepared::shape`]; equal shapes hash alike.
+    pub fn shape_hash(&self) -> u64 {
+        self.shape_hash
     }
 
     /// What decides where this request may go (see [`Shape`]).
