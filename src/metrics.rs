@@ -318,7 +318,7 @@ impl Collector for CacheCollector {
         let applied = cache.revision();
         let head = followed.head.max(etcd_revision);
         // Read under the lock, encoded after it: a scrape holds up the cache only to copy.
-        let (queued, counts, engines) = {
+        let (queued, parked, counts, engines) = {
             let state = cache.lock();
             let engines: Vec<(String, [f64; 4])> = state
                 .engine_rows()
@@ -334,7 +334,12 @@ impl Collector for CacheCollector {
                     (e.id, values)
                 })
                 .collect();
-            (state.queued(), state.request_counts(), engines)
+            (
+                state.queued(),
+                state.parked(),
+                state.request_counts(),
+                engines,
+            )
         };
 
         gauge(
@@ -342,6 +347,12 @@ impl Collector for CacheCollector {
             "citadel_queued_requests",
             "Requests waiting for the leader: new or changed requests to decide, and decisions to release.",
             queued as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "citadel_parked_requests",
+            "Unschedulable requests parked until an engine gains room that could fit them.",
+            parked as i64,
         )?;
         {
             let mut m = encoder.encode_descriptor(
@@ -473,6 +484,7 @@ mod tests {
         m.observe(&cache);
         let text = m.encode().expect("encodes");
         assert_eq!(value(&text, "citadel_queued_requests"), Some(0.0));
+        assert_eq!(value(&text, "citadel_parked_requests"), Some(0.0));
         assert_eq!(
             value(&text, "citadel_requests{status=\"unschedulable\"}"),
             Some(0.0)

@@ -60,7 +60,9 @@ impl State {
                 if let Some(r) = self.requests.get_mut(id) {
                     r.parsed = None;
                 }
-                self.parked_in.remove(id);
+                if !self.parked_in.is_empty() {
+                    self.parked_in.remove(id);
+                }
                 self.class.remove(id)
             }
         };
