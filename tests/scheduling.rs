@@ -403,3 +403,57 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
     assert_eq!(placed(&client, "back").await, "e1");
     assert_invariants(&client, &keys).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binpack_leaves_the_engines_constrained_requests_need_for_last() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "ssd", 4.0, 4096.0, &["disk=ssd"]).await;
+    put_engine(&client, &keys, "hdd-1", 4.0, 4096.0, &["disk=hdd"]).await;
+    put_engine(&client, &keys, "hdd-2", 4.0, 4096.0, &["disk=hdd"]).await;
+    let _replica = Replica::start(&etcd, "r-scarce");
+    let fast = |n: u32| {
+        (
+            format!("fast-{n}"),
+            request_json(1.0, 256, json!({"labels": ["disk==ssd"]})),
+        )
+    };
+
+    put_request(&client, &keys, &fast(1).0, fast(1).1).await;
+    assert_eq!(placed(&client, "fast-1").await, "ssd");
+    // Binpack's fullest engine in use is the ssd one; but requests that can go only there
+    // depend on it, so batches fill the others first.
+    for n in 1..=6 {
+        let id = format!("job-{n}");
+        put_request(
+            &client,
+            &keys,
+            &id,
+            request_json(1.0, 256, json!({"type": "batch"})),
+        )
+        .await;
+        let on = placed(&client, &id).await;
+        assert_ne!(on, "ssd", "{id} took room only ssd requests can use");
+    }
+    // So the ssd requests that come later still find their room.
+    for n in 2..=3 {
+        put_request(&client, &keys, &fast(n).0, fast(n).1).await;
+        assert_eq!(placed(&client, &fast(n).0).await, "ssd");
+    }
+    // Once the other engines are full, a batch takes the room that is left, needed or not.
+    let mut last = Vec::new();
+    for n in 7..=9 {
+        let id = format!("job-{n}");
+        put_request(
+            &client,
+            &keys,
+            &id,
+            request_json(1.0, 256, json!({"type": "batch"})),
+        )
+        .await;
+        last.push(placed(&client, &id).await);
+    }
+    assert_eq!(last, ["hdd-2", "hdd-2", "ssd"]);
+    assert_invariants(&client, &keys).await;
+}

@@ -48,7 +48,7 @@ use crate::election::{Leadership, Lease};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::model::{ReplicaId, RequestId, Status, now_rfc3339};
-use crate::scheduler::Schedulers;
+use crate::scheduler::{Scarcity, Schedulers};
 use crate::store::fence::{self, Commit, barrier, too_many_ops};
 use crate::store::{self, StoreError};
 use assumed::{Assumed, RunningView};
@@ -268,6 +268,8 @@ struct Lead<'a> {
     planned_larger: u64,
     /// Shapes found unschedulable in the current capacity epoch.
     unfit: Unfit,
+    /// Recent demand by constraint set: which engines binpack keeps for last.
+    scarcity: Scarcity,
 }
 
 impl<'a> Lead<'a> {
@@ -286,6 +288,7 @@ impl<'a> Lead<'a> {
             max_ops: manager.cfg.max_txn_ops,
             planned_larger: 0,
             unfit: Unfit::default(),
+            scarcity: Scarcity::default(),
         }
     }
 
@@ -334,6 +337,19 @@ impl<'a> Lead<'a> {
             .count();
         self.cache().note_planned(deciding);
         self.unfit.at(epoch);
+        // Requests are counted once, when first planned (a parked one has dropped its parse).
+        for w in &work {
+            if let crate::cache::Work::Decide {
+                parsed: Some(Ok(p)),
+                ..
+            } = w
+            {
+                self.scarcity.observe(p);
+            }
+        }
+        let generation = self.view.engines.generation;
+        self.scarcity
+            .apply(&mut self.view.engines.views, generation);
         let recorded = self.cache().lock().volumes();
         let assumed = &self.assumed;
         let volumes = |name: &str| assumed.volume(name).or_else(|| recorded.get(name).cloned());

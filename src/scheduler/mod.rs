@@ -10,6 +10,7 @@
 pub mod constraint;
 #[cfg(test)]
 mod props;
+mod scarcity;
 mod strategy;
 mod view;
 
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
+pub use scarcity::Scarcity;
 pub use strategy::{Schedulers, Strategy};
 use view::ENGINE_LABEL;
 pub use view::{EngineView, Rejection, Tenants, UNCLASSED, fits_resources};
@@ -393,7 +395,8 @@ pub fn sample_size(engines: usize) -> usize {
 /// - `binpack`: an engine already in use beats an empty one (scores in (1, 2] against [0, 1));
 ///   among engines in use, the best fit (the fewest further copies of this request would fit,
 ///   the tightest), and among empty ones the largest (the most copies): first-fit decreasing's
-///   "largest bins first", decided online.
+///   "largest bins first", decided online. Engines that constrained requests depend on come
+///   after the others whatever their score (see [`beats`] and [`Scarcity`]).
 /// - `random`: scored as spread, for ranking only.
 pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
     match strategy {
@@ -408,11 +411,16 @@ pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
     }
 }
 
-/// Whether `a` beats `b` for `strategy`: the higher score; on an exact tie, fewer containers
-/// (spread) or more (binpack); then the lower engine id, whatever the scan's start.
+/// Whether `a` beats `b` for `strategy`: for binpack, the engine fewer constrained requests
+/// depend on first (its [`EngineView::scarcity`]); then the higher score; on an exact tie,
+/// fewer containers (spread) or more (binpack); then the lower engine id, whatever the scan's
+/// start.
 fn beats(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Strategy) -> bool {
     let (ea, sa) = a;
     let (eb, sb) = b;
+    if strategy == Strategy::Binpack && ea.scarcity != eb.scarcity {
+        return ea.scarcity < eb.scarcity;
+    }
     if sa != sb {
         return sa > sb;
     }

@@ -48,6 +48,9 @@ pub struct EngineView {
     /// as Nomad's computed node classes do: a request decides each constraint on any other key
     /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
     pub class: u32,
+    /// How much constrained demand depends on it, in steps (see [`super::scarcity`]): binpack
+    /// fills the engines with less first. Set by the leader each round; 0 elsewhere.
+    pub scarcity: u16,
 }
 
 /// The class of an engine nobody classified (see [`EngineView::class`]).
@@ -86,6 +89,7 @@ impl EngineView {
             healthy: true,
             cordoned: spec.cordoned,
             class: UNCLASSED,
+            scarcity: 0,
         }
     }
 
