@@ -594,3 +594,53 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         assert!(r.log().contains("starting"), "{}", r.id);
     }
 }
+
+/// The leader compacts etcd's history on its timer once the history to drop is worth a scan
+/// of the keys alive, in a task of its own: requests keep being decided meanwhile, and its
+/// cache, whose watch may fall behind a compaction, loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_history_while_it_keeps_deciding() {
+    let etcd = common::start_etcd().await;
+    let client = common::connect(&etcd).await;
+    let keys = Keys::default();
+    common::put_engine(&client, &keys, "e1", 64.0, 65_536.0, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = common::ReplicaProcess::start(
+        &etcd.endpoint(),
+        "compactor",
+        dir.path(),
+        &["--compact-every", "1", "--compact-retain", "20"],
+    );
+    let first = put_request(&client, &keys, "r-000", &request_json(0)).await;
+    // 120 requests and their decisions: 241 keys alive, so a compaction is worth it once it
+    // drops 60 revisions.
+    for i in 1..120 {
+        put_request(&client, &keys, &format!("r-{i:03}"), &request_json(i)).await;
+    }
+    common::wait_until("the leader compacted", common::WAIT, || async {
+        let at_first = client
+            .kv_client()
+            .get(
+                "/",
+                Some(etcd_client::GetOptions::new().with_revision(first)),
+            )
+            .await;
+        matches!(at_first, Err(e) if e.to_string().contains("compacted"))
+    })
+    .await;
+    assert!(
+        replica.log().contains("compacted etcd history"),
+        "{}",
+        replica.log()
+    );
+    for i in 0..120 {
+        let id = format!("r-{i:03}");
+        common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
+    }
+    put_request(&client, &keys, "after", &request_json(1)).await;
+    common::wait_decision_where(&client, &keys, "after", common::WAIT, "placed", |d| {
+        d.status == Status::Placed
+    })
+    .await;
+    common::assert_invariants(&client, &keys).await;
+}

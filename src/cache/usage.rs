@@ -274,6 +274,11 @@ impl State {
         self.effective(engine)
     }
 
+    /// The keys this cache holds that etcd keeps a live revision of: what a compaction scans.
+    pub fn keys_alive(&self) -> usize {
+        self.requests.len() + self.decisions.len() + self.engines.len()
+    }
+
     pub fn capacity_epoch(&self) -> u64 {
         self.capacity_epoch
     }

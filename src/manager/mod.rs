@@ -31,6 +31,7 @@
 
 mod assumed;
 mod batch;
+mod compactor;
 mod item;
 mod plan;
 mod unfit;
@@ -49,10 +50,11 @@ use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::model::{ReplicaId, RequestId, Status, now_rfc3339};
 use crate::scheduler::{Scarcity, Schedulers};
+use crate::store::StoreError;
 use crate::store::fence::{self, Commit, barrier, too_many_ops};
-use crate::store::{self, StoreError};
 use assumed::{Assumed, RunningView};
 pub use batch::{Batch, EngineFence, batches};
+use compactor::Compactor;
 pub use item::Item;
 pub use plan::plan;
 pub use unfit::Unfit;
@@ -165,7 +167,7 @@ impl Manager {
             if let Some(why) = lead.must_stop(lease, shutdown) {
                 return why;
             }
-            lead.maybe_compact().await;
+            lead.maybe_compact();
             if lead.round() {
                 continue;
             }
@@ -231,22 +233,6 @@ impl Manager {
             }
         }
     }
-
-    /// Compacts etcd's history below `revision - compact_retain`, as the Kubernetes API server
-    /// does. Watches that fall behind it re-list (see the cache); nothing is lost.
-    async fn compact(&self) {
-        let target = self.cache.revision() - self.cfg.compact_retain;
-        if target <= 0 {
-            return;
-        }
-        match store::timed(self.client.kv_client().compact(target, None)).await {
-            Ok(_) => tracing::info!(revision = target, "compacted etcd history"),
-            Err(StoreError::Timeout(_)) => {
-                tracing::warn!(revision = target, "compaction timed out")
-            }
-            Err(e) => tracing::debug!(error = %e, revision = target, "compaction skipped"),
-        }
-    }
 }
 
 /// One lead's state: what is in flight, the running view, and the pacing of rounds.
@@ -262,7 +248,7 @@ struct Lead<'a> {
     next_token: u64,
     /// After a conflict, plan nothing until the cache has seen the state that refused us.
     must_reach: i64,
-    last_compaction: tokio::time::Instant,
+    compactor: Compactor,
     max_ops: usize,
     /// Batches up to this token were planned before a fall back to etcd's default.
     planned_larger: u64,
@@ -284,7 +270,7 @@ impl<'a> Lead<'a> {
             tasks: HashMap::new(),
             next_token: 0,
             must_reach: 0,
-            last_compaction: tokio::time::Instant::now(),
+            compactor: Compactor::new(manager.cfg.compact_every, manager.cfg.compact_retain),
             max_ops: manager.cfg.max_txn_ops,
             planned_larger: 0,
             unfit: Unfit::default(),
@@ -312,12 +298,13 @@ impl<'a> Lead<'a> {
         }
     }
 
-    async fn maybe_compact(&mut self) {
-        if let Some(every) = self.manager.cfg.compact_every
-            && self.last_compaction.elapsed() >= every
+    fn maybe_compact(&mut self) {
+        let cache = &self.manager.cache;
+        if let Some(target) = self
+            .compactor
+            .due(cache.revision(), || cache.lock().keys_alive())
         {
-            self.last_compaction = tokio::time::Instant::now();
-            self.manager.compact().await;
+            self.compactor.start(&self.manager.client, target);
         }
     }
 
