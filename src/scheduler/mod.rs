@@ -595,7 +595,8 @@ mod tests {
     use crate::model::{Engine, EngineId, EngineSpec, Image, MemoryMb, Millicpus, Proto};
     use std::collections::BTreeSet;
 
-    fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
+    /// An engine registered as `citadel engine add` would, as the scheduler sees it.
+    pub(super) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
         let wire = Engine {
             id: id.into(),
             addr: format!("tcp://{id}:2375"),

@@ -209,23 +209,10 @@ impl Scarcity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Engine, EngineId, EngineSpec, Image, Request};
+    use crate::model::{Image, Request};
 
     fn engine(id: &str, labels: &[&str], class: u32) -> EngineView {
-        let wire = Engine {
-            id: id.into(),
-            addr: format!("tcp://{id}:2375"),
-            cpus: 4.0,
-            memory: 4096.0,
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            ..Engine::default()
-        };
-        let spec = EngineSpec::parse(
-            &EngineId::new(id).unwrap(),
-            serde_json::to_string(&wire).unwrap().as_bytes(),
-        )
-        .unwrap();
-        let mut v = EngineView::new(&spec, 1.0);
+        let mut v = crate::scheduler::tests::engine(id, 4.0, 4096.0, labels);
         v.class = class;
         v
     }
