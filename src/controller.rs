@@ -19,13 +19,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::cache::{Cache, HealthPolicy, stopping};
+use crate::cache::{Books, Cache, HealthPolicy};
 use crate::election::{self, ElectionError, Lease};
 use crate::http::{self, HttpError};
 use crate::keys::Keys;
-use crate::manager::{Manager, ManagerConfig, StepDown};
+use crate::manager::{Ledger, Manager, ManagerConfig, StepDown};
 use crate::metrics::Metrics;
 use crate::runner::{Runner, RunnerConfig};
+use crate::shutdown::stopping;
 use crate::store::{self, EtcdConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,23 +82,34 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ControllerError> {
-    let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
-    run_with_cache(cfg, cache, shutdown).await
+    let (cache, books) = replica_cache(&cfg);
+    run_with_cache(cfg, cache, books, shutdown).await
 }
 
-/// [`run`], on a cache the caller made (and may read: it is the replica's view).
+/// A replica's cache, with the ledger its manager keeps on it (every replica keeps one, so
+/// the one that wins an election has its work at hand).
+pub fn replica_cache(cfg: &ControllerConfig) -> (Arc<Cache>, Books<Ledger>) {
+    Cache::with_listener(cfg.keys.clone(), cfg.overcommit, Ledger::new(cfg.policy))
+}
+
+/// [`run`], on a cache the caller made with [`replica_cache`] (and may read: it is the
+/// replica's view).
 pub async fn run_with_cache(
     cfg: ControllerConfig,
     cache: Arc<Cache>,
+    books: Books<Ledger>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ControllerError> {
     let span = tracing::info_span!("replica", id = %cfg.manager.replica);
-    run_replica(cfg, cache, shutdown).instrument(span).await
+    run_replica(cfg, cache, books, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_replica(
     cfg: ControllerConfig,
     cache: Arc<Cache>,
+    books: Books<Ledger>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ControllerError> {
     let replica = cfg.manager.replica.clone();
@@ -119,7 +131,6 @@ async fn run_replica(
     let Some(client) = connect(&cfg, &mut shutdown).await? else {
         return Ok(());
     };
-    cache.lock().set_policy(cfg.policy);
     // Calls stay off members that stop answering, and go back to them once they do.
     let endpoints = tokio::spawn(
         store::endpoints::supervise(client.clone(), cfg.etcd.clone(), shutdown.clone())
@@ -135,8 +146,13 @@ async fn run_replica(
         election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
             .in_current_span(),
     );
-    let manager = Manager::new(client.clone(), cache.clone(), cfg.manager.clone())
-        .with_metrics(cfg.metrics.clone()); // hook(http)
+    let manager = Manager::new(
+        client.clone(),
+        cache.clone(),
+        books.clone(),
+        cfg.manager.clone(),
+    )
+    .with_metrics(cfg.metrics.clone()); // hook(http)
     let mut delays = store::backoff().without_max_times().build();
 
     while !stopping(&shutdown) {
@@ -175,6 +191,7 @@ async fn run_replica(
                     cfg: &cfg,
                     client: &client,
                     cache: &cache,
+                    books: &books,
                     manager: &manager,
                 };
                 hands
@@ -234,6 +251,7 @@ struct Hands<'a> {
     cfg: &'a ControllerConfig,
     client: &'a Client,
     cache: &'a Arc<Cache>,
+    books: &'a Books<Ledger>,
     manager: &'a Manager,
 }
 
@@ -263,6 +281,7 @@ impl Hands<'_> {
                     let runner = Runner::new(
                         self.client.clone(),
                         self.cache.clone(),
+                        self.books.clone(),
                         leadership.fence.clone(),
                         rc.clone(),
                     )

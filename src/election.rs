@@ -351,7 +351,7 @@ pub async fn watch_candidates(
             _ = tokio::time::sleep(CANDIDATES_EVERY) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let candidates = cache.lock().leader_keys();
+        let candidates = cache.read().leader_keys();
         for (suffix, k) in candidates.iter().filter(|(_, k)| k.lease == 0) {
             let key = format!("{}/{suffix}", keys.leader());
             tracing::error!(key = %key, create_revision = k.create_revision,

@@ -22,4 +22,5 @@ pub mod profile;
 pub mod rbac;
 pub mod runner;
 pub mod scheduler;
+pub mod shutdown;
 pub mod store;

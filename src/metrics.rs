@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cache::Cache;
+use crate::cache::{Backlog, Cache, Standing};
 use crate::model::Status;
 use crate::store::StoreError;
 use crate::store::fence::Commit;
@@ -71,6 +71,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<Label, Counter>,
     releases: Counter,
+    planned: Counter,
     placements: Family<Label, Counter>,
     decision_latency: Histogram,
     commit_latency: Histogram,
@@ -105,6 +106,7 @@ impl Metrics {
             registry: Registry::default(),
             decisions: Family::default(),
             releases: Counter::default(),
+            planned: Counter::default(),
             placements: Family::default(),
             decision_latency: seconds(),
             commit_latency: seconds(),
@@ -126,6 +128,11 @@ impl Metrics {
             "citadel_releases",
             "Decisions the leader deleted (their request was deleted or changed)",
             m.releases.clone(),
+        );
+        registry.register(
+            "citadel_planned_requests",
+            "Requests the leader planned a decision for (the same one again when it is retried): an idle cluster's count stands still",
+            m.planned.clone(),
         );
         registry.register(
             "citadel_placements",
@@ -220,6 +227,16 @@ impl Metrics {
         self.releases.inc();
     }
 
+    /// The leader planned `n` more requests.
+    pub fn planned(&self, n: usize) {
+        self.planned.inc_by(n as u64);
+    }
+
+    /// How many requests the leader has planned a decision for, retries included.
+    pub fn planned_total(&self) -> u64 {
+        self.planned.get()
+    }
+
     /// A placement committed by `scheduler`.
     pub fn placed(&self, scheduler: &str) {
         self.placements
@@ -308,118 +325,139 @@ impl Metrics {
 #[derive(Debug)]
 struct CacheCollector(Arc<Sources>);
 
+/// What a scrape reads of the cache, copied under its lock and encoded after it: a scrape
+/// holds up the cache only to copy.
+struct Scraped {
+    backlog: Backlog,
+    counts: Vec<(Standing, usize)>,
+    /// Per valid engine: cpus, reserved cpus, memory and reserved memory in bytes.
+    engines: Vec<(String, [f64; 4])>,
+}
+
+impl Scraped {
+    fn of(cache: &Cache) -> Self {
+        let state = cache.read();
+        let engines = state
+            .engine_rows()
+            .into_iter()
+            .filter(|(_, _, invalid)| invalid.is_none())
+            .map(|(e, _, _)| {
+                let values = [
+                    e.cpus,
+                    e.reserved_cpus,
+                    e.memory * MB,
+                    e.reserved_memory * MB,
+                ];
+                (e.id, values)
+            })
+            .collect();
+        Scraped {
+            backlog: state.backlog(),
+            counts: state.request_counts(),
+            engines,
+        }
+    }
+}
+
+/// The per-engine series, in the order of [`Scraped::engines`]' values.
+const PER_ENGINE: [(&str, &str); 4] = [
+    (
+        "citadel_engine_cpus",
+        "An engine's cpus, as registered (before --overcommit).",
+    ),
+    (
+        "citadel_engine_reserved_cpus",
+        "Cpus the placements on an engine reserve.",
+    ),
+    (
+        "citadel_engine_memory_bytes",
+        "An engine's memory, as registered (before --overcommit).",
+    ),
+    (
+        "citadel_engine_reserved_memory_bytes",
+        "Memory the placements on an engine reserve.",
+    ),
+];
+
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let Some(cache) = locked(&self.0.cache).clone() else {
             return Ok(());
         };
         let etcd_revision = locked(&self.0.etcd).revision;
-        let followed = cache.progress().followed();
-        let applied = cache.revision();
-        let head = followed.head.max(etcd_revision);
-        // Read under the lock, encoded after it: a scrape holds up the cache only to copy.
-        let (queued, parked, counts, engines) = {
-            let state = cache.lock();
-            let engines: Vec<(String, [f64; 4])> = state
-                .engine_rows()
-                .into_iter()
-                .filter(|(_, _, invalid)| invalid.is_none())
-                .map(|(e, _, _)| {
-                    let values = [
-                        e.cpus,
-                        e.reserved_cpus,
-                        e.memory * MB,
-                        e.reserved_memory * MB,
-                    ];
-                    (e.id, values)
-                })
-                .collect();
-            (
-                state.queued(),
-                state.parked(),
-                state.request_counts(),
-                engines,
-            )
-        };
-
-        gauge(
-            &mut encoder,
-            "citadel_queued_requests",
-            "Requests waiting for the leader: new or changed requests to decide, and decisions to release.",
-            queued as i64,
-        )?;
-        gauge(
-            &mut encoder,
-            "citadel_parked_requests",
-            "Unschedulable requests parked until an engine gains room that could fit them.",
-            parked as i64,
-        )?;
-        {
-            let mut m = encoder.encode_descriptor(
-                "citadel_requests",
-                "Requests by the status of the decision on their current revision (queued: none yet).",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (standing, n) in counts {
-                ConstGauge::new(n as i64)
-                    .encode(m.encode_family(&[("status", standing.name())])?)?;
-            }
-        }
-        gauge(
-            &mut encoder,
-            "citadel_cache_revision",
-            "The etcd revision the cache has applied.",
-            applied,
-        )?;
-        gauge(
-            &mut encoder,
-            "citadel_etcd_revision",
-            "etcd's newest revision, as last seen in a response header.",
-            head,
-        )?;
-        gauge(
-            &mut encoder,
-            "citadel_cache_lag_revisions",
-            "etcd's revision minus the cache's (writes outside the prefix count until the next one under it).",
-            (head - applied).max(0),
-        )?;
-        {
-            let m = encoder.encode_descriptor(
-                "citadel_cache_lists",
-                "Times the cache listed every key (its first load, and after a compacted watch).",
-                None,
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(cache.lists()).encode(m)?;
-        }
-        let per_engine = [
-            (
-                "citadel_engine_cpus",
-                "An engine's cpus, as registered (before --overcommit).",
-            ),
-            (
-                "citadel_engine_reserved_cpus",
-                "Cpus the placements on an engine reserve.",
-            ),
-            (
-                "citadel_engine_memory_bytes",
-                "An engine's memory, as registered (before --overcommit).",
-            ),
-            (
-                "citadel_engine_reserved_memory_bytes",
-                "Memory the placements on an engine reserve.",
-            ),
-        ];
-        for (i, (name, help)) in per_engine.into_iter().enumerate() {
+        let scraped = Scraped::of(&cache);
+        encode_work(&mut encoder, &scraped)?;
+        encode_revisions(&mut encoder, &cache, etcd_revision)?;
+        for (i, (name, help)) in PER_ENGINE.into_iter().enumerate() {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (engine, values) in &engines {
+            for (engine, values) in &scraped.engines {
                 ConstGauge::new(values[i])
                     .encode(m.encode_family(&[("engine", engine.as_str())])?)?;
             }
         }
         Ok(())
     }
+}
+
+/// The leader's queue and where requests stand.
+fn encode_work(encoder: &mut DescriptorEncoder, scraped: &Scraped) -> fmt::Result {
+    gauge(
+        encoder,
+        "citadel_queued_requests",
+        "Requests waiting for the leader: new or changed requests to decide, and decisions to release.",
+        scraped.backlog.queued as i64,
+    )?;
+    gauge(
+        encoder,
+        "citadel_parked_requests",
+        "Unschedulable requests parked until an engine gains room that could fit them.",
+        scraped.backlog.parked as i64,
+    )?;
+    let mut m = encoder.encode_descriptor(
+        "citadel_requests",
+        "Requests by the status of the decision on their current revision (queued: none yet).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (standing, n) in &scraped.counts {
+        ConstGauge::new(*n as i64).encode(m.encode_family(&[("status", standing.name())])?)?;
+    }
+    Ok(())
+}
+
+/// How closely the cache follows etcd.
+fn encode_revisions(
+    encoder: &mut DescriptorEncoder,
+    cache: &Cache,
+    etcd_revision: i64,
+) -> fmt::Result {
+    let applied = cache.revision();
+    let head = cache.progress().followed().head.max(etcd_revision);
+    gauge(
+        encoder,
+        "citadel_cache_revision",
+        "The etcd revision the cache has applied.",
+        applied,
+    )?;
+    gauge(
+        encoder,
+        "citadel_etcd_revision",
+        "etcd's newest revision, as last seen in a response header.",
+        head,
+    )?;
+    gauge(
+        encoder,
+        "citadel_cache_lag_revisions",
+        "etcd's revision minus the cache's (writes outside the prefix count until the next one under it).",
+        (head - applied).max(0),
+    )?;
+    let m = encoder.encode_descriptor(
+        "citadel_cache_lists",
+        "Times the cache listed every key (its first load, and after a compacted watch).",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(cache.lists()).encode(m)
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {

@@ -143,7 +143,11 @@ async fn a_runner_whose_fence_is_refused_stops() {
         engine.to_string(),
     )
     .await;
-    let cache = citadel::cache::Cache::new(keys.clone(), 1.0);
+    let (cache, books) = citadel::cache::Cache::with_listener(
+        keys.clone(),
+        1.0,
+        citadel::manager::Ledger::default(),
+    );
     cache.load(&client).await.expect("load");
     // A fence on a campaign key that does not exist: every write it guards is refused.
     let fence = citadel::store::fence::Fence {
@@ -153,6 +157,7 @@ async fn a_runner_whose_fence_is_refused_stops() {
     let runner = citadel::runner::Runner::new(
         client.clone(),
         cache,
+        books,
         fence,
         citadel::runner::RunnerConfig {
             replica: "deposed".into(),

@@ -138,10 +138,10 @@ async fn every_request_revision_gets_a_decision_and_an_idle_leader_rests() {
 
     // Idle now: nothing more to plan, whatever the leader's loop wakes up for (it used to plan
     // the rewritten request again and again, a full core's worth).
-    let before = replica.cache.planned();
+    let before = replica.metrics.planned_total();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        replica.cache.planned(),
+        replica.metrics.planned_total(),
         before,
         "an idle leader plans nothing"
     );

@@ -68,8 +68,8 @@ impl Served {
             metrics: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);
-        let cache = Cache::new(cfg.keys.clone(), cfg.overcommit);
-        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), rx));
+        let (cache, books) = controller::replica_cache(&cfg);
+        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), books, rx));
         Served {
             addr,
             cache,
@@ -473,7 +473,7 @@ async fn the_status_page_shows_every_engine_and_why_a_request_is_refused() {
     }
     // The leader's own page reads its cache: wait until it holds all eight decisions.
     wait_until("the leader's cache holds every decision", WAIT, || async {
-        let state = r.cache.lock();
+        let state = r.cache.read();
         state.recent_decisions(100).len() == 8
     })
     .await;
@@ -587,7 +587,7 @@ async fn status_page_screenshot() {
         put_raw(&client, keys.health(&eid(&id)), health.to_string()).await;
     }
     wait_until("the leader's cache has the health keys", WAIT, || async {
-        leader.cache.lock().health(&eid("node-08")).is_some()
+        leader.cache.read().health(&eid("node-08")).is_some()
     })
     .await;
 

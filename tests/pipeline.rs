@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use citadel::cache::Cache;
+use citadel::manager::Ledger;
 use citadel::model::Status;
 use common::*;
 use etcd_client::CompactionOptions;
@@ -461,7 +462,7 @@ async fn only_engines_with_health_are_schedulable_and_live_use_counts() {
 async fn ls_usage(client: &etcd_client::Client) -> citadel::model::ClusterInfo {
     let cache = Cache::new(keys(), 1.0);
     cache.load(client).await.expect("load the registry");
-    cache.lock().cluster_info()
+    cache.read().cluster_info()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,10 +655,20 @@ async fn start_cache(
     tokio::task::JoinHandle<()>,
 ) {
     let cache = Cache::new(keys(), 1.0);
+    let (shutdown, task) = run_cache(&cache, client, rev).await;
+    (cache, shutdown, task)
+}
+
+/// Keeps `cache` in step with etcd through `client`, once it has loaded revision `rev`.
+async fn run_cache(
+    cache: &std::sync::Arc<Cache>,
+    client: &etcd_client::Client,
+    rev: i64,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(cache.clone().run(client.clone(), shutdown_rx));
     assert!(cache.wait_for(rev, WAIT).await, "cache never loaded");
-    (cache, shutdown, task)
+    (shutdown, task)
 }
 
 async fn stop_cache(shutdown: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
@@ -676,7 +687,7 @@ async fn assert_cache_holds(cache: &Cache, rev: i64, present: &[&str], absent: &
         "cache stuck at revision {} < {rev}",
         cache.revision()
     );
-    let state = cache.lock();
+    let state = cache.read();
     for id in present {
         assert!(state.request(&rid(id)).is_some(), "cache lost {id}");
     }
@@ -693,7 +704,7 @@ async fn wait_cache_holds(cache: &Cache, present: &[&str], absent: &[&str]) {
         &format!("the cache holds {present:?} and not {absent:?}"),
         WAIT,
         || async {
-            let state = cache.lock();
+            let state = cache.read();
             present.iter().all(|id| state.request(&rid(id)).is_some())
                 && absent.iter().all(|id| state.request(&rid(id)).is_none())
         },
@@ -738,9 +749,9 @@ async fn cache_recovers_from_an_etcd_restart() {
     assert_eq!(report.decided, 0);
 }
 
-/// The leading replica's cache takes its own decisions from its commits; one written by anyone
-/// else is held back and judged someone else's (to be repaired), and is applied as any event
-/// once the replica stops leading.
+/// The leading replica's mirror takes its own decisions from its commits; one written by
+/// anyone else is held back by its ledger and judged someone else's (to be repaired), and is
+/// applied as any event once the replica stops leading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leading_cache_holds_back_others_decisions_and_applies_them_when_it_stops_leading() {
     let etcd = start_etcd().await;
@@ -749,20 +760,27 @@ async fn a_leading_cache_holds_back_others_decisions_and_applies_them_when_it_st
     put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
     put_request(&client, &keys, "mine", request_json(1.0, 64, json!({}))).await;
     let rev = put_request(&client, &keys, "theirs", request_json(2.0, 64, json!({}))).await;
-    let (cache, shutdown, task) = start_cache(&client, rev).await;
+    let (cache, books) = Cache::with_listener(keys.clone(), 1.0, Ledger::default());
+    let (shutdown, task) = run_cache(&cache, &client, rev).await;
     assert_cache_holds(&cache, rev, &["mine", "theirs"], &[]).await;
-    let reserved = |cache: &Cache| cache.lock().usage(&eid("e1")).cpus.as_cpus();
+    let reserved = |cache: &Cache| {
+        cache
+            .read()
+            .usage(&eid("e1"), Default::default())
+            .cpus
+            .as_cpus()
+    };
 
-    cache.set_leading(true);
+    Ledger::set_leading(&mut books.lock(), true);
     // Our own write, applied as the leader applies it after a commit; its event comes later.
-    let seq = cache.lock().begin_write();
+    let seq = books.lock().listener_mut().begin_write();
     let body = placed_on_e1(1.0, rev);
     let at = put_raw(&client, keys.decision(&rid("mine")), body.as_str()).await;
     let decision: citadel::model::Decision = serde_json::from_str(&body).unwrap();
     {
-        let mut state = cache.lock();
-        state.decided(&rid("mine"), at, &decision);
-        state.end_write(seq);
+        let mut books = books.lock();
+        books.committed(&rid("mine"), at, Some(&decision));
+        books.listener_mut().end_write(seq);
     }
     // Someone else's: held back. Events after it still arrive.
     put_raw(
@@ -774,18 +792,18 @@ async fn a_leading_cache_holds_back_others_decisions_and_applies_them_when_it_st
     put_request(&client, &keys, "later", request_json(0.1, 1, json!({}))).await;
     wait_cache_holds(&cache, &["later"], &[]).await;
     {
-        let mut state = cache.lock();
-        assert!(state.decision(&rid("mine")).is_some());
-        assert!(state.decision(&rid("theirs")).is_none());
-        state.judge();
-        assert_eq!(state.repairs(), 1, "theirs is someone else's");
+        let mut books = books.lock();
+        assert!(books.mirror().decision(&rid("mine")).is_some());
+        assert!(books.mirror().decision(&rid("theirs")).is_none());
+        Ledger::judge(&mut books);
+        assert_eq!(books.listener().repairs(), 1, "theirs is someone else's");
     }
     assert_eq!(reserved(&cache), 1.0);
 
-    cache.set_leading(false);
-    assert!(cache.lock().decision(&rid("theirs")).is_some());
+    Ledger::set_leading(&mut books.lock(), false);
+    assert!(cache.read().decision(&rid("theirs")).is_some());
     assert_eq!(
-        cache.lock().decision(&rid("mine")).map(|d| d.mod_revision),
+        cache.read().decision(&rid("mine")).map(|d| d.mod_revision),
         Some(at)
     );
     assert_eq!(reserved(&cache), 3.0);
@@ -820,7 +838,7 @@ async fn cache_relists_when_its_watch_resumes_on_a_compacted_revision() {
         "the cache holds what changed while it was cut off",
         WAIT,
         || async {
-            let state = cache.lock();
+            let state = cache.read();
             state.request(&rid("old-1")).is_none()
                 && state.request(&rid("new-1")).is_some()
                 && state

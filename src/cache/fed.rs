@@ -1,14 +1,13 @@
-//! Tests only: a cache state fed key by key, as its watch feeds it, with the writes a user and
-//! a leader make.
-
-use std::collections::HashSet;
+//! Tests only: a mirror and its listener fed key by key, as the watch feeds them, with the
+//! writes a user and a leader make.
 
 use etcd_client::proto::PbKeyValue;
 use etcd_client::{EventType, KeyValue};
 
-use super::state::{State, Work};
+use super::listener::{Listener, NoListener, Shared};
+use super::mirror::Mirror;
 use crate::keys::Keys;
-use crate::model::{Decision, RequestId, Reservation, Resource, Status};
+use crate::model::{Decision, EngineId, RequestId, Reservation, Resource, Status};
 
 /// A key-value as etcd's watch delivers it, at `rev`, under `lease` (0: none).
 fn kv(key: &str, value: &str, rev: i64, lease: i64) -> PbKeyValue {
@@ -22,30 +21,41 @@ fn kv(key: &str, value: &str, rev: i64, lease: i64) -> PbKeyValue {
     }
 }
 
-fn rid(s: &str) -> RequestId {
+pub fn rid(s: &str) -> RequestId {
     RequestId::new(s).expect("a valid request id")
 }
 
-/// A state fed key by key, as the watch feeds it.
-pub struct Fed {
-    pub state: State,
+/// A mirror and its listener fed key by key, as the watch feeds them.
+pub struct Fed<L = NoListener> {
+    pub shared: Shared<L>,
     pub keys: Keys,
     pub rev: i64,
 }
 
-impl Fed {
+impl Fed<NoListener> {
     pub fn new() -> Self {
+        Fed::with(NoListener)
+    }
+}
+
+impl<L: Listener> Fed<L> {
+    /// A mirror whose changes `listener` hears.
+    pub fn with(listener: L) -> Self {
         Fed {
-            state: State::new(1.0),
+            shared: Shared::new(Mirror::new(1.0), listener),
             keys: Keys::default(),
             rev: 0,
         }
     }
 
+    pub fn mirror(&self) -> &Mirror {
+        self.shared.mirror()
+    }
+
     fn apply(&mut self, event: EventType, pb: &PbKeyValue) -> i64 {
         let kv: &KeyValue = pb.into();
-        self.state.apply(&self.keys, event, kv, None);
-        self.state.revision = pb.mod_revision;
+        self.shared.apply(&self.keys, event, kv, None);
+        self.shared.reached(pb.mod_revision);
         pb.mod_revision
     }
 
@@ -118,7 +128,7 @@ impl Fed {
         };
         self.rev += 1;
         let rev = self.rev;
-        self.state.decided(&rid(id), rev, &d);
+        self.shared.committed(&rid(id), rev, Some(&d));
         let value = serde_json::to_string(&d).expect("a decision serialises");
         // The watch echoes it afterwards.
         self.apply(
@@ -127,7 +137,19 @@ impl Fed {
         )
     }
 
-    pub fn work(&self) -> Vec<Work> {
-        self.state.work(100, &HashSet::new())
+    /// Deletes `id`'s decision as the leader does: applied as its commit returns, then echoed.
+    pub fn release(&mut self, id: &str) -> i64 {
+        self.rev += 1;
+        let rev = self.rev;
+        self.shared.committed(&rid(id), rev, None);
+        self.apply(
+            EventType::Delete,
+            &kv(&format!("/citadel/decisions/{id}"), "", rev, 0),
+        )
     }
+}
+
+/// An engine id, for tests.
+pub fn eid(s: &str) -> EngineId {
+    EngineId::new(s).expect("a valid engine id")
 }

@@ -1,5 +1,6 @@
-//! Read-only views of the state for the operator's status page and metrics: where each request
-//! stands, the newest decisions, and the election's candidates.
+//! Read-only views of the mirror: one request, decision or engine; where each request stands,
+//! the newest decisions and the election's candidates, for the operator's status page, metrics
+//! and commands.
 //!
 //! Each view is one pass over the requests or decisions under the caller's lock (a few
 //! milliseconds at 200,000 requests) and returns a bounded list, so a status page refreshing
@@ -7,11 +8,21 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
 
-use super::state::*;
+use super::mirror::*;
 use crate::keys::{Key, Keys};
 use crate::model::*;
-use crate::model::{LeaderInfo, RequestId, Status};
+
+/// One reservation, as `citadel engine show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub request: RequestId,
+    pub status: Option<Status>,
+    pub cpus: Millicpus,
+    pub memory: MemoryMb,
+    pub ports: Vec<HostPort>,
+}
 
 /// Where a request stands: the status of the decision on its current revision, or queued for
 /// one (new, changed, or its decision being written).
@@ -98,7 +109,7 @@ pub struct Candidate {
     pub leads: bool,
 }
 
-impl State {
+impl Mirror {
     /// Where `id`'s request stands (it must exist).
     pub(super) fn standing(&self, id: &RequestId, request_revision: i64) -> Standing {
         match self.decisions.get(id) {
@@ -218,9 +229,69 @@ impl State {
     }
 }
 
-impl State {
+impl Mirror {
     pub fn decision(&self, id: &RequestId) -> Option<&DecisionEntry> {
         self.decisions.get(id)
+    }
+
+    /// The mod revision of the decision for the request whose id is `id`, without building an
+    /// id (the watch asks this of every decision event).
+    pub fn decision_revision(&self, id: &str) -> Option<i64> {
+        self.decisions.get(id).map(|d| d.mod_revision)
+    }
+
+    /// Every request id.
+    pub fn request_ids(&self) -> impl Iterator<Item = &RequestId> {
+        self.requests.keys()
+    }
+
+    /// Every id that has a decision.
+    pub fn decision_ids(&self) -> impl Iterator<Item = &RequestId> {
+        self.decisions.keys()
+    }
+
+    /// Every engine's id, valid or not.
+    pub fn engine_ids(&self) -> impl Iterator<Item = &EngineId> {
+        self.engines.keys()
+    }
+
+    /// Where each named volume lives.
+    pub fn volumes(&self) -> Arc<HashMap<String, EngineId>> {
+        self.volumes.clone()
+    }
+
+    /// `id`'s decision as the mirror holds it, rebuilt to be written back (over someone else's
+    /// change): `None` when it holds none for the request's current revision.
+    pub fn rebuild_decision(&self, id: &RequestId) -> Option<Decision> {
+        let d = self.decisions.get(id)?;
+        let r = self.requests.get(id)?;
+        if d.request_revision != r.mod_revision {
+            return None;
+        }
+        let resource = match &d.engine {
+            Some(e) => Some(self.engine_view(e)?.resource()),
+            None => None,
+        };
+        let reservation = self.reservations.get(id).map(|h| Reservation {
+            cpus: h.cpus.as_cpus(),
+            memory: h.memory.0 as f64,
+            disk: h.disk.0 as f64,
+            ports: h.ports.iter().map(|p| p.to_port()).collect(),
+            image: h.image.to_string(),
+        });
+        Some(Decision {
+            container: Echo::of(r.raw()),
+            resource,
+            reservation,
+            status: d.status,
+            reason: d.reason.clone(),
+            scheduler: d.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+            alternatives: Vec::new(),
+            request_revision: d.request_revision,
+            decided_at: String::new(),
+            decided_by: String::new(),
+            run: d.run.as_deref().cloned(),
+        })
     }
 
     /// Placed requests on `engine`, with their decisions.
@@ -319,7 +390,7 @@ impl State {
         for (id, d) in &self.decisions {
             if d.status == Status::Placed
                 && let Some(r) = self.requests.get(id)
-                && let Ok(image) = serde_json::from_slice::<crate::model::Image>(&r.raw)
+                && let Ok(image) = serde_json::from_slice::<crate::model::Image>(r.raw())
             {
                 images.insert(image.name);
             }
@@ -366,9 +437,7 @@ mod tests {
     use super::*;
     use crate::cache::fed::Fed;
 
-    pub(super) fn rid(s: &str) -> RequestId {
-        RequestId::new(s).unwrap()
-    }
+    use crate::cache::fed::rid;
 
     #[test]
     pub(super) fn requests_stand_by_their_current_decision_and_what_needs_a_look_comes_first() {
@@ -395,7 +464,7 @@ mod tests {
         f.request("e", 1.0, "service");
 
         let counts: HashMap<&str, usize> = f
-            .state
+            .mirror()
             .request_counts()
             .into_iter()
             .map(|(s, n)| (s.name(), n))
@@ -405,7 +474,7 @@ mod tests {
         assert_eq!(counts["queued"], 2);
         assert_eq!(counts["placed"], 0);
 
-        let groups = f.state.requests_by_standing(1);
+        let groups = f.mirror().requests_by_standing(1);
         let names: Vec<&str> = groups.iter().map(|g| g.standing.name()).collect();
         assert_eq!(names, ["unschedulable", "invalid", "queued"]);
         assert_eq!(groups[0].total, 2);
@@ -427,13 +496,13 @@ mod tests {
             f.decide(id, "invalid", id, r);
         }
         let recent: Vec<String> = f
-            .state
+            .mirror()
             .recent_decisions(3)
             .into_iter()
             .map(|d| d.id.to_string())
             .collect();
         assert_eq!(recent, ["d", "c", "b"]);
-        assert!(f.state.recent_decisions(0).is_empty());
+        assert!(f.mirror().recent_decisions(0).is_empty());
     }
 
     #[test]
@@ -446,7 +515,7 @@ mod tests {
             0x694d,
         );
         f.put_leased("/citadel/leader/694e", r#"{"id":"r2","since":"t"}"#, 0x694e);
-        let c = f.state.candidates();
+        let c = f.mirror().candidates();
         assert_eq!(c.len(), 3);
         assert!(!c[0].leads, "a key without a lease never leads");
         assert!(c[1].leads);

@@ -8,7 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 use super::output::{OutputArgs, outln};
 use super::{CliError, engine_id, timed, trim};
-use crate::cache::Cache;
+use crate::cache::{Cache, HealthPolicy};
 use crate::keys::Keys;
 use crate::model::{Engine, EngineSpec};
 
@@ -211,7 +211,7 @@ pub(super) async fn engine_add(
         let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
         let cache = Cache::new(keys.clone(), 1.0);
         cache.load(client).await?;
-        let held = cache.lock().usage(&id);
+        let held = cache.read().usage(&id, HealthPolicy::default());
         if held.cpus > spec.cpus || held.memory > spec.memory {
             still.release(client).await?;
             return Err(CliError::Usage(format!(
@@ -348,7 +348,7 @@ pub(super) async fn engine_rm(
     let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
     let cache = Cache::new(keys.clone(), 1.0);
     cache.load(client).await?;
-    let held = cache.lock().held_on(&id).len();
+    let held = cache.read().held_on(&id).len();
     if held > 0 {
         still.release(client).await?;
         return Err(CliError::Usage(format!(

@@ -11,7 +11,7 @@ use super::output::{
     OutputArgs, add_row, age, id_cell, json, labels_cell, outln, print_table, table,
 };
 use super::{CliError, engine_id, trim};
-use crate::cache::{Cache, State};
+use crate::cache::{Cache, Mirror};
 use crate::keys::Keys;
 use crate::model::{ClusterInfo, EngineId, Health};
 
@@ -35,7 +35,7 @@ pub struct EngineRow {
     pub invalid: Option<String>,
 }
 
-fn engine_rows(state: &State) -> Vec<EngineRow> {
+fn engine_rows(state: &Mirror) -> Vec<EngineRow> {
     state
         .engine_rows()
         .into_iter()
@@ -143,7 +143,7 @@ pub(super) async fn ls(
     };
     let cache = Cache::new(keys.clone(), 1.0);
     cache.load(client).await?;
-    let state = cache.lock();
+    let state = cache.read();
     let rows = engine_rows(&state);
     match (&election, o.json()) {
         (None, true) => json(&rows),
@@ -216,7 +216,7 @@ pub(super) async fn engine_show(
     let id = engine_id(id)?;
     let cache = Cache::new(keys.clone(), 1.0);
     cache.load(client).await?;
-    let state = cache.lock();
+    let state = cache.read();
     let Some(row) = engine_rows(&state)
         .into_iter()
         .find(|r| r.id == id.as_str() && r.invalid.is_none())

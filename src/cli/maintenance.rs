@@ -9,7 +9,7 @@ use super::output::outln;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 use super::{CliError, engine_id, timed};
-use crate::cache::{Cache, State};
+use crate::cache::{Cache, Mirror};
 use crate::keys::Keys;
 use crate::model::{Engine, EngineId, Lifecycle};
 
@@ -34,7 +34,7 @@ pub(super) async fn set(
     // moving its services at once.
     let cache = Cache::new(keys.clone(), 1.0);
     cache.load(client).await?;
-    let (services, batches) = placed(&cache.lock(), &id);
+    let (services, batches) = placed(&cache.read(), &id);
     let got = timed(client.kv_client().get(key.as_str(), None)).await?;
     let Some(kv) = got.kvs().first() else {
         return Err(CliError::Usage(format!("engine {id} is not registered")));
@@ -74,7 +74,7 @@ pub(super) async fn set(
 }
 
 /// Service and batch placements on `engine`.
-fn placed(state: &State, engine: &EngineId) -> (usize, usize) {
+fn placed(state: &Mirror, engine: &EngineId) -> (usize, usize) {
     let mut counts = (0, 0);
     for (id, _) in state.placed_on(engine) {
         match state.request(&id).map(|r| r.lifecycle) {
@@ -87,7 +87,7 @@ fn placed(state: &State, engine: &EngineId) -> (usize, usize) {
 
 /// An engine's state for `engine ls`: `ready`, `cordoned`, `draining` (services still on it)
 /// or `drained`.
-pub(super) fn state_of(state: &State, engine: &EngineId) -> &'static str {
+pub(super) fn state_of(state: &Mirror, engine: &EngineId) -> &'static str {
     match state.engine_spec(engine) {
         Some(s) if s.drained => {
             if placed(state, engine).0 > 0 {

@@ -12,9 +12,9 @@ use serde::Serialize;
 use super::output::{OutputArgs, add_row, json, labels_cell, outln, print_table, table};
 use super::request::{EXIT_INVALID, EXIT_UNSCHEDULABLE, read_input};
 use super::{CliError, request_id, trim};
-use crate::cache::{Cache, HealthPolicy, prepare};
+use crate::cache::{Cache, HealthPolicy};
 use crate::keys::Keys;
-use crate::scheduler::{self, EngineView, Prepared, Schedulers, Strategy};
+use crate::scheduler::{self, EngineView, Prepared, Schedulers, Strategy, prepare};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -141,24 +141,24 @@ async fn engine_views(
     let cache = Cache::new(keys.clone(), a.overcommit);
     cache.load(client).await?;
     let revision = cache.revision();
-    let mut state = cache.lock();
+    let state = cache.read();
     let docker = a.docker.unwrap_or_else(|| {
         state
             .engine_specs()
             .iter()
             .any(|s| state.health(&s.id).is_some())
     });
-    state.set_policy(HealthPolicy {
+    let policy = HealthPolicy {
         docker,
         count_live: a.count_live,
         launch_all: false,
-    });
+    };
     let labels = state
         .engine_specs()
         .into_iter()
         .map(|s| (s.id.to_string(), s.labels))
         .collect();
-    Ok((state.engines().views, labels, revision))
+    Ok((state.engines(policy).views, labels, revision))
 }
 
 /// Schedules as the leader would (same seed, same sample), then names each engine's verdict.

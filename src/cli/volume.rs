@@ -41,7 +41,7 @@ pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Res
     cache.load(client).await?;
     match cmd {
         VolumeCommand::Ls(o) => {
-            let volumes = cache.lock().volumes();
+            let volumes = cache.read().volumes();
             let mut rows: Vec<VolumeRow> = volumes
                 .iter()
                 .map(|(name, engine)| VolumeRow {
@@ -65,7 +65,7 @@ pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Res
             Ok(())
         }
         VolumeCommand::Rm { name, force } => {
-            if !cache.lock().volumes().contains_key(&name) {
+            if !cache.read().volumes().contains_key(&name) {
                 return Err(CliError::Usage(format!("volume {name} is not recorded")));
             }
             let users = mounted_by(&cache, &name);
@@ -94,7 +94,7 @@ pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Res
 
 /// The placed requests that mount `name`.
 fn mounted_by(cache: &Cache, name: &str) -> Vec<String> {
-    let state = cache.lock();
+    let state = cache.read();
     let mut users: Vec<String> = state
         .placed()
         .filter_map(|id| {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::Surface;
-use crate::cache::{Standing, State};
+use crate::cache::{Mirror, Standing};
 use crate::model::{EngineId, now_rfc3339};
 
 /// Engines listed at most; the rest are counted (`engines_total`).
@@ -168,7 +168,7 @@ pub fn state(s: &Surface) -> ApiState {
         etcd_revision,
         lag: (etcd_revision - revision).max(0),
     };
-    let state = s.cache.lock();
+    let state = s.cache.read();
     let (engines, engines_total, cluster) = engines(&state);
     let counts = state.request_counts();
     ApiState {
@@ -189,7 +189,7 @@ pub fn state(s: &Surface) -> ApiState {
             .collect(),
         cluster: ClusterJson {
             requests: counts.iter().map(|(_, n)| n).sum(),
-            queued: state.queued(),
+            queued: state.backlog().queued,
             ..cluster
         },
         engines,
@@ -238,7 +238,7 @@ pub fn state(s: &Surface) -> ApiState {
 
 /// The engines (at most [`MAX_ENGINES`]), how many there are, and the cluster's sums (over
 /// every valid engine).
-fn engines(state: &State) -> (Vec<EngineJson>, usize, ClusterJson) {
+fn engines(state: &Mirror) -> (Vec<EngineJson>, usize, ClusterJson) {
     let now = SystemTime::now();
     let rows = state.engine_rows();
     let total = rows.len();
@@ -256,7 +256,7 @@ fn engines(state: &State) -> (Vec<EngineJson>, usize, ClusterJson) {
     for (snap, addr, invalid) in rows {
         let id = EngineId::from_key_segment(&snap.id);
         let spec = id.as_ref().and_then(|id| state.engine_spec(id));
-        let placements = id.as_ref().map_or(0, |id| state.usage(id).count);
+        let placements = id.as_ref().map_or(0, |id| state.placements_on(id));
         if invalid.is_none() {
             cluster.engines += 1;
             cluster.cpus += snap.cpus;

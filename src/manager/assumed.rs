@@ -3,14 +3,15 @@
 use std::collections::{HashMap, HashSet};
 
 use super::item::Item;
-use crate::cache::{Cache, Engines, Usage, apply_usage};
+use super::ledger::Ledger;
+use crate::cache::{Engines, Mirror, Usage, apply_usage};
 use crate::model::{EngineId, Held, RequestId};
 use crate::scheduler::EngineView;
 
 /// A request the leader wrote for, and what its placement holds (if it placed one).
 type Written = (RequestId, Option<(EngineId, Held)>);
 
-/// Writes sent and not answered yet (a committed batch goes straight into the cache). The
+/// Writes sent and not answered yet (a committed batch goes straight into the cache's mirror). The
 /// running view is the cache's usage plus these, so a placement is never forgotten in between,
 /// and a request in flight is never planned twice.
 #[derive(Debug, Default)]
@@ -146,12 +147,12 @@ impl RunningView {
     pub(super) fn refresh_forgotten(
         &mut self,
         engines: Vec<EngineId>,
-        cache: &Cache,
+        mirror: &Mirror,
+        ledger: &Ledger,
         assumed: &Assumed,
     ) {
-        let state = cache.lock();
         for engine in engines {
-            self.refresh(&engine, &state.usage(&engine), assumed);
+            self.refresh(&engine, &ledger.usage(mirror, &engine), assumed);
         }
     }
 }

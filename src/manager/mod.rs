@@ -33,6 +33,7 @@ mod assumed;
 mod batch;
 mod compactor;
 mod item;
+pub mod ledger;
 mod plan;
 mod unfit;
 
@@ -44,18 +45,20 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 
-use crate::cache::{Cache, stopping};
+use crate::cache::{Books, Cache};
 use crate::election::{Leadership, Lease};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::model::{ReplicaId, RequestId, Status, now_rfc3339};
 use crate::scheduler::{Scarcity, Schedulers};
+use crate::shutdown::stopping;
 use crate::store::StoreError;
 use crate::store::fence::{self, Commit, barrier, too_many_ops};
 use assumed::{Assumed, RunningView};
 pub use batch::{Batch, EngineFence, batches};
 use compactor::Compactor;
 pub use item::Item;
+pub use ledger::{Decide, Displaced, Ledger, Work};
 pub use plan::plan;
 pub use unfit::Unfit;
 
@@ -119,6 +122,8 @@ pub enum StepDown {
 pub struct Manager {
     client: Client,
     cache: Arc<Cache>,
+    /// The ledger beside the cache's mirror, under the cache's lock.
+    books: Books<Ledger>,
     cfg: ManagerConfig,
     /// hook(http): what the leader's commits count.
     metrics: Arc<Metrics>,
@@ -133,10 +138,16 @@ struct Committed {
 }
 
 impl Manager {
-    pub fn new(client: Client, cache: Arc<Cache>, cfg: ManagerConfig) -> Self {
+    pub fn new(
+        client: Client,
+        cache: Arc<Cache>,
+        books: Books<Ledger>,
+        cfg: ManagerConfig,
+    ) -> Self {
         Manager {
             client,
             cache,
+            books,
             cfg,
             metrics: Arc::default(),
         }
@@ -160,7 +171,7 @@ impl Manager {
         }
         tracing::info!(revision = self.cache.revision(), "leading");
         // Our own decisions go into the cache as they commit; others' are held back and judged.
-        let _leading = Leading::new(&self.cache);
+        let _leading = Leading::new(&self.books);
         let mut changed = self.cache.subscribe();
         let mut lead = Lead::new(self, leadership);
         loop {
@@ -222,12 +233,13 @@ impl Manager {
 
     /// Parks what stays unschedulable and notes the capacity epoch of new refusals.
     fn remember_refusals(&self, items: &[Item], epoch: u64) {
-        let mut state = self.cache.lock();
+        let mut books = self.books.lock();
+        let (mirror, ledger) = books.parts();
         for item in items {
             match item {
-                Item::Park { id } => state.park(id, epoch),
+                Item::Park { id } => ledger.park(mirror, id, epoch),
                 Item::Refuse { id, decision, .. } if decision.status == Status::Unschedulable => {
-                    state.note_unschedulable(id, epoch)
+                    ledger.note_unschedulable(id, epoch)
                 }
                 _ => {}
             }
@@ -289,7 +301,7 @@ impl<'a> Lead<'a> {
             Some(StepDown::LeaseLost)
         } else if !self
             .cache()
-            .lock()
+            .read()
             .has_leader_key(&self.keys, &self.leadership.fence.key)
         {
             Some(StepDown::KeyGone)
@@ -302,7 +314,7 @@ impl<'a> Lead<'a> {
         let cache = &self.manager.cache;
         if let Some(target) = self
             .compactor
-            .due(cache.revision(), || cache.lock().keys_alive())
+            .due(cache.revision(), || cache.read().keys_alive())
         {
             self.compactor.start(&self.manager.client, target);
         }
@@ -318,18 +330,15 @@ impl<'a> Lead<'a> {
         if work.is_empty() {
             return false;
         }
-        let deciding = work
-            .iter()
-            .filter(|w| matches!(w, crate::cache::Work::Decide { .. }))
-            .count();
-        self.cache().note_planned(deciding);
+        let deciding = work.iter().filter(|w| matches!(w, Work::Decide(_))).count();
+        self.manager.metrics.planned(deciding); // hook(http)
         self.unfit.at(epoch);
         // Requests are counted once, when first planned (a parked one has dropped its parse).
         for w in &work {
-            if let crate::cache::Work::Decide {
+            if let Work::Decide(Decide {
                 parsed: Some(Ok(p)),
                 ..
-            } = w
+            }) = w
             {
                 self.scarcity.observe(p);
             }
@@ -337,7 +346,7 @@ impl<'a> Lead<'a> {
         let generation = self.view.engines.generation;
         self.scarcity
             .apply(&mut self.view.engines.views, generation);
-        let recorded = self.cache().lock().volumes();
+        let recorded = self.cache().read().volumes();
         let assumed = &self.assumed;
         let volumes = |name: &str| assumed.volume(name).or_else(|| recorded.get(name).cloned());
         let items = plan(
@@ -356,14 +365,14 @@ impl<'a> Lead<'a> {
 
     /// Brings the running view up to date with what changed, then takes up to `free`
     /// transactions' worth of work.
-    fn take_work(&mut self, free: usize) -> (Vec<crate::cache::Work>, u64) {
-        let cache = &self.manager.cache;
-        let mut state = cache.lock();
-        state.judge();
-        if self.view.stale || state.engine_generation() != self.view.engines.generation {
-            self.view.rebuild(state.engines(), &self.assumed);
+    fn take_work(&mut self, free: usize) -> (Vec<Work>, u64) {
+        let mut books = self.manager.books.lock();
+        Ledger::judge(&mut books);
+        let (mirror, ledger) = books.parts();
+        if self.view.stale || mirror.engine_generation() != self.view.engines.generation {
+            self.view.rebuild(ledger.engines(mirror), &self.assumed);
         } else {
-            for (engine, usage) in state.take_dirty() {
+            for (engine, usage) in ledger.take_dirty(mirror) {
                 self.view.refresh(&engine, &usage, &self.assumed);
             }
         }
@@ -375,16 +384,16 @@ impl<'a> Lead<'a> {
         let max = if self.assumed.in_flight() > 0 {
             // The requests in flight are still queued in the cache; what is left is at least
             // the difference.
-            let takeable = state.queued().saturating_sub(self.assumed.ids.len());
+            let takeable = ledger.queued().saturating_sub(self.assumed.ids.len());
             takeable.min(free * whole) / whole * whole
         } else {
             free * whole
         };
         let work = match max {
             0 => Vec::new(),
-            max => state.work(max, &self.assumed.ids),
+            max => ledger.work(mirror, max, &self.assumed.ids),
         };
-        (work, state.capacity_epoch())
+        (work, ledger.capacity_epoch())
     }
 
     /// Groups items into transactions and starts committing each.
@@ -402,8 +411,9 @@ impl<'a> Lead<'a> {
         };
         let batches = batches(items, &self.keys, fence, self.max_ops);
         let seqs: Vec<u64> = {
-            let mut state = self.cache().lock();
-            batches.iter().map(|_| state.begin_write()).collect()
+            let mut books = self.manager.books.lock();
+            let ledger = books.listener_mut();
+            batches.iter().map(|_| ledger.begin_write()).collect()
         };
         for (batch, seq) in batches.into_iter().zip(seqs) {
             self.next_token += 1;
@@ -451,29 +461,29 @@ impl<'a> Lead<'a> {
         };
         match c.result {
             Ok(Commit::Done(rev)) => {
-                // The engines placed on are now dirty in the cache: the next round refreshes
+                // The engines placed on are now dirty in the ledger: the next round refreshes
                 // them without what this batch assumed.
-                let mut state = self.manager.cache.lock();
+                let mut books = self.manager.books.lock();
                 for item in &c.items {
                     match item {
-                        Item::Release { id, .. } => state.undecided(id, rev),
+                        Item::Release { id, .. } => books.committed(id, rev, None),
                         item => {
                             if let Some(d) = item.decision() {
-                                state.decided(item.id(), rev, d);
+                                books.committed(item.id(), rev, Some(d));
                             }
                             if let Item::Place {
                                 engine, volumes, ..
                             } = item
                             {
                                 for v in volumes {
-                                    state.volume_recorded(v, engine.clone());
+                                    books.volume_committed(v, engine.clone());
                                 }
                             }
                         }
                     }
                 }
-                state.end_write(c.seq);
-                drop(state);
+                books.listener_mut().end_write(c.seq);
+                drop(books);
                 self.assumed.forget(c.token);
             }
             Ok(Commit::Fenced) => {
@@ -526,12 +536,13 @@ impl<'a> Lead<'a> {
     /// A batch etcd refused: nothing of it committed.
     fn refused(&mut self, token: u64, seq: u64) {
         let forgotten = self.assumed.forget(token);
+        let mut books = self.manager.books.lock();
+        let (mirror, ledger) = books.parts();
         self.view
-            .refresh_forgotten(forgotten, &self.manager.cache, &self.assumed);
-        let mut state = self.manager.cache.lock();
-        state.end_write(seq);
+            .refresh_forgotten(forgotten, mirror, ledger, &self.assumed);
+        ledger.end_write(seq);
         // Refusals planned beside the failed placements may be wrong.
-        state.retry_waiting();
+        ledger.retry_waiting(mirror);
     }
 
     /// A batch whose outcome is unknown: it may still land. Its requests' next writes compare
@@ -539,28 +550,29 @@ impl<'a> Lead<'a> {
     fn unknown_outcome(&mut self, token: u64, seq: u64) {
         let ids: Vec<RequestId> = self.assumed.ids_of(token);
         let forgotten = self.assumed.forget(token);
+        let mut books = self.manager.books.lock();
+        let (mirror, ledger) = books.parts();
         self.view
-            .refresh_forgotten(forgotten, &self.manager.cache, &self.assumed);
-        let mut state = self.manager.cache.lock();
-        state.uncertain(&ids);
-        state.end_write(seq);
-        state.retry_waiting();
+            .refresh_forgotten(forgotten, mirror, ledger, &self.assumed);
+        ledger.uncertain(&ids);
+        ledger.end_write(seq);
+        ledger.retry_waiting(mirror);
     }
 }
 
-/// Marks the cache as the leader's while it lives (see [`Cache::set_leading`]).
-struct Leading<'a>(&'a Cache);
+/// Marks the ledger as the leader's while it lives (see [`Ledger::set_leading`]).
+struct Leading<'a>(&'a Books<Ledger>);
 
 impl<'a> Leading<'a> {
-    fn new(cache: &'a Cache) -> Self {
-        cache.set_leading(true);
-        Leading(cache)
+    fn new(books: &'a Books<Ledger>) -> Self {
+        Ledger::set_leading(&mut books.lock(), true);
+        Leading(books)
     }
 }
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        self.0.set_leading(false);
+        Ledger::set_leading(&mut self.0.lock(), false);
     }
 }
 
@@ -574,12 +586,12 @@ impl Drop for Leading<'_> {
 fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
     let now = std::time::Instant::now();
     let first: Vec<bool> = {
-        let state = cache.lock();
+        let mirror = cache.read();
         items
             .iter()
             .map(|item| {
                 item.decision().is_some_and(|d| {
-                    state
+                    mirror
                         .decision(item.id())
                         .is_none_or(|had| had.request_revision != d.request_revision)
                 })
@@ -654,12 +666,13 @@ mod tests {
     use crate::model::{Decision, Echo};
     use crate::store::fence::Fence;
 
-    fn manager(cache: Arc<Cache>) -> Manager {
+    fn manager(cache: Arc<Cache>, books: Books<Ledger>) -> Manager {
         // Never called: the client connects lazily, and these tests send nothing.
         let client = futures_executor(Client::connect(["http://127.0.0.1:9"], None));
         Manager::new(
             client,
             cache,
+            books,
             ManagerConfig {
                 replica: ReplicaId::new("me").expect("an id"),
                 schedulers: Schedulers::default(),
@@ -682,8 +695,8 @@ mod tests {
 
     #[test]
     fn a_commit_task_that_panics_counts_as_an_unknown_outcome() {
-        let cache = Cache::new(Keys::default(), 1.0);
-        let manager = manager(cache.clone());
+        let (cache, books) = Cache::with_listener(Keys::default(), 1.0, Ledger::default());
+        let manager = manager(cache, books.clone());
         let leadership = Leadership {
             fence: Fence {
                 key: b"/citadel/leader/1".to_vec(),
@@ -717,7 +730,7 @@ mod tests {
                 },
             };
             lead.assumed.add(1, std::slice::from_ref(&item));
-            let seq = cache.lock().begin_write();
+            let seq = books.lock().listener_mut().begin_write();
             let task = lead.commits.spawn(async { panic!("a commit task dies") });
             lead.tasks.insert(task.id(), (1, seq));
             let done = lead.commits.join_next_with_id().await.expect("a task");
@@ -731,6 +744,11 @@ mod tests {
         });
         // Its write may have landed: the request's next write compares the decision key,
         // and its decision event is taken as the truth.
-        assert!(cache.lock().is_uncertain(&RequestId::new("r1").unwrap()));
+        assert!(
+            books
+                .lock()
+                .listener()
+                .is_uncertain(&RequestId::new("r1").unwrap())
+        );
     }
 }

@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::item::Item;
+use super::ledger::{Decide, Displaced, Work};
 use super::unfit::Unfit;
 use super::{ManagerConfig, PARALLEL_FROM};
-use crate::cache::{Displaced, Parsed, Work, prepare};
 use crate::model::{
     Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
     Status,
 };
-use crate::scheduler::{self, EngineView, Plan, Prepared, Strategy};
+use crate::scheduler::{self, EngineView, Parsed, Plan, Prepared, Strategy, prepare};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
 /// `engines` (the running view) as they are accepted.
@@ -37,9 +37,9 @@ pub fn plan(
     now: &str,
     unfit: &mut Unfit,
 ) -> Vec<Item> {
-    let parses = parse_all(work);
+    let steps: Vec<Step<'_>> = work.iter().map(|w| Step::of(w, cfg, now)).collect();
     let sample = scheduler::sample_size(engines.len());
-    let mut proposals = propose_all(work, &parses, engines, cfg, sample, unfit).into_iter();
+    let mut proposals = propose_all(&steps, engines, cfg, sample, unfit).into_iter();
     let mut round = Round {
         engines,
         revisions,
@@ -50,21 +50,43 @@ pub fn plan(
         volumes,
         fresh: HashMap::new(),
     };
-    let mut items = Vec::with_capacity(work.len());
-    for (w, parsed) in work.iter().zip(&parses) {
-        items.push(match w {
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Written(item) => *item,
+            Step::Decide(d, parsed) => round.decide(d, &parsed, proposals.next().flatten()),
+        })
+        .collect()
+}
+
+/// One work item on its way to an item: what needs no decision is written at once; a request
+/// to decide carries its parse (the ledger's, or made now, outside the cache's lock, when the
+/// ledger no longer holds one).
+enum Step<'w> {
+    /// Boxed: an item is large, and releases and repairs are the rare case.
+    Written(Box<Item>),
+    Decide(&'w Decide, Parsed),
+}
+
+impl<'w> Step<'w> {
+    fn of(w: &'w Work, cfg: &ManagerConfig, now: &str) -> Self {
+        match w {
+            Work::Decide(d) => {
+                let parsed = d.parsed.clone().unwrap_or_else(|| prepare(&d.id, &d.raw));
+                Step::Decide(d, parsed)
+            }
             Work::Release {
                 id,
                 request_revision,
-            } => Item::Release {
+            } => Step::Written(Box::new(Item::Release {
                 id: id.clone(),
                 request_revision: *request_revision,
-            },
+            })),
             Work::Restore {
                 id,
                 decision_fence,
                 decision,
-            } => Item::Restore {
+            } => Step::Written(Box::new(Item::Restore {
                 id: id.clone(),
                 decision_fence: *decision_fence,
                 decision: Decision {
@@ -72,43 +94,26 @@ pub fn plan(
                     decided_by: cfg.replica.to_string(),
                     ..(**decision).clone()
                 },
-            },
-            Work::Decide { .. } => {
-                let parsed = parsed.as_ref().expect("every Decide has a parse");
-                round.decide(w, parsed, proposals.next().flatten())
-            }
-        });
+            })),
+        }
     }
-    items
-}
-
-/// Each `Decide`'s parse: the cache's, or made now (outside the cache's lock) when the cache
-/// no longer holds one.
-fn parse_all(work: &[Work]) -> Vec<Option<Parsed>> {
-    work.iter()
-        .map(|w| match w {
-            Work::Decide {
-                id, raw, parsed, ..
-            } => Some(parsed.clone().unwrap_or_else(|| prepare(id, raw))),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Stage 1, in parallel when there is enough work: scheduler workers plan every `Decide` on the
 /// same frozen view. Empty when the round is planned inline (on the running view).
 fn propose_all(
-    work: &[Work],
-    parses: &[Option<Parsed>],
+    steps: &[Step<'_>],
     engines: &[EngineView],
     cfg: &ManagerConfig,
     sample: usize,
     unfit: &Unfit,
 ) -> Vec<Option<Plan>> {
-    let decide: Vec<(&RequestId, &Parsed)> = work
+    let decide: Vec<(&RequestId, &Parsed)> = steps
         .iter()
-        .zip(parses)
-        .filter_map(|(w, p)| Some((w.id(), p.as_ref()?)))
+        .filter_map(|s| match s {
+            Step::Decide(d, parsed) => Some((&d.id, parsed)),
+            Step::Written(_) => None,
+        })
         .collect();
     if cfg.workers <= 1 || decide.len() < PARALLEL_FROM {
         return Vec::new();
@@ -169,17 +174,9 @@ struct Round<'a> {
     fresh: HashMap<String, EngineId>,
 }
 
-/// The parts of a `Work::Decide` a decision is made of.
+/// A request to decide, and when and by whom the decision is made.
 struct Ask<'a> {
-    id: &'a RequestId,
-    request_revision: i64,
-    decision_fence: Option<i64>,
-    previous: Option<&'a (Status, String)>,
-    raw: &'a [u8],
-    lifecycle: Lifecycle,
-    history: Option<&'a Run>,
-    displaced: Option<&'a Displaced>,
-    /// When and by whom the decision is made.
+    d: &'a Decide,
     now: &'a str,
     by: &'a str,
 }
@@ -187,7 +184,7 @@ struct Ask<'a> {
 impl Ask<'_> {
     /// What earlier placements went through stays in the decision.
     fn run(&self) -> Option<Run> {
-        self.history.map(|h| Run {
+        self.d.history.as_deref().map(|h| Run {
             attempts: h.attempts.clone(),
             lost: h.lost.clone(),
             ..Default::default()
@@ -197,14 +194,14 @@ impl Ask<'_> {
     /// A decision without a placement. The echo is built only for a decision that is written.
     fn decision(&self, status: Status, reason: String) -> Decision {
         Decision {
-            container: Echo::of(self.raw),
+            container: Echo::of(&self.d.raw),
             resource: None,
             reservation: None,
             status,
             reason,
             scheduler: String::new(),
             alternatives: Vec::new(),
-            request_revision: self.request_revision,
+            request_revision: self.d.request_revision,
             decided_at: self.now.to_string(),
             decided_by: self.by.to_string(),
             run: self.run(),
@@ -213,15 +210,15 @@ impl Ask<'_> {
 
     fn refuse(&self, status: Status, reason: String) -> Item {
         Item::Refuse {
-            id: self.id.clone(),
-            decision_fence: self.decision_fence,
+            id: self.d.id.clone(),
+            decision_fence: self.d.decision_fence,
             decision: self.decision(status, reason),
         }
     }
 
     /// Why it is being moved, for the reason people read.
     fn moved(&self) -> String {
-        match self.displaced {
+        match &self.d.displaced {
             None => String::new(),
             Some(Displaced::Removed(e)) => format!(" (moved: engine {e} was removed)"),
             Some(Displaced::Drained(e)) => format!(" (moved: engine {e} is being drained)"),
@@ -233,30 +230,9 @@ impl Ask<'_> {
 }
 
 impl Round<'_> {
-    fn decide(&mut self, w: &Work, parsed: &Parsed, proposal: Option<Plan>) -> Item {
-        let Work::Decide {
-            id,
-            request_revision,
-            decision_fence,
-            previous,
-            raw,
-            lifecycle,
-            history,
-            displaced,
-            ..
-        } = w
-        else {
-            unreachable!("decide is only called on Work::Decide");
-        };
+    fn decide(&mut self, d: &Decide, parsed: &Parsed, proposal: Option<Plan>) -> Item {
         let ask = Ask {
-            id,
-            request_revision: *request_revision,
-            decision_fence: *decision_fence,
-            previous: previous.as_ref(),
-            raw,
-            lifecycle: *lifecycle,
-            history: history.as_deref(),
-            displaced: displaced.as_ref(),
+            d,
             now: self.now,
             by: self.cfg.replica.as_str(),
         };
@@ -266,16 +242,16 @@ impl Round<'_> {
         };
         // A batch placement whose engine was removed is lost, as when an engine's health
         // lapses under it; a service is placed again.
-        if let (Some(Displaced::Removed(engine)), Lifecycle::Batch) = (ask.displaced, ask.lifecycle)
-        {
+        if let (Some(Displaced::Removed(engine)), Lifecycle::Batch) = (&d.displaced, d.lifecycle) {
             return ask.refuse(
                 Status::Lost,
                 format!("engine {engine} was removed while this batch request was placed on it"),
             );
         }
         // Engines the container failed to start on are never tried again.
-        let excluding = ask
+        let excluding = d
             .history
+            .as_deref()
             .filter(|h| !h.attempts.is_empty())
             .and_then(|h| excluding(prepared, &h.attempts));
         let (prepared, proposal) = match &excluding {
@@ -303,7 +279,7 @@ impl Round<'_> {
         }
         let chosen = match verified {
             Some(p) => Ok(p),
-            None => scheduler::schedule(prepared, self.engines, strategy, seed(id), self.sample),
+            None => scheduler::schedule(prepared, self.engines, strategy, seed(&d.id), self.sample),
         };
         match chosen {
             Ok(plan) => self.place(&ask, prepared, strategy, plan),
@@ -346,7 +322,7 @@ impl Round<'_> {
             alternatives,
             ..ask.decision(Status::Placed, reason)
         };
-        e.hold(ask.id, &held);
+        e.hold(&ask.d.id, &held);
         let engine = e.id.clone();
         let mut volumes = Vec::new();
         for v in &request.volumes {
@@ -356,8 +332,8 @@ impl Round<'_> {
             }
         }
         Item::Place {
-            id: ask.id.clone(),
-            decision_fence: ask.decision_fence,
+            id: ask.d.id.clone(),
+            decision_fence: ask.d.decision_fence,
             engine,
             engine_revision: self.revisions[i],
             held,
@@ -411,7 +387,7 @@ impl Round<'_> {
     /// says: nothing to write (parked until capacity changes).
     fn unschedulable(&self, ask: &Ask<'_>, reason: String) -> Item {
         // A container that failed to start and has nowhere else to go has failed.
-        if let Some(last) = ask.history.and_then(|r| r.attempts.last()) {
+        if let Some(last) = ask.d.history.as_ref().and_then(|r| r.attempts.last()) {
             return ask.refuse(
                 Status::Failed,
                 format!(
@@ -421,8 +397,10 @@ impl Round<'_> {
             );
         }
         let reason = format!("{reason}{}", ask.moved());
-        match ask.previous {
-            Some((Status::Unschedulable, r)) if *r == reason => Item::Park { id: ask.id.clone() },
+        match &ask.d.previous {
+            Some((Status::Unschedulable, r)) if *r == reason => Item::Park {
+                id: ask.d.id.clone(),
+            },
             _ => ask.refuse(Status::Unschedulable, reason),
         }
     }
@@ -473,7 +451,7 @@ mod tests {
     }
 
     fn decide(raw: &[u8]) -> Work {
-        Work::Decide {
+        Work::Decide(Decide {
             id: RequestId::new("r").unwrap(),
             request_revision: 7,
             decision_fence: None,
@@ -483,7 +461,7 @@ mod tests {
             lifecycle: Lifecycle::Service,
             history: None,
             displaced: None,
-        }
+        })
     }
 
     const VALID: &str = r#"{"image":"redis","cpus":"0.5","memory":64,"type":"service","labels":["zone==1","engine!=/^e[0-2]$/"],"bind_ports":[{"port":8080}],"user_data":{"team":["a"]}}"#;
@@ -697,8 +675,8 @@ mod tests {
                         body["volumes"] = serde_json::json!([format!("v{v}:/data")]);
                     }
                     let mut w = decide(body.to_string().as_bytes());
-                    if let Work::Decide { id, .. } = &mut w {
-                        *id = RequestId::new(format!("g{g}-{k}")).unwrap();
+                    if let Work::Decide(d) = &mut w {
+                        d.id = RequestId::new(format!("g{g}-{k}")).unwrap();
                     }
                     w
                 })

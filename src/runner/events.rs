@@ -24,7 +24,7 @@ impl Runner {
         let Some(id) = RequestId::from_key_segment(&ev.request_id) else {
             return;
         };
-        let Some(d) = self.cache.lock().decision(&id).cloned() else {
+        let Some(d) = self.cache.read().decision(&id).cloned() else {
             return;
         };
         let ours = d.status == Status::Placed

@@ -25,7 +25,7 @@ impl Runner {
         loop {
             tick.tick().await;
             rounds += 1;
-            let specs = self.cache.lock().engine_specs();
+            let specs = self.cache.read().engine_specs();
             let mut contacts = JoinSet::new();
             for spec in specs.iter().cloned() {
                 let docker = self.docker(&spec);
@@ -117,7 +117,7 @@ impl Runner {
 
     /// Feeds the per-image profiles with what citadel's containers use.
     pub(super) fn learn(&self, usage: &docker::EngineUsage) {
-        let state = self.cache.lock();
+        let state = self.cache.read();
         let mut profiles = self.profiles.lock().unwrap_or_else(PoisonError::into_inner);
         for s in &usage.samples {
             let Some(id) = s

@@ -24,7 +24,7 @@ impl Runner {
                 retry_at.retain(|_, t| Instant::now() < *t);
                 let mut skip = launching.clone();
                 skip.extend(retry_at.keys().cloned());
-                let mut ids = self.cache.lock().launchable(free, &skip);
+                let mut ids = self.books.lock().listener().launchable(free, &skip);
                 // Starting a container is done once and cannot be fenced: a leader cut off
                 // from etcd (which others may have replaced) must not start one.
                 if !ids.is_empty() && !self.still_leads().await {
@@ -57,7 +57,7 @@ impl Runner {
         id: &RequestId,
     ) -> Option<impl std::future::Future<Output = LaunchResult> + Send + 'static> {
         let (raw, engine) = {
-            let state = self.cache.lock();
+            let state = self.cache.read();
             let d = state.decision(id)?;
             let engine = d.engine.clone()?;
             (state.request(id)?.raw().to_vec(), engine)
@@ -93,7 +93,7 @@ impl Runner {
         result: Result<Running, RunnerError>,
         retry_at: &mut HashMap<RequestId, Instant>,
     ) {
-        let Some(d) = self.cache.lock().decision(id).cloned() else {
+        let Some(d) = self.cache.read().decision(id).cloned() else {
             return;
         };
         if d.status != Status::Placed || d.engine.as_ref() != Some(engine) {

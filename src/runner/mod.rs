@@ -35,10 +35,11 @@ use bollard::Docker;
 use etcd_client::{Client, Compare, CompareOp, TxnOp};
 use tokio::sync::mpsc;
 
-use crate::cache::{Cache, DecisionEntry};
+use crate::cache::{Books, Cache, DecisionEntry};
 use crate::docker::engine::TlsFiles;
 use crate::docker::{DockerError, Running};
 use crate::keys::Keys;
+use crate::manager::Ledger;
 use crate::metrics::Metrics;
 use crate::model::{Decision, EngineId, EngineSpec, RequestId};
 use crate::profile::Profiles;
@@ -117,6 +118,8 @@ type LaunchResult = (RequestId, EngineId, Result<Running, RunnerError>);
 pub struct Runner {
     client: Client,
     cache: Arc<Cache>,
+    /// The leader's ledger: what waits to be launched, and the guard over decision writes.
+    books: Books<Ledger>,
     keys: Keys,
     fence: Fence,
     cfg: RunnerConfig,
@@ -135,11 +138,18 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(client: Client, cache: Arc<Cache>, fence: Fence, cfg: RunnerConfig) -> Self {
+    pub fn new(
+        client: Client,
+        cache: Arc<Cache>,
+        books: Books<Ledger>,
+        fence: Fence,
+        cfg: RunnerConfig,
+    ) -> Self {
         let keys = cache.keys().clone();
         Runner {
             client,
             cache,
+            books,
             keys,
             fence,
             cfg,
@@ -204,7 +214,7 @@ impl Runner {
     }
 
     pub(super) fn spec_of(&self, engine: &EngineId) -> Option<EngineSpec> {
-        self.cache.lock().engine_spec(engine)
+        self.cache.read().engine_spec(engine)
     }
 
     // ---- writes ----
@@ -246,20 +256,20 @@ impl Runner {
         ];
         // Numbered for the cache's guard: the decision's watch event may arrive before the
         // commit returns, and must be known as ours.
-        let seq = self.cache.lock().begin_write();
+        let seq = self.books.lock().listener_mut().begin_write();
         let done = self.commit(compares, ops, "decision").await;
         if matches!(done, Some(Commit::Done(_))) && decision.status != seen.status {
             self.metrics.decided(decision.status); // hook(http)
         }
-        let mut state = self.cache.lock();
+        let mut books = self.books.lock();
         match done {
             // The leader's cache learns its own decisions from its commits.
-            Some(Commit::Done(rev)) => state.decided(id, rev, &decision),
+            Some(Commit::Done(rev)) => books.committed(id, rev, Some(&decision)),
             // It may land later: its event is then taken as the truth.
-            None => state.uncertain([id]),
+            None => books.listener_mut().uncertain([id]),
             Some(_) => {}
         }
-        state.end_write(seq);
+        books.listener_mut().end_write(seq);
         done
     }
 

@@ -23,7 +23,7 @@ impl Runner {
             let Some(id) = RequestId::from_key_segment(&c.request_id) else {
                 continue;
             };
-            let decision = self.cache.lock().decision(&id).cloned();
+            let decision = self.cache.read().decision(&id).cloned();
             let run = decision.as_ref().and_then(|d| d.run.as_deref());
             let here = decision.as_ref().is_some_and(|d| {
                 matches!(d.status, Status::Placed | Status::Exited)
@@ -130,15 +130,15 @@ impl Runner {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&spec.id)
                 .is_some_and(|t| t.elapsed() < ttl);
-            if recent || self.cache.lock().health(&spec.id).is_some() {
+            if recent || self.cache.read().health(&spec.id).is_some() {
                 continue;
             }
-            let placed = self.cache.lock().placed_on(&spec.id);
+            let placed = self.cache.read().placed_on(&spec.id);
             for (id, d) in placed {
                 let launched = d.run.as_ref().is_some_and(|r| !r.container_id.is_empty());
                 // Placed for a launch that never happened: place it again too. A placement
                 // nobody asked to launch is only a reservation, and stays.
-                if !launched && !self.cache.lock().is_launchable(&id) {
+                if !launched && !self.books.lock().listener().is_launchable(&id) {
                     continue;
                 }
                 let batch = launched && self.lifecycle(&id) == Lifecycle::Batch;
@@ -167,7 +167,7 @@ impl Runner {
 
     pub(super) fn lifecycle(&self, id: &RequestId) -> Lifecycle {
         self.cache
-            .lock()
+            .read()
             .request(id)
             .map(|r| r.lifecycle)
             .unwrap_or_default()

@@ -8,6 +8,7 @@
 //! request it is handed.
 
 pub mod constraint;
+mod parsed;
 #[cfg(test)]
 mod props;
 mod scarcity;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
+pub use parsed::{Parsed, prepare};
 pub use scarcity::Scarcity;
 pub use strategy::{Schedulers, Strategy};
 use view::ENGINE_LABEL;

@@ -93,6 +93,8 @@ pub struct Replica {
     pub id: String,
     /// The replica's own view of the cluster.
     pub cache: std::sync::Arc<citadel::cache::Cache>,
+    /// What the replica counts.
+    pub metrics: std::sync::Arc<citadel::metrics::Metrics>,
     shutdown: watch::Sender<bool>,
     handle: Option<JoinHandle<Result<(), ControllerError>>>,
 }
@@ -164,11 +166,13 @@ impl Replica {
             metrics: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);
-        let cache = citadel::cache::Cache::new(cfg.keys.clone(), cfg.overcommit);
-        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), rx));
+        let (cache, books) = controller::replica_cache(&cfg);
+        let metrics = cfg.metrics.clone();
+        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), books, rx));
         Replica {
             id: id.to_string(),
             cache,
+            metrics,
             shutdown,
             handle: Some(handle),
         }

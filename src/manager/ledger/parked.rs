@@ -8,7 +8,7 @@
 //! placed (a list, a refused batch) re-tries them all. Requests are grouped by their demand,
 //! so a change looks at groups, not at every parked request.
 //!
-//! It may not touch etcd or the scheduler: it is bookkeeping inside the cache's state.
+//! It may not touch etcd or the scheduler: it is bookkeeping inside the ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,218 @@
+//! The one writer: the list/watch state machine that keeps the mirror in step with etcd.
+//!
+//! A small state machine, as kube-runtime's watcher is: `List` reads every key at one
+//! revision, `Watch` follows from the next revision, and a compacted or cancelled watch goes back
+//! to `List`. A broken stream resumes from the last revision applied, so nothing is applied
+//! twice. Requests are parsed (and their constraints compiled) before the lock is taken, so a
+//! costly request holds up no reader.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use etcd_client::{Client, EventType, KeyValue, WatchOptions, WatchResponse};
+use tokio::sync::watch;
+
+use super::Cache;
+use crate::keys::{Key, Keys};
+use crate::scheduler::{Parsed, prepare};
+use crate::shutdown::stopping;
+use crate::store::{self, StoreError};
+
+/// Keys per range page when (re)listing.
+const LIST_PAGE: i64 = 2_000;
+/// A watch quiet this long is asked for progress (a few bytes each way, only while nothing
+/// else flows) ...
+const QUIET: Duration = Duration::from_secs(1);
+/// ... and one that answers nothing within this long after is given up for dead.
+const PROGRESS_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+enum Phase {
+    List,
+    Watch { from: i64 },
+}
+
+/// Parses a request key's value, if `kv` is one, before the lock is taken.
+fn parse_ahead(keys: &Keys, kv: &KeyValue) -> Option<Parsed> {
+    if !matches!(keys.split(kv.key()), Some(("requests", _))) {
+        return None;
+    }
+    match keys.parse(kv.key()) {
+        Some(Key::Request(id)) => Some(prepare(&id, kv.value())),
+        _ => None,
+    }
+}
+
+impl Cache {
+    /// Loads everything once at one revision (for one-shot CLI commands).
+    pub async fn load(&self, client: &Client) -> Result<(), StoreError> {
+        self.list(client).await.map(|_| ())
+    }
+
+    /// Keeps the cache in step with etcd until `shutdown` turns true. Errors are logged and
+    /// retried with backoff; this returns only on shutdown.
+    pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
+        let mut phase = Phase::List;
+        let mut delays = store::backoff().without_max_times().build();
+        loop {
+            if stopping(&shutdown) {
+                return;
+            }
+            let outcome = match phase {
+                Phase::List => self
+                    .list(&client)
+                    .await
+                    .map(|rev| Phase::Watch { from: rev + 1 }),
+                Phase::Watch { ref mut from } => self.follow(&client, from, &mut shutdown).await,
+            };
+            match outcome {
+                Ok(next) => {
+                    delays = store::backoff().without_max_times().build();
+                    phase = next;
+                }
+                Err(e) => {
+                    // A broken watch resumes from the last revision it applied (`follow`
+                    // moved `from` along), not from where it began.
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    self.progress.broken(e.to_string()); // hook(http)
+                    tracing::warn!(error = %e, retry_in = ?delay, phase = ?phase, "cache: etcd call failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if stopping(&shutdown) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list(&self, client: &Client) -> Result<i64, StoreError> {
+        self.progress.listing(); // hook(http)
+        let (kvs, rev) = store::range_all(client, self.keys.root(), LIST_PAGE).await?;
+        let parsed: Vec<Option<Parsed>> =
+            kvs.iter().map(|kv| parse_ahead(&self.keys, kv)).collect();
+        let count = kvs.len();
+        self.lock().list(&self.keys, &kvs, parsed, rev);
+        self.revision.send_replace(rev);
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.progress.listed(rev); // hook(http)
+        tracing::info!(revision = rev, keys = count, "cache listed");
+        Ok(rev)
+    }
+
+    /// Follows the watch from `*from`, moving it past every revision applied. Returns the next
+    /// phase: `Watch` to resume after a stream that ended, `List` after a compaction or
+    /// cancellation; an error leaves `*from` where the stream broke.
+    async fn follow(
+        &self,
+        client: &Client,
+        from: &mut i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Phase, StoreError> {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(*from);
+        let mut stream = store::timed(
+            client
+                .watch_client()
+                .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
+                .watch(self.keys.root(), Some(opts)),
+        )
+        .await?;
+        // A member frozen (SIGSTOP) or cut off keeps the stream open and says nothing: after a
+        // quiet spell, ask it for progress; a stream that answers nothing then is dead.
+        let mut quiet_until = tokio::time::Instant::now() + QUIET;
+        let mut asked = false;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.changed() => {
+                    if stopping(shutdown) {
+                        return Ok(Phase::Watch { from: *from });
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if asked {
+                        tracing::warn!(resume_from = *from, "watch stream silent; resuming on another member");
+                        return Err(StoreError::Timeout(QUIET + PROGRESS_WAIT));
+                    }
+                    asked = true;
+                    quiet_until = tokio::time::Instant::now() + PROGRESS_WAIT;
+                    if let Err(e) = stream.request_progress().await {
+                        return Err(StoreError::Etcd(e));
+                    }
+                    continue;
+                }
+                msg = stream.message() => msg,
+            };
+            quiet_until = tokio::time::Instant::now() + QUIET;
+            asked = false;
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::info!(resume_from = *from, "watch stream ended; resuming");
+                    return Ok(Phase::Watch { from: *from });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, resume_from = *from, "watch stream broke; resuming");
+                    return Err(StoreError::Etcd(e));
+                }
+            };
+            if let Some(next) = self.on_response(&resp, from) {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// One watch response: the phase to go to (`List` after a compaction or cancellation), or
+    /// `None` to follow on, its events applied and `*from` moved past them.
+    fn on_response(&self, resp: &WatchResponse, from: &mut i64) -> Option<Phase> {
+        if resp.compact_revision() > 0 {
+            tracing::warn!(
+                compacted = resp.compact_revision(),
+                wanted = *from,
+                "watch revision compacted; listing again"
+            );
+            return Some(Phase::List);
+        }
+        if resp.canceled() {
+            tracing::warn!(
+                reason = resp.cancel_reason(),
+                "watch cancelled; listing again"
+            );
+            return Some(Phase::List);
+        }
+        // hook(http): etcd answers; its header says how far etcd itself is.
+        self.progress
+            .answered(resp.header().map_or(0, |h| h.revision()));
+        if resp.events().is_empty() {
+            return None; // the creation reply, or a progress report; nothing to apply
+        }
+        // Parsed before the lock: a costly request must not hold up the mirror's readers.
+        let parsed: Vec<Option<Parsed>> = resp
+            .events()
+            .iter()
+            .map(|ev| match (ev.event_type(), ev.kv()) {
+                (EventType::Put, Some(kv)) => parse_ahead(&self.keys, kv),
+                _ => None,
+            })
+            .collect();
+        let applied = {
+            let mut shared = self.lock();
+            let mut applied = *from - 1;
+            for (ev, parsed) in resp.events().iter().zip(parsed) {
+                if let Some(kv) = ev.kv() {
+                    shared.apply(&self.keys, ev.event_type(), kv, parsed);
+                    applied = applied.max(kv.mod_revision());
+                }
+            }
+            shared.reached(applied)
+        };
+        *from = applied + 1;
+        self.revision.send_replace(applied);
+        self.progress.applied(applied); // hook(http)
+        None
+    }
+}
