@@ -31,7 +31,12 @@ fn pages() -> Vec<Page> {
     let mut paths = vec!["README.md".to_string(), "BENCHMARKS.md".to_string()];
     let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
         .expect("docs/")
-        .map(|e| e.expect("a docs/ entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("a docs/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".md"))
         .map(|name| format!("docs/{name}"))
         .collect();
@@ -146,7 +151,10 @@ fn every_citadel_command_line_in_a_sh_block_parses() {
         "only {readme} citadel command lines in README's walkthrough"
     );
     let all: usize = checked.values().sum();
-    assert!(all >= 20, "only {all} citadel command lines found: {checked:?}");
+    assert!(
+        all >= 20,
+        "only {all} citadel command lines found: {checked:?}"
+    );
 }
 
 /// The long flags of `cmd`, with the global ones.
@@ -171,7 +179,11 @@ fn every_flag_in_the_synopsis_exists() {
     let pages = pages();
     let found: Vec<(&str, Vec<&str>)> = pages
         .iter()
-        .flat_map(|p| blocks(&p.text, "text").into_iter().map(|b| (p.path.as_str(), b)))
+        .flat_map(|p| {
+            blocks(&p.text, "text")
+                .into_iter()
+                .map(|b| (p.path.as_str(), b))
+        })
         .filter(|(_, b)| b.iter().any(|l| l.starts_with("citadel controller")))
         .collect();
     let [(page, synopsis)] = found.as_slice() else {
