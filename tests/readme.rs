@@ -1,24 +1,82 @@
-//! README's commands against the real command line: every `citadel …` line in a `sh` block
-//! parses as it stands, and every `--flag` in the synopsis (the `text` block of "Command line")
-//! is a flag of the command it is written after. A renamed flag or command fails here.
+//! The documentation against the real command line, and against itself. The pages are
+//! README.md, BENCHMARKS.md and every `docs/*.md`, read as they are on disk:
+//!
+//! - every `citadel …` line in a `sh` block parses as it stands;
+//! - every `--flag` in the synopsis (the `text` block of `docs/cli.md` whose lines start with
+//!   `citadel controller`, …) is a flag of the command it is written after;
+//! - every relative link leads to a file of the repository (never outside it), and to a
+//!   heading of that page when it names one; README links every page under `docs/`.
+//!
+//! A renamed flag or command, or a moved section, fails here.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
 
 use citadel::cli::Cli;
 
-const README: &str = include_str!("../README.md");
+/// One page: its path from the repository's root, and its text.
+struct Page {
+    path: String,
+    text: String,
+}
 
-/// The code blocks of `lang`, each as its lines.
-fn blocks(lang: &str) -> Vec<Vec<&'static str>> {
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md, BENCHMARKS.md and `docs/*.md`, in that order.
+fn pages() -> Vec<Page> {
+    let mut paths = vec!["README.md".to_string(), "BENCHMARKS.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| {
+            e.expect("a docs/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    paths.extend(docs);
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(root().join(&path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            Page { path, text }
+        })
+        .collect()
+}
+
+/// The code blocks of `lang` in `text`, each as its lines.
+fn blocks<'a>(text: &'a str, lang: &str) -> Vec<Vec<&'a str>> {
     let mut out = Vec::new();
     let mut current: Option<Vec<&str>> = None;
-    for line in README.lines() {
+    for line in text.lines() {
         let fence = line.trim_start();
         match (&mut current, fence.strip_prefix("```")) {
             (None, Some(tag)) if tag.trim() == lang => current = Some(Vec::new()),
             (Some(_), Some("")) => out.extend(current.take()),
             (Some(lines), None) => lines.push(line),
             _ => {}
+        }
+    }
+    out
+}
+
+/// The lines of `text` outside fenced code blocks.
+fn prose(text: &str) -> Vec<&str> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside;
+        } else if !inside {
+            out.push(line);
         }
     }
     out
@@ -54,7 +112,7 @@ fn citadel_args(line: &str) -> Option<Vec<String>> {
     let words = shlex::split(line)?;
     let at = words
         .iter()
-        .position(|w| w == "citadel" || w.ends_with("release/citadel"))?;
+        .position(|w| !w.contains('=') && w.rsplit('/').next() == Some("citadel"))?;
     let args = words[at + 1..]
         .iter()
         .take_while(|w| !matches!(w.as_str(), "|" | "&" | "&&" | ";" | ">" | "2>&1"))
@@ -66,26 +124,37 @@ fn citadel_args(line: &str) -> Option<Vec<String>> {
 
 #[test]
 fn every_citadel_command_line_in_a_sh_block_parses() {
-    let mut checked = 0;
+    let mut checked: HashMap<String, usize> = HashMap::new();
     let mut failed = Vec::new();
-    for block in blocks("sh") {
-        for line in commands(&block) {
-            let Some(args) = citadel_args(&line) else {
-                continue;
-            };
-            checked += 1;
-            let argv = std::iter::once("citadel".to_string()).chain(args);
-            if let Err(e) = Cli::try_parse_from(argv) {
-                failed.push(format!("{}\n  {}", line.trim(), e.kind()));
+    for page in pages() {
+        for block in blocks(&page.text, "sh") {
+            for line in commands(&block) {
+                let Some(args) = citadel_args(&line) else {
+                    continue;
+                };
+                *checked.entry(page.path.clone()).or_default() += 1;
+                let argv = std::iter::once("citadel".to_string()).chain(args);
+                if let Err(e) = Cli::try_parse_from(argv) {
+                    failed.push(format!("{}: {}\n  {}", page.path, line.trim(), e.kind()));
+                }
             }
         }
     }
     assert!(
         failed.is_empty(),
-        "README lines that do not parse:\n{}",
+        "command lines that do not parse:\n{}",
         failed.join("\n")
     );
-    assert!(checked >= 20, "only {checked} citadel command lines found");
+    let readme = checked.get("README.md").copied().unwrap_or(0);
+    assert!(
+        readme >= 8,
+        "only {readme} citadel command lines in README's walkthrough"
+    );
+    let all: usize = checked.values().sum();
+    assert!(
+        all >= 20,
+        "only {all} citadel command lines found: {checked:?}"
+    );
 }
 
 /// The long flags of `cmd`, with the global ones.
@@ -107,10 +176,23 @@ fn every_flag_in_the_synopsis_exists() {
     let mut checked = 0;
     let mut wrong = Vec::new();
     // The synopsis: lines that start with `citadel `, and the indented lines after each.
-    let synopsis: Vec<&str> = blocks("text")
-        .into_iter()
-        .find(|b| b.iter().any(|l| l.starts_with("citadel controller")))
-        .expect("the synopsis block");
+    let pages = pages();
+    let found: Vec<(&str, Vec<&str>)> = pages
+        .iter()
+        .flat_map(|p| {
+            blocks(&p.text, "text")
+                .into_iter()
+                .map(|b| (p.path.as_str(), b))
+        })
+        .filter(|(_, b)| b.iter().any(|l| l.starts_with("citadel controller")))
+        .collect();
+    let [(page, synopsis)] = found.as_slice() else {
+        panic!(
+            "one synopsis block expected, found {:?}",
+            found.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    };
+    assert_eq!(*page, "docs/cli.md", "the synopsis lives in docs/cli.md");
     let mut current: Option<(String, Vec<String>)> = None;
     for line in synopsis {
         let code = line.split(" #").next().unwrap_or_default();
@@ -147,4 +229,129 @@ fn every_flag_in_the_synopsis_exists() {
         "flags in the synopsis that do not exist: {wrong:#?}"
     );
     assert!(checked >= 40, "only {checked} flags found in the synopsis");
+}
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' | '-' => Some('-'),
+            '_' => Some('_'),
+            c if c.is_alphanumeric() => Some(c.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a page's headings (a repeated heading gets `-1`, `-2`, …).
+fn anchors(text: &str) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for line in prose(text) {
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if !(1..=6).contains(&hashes) || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let base = slug(&line[hashes..]);
+        let n = seen.entry(base.clone()).or_default();
+        out.push(match *n {
+            0 => base.clone(),
+            n => format!("{base}-{n}"),
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// The targets of a line's links and images, outside inline code.
+fn link_targets(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, part) in line.split('`').enumerate() {
+        if i % 2 == 1 {
+            continue;
+        }
+        let mut rest = part;
+        while let Some(at) = rest.find("](") {
+            let tail = &rest[at + 2..];
+            let Some(end) = tail.find(')') else { break };
+            out.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+/// `path` made plain (`a/./b/../c` is `a/c`); `None` when it climbs out of the repository.
+fn normal(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn every_link_leads_to_a_page_and_heading_of_the_repository() {
+    let pages = pages();
+    let by_path: HashMap<&str, &Page> = pages.iter().map(|p| (p.path.as_str(), p)).collect();
+    let mut wrong = Vec::new();
+    let mut from_readme = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let dir = Path::new(&page.path).parent().unwrap_or(Path::new(""));
+        for line in prose(&page.text) {
+            for target in link_targets(line) {
+                if target.starts_with("https://") || target.starts_with("http://") {
+                    continue;
+                }
+                checked += 1;
+                let (file, anchor) = match target.split_once('#') {
+                    Some((f, a)) => (f, Some(a)),
+                    None => (target.as_str(), None),
+                };
+                let resolved = if file.is_empty() {
+                    Some(PathBuf::from(&page.path))
+                } else {
+                    normal(&dir.join(file))
+                };
+                let Some(resolved) = resolved else {
+                    wrong.push(format!("{}: {target}: outside the repository", page.path));
+                    continue;
+                };
+                let name = resolved.to_string_lossy().into_owned();
+                if !root().join(&resolved).exists() {
+                    wrong.push(format!("{}: {target}: no such file {name}", page.path));
+                    continue;
+                }
+                if page.path == "README.md" {
+                    from_readme.push(name.clone());
+                }
+                if let Some(anchor) = anchor {
+                    match by_path.get(name.as_str()) {
+                        Some(to) if anchors(&to.text).iter().any(|a| a == anchor) => {}
+                        Some(_) => wrong.push(format!("{}: {target}: no such heading", page.path)),
+                        None => wrong.push(format!("{}: {target}: not a page", page.path)),
+                    }
+                }
+            }
+        }
+    }
+    for page in pages.iter().filter(|p| p.path.starts_with("docs/")) {
+        if !from_readme.contains(&page.path) {
+            wrong.push(format!("README.md does not link {}", page.path));
+        }
+    }
+    assert!(wrong.is_empty(), "links that lead nowhere: {wrong:#?}");
+    assert!(checked >= 10, "only {checked} relative links found");
 }
