@@ -7,7 +7,9 @@
 //!
 //! And what a settled cluster shows, which a live one passes through for a moment: every
 //! request has a decision for its current revision, no decision outlives its request, and no
-//! placement names an engine that is not registered (the leader moves those).
+//! placement names an engine that is not registered (the leader moves those). Engine keys
+//! that can never be scheduled (an unreadable value, an id no command line can name) are
+//! named too.
 //!
 //! It may not write: it reads etcd at one revision and reports.
 
@@ -47,6 +49,9 @@ pub struct Report {
     pub without_request: Vec<String>,
     /// Placements on an engine that is not registered.
     pub on_missing_engines: Vec<String>,
+    /// Engine keys the leader never schedules: their value is unreadable, or their id breaks
+    /// the id grammar.
+    pub ignored_engines: Vec<String>,
 }
 
 impl Report {
@@ -61,15 +66,21 @@ impl Report {
         self.undecided.len() + self.without_request.len() + self.on_missing_engines.len()
     }
 
+    /// Keys an operator wrote that citadel cannot use: waiting changes nothing.
+    pub fn ignored(&self) -> usize {
+        self.ignored_engines.len()
+    }
+
     /// Every finding, as `(kind, detail)`, broken invariants first.
     pub fn findings(&self) -> Vec<(&'static str, &str)> {
-        let lists: [(&'static str, &Vec<String>); 6] = [
+        let lists: [(&'static str, &Vec<String>); 7] = [
             ("overcommitted", &self.overcommitted_engines),
             ("port bound twice", &self.double_bound_ports),
             ("reservation mismatch", &self.mismatched),
             ("undecided", &self.undecided),
             ("decision without request", &self.without_request),
             ("on a missing engine", &self.on_missing_engines),
+            ("engine never scheduled", &self.ignored_engines),
         ];
         lists
             .into_iter()
@@ -109,6 +120,12 @@ pub fn check<'a>(
     report
 }
 
+/// How the check names a request key whose segment cannot be a request id: its bytes,
+/// escaped and quoted.
+fn odd_name(segment: &[u8]) -> String {
+    format!("\"{}\"", segment.escape_ascii())
+}
+
 /// What one engine's reservations add up to: cpus, memory, how often each host port is held,
 /// and disk.
 type Held = (Millicpus, MemoryMb, BTreeMap<HostPort, usize>, MemoryMb);
@@ -136,21 +153,23 @@ impl Seen {
             match keys.parse(key) {
                 Some(Key::Engine(id)) => {
                     seen.registered.insert(id.to_string());
-                    if let Ok(spec) = EngineSpec::parse(&id, value) {
-                        seen.engines.insert(id.to_string(), spec);
+                    match EngineSpec::parse(&id, value) {
+                        Ok(spec) => {
+                            seen.engines.insert(id.to_string(), spec);
+                        }
+                        Err(e) => report
+                            .ignored_engines
+                            .push(format!("{:?}: {e}", id.as_str())),
                     }
                 }
                 Some(Key::Request(id)) => {
                     seen.requests.insert(id.to_string(), mod_revision);
                 }
-                Some(Key::Decision(id)) => match serde_json::from_slice::<Decision>(value) {
-                    Ok(d) => {
-                        seen.decisions.insert(id.to_string(), d);
-                    }
-                    Err(e) => report
-                        .mismatched
-                        .push(format!("{id}: unreadable decision: {e}")),
-                },
+                Some(Key::OddRequest(segment, _)) => {
+                    seen.requests.insert(odd_name(&segment), mod_revision);
+                }
+                Some(Key::Decision(id)) => seen.decision(id.to_string(), value, report),
+                Some(Key::OddDecision(segment)) => seen.decision(odd_name(&segment), value, report),
                 _ => {}
             }
         }
@@ -158,6 +177,17 @@ impl Seen {
         report.decided = seen.decisions.len();
         report.engines = seen.registered.len();
         seen
+    }
+
+    fn decision(&mut self, id: String, value: &[u8], report: &mut Report) {
+        match serde_json::from_slice::<Decision>(value) {
+            Ok(d) => {
+                self.decisions.insert(id, d);
+            }
+            Err(e) => report
+                .mismatched
+                .push(format!("{id}: unreadable decision: {e}")),
+        }
     }
 
     /// Requests still waiting for their decision, and decisions whose request is gone.

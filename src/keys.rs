@@ -4,10 +4,15 @@
 //! <prefix>/engines/<engine>                 operator
 //! <prefix>/requests/<request>               user
 //! <prefix>/decisions/<request>              leader; a placement's reservation lives inside it
+//! <prefix>/volumes/<name>                   leader: the engine a named volume lives on
 //! <prefix>/health/<engine>                  leader, on a lease
 //! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
 //! ```
+//!
+//! etcd keys are bytes. A request key whose last segment cannot be a request id (not UTF-8,
+//! empty, or holding a `/`) is still answered: its decision key mirrors its bytes
+//! ([`Keys::odd_decision`]).
 //!
 //! It may not read or write etcd, nor look inside a value: it knows names, not JSON.
 
@@ -31,10 +36,14 @@ pub enum Key {
     Volume(String),
     /// A campaign key of the election; the string is etcd's suffix (the lease id in hex).
     Leader(String),
-    /// A request key that cannot name a decision (`requests/` or `requests/a/b`): logged and
-    /// left alone. Ids that can name a key but are too long or odd are `Request`s, and get an
-    /// `invalid` decision (see [`RequestId::check`]).
-    BadRequest(String, IdError),
+    /// A request key whose last segment cannot be a request id (`requests/`, `requests/a/b`,
+    /// or bytes that are not UTF-8), and why. It gets an `invalid` decision at the decision
+    /// key with the same segment ([`Key::OddDecision`]). Ids that can name a key but are too
+    /// long or unprintable are `Request`s, and get an `invalid` decision the usual way (see
+    /// [`RequestId::check`]).
+    OddRequest(Vec<u8>, String),
+    /// The decision key of an [`Key::OddRequest`], by the same segment.
+    OddDecision(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +136,21 @@ impl Keys {
         }
         key
     }
+    /// The request key whose last segment is `segment`, whatever its bytes.
+    pub fn odd_request(&self, segment: &[u8]) -> Vec<u8> {
+        self.join_bytes("requests/", segment)
+    }
+    /// The decision key that answers [`Keys::odd_request`]`(segment)`: the same segment.
+    pub fn odd_decision(&self, segment: &[u8]) -> Vec<u8> {
+        self.join_bytes("decisions/", segment)
+    }
+    fn join_bytes(&self, kind: &str, segment: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.root.len() + kind.len() + segment.len());
+        key.extend_from_slice(self.root.as_bytes());
+        key.extend_from_slice(kind.as_bytes());
+        key.extend_from_slice(segment);
+        key
+    }
     /// The election's name; campaign keys live under `<this>/`.
     pub fn leader(&self) -> String {
         format!("{}leader", self.root)
@@ -141,14 +165,27 @@ impl Keys {
 
     /// Parses a key under the prefix. `None` for keys outside it or of no known kind.
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
-        let (kind, tail) = self.split(key)?;
-        match kind {
+        let rest = key.strip_prefix(self.root.as_bytes())?;
+        let slash = rest.iter().position(|b| *b == b'/')?;
+        let (kind, tail) = (&rest[..slash], &rest[slash + 1..]);
+        let Ok(tail) = std::str::from_utf8(tail) else {
+            const NOT_TEXT: &str = "id: the key's last segment is not UTF-8 text";
+            return match kind {
+                b"requests" => Some(Key::OddRequest(tail.to_vec(), NOT_TEXT.into())),
+                b"decisions" => Some(Key::OddDecision(tail.to_vec())),
+                _ => None,
+            };
+        };
+        match std::str::from_utf8(kind).ok()? {
             "engines" => EngineId::from_key_segment(tail).map(Key::Engine),
             "requests" => Some(match RequestId::from_key_segment(tail) {
                 Some(id) => Key::Request(id),
-                None => Key::BadRequest(tail.to_string(), bad_id(tail)),
+                None => Key::OddRequest(tail.into(), format!("id: {}", bad_id(tail))),
             }),
-            "decisions" => RequestId::from_key_segment(tail).map(Key::Decision),
+            "decisions" => Some(match RequestId::from_key_segment(tail) {
+                Some(id) => Key::Decision(id),
+                None => Key::OddDecision(tail.into()),
+            }),
             "health" => EngineId::from_key_segment(tail).map(Key::Health),
             "volumes" => {
                 (!tail.is_empty() && !tail.contains('/')).then(|| Key::Volume(tail.into()))
@@ -212,16 +249,34 @@ mod tests {
     }
 
     #[test]
-    fn odd_request_ids_are_reported_not_dropped() {
+    fn odd_request_ids_are_answered_at_the_decision_key_with_the_same_bytes() {
         let k = Keys::default();
-        assert!(matches!(
-            k.parse(b"/citadel/requests/a/b"),
-            Some(Key::BadRequest(raw, IdError::Slash(_))) if raw == "a/b"
-        ));
-        assert!(matches!(
-            k.parse(b"/citadel/requests/"),
-            Some(Key::BadRequest(_, IdError::Empty))
-        ));
+        // (request key, its segment, why it cannot be an id)
+        let cases: [(&[u8], &[u8], &str); 3] = [
+            (
+                b"/citadel/requests/a/b",
+                b"a/b",
+                "id: id \"a/b\" contains '/'",
+            ),
+            (b"/citadel/requests/", b"", "id: id is empty"),
+            (
+                b"/citadel/requests/r\xff\xfe",
+                b"r\xff\xfe",
+                "id: the key's last segment is not UTF-8 text",
+            ),
+        ];
+        for (key, segment, why) in cases {
+            assert_eq!(
+                k.parse(key),
+                Some(Key::OddRequest(segment.to_vec(), why.into())),
+                "{key:?}"
+            );
+            assert_eq!(k.odd_request(segment), key);
+            let decision = k.odd_decision(segment);
+            assert_eq!(k.parse(&decision), Some(Key::OddDecision(segment.to_vec())));
+        }
+        // Other kinds with a segment that is not text are not citadel's.
+        assert_eq!(k.parse(b"/citadel/engines/e\xff"), None);
         // Long ids still name a key, so they get an `invalid` decision rather than silence.
         let long = format!("/citadel/requests/{}", "x".repeat(300));
         match k.parse(long.as_bytes()) {

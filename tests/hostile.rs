@@ -518,3 +518,106 @@ async fn check_names_every_violation_and_exits_non_zero() {
         .expect("count");
     assert!(count.count() > 0);
 }
+
+/// The value of a key that need not be text, if it exists.
+async fn get_bytes(client: &etcd_client::Client, key: &[u8]) -> Option<Vec<u8>> {
+    let got = client.kv_client().get(key, None).await.expect("read a key");
+    got.kvs().first().map(|kv| kv.value().to_vec())
+}
+
+/// Engine records whose id no command line nor Docker label could name (a control character,
+/// a NUL) are never scheduled, however large, and `check`, `engine ls` and the log name them.
+/// A request key whose last segment cannot be a request id (bytes that are not UTF-8, a `/`)
+/// is decided `invalid` at the decision key with the same bytes, and that answer goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 1.0, 1024.0, &[]).await;
+    let huge = json!({"cpus": 64, "memory": 65536}).to_string();
+    for odd in ["big\u{1}", "nul\u{0}x", "tab\tx"] {
+        put_raw(&client, format!("/citadel/engines/{odd}"), huge.as_str()).await;
+    }
+    let replica = Replica::start(&etcd, "r1");
+
+    // Only e1 counts: what needs more than it has fits nowhere, whatever the odd records say.
+    put_request(&client, &keys, "big", request_json(8.0, 64, json!({}))).await;
+    put_request(&client, &keys, "small", request_json(0.5, 64, json!({}))).await;
+    let big = wait_decision(&client, &keys, "big", WAIT).await;
+    assert_eq!(big.status, Status::Unschedulable, "{big:?}");
+    assert_eq!(big.reason, "0/1 engines fit: 1 insufficient cpus");
+    let small = wait_decision(&client, &keys, "small", WAIT).await;
+    assert_eq!(engine_of(&small).as_deref(), Some("e1"));
+
+    // Request keys that cannot name a request id: answered at the mirror decision key.
+    let cases: [(&[u8], &str); 2] = [
+        (
+            b"odd\xff\xfe",
+            "id: the key's last segment is not UTF-8 text",
+        ),
+        (b"team/web", "id: id \"team/web\" contains '/'"),
+    ];
+    for (segment, why) in cases {
+        let rev = put_raw(
+            &client,
+            keys.odd_request(segment),
+            request_json(0.1, 1, json!({})),
+        )
+        .await;
+        let decision_key = keys.odd_decision(segment);
+        let (client, decision_key) = (&client, &decision_key);
+        wait_until(
+            "an answer at the mirror decision key",
+            WAIT,
+            || async move { get_bytes(client, decision_key).await.is_some() },
+        )
+        .await;
+        let answer = get_bytes(client, decision_key).await.unwrap_or_default();
+        let d: Decision = serde_json::from_slice(&answer).expect("a decision");
+        assert_eq!(d.status, Status::Invalid);
+        assert_eq!(d.reason, why);
+        assert_eq!(d.request_revision, rev);
+        assert_eq!(
+            d.container.value()["cpus"],
+            json!(0.1),
+            "it echoes the request"
+        );
+    }
+    let report = assert_invariants(&client, &keys).await;
+    assert_eq!(report.unsettled(), 0, "every key answered: {report:#?}");
+    assert_eq!(report.ignored_engines.len(), 3, "{report:#?}");
+
+    // check names the odd engines, and exits non-zero for them.
+    let (code, out, _) = cli(&etcd.endpoint(), &["check", "--settle", "0"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"engine never scheduled: "big\u{1}": id: id "big\u{1}" contains a control character or whitespace"#),
+        "{out}"
+    );
+    // engine ls lists them, escaped, as invalid.
+    let (code, out, err) = cli(&etcd.endpoint(), &["engine", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""nul\0x""#), "{out}");
+    let (_, json_out, _) = cli(&etcd.endpoint(), &["engine", "ls", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&json_out).expect("json");
+    let invalid: Vec<&str> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["invalid"].is_string())
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(invalid.len(), 3, "{json_out}");
+
+    // A deleted odd request takes its answer with it.
+    delete_key(&client, keys.odd_request(b"odd\xff\xfe")).await;
+    let decision_key = keys.odd_decision(b"odd\xff\xfe");
+    let (client_ref, decision_key) = (&client, &decision_key);
+    wait_until("the answer deleted with its request", WAIT, || async move {
+        get_bytes(client_ref, decision_key).await.is_none()
+    })
+    .await;
+    assert_invariants(&client, &keys).await;
+    replica.stop().await;
+}

@@ -29,6 +29,9 @@ pub enum Change {
     Health { engine: EngineId, first: bool },
     /// Where named volumes live changed: requests held to one may go elsewhere now.
     Volumes,
+    /// A request key whose last segment cannot be a request id, or its decision, changed (by
+    /// that segment's bytes).
+    Odd(Vec<u8>),
 }
 
 /// How an engine's key changed.

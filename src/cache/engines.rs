@@ -12,6 +12,10 @@ pub struct Engines {
     pub generation: u64,
     pub views: Vec<EngineView>,
     pub revisions: Vec<i64>,
+    /// Every key under `engines/`, valid or not, and the newest mod revision among them: what
+    /// a compare over the whole prefix reads.
+    pub keys: usize,
+    pub newest: i64,
 }
 
 impl Mirror {
@@ -41,7 +45,9 @@ impl Mirror {
     pub fn engines(&self, policy: HealthPolicy) -> Engines {
         let mut views = Vec::with_capacity(self.engines.len());
         let mut revisions = Vec::with_capacity(self.engines.len());
+        let mut newest = 0;
         for (id, entry) in &self.engines {
+            newest = newest.max(entry.mod_revision);
             if let Ok((_, view)) = &entry.spec {
                 let mut view = view.clone();
                 apply_usage(&mut view, &self.usage(id, policy));
@@ -53,6 +59,8 @@ impl Mirror {
             generation: self.engine_generation,
             views,
             revisions,
+            keys: self.engines.len(),
+            newest,
         }
     }
 

@@ -11,9 +11,13 @@ use crate::model::{Decision, EngineId, RequestId, Reservation, Resource, Status}
 
 /// A key-value as etcd's watch delivers it, at `rev`, under `lease` (0: none).
 fn kv(key: &str, value: &str, rev: i64, lease: i64) -> PbKeyValue {
+    kv_bytes(key.as_bytes(), value.as_bytes(), rev, lease)
+}
+
+fn kv_bytes(key: &[u8], value: &[u8], rev: i64, lease: i64) -> PbKeyValue {
     PbKeyValue {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
+        key: key.to_vec(),
+        value: value.to_vec(),
         create_revision: rev,
         mod_revision: rev,
         version: 1,
@@ -66,6 +70,17 @@ impl<L: Listener> Fed<L> {
 
     pub fn put(&mut self, key: &str, value: &str) -> i64 {
         self.put_leased(key, value, 0)
+    }
+
+    /// A key that need not be text.
+    pub fn put_bytes(&mut self, key: &[u8], value: &[u8]) -> i64 {
+        self.rev += 1;
+        self.apply(EventType::Put, &kv_bytes(key, value, self.rev, 0))
+    }
+
+    pub fn delete_bytes(&mut self, key: &[u8]) -> i64 {
+        self.rev += 1;
+        self.apply(EventType::Delete, &kv_bytes(key, b"", self.rev, 0))
     }
 
     pub fn delete(&mut self, key: &str) -> i64 {

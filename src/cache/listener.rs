@@ -155,6 +155,14 @@ impl<L: Listener + ?Sized> Shared<L> {
         self.tell();
     }
 
+    /// The leader wrote (`Some`: answering this request revision) or deleted the decision of
+    /// the odd request key with this segment ([`crate::keys::Key::OddRequest`]).
+    pub fn odd_committed(&mut self, segment: &[u8], rev: i64, answers: Option<i64>) {
+        self.mirror
+            .odd_committed(segment, rev, answers, &mut self.changes);
+        self.tell();
+    }
+
     /// A named volume the leader recorded on `engine` in a transaction that committed.
     pub fn volume_committed(&mut self, name: &str, engine: EngineId) {
         self.mirror.volume_recorded(name, engine, &mut self.changes);

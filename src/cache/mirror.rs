@@ -66,6 +66,34 @@ pub struct DecisionEntry {
     pub run: Option<Box<Run>>,
 }
 
+/// A request key whose last segment cannot be a request id, with the decision key that
+/// mirrors it (see [`Key::OddRequest`]).
+#[derive(Debug, Clone, Default)]
+pub struct OddEntry {
+    pub request: Option<OddRequest>,
+    /// The request revision its decision answers (`-1`: an unreadable decision).
+    pub decided: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OddRequest {
+    pub mod_revision: i64,
+    /// Its bytes as written, echoed into its decision.
+    pub raw: Arc<[u8]>,
+    /// Why its key cannot name a request id.
+    pub why: String,
+}
+
+impl OddEntry {
+    /// Whether the leader must write (or delete) its decision.
+    pub fn unanswered(&self) -> bool {
+        match &self.request {
+            Some(r) => self.decided != Some(r.mod_revision),
+            None => self.decided.is_some(),
+        }
+    }
+}
+
 /// What the last `health/<engine>` said.
 #[derive(Debug, Clone)]
 pub struct HealthEntry {
@@ -90,6 +118,12 @@ pub struct LeaderKey {
     pub info: Option<LeaderInfo>,
 }
 
+/// The one field the mirror reads of an odd request key's decision.
+#[derive(serde::Deserialize)]
+struct Answers {
+    request_revision: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct Mirror {
     /// Every event up to this revision is applied.
@@ -112,6 +146,8 @@ pub struct Mirror {
     /// (see [`EngineView::class`]). At most [`MAX_CLASSES`]; emptied by a list.
     pub(super) label_classes: HashMap<Vec<String>, u32>,
     pub(super) health: HashMap<EngineId, HealthEntry>,
+    /// Request keys whose last segment cannot be a request id, by that segment's bytes.
+    pub(super) odd: BTreeMap<Vec<u8>, OddEntry>,
     /// Where each named volume lives (`volumes/<name>`). Shared with the leader's rounds.
     pub(super) volumes: Arc<HashMap<String, EngineId>>,
     /// The newest revision of a decision the leader applied from its own commit.
@@ -191,9 +227,22 @@ impl Mirror {
         match key {
             Key::Engine(id) => self.put_engine(id, kv, out),
             Key::Request(id) => self.put_request(id, kv, parsed, out),
-            Key::BadRequest(raw, err) => {
-                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), raw_id = %raw, error = %err,
-                    "request key cannot name a decision; ignored");
+            Key::OddRequest(segment, why) => {
+                tracing::warn!(key = %kv.key().escape_ascii(), reason = %why,
+                    "request key cannot name a request id: it is decided invalid");
+                let request = OddRequest {
+                    mod_revision: kv.mod_revision(),
+                    raw: Arc::from(kv.value()),
+                    why,
+                };
+                self.odd.entry(segment.clone()).or_default().request = Some(request);
+                out.push(Change::Odd(segment));
+            }
+            Key::OddDecision(segment) => {
+                let answers = serde_json::from_slice::<Answers>(kv.value())
+                    .map_or(-1, |a| a.request_revision);
+                self.odd.entry(segment.clone()).or_default().decided = Some(answers);
+                out.push(Change::Odd(segment));
             }
             Key::Decision(id) => self.read_decision(&id, kv.mod_revision(), kv.value(), out),
             Key::Leader(suffix) => {
@@ -241,7 +290,7 @@ impl Mirror {
             (s, view)
         });
         if let Err(e) = &spec {
-            tracing::warn!(engine = %id, error = %e, "engine ignored: invalid JSON");
+            tracing::warn!(engine = ?id.as_str(), error = %e, "engine key ignored: it is never scheduled");
         }
         let drained = matches!(&spec, Ok((s, _)) if s.drained);
         let was = self.engines.insert(
@@ -336,8 +385,41 @@ impl Mirror {
                     out.push(Change::Usage(engine));
                 }
             }
-            Key::BadRequest(..) => {}
+            Key::OddRequest(segment, _) => self.odd_gone(segment, |e| e.request = None, out),
+            Key::OddDecision(segment) => self.odd_gone(segment, |e| e.decided = None, out),
         }
+    }
+
+    fn odd_gone(
+        &mut self,
+        segment: Vec<u8>,
+        clear: impl FnOnce(&mut OddEntry),
+        out: &mut Vec<Change>,
+    ) {
+        if let Some(e) = self.odd.get_mut(&segment) {
+            clear(e);
+            if e.request.is_none() && e.decided.is_none() {
+                self.odd.remove(&segment);
+            }
+            out.push(Change::Odd(segment));
+        }
+    }
+
+    /// The leader wrote (`Some`: for this request revision) or deleted the decision of the odd
+    /// request key with this segment, and it committed.
+    pub(super) fn odd_committed(
+        &mut self,
+        segment: &[u8],
+        rev: i64,
+        answers: Option<i64>,
+        out: &mut Vec<Change>,
+    ) {
+        self.fed = self.fed.max(rev);
+        match answers {
+            Some(r) => self.odd.entry(segment.to_vec()).or_default().decided = Some(r),
+            None => return self.odd_gone(segment.to_vec(), |e| e.decided = None, out),
+        }
+        out.push(Change::Odd(segment.to_vec()));
     }
 
     /// Reads a decision's value, as every replica does.

@@ -44,7 +44,9 @@ mod watcher;
 pub use change::{Change, EngineChange};
 pub use engines::Engines;
 pub use listener::{Backlog, Listener, NoListener, Shared};
-pub use mirror::{DecisionEntry, HealthEntry, LeaderKey, Mirror, RequestEntry};
+pub use mirror::{
+    DecisionEntry, HealthEntry, LeaderKey, Mirror, OddEntry, OddRequest, RequestEntry,
+};
 pub use progress::{Followed, Progress, Stage};
 pub use usage::{HealthPolicy, Usage, apply_usage};
 pub use views::*;

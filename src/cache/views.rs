@@ -240,6 +240,16 @@ impl Mirror {
         self.decisions.get(id).map(|d| d.mod_revision)
     }
 
+    /// The odd request key with this segment, and its decision (see [`OddEntry`]).
+    pub fn odd(&self, segment: &[u8]) -> Option<&OddEntry> {
+        self.odd.get(segment)
+    }
+
+    /// Every odd request key's segment, with what the mirror holds of it.
+    pub fn odd_keys(&self) -> impl Iterator<Item = (&Vec<u8>, &OddEntry)> {
+        self.odd.iter()
+    }
+
     /// Every request id.
     pub fn request_ids(&self) -> impl Iterator<Item = &RequestId> {
         self.requests.keys()

@@ -167,7 +167,7 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                 event.engine = Some(engine.to_string());
             }
         }
-        Key::Request(_) | Key::BadRequest(..) => return None,
+        Key::Request(_) | Key::OddRequest(..) | Key::OddDecision(_) => return None,
     }
     Some(event)
 }

@@ -123,8 +123,13 @@ pub fn print_table(t: &Table) {
     write_line(&text.join("\n"));
 }
 
-/// `id`, cut to [`ID_WIDTH`] characters (ending in `…`) unless `wide`.
+/// `id`, cut to [`ID_WIDTH`] characters (ending in `…`) unless `wide`. An id with a control
+/// character or whitespace (a key written by hand: never scheduled) is shown quoted and
+/// escaped, so it cannot break the table or the terminal.
 pub fn id_cell(id: &str, wide: bool) -> String {
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return format!("{id:?}");
+    }
     if wide || id.chars().count() <= ID_WIDTH {
         return id.to_string();
     }
@@ -186,6 +191,7 @@ mod tests {
         assert!(cut.ends_with('…'));
         assert_eq!(id_cell(&long, true), long);
         assert_eq!(id_cell("web-1", false), "web-1");
+        assert_eq!(id_cell("e\u{0}1\n", false), r#""e\01\n""#);
     }
 
     #[test]

@@ -8,8 +8,15 @@ use crate::cache::{Engines, Mirror, Usage, apply_usage};
 use crate::model::{EngineId, Held, RequestId};
 use crate::scheduler::EngineView;
 
-/// A request the leader wrote for, and what its placement holds (if it placed one).
-type Written = (RequestId, Option<(EngineId, Held)>);
+/// What a write is for: a request, or an odd request key (by its segment: it has no id).
+#[derive(Debug)]
+enum Target {
+    Request(RequestId),
+    Odd(Vec<u8>),
+}
+
+/// What the leader wrote for, and what its placement holds (if it placed one).
+type Written = (Target, Option<(EngineId, Held)>);
 
 /// Writes sent and not answered yet (a committed batch goes straight into the cache's mirror). The
 /// running view is the cache's usage plus these, so a placement is never forgotten in between,
@@ -19,6 +26,8 @@ pub(super) struct Assumed {
     /// By batch: what it wrote.
     batches: HashMap<u64, Vec<Written>>,
     pub(super) ids: HashSet<RequestId>,
+    /// Odd request keys written for, by segment.
+    pub(super) odd: HashSet<Vec<u8>>,
     /// Named volumes recorded by batches in flight: where, and by which batch.
     volumes: HashMap<String, (u64, EngineId)>,
     /// What assumed placements hold, per engine and batch.
@@ -29,7 +38,19 @@ impl Assumed {
     pub(super) fn add(&mut self, token: u64, items: &[Item]) {
         let mut written = Vec::with_capacity(items.len());
         for item in items {
-            self.ids.insert(item.id().clone());
+            let target = match item {
+                Item::Odd { segment, .. } => {
+                    self.odd.insert(segment.clone());
+                    written.push((Target::Odd(segment.clone()), None));
+                    continue;
+                }
+                Item::Place { id, .. }
+                | Item::Refuse { id, .. }
+                | Item::Park { id }
+                | Item::Release { id, .. }
+                | Item::Restore { id, .. } => id,
+            };
+            self.ids.insert(target.clone());
             let held = match item {
                 Item::Place {
                     engine,
@@ -42,14 +63,14 @@ impl Assumed {
                     }
                     self.held.entry(engine.clone()).or_default().push((
                         token,
-                        item.id().clone(),
+                        target.clone(),
                         held.clone(),
                     ));
                     Some((engine.clone(), held.clone()))
                 }
                 _ => None,
             };
-            written.push((item.id().clone(), held));
+            written.push((Target::Request(target.clone()), held));
         }
         self.batches.insert(token, written);
     }
@@ -58,8 +79,13 @@ impl Assumed {
     pub(super) fn ids_of(&self, token: u64) -> Vec<RequestId> {
         self.batches
             .get(&token)
-            .map(|w| w.iter().map(|(id, _)| id.clone()).collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter_map(|(target, _)| match target {
+                Target::Request(id) => Some(id.clone()),
+                Target::Odd(_) => None,
+            })
+            .collect()
     }
 
     /// Forgets a batch; returns the engines it held resources on.
@@ -67,8 +93,11 @@ impl Assumed {
         let mut engines = Vec::new();
         self.volumes.retain(|_, (t, _)| *t != token);
         if let Some(written) = self.batches.remove(&token) {
-            for (id, held) in written {
-                self.ids.remove(&id);
+            for (target, held) in written {
+                match target {
+                    Target::Request(id) => self.ids.remove(&id),
+                    Target::Odd(segment) => self.odd.remove(&segment),
+                };
                 if let Some((engine, _)) = held {
                     if let Some(list) = self.held.get_mut(&engine) {
                         list.retain(|(t, _, _)| *t != token);

@@ -7,7 +7,7 @@ use etcd_client::{Compare, CompareOp, TxnOp};
 use super::MAX_TXN_BYTES;
 use super::item::Item;
 use crate::keys::Keys;
-use crate::model::EngineId;
+use crate::model::{EngineId, Request};
 
 /// One transaction's worth of items, encoded once.
 #[derive(Debug)]
@@ -20,9 +20,9 @@ pub struct Batch {
 /// What the engine compares of a batch are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineFence {
-    /// Engines in the view.
+    /// Keys under `engines/` (valid or not) when the view was built.
     pub count: usize,
-    /// The newest engine key revision in the view.
+    /// The newest mod revision among them.
     pub newest: i64,
 }
 
@@ -34,6 +34,27 @@ struct Open {
     bytes: usize,
     /// Engines placed on, with the mod revision each was verified at.
     engines: HashMap<EngineId, i64>,
+}
+
+/// Compares a placement needs beside one per new named volume: the leader's fence, its
+/// engine's, and its decision key's when its last write has an unknown outcome.
+const PLACE_COMPARES: usize = 3;
+
+/// Whether `r`'s placement can commit in one transaction of at most `max_ops` compares and
+/// operations: its decision, and a record and an absent-compare for each named volume it is
+/// the first to mount. Counted for every volume it names, so the answer does not depend on
+/// which were recorded before. The error is the reason its decision gives.
+pub fn place_fits(r: &Request, max_ops: usize) -> Result<(), String> {
+    let most = max_ops.saturating_sub(PLACE_COMPARES);
+    if r.volumes.len() <= most {
+        return Ok(());
+    }
+    Err(format!(
+        "volumes: {} named volumes, the limit is {most}: a placement records each in the \
+         transaction that writes its decision, and a transaction holds at most {max_ops} \
+         operations and compares (etcd's --max-txn-ops)",
+        r.volumes.len()
+    ))
 }
 
 /// Engine compares a batch placing on `distinct` engines needs: one per engine, or one over

@@ -42,16 +42,25 @@ pub enum Item {
         decision_fence: i64,
         decision: Decision,
     },
+    /// Answer a request key whose segment cannot be a request id: its `invalid` decision, for
+    /// the request revision it answers, at the decision key with the same segment; `None`:
+    /// delete that decision, the request is gone.
+    Odd {
+        segment: Vec<u8>,
+        answer: Option<(i64, Box<Decision>)>,
+    },
 }
 
 impl Item {
-    pub fn id(&self) -> &RequestId {
+    /// The request it is for (`None`: an odd request key, which has no id).
+    pub fn id(&self) -> Option<&RequestId> {
         match self {
             Item::Place { id, .. }
             | Item::Refuse { id, .. }
             | Item::Park { id }
             | Item::Release { id, .. }
-            | Item::Restore { id, .. } => id,
+            | Item::Restore { id, .. } => Some(id),
+            Item::Odd { .. } => None,
         }
     }
 
@@ -61,6 +70,7 @@ impl Item {
             Item::Place { decision, .. }
             | Item::Refuse { decision, .. }
             | Item::Restore { decision, .. } => Some(decision),
+            Item::Odd { answer, .. } => answer.as_ref().map(|(_, d)| &**d),
             Item::Park { .. } | Item::Release { .. } => None,
         }
     }
@@ -112,17 +122,25 @@ impl Item {
                 CompareOp::Equal,
                 0,
             )],
+            // Decided for the request revision it answers; deleted only once it is gone.
+            Item::Odd { segment, answer } => {
+                let request = keys.odd_request(segment);
+                vec![match answer {
+                    Some((rev, _)) => Compare::mod_revision(request, CompareOp::Equal, *rev),
+                    None => Compare::create_revision(request, CompareOp::Equal, 0),
+                }]
+            }
             Item::Park { .. } => vec![],
         }
     }
 
     /// The writes, and roughly how many bytes they put on the wire.
     pub(super) fn ops(&self, keys: &Keys) -> (Vec<TxnOp>, usize) {
-        let put = |key: String, value: Vec<u8>| {
+        let put = |key: Vec<u8>, value: Vec<u8>| {
             let n = key.len() + value.len();
             (TxnOp::put(key, value, None), n)
         };
-        let del = |key: String| {
+        let del = |key: Vec<u8>| {
             let n = key.len();
             (TxnOp::delete(key, None), n)
         };
@@ -133,20 +151,24 @@ impl Item {
                 engine,
                 volumes,
                 ..
-            } => std::iter::once(put(keys.decision(id), json(decision)))
+            } => std::iter::once(put(keys.decision(id).into(), json(decision)))
                 .chain(volumes.iter().map(|v| {
                     let record = VolumeRecord {
                         name: v.clone(),
                         engine: engine.to_string(),
                         request: id.to_string(),
                     };
-                    put(keys.volume(v), json(&record))
+                    put(keys.volume(v).into(), json(&record))
                 }))
                 .collect(),
             Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
-                vec![put(keys.decision(id), json(decision))]
+                vec![put(keys.decision(id).into(), json(decision))]
             }
-            Item::Release { id, .. } => vec![del(keys.decision(id))],
+            Item::Release { id, .. } => vec![del(keys.decision(id).into())],
+            Item::Odd { segment, answer } => vec![match answer {
+                Some((_, decision)) => put(keys.odd_decision(segment), json(decision)),
+                None => del(keys.odd_decision(segment)),
+            }],
             Item::Park { .. } => vec![],
         };
         let bytes = ops.iter().map(|(_, n)| n).sum();

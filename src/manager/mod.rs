@@ -59,7 +59,7 @@ pub use batch::{Batch, EngineFence, batches};
 use compactor::Compactor;
 pub use item::Item;
 pub use ledger::{Decide, Displaced, Ledger, Work};
-pub use plan::plan;
+pub use plan::{Deciding, plan};
 pub use unfit::Unfit;
 
 /// etcd's default `--max-txn-ops`: the limit on compares, and on operations, per transaction.
@@ -354,8 +354,11 @@ impl<'a> Lead<'a> {
             &mut self.view.engines.views,
             &self.view.engines.revisions,
             &volumes,
-            &self.manager.cfg,
-            &now_rfc3339(),
+            &Deciding {
+                cfg: &self.manager.cfg,
+                now: &now_rfc3339(),
+                max_ops: self.max_ops,
+            },
             &mut self.unfit,
         );
         self.manager.remember_refusals(&items, epoch);
@@ -391,23 +394,17 @@ impl<'a> Lead<'a> {
         };
         let work = match max {
             0 => Vec::new(),
-            max => ledger.work(mirror, max, &self.assumed.ids),
+            max => ledger.work(mirror, max, &self.assumed.ids, &self.assumed.odd),
         };
         (work, ledger.capacity_epoch())
     }
 
     /// Groups items into transactions and starts committing each.
     fn send(&mut self, items: Vec<Item>) {
+        // A compare over the whole prefix reads every engine key, valid or not.
         let fence = EngineFence {
-            count: self.view.engines.views.len(),
-            newest: self
-                .view
-                .engines
-                .revisions
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(0),
+            count: self.view.engines.keys,
+            newest: self.view.engines.newest,
         };
         let batches = batches(items, &self.keys, fence, self.max_ops);
         let seqs: Vec<u64> = {
@@ -467,19 +464,25 @@ impl<'a> Lead<'a> {
                 for item in &c.items {
                     match item {
                         Item::Release { id, .. } => books.committed(id, rev, None),
-                        item => {
-                            if let Some(d) = item.decision() {
-                                books.committed(item.id(), rev, Some(d));
-                            }
-                            if let Item::Place {
-                                engine, volumes, ..
-                            } = item
-                            {
-                                for v in volumes {
-                                    books.volume_committed(v, engine.clone());
-                                }
+                        Item::Odd { segment, answer } => {
+                            books.odd_committed(segment, rev, answer.as_ref().map(|(r, _)| *r))
+                        }
+                        Item::Place {
+                            id,
+                            decision,
+                            engine,
+                            volumes,
+                            ..
+                        } => {
+                            books.committed(id, rev, Some(decision));
+                            for v in volumes {
+                                books.volume_committed(v, engine.clone());
                             }
                         }
+                        Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
+                            books.committed(id, rev, Some(decision))
+                        }
+                        Item::Park { .. } => {}
                     }
                 }
                 books.listener_mut().end_write(c.seq);
@@ -591,8 +594,8 @@ fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
             .iter()
             .map(|item| {
                 item.decision().is_some_and(|d| {
-                    mirror
-                        .decision(item.id())
+                    item.id()
+                        .and_then(|id| mirror.decision(id))
                         .is_none_or(|had| had.request_revision != d.request_revision)
                 })
             })
@@ -600,9 +603,13 @@ fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
     };
     for (item, first) in items.iter().zip(first) {
         match item {
-            Item::Release { .. } => metrics.released(),
+            Item::Release { .. } | Item::Odd { answer: None, .. } => metrics.released(),
             Item::Park { .. } => {}
             Item::Restore { decision, .. } => metrics.decided(decision.status),
+            Item::Odd {
+                answer: Some((_, decision)),
+                ..
+            } => metrics.decided(decision.status),
             Item::Place { decision, .. } | Item::Refuse { decision, .. } => {
                 metrics.decided(decision.status);
                 if matches!(item, Item::Place { .. }) {
@@ -642,6 +649,14 @@ fn log_batch(batch: &[Item], rev: i64) {
             Item::Restore { id, .. } => {
                 tracing::info!(request = %id, revision = rev, "restored a decision someone else changed");
                 "restored"
+            }
+            Item::Odd { segment, answer } => {
+                tracing::debug!(key_segment = %segment.escape_ascii(), revision = rev, "answered a request key that cannot be an id");
+                if answer.is_some() {
+                    "invalid"
+                } else {
+                    "released"
+                }
             }
             Item::Park { .. } => "parked",
         };

@@ -33,10 +33,10 @@ pub fn plan(
     engines: &mut [EngineView],
     revisions: &[i64],
     volumes: &dyn Fn(&str) -> Option<EngineId>,
-    cfg: &ManagerConfig,
-    now: &str,
+    by: &Deciding<'_>,
     unfit: &mut Unfit,
 ) -> Vec<Item> {
+    let (cfg, now) = (by.cfg, by.now);
     let steps: Vec<Step<'_>> = work.iter().map(|w| Step::of(w, cfg, now)).collect();
     let sample = scheduler::sample_size(engines.len());
     let mut proposals = propose_all(&steps, engines, cfg, sample, unfit).into_iter();
@@ -45,6 +45,7 @@ pub fn plan(
         revisions,
         cfg,
         now,
+        max_ops: by.max_ops,
         sample,
         unfit,
         volumes,
@@ -94,6 +95,25 @@ impl<'w> Step<'w> {
                     decided_by: cfg.replica.to_string(),
                     ..(**decision).clone()
                 },
+            })),
+            Work::Odd { segment, request } => Step::Written(Box::new(Item::Odd {
+                segment: segment.clone(),
+                answer: request.as_ref().map(|r| {
+                    let decision = Decision {
+                        container: Echo::of(&r.raw),
+                        resource: None,
+                        reservation: None,
+                        status: Status::Invalid,
+                        reason: r.why.clone(),
+                        scheduler: String::new(),
+                        alternatives: Vec::new(),
+                        request_revision: r.mod_revision,
+                        decided_at: now.to_string(),
+                        decided_by: cfg.replica.to_string(),
+                        run: None,
+                    };
+                    (r.mod_revision, Box::new(decision))
+                }),
             })),
         }
     }
@@ -160,12 +180,23 @@ fn seed(id: &RequestId) -> u64 {
     scheduler::fnv1a(id.as_str())
 }
 
+/// Who decides a round, when, and within which transaction limit.
+pub struct Deciding<'a> {
+    pub cfg: &'a ManagerConfig,
+    /// When (RFC 3339), for each decision's `decided_at`.
+    pub now: &'a str,
+    /// The most compares, and operations, one transaction may hold now (`--max-txn-ops`, or
+    /// etcd's default after etcd refused more).
+    pub max_ops: usize,
+}
+
 /// Stage 2: one round's decisions, in order, on the running view.
 struct Round<'a> {
     engines: &'a mut [EngineView],
     revisions: &'a [i64],
     cfg: &'a ManagerConfig,
     now: &'a str,
+    max_ops: usize,
     sample: usize,
     unfit: &'a mut Unfit,
     /// Where named volumes live: recorded, or in flight.
@@ -240,6 +271,10 @@ impl Round<'_> {
             Ok(p) => p,
             Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
         };
+        // Its placement must commit in one transaction, whatever else it holds.
+        if let Err(too_many) = super::batch::place_fits(&prepared.request, self.max_ops) {
+            return ask.refuse(Status::Invalid, too_many);
+        }
         // A batch placement whose engine was removed is lost, as when an engine's health
         // lapses under it; a service is placed again.
         if let (Some(Displaced::Removed(engine)), Lifecycle::Batch) = (&d.displaced, d.lifecycle) {
@@ -583,8 +618,11 @@ mod tests {
                 view,
                 &revisions,
                 &|_| None,
-                &cfg(),
-                "now",
+                &Deciding {
+                    cfg: &cfg(),
+                    now: "now",
+                    max_ops: 128,
+                },
                 unfit,
             )
         };
@@ -614,6 +652,58 @@ mod tests {
         assert!(matches!(&placed[..], [Item::Place { .. }]), "{placed:?}");
     }
 
+    #[test]
+    fn a_request_whose_placement_cannot_fit_one_transaction_is_invalid_with_the_limit_named() {
+        let with_volumes = |n: usize| {
+            let volumes: Vec<String> = (0..n).map(|i| format!("v{i}:/data/{i}")).collect();
+            serde_json::json!({"image": "x", "cpus": 0.1, "memory": 1, "type": "service", "volumes": volumes})
+                .to_string()
+        };
+        // (named volumes, max ops, placed)
+        for (n, max_ops, placed) in [
+            (125, 128, true),
+            (126, 128, false),
+            (8, 10, false),
+            (7, 10, true),
+        ] {
+            let mut view = engines();
+            let revisions = vec![1; view.len()];
+            let body = with_volumes(n);
+            let items = plan(
+                &[decide(body.as_bytes())],
+                &mut view,
+                &revisions,
+                &|_| None,
+                &Deciding {
+                    cfg: &cfg(),
+                    now: "now",
+                    max_ops,
+                },
+                &mut Unfit::default(),
+            );
+            match &items[..] {
+                [Item::Place { volumes, .. }] if placed => assert_eq!(volumes.len(), n),
+                [Item::Refuse { decision, .. }] if !placed => {
+                    assert_eq!(decision.status, Status::Invalid);
+                    let limit = max_ops - 3;
+                    assert!(
+                        decision.reason.starts_with(&format!(
+                            "volumes: {n} named volumes, the limit is {limit}"
+                        )),
+                        "{}",
+                        decision.reason
+                    );
+                    assert!(
+                        decision.reason.contains("--max-txn-ops"),
+                        "{}",
+                        decision.reason
+                    );
+                }
+                other => panic!("{n} volumes at {max_ops}: {other:?}"),
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -630,8 +720,11 @@ mod tests {
                 &mut view,
                 &revisions,
                 &|_| None,
-                &cfg(),
-                "now",
+                &Deciding {
+                    cfg: &cfg(),
+                    now: "now",
+                    max_ops: 128,
+                },
                 &mut Unfit::default(),
             );
             // A stall detector, a thousand times what any request costs, not a benchmark.
@@ -693,8 +786,11 @@ mod tests {
                 &mut view,
                 &revisions,
                 &lookup,
-                &cfg(),
-                "now",
+                &Deciding {
+                    cfg: &cfg(),
+                    now: "now",
+                    max_ops: 128,
+                },
                 &mut Unfit::default(),
             );
             let mut anti_on: BTreeSet<(u8, EngineId)> = BTreeSet::new();

@@ -23,6 +23,9 @@ pub struct EngineSpec {
 impl EngineSpec {
     /// Parses `engines/<id>`'s value; the key's id wins over a missing or mismatched JSON `id`.
     pub fn parse(id: &EngineId, raw: &[u8]) -> Result<EngineSpec, Invalid> {
+        // The id comes from the key: the grammar request ids obey (printable, no `/`, at most
+        // 253 bytes), or no command line nor Docker label could ever name the engine.
+        id.check().map_err(|e| Invalid(format!("id: {e}")))?;
         let mut wire: Engine = serde_json::from_slice::<serde_json::Value>(raw)
             .map_err(|e| Invalid(format!("malformed JSON: {e}")))
             .and_then(|v| {

@@ -126,6 +126,16 @@ impl Ledger {
         }
     }
 
+    /// An odd request key (its segment cannot be a request id) needs its decision written, or
+    /// deleted, or neither.
+    pub(super) fn classify_odd(&mut self, mirror: &Mirror, segment: Vec<u8>) {
+        if mirror.odd(&segment).is_some_and(|e| e.unanswered()) {
+            self.odd.insert(segment);
+        } else {
+            self.odd.remove(&segment);
+        }
+    }
+
     /// Placed, current, not launched yet, and asked to be (by the request or `--launch`).
     fn wants_launch(&self, mirror: &Mirror, id: &RequestId) -> bool {
         let (Some(d), Some(r)) = (mirror.decision(id), mirror.request(id)) else {
@@ -199,6 +209,6 @@ impl Ledger {
     /// How many requests wait for the leader: releases and pending decisions, including any
     /// the leader has written for and not seen yet (see [`Ledger::work`]), and repairs.
     pub fn queued(&self) -> usize {
-        self.releases.len() + self.pending.len() + self.guard.repairs.len()
+        self.releases.len() + self.pending.len() + self.guard.repairs.len() + self.odd.len()
     }
 }

@@ -59,6 +59,9 @@ pub struct Ledger {
     dirty: HashSet<EngineId>,
     /// Placed, asked to be launched, and not launched yet (by the leader's runner).
     launchable: BTreeSet<RequestId>,
+    /// Request keys whose segment cannot be a request id, whose `invalid` decision is to be
+    /// written (or deleted, once the request is gone).
+    odd: BTreeSet<Vec<u8>>,
 }
 
 impl Ledger {
@@ -162,6 +165,7 @@ impl Listener for Ledger {
                 self.dirty.insert(engine);
             }
             Change::Volumes => self.capacity_changed(mirror),
+            Change::Odd(segment) => self.classify_odd(mirror, segment),
         }
     }
 
@@ -203,6 +207,11 @@ impl Listener for Ledger {
         for engine in engines {
             self.check_capacity(mirror, &engine);
         }
+        self.odd = mirror
+            .odd_keys()
+            .filter(|(_, e)| e.unanswered())
+            .map(|(segment, _)| segment.clone())
+            .collect();
     }
 }
 

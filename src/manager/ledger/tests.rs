@@ -14,7 +14,7 @@ fn fed() -> Fed<Ledger> {
 impl Fed<Ledger> {
     fn work(&self) -> Vec<Work> {
         let (mirror, ledger) = (self.shared.mirror(), self.shared.listener());
-        ledger.work(mirror, 100, &HashSet::new())
+        ledger.work(mirror, 100, &HashSet::new(), &HashSet::new())
     }
 
     fn ledger(&mut self) -> &mut Ledger {
@@ -167,8 +167,10 @@ fn refuse(f: &mut Fed<Ledger>, id: &str, request_revision: i64) {
 fn deciding(f: &Fed<Ledger>) -> Vec<String> {
     f.work()
         .iter()
-        .filter(|w| matches!(w, Work::Decide(_)))
-        .map(|w| w.id().to_string())
+        .filter_map(|w| match w {
+            Work::Decide(d) => Some(d.id.to_string()),
+            _ => None,
+        })
         .collect()
 }
 
@@ -274,4 +276,37 @@ fn leader_keys_are_listed_lowest_create_revision_first_with_their_leases() {
     assert_eq!(keys[0].1.info.as_ref().map(|i| i.id.as_str()), Some("b"));
     assert_eq!(keys[1].1.lease, 0);
     assert!(keys[1].1.info.is_none());
+}
+
+#[test]
+fn a_request_key_that_cannot_be_an_id_is_answered_and_its_answer_released_when_it_goes() {
+    let mut f = fed();
+    let segment = b"r\xff".to_vec();
+    let key = f.keys.odd_request(&segment);
+    let rev = f.put_bytes(&key, br#"{"image":"x"}"#);
+    match &f.work()[..] {
+        [
+            Work::Odd {
+                segment: s,
+                request: Some(r),
+            },
+        ] => {
+            assert_eq!(s, &segment);
+            assert_eq!(r.mod_revision, rev);
+            assert_eq!(r.why, "id: the key's last segment is not UTF-8 text");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.shared.listener().queued(), 1);
+    // The leader's answer commits: nothing more to do.
+    f.rev += 1;
+    f.shared.odd_committed(&segment, f.rev, Some(rev));
+    assert!(f.work().is_empty());
+    // The request is deleted: its answer goes too.
+    f.delete_bytes(&key);
+    assert!(matches!(&f.work()[..], [Work::Odd { request: None, .. }]));
+    f.rev += 1;
+    f.shared.odd_committed(&segment, f.rev, None);
+    assert!(f.work().is_empty());
+    assert!(f.mirror().odd(&segment).is_none(), "nothing left of it");
 }

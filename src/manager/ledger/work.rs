@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Ledger;
 use super::classify::Class;
-use crate::cache::Mirror;
+use crate::cache::{Mirror, OddRequest};
 use crate::model::{Decision, EngineId, Lifecycle, RequestId, Run, Status};
 use crate::scheduler::Parsed;
 
@@ -27,6 +27,12 @@ pub enum Work {
         /// The decision key's mod revision in etcd now (0: deleted).
         decision_fence: i64,
         decision: Box<Decision>,
+    },
+    /// Answer a request key whose segment cannot be a request id: an `invalid` decision at the
+    /// decision key with the same segment, or its deletion once the request is gone.
+    Odd {
+        segment: Vec<u8>,
+        request: Option<OddRequest>,
     },
 }
 
@@ -52,15 +58,6 @@ pub struct Decide {
     pub displaced: Option<Displaced>,
 }
 
-impl Work {
-    pub fn id(&self) -> &RequestId {
-        match self {
-            Work::Decide(d) => &d.id,
-            Work::Release { id, .. } | Work::Restore { id, .. } => id,
-        }
-    }
-}
-
 /// Why a placed request must move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Displaced {
@@ -73,9 +70,16 @@ pub enum Displaced {
 }
 
 impl Ledger {
-    /// Up to `max_work` work items: repairs, releases, then pending requests oldest first,
-    /// leaving out those in `skip` (written by the leader and not yet seen).
-    pub fn work(&self, mirror: &Mirror, max_work: usize, skip: &HashSet<RequestId>) -> Vec<Work> {
+    /// Up to `max_work` work items: repairs, releases, odd request keys, then pending requests
+    /// oldest first, leaving out those in `skip` and `skip_odd` (written by the leader and not
+    /// yet seen).
+    pub fn work(
+        &self,
+        mirror: &Mirror,
+        max_work: usize,
+        skip: &HashSet<RequestId>,
+        skip_odd: &HashSet<Vec<u8>>,
+    ) -> Vec<Work> {
         let mut work = Vec::new();
         self.repairs_into(mirror, max_work, skip, &mut work);
         for id in &self.releases {
@@ -89,6 +93,19 @@ impl Ledger {
                 id: id.clone(),
                 request_revision: mirror.request(id).map(|r| r.mod_revision),
             });
+        }
+        for segment in &self.odd {
+            if work.len() >= max_work {
+                break;
+            }
+            if let Some(e) = mirror.odd(segment)
+                && !skip_odd.contains(segment)
+            {
+                work.push(Work::Odd {
+                    segment: segment.clone(),
+                    request: e.request.clone(),
+                });
+            }
         }
         for (rev, id) in &self.pending {
             if work.len() >= max_work {
