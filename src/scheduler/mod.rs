@@ -13,6 +13,8 @@ mod parsed;
 mod props;
 mod scarcity;
 mod strategy;
+#[cfg(test)]
+pub(crate) mod testing;
 mod view;
 
 use std::collections::BTreeMap;
@@ -593,57 +595,10 @@ pub use crate::model::fnv1a;
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{engine, place, request};
     use super::*;
-    use crate::model::{Engine, EngineId, EngineSpec, Image, MemoryMb, Millicpus, Proto};
+    use crate::model::{MemoryMb, Millicpus, Proto};
     use std::collections::BTreeSet;
-
-    /// An engine registered as `citadel engine add` would, as the scheduler sees it.
-    pub(super) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
-        let wire = Engine {
-            id: id.into(),
-            addr: format!("tcp://{id}:2375"),
-            cpus,
-            memory,
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            ..Engine::default()
-        };
-        let spec = EngineSpec::parse(
-            &EngineId::new(id).unwrap(),
-            serde_json::to_string(&wire).unwrap().as_bytes(),
-        )
-        .unwrap();
-        EngineView::new(&spec, 1.0)
-    }
-
-    fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Request {
-        Request::from_image(Image {
-            name: "img".into(),
-            cpus: Some(cpus),
-            memory: Some(memory),
-            kind: "service".into(),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            bind_ports: ports
-                .iter()
-                .map(|p| {
-                    HostPort {
-                        proto: Proto::Tcp,
-                        port: *p,
-                    }
-                    .to_port()
-                })
-                .collect(),
-            ..Image::default()
-        })
-        .unwrap()
-    }
-
-    fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
-        let p = Prepared::new(r.clone()).map_err(|e| e.to_string())?;
-        let plan = schedule(&p, engines, s, 1, usize::MAX).map_err(|u| u.reason)?;
-        let e = &mut engines[plan.engine];
-        e.reserve(r.cpus, r.memory, &r.ports);
-        Ok(plan.engine)
-    }
 
     #[test]
     fn a_class_decides_constraints_once_but_never_the_engine_itself() {
