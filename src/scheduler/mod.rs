@@ -9,6 +9,7 @@
 
 pub mod constraint;
 mod parsed;
+mod prepared;
 #[cfg(test)]
 mod props;
 mod scarcity;
@@ -19,9 +20,10 @@ mod view;
 
 use std::collections::BTreeMap;
 
-use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
+use crate::model::{HostPort, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
 pub use parsed::{Parsed, prepare};
+pub use prepared::{Prepared, Shape};
 pub use scarcity::Scarcity;
 pub use strategy::{Schedulers, Strategy};
 use view::ENGINE_LABEL;
@@ -57,134 +59,7 @@ pub enum SchedulerError {
     AffinityKey { index: usize, expr: String },
 }
 
-/// What decides whether, and why not, a request fits an engine: its demand, its host ports and
-/// its constraints as written (affinity and volume pins aside: see
-/// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
-/// are refused alike on the same engines, so when one fits nowhere, neither does the next until
-/// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
-/// that the filters read belongs here too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shape {
-    cpus: Millicpus,
-    memory: MemoryMb,
-    disk: MemoryMb,
-    ports: Vec<HostPort>,
-    constraints: Vec<String>,
-}
-
-impl Shape {
-    /// Whether `p` has this shape, without building its own.
-    pub fn is_of(&self, p: &Prepared) -> bool {
-        let r = &p.request;
-        self.cpus == r.cpus
-            && self.memory == r.memory
-            && self.disk == r.disk
-            && self.ports == r.ports
-            && self.constraints == r.constraints
-    }
-
-    fn hash_of(r: &Request) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        (r.cpus, r.memory, r.disk, &r.ports, &r.constraints).hash(&mut h);
-        h.finish()
-    }
-}
-
-/// A request ready to schedule: its constraints and affinity parsed (and their regexes
-/// compiled) once, when the request is read, not once per engine or per scheduling round.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub request: Request,
-    hard: Vec<Constraint>,
-    soft: Vec<Constraint>,
-    affinity_hard: Vec<Constraint>,
-    affinity_soft: Vec<Constraint>,
-    /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
-    pins: Vec<(String, EngineId)>,
-    /// A hash of its [`Shape`], made once when it is read: the leader's memo of refused shapes
-    /// looks it up without building one.
-    shape_hash: u64,
-}
-
-/// The keys an affinity expression may name.
-const AFFINITY_KEYS: [&str; 2] = ["request", "image"];
-
 impl Prepared {
-    /// Fails with a reason naming the bad `labels[i]` or `affinity[i]` entry.
-    pub fn new(request: Request) -> Result<Self, SchedulerError> {
-        // Counted before any is compiled: a request pays for at most this many.
-        let regexes = request
-            .constraints
-            .iter()
-            .chain(&request.affinity)
-            .filter(|e| constraint::names_regex(e))
-            .count();
-        if regexes > constraint::MAX_REGEX_CONSTRAINTS {
-            return Err(SchedulerError::TooManyRegexes {
-                count: regexes,
-                limit: constraint::MAX_REGEX_CONSTRAINTS,
-            });
-        }
-        let (hard, soft) = parse_all(&request.constraints, |index, source| {
-            SchedulerError::Constraint { index, source }
-        })?;
-        let (affinity_hard, affinity_soft) = parse_all(&request.affinity, |index, source| {
-            SchedulerError::Affinity { index, source }
-        })?;
-        if let Some((index, c)) = affinity_hard
-            .iter()
-            .chain(&affinity_soft)
-            .enumerate()
-            .find(|(_, c)| !AFFINITY_KEYS.contains(&c.key.as_str()))
-        {
-            return Err(SchedulerError::AffinityKey {
-                index,
-                expr: c.expr.clone(),
-            });
-        }
-        let shape_hash = Shape::hash_of(&request);
-        Ok(Prepared {
-            request,
-            hard,
-            soft,
-            affinity_hard,
-            affinity_soft,
-            pins: Vec::new(),
-            shape_hash,
-        })
-    }
-
-    /// A hash of [`Prepared::shape`]; equal shapes hash alike.
-    pub fn shape_hash(&self) -> u64 {
-        self.shape_hash
-    }
-
-    /// What decides where this request may go (see [`Shape`]).
-    pub fn shape(&self) -> Shape {
-        Shape {
-            cpus: self.request.cpus,
-            memory: self.request.memory,
-            disk: self.request.disk,
-            ports: self.request.ports.clone(),
-            constraints: self.request.constraints.clone(),
-        }
-    }
-
-    /// The same request, held to the engines its named volumes are recorded on.
-    pub fn pinned(&self, pins: Vec<(String, EngineId)>) -> Prepared {
-        Prepared {
-            pins,
-            ..self.clone()
-        }
-    }
-
-    /// It asks for more than resources, ports and labels (affinity or a pinned volume): a
-    /// plan for it made on another view must be made again, not only re-verified.
-    pub fn depends_on_placements(&self) -> bool {
-        !self.affinity_hard.is_empty() || !self.affinity_soft.is_empty() || !self.pins.is_empty()
-    }
-
     /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
     pub fn fits_resources(&self, e: &EngineView) -> Result<(), Rejection> {
         fits_resources(&self.request, e)
@@ -277,10 +152,6 @@ impl Prepared {
             Code::Port(p) => Rejection::Port(p),
         }
     }
-
-    fn has_soft(&self) -> bool {
-        !self.soft.is_empty() || !self.affinity_soft.is_empty()
-    }
 }
 
 /// The `i`th expression counting the hard ones first, as [`Code`] numbers them.
@@ -290,24 +161,6 @@ fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
         .nth(i)
         .map(|c| c.expr.clone())
         .unwrap_or_default()
-}
-
-/// Parses expressions into hard and soft ones; `err` names the bad entry.
-fn parse_all(
-    exprs: &[String],
-    err: impl Fn(usize, ConstraintError) -> SchedulerError,
-) -> Result<(Vec<Constraint>, Vec<Constraint>), SchedulerError> {
-    let mut hard = Vec::new();
-    let mut soft = Vec::new();
-    for (i, expr) in exprs.iter().enumerate() {
-        let c = Constraint::parse(expr).map_err(|source| err(i, source))?;
-        if c.soft {
-            soft.push(c);
-        } else {
-            hard.push(c);
-        }
-    }
-    Ok((hard, soft))
 }
 
 /// [`Rejection`] without its text: counted per engine, named only when explaining.
