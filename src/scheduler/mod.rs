@@ -8,6 +8,7 @@
 //! request it is handed.
 
 pub mod constraint;
+mod feasible;
 mod parsed;
 mod prepared;
 #[cfg(test)]
@@ -20,14 +21,15 @@ mod view;
 
 use std::collections::BTreeMap;
 
-use crate::model::{HostPort, Request};
+use crate::model::Request;
 pub use constraint::{Constraint, ConstraintError, Labels};
+use feasible::{ClassMemo, Code};
+pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use parsed::{Parsed, prepare};
 pub use prepared::{Prepared, Shape};
 pub use scarcity::Scarcity;
 pub use strategy::{Schedulers, Strategy};
-use view::ENGINE_LABEL;
-pub use view::{EngineView, Rejection, Tenants, UNCLASSED, fits_resources};
+pub use view::{EngineView, Tenants, UNCLASSED};
 
 /// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
 /// an `invalid` decision's reason (or a one-line CLI error) says.
@@ -60,121 +62,11 @@ pub enum SchedulerError {
 }
 
 impl Prepared {
-    /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
-    pub fn fits_resources(&self, e: &EngineView) -> Result<(), Rejection> {
-        fits_resources(&self.request, e)
-    }
-
-    /// The first filter `e` fails, named, or `Ok` if it fits: the scan's own check, for a dry
-    /// run (`citadel plan`) that explains every engine.
-    pub fn verdict(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
-        self.check(e, with_soft, &mut ClassMemo::default())
-            .map_err(|code| self.rejection(code))
-    }
-
     /// What `spread` and `binpack` rank `e` by: its reserved fraction once this request is
     /// placed there (spread takes the lowest, binpack the highest).
     pub fn score(&self, e: &EngineView) -> f64 {
         e.fraction_with(self.request.cpus, self.request.memory)
     }
-
-    /// The first filter `e` fails, as a cheap code (no allocation on the hot path).
-    fn check(&self, e: &EngineView, with_soft: bool, memo: &mut ClassMemo) -> Result<(), Code> {
-        for (i, c) in self.hard.iter().enumerate() {
-            if !memo.matches(c, i, e) {
-                return Err(Code::Constraint(i));
-            }
-        }
-        if with_soft {
-            for (i, c) in self.soft.iter().enumerate() {
-                let k = self.hard.len() + i;
-                if !memo.matches(c, k, e) {
-                    return Err(Code::Constraint(k));
-                }
-            }
-        }
-        if let Some(i) = self.pins.iter().position(|(_, at)| *at != e.id) {
-            return Err(Code::Volume(i));
-        }
-        if e.cordoned {
-            return Err(Code::Cordoned);
-        }
-        if !e.healthy {
-            return Err(Code::Unhealthy);
-        }
-        match fits_resources(&self.request, e) {
-            Ok(()) => {}
-            Err(Rejection::Cpus) => return Err(Code::Cpus),
-            Err(Rejection::Memory) => return Err(Code::Memory),
-            Err(Rejection::Disk) => return Err(Code::Disk),
-            Err(Rejection::Port(p)) => return Err(Code::Port(p)),
-            Err(_) => return Err(Code::Unhealthy),
-        }
-        self.check_affinity(e, with_soft)
-    }
-
-    /// Affinity, decided on what the engine holds (its tenants), after the cheaper filters.
-    fn check_affinity(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
-        let holds = |c: &Constraint| match c.key.as_str() {
-            "request" => c.matches_values(e.tenants.keys().map(|id| Some(id.as_str()))),
-            _ => c.matches_values(e.tenants.values().map(|image| Some(&**image))),
-        };
-        for (i, c) in self.affinity_hard.iter().enumerate() {
-            if !holds(c) {
-                return Err(Code::Affinity(i));
-            }
-        }
-        if with_soft {
-            for (i, c) in self.affinity_soft.iter().enumerate() {
-                if !holds(c) {
-                    return Err(Code::Affinity(self.affinity_hard.len() + i));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn rejection(&self, code: Code) -> Rejection {
-        match code {
-            Code::Constraint(i) => Rejection::Constraint(nth_expr(&self.hard, &self.soft, i)),
-            Code::Affinity(i) => {
-                Rejection::Affinity(nth_expr(&self.affinity_hard, &self.affinity_soft, i))
-            }
-            Code::Volume(i) => {
-                let (name, engine) = self.pins[i].clone();
-                Rejection::Volume { name, engine }
-            }
-            Code::Cordoned => Rejection::Cordoned,
-            Code::Unhealthy => Rejection::Unhealthy,
-            Code::Cpus => Rejection::Cpus,
-            Code::Memory => Rejection::Memory,
-            Code::Disk => Rejection::Disk,
-            Code::Port(p) => Rejection::Port(p),
-        }
-    }
-}
-
-/// The `i`th expression counting the hard ones first, as [`Code`] numbers them.
-fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
-    hard.iter()
-        .chain(soft)
-        .nth(i)
-        .map(|c| c.expr.clone())
-        .unwrap_or_default()
-}
-
-/// [`Rejection`] without its text: counted per engine, named only when explaining.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Code {
-    Constraint(usize),
-    Affinity(usize),
-    Volume(usize),
-    Cordoned,
-    Unhealthy,
-    Cpus,
-    Memory,
-    Disk,
-    Port(HostPort),
 }
 
 /// Where a request goes: an index into the view's engines.
@@ -204,37 +96,6 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
         reason.push_str(" (soft constraints ignored)");
     }
     reason
-}
-
-/// One request's constraint results by engine class: bit `k` of `known` says constraint `k`
-/// was decided for the class, bit `k` of `pass` that it matched.
-#[derive(Default)]
-struct ClassMemo(Vec<(u32, u32)>);
-
-/// Classes past this many are not numbered: their engines are checked one by one (a cluster
-/// where every engine has labels of its own gains nothing from classes).
-pub const MAX_CLASSES: u32 = 4096;
-
-impl ClassMemo {
-    fn matches(&mut self, c: &Constraint, k: usize, e: &EngineView) -> bool {
-        // The engine label tells engines of one class apart: never decided per class.
-        if k >= 32 || e.class >= MAX_CLASSES || c.key == ENGINE_LABEL {
-            return c.matches(&e.labels);
-        }
-        let class = e.class as usize;
-        if self.0.len() <= class {
-            self.0.resize(class + 1, (0, 0));
-        }
-        let bit = 1u32 << k;
-        let (known, pass) = &mut self.0[class];
-        if *known & bit == 0 {
-            *known |= bit;
-            if c.matches(&e.labels) {
-                *pass |= bit;
-            }
-        }
-        *pass & bit != 0
-    }
 }
 
 /// How many feasible engines to score before choosing, as the Kubernetes scheduler's
@@ -450,7 +311,7 @@ pub use crate::model::fnv1a;
 mod tests {
     use super::testing::{engine, place, request};
     use super::*;
-    use crate::model::{MemoryMb, Millicpus, Proto};
+    use crate::model::{HostPort, MemoryMb, Millicpus, Proto};
     use std::collections::BTreeSet;
 
     #[test]
