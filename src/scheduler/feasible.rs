@@ -105,13 +105,13 @@ impl Prepared {
         if !e.healthy {
             return Err(Code::Unhealthy);
         }
-        match fits_resources(&self.request, e) {
-            Ok(()) => {}
-            Err(Rejection::Cpus) => return Err(Code::Cpus),
-            Err(Rejection::Memory) => return Err(Code::Memory),
-            Err(Rejection::Disk) => return Err(Code::Disk),
-            Err(Rejection::Port(p)) => return Err(Code::Port(p)),
-            Err(_) => return Err(Code::Unhealthy),
+        if let Some(lack) = lack(&self.request, e) {
+            return Err(match lack {
+                Lack::Cpus => Code::Cpus,
+                Lack::Memory => Code::Memory,
+                Lack::Disk => Code::Disk,
+                Lack::Port(p) => Code::Port(p),
+            });
         }
         self.check_affinity(e, with_soft)
     }
@@ -159,19 +159,41 @@ impl Prepared {
 
 /// Whether an engine has room for a request's cpus, memory and host ports.
 pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
+    match lack(r, e) {
+        None => Ok(()),
+        Some(Lack::Cpus) => Err(Rejection::Cpus),
+        Some(Lack::Memory) => Err(Rejection::Memory),
+        Some(Lack::Disk) => Err(Rejection::Disk),
+        Some(Lack::Port(p)) => Err(Rejection::Port(p)),
+    }
+}
+
+/// What an engine lacks for a request's resources: the one answer of the resource filter,
+/// which the scan's [`Code`] and the leader's [`Rejection`] are each mapped from arm by arm.
+/// A resource added here must be named in both, and no other reason can come out of it.
+#[derive(Debug, Clone, Copy)]
+enum Lack {
+    Cpus,
+    Memory,
+    Disk,
+    Port(HostPort),
+}
+
+/// The first resource `e` lacks for `r`: cpus, memory, disk, then host ports.
+fn lack(r: &Request, e: &EngineView) -> Option<Lack> {
     if e.reserved_cpus.0.saturating_add(r.cpus.0) > e.cpus.0 {
-        return Err(Rejection::Cpus);
+        return Some(Lack::Cpus);
     }
     if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
-        return Err(Rejection::Memory);
+        return Some(Lack::Memory);
     }
     if r.disk.0 > 0 && e.reserved_disk.0.saturating_add(r.disk.0) > e.disk.0 {
-        return Err(Rejection::Disk);
+        return Some(Lack::Disk);
     }
-    if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
-        return Err(Rejection::Port(*p));
-    }
-    Ok(())
+    r.ports
+        .iter()
+        .find(|p| e.ports.contains(p))
+        .map(|p| Lack::Port(*p))
 }
 
 /// One request's constraint results by engine class: bit `k` of `known` says constraint `k`
