@@ -13,6 +13,7 @@ mod parsed;
 mod prepared;
 #[cfg(test)]
 mod props;
+mod rank;
 mod scarcity;
 mod strategy;
 #[cfg(test)]
@@ -21,12 +22,13 @@ mod view;
 
 use std::collections::BTreeMap;
 
-use crate::model::Request;
 pub use constraint::{Constraint, ConstraintError, Labels};
 use feasible::{ClassMemo, Code};
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use parsed::{Parsed, prepare};
 pub use prepared::{Prepared, Shape};
+use rank::beats;
+pub use rank::score;
 pub use scarcity::Scarcity;
 pub use strategy::{Schedulers, Strategy};
 pub use view::{EngineView, Tenants, UNCLASSED};
@@ -59,14 +61,6 @@ pub enum SchedulerError {
     },
     #[error("affinity[{index}]: {expr:?}: the key is request or image")]
     AffinityKey { index: usize, expr: String },
-}
-
-impl Prepared {
-    /// What `spread` and `binpack` rank `e` by: its reserved fraction once this request is
-    /// placed there (spread takes the lowest, binpack the highest).
-    pub fn score(&self, e: &EngineView) -> f64 {
-        e.fraction_with(self.request.cpus, self.request.memory)
-    }
 }
 
 /// Where a request goes: an index into the view's engines.
@@ -104,51 +98,6 @@ fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: b
 /// is only ever said after every engine was checked.
 pub fn sample_size(engines: usize) -> usize {
     (engines / 50).clamp(64, 100)
-}
-
-/// How good an engine that fits is for a request under a strategy: higher is better.
-///
-/// - `spread`: one minus the larger of the cpu and memory fractions reserved once placed, so
-///   the engine left least loaded on its fuller side wins.
-/// - `binpack`: an engine already in use beats an empty one (scores in (1, 2] against [0, 1));
-///   among engines in use, the best fit (the fewest further copies of this request would fit,
-///   the tightest), and among empty ones the largest (the most copies): first-fit decreasing's
-///   "largest bins first", decided online. Engines that constrained requests depend on come
-///   after the others whatever their score (see [`beats`] and [`Scarcity`]).
-/// - `random`: scored as spread, for ranking only.
-pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
-    match strategy {
-        Strategy::Spread | Strategy::Random => 1.0 - e.fraction_with(r.cpus, r.memory),
-        Strategy::Binpack => {
-            if e.reserved_cpus.0 > 0 || e.reserved_memory.0 > 0 {
-                1.0 + e.fraction_with(r.cpus, r.memory).min(1.0)
-            } else {
-                1.0 - 1.0 / (2.0 + e.copies_left(r).min(1e12))
-            }
-        }
-    }
-}
-
-/// Whether `a` beats `b` for `strategy`: for binpack, the engine fewer constrained requests
-/// depend on first (its [`EngineView::scarcity`]); then the higher score; on an exact tie,
-/// fewer containers (spread) or more (binpack); then the lower engine id, whatever the scan's
-/// start.
-fn beats(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Strategy) -> bool {
-    let (ea, sa) = a;
-    let (eb, sb) = b;
-    if strategy == Strategy::Binpack && ea.scarcity != eb.scarcity {
-        return ea.scarcity < eb.scarcity;
-    }
-    if sa != sb {
-        return sa > sb;
-    }
-    if ea.containers != eb.containers {
-        return match strategy {
-            Strategy::Binpack => ea.containers > eb.containers,
-            _ => ea.containers < eb.containers,
-        };
-    }
-    ea.id < eb.id
 }
 
 /// One scan's outcome: the choice, and what ruled out the others.
@@ -283,15 +232,7 @@ pub fn rank(
     if all.is_empty() && p.has_soft() {
         all = fitting(false, &mut memo);
     }
-    all.sort_by(|a, b| {
-        if beats((&engines[a.0], a.1), (&engines[b.0], b.1), strategy) {
-            std::cmp::Ordering::Less
-        } else if beats((&engines[b.0], b.1), (&engines[a.0], a.1), strategy) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    });
+    all.sort_by(|a, b| rank::order((&engines[a.0], a.1), (&engines[b.0], b.1), strategy));
     all.truncate(limit);
     all
 }
