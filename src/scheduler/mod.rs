@@ -7,7 +7,9 @@
 //! It may not touch etcd, Docker, the cache or a clock: it sees only the [`EngineView`]s and the
 //! request it is handed.
 
+mod alternatives;
 pub mod constraint;
+mod explain;
 mod feasible;
 mod parsed;
 mod prepared;
@@ -15,21 +17,20 @@ mod prepared;
 mod props;
 mod rank;
 mod scarcity;
+mod select;
 mod strategy;
 #[cfg(test)]
 pub(crate) mod testing;
 mod view;
 
-use std::collections::BTreeMap;
-
 pub use constraint::{Constraint, ConstraintError, Labels};
-use feasible::{ClassMemo, Code};
+pub use explain::Unschedulable;
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use parsed::{Parsed, prepare};
 pub use prepared::{Prepared, Shape};
-use rank::beats;
 pub use rank::score;
 pub use scarcity::Scarcity;
+pub use select::{Plan, sample_size, splitmix};
 pub use strategy::{Schedulers, Strategy};
 pub use view::{EngineView, Tenants, UNCLASSED};
 
@@ -63,107 +64,6 @@ pub enum SchedulerError {
     AffinityKey { index: usize, expr: String },
 }
 
-/// Where a request goes: an index into the view's engines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    pub engine: usize,
-    pub strategy: Strategy,
-    /// No engine met the soft constraints, so they were ignored.
-    pub soft_dropped: bool,
-}
-
-/// No engine fits. The reason reads `0/12 engines fit: 7 insufficient memory, 5 constraint zone==a`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unschedulable {
-    pub reason: String,
-}
-
-fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: bool) -> String {
-    if total == 0 {
-        return "0/0 engines fit: no engines registered".to_string();
-    }
-    let mut counts: Vec<(Rejection, usize)> = rejections.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    let mut reason = format!("0/{total} engines fit: {}", parts.join(", "));
-    if dropped_soft {
-        reason.push_str(" (soft constraints ignored)");
-    }
-    reason
-}
-
-/// How many feasible engines to score before choosing, as the Kubernetes scheduler's
-/// `percentageOfNodesToScore`: a large cluster costs a bounded amount per request. The scan
-/// starts at a point derived from the seed, so the sample differs per request; "nothing fits"
-/// is only ever said after every engine was checked.
-pub fn sample_size(engines: usize) -> usize {
-    (engines / 50).clamp(64, 100)
-}
-
-/// One scan's outcome: the choice, and what ruled out the others.
-struct Scan {
-    choice: Option<usize>,
-    rejections: Vec<(Code, usize)>,
-}
-
-/// Scans the engines from `start`, scoring at most `sample` that fit.
-fn scan(
-    p: &Prepared,
-    engines: &[EngineView],
-    strategy: Strategy,
-    seed: u64,
-    sample: usize,
-    with_soft: bool,
-    memo: &mut ClassMemo,
-) -> Scan {
-    let n = engines.len();
-    let start = if n == 0 {
-        0
-    } else {
-        (splitmix(seed) % n as u64) as usize
-    };
-    let mut best: Option<(usize, f64)> = None;
-    let mut feasible = 0usize;
-    let mut chosen_random: Option<usize> = None;
-    let mut rejections: Vec<(Code, usize)> = Vec::new();
-    for k in 0..n {
-        let i = if start + k < n {
-            start + k
-        } else {
-            start + k - n
-        };
-        let e = &engines[i];
-        match p.check(e, with_soft, memo) {
-            Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
-                Some((_, count)) => *count += 1,
-                None => rejections.push((code, 1)),
-            },
-            Ok(()) => {
-                feasible += 1;
-                if strategy == Strategy::Random {
-                    // Reservoir sampling: one pass, uniform, deterministic in `seed`.
-                    let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
-                    if draw.is_multiple_of(feasible as u64) {
-                        chosen_random = Some(i);
-                    }
-                } else {
-                    let s = score(e, &p.request, strategy);
-                    if best.is_none_or(|(bi, bs)| beats((e, s), (&engines[bi], bs), strategy)) {
-                        best = Some((i, s));
-                    }
-                }
-                if feasible >= sample {
-                    break;
-                }
-            }
-        }
-    }
-    Scan {
-        choice: chosen_random.or(best.map(|(i, _)| i)),
-        rejections,
-    }
-}
-
 /// Chooses an engine for a request, or says why none fits.
 ///
 /// Scores at most `sample` feasible engines (see [`sample_size`]; `usize::MAX` scores all).
@@ -175,39 +75,8 @@ pub fn schedule(
     seed: u64,
     sample: usize,
 ) -> Result<Plan, Unschedulable> {
-    let n = engines.len();
-    let mut memo = ClassMemo::default();
-    let named = |rejections: Vec<(Code, usize)>| -> BTreeMap<Rejection, usize> {
-        let mut out = BTreeMap::new();
-        for (code, count) in rejections {
-            *out.entry(p.rejection(code)).or_default() += count;
-        }
-        out
-    };
-    let first = scan(p, engines, strategy, seed, sample, true, &mut memo);
-    if let Some(engine) = first.choice {
-        return Ok(Plan {
-            engine,
-            strategy,
-            soft_dropped: false,
-        });
-    }
-    if !p.has_soft() {
-        return Err(Unschedulable {
-            reason: explain(n, named(first.rejections), false),
-        });
-    }
-    let second = scan(p, engines, strategy, seed, sample, false, &mut memo);
-    match second.choice {
-        Some(engine) => Ok(Plan {
-            engine,
-            strategy,
-            soft_dropped: true,
-        }),
-        None => Err(Unschedulable {
-            reason: explain(n, named(second.rejections), true),
-        }),
-    }
+    select::choose(p, engines, strategy, seed, sample)
+        .map_err(|refused| explain::unschedulable(p, engines.len(), refused))
 }
 
 /// Every engine that fits, best first, with its [`score`], at most `limit` of them: what a
@@ -219,30 +88,7 @@ pub fn rank(
     strategy: Strategy,
     limit: usize,
 ) -> Vec<(usize, f64)> {
-    let mut memo = ClassMemo::default();
-    let fitting = |with_soft: bool, memo: &mut ClassMemo| -> Vec<(usize, f64)> {
-        engines
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| p.check(e, with_soft, memo).is_ok())
-            .map(|(i, e)| (i, score(e, &p.request, strategy)))
-            .collect()
-    };
-    let mut all = fitting(true, &mut memo);
-    if all.is_empty() && p.has_soft() {
-        all = fitting(false, &mut memo);
-    }
-    all.sort_by(|a, b| rank::order((&engines[a.0], a.1), (&engines[b.0], b.1), strategy));
-    all.truncate(limit);
-    all
-}
-
-/// A small, good mixing function (SplitMix64's finaliser).
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+    alternatives::ranked(p, engines, strategy, limit)
 }
 
 /// A stable 64-bit hash of a string (FNV-1a), for seeds derived from request ids.
@@ -250,6 +96,7 @@ pub use crate::model::fnv1a;
 
 #[cfg(test)]
 mod tests {
+    use super::feasible::ClassMemo;
     use super::testing::{engine, place, request};
     use super::*;
     use crate::model::{HostPort, MemoryMb, Millicpus, Proto};
