@@ -235,3 +235,314 @@ fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
         .map(|c| c.expr.clone())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{engine, image, place, request, tcp, tenant};
+    use super::super::{Strategy, UNCLASSED};
+    use super::*;
+    use crate::model::{Image, MemoryMb, Millicpus};
+
+    /// One way an engine fails a request, one per filter.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Fault {
+        Hard,
+        Soft,
+        Volume,
+        Cordoned,
+        Unhealthy,
+        Cpus,
+        Memory,
+        Disk,
+        Port,
+        Affinity,
+    }
+    use Fault::*;
+
+    /// The filters in the order they run.
+    const ORDER: [Fault; 10] = [
+        Hard, Soft, Volume, Cordoned, Unhealthy, Cpus, Memory, Disk, Port, Affinity,
+    ];
+
+    /// A request that every filter has something to say about (`zone==a`, soft `disk==~ssd`,
+    /// volume `data` on e1, 1 cpu, 1024 MB, 100 MB of disk, port 80, not beside `web-*`) and
+    /// engine e1, which passes every filter but those of `faults`.
+    fn case(faults: &[Fault]) -> (Prepared, EngineView) {
+        let has = |f: Fault| faults.contains(&f);
+        let zone = if has(Hard) { "zone=b" } else { "zone=a" };
+        let disk = if has(Soft) { "disk=hdd" } else { "disk=ssd" };
+        let mut e = engine("e1", 4.0, 4096.0, &[zone, disk]);
+        e.disk = MemoryMb(1000);
+        e.cordoned = has(Cordoned);
+        e.healthy = !has(Unhealthy);
+        if has(Cpus) {
+            e.reserve(Millicpus(3500), MemoryMb(0), &[]);
+        }
+        if has(Memory) {
+            e.reserve(Millicpus(0), MemoryMb(3500), &[]);
+        }
+        if has(Disk) {
+            e.reserved_disk = MemoryMb(950);
+        }
+        if has(Port) {
+            e.reserve(Millicpus(0), MemoryMb(0), &[tcp(80)]);
+        }
+        if has(Affinity) {
+            tenant(&mut e, "web-1", "nginx");
+        }
+        let r = Request::from_image(Image {
+            disk: Some(100.0),
+            affinity: vec!["request!=web-*".into()],
+            ..image(1.0, 1024.0, &["zone==a", "disk==~ssd"], &[80])
+        })
+        .unwrap();
+        let at = EngineId::new(if has(Volume) { "e2" } else { "e1" }).unwrap();
+        let p = Prepared::new(r).unwrap().pinned(vec![("data".into(), at)]);
+        (p, e)
+    }
+
+    #[test]
+    fn each_filter_rejects_with_its_own_reason() {
+        let cases = [
+            (Hard, Rejection::Constraint("zone==a".into())),
+            (Soft, Rejection::Constraint("disk==~ssd".into())),
+            (
+                Volume,
+                Rejection::Volume {
+                    name: "data".into(),
+                    engine: EngineId::new("e2").unwrap(),
+                },
+            ),
+            (Cordoned, Rejection::Cordoned),
+            (Unhealthy, Rejection::Unhealthy),
+            (Cpus, Rejection::Cpus),
+            (Memory, Rejection::Memory),
+            (Disk, Rejection::Disk),
+            (Port, Rejection::Port(tcp(80))),
+            (Affinity, Rejection::Affinity("request!=web-*".into())),
+        ];
+        let (p, e) = case(&[]);
+        assert_eq!(p.verdict(&e, true), Ok(()), "no fault, no rejection");
+        for (fault, want) in cases {
+            let (p, e) = case(&[fault]);
+            assert_eq!(p.verdict(&e, true), Err(want), "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_filter_that_fails_is_the_one_named() {
+        for (i, first) in ORDER.iter().enumerate() {
+            let (p, e) = case(&[*first]);
+            let want = p.verdict(&e, true);
+            for later in &ORDER[i + 1..] {
+                let (p, e) = case(&[*later, *first]);
+                assert_eq!(p.verdict(&e, true), want, "{first:?} before {later:?}");
+            }
+            let (p, e) = case(&ORDER[i..]);
+            assert_eq!(
+                p.verdict(&e, true),
+                want,
+                "{first:?} and every filter after it"
+            );
+        }
+    }
+
+    #[test]
+    fn without_the_soft_ones_only_hard_expressions_reject() {
+        // (faults, the verdict with soft constraints, the verdict without)
+        let cases = [
+            (
+                vec![Soft],
+                Err(Rejection::Constraint("disk==~ssd".into())),
+                Ok(()),
+            ),
+            (
+                vec![Soft, Cpus],
+                Err(Rejection::Constraint("disk==~ssd".into())),
+                Err(Rejection::Cpus),
+            ),
+            (
+                vec![Hard, Soft],
+                Err(Rejection::Constraint("zone==a".into())),
+                Err(Rejection::Constraint("zone==a".into())),
+            ),
+            (
+                vec![Affinity],
+                Err(Rejection::Affinity("request!=web-*".into())),
+                Err(Rejection::Affinity("request!=web-*".into())),
+            ),
+        ];
+        for (faults, with_soft, without) in cases {
+            let (p, e) = case(&faults);
+            assert_eq!(p.verdict(&e, true), with_soft, "{faults:?} with soft");
+            assert_eq!(p.verdict(&e, false), without, "{faults:?} without soft");
+        }
+    }
+
+    #[test]
+    fn each_expression_is_named_as_written_hard_ones_checked_first() {
+        // Written soft, hard, soft: the hard one is checked first; each is named as written.
+        let p = Prepared::new(request(1.0, 1.0, &["a==~1", "b==2", "c==~3"], &[])).unwrap();
+        // (the engine's labels, with soft, the constraint named)
+        let cases = [
+            (["a=1", "b=2", "c=x"], true, Some("c==~3")),
+            (["a=x", "b=2", "c=3"], true, Some("a==~1")),
+            (["a=x", "b=x", "c=x"], true, Some("b==2")),
+            (["a=x", "b=2", "c=x"], false, None),
+        ];
+        for (labels, with_soft, want) in cases {
+            let e = engine("e1", 4.0, 4096.0, &labels);
+            let want = want.map_or(Ok(()), |x| Err(Rejection::Constraint(x.into())));
+            assert_eq!(
+                p.verdict(&e, with_soft),
+                want,
+                "{labels:?}, soft {with_soft}"
+            );
+        }
+        // Affinity likewise, written soft, hard.
+        let r = Request::from_image(Image {
+            affinity: vec!["image!=~redis*".into(), "request!=web-*".into()],
+            ..image(1.0, 1.0, &[], &[])
+        })
+        .unwrap();
+        let p = Prepared::new(r).unwrap();
+        // (the request the engine holds and its image, with soft, the expression named)
+        let cases = [
+            (("web-1", "nginx"), true, Some("request!=web-*")),
+            (("web-1", "redis:7"), true, Some("request!=web-*")),
+            (("db-1", "redis:7"), true, Some("image!=~redis*")),
+            (("db-1", "redis:7"), false, None),
+            (("db-1", "nginx"), true, None),
+        ];
+        for ((id, held), with_soft, want) in cases {
+            let mut e = engine("e1", 4.0, 4096.0, &[]);
+            tenant(&mut e, id, held);
+            let want = want.map_or(Ok(()), |x| Err(Rejection::Affinity(x.into())));
+            assert_eq!(
+                p.verdict(&e, with_soft),
+                want,
+                "holding {id} of {held}, soft {with_soft}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_resource_filter_is_the_scans_and_reads_nothing_else() {
+        // What the leader verifies again before a commit says what the scan said, for the
+        // resources, and ignores every other filter.
+        let cases: [(&[Fault], Result<(), Rejection>); 6] = [
+            (&[], Ok(())),
+            (&[Cpus, Memory], Err(Rejection::Cpus)),
+            (&[Memory, Disk], Err(Rejection::Memory)),
+            (&[Disk, Port], Err(Rejection::Disk)),
+            (&[Port], Err(Rejection::Port(tcp(80)))),
+            (&[Hard, Soft, Volume, Cordoned, Unhealthy, Affinity], Ok(())),
+        ];
+        for (faults, want) in cases {
+            let (p, e) = case(faults);
+            assert_eq!(p.fits_resources(&e), want, "{faults:?}");
+            assert_eq!(fits_resources(&p.request, &e), want, "{faults:?}");
+            if faults
+                .iter()
+                .all(|f| [Cpus, Memory, Disk, Port].contains(f))
+            {
+                assert_eq!(p.verdict(&e, true), want, "{faults:?}: the scan agrees");
+            }
+        }
+    }
+
+    #[test]
+    fn resources_fit_up_to_the_last_unit() {
+        // (reserved millicpus, reserved MB, reserved disk MB, the engine's disk, the request's
+        // disk) on a 4 cpu, 4096 MB engine, for 1 cpu and 1024 MB
+        let cases = [
+            (3000, 3072, 0, 0, None, Ok(())),
+            (3001, 0, 0, 0, None, Err(Rejection::Cpus)),
+            (0, 3073, 0, 0, None, Err(Rejection::Memory)),
+            (0, 0, 0, 0, Some(1.0), Err(Rejection::Disk)),
+            (0, 0, 900, 1000, Some(100.0), Ok(())),
+            (0, 0, 901, 1000, Some(100.0), Err(Rejection::Disk)),
+        ];
+        for (cpus, memory, disk_used, disk, ask_disk, want) in cases {
+            let mut e = engine("e1", 4.0, 4096.0, &[]);
+            e.reserve(Millicpus(cpus), MemoryMb(memory), &[]);
+            e.reserved_disk = MemoryMb(disk_used);
+            e.disk = MemoryMb(disk);
+            let r = Request::from_image(Image {
+                disk: ask_disk,
+                ..image(1.0, 1024.0, &[], &[])
+            })
+            .unwrap();
+            assert_eq!(
+                fits_resources(&r, &e),
+                want,
+                "{cpus}m {memory} MB {disk_used}/{disk} MB disk, asking {ask_disk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_class_answers_for_its_engines_but_never_for_the_engine_label() {
+        // (constraint, its number in the request, the engines' class, whether an engine that
+        // does not match is answered as the first of its class, which did)
+        let cases = [
+            ("zone==a", 0, 3, true),
+            ("zone==a", 31, 3, true),
+            ("zone==a", 32, 3, false),
+            ("zone==a", 0, MAX_CLASSES - 1, true),
+            ("zone==a", 0, MAX_CLASSES, false),
+            ("zone==a", 0, UNCLASSED, false),
+            ("engine==e0", 0, 3, false),
+        ];
+        for (expr, k, class, shared) in cases {
+            let c = Constraint::parse(expr).unwrap();
+            let mut first = engine("e0", 1.0, 1.0, &["zone=a"]);
+            let mut other = engine("e1", 1.0, 1.0, &["zone=b"]);
+            first.class = class;
+            other.class = class;
+            let mut memo = ClassMemo::default();
+            assert!(memo.matches(&c, k, &first), "{expr}");
+            assert_eq!(
+                memo.matches(&c, k, &other),
+                shared,
+                "{expr} #{k} class {class}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_class_decides_constraints_once_but_never_the_engine_itself() {
+        // Two classes: eu engines (class 0) and us engines (class 1). The us engine is the
+        // least loaded, so only the constraint keeps it out.
+        let mut es = vec![
+            engine("e0", 4.0, 4096.0, &["region=eu"]),
+            engine("e1", 4.0, 4096.0, &["region=eu"]),
+            engine("e2", 4.0, 4096.0, &["region=us"]),
+        ];
+        for (e, class) in es.iter_mut().zip([0, 0, 1]) {
+            e.class = class;
+        }
+        es[1].reserve(Millicpus(1000), MemoryMb(0), &[]);
+        let r = request(1.0, 1.0, &["region==eu", "engine!=e0"], &[]);
+        assert_eq!(place(&r, &mut es, Strategy::Spread), Ok(1));
+        // Nothing else fits: the reason counts each engine under the constraint it failed.
+        let r = request(1.0, 1.0, &["region==eu", "engine!=e0", "engine!=e1"], &[]);
+        assert_eq!(
+            place(&r, &mut es, Strategy::Spread),
+            Err("0/3 engines fit: 1 constraint engine!=e0, 1 constraint engine!=e1, 1 constraint region==eu".into())
+        );
+    }
+
+    #[test]
+    fn engine_pin() {
+        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
+        assert_eq!(
+            place(
+                &request(1.0, 1.0, &["engine==b"], &[]),
+                &mut es,
+                Strategy::Binpack
+            ),
+            Ok(1)
+        );
+    }
+}

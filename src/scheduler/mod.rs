@@ -103,29 +103,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn a_class_decides_constraints_once_but_never_the_engine_itself() {
-        // Two classes: eu engines (class 0) and us engines (class 1). The us engine is the
-        // least loaded, so only the constraint keeps it out.
-        let mut es = vec![
-            engine("e0", 4.0, 4096.0, &["region=eu"]),
-            engine("e1", 4.0, 4096.0, &["region=eu"]),
-            engine("e2", 4.0, 4096.0, &["region=us"]),
-        ];
-        for (e, class) in es.iter_mut().zip([0, 0, 1]) {
-            e.class = class;
-        }
-        es[1].reserve(Millicpus(1000), MemoryMb(0), &[]);
-        let r = request(1.0, 1.0, &["region==eu", "engine!=e0"], &[]);
-        assert_eq!(place(&r, &mut es, Strategy::Spread), Ok(1));
-        // Nothing else fits: the reason counts each engine under the constraint it failed.
-        let r = request(1.0, 1.0, &["region==eu", "engine!=e0", "engine!=e1"], &[]);
-        assert_eq!(
-            place(&r, &mut es, Strategy::Spread),
-            Err("0/3 engines fit: 1 constraint engine!=e0, 1 constraint engine!=e1, 1 constraint region==eu".into())
-        );
-    }
-
-    #[test]
     fn spread_goes_to_the_least_loaded_engine() {
         let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
         es[0].reserve(Millicpus(2000), MemoryMb(0), &[]);

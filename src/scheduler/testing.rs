@@ -2,7 +2,7 @@
 //! and one request builder, so that every stage's tests mean the same by "an engine with 4 cpus".
 
 use super::{EngineView, Prepared, Strategy, schedule};
-use crate::model::{Engine, EngineId, EngineSpec, HostPort, Image, Proto, Request};
+use crate::model::{Engine, EngineId, EngineSpec, HostPort, Image, Proto, Request, RequestId};
 
 /// An engine registered as `citadel engine add` would, as the scheduler sees it.
 pub(crate) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
@@ -31,16 +31,7 @@ pub(crate) fn image(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> I
         memory: Some(memory),
         kind: "service".into(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
-        bind_ports: ports
-            .iter()
-            .map(|p| {
-                HostPort {
-                    proto: Proto::Tcp,
-                    port: *p,
-                }
-                .to_port()
-            })
-            .collect(),
+        bind_ports: ports.iter().map(|p| tcp(*p).to_port()).collect(),
         ..Image::default()
     }
 }
@@ -58,4 +49,17 @@ pub(crate) fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Res
     let e = &mut engines[plan.engine];
     e.reserve(r.cpus, r.memory, &r.ports);
     Ok(plan.engine)
+}
+
+/// A tcp host port.
+pub(crate) fn tcp(port: u16) -> HostPort {
+    HostPort {
+        proto: Proto::Tcp,
+        port,
+    }
+}
+
+/// Records request `id` of `image` as placed on `e` (what affinity reads), reserving nothing.
+pub(crate) fn tenant(e: &mut EngineView, id: &str, image: &str) {
+    std::sync::Arc::make_mut(&mut e.tenants).insert(RequestId::new(id).unwrap(), image.into());
 }
