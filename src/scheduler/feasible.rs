@@ -1,12 +1,12 @@
 //! Feasibility: whether one engine may take a request, and if not, the first filter it fails.
 //!
-//! The filters, cheapest and most selective first: hard constraints, then soft ones (each
-//! decided once per engine class, see [`ClassMemo`]); volume pins; cordoned; unhealthy;
-//! cpus, memory, disk and host ports ([`fits_resources`], what the leader verifies again
-//! before a commit); affinity, last, as it reads what the engine holds.
+//! The filters, in the order they run: hard constraints, then soft ones (each decided once per
+//! engine class, see [`ClassMemo`]); volume pins; cordoned; unhealthy; cpus, memory, disk and
+//! host ports ([`fits_resources`], what the leader verifies again before a commit); affinity,
+//! last, as it reads what the engine holds.
 //!
-//! It may not score or compare engines (ranking does), nor allocate or name a reason
-//! on its path: a failure is a [`Code`], named as a [`Rejection`] only to explain.
+//! It may not score or compare engines ([ranking](mod@super::rank) does), nor allocate or
+//! name a reason per engine: a failure is a [`Code`], named as a [`Rejection`] only to explain.
 
 use std::fmt;
 

@@ -6,6 +6,42 @@
 //!
 //! It may not touch etcd, Docker, the cache or a clock: it sees only the [`EngineView`]s and the
 //! request it is handed.
+//!
+//! # The pipeline
+//!
+//! A request meets one stage per file, as in Nomad's `scheduler/feasible`. The entry points
+//! below chain them: [`schedule`] hands it to selection, whose scan puts each engine to the
+//! filters and ranks those that fit, then to explanation when none does; [`rank()`] hands it to
+//! alternatives, which filters and ranks every engine; [`sample_size`] is selection's bound.
+//!
+//! ```text
+//!   Request (model)              EngineView (view.rs): capacity, reserved, ports, labels, class
+//!      │                              │
+//!      ▼                              │
+//!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
+//!      │                              │
+//!      ▼                              ▼  each engine in turn, from a start the seed picks
+//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → cordoned
+//!                 → unhealthy → cpus, memory, disk, ports (fits_resources) → affinity
+//!      │ fits                                  │ fails: a Code, counted
+//!      ▼                                       │
+//!   rank.rs       score by strategy; beats: scarcity (binpack), score, containers, id
+//!      │                                       │
+//!      ▼                                       │
+//!   select.rs     the best of the first sample_size that fit (random: a reservoir draw);
+//!                 none meeting the soft constraints: the scan again without them
+//!      │ one fits                              │ none fits, every engine checked
+//!      ▼                                       ▼
+//!    Plan                        explain.rs   Unschedulable: "0/12 engines fit:
+//!                                             7 insufficient memory, 5 constraint zone==a"
+//!
+//!   rank():  alternatives.rs   every engine that passes feasible.rs, in rank.rs's order,
+//!                              the first `limit` (no sample, no draw)
+//! ```
+//!
+//! Beside the pipeline: `constraint.rs` parses and matches label expressions, `strategy.rs`
+//! names the strategies and which container type each schedules, `scarcity.rs` counts which
+//! engines constrained requests depend on (the leader sets [`EngineView::scarcity`] from it).
 
 mod alternatives;
 pub mod constraint;
@@ -75,7 +111,9 @@ pub fn schedule(
     seed: u64,
     sample: usize,
 ) -> Result<Plan, Unschedulable> {
+    // feasible → rank → select, over the engines from the seed's start (select.rs)
     select::choose(p, engines, strategy, seed, sample)
+        // → explain, once every engine was checked and none fits (explain.rs)
         .map_err(|refused| explain::unschedulable(p, engines.len(), refused))
 }
 
@@ -88,6 +126,7 @@ pub fn rank(
     strategy: Strategy,
     limit: usize,
 ) -> Vec<(usize, f64)> {
+    // feasible → rank over every engine, best first, cut at `limit` (alternatives.rs)
     alternatives::ranked(p, engines, strategy, limit)
 }
 

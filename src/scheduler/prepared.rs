@@ -2,8 +2,8 @@
 //! once, when the request is read, and the [`Shape`] the leader's memo of refused requests
 //! knows it by.
 //!
-//! It may not look at an engine: whether one fits is the filters' to say, from what this stage
-//! parsed. A bad expression is refused here, with the index of the entry.
+//! It may not look at an engine: whether one fits is [`super::feasible`]'s to say, from what
+//! this stage parsed. A bad expression is refused here, naming its entry.
 
 use super::{Constraint, ConstraintError, SchedulerError, constraint};
 use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
