@@ -254,24 +254,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn engine_pin_and_bad_constraints() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        assert_eq!(
-            place(
-                &request(1.0, 1.0, &["engine==b"], &[]),
-                &mut es,
-                Strategy::Binpack
-            ),
-            Ok(1)
-        );
-        let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
-        assert!(matches!(
-            Prepared::new(bad),
-            Err(SchedulerError::Constraint { index: 0, .. })
-        ));
-    }
-
     mod properties {
         use super::*;
         use proptest::prelude::*;

@@ -160,3 +160,193 @@ fn parse_all(
     }
     Ok((hard, soft))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{image, request};
+    use super::*;
+    use crate::model::Image;
+
+    fn with_affinity(labels: &[&str], affinity: &[&str]) -> Request {
+        Request::from_image(Image {
+            affinity: affinity.iter().map(|s| s.to_string()).collect(),
+            ..image(1.0, 1.0, labels, &[])
+        })
+        .unwrap()
+    }
+
+    /// What [`Prepared::new`] made of a request: its expressions counted, or the error.
+    fn outcome(r: Result<Prepared, SchedulerError>) -> String {
+        match r {
+            Ok(p) => format!(
+                "hard {} soft {}, affinity hard {} soft {}",
+                p.hard.len(),
+                p.soft.len(),
+                p.affinity_hard.len(),
+                p.affinity_soft.len()
+            ),
+            Err(SchedulerError::Constraint { index, .. }) => format!("labels[{index}]"),
+            Err(SchedulerError::Affinity { index, .. }) => format!("affinity[{index}]"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn expressions_are_parsed_into_hard_and_soft_or_refused_by_entry() {
+        let regexes: Vec<String> = (0..9).map(|i| format!("k{i}==/v{i}/")).collect();
+        let regexes: Vec<&str> = regexes.iter().map(String::as_str).collect();
+        // (labels, affinity, what comes of them)
+        let cases: [(&[&str], &[&str], &str); 10] = [
+            (&[], &[], "hard 0 soft 0, affinity hard 0 soft 0"),
+            (
+                &["zone==a", "disk==~ssd", "gpu"],
+                &[],
+                "hard 2 soft 1, affinity hard 0 soft 0",
+            ),
+            (
+                &[],
+                &["request!=web-*", "image==~redis*"],
+                "hard 0 soft 0, affinity hard 1 soft 1",
+            ),
+            (&["zone==/(/"], &[], "labels[0]"),
+            (&["zone==a", "==b"], &[], "labels[1]"),
+            (&[], &["request==/(/"], "affinity[0]"),
+            (
+                &[],
+                &["zone==a"],
+                r#"affinity[0]: "zone==a": the key is request or image"#,
+            ),
+            (&regexes[..8], &[], "hard 8 soft 0, affinity hard 0 soft 0"),
+            (
+                &regexes,
+                &[],
+                "labels: 9 /regex/ constraints, the limit is 8",
+            ),
+            (
+                &regexes[..5],
+                &["request==/a/", "request==/b/", "image==/c/", "image==/d/"],
+                "labels: 9 /regex/ constraints, the limit is 8",
+            ),
+        ];
+        for (labels, affinity, want) in cases {
+            let got = outcome(Prepared::new(with_affinity(labels, affinity)));
+            assert_eq!(got, want, "{labels:?} {affinity:?}");
+        }
+    }
+
+    #[test]
+    fn bad_constraints() {
+        let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
+        assert!(matches!(
+            Prepared::new(bad),
+            Err(SchedulerError::Constraint { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_shape_is_what_the_filters_read_and_nothing_else() {
+        let base = || image(1.0, 256.0, &["zone==a", "disk==ssd"], &[80]);
+        // (how the request differs from the base one, whether it has the base one's shape)
+        let cases: [(&str, Image, bool); 10] = [
+            ("the same", base(), true),
+            (
+                "another image",
+                Image {
+                    name: "other".into(),
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "another type",
+                Image {
+                    kind: "batch".into(),
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "affinity",
+                Image {
+                    affinity: vec!["request!=web-*".into()],
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "more cpus",
+                Image {
+                    cpus: Some(2.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "more memory",
+                Image {
+                    memory: Some(512.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "disk",
+                Image {
+                    disk: Some(10.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "another port",
+                image(1.0, 256.0, &["zone==a", "disk==ssd"], &[81]),
+                false,
+            ),
+            (
+                "another constraint",
+                image(1.0, 256.0, &["zone==b", "disk==ssd"], &[80]),
+                false,
+            ),
+            (
+                "the constraints in another order",
+                image(1.0, 256.0, &["disk==ssd", "zone==a"], &[80]),
+                false,
+            ),
+        ];
+        let shape = Prepared::new(Request::from_image(base()).unwrap()).unwrap();
+        for (how, i, same) in cases {
+            let p = Prepared::new(Request::from_image(i).unwrap()).unwrap();
+            assert_eq!(shape.shape().is_of(&p), same, "{how}");
+            assert_eq!(shape.shape() == p.shape(), same, "{how}");
+            if same {
+                assert_eq!(shape.shape_hash(), p.shape_hash(), "{how}");
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_and_volume_pins_make_a_plan_depend_on_placements() {
+        let on = |id: &str| vec![("data".to_string(), EngineId::new(id).unwrap())];
+        // (the request, its volume pins, whether a plan for it depends on other placements)
+        let cases = [
+            (with_affinity(&[], &[]), vec![], false),
+            (
+                with_affinity(&["zone==a", "disk==~ssd"], &[]),
+                vec![],
+                false,
+            ),
+            (with_affinity(&[], &["request!=web-*"]), vec![], true),
+            (with_affinity(&[], &["image==~redis*"]), vec![], true),
+            (with_affinity(&[], &[]), on("e1"), true),
+        ];
+        for (r, pins, depends) in cases {
+            let p = Prepared::new(r).unwrap().pinned(pins.clone());
+            assert_eq!(
+                p.depends_on_placements(),
+                depends,
+                "{:?} {pins:?}",
+                p.request.affinity
+            );
+        }
+    }
+}
