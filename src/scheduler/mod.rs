@@ -142,35 +142,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn spread_goes_to_the_least_loaded_engine() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        es[0].reserve(Millicpus(2000), MemoryMb(0), &[]);
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Spread),
-            Ok(1)
-        );
-    }
-
-    #[test]
-    fn binpack_fills_the_fullest_engine_that_fits() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        es[1].reserve(Millicpus(2000), MemoryMb(0), &[]);
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(1)
-        );
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(1)
-        );
-        // b is now full (4 of 4): the next one must go to a.
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(0)
-        );
-    }
-
-    #[test]
     fn random_is_deterministic_in_its_seed_and_only_picks_engines_that_fit() {
         let es: Vec<EngineView> = (0..20)
             .map(|i| {
