@@ -146,3 +146,211 @@ fn scan(
         rejections,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::schedule;
+    use super::super::testing::{engine, image, place, request, tenant};
+    use super::*;
+    use crate::model::{Image, MemoryMb, Millicpus, Request};
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_sample_is_a_fiftieth_of_the_engines_between_64_and_100() {
+        let cases = [
+            (0, 64),
+            (1, 64),
+            (3_249, 64),
+            (3_250, 65),
+            (4_999, 99),
+            (5_000, 100),
+            (1_000_000, 100),
+        ];
+        for (engines, want) in cases {
+            assert_eq!(sample_size(engines), want, "{engines} engines");
+        }
+    }
+
+    /// Ten engines e0..e9, each the more loaded the higher its number, e3 and e6 cordoned.
+    fn ten() -> Vec<EngineView> {
+        (0..10u64)
+            .map(|i| {
+                let mut e = engine(&format!("e{i}"), 4.0, 4096.0, &[]);
+                e.reserve(Millicpus(i * 100), MemoryMb(0), &[]);
+                e.cordoned = i == 3 || i == 6;
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_scan_starts_where_the_seed_says_and_scores_at_most_a_sample_that_fit() {
+        // (seed, its start on ten engines, sample, the engine spread chooses): the least loaded
+        // of the first `sample` engines that fit from the start, wrapping around.
+        let cases = [
+            (4, 8, 1, 8),
+            (4, 8, 2, 8),
+            (4, 8, 3, 0),
+            (4, 8, usize::MAX, 0),
+            (3, 3, 1, 4),
+            (3, 3, 3, 4),
+            (7, 7, 1, 7),
+            (7, 7, 3, 7),
+            (7, 7, 4, 0),
+            (2, 0, 1, 0),
+            (6, 2, 1, 2),
+            (6, 2, 2, 2),
+        ];
+        let es = ten();
+        let p = Prepared::new(request(1.0, 1.0, &[], &[])).unwrap();
+        for (seed, start, sample, want) in cases {
+            assert_eq!(splitmix(seed) % 10, start, "seed {seed}");
+            let plan = schedule(&p, &es, Strategy::Spread, seed, sample).unwrap();
+            assert_eq!(plan.engine, want, "seed {seed}, sample {sample}");
+            let again = schedule(&p, &es, Strategy::Spread, seed, sample).unwrap();
+            assert_eq!(
+                plan, again,
+                "seed {seed}, sample {sample}: the same seed, the same plan"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sample_never_stops_the_scan_before_one_fits() {
+        // Only engine `k` fits: whatever the start and a sample of one, the scan reaches it.
+        let p = Prepared::new(request(1.0, 1.0, &[], &[])).unwrap();
+        for k in 0..10 {
+            let mut es = ten();
+            for (i, e) in es.iter_mut().enumerate() {
+                e.cordoned = i != k;
+            }
+            for seed in 0..10 {
+                for strategy in [Strategy::Spread, Strategy::Binpack, Strategy::Random] {
+                    let plan = schedule(&p, &es, strategy, seed, 1).unwrap();
+                    assert_eq!(plan.engine, k, "{strategy}, seed {seed}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn soft_constraints_are_dropped_only_when_no_engine_meets_them() {
+        // Engine 0 has an ssd and holds a redis, and is the more loaded; engine 1 has neither.
+        // (labels, affinity, whether engine 0 and engine 1 have room, the plan or the reason)
+        type Case = (
+            &'static [&'static str],
+            &'static [&'static str],
+            bool,
+            bool,
+            Want,
+        );
+        type Want = Result<(usize, bool), &'static str>;
+        let cases: [Case; 9] = [
+            (&[], &[], true, true, Ok((1, false))),
+            (&["disk==~ssd"], &[], true, true, Ok((0, false))),
+            (&["disk==~ssd"], &[], false, true, Ok((1, true))),
+            (&["disk!=~ssd"], &[], true, true, Ok((1, false))),
+            (&[], &["image==~redis*"], true, true, Ok((0, false))),
+            (&[], &["image==~redis*"], false, true, Ok((1, true))),
+            (
+                &["disk==ssd"],
+                &[],
+                false,
+                true,
+                Err("0/2 engines fit: 1 constraint disk==ssd, 1 insufficient cpus"),
+            ),
+            (
+                &["disk==~ssd"],
+                &[],
+                false,
+                false,
+                Err("0/2 engines fit: 2 insufficient cpus (soft constraints ignored)"),
+            ),
+            (
+                &["disk==~ssd"],
+                &["image==~redis*"],
+                true,
+                false,
+                Ok((0, false)),
+            ),
+        ];
+        for (labels, affinity, room0, room1, want) in cases {
+            let mut es = vec![
+                engine("e0", 4.0, 4096.0, &["disk=ssd"]),
+                engine("e1", 4.0, 4096.0, &[]),
+            ];
+            tenant(&mut es[0], "db-1", "redis:7");
+            es[0].reserve(Millicpus(if room0 { 2000 } else { 4000 }), MemoryMb(0), &[]);
+            es[1].reserve(Millicpus(if room1 { 0 } else { 4000 }), MemoryMb(0), &[]);
+            let r = Request::from_image(Image {
+                affinity: affinity.iter().map(|s| s.to_string()).collect(),
+                ..image(1.0, 1.0, labels, &[])
+            })
+            .unwrap();
+            let p = Prepared::new(r).unwrap();
+            for seed in 0..4 {
+                let got = schedule(&p, &es, Strategy::Spread, seed, usize::MAX)
+                    .map(|plan| (plan.engine, plan.soft_dropped))
+                    .map_err(|u| u.reason);
+                assert_eq!(
+                    got,
+                    want.map_err(String::from),
+                    "{labels:?} {affinity:?}, seed {seed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_is_deterministic_in_its_seed_and_only_picks_engines_that_fit() {
+        let es: Vec<EngineView> = (0..20)
+            .map(|i| {
+                engine(
+                    &format!("e{i:02}"),
+                    if i % 2 == 0 { 1.0 } else { 8.0 },
+                    1024.0,
+                    &[],
+                )
+            })
+            .collect();
+        let r = request(2.0, 1.0, &[], &[]);
+        let p = Prepared::new(r.clone()).unwrap();
+        let mut seen = BTreeSet::new();
+        for seed in 0..200 {
+            let a = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
+            let b = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
+            assert_eq!(a, b);
+            assert!(a.engine % 2 == 1, "engine {} has 1 cpu", a.engine);
+            seen.insert(a.engine);
+        }
+        assert!(
+            seen.len() > 5,
+            "random should spread over the fitting engines: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn soft_constraints_are_preferred_then_dropped() {
+        let soft = request(1.0, 1.0, &["disk==~ssd"], &[]);
+        let mut es = vec![
+            engine("a", 4.0, 4096.0, &["disk=ssd"]),
+            engine("b", 4.0, 4096.0, &[]),
+        ];
+        es[0].reserve(Millicpus(3000), MemoryMb(0), &[]);
+        assert_eq!(
+            place(&soft, &mut es, Strategy::Spread),
+            Ok(0),
+            "soft match preferred"
+        );
+        assert_eq!(
+            place(&soft, &mut es, Strategy::Spread),
+            Ok(1),
+            "a is full: soft dropped"
+        );
+        let hard = request(1.0, 1.0, &["disk==ssd"], &[]);
+        assert!(
+            place(&hard, &mut es, Strategy::Spread).is_err(),
+            "hard is never dropped"
+        );
+    }
+}
