@@ -136,41 +136,10 @@ pub use crate::model::fnv1a;
 #[cfg(test)]
 mod tests {
     use super::feasible::ClassMemo;
-    use super::testing::{engine, place, request};
+    use super::testing::{engine, request};
     use super::*;
-    use crate::model::{HostPort, MemoryMb, Millicpus, Proto};
+    use crate::model::HostPort;
     use std::collections::BTreeSet;
-
-    #[test]
-    fn unschedulable_reason_counts_every_filter() {
-        let mut es = vec![
-            engine("a", 1.0, 100.0, &["zone=a"]),
-            engine("b", 8.0, 100.0, &["zone=a"]),
-            engine("c", 8.0, 100_000.0, &["zone=b"]),
-        ];
-        es[1].reserve(
-            Millicpus(0),
-            MemoryMb(0),
-            &[HostPort {
-                proto: Proto::Tcp,
-                port: 80,
-            }],
-        );
-        let r = request(2.0, 50.0, &["zone==a"], &[80]);
-        let err = place(&r, &mut es, Strategy::Spread).unwrap_err();
-        assert_eq!(
-            err,
-            "0/3 engines fit: 1 constraint zone==a, 1 insufficient cpus, 1 port 80/tcp in use"
-        );
-        let none: Vec<EngineView> = vec![];
-        let p = Prepared::new(r.clone()).unwrap();
-        assert_eq!(
-            schedule(&p, &none, Strategy::Spread, 0, usize::MAX)
-                .unwrap_err()
-                .reason,
-            "0/0 engines fit: no engines registered"
-        );
-    }
 
     mod properties {
         use super::*;
