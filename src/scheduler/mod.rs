@@ -15,9 +15,10 @@
 //! alternatives, which filters and ranks every engine; [`sample_size`] is selection's bound.
 //!
 //! ```text
-//!   Request (model)              EngineView (view.rs): capacity, reserved, ports, labels, class
+//!   a request's bytes            EngineView (view.rs): capacity, reserved, ports, labels, class
 //!      │                              │
 //!      ▼                              │
+//!   parsed.rs     prepare: the bytes parsed and checked as a Request (model), then
 //!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
 //!      │                              │
 //!      ▼                              ▼  each engine in turn, from a start the seed picks
