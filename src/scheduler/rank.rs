@@ -63,7 +63,9 @@ pub(super) fn beats(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Stra
     ea.id < eb.id
 }
 
-/// [`beats`] as an ordering, the better first: how engines that fit are sorted by it.
+/// [`beats`] as an ordering, the better first: how engines that fit are sorted by it. Inline,
+/// as the comparison was when the sort spelled it out: it runs for every pair the sort compares.
+#[inline]
 pub(super) fn order(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Strategy) -> Ordering {
     if beats(a, b, strategy) {
         Ordering::Less
