@@ -6,24 +6,70 @@
 //!
 //! It may not touch etcd, Docker, the cache or a clock: it sees only the [`EngineView`]s and the
 //! request it is handed.
+//!
+//! # The pipeline
+//!
+//! A request meets one stage per file, as in Nomad's `scheduler/feasible`. The entry points
+//! below chain them: [`schedule`] hands it to selection, whose scan puts each engine to the
+//! filters and ranks those that fit, then to explanation when none does; [`rank()`] hands it to
+//! alternatives, which filters and ranks every engine; [`sample_size`] is selection's bound.
+//!
+//! ```text
+//!   a request's bytes            EngineView (view.rs): capacity, reserved, ports, labels, class
+//!      │                              │
+//!      ▼                              │
+//!   parsed.rs     prepare: the bytes parsed and checked as a Request (model), then
+//!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
+//!      │                              │
+//!      ▼                              ▼  each engine in turn, from a start the seed picks
+//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → cordoned
+//!                 → unhealthy → cpus, memory, disk, ports (fits_resources) → affinity
+//!      │ fits                                  │ fails: a Code, counted
+//!      ▼                                       │
+//!   rank.rs       score by strategy; beats: scarcity (binpack), score, containers, id
+//!      │                                       │
+//!      ▼                                       │
+//!   select.rs     the best of the first sample_size that fit (random: a reservoir draw);
+//!                 none meeting the soft constraints: the scan again without them
+//!      │ one fits                              │ none fits, every engine checked
+//!      ▼                                       ▼
+//!    Plan                        explain.rs   Unschedulable: "0/12 engines fit:
+//!                                             7 insufficient memory, 5 constraint zone==a"
+//!
+//!   rank():  alternatives.rs   every engine that passes feasible.rs, in rank.rs's order,
+//!                              the first `limit` (no sample, no draw)
+//! ```
+//!
+//! Beside the pipeline: `constraint.rs` parses and matches label expressions, `strategy.rs`
+//! names the strategies and which container type each schedules, `scarcity.rs` counts which
+//! engines constrained requests depend on (the leader sets [`EngineView::scarcity`] from it).
 
+mod alternatives;
 pub mod constraint;
+mod explain;
+mod feasible;
 mod parsed;
+mod prepared;
 #[cfg(test)]
 mod props;
+mod rank;
 mod scarcity;
+mod select;
 mod strategy;
+#[cfg(test)]
+pub(crate) mod testing;
 mod view;
 
-use std::collections::BTreeMap;
-
-use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
 pub use constraint::{Constraint, ConstraintError, Labels};
+pub use explain::Unschedulable;
+pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use parsed::{Parsed, prepare};
+pub use prepared::{Prepared, Shape};
+pub use rank::score;
 pub use scarcity::Scarcity;
+pub use select::{Plan, sample_size, splitmix};
 pub use strategy::{Schedulers, Strategy};
-use view::ENGINE_LABEL;
-pub use view::{EngineView, Rejection, Tenants, UNCLASSED, fits_resources};
+pub use view::{EngineView, Tenants, UNCLASSED};
 
 /// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
 /// an `invalid` decision's reason (or a one-line CLI error) says.
@@ -55,450 +101,6 @@ pub enum SchedulerError {
     AffinityKey { index: usize, expr: String },
 }
 
-/// What decides whether, and why not, a request fits an engine: its demand, its host ports and
-/// its constraints as written (affinity and volume pins aside: see
-/// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
-/// are refused alike on the same engines, so when one fits nowhere, neither does the next until
-/// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
-/// that the filters read belongs here too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shape {
-    cpus: Millicpus,
-    memory: MemoryMb,
-    disk: MemoryMb,
-    ports: Vec<HostPort>,
-    constraints: Vec<String>,
-}
-
-impl Shape {
-    /// Whether `p` has this shape, without building its own.
-    pub fn is_of(&self, p: &Prepared) -> bool {
-        let r = &p.request;
-        self.cpus == r.cpus
-            && self.memory == r.memory
-            && self.disk == r.disk
-            && self.ports == r.ports
-            && self.constraints == r.constraints
-    }
-
-    fn hash_of(r: &Request) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        (r.cpus, r.memory, r.disk, &r.ports, &r.constraints).hash(&mut h);
-        h.finish()
-    }
-}
-
-/// A request ready to schedule: its constraints and affinity parsed (and their regexes
-/// compiled) once, when the request is read, not once per engine or per scheduling round.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub request: Request,
-    hard: Vec<Constraint>,
-    soft: Vec<Constraint>,
-    affinity_hard: Vec<Constraint>,
-    affinity_soft: Vec<Constraint>,
-    /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
-    pins: Vec<(String, EngineId)>,
-    /// A hash of its [`Shape`], made once when it is read: the leader's memo of refused shapes
-    /// looks it up without building one.
-    shape_hash: u64,
-}
-
-/// The keys an affinity expression may name.
-const AFFINITY_KEYS: [&str; 2] = ["request", "image"];
-
-impl Prepared {
-    /// Fails with a reason naming the bad `labels[i]` or `affinity[i]` entry.
-    pub fn new(request: Request) -> Result<Self, SchedulerError> {
-        // Counted before any is compiled: a request pays for at most this many.
-        let regexes = request
-            .constraints
-            .iter()
-            .chain(&request.affinity)
-            .filter(|e| constraint::names_regex(e))
-            .count();
-        if regexes > constraint::MAX_REGEX_CONSTRAINTS {
-            return Err(SchedulerError::TooManyRegexes {
-                count: regexes,
-                limit: constraint::MAX_REGEX_CONSTRAINTS,
-            });
-        }
-        let (hard, soft) = parse_all(&request.constraints, |index, source| {
-            SchedulerError::Constraint { index, source }
-        })?;
-        let (affinity_hard, affinity_soft) = parse_all(&request.affinity, |index, source| {
-            SchedulerError::Affinity { index, source }
-        })?;
-        if let Some((index, c)) = affinity_hard
-            .iter()
-            .chain(&affinity_soft)
-            .enumerate()
-            .find(|(_, c)| !AFFINITY_KEYS.contains(&c.key.as_str()))
-        {
-            return Err(SchedulerError::AffinityKey {
-                index,
-                expr: c.expr.clone(),
-            });
-        }
-        let shape_hash = Shape::hash_of(&request);
-        Ok(Prepared {
-            request,
-            hard,
-            soft,
-            affinity_hard,
-            affinity_soft,
-            pins: Vec::new(),
-            shape_hash,
-        })
-    }
-
-    /// A hash of [`Prepared::shape`]; equal shapes hash alike.
-    pub fn shape_hash(&self) -> u64 {
-        self.shape_hash
-    }
-
-    /// What decides where this request may go (see [`Shape`]).
-    pub fn shape(&self) -> Shape {
-        Shape {
-            cpus: self.request.cpus,
-            memory: self.request.memory,
-            disk: self.request.disk,
-            ports: self.request.ports.clone(),
-            constraints: self.request.constraints.clone(),
-        }
-    }
-
-    /// The same request, held to the engines its named volumes are recorded on.
-    pub fn pinned(&self, pins: Vec<(String, EngineId)>) -> Prepared {
-        Prepared {
-            pins,
-            ..self.clone()
-        }
-    }
-
-    /// It asks for more than resources, ports and labels (affinity or a pinned volume): a
-    /// plan for it made on another view must be made again, not only re-verified.
-    pub fn depends_on_placements(&self) -> bool {
-        !self.affinity_hard.is_empty() || !self.affinity_soft.is_empty() || !self.pins.is_empty()
-    }
-
-    /// The resources-and-ports part of the filters: what the leader re-verifies before a commit.
-    pub fn fits_resources(&self, e: &EngineView) -> Result<(), Rejection> {
-        fits_resources(&self.request, e)
-    }
-
-    /// The first filter `e` fails, named, or `Ok` if it fits: the scan's own check, for a dry
-    /// run (`citadel plan`) that explains every engine.
-    pub fn verdict(&self, e: &EngineView, with_soft: bool) -> Result<(), Rejection> {
-        self.check(e, with_soft, &mut ClassMemo::default())
-            .map_err(|code| self.rejection(code))
-    }
-
-    /// What `spread` and `binpack` rank `e` by: its reserved fraction once this request is
-    /// placed there (spread takes the lowest, binpack the highest).
-    pub fn score(&self, e: &EngineView) -> f64 {
-        e.fraction_with(self.request.cpus, self.request.memory)
-    }
-
-    /// The first filter `e` fails, as a cheap code (no allocation on the hot path).
-    fn check(&self, e: &EngineView, with_soft: bool, memo: &mut ClassMemo) -> Result<(), Code> {
-        for (i, c) in self.hard.iter().enumerate() {
-            if !memo.matches(c, i, e) {
-                return Err(Code::Constraint(i));
-            }
-        }
-        if with_soft {
-            for (i, c) in self.soft.iter().enumerate() {
-                let k = self.hard.len() + i;
-                if !memo.matches(c, k, e) {
-                    return Err(Code::Constraint(k));
-                }
-            }
-        }
-        if let Some(i) = self.pins.iter().position(|(_, at)| *at != e.id) {
-            return Err(Code::Volume(i));
-        }
-        if e.cordoned {
-            return Err(Code::Cordoned);
-        }
-        if !e.healthy {
-            return Err(Code::Unhealthy);
-        }
-        match fits_resources(&self.request, e) {
-            Ok(()) => {}
-            Err(Rejection::Cpus) => return Err(Code::Cpus),
-            Err(Rejection::Memory) => return Err(Code::Memory),
-            Err(Rejection::Disk) => return Err(Code::Disk),
-            Err(Rejection::Port(p)) => return Err(Code::Port(p)),
-            Err(_) => return Err(Code::Unhealthy),
-        }
-        self.check_affinity(e, with_soft)
-    }
-
-    /// Affinity, decided on what the engine holds (its tenants), after the cheaper filters.
-    fn check_affinity(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
-        let holds = |c: &Constraint| match c.key.as_str() {
-            "request" => c.matches_values(e.tenants.keys().map(|id| Some(id.as_str()))),
-            _ => c.matches_values(e.tenants.values().map(|image| Some(&**image))),
-        };
-        for (i, c) in self.affinity_hard.iter().enumerate() {
-            if !holds(c) {
-                return Err(Code::Affinity(i));
-            }
-        }
-        if with_soft {
-            for (i, c) in self.affinity_soft.iter().enumerate() {
-                if !holds(c) {
-                    return Err(Code::Affinity(self.affinity_hard.len() + i));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn rejection(&self, code: Code) -> Rejection {
-        match code {
-            Code::Constraint(i) => Rejection::Constraint(nth_expr(&self.hard, &self.soft, i)),
-            Code::Affinity(i) => {
-                Rejection::Affinity(nth_expr(&self.affinity_hard, &self.affinity_soft, i))
-            }
-            Code::Volume(i) => {
-                let (name, engine) = self.pins[i].clone();
-                Rejection::Volume { name, engine }
-            }
-            Code::Cordoned => Rejection::Cordoned,
-            Code::Unhealthy => Rejection::Unhealthy,
-            Code::Cpus => Rejection::Cpus,
-            Code::Memory => Rejection::Memory,
-            Code::Disk => Rejection::Disk,
-            Code::Port(p) => Rejection::Port(p),
-        }
-    }
-
-    fn has_soft(&self) -> bool {
-        !self.soft.is_empty() || !self.affinity_soft.is_empty()
-    }
-}
-
-/// The `i`th expression counting the hard ones first, as [`Code`] numbers them.
-fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
-    hard.iter()
-        .chain(soft)
-        .nth(i)
-        .map(|c| c.expr.clone())
-        .unwrap_or_default()
-}
-
-/// Parses expressions into hard and soft ones; `err` names the bad entry.
-fn parse_all(
-    exprs: &[String],
-    err: impl Fn(usize, ConstraintError) -> SchedulerError,
-) -> Result<(Vec<Constraint>, Vec<Constraint>), SchedulerError> {
-    let mut hard = Vec::new();
-    let mut soft = Vec::new();
-    for (i, expr) in exprs.iter().enumerate() {
-        let c = Constraint::parse(expr).map_err(|source| err(i, source))?;
-        if c.soft {
-            soft.push(c);
-        } else {
-            hard.push(c);
-        }
-    }
-    Ok((hard, soft))
-}
-
-/// [`Rejection`] without its text: counted per engine, named only when explaining.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Code {
-    Constraint(usize),
-    Affinity(usize),
-    Volume(usize),
-    Cordoned,
-    Unhealthy,
-    Cpus,
-    Memory,
-    Disk,
-    Port(HostPort),
-}
-
-/// Where a request goes: an index into the view's engines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    pub engine: usize,
-    pub strategy: Strategy,
-    /// No engine met the soft constraints, so they were ignored.
-    pub soft_dropped: bool,
-}
-
-/// No engine fits. The reason reads `0/12 engines fit: 7 insufficient memory, 5 constraint zone==a`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unschedulable {
-    pub reason: String,
-}
-
-fn explain(total: usize, rejections: BTreeMap<Rejection, usize>, dropped_soft: bool) -> String {
-    if total == 0 {
-        return "0/0 engines fit: no engines registered".to_string();
-    }
-    let mut counts: Vec<(Rejection, usize)> = rejections.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    let mut reason = format!("0/{total} engines fit: {}", parts.join(", "));
-    if dropped_soft {
-        reason.push_str(" (soft constraints ignored)");
-    }
-    reason
-}
-
-/// One request's constraint results by engine class: bit `k` of `known` says constraint `k`
-/// was decided for the class, bit `k` of `pass` that it matched.
-#[derive(Default)]
-struct ClassMemo(Vec<(u32, u32)>);
-
-/// Classes past this many are not numbered: their engines are checked one by one (a cluster
-/// where every engine has labels of its own gains nothing from classes).
-pub const MAX_CLASSES: u32 = 4096;
-
-impl ClassMemo {
-    fn matches(&mut self, c: &Constraint, k: usize, e: &EngineView) -> bool {
-        // The engine label tells engines of one class apart: never decided per class.
-        if k >= 32 || e.class >= MAX_CLASSES || c.key == ENGINE_LABEL {
-            return c.matches(&e.labels);
-        }
-        let class = e.class as usize;
-        if self.0.len() <= class {
-            self.0.resize(class + 1, (0, 0));
-        }
-        let bit = 1u32 << k;
-        let (known, pass) = &mut self.0[class];
-        if *known & bit == 0 {
-            *known |= bit;
-            if c.matches(&e.labels) {
-                *pass |= bit;
-            }
-        }
-        *pass & bit != 0
-    }
-}
-
-/// How many feasible engines to score before choosing, as the Kubernetes scheduler's
-/// `percentageOfNodesToScore`: a large cluster costs a bounded amount per request. The scan
-/// starts at a point derived from the seed, so the sample differs per request; "nothing fits"
-/// is only ever said after every engine was checked.
-pub fn sample_size(engines: usize) -> usize {
-    (engines / 50).clamp(64, 100)
-}
-
-/// How good an engine that fits is for a request under a strategy: higher is better.
-///
-/// - `spread`: one minus the larger of the cpu and memory fractions reserved once placed, so
-///   the engine left least loaded on its fuller side wins.
-/// - `binpack`: an engine already in use beats an empty one (scores in (1, 2] against [0, 1));
-///   among engines in use, the best fit (the fewest further copies of this request would fit,
-///   the tightest), and among empty ones the largest (the most copies): first-fit decreasing's
-///   "largest bins first", decided online. Engines that constrained requests depend on come
-///   after the others whatever their score (see [`beats`] and [`Scarcity`]).
-/// - `random`: scored as spread, for ranking only.
-pub fn score(e: &EngineView, r: &Request, strategy: Strategy) -> f64 {
-    match strategy {
-        Strategy::Spread | Strategy::Random => 1.0 - e.fraction_with(r.cpus, r.memory),
-        Strategy::Binpack => {
-            if e.reserved_cpus.0 > 0 || e.reserved_memory.0 > 0 {
-                1.0 + e.fraction_with(r.cpus, r.memory).min(1.0)
-            } else {
-                1.0 - 1.0 / (2.0 + e.copies_left(r).min(1e12))
-            }
-        }
-    }
-}
-
-/// Whether `a` beats `b` for `strategy`: for binpack, the engine fewer constrained requests
-/// depend on first (its [`EngineView::scarcity`]); then the higher score; on an exact tie,
-/// fewer containers (spread) or more (binpack); then the lower engine id, whatever the scan's
-/// start.
-fn beats(a: (&EngineView, f64), b: (&EngineView, f64), strategy: Strategy) -> bool {
-    let (ea, sa) = a;
-    let (eb, sb) = b;
-    if strategy == Strategy::Binpack && ea.scarcity != eb.scarcity {
-        return ea.scarcity < eb.scarcity;
-    }
-    if sa != sb {
-        return sa > sb;
-    }
-    if ea.containers != eb.containers {
-        return match strategy {
-            Strategy::Binpack => ea.containers > eb.containers,
-            _ => ea.containers < eb.containers,
-        };
-    }
-    ea.id < eb.id
-}
-
-/// One scan's outcome: the choice, and what ruled out the others.
-struct Scan {
-    choice: Option<usize>,
-    rejections: Vec<(Code, usize)>,
-}
-
-/// Scans the engines from `start`, scoring at most `sample` that fit.
-fn scan(
-    p: &Prepared,
-    engines: &[EngineView],
-    strategy: Strategy,
-    seed: u64,
-    sample: usize,
-    with_soft: bool,
-    memo: &mut ClassMemo,
-) -> Scan {
-    let n = engines.len();
-    let start = if n == 0 {
-        0
-    } else {
-        (splitmix(seed) % n as u64) as usize
-    };
-    let mut best: Option<(usize, f64)> = None;
-    let mut feasible = 0usize;
-    let mut chosen_random: Option<usize> = None;
-    let mut rejections: Vec<(Code, usize)> = Vec::new();
-    for k in 0..n {
-        let i = if start + k < n {
-            start + k
-        } else {
-            start + k - n
-        };
-        let e = &engines[i];
-        match p.check(e, with_soft, memo) {
-            Err(code) => match rejections.iter_mut().find(|(c, _)| *c == code) {
-                Some((_, count)) => *count += 1,
-                None => rejections.push((code, 1)),
-            },
-            Ok(()) => {
-                feasible += 1;
-                if strategy == Strategy::Random {
-                    // Reservoir sampling: one pass, uniform, deterministic in `seed`.
-                    let draw = splitmix(seed ^ (feasible as u64).wrapping_mul(0x9E37));
-                    if draw.is_multiple_of(feasible as u64) {
-                        chosen_random = Some(i);
-                    }
-                } else {
-                    let s = score(e, &p.request, strategy);
-                    if best.is_none_or(|(bi, bs)| beats((e, s), (&engines[bi], bs), strategy)) {
-                        best = Some((i, s));
-                    }
-                }
-                if feasible >= sample {
-                    break;
-                }
-            }
-        }
-    }
-    Scan {
-        choice: chosen_random.or(best.map(|(i, _)| i)),
-        rejections,
-    }
-}
-
 /// Chooses an engine for a request, or says why none fits.
 ///
 /// Scores at most `sample` feasible engines (see [`sample_size`]; `usize::MAX` scores all).
@@ -510,39 +112,10 @@ pub fn schedule(
     seed: u64,
     sample: usize,
 ) -> Result<Plan, Unschedulable> {
-    let n = engines.len();
-    let mut memo = ClassMemo::default();
-    let named = |rejections: Vec<(Code, usize)>| -> BTreeMap<Rejection, usize> {
-        let mut out = BTreeMap::new();
-        for (code, count) in rejections {
-            *out.entry(p.rejection(code)).or_default() += count;
-        }
-        out
-    };
-    let first = scan(p, engines, strategy, seed, sample, true, &mut memo);
-    if let Some(engine) = first.choice {
-        return Ok(Plan {
-            engine,
-            strategy,
-            soft_dropped: false,
-        });
-    }
-    if !p.has_soft() {
-        return Err(Unschedulable {
-            reason: explain(n, named(first.rejections), false),
-        });
-    }
-    let second = scan(p, engines, strategy, seed, sample, false, &mut memo);
-    match second.choice {
-        Some(engine) => Ok(Plan {
-            engine,
-            strategy,
-            soft_dropped: true,
-        }),
-        None => Err(Unschedulable {
-            reason: explain(n, named(second.rejections), true),
-        }),
-    }
+    // feasible → rank → select, over the engines from the seed's start (select.rs)
+    select::choose(p, engines, strategy, seed, sample)
+        // → explain, once every engine was checked and none fits (explain.rs)
+        .map_err(|refused| explain::unschedulable(p, engines.len(), refused))
 }
 
 /// Every engine that fits, best first, with its [`score`], at most `limit` of them: what a
@@ -554,38 +127,8 @@ pub fn rank(
     strategy: Strategy,
     limit: usize,
 ) -> Vec<(usize, f64)> {
-    let mut memo = ClassMemo::default();
-    let fitting = |with_soft: bool, memo: &mut ClassMemo| -> Vec<(usize, f64)> {
-        engines
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| p.check(e, with_soft, memo).is_ok())
-            .map(|(i, e)| (i, score(e, &p.request, strategy)))
-            .collect()
-    };
-    let mut all = fitting(true, &mut memo);
-    if all.is_empty() && p.has_soft() {
-        all = fitting(false, &mut memo);
-    }
-    all.sort_by(|a, b| {
-        if beats((&engines[a.0], a.1), (&engines[b.0], b.1), strategy) {
-            std::cmp::Ordering::Less
-        } else if beats((&engines[b.0], b.1), (&engines[a.0], a.1), strategy) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    });
-    all.truncate(limit);
-    all
-}
-
-/// A small, good mixing function (SplitMix64's finaliser).
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+    // feasible → rank over every engine, best first, cut at `limit` (alternatives.rs)
+    alternatives::ranked(p, engines, strategy, limit)
 }
 
 /// A stable 64-bit hash of a string (FNV-1a), for seeds derived from request ids.
@@ -593,211 +136,11 @@ pub use crate::model::fnv1a;
 
 #[cfg(test)]
 mod tests {
+    use super::feasible::ClassMemo;
+    use super::testing::{engine, request};
     use super::*;
-    use crate::model::{Engine, EngineId, EngineSpec, Image, MemoryMb, Millicpus, Proto};
+    use crate::model::HostPort;
     use std::collections::BTreeSet;
-
-    /// An engine registered as `citadel engine add` would, as the scheduler sees it.
-    pub(super) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
-        let wire = Engine {
-            id: id.into(),
-            addr: format!("tcp://{id}:2375"),
-            cpus,
-            memory,
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            ..Engine::default()
-        };
-        let spec = EngineSpec::parse(
-            &EngineId::new(id).unwrap(),
-            serde_json::to_string(&wire).unwrap().as_bytes(),
-        )
-        .unwrap();
-        EngineView::new(&spec, 1.0)
-    }
-
-    fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Request {
-        Request::from_image(Image {
-            name: "img".into(),
-            cpus: Some(cpus),
-            memory: Some(memory),
-            kind: "service".into(),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            bind_ports: ports
-                .iter()
-                .map(|p| {
-                    HostPort {
-                        proto: Proto::Tcp,
-                        port: *p,
-                    }
-                    .to_port()
-                })
-                .collect(),
-            ..Image::default()
-        })
-        .unwrap()
-    }
-
-    fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
-        let p = Prepared::new(r.clone()).map_err(|e| e.to_string())?;
-        let plan = schedule(&p, engines, s, 1, usize::MAX).map_err(|u| u.reason)?;
-        let e = &mut engines[plan.engine];
-        e.reserve(r.cpus, r.memory, &r.ports);
-        Ok(plan.engine)
-    }
-
-    #[test]
-    fn a_class_decides_constraints_once_but_never_the_engine_itself() {
-        // Two classes: eu engines (class 0) and us engines (class 1). The us engine is the
-        // least loaded, so only the constraint keeps it out.
-        let mut es = vec![
-            engine("e0", 4.0, 4096.0, &["region=eu"]),
-            engine("e1", 4.0, 4096.0, &["region=eu"]),
-            engine("e2", 4.0, 4096.0, &["region=us"]),
-        ];
-        for (e, class) in es.iter_mut().zip([0, 0, 1]) {
-            e.class = class;
-        }
-        es[1].reserve(Millicpus(1000), MemoryMb(0), &[]);
-        let r = request(1.0, 1.0, &["region==eu", "engine!=e0"], &[]);
-        assert_eq!(place(&r, &mut es, Strategy::Spread), Ok(1));
-        // Nothing else fits: the reason counts each engine under the constraint it failed.
-        let r = request(1.0, 1.0, &["region==eu", "engine!=e0", "engine!=e1"], &[]);
-        assert_eq!(
-            place(&r, &mut es, Strategy::Spread),
-            Err("0/3 engines fit: 1 constraint engine!=e0, 1 constraint engine!=e1, 1 constraint region==eu".into())
-        );
-    }
-
-    #[test]
-    fn spread_goes_to_the_least_loaded_engine() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        es[0].reserve(Millicpus(2000), MemoryMb(0), &[]);
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Spread),
-            Ok(1)
-        );
-    }
-
-    #[test]
-    fn binpack_fills_the_fullest_engine_that_fits() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        es[1].reserve(Millicpus(2000), MemoryMb(0), &[]);
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(1)
-        );
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(1)
-        );
-        // b is now full (4 of 4): the next one must go to a.
-        assert_eq!(
-            place(&request(1.0, 1.0, &[], &[]), &mut es, Strategy::Binpack),
-            Ok(0)
-        );
-    }
-
-    #[test]
-    fn random_is_deterministic_in_its_seed_and_only_picks_engines_that_fit() {
-        let es: Vec<EngineView> = (0..20)
-            .map(|i| {
-                engine(
-                    &format!("e{i:02}"),
-                    if i % 2 == 0 { 1.0 } else { 8.0 },
-                    1024.0,
-                    &[],
-                )
-            })
-            .collect();
-        let r = request(2.0, 1.0, &[], &[]);
-        let p = Prepared::new(r.clone()).unwrap();
-        let mut seen = BTreeSet::new();
-        for seed in 0..200 {
-            let a = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
-            let b = schedule(&p, &es, Strategy::Random, seed, usize::MAX).unwrap();
-            assert_eq!(a, b);
-            assert!(a.engine % 2 == 1, "engine {} has 1 cpu", a.engine);
-            seen.insert(a.engine);
-        }
-        assert!(
-            seen.len() > 5,
-            "random should spread over the fitting engines: {seen:?}"
-        );
-    }
-
-    #[test]
-    fn unschedulable_reason_counts_every_filter() {
-        let mut es = vec![
-            engine("a", 1.0, 100.0, &["zone=a"]),
-            engine("b", 8.0, 100.0, &["zone=a"]),
-            engine("c", 8.0, 100_000.0, &["zone=b"]),
-        ];
-        es[1].reserve(
-            Millicpus(0),
-            MemoryMb(0),
-            &[HostPort {
-                proto: Proto::Tcp,
-                port: 80,
-            }],
-        );
-        let r = request(2.0, 50.0, &["zone==a"], &[80]);
-        let err = place(&r, &mut es, Strategy::Spread).unwrap_err();
-        assert_eq!(
-            err,
-            "0/3 engines fit: 1 constraint zone==a, 1 insufficient cpus, 1 port 80/tcp in use"
-        );
-        let none: Vec<EngineView> = vec![];
-        let p = Prepared::new(r.clone()).unwrap();
-        assert_eq!(
-            schedule(&p, &none, Strategy::Spread, 0, usize::MAX)
-                .unwrap_err()
-                .reason,
-            "0/0 engines fit: no engines registered"
-        );
-    }
-
-    #[test]
-    fn soft_constraints_are_preferred_then_dropped() {
-        let soft = request(1.0, 1.0, &["disk==~ssd"], &[]);
-        let mut es = vec![
-            engine("a", 4.0, 4096.0, &["disk=ssd"]),
-            engine("b", 4.0, 4096.0, &[]),
-        ];
-        es[0].reserve(Millicpus(3000), MemoryMb(0), &[]);
-        assert_eq!(
-            place(&soft, &mut es, Strategy::Spread),
-            Ok(0),
-            "soft match preferred"
-        );
-        assert_eq!(
-            place(&soft, &mut es, Strategy::Spread),
-            Ok(1),
-            "a is full: soft dropped"
-        );
-        let hard = request(1.0, 1.0, &["disk==ssd"], &[]);
-        assert!(
-            place(&hard, &mut es, Strategy::Spread).is_err(),
-            "hard is never dropped"
-        );
-    }
-
-    #[test]
-    fn engine_pin_and_bad_constraints() {
-        let mut es = vec![engine("a", 4.0, 4096.0, &[]), engine("b", 4.0, 4096.0, &[])];
-        assert_eq!(
-            place(
-                &request(1.0, 1.0, &["engine==b"], &[]),
-                &mut es,
-                Strategy::Binpack
-            ),
-            Ok(1)
-        );
-        let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
-        assert!(matches!(
-            Prepared::new(bad),
-            Err(SchedulerError::Constraint { index: 0, .. })
-        ));
-    }
 
     mod properties {
         use super::*;

@@ -8,7 +8,7 @@ use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, 
 use proptest::strategy::Strategy as _;
 
 use super::*;
-use crate::model::{EngineSpec, Held, Image, RequestId};
+use crate::model::{EngineId, EngineSpec, Held, Image, Request, RequestId};
 
 fn engine(id: &str, cpus: u32, memory: u32) -> EngineView {
     let spec = EngineSpec::parse(

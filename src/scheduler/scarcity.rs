@@ -208,28 +208,17 @@ impl Scarcity {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing;
     use super::*;
-    use crate::model::{Image, Request};
 
     fn engine(id: &str, labels: &[&str], class: u32) -> EngineView {
-        let mut v = crate::scheduler::tests::engine(id, 4.0, 4096.0, labels);
+        let mut v = testing::engine(id, 4.0, 4096.0, labels);
         v.class = class;
         v
     }
 
     fn request(labels: &[&str]) -> Prepared {
-        Prepared::new(
-            Request::from_image(Image {
-                name: "img".into(),
-                cpus: Some(0.5),
-                memory: Some(256.0),
-                kind: "batch".into(),
-                labels: labels.iter().map(|s| s.to_string()).collect(),
-                ..Image::default()
-            })
-            .unwrap(),
-        )
-        .unwrap()
+        Prepared::new(testing::request(0.5, 256.0, labels, &[])).unwrap()
     }
 
     /// Six engines, one in three with an ssd.

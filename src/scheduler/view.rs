@@ -1,9 +1,9 @@
 //! One engine as the scheduler sees it: capacity after the overcommit factor, what is reserved,
-//! which host ports are taken, its labels, health and class; and the resource filter the leader
-//! verifies again before it commits. Pure: it reads no key and no clock.
+//! which host ports are taken, its labels, health and class. Every stage reads it; the filters
+//! that decide whether it may take a request are the feasibility stage's. Pure: it reads no
+//! key and no clock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::Arc;
 
 use super::Labels;
@@ -156,58 +156,6 @@ impl EngineView {
             .min(left(self.memory.0, self.reserved_memory.0, r.memory.0))
             .min(left(self.disk.0, self.reserved_disk.0, r.disk.0))
     }
-}
-
-/// Why one engine cannot take a request: the first filter it failed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rejection {
-    Constraint(String),
-    Cordoned,
-    Unhealthy,
-    Cpus,
-    Memory,
-    Disk,
-    Port(HostPort),
-    /// A named volume the request mounts lives on another engine.
-    Volume {
-        name: String,
-        engine: EngineId,
-    },
-    /// An affinity expression (`request!=web-*`, `image==redis*`) the engine fails.
-    Affinity(String),
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Constraint(expr) => write!(f, "constraint {expr}"),
-            Rejection::Cordoned => f.write_str("cordoned"),
-            Rejection::Unhealthy => f.write_str("unhealthy"),
-            Rejection::Cpus => f.write_str("insufficient cpus"),
-            Rejection::Memory => f.write_str("insufficient memory"),
-            Rejection::Disk => f.write_str("insufficient disk"),
-            Rejection::Volume { name, engine } => write!(f, "volume {name} is on engine {engine}"),
-            Rejection::Affinity(expr) => write!(f, "affinity {expr}"),
-            Rejection::Port(p) => write!(f, "port {p} in use"),
-        }
-    }
-}
-
-/// Whether an engine has room for a request's cpus, memory and host ports.
-pub fn fits_resources(r: &Request, e: &EngineView) -> Result<(), Rejection> {
-    if e.reserved_cpus.0.saturating_add(r.cpus.0) > e.cpus.0 {
-        return Err(Rejection::Cpus);
-    }
-    if e.reserved_memory.0.saturating_add(r.memory.0) > e.memory.0 {
-        return Err(Rejection::Memory);
-    }
-    if r.disk.0 > 0 && e.reserved_disk.0.saturating_add(r.disk.0) > e.disk.0 {
-        return Err(Rejection::Disk);
-    }
-    if let Some(p) = r.ports.iter().find(|p| e.ports.contains(p)) {
-        return Err(Rejection::Port(*p));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,352 @@
+//! The request made ready: its constraints and affinity parsed, and their regexes compiled,
+//! once, when the request is read, and the [`Shape`] the leader's memo of refused requests
+//! knows it by.
+//!
+//! It may not look at an engine: whether one fits is [`super::feasible`]'s to say, from what
+//! this stage parsed. A bad expression is refused here, naming its entry.
+
+use super::{Constraint, ConstraintError, SchedulerError, constraint};
+use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
+
+/// What decides whether, and why not, a request fits an engine: its demand, its host ports and
+/// its constraints as written (affinity and volume pins aside: see
+/// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
+/// are refused alike on the same engines, so when one fits nowhere, neither does the next until
+/// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
+/// that the filters read belongs here too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    cpus: Millicpus,
+    memory: MemoryMb,
+    disk: MemoryMb,
+    ports: Vec<HostPort>,
+    constraints: Vec<String>,
+}
+
+impl Shape {
+    /// Whether `p` has this shape, without building its own.
+    pub fn is_of(&self, p: &Prepared) -> bool {
+        let r = &p.request;
+        self.cpus == r.cpus
+            && self.memory == r.memory
+            && self.disk == r.disk
+            && self.ports == r.ports
+            && self.constraints == r.constraints
+    }
+
+    fn hash_of(r: &Request) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (r.cpus, r.memory, r.disk, &r.ports, &r.constraints).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A request ready to schedule: its constraints and affinity parsed (and their regexes
+/// compiled) once, when the request is read, not once per engine or per scheduling round.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub request: Request,
+    pub(super) hard: Vec<Constraint>,
+    pub(super) soft: Vec<Constraint>,
+    pub(super) affinity_hard: Vec<Constraint>,
+    pub(super) affinity_soft: Vec<Constraint>,
+    /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
+    pub(super) pins: Vec<(String, EngineId)>,
+    /// A hash of its [`Shape`], made once when it is read: the leader's memo of refused shapes
+    /// looks it up without building one.
+    shape_hash: u64,
+}
+
+/// The keys an affinity expression may name.
+const AFFINITY_KEYS: [&str; 2] = ["request", "image"];
+
+impl Prepared {
+    /// Fails with a reason naming the bad `labels[i]` or `affinity[i]` entry.
+    pub fn new(request: Request) -> Result<Self, SchedulerError> {
+        // Counted before any is compiled: a request pays for at most this many.
+        let regexes = request
+            .constraints
+            .iter()
+            .chain(&request.affinity)
+            .filter(|e| constraint::names_regex(e))
+            .count();
+        if regexes > constraint::MAX_REGEX_CONSTRAINTS {
+            return Err(SchedulerError::TooManyRegexes {
+                count: regexes,
+                limit: constraint::MAX_REGEX_CONSTRAINTS,
+            });
+        }
+        let (hard, soft) = parse_all(&request.constraints, |index, source| {
+            SchedulerError::Constraint { index, source }
+        })?;
+        let (affinity_hard, affinity_soft) = parse_all(&request.affinity, |index, source| {
+            SchedulerError::Affinity { index, source }
+        })?;
+        if let Some((index, c)) = affinity_hard
+            .iter()
+            .chain(&affinity_soft)
+            .enumerate()
+            .find(|(_, c)| !AFFINITY_KEYS.contains(&c.key.as_str()))
+        {
+            return Err(SchedulerError::AffinityKey {
+                index,
+                expr: c.expr.clone(),
+            });
+        }
+        let shape_hash = Shape::hash_of(&request);
+        Ok(Prepared {
+            request,
+            hard,
+            soft,
+            affinity_hard,
+            affinity_soft,
+            pins: Vec::new(),
+            shape_hash,
+        })
+    }
+
+    /// A hash of [`Prepared::shape`]; equal shapes hash alike.
+    pub fn shape_hash(&self) -> u64 {
+        self.shape_hash
+    }
+
+    /// What decides where this request may go (see [`Shape`]).
+    pub fn shape(&self) -> Shape {
+        Shape {
+            cpus: self.request.cpus,
+            memory: self.request.memory,
+            disk: self.request.disk,
+            ports: self.request.ports.clone(),
+            constraints: self.request.constraints.clone(),
+        }
+    }
+
+    /// The same request, held to the engines its named volumes are recorded on.
+    pub fn pinned(&self, pins: Vec<(String, EngineId)>) -> Prepared {
+        Prepared {
+            pins,
+            ..self.clone()
+        }
+    }
+
+    /// It asks for more than resources, ports and labels (affinity or a pinned volume): a
+    /// plan for it made on another view must be made again, not only re-verified.
+    pub fn depends_on_placements(&self) -> bool {
+        !self.affinity_hard.is_empty() || !self.affinity_soft.is_empty() || !self.pins.is_empty()
+    }
+
+    /// It has soft constraints or soft affinity: a scan that finds no engine meeting them is
+    /// made again without them.
+    pub(super) fn has_soft(&self) -> bool {
+        !self.soft.is_empty() || !self.affinity_soft.is_empty()
+    }
+}
+
+/// Parses expressions into hard and soft ones; `err` names the bad entry.
+fn parse_all(
+    exprs: &[String],
+    err: impl Fn(usize, ConstraintError) -> SchedulerError,
+) -> Result<(Vec<Constraint>, Vec<Constraint>), SchedulerError> {
+    let mut hard = Vec::new();
+    let mut soft = Vec::new();
+    for (i, expr) in exprs.iter().enumerate() {
+        let c = Constraint::parse(expr).map_err(|source| err(i, source))?;
+        if c.soft {
+            soft.push(c);
+        } else {
+            hard.push(c);
+        }
+    }
+    Ok((hard, soft))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{image, request};
+    use super::*;
+    use crate::model::Image;
+
+    fn with_affinity(labels: &[&str], affinity: &[&str]) -> Request {
+        Request::from_image(Image {
+            affinity: affinity.iter().map(|s| s.to_string()).collect(),
+            ..image(1.0, 1.0, labels, &[])
+        })
+        .unwrap()
+    }
+
+    /// What [`Prepared::new`] made of a request: its expressions counted, or the error.
+    fn outcome(r: Result<Prepared, SchedulerError>) -> String {
+        match r {
+            Ok(p) => format!(
+                "hard {} soft {}, affinity hard {} soft {}",
+                p.hard.len(),
+                p.soft.len(),
+                p.affinity_hard.len(),
+                p.affinity_soft.len()
+            ),
+            Err(SchedulerError::Constraint { index, .. }) => format!("labels[{index}]"),
+            Err(SchedulerError::Affinity { index, .. }) => format!("affinity[{index}]"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn expressions_are_parsed_into_hard_and_soft_or_refused_by_entry() {
+        let regexes: Vec<String> = (0..9).map(|i| format!("k{i}==/v{i}/")).collect();
+        let regexes: Vec<&str> = regexes.iter().map(String::as_str).collect();
+        // (labels, affinity, what comes of them)
+        let cases: [(&[&str], &[&str], &str); 10] = [
+            (&[], &[], "hard 0 soft 0, affinity hard 0 soft 0"),
+            (
+                &["zone==a", "disk==~ssd", "gpu"],
+                &[],
+                "hard 2 soft 1, affinity hard 0 soft 0",
+            ),
+            (
+                &[],
+                &["request!=web-*", "image==~redis*"],
+                "hard 0 soft 0, affinity hard 1 soft 1",
+            ),
+            (&["zone==/(/"], &[], "labels[0]"),
+            (&["zone==a", "==b"], &[], "labels[1]"),
+            (&[], &["request==/(/"], "affinity[0]"),
+            (
+                &[],
+                &["zone==a"],
+                r#"affinity[0]: "zone==a": the key is request or image"#,
+            ),
+            (&regexes[..8], &[], "hard 8 soft 0, affinity hard 0 soft 0"),
+            (
+                &regexes,
+                &[],
+                "labels: 9 /regex/ constraints, the limit is 8",
+            ),
+            (
+                &regexes[..5],
+                &["request==/a/", "request==/b/", "image==/c/", "image==/d/"],
+                "labels: 9 /regex/ constraints, the limit is 8",
+            ),
+        ];
+        for (labels, affinity, want) in cases {
+            let got = outcome(Prepared::new(with_affinity(labels, affinity)));
+            assert_eq!(got, want, "{labels:?} {affinity:?}");
+        }
+    }
+
+    #[test]
+    fn bad_constraints() {
+        let bad = request(1.0, 1.0, &["zone==/(/"], &[]);
+        assert!(matches!(
+            Prepared::new(bad),
+            Err(SchedulerError::Constraint { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_shape_is_what_the_filters_read_and_nothing_else() {
+        let base = || image(1.0, 256.0, &["zone==a", "disk==ssd"], &[80]);
+        // (how the request differs from the base one, whether it has the base one's shape)
+        let cases: [(&str, Image, bool); 10] = [
+            ("the same", base(), true),
+            (
+                "another image",
+                Image {
+                    name: "other".into(),
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "another type",
+                Image {
+                    kind: "batch".into(),
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "affinity",
+                Image {
+                    affinity: vec!["request!=web-*".into()],
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "more cpus",
+                Image {
+                    cpus: Some(2.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "more memory",
+                Image {
+                    memory: Some(512.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "disk",
+                Image {
+                    disk: Some(10.0),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "another port",
+                image(1.0, 256.0, &["zone==a", "disk==ssd"], &[81]),
+                false,
+            ),
+            (
+                "another constraint",
+                image(1.0, 256.0, &["zone==b", "disk==ssd"], &[80]),
+                false,
+            ),
+            (
+                "the constraints in another order",
+                image(1.0, 256.0, &["disk==ssd", "zone==a"], &[80]),
+                false,
+            ),
+        ];
+        let shape = Prepared::new(Request::from_image(base()).unwrap()).unwrap();
+        for (how, i, same) in cases {
+            let p = Prepared::new(Request::from_image(i).unwrap()).unwrap();
+            assert_eq!(shape.shape().is_of(&p), same, "{how}");
+            assert_eq!(shape.shape() == p.shape(), same, "{how}");
+            if same {
+                assert_eq!(shape.shape_hash(), p.shape_hash(), "{how}");
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_and_volume_pins_make_a_plan_depend_on_placements() {
+        let on = |id: &str| vec![("data".to_string(), EngineId::new(id).unwrap())];
+        // (the request, its volume pins, whether a plan for it depends on other placements)
+        let cases = [
+            (with_affinity(&[], &[]), vec![], false),
+            (
+                with_affinity(&["zone==a", "disk==~ssd"], &[]),
+                vec![],
+                false,
+            ),
+            (with_affinity(&[], &["request!=web-*"]), vec![], true),
+            (with_affinity(&[], &["image==~redis*"]), vec![], true),
+            (with_affinity(&[], &[]), on("e1"), true),
+        ];
+        for (r, pins, depends) in cases {
+            let p = Prepared::new(r).unwrap().pinned(pins.clone());
+            assert_eq!(
+                p.depends_on_placements(),
+                depends,
+                "{:?} {pins:?}",
+                p.request.affinity
+            );
+        }
+    }
+}

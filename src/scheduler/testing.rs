@@ -1,0 +1,65 @@
+//! What the scheduler's tests build their engines and requests with: one engine-view builder
+//! and one request builder, so that every stage's tests mean the same by "an engine with 4 cpus".
+
+use super::{EngineView, Prepared, Strategy, schedule};
+use crate::model::{Engine, EngineId, EngineSpec, HostPort, Image, Proto, Request, RequestId};
+
+/// An engine registered as `citadel engine add` would, as the scheduler sees it.
+pub(crate) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> EngineView {
+    let wire = Engine {
+        id: id.into(),
+        addr: format!("tcp://{id}:2375"),
+        cpus,
+        memory,
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        ..Engine::default()
+    };
+    let spec = EngineSpec::parse(
+        &EngineId::new(id).unwrap(),
+        serde_json::to_string(&wire).unwrap().as_bytes(),
+    )
+    .unwrap();
+    EngineView::new(&spec, 1.0)
+}
+
+/// The image of a request as a user would write it: `labels` are its constraints, `ports` the
+/// tcp host ports it binds. Tests that need more (affinity, disk) set it on this.
+pub(crate) fn image(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Image {
+    Image {
+        name: "img".into(),
+        cpus: Some(cpus),
+        memory: Some(memory),
+        kind: "service".into(),
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        bind_ports: ports.iter().map(|p| tcp(*p).to_port()).collect(),
+        ..Image::default()
+    }
+}
+
+/// A request of [`image`], checked as the model checks one.
+pub(crate) fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Request {
+    Request::from_image(image(cpus, memory, labels, ports)).unwrap()
+}
+
+/// Schedules `r` with seed 1 over every engine and reserves it where it goes: the index, or
+/// the unschedulable reason.
+pub(crate) fn place(r: &Request, engines: &mut [EngineView], s: Strategy) -> Result<usize, String> {
+    let p = Prepared::new(r.clone()).map_err(|e| e.to_string())?;
+    let plan = schedule(&p, engines, s, 1, usize::MAX).map_err(|u| u.reason)?;
+    let e = &mut engines[plan.engine];
+    e.reserve(r.cpus, r.memory, &r.ports);
+    Ok(plan.engine)
+}
+
+/// A tcp host port.
+pub(crate) fn tcp(port: u16) -> HostPort {
+    HostPort {
+        proto: Proto::Tcp,
+        port,
+    }
+}
+
+/// Records request `id` of `image` as placed on `e` (what affinity reads), reserving nothing.
+pub(crate) fn tenant(e: &mut EngineView, id: &str, image: &str) {
+    std::sync::Arc::make_mut(&mut e.tenants).insert(RequestId::new(id).unwrap(), image.into());
+}
