@@ -259,13 +259,7 @@ async fn renew_directly(members: &Members, id: i64, wait: Duration) -> Option<i6
 /// Whether an error is etcd answering (it has no leader, or its leader changed), rather than
 /// nobody answering: a member that says so is alive, and no one can take over meanwhile.
 fn answered(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message();
-            m.contains("no leader") || m.contains("leader changed")
-        }
-        _ => false,
-    }
+    store::EtcdErrorKind::of(e) == store::EtcdErrorKind::NoLeader
 }
 
 async fn timeout<T>(

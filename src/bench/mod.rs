@@ -436,7 +436,7 @@ impl EtcdDb {
             .await
         {
             Ok(_) => Some(false),
-            Err(e) if e.to_string().contains("compacted") => Some(true),
+            Err(e) if store::EtcdErrorKind::of(&e) == store::EtcdErrorKind::Compacted => Some(true),
             Err(_) => None,
         };
         EtcdDb {
