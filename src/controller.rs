@@ -82,6 +82,17 @@ impl ControllerConfig {
             status: http.map(|h| h.local_addr().to_string()),
         }
     }
+
+    /// The cluster manager this replica leads with, feeding its metrics (hook(http)).
+    fn manager(&self, client: &Client, cache: &Arc<Cache>, books: &Books<Ledger>) -> Manager {
+        Manager::new(
+            client.clone(),
+            cache.clone(),
+            books.clone(),
+            self.manager.clone(),
+        )
+        .with_metrics(self.metrics.clone())
+    }
 }
 
 /// Runs a replica until `shutdown` turns true. An unreachable etcd is retried with backoff for
@@ -143,13 +154,7 @@ async fn run_replica(
         election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
             .in_current_span(),
     );
-    let manager = Manager::new(
-        client.clone(),
-        cache.clone(),
-        books.clone(),
-        cfg.manager.clone(),
-    )
-    .with_metrics(cfg.metrics.clone()); // hook(http)
+    let manager = cfg.manager(&client, &cache, &books);
     let mut delays = store::backoff().without_max_times().build();
 
     while !stopping(&shutdown) {
