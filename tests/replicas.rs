@@ -144,6 +144,67 @@ async fn ready(addr: SocketAddr, who: &str, within: Duration) -> String {
     }
 }
 
+/// Waits (bounded) until every replica campaigns with the address it serves on and one of them
+/// leads, each still running: (leader, id → address).
+async fn campaigning(
+    endpoint: &str,
+    replicas: &mut [Plain],
+) -> (String, Vec<(String, SocketAddr)>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        all_running(replicas);
+        if let Some(found) = candidates(&election(endpoint), replicas.len()) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} candidates with a status address and a leader within {WAIT:?}: {}\n{}",
+            replicas.len(),
+            election(endpoint),
+            logs(replicas)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Checks that `addr` serves replica `id`'s own page: ready as leader or standby, healthy.
+async fn own_page(id: &str, addr: SocketAddr, leads: bool) {
+    let body = ready(addr, id, WAIT).await;
+    let role = if leads { "leader" } else { "standby" };
+    assert!(body.starts_with(&format!("ready: {role}")), "{id}: {body}");
+    let (code, health) = get(addr, "/healthz").await.expect("/healthz");
+    assert_eq!(code, 200, "{id}: {health}");
+    let (code, state) = get(addr, "/api/state").await.expect("/api/state");
+    assert_eq!(code, 200);
+    let state: Value = serde_json::from_str(&state).expect("state json");
+    assert_eq!(
+        state["replica"]["id"],
+        json!(id),
+        "{addr} serves {id}'s page"
+    );
+}
+
+/// Waits (bounded by [`FAILOVER`]) until a replica other than `gone` leads, the others still
+/// running; returns its id.
+async fn taken_over(endpoint: &str, replicas: &mut [Plain], gone: &str) -> String {
+    let deadline = Instant::now() + FAILOVER;
+    loop {
+        all_running(replicas);
+        let e = election(endpoint);
+        if let Some(id) = e["leader"]["id"].as_str()
+            && id != gone
+        {
+            return id.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over from {gone} within {FAILOVER:?}: {e}\n{}",
+            logs(replicas)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_started_without_listen_share_a_host_and_fail_over() {
     // The default port taken (by this test, unless something else on the machine holds it
@@ -160,20 +221,7 @@ async fn replicas_started_without_listen_share_a_host_and_fail_over() {
         .map(|id| Plain::start(&endpoint, id, dir.path()))
         .collect();
     // All three campaign, each with the address it serves on.
-    let deadline = Instant::now() + WAIT;
-    let (leader, served) = loop {
-        all_running(&mut replicas);
-        if let Some(found) = candidates(&election(&endpoint), 3) {
-            break found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "three candidates with a status address and a leader within {WAIT:?}: {}\n{}",
-            election(&endpoint),
-            logs(&replicas)
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    let (leader, served) = campaigning(&endpoint, &mut replicas).await;
     let ids: BTreeSet<&str> = served.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, BTreeSet::from(["r1", "r2", "r3"]));
     let addrs: BTreeSet<SocketAddr> = served.iter().map(|(_, a)| *a).collect();
@@ -191,19 +239,7 @@ async fn replicas_started_without_listen_share_a_host_and_fail_over() {
 
     // Each address is that replica's own page: healthy, and leader or standby as elected.
     for (id, addr) in &served {
-        let body = ready(*addr, id, WAIT).await;
-        let role = if *id == leader { "leader" } else { "standby" };
-        assert!(body.starts_with(&format!("ready: {role}")), "{id}: {body}");
-        let (code, health) = get(*addr, "/healthz").await.expect("/healthz");
-        assert_eq!(code, 200, "{id}: {health}");
-        let (code, state) = get(*addr, "/api/state").await.expect("/api/state");
-        assert_eq!(code, 200);
-        let state: Value = serde_json::from_str(&state).expect("state json");
-        assert_eq!(
-            state["replica"]["id"],
-            json!(id),
-            "{addr} serves {id}'s page"
-        );
+        own_page(id, *addr, *id == leader).await;
     }
     let (code, table, err) = cli(&endpoint, &["leader"]);
     assert_eq!(code, 0, "{err}");
@@ -220,22 +256,7 @@ async fn replicas_started_without_listen_share_a_host_and_fail_over() {
     let mut dead = replicas.remove(i);
     dead.child.kill().expect("SIGKILL the leader");
     dead.child.wait().expect("reap it");
-    let deadline = Instant::now() + FAILOVER;
-    let next = loop {
-        all_running(&mut replicas);
-        let e = election(&endpoint);
-        if let Some(id) = e["leader"]["id"].as_str()
-            && id != leader
-        {
-            break id.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nobody took over from {leader} within {FAILOVER:?}: {e}\n{}",
-            logs(&replicas)
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    let next = taken_over(&endpoint, &mut replicas, &leader).await;
     let (_, next_addr) = served
         .iter()
         .find(|(id, _)| *id == next)

@@ -384,163 +384,187 @@ mod tests {
     }
 
     /// etcd's own refusals, code and text as its `rpctypes` sends them, and what tonic and
-    /// etcd-client make of failures on the way.
+    /// etcd-client make of failures on the way; with the kind each is.
+    const STATUSES: &[(Code, &str, EtcdErrorKind)] = &[
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+            EtcdErrorKind::TooManyOps,
+        ),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+            EtcdErrorKind::Compacted,
+        ),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+            EtcdErrorKind::FutureRevision,
+        ),
+        (
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+            EtcdErrorKind::PermissionDenied,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+            EtcdErrorKind::AuthFailed,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+            EtcdErrorKind::AuthRequired,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+            EtcdErrorKind::AuthNotEnabled,
+        ),
+        (
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+            EtcdErrorKind::InvalidToken,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: not leader",
+            EtcdErrorKind::NotLeader,
+        ),
+        (
+            Code::Unknown,
+            "election: not leader",
+            EtcdErrorKind::NotLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: no leader",
+            EtcdErrorKind::NoLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: leader changed",
+            EtcdErrorKind::NoLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out, possibly due to previous leader failure",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: server stopped",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: unhealthy cluster",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::ResourceExhausted,
+            "etcdserver: too many requests",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large",
+            EtcdErrorKind::RequestTooLarge,
+        ),
+        (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+            EtcdErrorKind::NoSpace,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+            EtcdErrorKind::Other,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+            EtcdErrorKind::Other,
+        ),
+        (
+            Code::DataLoss,
+            "etcdserver: corrupt cluster",
+            EtcdErrorKind::Other,
+        ),
+        // tonic's own statuses: no member said anything.
+        (
+            Code::Unavailable,
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+            EtcdErrorKind::Unreachable,
+        ),
+        (Code::Unavailable, "", EtcdErrorKind::Unreachable),
+        (
+            Code::DeadlineExceeded,
+            "Timeout expired",
+            EtcdErrorKind::Unreachable,
+        ),
+        (
+            Code::Cancelled,
+            "operation was canceled",
+            EtcdErrorKind::Unreachable,
+        ),
+        // A decoded message over tonic's limit is out of range too, yet not a compaction.
+        (
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+            EtcdErrorKind::Other,
+        ),
+        // The same words under another code are not etcd's refusal.
+        (
+            Code::Unknown,
+            "etcdserver: too many operations in txn request",
+            EtcdErrorKind::Other,
+        ),
+    ];
+
     #[test]
     fn every_etcd_error_is_sorted_by_its_code_and_etcds_words() {
-        use EtcdErrorKind as K;
-        let table = [
-            (
-                Code::InvalidArgument,
-                "etcdserver: too many operations in txn request",
-                K::TooManyOps,
-            ),
-            (
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted",
-                K::Compacted,
-            ),
-            (
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision is a future revision",
-                K::FutureRevision,
-            ),
-            (
-                Code::PermissionDenied,
-                "etcdserver: permission denied",
-                K::PermissionDenied,
-            ),
-            (
-                Code::InvalidArgument,
-                "etcdserver: authentication failed, invalid user ID or password",
-                K::AuthFailed,
-            ),
-            (
-                Code::InvalidArgument,
-                "etcdserver: user name is empty",
-                K::AuthRequired,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: authentication is not enabled",
-                K::AuthNotEnabled,
-            ),
-            (
-                Code::Unauthenticated,
-                "etcdserver: invalid auth token",
-                K::InvalidToken,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: user name not found",
-                K::NotFound,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: role name not found",
-                K::NotFound,
-            ),
-            (
-                Code::NotFound,
-                "etcdserver: requested lease not found",
-                K::NotFound,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: user name already exists",
-                K::AlreadyExists,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: role name already exists",
-                K::AlreadyExists,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: lease already exists",
-                K::AlreadyExists,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: member ID already exist",
-                K::AlreadyExists,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: not leader",
-                K::NotLeader,
-            ),
-            (Code::Unknown, "election: not leader", K::NotLeader),
-            (Code::Unavailable, "etcdserver: no leader", K::NoLeader),
-            (Code::Unavailable, "etcdserver: leader changed", K::NoLeader),
-            (
-                Code::Unavailable,
-                "etcdserver: request timed out",
-                K::Unavailable,
-            ),
-            (
-                Code::Unavailable,
-                "etcdserver: request timed out, possibly due to previous leader failure",
-                K::Unavailable,
-            ),
-            (
-                Code::Unavailable,
-                "etcdserver: server stopped",
-                K::Unavailable,
-            ),
-            (
-                Code::Unavailable,
-                "etcdserver: unhealthy cluster",
-                K::Unavailable,
-            ),
-            (
-                Code::ResourceExhausted,
-                "etcdserver: too many requests",
-                K::Unavailable,
-            ),
-            (
-                Code::InvalidArgument,
-                "etcdserver: request is too large",
-                K::RequestTooLarge,
-            ),
-            (
-                Code::ResourceExhausted,
-                "etcdserver: mvcc: database space exceeded",
-                K::NoSpace,
-            ),
-            (
-                Code::InvalidArgument,
-                "etcdserver: duplicate key given in txn request",
-                K::Other,
-            ),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: root user does not exist",
-                K::Other,
-            ),
-            (Code::DataLoss, "etcdserver: corrupt cluster", K::Other),
-            // tonic's own statuses: no member said anything.
-            (
-                Code::Unavailable,
-                "error trying to connect: tcp connect error: Connection refused (os error 111)",
-                K::Unreachable,
-            ),
-            (Code::Unavailable, "", K::Unreachable),
-            (Code::DeadlineExceeded, "Timeout expired", K::Unreachable),
-            (Code::Cancelled, "operation was canceled", K::Unreachable),
-            // A decoded message over tonic's limit is out of range too, yet not a compaction.
-            (
-                Code::OutOfRange,
-                "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
-                K::Other,
-            ),
-            // The same words under another code are not etcd's refusal.
-            (
-                Code::Unknown,
-                "etcdserver: too many operations in txn request",
-                K::Other,
-            ),
-        ];
-        for (code, message, want) in table {
+        for &(code, message, want) in STATUSES {
             assert_eq!(
                 EtcdErrorKind::of(&status(code, message)),
                 want,
