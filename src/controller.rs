@@ -9,7 +9,6 @@
 //!
 //! It owns one replica's lifecycle and shutdown; it holds no scheduling or etcd logic of its own.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::cache::{Books, Cache, HealthPolicy};
-use crate::election::{self, ElectionError, Lease};
-use crate::http::{self, HttpError};
+use crate::election::{self, Candidate, ElectionError, Lease};
+use crate::http::{self, HttpError, Listen};
 use crate::keys::Keys;
 use crate::manager::{Ledger, Manager, ManagerConfig, StepDown};
 use crate::metrics::Metrics;
@@ -68,10 +67,32 @@ pub struct ControllerConfig {
     pub docker: Option<RunnerConfig>,
     pub policy: HealthPolicy,
     /// hook(http): where to serve the status page, `/metrics`, `/healthz` and `/readyz`
-    /// (`--listen`; `None`: nowhere).
-    pub listen: Option<SocketAddr>,
+    /// (`--listen`; `None`: nowhere). The address taken goes in the replica's election key.
+    pub listen: Option<Listen>,
     /// hook(http): this replica's metrics, fed by its manager, runner and election.
     pub metrics: Arc<Metrics>,
+}
+
+impl ControllerConfig {
+    /// This replica as its election key tells the others, with the status page `http` serves.
+    fn candidate(&self, http: Option<&http::Server>) -> Candidate {
+        Candidate {
+            id: self.manager.replica.to_string(),
+            addr: self.addr.clone(),
+            status: http.map(|h| h.local_addr().to_string()),
+        }
+    }
+
+    /// The cluster manager this replica leads with, feeding its metrics (hook(http)).
+    fn manager(&self, client: &Client, cache: &Arc<Cache>, books: &Books<Ledger>) -> Manager {
+        Manager::new(
+            client.clone(),
+            cache.clone(),
+            books.clone(),
+            self.manager.clone(),
+        )
+        .with_metrics(self.metrics.clone())
+    }
 }
 
 /// Runs a replica until `shutdown` turns true. An unreachable etcd is retried with backoff for
@@ -112,22 +133,9 @@ async fn run_replica(
     books: Books<Ledger>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ControllerError> {
-    let replica = cfg.manager.replica.clone();
     tracing::info!(etcd = %cfg.etcd.endpoints_str(), prefix = cfg.keys.prefix(), "starting");
-    // hook(http): served before etcd is reached, so that /readyz can say why it is not ready.
-    cfg.metrics.observe(&cache);
-    let mut http = match cfg.listen {
-        Some(addr) => {
-            let surface = http::Surface {
-                replica: replica.to_string(),
-                cache: cache.clone(),
-                metrics: cfg.metrics.clone(),
-                etcd: cfg.etcd.endpoints_str(),
-            };
-            Some(http::Server::start(addr, surface, shutdown.clone()).await?)
-        }
-        None => None,
-    };
+    let mut http = serve(&cfg, &cache, &shutdown).await?; // hook(http)
+    let me = cfg.candidate(http.as_ref());
     let Some(client) = connect(&cfg, &mut shutdown).await? else {
         return Ok(());
     };
@@ -146,13 +154,7 @@ async fn run_replica(
         election::watch_candidates(client.clone(), cache.clone(), shutdown.clone())
             .in_current_span(),
     );
-    let manager = Manager::new(
-        client.clone(),
-        cache.clone(),
-        books.clone(),
-        cfg.manager.clone(),
-    )
-    .with_metrics(cfg.metrics.clone()); // hook(http)
+    let manager = cfg.manager(&client, &cache, &books);
     let mut delays = store::backoff().without_max_times().build();
 
     while !stopping(&shutdown) {
@@ -178,7 +180,7 @@ async fn run_replica(
             "campaigning"
         );
         let won = tokio::select! {
-            won = election::campaign(&client, &cfg.keys, replica.as_str(), &cfg.addr, &lease, &mut shutdown) => won,
+            won = election::campaign(&client, &cfg.keys, &me, &lease, &mut shutdown) => won,
             _ = watcher.wait_dead() => {
                 lease.revoke(&client).await;
                 continue;
@@ -220,6 +222,28 @@ async fn run_replica(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// hook(http): the replica's HTTP surface, where `--listen` says (`None`: nowhere). Served
+/// before etcd is reached, so that /readyz can say why it is not ready.
+async fn serve(
+    cfg: &ControllerConfig,
+    cache: &Arc<Cache>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<http::Server>, ControllerError> {
+    cfg.metrics.observe(cache);
+    let Some(listen) = cfg.listen else {
+        return Ok(None);
+    };
+    let surface = http::Surface {
+        replica: cfg.manager.replica.to_string(),
+        cache: cache.clone(),
+        metrics: cfg.metrics.clone(),
+        etcd: cfg.etcd.endpoints_str(),
+    };
+    Ok(Some(
+        http::Server::start(listen, surface, shutdown.clone()).await?,
+    ))
 }
 
 /// Connects and checks the role's access; `None` when shutdown came first.

@@ -259,13 +259,7 @@ async fn renew_directly(members: &Members, id: i64, wait: Duration) -> Option<i6
 /// Whether an error is etcd answering (it has no leader, or its leader changed), rather than
 /// nobody answering: a member that says so is alive, and no one can take over meanwhile.
 fn answered(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message();
-            m.contains("no leader") || m.contains("leader changed")
-        }
-        _ => false,
-    }
+    store::EtcdErrorKind::of(e) == store::EtcdErrorKind::NoLeader
 }
 
 async fn timeout<T>(
@@ -288,19 +282,40 @@ pub struct Leadership {
     pub elected_at: i64,
 }
 
+/// Who campaigns, as its election key tells the others (with when it began).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Candidate {
+    /// The replica's id.
+    pub id: String,
+    /// Informational (`--addr`).
+    pub addr: String,
+    /// Where it serves its status page (IP:PORT), if it serves one.
+    pub status: Option<String>,
+}
+
+impl Candidate {
+    /// A candidate known by its id alone.
+    pub fn new(id: impl Into<String>) -> Candidate {
+        Candidate {
+            id: id.into(),
+            ..Candidate::default()
+        }
+    }
+}
+
 /// Campaigns under `<prefix>/leader` until elected, the lease is lost, or shutdown.
 pub async fn campaign(
     client: &Client,
     keys: &Keys,
-    replica: &str,
-    addr: &str,
+    me: &Candidate,
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Leadership, ElectionError> {
     let value = serde_json::to_vec(&LeaderInfo {
-        id: replica.to_string(),
-        addr: addr.to_string(),
+        id: me.id.clone(),
+        addr: me.addr.clone(),
         since: now_rfc3339(),
+        status: me.status.clone(),
     })
     .unwrap_or_default();
     let mut ec = client.election_client();

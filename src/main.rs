@@ -18,7 +18,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if cli.global.log_format == "json" {
+    if cli.global.log_format == cli::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

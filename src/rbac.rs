@@ -308,7 +308,7 @@ async fn call<T>(
 
 /// etcd's "already exists" answer to `role add` and `user add`.
 fn exists(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("already exists"))
+    store::EtcdErrorKind::of(e) == store::EtcdErrorKind::AlreadyExists
 }
 
 /// Runs the plan through etcd's auth API. Idempotent: an existing role or user is kept (a

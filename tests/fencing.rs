@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use citadel::election::{self, Lease};
+use citadel::election::{self, Candidate, Lease};
 use citadel::keys::Keys;
 use citadel::manager::{self, Batch, Item};
 use citadel::model::{
@@ -117,16 +117,29 @@ async fn deposed_leader_cannot_commit() {
 
     let (_tx, mut shutdown) = watch::channel(false);
     let lease_a = Lease::grant(&client, 2).await.unwrap();
-    let a = election::campaign(&client, &keys, "a", "", &lease_a, &mut shutdown)
-        .await
-        .expect("a is elected");
+    let a = election::campaign(
+        &client,
+        &keys,
+        &Candidate::new("a"),
+        &lease_a,
+        &mut shutdown,
+    )
+    .await
+    .expect("a is elected");
 
     // b campaigns and waits behind a.
     let lease_b = Lease::grant(&client, 2).await.unwrap();
     let (client_b, keys_b) = (client.clone(), keys.clone());
     let b = tokio::spawn(async move {
         let (_tx, mut shutdown) = watch::channel(false);
-        let won = election::campaign(&client_b, &keys_b, "b", "", &lease_b, &mut shutdown).await;
+        let won = election::campaign(
+            &client_b,
+            &keys_b,
+            &Candidate::new("b"),
+            &lease_b,
+            &mut shutdown,
+        )
+        .await;
         (won, lease_b)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -198,7 +211,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
     }
     let (_tx, mut shutdown) = watch::channel(false);
     let lease = Lease::grant(&client, 5).await.unwrap();
-    let leader = election::campaign(&client, &keys, "a", "", &lease, &mut shutdown)
+    let leader = election::campaign(&client, &keys, &Candidate::new("a"), &lease, &mut shutdown)
         .await
         .expect("elected");
     let shrink = |e: &str| {

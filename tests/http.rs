@@ -64,7 +64,7 @@ impl Served {
             overcommit: 1.0,
             docker: None,
             policy: HealthPolicy::default(),
-            listen: Some(addr),
+            listen: Some(addr.into()),
             metrics: Default::default(),
         };
         let (shutdown, rx) = watch::channel(false);

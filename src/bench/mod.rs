@@ -102,8 +102,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub seed: u64,
     /// Output format (`json` is the same as --json).
-    #[arg(short = 'o', long = "output", value_parser = ["table", "json"])]
-    pub output: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<crate::cli::output::ReportFormat>,
 }
 
 fn parse_headroom(s: &str) -> Result<f64, String> {
@@ -436,7 +436,7 @@ impl EtcdDb {
             .await
         {
             Ok(_) => Some(false),
-            Err(e) if e.to_string().contains("compacted") => Some(true),
+            Err(e) if store::EtcdErrorKind::of(&e) == store::EtcdErrorKind::Compacted => Some(true),
             Err(_) => None,
         };
         EtcdDb {

@@ -6,7 +6,7 @@ use clap::Args;
 use etcd_client::Client;
 
 use super::CliError;
-use super::output::outln;
+use super::output::{ReportFormat, outln};
 use crate::keys::Keys;
 
 #[derive(Debug, Args)]
@@ -19,8 +19,8 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
     /// Output format.
-    #[arg(short = 'o', long = "output", default_value = "table", value_parser = ["table", "json"])]
-    pub output: String,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
 }
 
 pub(super) async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<(), CliError> {
@@ -42,7 +42,7 @@ pub(super) async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let findings = report.findings();
-    if a.output == "json" {
+    if a.output == ReportFormat::Json {
         super::output::json(&report)?;
     } else {
         outln!(

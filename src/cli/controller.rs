@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::controller::{self, ControllerConfig, DEFAULT_NICE};
+use crate::http::{DEFAULT_LISTEN, Listen};
 use crate::keys::Keys;
 use crate::manager::ManagerConfig;
 use crate::model::ReplicaId;
@@ -72,9 +73,30 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
     /// Serve the status page, /metrics, /healthz and /readyz on IP:PORT (port 0 picks a free
-    /// one, logged at start); '' serves nothing. Each replica on a host needs its own.
-    #[arg(long, default_value = crate::http::DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: String,
+    /// one); '' serves nothing; a port taken stops the replica. Without it: 127.0.0.1:9090,
+    /// or while that port is taken (another replica on this host) the next free one up to
+    /// 9099, else any free one. The address taken is logged, and `citadel leader` lists it.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// Where to serve: exactly where `--listen` says, or without it the default's first free port.
+fn listen(flag: Option<&str>) -> Result<Option<Listen>, CliError> {
+    let Some(addr) = flag.map(str::trim) else {
+        let default = DEFAULT_LISTEN
+            .parse()
+            .expect("the default --listen is an address");
+        return Ok(Some(Listen::FirstFree(default)));
+    };
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let addr = addr.parse::<std::net::SocketAddr>().map_err(|_| {
+        CliError::Usage(format!(
+            "--listen {addr}: expected IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090 ('' serves nothing)"
+        ))
+    })?;
+    Ok(Some(Listen::Exactly(addr)))
 }
 
 pub(super) async fn run_controller(
@@ -117,14 +139,7 @@ pub(super) async fn run_controller(
             args.health_ttl, args.health_every
         )));
     }
-    let listen = match args.listen.trim() {
-        "" => None,
-        addr => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
-            CliError::Usage(format!(
-                "--listen {addr}: expected IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090 ('' serves nothing)"
-            ))
-        })?),
-    };
+    let listen = listen(args.listen.as_deref())?;
     let secs = Duration::from_secs_f64;
     let replica_id = replica.clone();
     let workers = args.workers.unwrap_or_else(|| {
@@ -163,4 +178,29 @@ pub(super) async fn run_controller(
         metrics: Default::default(),
     };
     Ok(controller::run(cfg, controller::shutdown_on_signals()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_replica_told_no_listen_moves_on_from_a_taken_port() {
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().expect("an address");
+        assert_eq!(
+            listen(None).expect("default"),
+            Some(Listen::FirstFree(at(DEFAULT_LISTEN)))
+        );
+        assert_eq!(
+            listen(Some("127.0.0.1:9090")).expect("given"),
+            Some(Listen::Exactly(at("127.0.0.1:9090")))
+        );
+        assert_eq!(listen(Some(" ")).expect("nowhere"), None);
+        let e = listen(Some("localhost")).expect_err("not IP:PORT");
+        assert!(
+            e.to_string()
+                .contains("--listen localhost: expected IP:PORT"),
+            "{e}"
+        );
+    }
 }

@@ -21,6 +21,9 @@ pub struct CandidateRow {
     pub id: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub addr: String,
+    /// Where it serves its status page (IP:PORT), when it says (older replicas do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// When it began campaigning (RFC 3339).
     pub since: String,
     /// 0: no lease (not written by the election API; it blocks every election).
@@ -69,6 +72,7 @@ pub async fn election(client: &Client, keys: &Keys) -> Result<Election, CliError
                 .to_string(),
             id: info.as_ref().map(|i| i.id.clone()),
             addr: info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
+            status: info.as_ref().and_then(|i| i.status.clone()),
             since: info.map(|i| i.since).unwrap_or_default(),
             lease: kv.lease(),
             lease_ttl_left: left,
@@ -125,6 +129,7 @@ pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Resul
         "TTL LEFT",
         "SINCE",
         "CREATED AT REV",
+        "STATUS PAGE",
     ];
     if o.wide() {
         header.extend(["ADDR", "KEY"]);
@@ -143,6 +148,9 @@ pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Resul
                 .map_or_else(|| "-".to_string(), |s| format!("{s}s")),
             age(&c.since, now),
             c.create_revision.to_string(),
+            c.status
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |a| format!("http://{a}/")),
         ];
         if o.wide() {
             row.extend([

@@ -57,6 +57,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--log-format text|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct Global {
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; `bench` starts its own].
@@ -78,8 +86,8 @@ pub struct Global {
     )]
     pub prefix: String,
     /// Log format of long-running commands.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
-    pub log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     /// The CA bundle etcd's server certificate must chain to, for https:// endpoints (else
     /// the system's bundle) [also read from ETCDCTL_CACERT].
     #[arg(long, global = true, env = "CITADEL_ETCD_CACERT", value_name = "FILE")]
@@ -316,7 +324,7 @@ async fn bench(
     own_etcd: bool,
     etcd: EtcdConfig,
 ) -> Result<(), CliError> {
-    let json = args.json || args.output.as_deref() == Some("json");
+    let json = args.json || args.output == Some(output::ReportFormat::Json);
     if args.quality {
         let rows = crate::bench::quality::measure_all(args.seed);
         if json {
@@ -439,6 +447,56 @@ mod tests {
             user: user.into(),
             password: password.into(),
         })
+    }
+
+    /// Every flag with a fixed set of values is an enum clap parses: a wrong value is refused
+    /// before anything runs, with the values it takes.
+    #[test]
+    fn flags_with_fixed_values_refuse_others_and_list_them() {
+        let refused = |argv: &[&str]| {
+            let e = Cli::try_parse_from(argv).expect_err("a wrong value");
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{e}");
+            e.to_string()
+        };
+        let e = refused(&["citadel", "leader", "-o", "yaml"]);
+        assert!(e.contains("[possible values: table, wide, json]"), "{e}");
+        let e = refused(&["citadel", "check", "-o", "wide"]);
+        assert!(e.contains("[possible values: table, json]"), "{e}");
+        let e = refused(&["citadel", "--log-format", "xml", "ls"]);
+        assert!(e.contains("[possible values: text, json]"), "{e}");
+        let e = refused(&["citadel", "submit", "r.json", "--wait=started"]);
+        assert!(e.contains("[possible values: placed, running]"), "{e}");
+        let e = refused(&["citadel", "requests", "ls", "--status", "placed,done"]);
+        assert!(
+            e.contains(
+                "[possible values: queued, placed, unschedulable, invalid, pending, failed, exited, lost]"
+            ),
+            "{e}"
+        );
+
+        let cli = Cli::try_parse_from(["citadel", "--log-format", "json", "check", "-o", "json"])
+            .expect("parses");
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+        assert!(matches!(cli.command, Command::Check(a) if a.output == output::ReportFormat::Json));
+        let cli = Cli::try_parse_from(["citadel", "requests", "ls", "--status", "queued,lost"])
+            .expect("parses");
+        let Command::Requests(requests::RequestsCommand::Ls(a)) = cli.command else {
+            panic!("requests ls");
+        };
+        let names: Vec<&str> = a.status.iter().map(|s| s.0.name()).collect();
+        assert_eq!(names, ["queued", "lost"]);
+    }
+
+    /// `--status` takes every standing a listing can print.
+    #[test]
+    fn status_filter_takes_every_standing() {
+        use clap::ValueEnum;
+        for standing in crate::cache::Standing::ORDER {
+            assert!(
+                requests::StandingArg::value_variants().contains(&requests::StandingArg(standing)),
+                "{standing:?}"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub enum Format {
     Json,
 }
 
+/// What a command that prints one report prints: `-o table|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Table,
+    Json,
+}
+
 /// `-o table|wide|json`, shared by every read command.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct OutputArgs {

@@ -30,13 +30,8 @@ pub enum RequestsCommand {
 #[derive(Debug, Args)]
 pub struct RequestsLsArgs {
     /// Only requests that stand here; comma-separated for several.
-    #[arg(
-        long,
-        value_name = "STATUS",
-        value_delimiter = ',',
-        value_parser = ["queued", "placed", "unschedulable", "invalid", "pending", "failed", "exited", "lost"]
-    )]
-    pub status: Vec<String>,
+    #[arg(long, value_name = "STATUS", value_delimiter = ',', value_enum)]
+    pub status: Vec<StandingArg>,
     /// Only requests whose decision names this engine.
     #[arg(long, value_name = "ENGINE")]
     pub engine: Option<String>,
@@ -49,6 +44,31 @@ pub struct RequestsLsArgs {
     pub watch: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--status`: a standing, by the name a listing prints for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandingArg(pub Standing);
+
+impl clap::ValueEnum for StandingArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::model::Status as S;
+        const ALL: [StandingArg; 8] = [
+            StandingArg(Standing::Queued),
+            StandingArg(Standing::Decided(S::Placed)),
+            StandingArg(Standing::Decided(S::Unschedulable)),
+            StandingArg(Standing::Decided(S::Invalid)),
+            StandingArg(Standing::Decided(S::Pending)),
+            StandingArg(Standing::Decided(S::Failed)),
+            StandingArg(Standing::Decided(S::Exited)),
+            StandingArg(Standing::Decided(S::Lost)),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()))
+    }
 }
 
 /// One request, as listed.
@@ -136,7 +156,7 @@ async fn read(client: &Client, keys: &Keys) -> Result<Listing, CliError> {
 
 impl RequestsLsArgs {
     fn keeps(&self, r: &RequestListing) -> bool {
-        (self.status.is_empty() || self.status.iter().any(|s| s == r.status))
+        (self.status.is_empty() || self.status.iter().any(|s| s.0.name() == r.status))
             && self
                 .engine
                 .as_ref()

@@ -61,6 +61,9 @@ pub struct CandidateJson {
     /// The replica's id (absent when the key's value is not a citadel candidate's).
     pub id: Option<String>,
     pub addr: String,
+    /// Where it serves this page (IP:PORT), when it says (older replicas do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// When it began campaigning (RFC 3339), as it wrote it.
     pub since: String,
     pub key: String,
@@ -180,6 +183,7 @@ pub fn state(s: &Surface) -> ApiState {
             .map(|c| CandidateJson {
                 id: c.info.as_ref().map(|i| i.id.clone()),
                 addr: c.info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
+                status: c.info.as_ref().and_then(|i| i.status.clone()),
                 since: c.info.map(|i| i.since).unwrap_or_default(),
                 key: c.key,
                 lease: format!("{:x}", c.lease),

@@ -43,6 +43,34 @@ pub use api::ApiState;
 
 /// `--listen`'s default: loopback only, as etcd's own client port defaults to.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// Without `--listen`, how many ports after the default's a replica tries while the ones
+/// before are taken (other replicas on the same host), before it takes any free one.
+pub const SPARE_PORTS: u16 = 9;
+
+/// Where the HTTP surface listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Here or nowhere: a port taken is an error (`--listen` given).
+    Exactly(SocketAddr),
+    /// Here, or while its port is taken the first free one of the next [`SPARE_PORTS`], or
+    /// else one the system picks (no `--listen`: several replicas on one host each serve).
+    FirstFree(SocketAddr),
+}
+
+impl Listen {
+    /// The address asked for (its first choice), as errors name it.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Listen::Exactly(a) | Listen::FirstFree(a) => a,
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Listen {
+        Listen::Exactly(addr)
+    }
+}
 /// How often the replica asks etcd whether it answers.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How long one probe may take.
@@ -97,27 +125,18 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves until `shutdown` turns true. A port already taken is an error
-    /// now, before the replica does anything else.
+    /// Binds `listen` and serves until `shutdown` turns true. A port that cannot be had is an
+    /// error now, before the replica does anything else.
     pub async fn start(
-        addr: SocketAddr,
+        listen: impl Into<Listen>,
         surface: Surface,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Server, HttpError> {
-        let bind_error = |e: std::io::Error| {
-            HttpError::Bind {
-            addr,
-            reason: match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    "address already in use (give another --listen, or --listen '' to serve nothing)"
-                        .into()
-                }
-                _ => io_reason(&e),
-            },
-        }
-        };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local = listener.local_addr().map_err(bind_error)?;
+        let listen = listen.into();
+        let listener = bind(listen).await?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| bind_error(listen.addr(), e))?;
         tracing::info!(addr = %local, url = %format!("http://{local}/"),
             "http: serving the status page, /metrics, /healthz and /readyz");
         let app = router(surface);
@@ -174,6 +193,50 @@ impl Server {
             probe.abort();
             let _ = probe.await;
         }
+    }
+}
+
+/// The listener for `listen`: its address, or for [`Listen::FirstFree`] the first free port
+/// from there on, then any. Only a port taken moves it on; any other failure is an error.
+async fn bind(listen: Listen) -> Result<TcpListener, HttpError> {
+    let first = match listen {
+        Listen::Exactly(addr) => {
+            return TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind_error(addr, e));
+        }
+        Listen::FirstFree(addr) => addr,
+    };
+    let last = first.port().saturating_add(SPARE_PORTS);
+    for port in first.port()..=last {
+        let addr = SocketAddr::new(first.ip(), port);
+        match TcpListener::bind(addr).await {
+            Ok(listener) if port == first.port() => return Ok(listener),
+            Ok(listener) => {
+                tracing::info!(wanted = %first, "http: the default port is taken (another replica on this host?); serving on the next free one");
+                return Ok(listener);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(bind_error(addr, e)),
+        }
+    }
+    let listener = TcpListener::bind(SocketAddr::new(first.ip(), 0))
+        .await
+        .map_err(|e| bind_error(first, e))?;
+    tracing::info!(wanted = %first, tried_up_to = last, "http: the default port and the next ones are taken; serving on one the system picked");
+    Ok(listener)
+}
+
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> HttpError {
+    HttpError::Bind {
+        addr,
+        reason: match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "address already in use (give another --listen, or --listen '' to serve nothing)"
+                    .into()
+            }
+            _ => io_reason(&e),
+        },
     }
 }
 
@@ -414,6 +477,32 @@ mod tests {
                 "--listen {addr}: address already in use (give another --listen, or --listen '' to serve nothing)"
             )
         );
+    }
+
+    /// Without `--listen`, a taken port moves the replica on to the next free one; `--listen`
+    /// given holds it to its address (see `a_port_in_use_is_one_line_naming_the_flag`).
+    #[tokio::test]
+    async fn a_default_port_taken_moves_on_to_a_free_one() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let surface = Surface {
+            replica: "r".into(),
+            cache: Cache::new(Keys::default(), 1.0),
+            metrics: Arc::default(),
+            etcd: "http://127.0.0.1:2379".into(),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let server = Server::start(Listen::FirstFree(addr), surface, shutdown)
+            .await
+            .expect("a free port");
+        let served = server.local_addr();
+        assert_ne!(served, addr);
+        assert_eq!(served.ip(), addr.ip());
+        tokio::net::TcpStream::connect(served)
+            .await
+            .expect("it serves there");
+        stop.send_replace(true);
+        server.stop().await;
     }
 
     #[tokio::test]

@@ -323,11 +323,16 @@ pub struct VolumeRecord {
     pub request: String,
 }
 
-/// The value of the election key `leader/<lease>`.
+/// The value of the election key `leader/<lease>`. Read by replicas of other versions during a
+/// rolling upgrade: a field added here is optional and written only when set, and readers
+/// ignore fields they do not know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderInfo {
     pub id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub addr: String,
     pub since: String,
+    /// Where the candidate serves its status page, `/healthz` and `/metrics` (IP:PORT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }

@@ -155,6 +155,40 @@ mod echo_props {
     }
 }
 
+/// The election key's value across a rolling upgrade: a replica that writes the status page's
+/// address is read by one that does not know the field, and the other way round; without an
+/// address the bytes are those an older replica writes.
+#[test]
+fn leader_info_reads_both_ways_across_versions() {
+    /// `LeaderInfo` as replicas before the `status` field read it.
+    #[derive(Debug, serde::Deserialize)]
+    struct Older {
+        id: String,
+        #[serde(default)]
+        addr: String,
+        since: String,
+    }
+    let newer = LeaderInfo {
+        id: "r2".into(),
+        addr: String::new(),
+        since: "2026-11-28T00:00:00Z".into(),
+        status: Some("127.0.0.1:9091".into()),
+    };
+    let bytes = serde_json::to_vec(&newer).expect("json");
+    let old: Older = serde_json::from_slice(&bytes).expect("an older replica reads it");
+    assert_eq!((old.id.as_str(), old.addr.as_str()), ("r2", ""));
+    assert_eq!(old.since, newer.since);
+
+    let written_by_older = r#"{"id":"r1","addr":"10.0.0.1","since":"2026-11-28T00:00:00Z"}"#;
+    let read: LeaderInfo = serde_json::from_str(written_by_older).expect("reads an older value");
+    assert_eq!(read.status, None);
+    assert_eq!(read.addr, "10.0.0.1");
+    assert_eq!(
+        serde_json::to_string(&read).expect("json"),
+        written_by_older
+    );
+}
+
 #[test]
 fn huge_requests_are_invalid_and_not_echoed() {
     let big = format!(

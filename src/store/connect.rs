@@ -10,7 +10,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
     TxnOp,
 };
-use tonic::Code;
 
 use super::*;
 use crate::keys::prefix_end;
@@ -104,15 +103,13 @@ pub(super) fn options(etcd: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
 fn classify(etcd: &EtcdConfig, source: etcd_client::Error) -> StoreError {
     tracing::debug!(error = ?source, "etcd call failed");
     let endpoints = etcd.endpoints_str();
-    if let Some(reason) = find_rustls(&source) {
-        return StoreError::TlsHandshake {
+    match EtcdErrorKind::of(&source) {
+        EtcdErrorKind::Tls => StoreError::TlsHandshake {
             endpoints,
-            reason: reason.to_string(),
+            reason: find_rustls(&source).map_or_else(|| short(&source), |r| r.to_string()),
             source,
-        };
-    }
-    if closed_under_us(&source) {
-        if etcd.uses_tls() {
+        },
+        EtcdErrorKind::Closed if etcd.uses_tls() => {
             let reason = match etcd.tls.as_ref().and_then(|t| t.identity.as_ref()) {
                 Some((cert, _)) => format!(
                     "etcd closed the connection: it refused the client certificate --cert {} \
@@ -123,43 +120,39 @@ fn classify(etcd: &EtcdConfig, source: etcd_client::Error) -> StoreError {
                          --key)"
                     .to_string(),
             };
-            return StoreError::TlsHandshake {
+            StoreError::TlsHandshake {
                 endpoints,
                 reason,
                 source,
-            };
+            }
         }
         // Perhaps etcd restarting, so this stays worth a retry; but perhaps TLS.
-        return StoreError::Unreachable {
+        EtcdErrorKind::Closed => StoreError::Unreachable {
             endpoints,
             hint: " (if etcd serves TLS, use https:// and --cacert)",
             source,
-        };
-    }
-    if let etcd_client::Error::GRpcStatus(s) = &source {
-        let msg = s.message();
-        if msg.contains("authentication failed") || msg.contains("user name not found") {
+        },
+        // Authenticating as a user etcd does not have is a wrong name, as a wrong password.
+        EtcdErrorKind::AuthFailed | EtcdErrorKind::NotFound => {
             let user = etcd
                 .auth
                 .as_ref()
                 .map(|c| c.user.clone())
                 .unwrap_or_default();
-            return StoreError::AuthFailed { user, source };
+            StoreError::AuthFailed { user, source }
         }
-        if msg.contains("user name is empty") {
-            return StoreError::AuthRequired { source };
-        }
-    }
-    StoreError::Unreachable {
-        endpoints,
-        hint: "",
-        source,
+        EtcdErrorKind::AuthRequired => StoreError::AuthRequired { source },
+        _ => StoreError::Unreachable {
+            endpoints,
+            hint: "",
+            source,
+        },
     }
 }
 
 /// etcd's answer to `Authenticate` while its authentication is off.
 fn auth_is_off(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("authentication is not enabled"))
+    EtcdErrorKind::of(e) == EtcdErrorKind::AuthNotEnabled
 }
 
 async fn open(etcd: &EtcdConfig) -> Result<Client, StoreError> {
@@ -214,9 +207,7 @@ async fn connect_once(etcd: &EtcdConfig) -> Result<Client, StoreError> {
     {
         Ok(Ok(_)) => Ok(client),
         // Authenticated, only not allowed to read "/": what a role limited to a prefix is.
-        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == Code::PermissionDenied => {
-            Ok(client)
-        }
+        Ok(Err(e)) if EtcdErrorKind::of(&e) == EtcdErrorKind::PermissionDenied => Ok(client),
         Ok(Err(e)) => Err(classify(etcd, e)),
         Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
     }
@@ -280,14 +271,13 @@ pub async fn check_access(
     root: &str,
     give_up_after: Option<Duration>,
 ) -> Result<(), StoreError> {
-    let denied = |access: &'static str, source: etcd_client::Error| match &source {
-        etcd_client::Error::GRpcStatus(s) if s.code() == Code::PermissionDenied => {
-            StoreError::Denied {
-                access,
-                prefix: root.to_string(),
-                source,
-            }
-        }
+    let denied = |access: &'static str, source: etcd_client::Error| match EtcdErrorKind::of(&source)
+    {
+        EtcdErrorKind::PermissionDenied => StoreError::Denied {
+            access,
+            prefix: root.to_string(),
+            source,
+        },
         _ => StoreError::Etcd(source),
     };
     retry(give_up_after, || async {

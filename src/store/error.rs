@@ -96,6 +96,164 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The kind of the etcd error behind this one, if etcd (or the way to it) failed.
+    pub fn etcd_kind(&self) -> Option<EtcdErrorKind> {
+        match self {
+            StoreError::Unreachable { source, .. }
+            | StoreError::TlsHandshake { source, .. }
+            | StoreError::TlsSetup { source, .. }
+            | StoreError::AuthFailed { source, .. }
+            | StoreError::AuthRequired { source }
+            | StoreError::Denied { source, .. }
+            | StoreError::Etcd(source) => Some(EtcdErrorKind::of(source)),
+            StoreError::TlsFile { .. }
+            | StoreError::NotPem { .. }
+            | StoreError::Config(_)
+            | StoreError::NoEndpoints
+            | StoreError::Timeout(_) => None,
+        }
+    }
+}
+
+/// What an etcd error means to its caller. Every place that tells etcd's errors apart asks
+/// [`EtcdErrorKind::of`]: nothing else reads an error's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdErrorKind {
+    /// Nobody answered: no connection, a refused or failed one, or no answer in time.
+    Unreachable,
+    /// The TLS handshake failed (rustls's own error is among the causes).
+    Tls,
+    /// The connection was closed or reset under us: etcd restarting, or a TLS etcd refusing
+    /// a client certificate (or its lack of one, or a plain-text client) after the handshake.
+    Closed,
+    /// A member answered that the cluster has no raft leader, or that it just changed: the
+    /// member is alive, and nothing can commit (nor anyone take over) until it has one.
+    NoLeader,
+    /// A member answered that it cannot serve now: the request timed out inside etcd, it is
+    /// stopping, the cluster is unhealthy, or it has too many requests.
+    Unavailable,
+    /// The revision asked for is below etcd's compaction: that history is gone.
+    Compacted,
+    /// The revision asked for is above etcd's current one.
+    FutureRevision,
+    /// A transaction with more operations than etcd's `--max-txn-ops` (nothing of it applied).
+    TooManyOps,
+    /// A request larger than etcd's `--max-request-bytes`.
+    RequestTooLarge,
+    /// etcd's database is at its quota (`--quota-backend-bytes`): it refuses writes until an
+    /// operator compacts, defragments and disarms the alarm.
+    NoSpace,
+    /// The user's roles do not allow this on that key range.
+    PermissionDenied,
+    /// A wrong user name or password.
+    AuthFailed,
+    /// etcd has authentication on and the call named no user.
+    AuthRequired,
+    /// Credentials for an etcd whose authentication is off.
+    AuthNotEnabled,
+    /// An auth token etcd no longer knows (it expired, or etcd restarted).
+    InvalidToken,
+    /// The member is not raft's leader, for a call only the leader serves; or an election
+    /// call for a key that no longer leads.
+    NotLeader,
+    /// A user, role, lease or member of that name or id exists already.
+    AlreadyExists,
+    /// A user, role, lease or member of that name or id does not exist.
+    NotFound,
+    /// Anything else: a request etcd refused as malformed, a corrupt cluster, or a failure
+    /// the client library made up itself.
+    Other,
+}
+
+impl EtcdErrorKind {
+    /// Sorts an error by its gRPC status code, and by etcd's own words only where etcd gives
+    /// the same code to failures that call for different handling (its texts are those of
+    /// etcd's `rpctypes`; a status tonic made from a local failure has no `etcdserver:` text).
+    pub fn of(e: &etcd_client::Error) -> EtcdErrorKind {
+        use EtcdErrorKind as K;
+        use tonic::Code;
+        if find_rustls(e).is_some() {
+            return K::Tls;
+        }
+        if closed_under_us(e) {
+            return K::Closed;
+        }
+        let s = match e {
+            etcd_client::Error::GRpcStatus(s) => s,
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                return K::Unreachable;
+            }
+            // etcd-client's words for a keep-alive reply without the lease.
+            etcd_client::Error::LeaseKeepAliveError(m) if m == "lease not found" => {
+                return K::NotFound;
+            }
+            etcd_client::Error::LeaseKeepAliveError(_) => return K::Unreachable,
+            _ => return K::Other,
+        };
+        let m = s.message();
+        let etcd_said = |text: &str| m.strip_prefix("etcdserver: ") == Some(text);
+        match s.code() {
+            Code::Unavailable if etcd_said("no leader") || etcd_said("leader changed") => {
+                K::NoLeader
+            }
+            // etcd's own refusals; tonic's statuses for a failed connection say something else.
+            Code::Unavailable if m.starts_with("etcdserver: ") => K::Unavailable,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => K::Unreachable,
+            Code::OutOfRange if etcd_said("mvcc: required revision has been compacted") => {
+                K::Compacted
+            }
+            Code::OutOfRange if etcd_said("mvcc: required revision is a future revision") => {
+                K::FutureRevision
+            }
+            Code::ResourceExhausted if etcd_said("mvcc: database space exceeded") => K::NoSpace,
+            Code::ResourceExhausted if etcd_said("too many requests") => K::Unavailable,
+            Code::InvalidArgument if etcd_said("too many operations in txn request") => {
+                K::TooManyOps
+            }
+            Code::InvalidArgument if etcd_said("request is too large") => K::RequestTooLarge,
+            Code::InvalidArgument
+                if etcd_said("authentication failed, invalid user ID or password") =>
+            {
+                K::AuthFailed
+            }
+            Code::InvalidArgument if etcd_said("user name is empty") => K::AuthRequired,
+            Code::FailedPrecondition if etcd_said("authentication is not enabled") => {
+                K::AuthNotEnabled
+            }
+            Code::FailedPrecondition if etcd_said("not leader") => K::NotLeader,
+            Code::FailedPrecondition
+                if m.starts_with("etcdserver: ")
+                    && (m.ends_with(" already exists") || m.ends_with(" already exist")) =>
+            {
+                K::AlreadyExists
+            }
+            Code::FailedPrecondition
+                if m.starts_with("etcdserver: ") && m.ends_with(" not found") =>
+            {
+                K::NotFound
+            }
+            // The election API's refusal of a key that no longer leads (no code of its own).
+            Code::Unknown if m == "election: not leader" => K::NotLeader,
+            Code::PermissionDenied => K::PermissionDenied,
+            Code::Unauthenticated => K::InvalidToken,
+            Code::NotFound => K::NotFound,
+            _ => K::Other,
+        }
+    }
+
+    /// Whether trying the same call again later may succeed without anyone changing anything.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            EtcdErrorKind::Unreachable
+                | EtcdErrorKind::Closed
+                | EtcdErrorKind::NoLeader
+                | EtcdErrorKind::Unavailable
+        )
+    }
+}
+
 /// How many times a long-running process tries when every try fails for a permanent reason
 /// (bad credentials, certificate or settings), before it gives up and exits.
 pub const PERMANENT_TRIES: usize = 5;
@@ -171,7 +329,7 @@ pub(super) fn find_rustls(e: &etcd_client::Error) -> Option<rustls::Error> {
 /// server refuses its certificate (or its lack of one) after the handshake, since the
 /// server's alert arrives while the client is already writing, and what a TLS server does
 /// with a plain-text client.
-pub(super) fn closed_under_us(e: &etcd_client::Error) -> bool {
+fn closed_under_us(e: &etcd_client::Error) -> bool {
     let start: &(dyn std::error::Error + 'static) = match e {
         etcd_client::Error::GRpcStatus(s) => s,
         etcd_client::Error::TransportError(t) => t,
@@ -213,5 +371,252 @@ fn io_reason(e: &std::io::Error) -> String {
     match s.rfind(" (os error ") {
         Some(i) if s.ends_with(')') => s[..i].to_string(),
         _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    fn status(code: Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(Status::new(code, message))
+    }
+
+    /// etcd's own refusals, code and text as its `rpctypes` sends them, and what tonic and
+    /// etcd-client make of failures on the way; with the kind each is.
+    const STATUSES: &[(Code, &str, EtcdErrorKind)] = &[
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+            EtcdErrorKind::TooManyOps,
+        ),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+            EtcdErrorKind::Compacted,
+        ),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+            EtcdErrorKind::FutureRevision,
+        ),
+        (
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+            EtcdErrorKind::PermissionDenied,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+            EtcdErrorKind::AuthFailed,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+            EtcdErrorKind::AuthRequired,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+            EtcdErrorKind::AuthNotEnabled,
+        ),
+        (
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+            EtcdErrorKind::InvalidToken,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+            EtcdErrorKind::NotFound,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+            EtcdErrorKind::AlreadyExists,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: not leader",
+            EtcdErrorKind::NotLeader,
+        ),
+        (
+            Code::Unknown,
+            "election: not leader",
+            EtcdErrorKind::NotLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: no leader",
+            EtcdErrorKind::NoLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: leader changed",
+            EtcdErrorKind::NoLeader,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out, possibly due to previous leader failure",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: server stopped",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: unhealthy cluster",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::ResourceExhausted,
+            "etcdserver: too many requests",
+            EtcdErrorKind::Unavailable,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large",
+            EtcdErrorKind::RequestTooLarge,
+        ),
+        (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+            EtcdErrorKind::NoSpace,
+        ),
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+            EtcdErrorKind::Other,
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+            EtcdErrorKind::Other,
+        ),
+        (
+            Code::DataLoss,
+            "etcdserver: corrupt cluster",
+            EtcdErrorKind::Other,
+        ),
+        // tonic's own statuses: no member said anything.
+        (
+            Code::Unavailable,
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+            EtcdErrorKind::Unreachable,
+        ),
+        (Code::Unavailable, "", EtcdErrorKind::Unreachable),
+        (
+            Code::DeadlineExceeded,
+            "Timeout expired",
+            EtcdErrorKind::Unreachable,
+        ),
+        (
+            Code::Cancelled,
+            "operation was canceled",
+            EtcdErrorKind::Unreachable,
+        ),
+        // A decoded message over tonic's limit is out of range too, yet not a compaction.
+        (
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+            EtcdErrorKind::Other,
+        ),
+        // The same words under another code are not etcd's refusal.
+        (
+            Code::Unknown,
+            "etcdserver: too many operations in txn request",
+            EtcdErrorKind::Other,
+        ),
+    ];
+
+    #[test]
+    fn every_etcd_error_is_sorted_by_its_code_and_etcds_words() {
+        for &(code, message, want) in STATUSES {
+            assert_eq!(
+                EtcdErrorKind::of(&status(code, message)),
+                want,
+                "{code:?} {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_on_the_way_to_etcd_are_sorted_by_their_causes() {
+        use EtcdErrorKind as K;
+        let io = |kind| std::io::Error::new(kind, "gone");
+        let reset = etcd_client::Error::GRpcStatus(Status::from_error(Box::new(io(
+            std::io::ErrorKind::ConnectionReset,
+        ))));
+        assert_eq!(EtcdErrorKind::of(&reset), K::Closed);
+        let refused = etcd_client::Error::IoError(io(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(EtcdErrorKind::of(&refused), K::Unreachable);
+        let tls = etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert_eq!(EtcdErrorKind::of(&tls), K::Tls);
+        let gone = etcd_client::Error::LeaseKeepAliveError("lease not found".into());
+        assert_eq!(EtcdErrorKind::of(&gone), K::NotFound);
+        let watch = etcd_client::Error::WatchError("no keep-alive reply within 1s".into());
+        assert_eq!(EtcdErrorKind::of(&watch), K::Other);
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_by_themselves_are_retryable() {
+        use EtcdErrorKind as K;
+        for k in [K::Unreachable, K::Closed, K::NoLeader, K::Unavailable] {
+            assert!(k.is_retryable(), "{k:?}");
+        }
+        for k in [
+            K::TooManyOps,
+            K::Compacted,
+            K::PermissionDenied,
+            K::AuthFailed,
+            K::NoSpace,
+        ] {
+            assert!(!k.is_retryable(), "{k:?}");
+        }
+        let e = StoreError::Etcd(status(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ));
+        assert_eq!(e.etcd_kind(), Some(K::TooManyOps));
+        assert_eq!(
+            StoreError::Timeout(Duration::from_secs(1)).etcd_kind(),
+            None
+        );
     }
 }

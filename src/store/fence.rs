@@ -6,7 +6,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 
 use std::time::Duration;
 
-use crate::store::StoreError;
+use crate::store::{EtcdErrorKind, StoreError};
 
 /// What every leader write is fenced on: `create_revision(key) == rev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +35,10 @@ async fn timed<T>(
         .map_err(StoreError::Etcd)
 }
 
-/// etcd's refusal of a transaction over its `--max-txn-ops` (`rpctypes.ErrGRPCTooManyOps`).
-const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
-
 /// Whether etcd refused a transaction as holding more operations than its `--max-txn-ops`.
 /// Such a transaction never reached raft: nothing of it can commit later.
 pub fn too_many_ops(e: &StoreError) -> bool {
-    matches!(e, StoreError::Etcd(etcd_client::Error::GRpcStatus(s))
-        if s.code() == tonic::Code::InvalidArgument && s.message() == TOO_MANY_OPS)
+    e.etcd_kind() == Some(EtcdErrorKind::TooManyOps)
 }
 
 /// How a batch transaction ended.

@@ -4,7 +4,8 @@
 //! ([`endpoints`]), paged ranges at one revision, and the leader's fenced writes ([`fence`]).
 //!
 //! Nothing above this module speaks gRPC: it hands out a connected [`etcd_client::Client`] and
-//! bounds every call ([`timed`]).
+//! bounds every call ([`timed`]). What an etcd error means is [`EtcdErrorKind::of`]'s to say:
+//! nothing else reads an error's text.
 //!
 //! It may not parse a value or know what a request, decision or engine is: the modules above
 //! bring their keys and bytes.
