@@ -108,6 +108,7 @@ async fn put_until_landed(client: &Client, key: &str, body: &str) -> i64 {
     }
 }
 
+/// The `i`th request of the load: small, some batch.
 fn request(i: usize) -> String {
     let cpus = [0.05, 0.1, 0.2][i % 3];
     let kind = if i.is_multiple_of(4) {
@@ -115,7 +116,11 @@ fn request(i: usize) -> String {
     } else {
         "service"
     };
-    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":16,"type":"{kind}"}}"#)
+    common::request_json(
+        cpus,
+        16,
+        serde_json::json!({"image": format!("busybox:{i}"), "type": kind}),
+    )
 }
 
 /// Records every decision as it arrives, resuming the watch whenever it breaks.
@@ -382,10 +387,7 @@ async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_wh
         .await
         .expect("the load ends")
         .expect("the load task");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
-        .args(["--etcd", &joined, "check", "--settle", "60"])
-        .output()
-        .expect("run citadel check");
+    let (code, stdout, stderr) = common::cli(&joined, &["check", "--settle", "60"]);
     let changes: Vec<(&str, usize)> = {
         let seen_now = lock(&seen);
         for (name, from, to, failures) in &phases {
@@ -407,12 +409,7 @@ async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_wh
     watcher.abort();
     leader_watch.abort();
     stop.send_replace(true);
-    assert!(
-        out.status.success(),
-        "citadel check:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(code, 0, "citadel check:\n{stdout}{stderr}");
     let report = citadel::invariants::check_etcd(&admin, &keys, 1.0)
         .await
         .expect("read etcd");

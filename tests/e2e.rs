@@ -4,19 +4,18 @@
 //! Run with `cargo test --test e2e -- --nocapture` to see them.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use citadel::invariants;
 use citadel::keys::Keys;
-use citadel::model::{Decision, Status};
+use citadel::model::Status;
 use citadel_testkit::child::Signal;
-use citadel_testkit::etcd::EtcdProcess;
+use common::{cli, decision, put_request};
 use etcd_client::Client;
+use serde_json::json;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 const LEASE_TTL: &str = "2";
 
 /// A controller replica process (the real binary); SIGKILLed when dropped.
@@ -33,29 +32,6 @@ fn nice_of(pid: &str) -> Vec<i32> {
             rest.split_whitespace().nth(16)?.parse().ok()
         })
         .collect()
-}
-
-fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--etcd")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("run citadel")
-}
-
-async fn decision(client: &Client, keys: &Keys, id: &str) -> Option<Decision> {
-    common::get(client, &keys.decision(&common::rid(id)))
-        .await
-        .and_then(|got| serde_json::from_slice(&got.value).ok())
-}
-
-async fn put_request(client: &Client, keys: &Keys, id: &str, json: &str) -> i64 {
-    common::put_request(client, keys, id, json.to_string()).await
-}
-
-async fn leader(client: &Client, keys: &Keys) -> Option<String> {
-    common::leader_id(client, keys).await
 }
 
 /// Time from `since` until request `id` is decided by someone other than `old_leader`.
@@ -81,8 +57,9 @@ async fn time_to_decision(
     }
 }
 
-fn request_json(i: usize) -> String {
-    // About 38 of the 40 cpus the ten engines have: nearly full, so verification matters.
+/// The `i`th request of a load: about 38 of the 40 cpus the ten engines have, nearly full, so
+/// verification matters; some batch, some binding a port, some with a label constraint.
+fn load_request(i: usize) -> String {
     let cpus = [0.05, 0.1, 0.2, 0.4][i % 4];
     let memory = [64, 128, 256, 512][i % 4];
     let kind = if i.is_multiple_of(3) {
@@ -90,42 +67,20 @@ fn request_json(i: usize) -> String {
     } else {
         "service"
     };
-    let mut extra = String::new();
+    let mut extra = json!({"image": format!("busybox:{i}"), "type": kind});
     if i.is_multiple_of(10) {
-        extra.push_str(&format!(r#","bind_ports":[{{"port":{}}}]"#, 8000 + (i % 3)));
+        extra["bind_ports"] = json!([{"port": 8000 + (i % 3)}]);
     }
     if i.is_multiple_of(7) {
-        extra.push_str(r#","labels":["zone==a"]"#);
+        extra["labels"] = json!(["zone==a"]);
     }
-    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":{memory},"type":"{kind}"{extra}}}"#)
+    common::request_json(cpus, memory, extra)
 }
 
 /// Every request has exactly one decision, for its current revision, and invariants 1-2 hold.
 async fn assert_all_decided(client: &Client, keys: &Keys, revisions: &BTreeMap<String, i64>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut missing = Vec::new();
-        for (id, rev) in revisions {
-            match decision(client, keys, id).await {
-                Some(d) if d.request_revision == *rev => {}
-                _ => missing.push(id.clone()),
-            }
-        }
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} requests never decided, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let report = invariants::check_etcd(client, keys, 1.0)
-        .await
-        .expect("read etcd");
-    assert_eq!(report.violations(), 0, "invariants violated: {report:#?}");
+    common::wait_all_decided(client, keys, revisions, Duration::from_secs(30)).await;
+    let report = common::assert_invariants(client, keys).await;
     assert_eq!(
         report.decided,
         revisions.len(),
@@ -135,11 +90,11 @@ async fn assert_all_decided(client: &Client, keys: &Keys, revisions: &BTreeMap<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_place_200_requests_across_leader_kills() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let etcd = common::start_etcd().await;
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = common::connect(&etcd).await;
 
     let mut replicas: Vec<Replica> = (1..=3)
         .map(|i| {
@@ -169,11 +124,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
                 zone,
             ],
         );
-        assert!(
-            out.status.success(),
-            "engine add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.0, 0, "engine add: {}", out.2);
     }
 
     // Every replica yields the cpu to etcd (`--nice`, 5 by default), in all of its threads.
@@ -192,14 +143,14 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         let id = format!("req-{i:03}");
         revisions.insert(
             id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, load_request(i)).await,
         );
     }
 
     // SIGKILL the leader mid-way; the next request tells how long the cluster was headless.
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
-        if let Some(l) = leader(&client, &keys).await {
+        if let Some(l) = common::leader_id(&client, &keys).await {
             break l;
         }
         assert!(Instant::now() < deadline, "no leader elected");
@@ -214,13 +165,13 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let probe = "probe-after-sigkill";
     revisions.insert(
         probe.into(),
-        put_request(&client, &keys, probe, &request_json(1)).await,
+        put_request(&client, &keys, probe, load_request(1)).await,
     );
     for i in 100..200 {
         let id = format!("req-{i:03}");
         revisions.insert(
             id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, load_request(i)).await,
         );
     }
     let after_kill = time_to_decision(
@@ -237,7 +188,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     assert_all_decided(&client, &keys, &revisions).await;
 
     // SIGTERM the new leader: it resigns, so the last replica should take over at once.
-    let second = leader(&client, &keys)
+    let second = common::leader_id(&client, &keys)
         .await
         .expect("a leader after the kill");
     assert_ne!(second, first);
@@ -250,7 +201,7 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
     let probe = "probe-after-sigterm";
     revisions.insert(
         probe.into(),
-        put_request(&client, &keys, probe, &request_json(2)).await,
+        put_request(&client, &keys, probe, load_request(2)).await,
     );
     let after_term = time_to_decision(
         &client,
@@ -299,9 +250,8 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
         }
     }
     assert!(!on_engine_0.is_empty(), "spread uses every engine");
-    let out = cli(&ep, &["engine", "show", "engine-0"]);
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let (code, shown, _) = cli(&ep, &["engine", "show", "engine-0"]);
+    assert_eq!(code, 0, "{shown}");
     assert!(
         shown.contains(&format!("reserved by {} request(s)", on_engine_0.len())),
         "{shown}"
@@ -312,26 +262,19 @@ async fn three_replicas_place_200_requests_across_leader_kills() {
             "{id} in:\n{shown}"
         );
     }
-    let out = cli(&ep, &["engine", "rm", "engine-0"]);
-    assert!(
-        !out.status.success(),
-        "an engine that holds placements stays"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("still holds"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, stderr) = cli(&ep, &["engine", "rm", "engine-0"]);
+    assert_ne!(code, 0, "an engine that holds placements stays");
+    assert!(stderr.contains("still holds"), "{stderr}");
     drop(etcd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_is_deposed_and_its_writes_are_refused() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let etcd = common::start_etcd().await;
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = common::connect(&etcd).await;
     let replicas: Vec<Replica> = (1..=2)
         .map(|i| {
             Replica::start(
@@ -356,11 +299,11 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
             "1000",
         ],
     );
-    assert!(out.status.success());
+    assert_eq!(out.0, 0);
     let mut revisions = BTreeMap::new();
     revisions.insert(
         "a".to_string(),
-        put_request(&client, &keys, "a", &request_json(4)).await,
+        put_request(&client, &keys, "a", load_request(4)).await,
     );
     let d = {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -381,7 +324,7 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     // While it sleeps, its lease expires and the other replica takes over and decides.
     revisions.insert(
         "b".to_string(),
-        put_request(&client, &keys, "b", &request_json(4)).await,
+        put_request(&client, &keys, "b", load_request(4)).await,
     );
     let other = time_to_decision(
         &client,
@@ -408,7 +351,7 @@ async fn paused_leader_is_deposed_and_its_writes_are_refused() {
     }
     revisions.insert(
         "c".to_string(),
-        put_request(&client, &keys, "c", &request_json(4)).await,
+        put_request(&client, &keys, "c", load_request(4)).await,
     );
     assert_all_decided(&client, &keys, &revisions).await;
     let c = decision(&client, &keys, "c").await.expect("c decided");
@@ -430,14 +373,14 @@ async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTree
         let id = format!("load-{i:04}");
         live.insert(
             id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, load_request(i)).await,
         );
         if i >= 3 && (i - 3).is_multiple_of(7) {
             let again = format!("load-{:04}", i - 3);
-            let body = request_json(i + 1);
+            let body = load_request(i + 1);
             live.insert(
                 again.clone(),
-                put_request(&client, &keys, &again, &body).await,
+                put_request(&client, &keys, &again, body).await,
             );
         }
         if i >= 5 && (i - 5).is_multiple_of(11) {
@@ -458,11 +401,11 @@ async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTree
 /// no engine is over capacity, no port bound twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_under_load_survive_every_planted_fault() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let etcd = common::start_etcd().await;
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = common::connect(&etcd).await;
     for i in 0..6 {
         let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
         common::put_engine(&client, &keys, &format!("e{i}"), 4.0, 8192.0, &[zone]).await;
@@ -510,7 +453,7 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         ),
     ];
     for (id, body) in &hostile {
-        put_request(&client, &keys, id, body).await;
+        put_request(&client, &keys, id, body.as_str()).await;
     }
     pause().await;
     // A rewrite that stays unschedulable.
@@ -521,7 +464,7 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         &client,
         &keys,
         "too-big",
-        &big.replace("\"big\"", "\"bigger\""),
+        big.replace("\"big\"", "\"bigger\""),
     )
     .await;
     pause().await;
@@ -544,7 +487,7 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
     common::put_engine(&client, &keys, "e1", 1.0, 8192.0, &["zone=b"]).await;
     pause().await;
     // The leader killed.
-    let first = leader(&client, &keys).await.expect("a leader");
+    let first = common::leader_id(&client, &keys).await.expect("a leader");
     let victim = replicas
         .iter()
         .position(|r| r.id == first)
@@ -557,13 +500,8 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
         .await
         .expect("the load ends")
         .expect("the load task");
-    let out = cli(&ep, &["check", "--settle", "30"]);
-    assert!(
-        out.status.success(),
-        "citadel check:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = cli(&ep, &["check", "--settle", "30"]);
+    assert_eq!(code, 0, "citadel check:\n{stdout}{stderr}");
     let mut want = live;
     for (id, _) in &hostile {
         let d = decision(&client, &keys, id).await.expect("decided");
@@ -611,11 +549,11 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         dir.path(),
         &["--compact-every", "1", "--compact-retain", "20"],
     );
-    let first = put_request(&client, &keys, "r-000", &request_json(0)).await;
+    let first = put_request(&client, &keys, "r-000", load_request(0)).await;
     // 120 requests and their decisions: 241 keys alive, so a compaction is worth it once it
     // drops 60 revisions.
     for i in 1..120 {
-        put_request(&client, &keys, &format!("r-{i:03}"), &request_json(i)).await;
+        put_request(&client, &keys, &format!("r-{i:03}"), load_request(i)).await;
     }
     common::wait_until("the leader compacted", common::WAIT, || async {
         let at_first = client
@@ -637,7 +575,7 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         let id = format!("r-{i:03}");
         common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
     }
-    put_request(&client, &keys, "after", &request_json(1)).await;
+    put_request(&client, &keys, "after", load_request(1)).await;
     common::wait_decision_where(&client, &keys, "after", common::WAIT, "placed", |d| {
         d.status == Status::Placed
     })

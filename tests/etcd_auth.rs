@@ -15,49 +15,22 @@ use std::time::Duration;
 
 use citadel::keys::Keys;
 use citadel::rbac::Role;
-use citadel::store::{self, EtcdConfig, TlsConfig};
+use citadel::store::{EtcdConfig, TlsConfig};
 use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
 use common::pki::{Ca, Pair, path};
-use common::{Replica, eid, rid};
+use common::{CMD_TIMEOUT, Replica, citadel, citadel_cmd, eid, request_json, rid, text};
 use etcd_client::Client;
+use serde_json::json;
 use tempfile::TempDir;
 use tokio::process::Command;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-/// Bound on one one-shot citadel command.
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on a controller that should give up by itself (a few tries with backoff).
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(120);
 
-const REQUEST: &str = r#"{"image": "busybox", "cpus": 0.5, "memory": 64, "type": "service"}"#;
-
-/// `citadel ARGS…` with `env`, and none of the connection variables of the test's own
-/// environment (nor RUST_LOG: one-shot commands then print only their error).
-fn citadel_cmd(args: &[String], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for var in store::ENV_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("RUST_LOG")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Runs citadel to its end (bounded).
-async fn citadel(args: &[String], env: &[(&str, &str)]) -> Output {
-    let run = citadel_cmd(args, env).output();
-    timeout(CMD_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("citadel {args:?} took over {CMD_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("run citadel: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// A user's request file in `dir`: 0.5 cpus, 64 MB, a service.
+fn request_file(dir: &Path) -> String {
+    common::request_file(dir, "request.json", &request_json(0.5, 64, json!({})))
 }
 
 fn assert_ok(out: &Output, what: &str) {
@@ -287,14 +260,13 @@ async fn client_certificates_name_users_and_roles_limit_them() {
     .stderr(log)
     .spawn()
     .expect("start the controller");
-    let request = dir.path().join("request.json");
-    std::fs::write(&request, REQUEST).expect("write the request");
+    let request = request_file(dir.path());
     let out = citadel(
         &with(
             as_(&alice),
             &[
                 "submit",
-                path(&request),
+                &request,
                 "--id",
                 "r1",
                 "--wait",
@@ -496,8 +468,7 @@ async fn passwords_over_server_only_tls_outlive_their_tokens() {
         common::client_config(&etcd).with_auth("ctl", "ctl-pw"),
         "ctl-1",
     );
-    let request = dir.path().join("request.json");
-    std::fs::write(&request, REQUEST).expect("write the request");
+    let request = request_file(dir.path());
     let user_env: &[(&str, &str)] = &[("ETCDCTL_USER", "u"), ("ETCDCTL_PASSWORD", "u-pw")];
     for (id, pause) in [("r1", false), ("r2", true), ("r3", true)] {
         if pause {
@@ -506,15 +477,7 @@ async fn passwords_over_server_only_tls_outlive_their_tokens() {
         let out = citadel(
             &with(
                 plain.clone(),
-                &[
-                    "submit",
-                    path(&request),
-                    "--id",
-                    id,
-                    "--wait",
-                    "--timeout",
-                    "30",
-                ],
+                &["submit", &request, "--id", id, "--wait", "--timeout", "30"],
             ),
             user_env,
         )
