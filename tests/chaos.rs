@@ -20,6 +20,9 @@ use citadel::store::{self, EtcdConfig};
 use citadel_testkit::child::Signal;
 use citadel_testkit::etcd::EtcdCluster;
 use etcd_client::{Client, EventType, WatchOptions};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 mod common;
 use common::ReplicaProcess;
@@ -108,6 +111,7 @@ async fn put_until_landed(client: &Client, key: &str, body: &str) -> i64 {
     }
 }
 
+/// The `i`th request of the load: small, some batch.
 fn request(i: usize) -> String {
     let cpus = [0.05, 0.1, 0.2][i % 3];
     let kind = if i.is_multiple_of(4) {
@@ -115,7 +119,11 @@ fn request(i: usize) -> String {
     } else {
         "service"
     };
-    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":16,"type":"{kind}"}}"#)
+    common::request_json(
+        cpus,
+        16,
+        serde_json::json!({"image": format!("busybox:{i}"), "type": kind}),
+    )
 }
 
 /// Records every decision as it arrives, resuming the watch whenever it breaks.
@@ -243,198 +251,309 @@ fn commit_failures(replicas: &[ReplicaProcess]) -> usize {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_when_attacked() {
-    common::init_tracing();
-    let mut cluster = EtcdCluster::start(3).await.expect("start 3 members");
-    let endpoints = cluster.endpoints();
-    let joined = endpoints.join(",");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = Keys::default();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let admin = client(&endpoints, &stopped).await;
-    for i in 0..10 {
-        common::put_engine(&admin, &keys, &format!("e{i}"), 8.0, 8192.0, &[]).await;
-    }
-    let mut replicas: Vec<ReplicaProcess> = (1..=3)
-        .map(|i| {
-            ReplicaProcess::start(
-                &joined,
-                &format!("replica-{i}"),
-                dir.path(),
-                &["--lease-ttl", LEASE_TTL, "--compact-every", "0"],
-            )
-        })
-        .collect();
-    let seen: Shared = Arc::default();
-    let watcher = tokio::spawn(watch_decisions(
-        client(&endpoints, &stopped).await,
-        seen.clone(),
-    ));
-    let leader_watch = tokio::spawn(watch_leader(
-        client(&endpoints, &stopped).await,
-        seen.clone(),
-    ));
-    let loader = tokio::spawn(load(
-        client(&endpoints, &stopped).await,
-        seen.clone(),
-        Duration::from_secs(65),
-    ));
-    common::wait_until("a citadel leader", common::WAIT, || async {
-        !lock(&seen).leaders.is_empty()
-    })
-    .await;
+/// One phase of the chaos: its name, when it ran, and the commits that failed meanwhile.
+struct Phase {
+    name: &'static str,
+    from: Instant,
+    to: Instant,
+    failures: usize,
+}
 
-    let mut phases: Vec<(&str, Instant, Instant, usize)> = Vec::new();
-    let mut phase = |name, started: Instant, before: usize, replicas: &[ReplicaProcess]| {
-        phases.push((
-            name,
-            started,
-            Instant::now(),
-            commit_failures(replicas).saturating_sub(before),
+/// The world under chaos: a 3-member cluster, three replicas (the real binary), a steady load,
+/// and watchers recording what happens. Fields drop in order: the replicas, their logs, the
+/// cluster.
+struct Chaos {
+    replicas: Vec<ReplicaProcess>,
+    /// The replicas' logs.
+    _dir: TempDir,
+    cluster: EtcdCluster,
+    endpoints: Vec<String>,
+    admin: Client,
+    keys: Keys,
+    seen: Shared,
+    phases: Vec<Phase>,
+    loader: Option<JoinHandle<BTreeMap<String, i64>>>,
+    watchers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A moment for the cluster to settle after each fault.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+impl Chaos {
+    /// The cluster, 10 engines, three replicas, the watchers and a load of 65 s; returns once
+    /// a citadel leader leads.
+    async fn start() -> Chaos {
+        common::init_tracing();
+        let cluster = EtcdCluster::start(3).await.expect("start 3 members");
+        let endpoints = cluster.endpoints();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Keys::default();
+        let (stop, stopped) = watch::channel(false);
+        let admin = client(&endpoints, &stopped).await;
+        for i in 0..10 {
+            common::put_engine(&admin, &keys, &format!("e{i}"), 8.0, 8192.0, &[]).await;
+        }
+        let replicas = (1..=3)
+            .map(|i| {
+                ReplicaProcess::start(
+                    &endpoints.join(","),
+                    &format!("replica-{i}"),
+                    dir.path(),
+                    &["--lease-ttl", LEASE_TTL, "--compact-every", "0"],
+                )
+            })
+            .collect();
+        let seen: Shared = Arc::default();
+        let watchers = vec![
+            tokio::spawn(watch_decisions(
+                client(&endpoints, &stopped).await,
+                seen.clone(),
+            )),
+            tokio::spawn(watch_leader(
+                client(&endpoints, &stopped).await,
+                seen.clone(),
+            )),
+        ];
+        let loader = tokio::spawn(load(
+            client(&endpoints, &stopped).await,
+            seen.clone(),
+            Duration::from_secs(65),
         ));
-    };
-    let settle = || tokio::time::sleep(Duration::from_secs(3));
-
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    settle().await;
-    phase("steady", t, f, &replicas);
-
-    // 1. The raft leader member dies, then comes back.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    let raft = cluster.leader().await.expect("a raft leader");
-    cluster.kill(raft).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    cluster
-        .restart(raft, true)
-        .await
-        .expect("the member rejoins");
-    settle().await;
-    phase("raft leader member killed", t, f, &replicas);
-
-    // 1b. The raft leader member freezes (SIGSTOP), then wakes: it keeps its sockets.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    let raft = cluster.leader().await.expect("a raft leader");
-    cluster.pause(raft).expect("SIGSTOP the member");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    cluster.resume(raft).expect("SIGCONT the member");
-    settle().await;
-    phase("raft leader member frozen", t, f, &replicas);
-
-    // 2. The citadel leader dies.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    let leader = common::leader_id(&admin, &keys).await.expect("a leader");
-    let i = replicas
-        .iter()
-        .position(|r| r.id == leader)
-        .expect("a replica");
-    replicas[i].signal(Signal::KILL);
-    assert!(replicas[i].wait_exit(Duration::from_secs(5)));
-    settle().await;
-    settle().await;
-    phase("citadel leader killed", t, f, &replicas);
-
-    // 3. The citadel leader freezes past its TTL, then wakes.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    let leader = common::leader_id(&admin, &keys).await.expect("a leader");
-    let i = replicas
-        .iter()
-        .position(|r| r.id == leader)
-        .expect("a replica");
-    replicas[i].signal(Signal::STOP);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    replicas[i].signal(Signal::CONT);
-    settle().await;
-    phase("citadel leader paused", t, f, &replicas);
-
-    // 4. Compaction every second.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    for _ in 0..5 {
-        if let Ok(r) = admin.kv_client().get("/", None).await
-            && let Some(h) = r.header()
-        {
-            let _ = admin.kv_client().compact(h.revision(), None).await;
+        common::wait_until("a citadel leader", common::WAIT, || async {
+            !lock(&seen).leaders.is_empty()
+        })
+        .await;
+        Chaos {
+            replicas,
+            _dir: dir,
+            cluster,
+            endpoints,
+            admin,
+            keys,
+            seen,
+            phases: Vec::new(),
+            loader: Some(loader),
+            watchers,
+            stop,
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    phase("compaction every second", t, f, &replicas);
 
-    // 5. Quorum lost: two of three members stop, then come back.
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    let (a, b) = (0, 1);
-    cluster.stop(a).await;
-    cluster.stop(b).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    cluster.restart(a, false).await.expect("member a back");
-    cluster
-        .restart(b, true)
-        .await
-        .expect("member b back, quorum again");
-    settle().await;
-    phase("quorum lost and regained", t, f, &replicas);
+    /// When a phase begins, and how many commits had failed by then.
+    fn begin(&self) -> (Instant, usize) {
+        (Instant::now(), commit_failures(&self.replicas))
+    }
 
-    let (t, f) = (Instant::now(), commit_failures(&replicas));
-    settle().await;
-    settle().await;
-    phase("after", t, f, &replicas);
+    /// Records phase `name`, begun at `begun`, as ending now.
+    fn end(&mut self, name: &'static str, begun: (Instant, usize)) {
+        let (from, before) = begun;
+        self.phases.push(Phase {
+            name,
+            from,
+            to: Instant::now(),
+            failures: commit_failures(&self.replicas).saturating_sub(before),
+        });
+    }
 
-    let live = tokio::time::timeout(Duration::from_secs(90), loader)
-        .await
-        .expect("the load ends")
-        .expect("the load task");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
-        .args(["--etcd", &joined, "check", "--settle", "60"])
-        .output()
-        .expect("run citadel check");
-    let changes: Vec<(&str, usize)> = {
-        let seen_now = lock(&seen);
-        for (name, from, to, failures) in &phases {
-            report(name, &seen_now, *from, *to, *failures);
-        }
-        phases
+    async fn steady(&mut self) {
+        let begun = self.begin();
+        settle().await;
+        self.end("steady", begun);
+    }
+
+    /// The raft leader member dies, then comes back.
+    async fn kill_the_raft_leader_member_and_bring_it_back(&mut self) {
+        let begun = self.begin();
+        let raft = self.cluster.leader().await.expect("a raft leader");
+        self.cluster.kill(raft).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        self.cluster
+            .restart(raft, true)
+            .await
+            .expect("the member rejoins");
+        settle().await;
+        self.end("raft leader member killed", begun);
+    }
+
+    /// The raft leader member freezes (SIGSTOP), then wakes: it keeps its sockets.
+    async fn freeze_the_raft_leader_member_and_wake_it(&mut self) {
+        let begun = self.begin();
+        let raft = self.cluster.leader().await.expect("a raft leader");
+        self.cluster.pause(raft).expect("SIGSTOP the member");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.cluster.resume(raft).expect("SIGCONT the member");
+        settle().await;
+        self.end("raft leader member frozen", begun);
+    }
+
+    /// The replica that leads now.
+    async fn citadel_leader(&self) -> usize {
+        let leader = common::leader_id(&self.admin, &self.keys)
+            .await
+            .expect("a leader");
+        self.replicas
             .iter()
-            .map(|(name, from, to, _)| {
-                let n = seen_now
+            .position(|r| r.id == leader)
+            .expect("a replica")
+    }
+
+    /// The citadel leader dies.
+    async fn kill_the_citadel_leader(&mut self) {
+        let begun = self.begin();
+        let i = self.citadel_leader().await;
+        self.replicas[i].signal(Signal::KILL);
+        assert!(self.replicas[i].wait_exit(Duration::from_secs(5)));
+        settle().await;
+        settle().await;
+        self.end("citadel leader killed", begun);
+    }
+
+    /// The citadel leader freezes past its TTL, then wakes.
+    async fn pause_the_citadel_leader_past_its_ttl(&mut self) {
+        let begun = self.begin();
+        let i = self.citadel_leader().await;
+        self.replicas[i].signal(Signal::STOP);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.replicas[i].signal(Signal::CONT);
+        settle().await;
+        self.end("citadel leader paused", begun);
+    }
+
+    /// Compaction every second.
+    async fn compact_every_second(&mut self) {
+        let begun = self.begin();
+        for _ in 0..5 {
+            if let Ok(r) = self.admin.kv_client().get("/", None).await
+                && let Some(h) = r.header()
+            {
+                let _ = self.admin.kv_client().compact(h.revision(), None).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.end("compaction every second", begun);
+    }
+
+    /// Quorum lost: two of three members stop, then come back.
+    async fn lose_quorum_and_regain_it(&mut self) {
+        let begun = self.begin();
+        let (a, b) = (0, 1);
+        self.cluster.stop(a).await;
+        self.cluster.stop(b).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.cluster.restart(a, false).await.expect("member a back");
+        self.cluster
+            .restart(b, true)
+            .await
+            .expect("member b back, quorum again");
+        settle().await;
+        self.end("quorum lost and regained", begun);
+    }
+
+    async fn after(&mut self) {
+        let begun = self.begin();
+        settle().await;
+        settle().await;
+        self.end("after", begun);
+    }
+
+    /// Waits (bounded) for the load to end; each live request's revision.
+    async fn end_of_the_load(&mut self) -> BTreeMap<String, i64> {
+        let loader = self.loader.take().expect("the load runs");
+        tokio::time::timeout(Duration::from_secs(90), loader)
+            .await
+            .expect("the load ends")
+            .expect("the load task")
+    }
+
+    /// `citadel check`, letting the cluster settle: (exit code, stdout, stderr).
+    fn citadel_check(&self) -> (i32, String, String) {
+        common::cli(&self.endpoints.join(","), &["check", "--settle", "60"])
+    }
+
+    /// Prints each phase's figures; returns how many times the citadel leader changed in each.
+    fn print_phases_and_count_leader_changes(&self) -> Vec<(&'static str, usize)> {
+        let seen = lock(&self.seen);
+        for p in &self.phases {
+            report(p.name, &seen, p.from, p.to, p.failures);
+        }
+        self.phases
+            .iter()
+            .map(|p| {
+                let n = seen
                     .leaders
                     .iter()
                     .skip(1)
-                    .filter(|(t, _)| t >= from && t < to)
+                    .filter(|(t, _)| *t >= p.from && *t < p.to)
                     .count();
-                (*name, n)
+                (p.name, n)
             })
             .collect()
-    };
-    watcher.abort();
-    leader_watch.abort();
-    stop.send_replace(true);
-    assert!(
-        out.status.success(),
-        "citadel check:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = citadel::invariants::check_etcd(&admin, &keys, 1.0)
-        .await
-        .expect("read etcd");
-    assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
-    assert_eq!(report.requests, live.len(), "{report:#?}");
-    for r in &replicas {
-        for line in r.log().lines().filter(|l| {
-            l.contains("stepped down")
-                || l.contains("lease")
-                || l.contains("keep-alive")
-                || l.contains("etcd member")
-        }) {
-            println!("chaos {}: {line}", r.id);
+    }
+
+    fn stop_watching(&self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+        self.stop.send_replace(true);
+    }
+
+    /// No violation nor unsettled request, and every live request (and only those) is there.
+    async fn every_live_request_has_one_decision(&self, live: &BTreeMap<String, i64>) {
+        let report = citadel::invariants::check_etcd(&self.admin, &self.keys, 1.0)
+            .await
+            .expect("read etcd");
+        assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
+        assert_eq!(report.requests, live.len(), "{report:#?}");
+    }
+
+    /// What each replica logged about leases, step-downs and etcd members.
+    fn print_what_the_replicas_logged(&self) {
+        for r in &self.replicas {
+            for line in r.log().lines().filter(|l| {
+                l.contains("stepped down")
+                    || l.contains("lease")
+                    || l.contains("keep-alive")
+                    || l.contains("etcd member")
+            }) {
+                println!("chaos {}: {line}", r.id);
+            }
         }
     }
+}
+
+/// The citadel leader changed only in the phases aimed at it.
+fn leader_changed_only_when_attacked(changes: &[(&str, usize)]) {
     for (name, n) in changes {
         let aimed = name.starts_with("citadel leader");
         assert!(
-            aimed || n == 0,
+            aimed || *n == 0,
             "the citadel leader changed {n} time(s) during \"{name}\", which was not aimed at it"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_when_attacked() {
+    let mut c = Chaos::start().await;
+    c.steady().await;
+    c.kill_the_raft_leader_member_and_bring_it_back().await;
+    c.freeze_the_raft_leader_member_and_wake_it().await;
+    c.kill_the_citadel_leader().await;
+    c.pause_the_citadel_leader_past_its_ttl().await;
+    c.compact_every_second().await;
+    c.lose_quorum_and_regain_it().await;
+    c.after().await;
+
+    let live = c.end_of_the_load().await;
+    let (code, stdout, stderr) = c.citadel_check();
+    let changes = c.print_phases_and_count_leader_changes();
+    c.stop_watching();
+    assert_eq!(code, 0, "citadel check:\n{stdout}{stderr}");
+    c.every_live_request_has_one_decision(&live).await;
+    c.print_what_the_replicas_logged();
+    leader_changed_only_when_attacked(&changes);
 }
 
 /// A supervised client's calls leave a member that froze (SIGSTOP: its sockets stay open, it

@@ -16,8 +16,6 @@ use serde_json::{Value, json};
 mod common;
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-
 /// Starts the real binary against `endpoint`, its stdout and stderr piped.
 fn spawn(endpoint: &str, args: &[&str]) -> Child {
     Command::new(BIN)
@@ -56,13 +54,6 @@ async fn revision(client: &Client) -> i64 {
         .header()
         .expect("header")
         .revision()
-}
-
-/// A request file in `dir`.
-fn request_file(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, body).expect("write the request");
-    path.to_string_lossy().into_owned()
 }
 
 /// Three engines (e1 zone=a 4 cpus, e2 zone=b 4 cpus, e3 zone=a 1 cpu), a replica, and three

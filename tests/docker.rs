@@ -1,34 +1,13 @@
 //! Against this machine's real Docker engine: probing what an engine offers.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use citadel::docker::engine;
-use citadel_testkit::etcd::EtcdProcess;
-use etcd_client::Client;
+use common::docker_info;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 const SOCKET: &str = "unix:///var/run/docker.sock";
-
-/// NCPU and MemTotal as the engine's own CLI reports them.
-fn docker_info() -> (f64, f64) {
-    let out = Command::new("docker")
-        .args(["info", "--format", "{{.NCPU}} {{.MemTotal}}"])
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker info: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text.split_whitespace();
-    let ncpu: f64 = parts.next().and_then(|v| v.parse().ok()).expect("NCPU");
-    let mem: f64 = parts.next().and_then(|v| v.parse().ok()).expect("MemTotal");
-    (ncpu, (mem / (1024.0 * 1024.0)).floor())
-}
 
 #[tokio::test]
 async fn probe_reads_ncpu_and_memtotal_from_the_engine() {
@@ -62,29 +41,18 @@ async fn an_unreachable_engine_is_a_clear_error_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_add_without_sizes_probes_and_flags_override() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let etcd = common::start_etcd().await;
     let ep = etcd.endpoint();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let client = common::connect(&etcd).await;
     let (ncpu, mem_mb) = docker_info();
-    let cli = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("--etcd")
-            .arg(&ep)
-            .args(args)
-            .output()
-            .expect("run citadel")
-    };
+    let cli = |args: &[&str]| common::cli(&ep, args);
 
     // Registers `local` with these extra flags and returns what landed in etcd.
     let add_local = async |extra: &[&str]| {
         let mut args = vec!["engine", "add", "local", "--addr", SOCKET];
         args.extend_from_slice(extra);
-        let out = cli(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, _, stderr) = cli(&args);
+        assert_eq!(code, 0, "{stderr}");
         common::get_json(&client, "/citadel/engines/local")
             .await
             .expect("engine key")
@@ -109,7 +77,7 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
         "memory still probed: {e}"
     );
 
-    let out = cli(&[
+    let (code, _, stderr) = cli(&[
         "engine",
         "add",
         "gone",
@@ -118,8 +86,7 @@ async fn engine_add_without_sizes_probes_and_flags_override() {
         "--probe-timeout",
         "2",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code, 1);
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     assert!(stderr.contains("cannot reach the engine"), "{stderr}");
     assert!(
@@ -137,12 +104,7 @@ async fn a_runner_whose_fence_is_refused_stops() {
     let client = common::connect(&etcd).await;
     let keys = common::keys();
     let engine = serde_json::json!({"addr": SOCKET, "cpus": 1, "memory": 256});
-    let rev = common::put_raw(
-        &client,
-        keys.engine(&common::eid("local")),
-        engine.to_string(),
-    )
-    .await;
+    let rev = common::put_engine_json(&client, &keys, "local", &engine).await;
     let (cache, books) = citadel::cache::Cache::with_listener(
         keys.clone(),
         1.0,

@@ -7,42 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
 use citadel_testkit::dockerd::DockerdProcess;
-use tokio::process::Command;
-use tokio::time::timeout;
+use common::{docker, docker_output};
 
-/// Bound on one docker CLI call.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+mod common;
 
 fn test_image() -> String {
     citadel_testkit::dockerd::test_image().unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// `docker [-H addr] ARGS…`, bounded by [`CLI_TIMEOUT`]; the system daemon when `addr` is `None`.
-async fn docker_output(addr: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new("docker");
-    if let Some(addr) = addr {
-        cmd.arg("-H").arg(addr);
-    }
-    let run = cmd.args(args).kill_on_drop(true).output();
-    timeout(CLI_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("docker {args:?} on {addr:?} took over 30 s"))
-        .expect("the docker CLI runs")
-}
-
-/// Like [`docker_output`], but the call must succeed; returns trimmed stdout.
-async fn docker(addr: Option<&str>, args: &[&str]) -> String {
-    let output = docker_output(addr, args).await;
-    assert!(
-        output.status.success(),
-        "docker {args:?} on {addr:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// What `docker info` says about an engine.

@@ -4,19 +4,20 @@
 //! Run with `cargo test --test e2e -- --nocapture` to see them.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use citadel::invariants;
+use citadel::invariants::{self, Report};
 use citadel::keys::Keys;
 use citadel::model::{Decision, Status};
 use citadel_testkit::child::Signal;
 use citadel_testkit::etcd::EtcdProcess;
+use common::{cli, decision, put_request};
 use etcd_client::Client;
+use serde_json::json;
+use tempfile::TempDir;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 const LEASE_TTL: &str = "2";
 
 /// A controller replica process (the real binary); SIGKILLed when dropped.
@@ -33,29 +34,6 @@ fn nice_of(pid: &str) -> Vec<i32> {
             rest.split_whitespace().nth(16)?.parse().ok()
         })
         .collect()
-}
-
-fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--etcd")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("run citadel")
-}
-
-async fn decision(client: &Client, keys: &Keys, id: &str) -> Option<Decision> {
-    common::get(client, &keys.decision(&common::rid(id)))
-        .await
-        .and_then(|got| serde_json::from_slice(&got.value).ok())
-}
-
-async fn put_request(client: &Client, keys: &Keys, id: &str, json: &str) -> i64 {
-    common::put_request(client, keys, id, json.to_string()).await
-}
-
-async fn leader(client: &Client, keys: &Keys) -> Option<String> {
-    common::leader_id(client, keys).await
 }
 
 /// Time from `since` until request `id` is decided by someone other than `old_leader`.
@@ -81,8 +59,9 @@ async fn time_to_decision(
     }
 }
 
-fn request_json(i: usize) -> String {
-    // About 38 of the 40 cpus the ten engines have: nearly full, so verification matters.
+/// The `i`th request of a load: about 38 of the 40 cpus the ten engines have, nearly full, so
+/// verification matters; some batch, some binding a port, some with a label constraint.
+fn load_request(i: usize) -> String {
     let cpus = [0.05, 0.1, 0.2, 0.4][i % 4];
     let memory = [64, 128, 256, 512][i % 4];
     let kind = if i.is_multiple_of(3) {
@@ -90,42 +69,20 @@ fn request_json(i: usize) -> String {
     } else {
         "service"
     };
-    let mut extra = String::new();
+    let mut extra = json!({"image": format!("busybox:{i}"), "type": kind});
     if i.is_multiple_of(10) {
-        extra.push_str(&format!(r#","bind_ports":[{{"port":{}}}]"#, 8000 + (i % 3)));
+        extra["bind_ports"] = json!([{"port": 8000 + (i % 3)}]);
     }
     if i.is_multiple_of(7) {
-        extra.push_str(r#","labels":["zone==a"]"#);
+        extra["labels"] = json!(["zone==a"]);
     }
-    format!(r#"{{"image":"busybox:{i}","cpus":{cpus},"memory":{memory},"type":"{kind}"{extra}}}"#)
+    common::request_json(cpus, memory, extra)
 }
 
 /// Every request has exactly one decision, for its current revision, and invariants 1-2 hold.
 async fn assert_all_decided(client: &Client, keys: &Keys, revisions: &BTreeMap<String, i64>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut missing = Vec::new();
-        for (id, rev) in revisions {
-            match decision(client, keys, id).await {
-                Some(d) if d.request_revision == *rev => {}
-                _ => missing.push(id.clone()),
-            }
-        }
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} requests never decided, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let report = invariants::check_etcd(client, keys, 1.0)
-        .await
-        .expect("read etcd");
-    assert_eq!(report.violations(), 0, "invariants violated: {report:#?}");
+    common::wait_all_decided(client, keys, revisions, Duration::from_secs(30)).await;
+    let report = common::assert_invariants(client, keys).await;
     assert_eq!(
         report.decided,
         revisions.len(),
@@ -133,289 +90,302 @@ async fn assert_all_decided(client: &Client, keys: &Keys, revisions: &BTreeMap<S
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_place_200_requests_across_leader_kills() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let ep = etcd.endpoint();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+/// One test's world: a real etcd, the replicas (the real binary) and what was submitted.
+/// Fields drop in order: the replicas (SIGKILLed), their logs, etcd.
+struct Cluster {
+    replicas: Vec<Replica>,
+    dir: TempDir,
+    client: Client,
+    keys: Keys,
+    /// Every request submitted, with its current revision.
+    revisions: BTreeMap<String, i64>,
+    etcd: EtcdProcess,
+}
 
-    let mut replicas: Vec<Replica> = (1..=3)
-        .map(|i| {
-            Replica::start(
+impl Cluster {
+    /// A fresh etcd, no replica yet.
+    async fn new() -> Cluster {
+        let etcd = common::start_etcd().await;
+        Cluster {
+            replicas: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            client: common::connect(&etcd).await,
+            keys: Keys::default(),
+            revisions: BTreeMap::new(),
+            etcd,
+        }
+    }
+
+    fn ep(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// Starts `replica-1` … `replica-N` with a lease of [`LEASE_TTL`].
+    fn start_replicas(&mut self, n: usize) {
+        let ep = self.ep();
+        for i in 1..=n {
+            self.replicas.push(Replica::start(
                 &ep,
                 &format!("replica-{i}"),
-                dir.path(),
+                self.dir.path(),
                 &["--lease-ttl", LEASE_TTL],
-            )
-        })
-        .collect();
-    for i in 0..10 {
-        let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
-        let out = cli(
-            &ep,
-            &[
-                "engine",
-                "add",
-                &format!("engine-{i}"),
-                "--addr",
-                &format!("tcp://127.0.2.{i}:2375"),
-                "--cpus",
-                "4",
-                "--memory",
-                "8192",
-                "--label",
-                zone,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "engine add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    // Every replica yields the cpu to etcd (`--nice`, 5 by default), in all of its threads.
-    let want = (nice_of("self")[0] + 5).min(19);
-    for r in &replicas {
-        let nice = nice_of(&r.child.id().to_string());
-        assert!(
-            nice.len() > 1 && nice.iter().all(|n| *n == want),
-            "{}: {nice:?}",
-            r.id
-        );
-    }
-
-    let mut revisions = BTreeMap::new();
-    for i in 0..100 {
-        let id = format!("req-{i:03}");
-        revisions.insert(
-            id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
-        );
-    }
-
-    // SIGKILL the leader mid-way; the next request tells how long the cluster was headless.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first = loop {
-        if let Some(l) = leader(&client, &keys).await {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let victim = replicas
-        .iter()
-        .position(|r| r.id == first)
-        .expect("leader is a replica");
-    let killed_at = Instant::now();
-    replicas[victim].signal(Signal::KILL);
-    let probe = "probe-after-sigkill";
-    revisions.insert(
-        probe.into(),
-        put_request(&client, &keys, probe, &request_json(1)).await,
-    );
-    for i in 100..200 {
-        let id = format!("req-{i:03}");
-        revisions.insert(
-            id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
-        );
-    }
-    let after_kill = time_to_decision(
-        &client,
-        &keys,
-        probe,
-        &first,
-        killed_at,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
-    replicas.remove(victim);
-    assert_all_decided(&client, &keys, &revisions).await;
-
-    // SIGTERM the new leader: it resigns, so the last replica should take over at once.
-    let second = leader(&client, &keys)
-        .await
-        .expect("a leader after the kill");
-    assert_ne!(second, first);
-    let victim = replicas
-        .iter()
-        .position(|r| r.id == second)
-        .expect("leader is a replica");
-    let termed_at = Instant::now();
-    replicas[victim].signal(Signal::TERM);
-    let probe = "probe-after-sigterm";
-    revisions.insert(
-        probe.into(),
-        put_request(&client, &keys, probe, &request_json(2)).await,
-    );
-    let after_term = time_to_decision(
-        &client,
-        &keys,
-        probe,
-        &second,
-        termed_at,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(
-        replicas[victim].wait_exit(Duration::from_secs(10)),
-        "SIGTERM must stop the replica cleanly"
-    );
-    let log = replicas[victim].log();
-    assert!(
-        log.contains("lease revoked"),
-        "a terminated leader resigns:\n{log}"
-    );
-    replicas.remove(victim);
-    assert_all_decided(&client, &keys, &revisions).await;
-
-    let report = invariants::check_etcd(&client, &keys, 1.0)
-        .await
-        .expect("read");
-    println!(
-        "e2e: {} requests, {} placed, {} unschedulable, {} invalid; hand-over after SIGKILL {} ms, \
-         after SIGTERM {} ms (lease TTL {LEASE_TTL} s)",
-        revisions.len(),
-        report.placed,
-        report.unschedulable,
-        report.invalid,
-        after_kill.as_millis(),
-        after_term.as_millis()
-    );
-    assert!(report.placed > 150, "most requests fit: {report:?}");
-
-    // What one engine holds, as an operator lists it: one row per request placed there.
-    let mut on_engine_0 = Vec::new();
-    for id in revisions.keys() {
-        if let Some(d) = decision(&client, &keys, id).await
-            && d.status == Status::Placed
-            && d.resource.as_ref().is_some_and(|r| r.id == "engine-0")
-        {
-            on_engine_0.push(id.clone());
+            ));
         }
     }
-    assert!(!on_engine_0.is_empty(), "spread uses every engine");
-    let out = cli(&ep, &["engine", "show", "engine-0"]);
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
-    assert!(
-        shown.contains(&format!("reserved by {} request(s)", on_engine_0.len())),
-        "{shown}"
-    );
-    for id in &on_engine_0 {
+
+    /// `citadel engine add ID --addr ADDR --cpus CPUS --memory MB [--label LABEL]` succeeds.
+    fn engine_add(&self, id: &str, addr: &str, cpus: &str, memory: &str, label: Option<&str>) {
+        let mut args = vec![
+            "engine", "add", id, "--addr", addr, "--cpus", cpus, "--memory", memory,
+        ];
+        if let Some(label) = label {
+            args.extend(["--label", label]);
+        }
+        let (code, _, stderr) = cli(&self.ep(), &args);
+        assert_eq!(code, 0, "engine add: {stderr}");
+    }
+
+    /// Ten engines of 4 cpus and 8 GB, in zones a and b by turns, registered with the CLI.
+    fn register_ten_engines_with_the_cli(&self) {
+        for i in 0..10 {
+            let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
+            let (id, addr) = (format!("engine-{i}"), format!("tcp://127.0.2.{i}:2375"));
+            self.engine_add(&id, &addr, "4", "8192", Some(zone));
+        }
+    }
+
+    /// Every replica yields the cpu to etcd (`--nice`, 5 by default), in all of its threads.
+    fn every_replica_is_niced_in_all_its_threads(&self) {
+        let want = (nice_of("self")[0] + 5).min(19);
+        for r in &self.replicas {
+            let nice = nice_of(&r.child.id().to_string());
+            assert!(
+                nice.len() > 1 && nice.iter().all(|n| *n == want),
+                "{}: {nice:?}",
+                r.id
+            );
+        }
+    }
+
+    /// Writes request `id` and records its revision.
+    async fn submit(&mut self, id: &str, body: String) {
+        let rev = put_request(&self.client, &self.keys, id, body).await;
+        self.revisions.insert(id.to_string(), rev);
+    }
+
+    /// Submits `req-NNN` for every `i` of `load`.
+    async fn submit_load(&mut self, load: std::ops::Range<usize>) {
+        for i in load {
+            self.submit(&format!("req-{i:03}"), load_request(i)).await;
+        }
+    }
+
+    /// The index of replica `id`.
+    fn replica(&self, id: &str) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.id == id)
+            .expect("the leader is a replica")
+    }
+
+    /// SIGKILLs the leader with 100 more requests behind a probe; the probe's decision, by
+    /// another replica, tells how long the cluster was headless. Returns the killed leader and
+    /// that time.
+    async fn sigkill_the_leader_mid_load(&mut self) -> (String, Duration) {
+        let first = common::wait_leader(&self.client, &self.keys, Duration::from_secs(20)).await;
+        let victim = self.replica(&first);
+        let killed_at = Instant::now();
+        self.replicas[victim].signal(Signal::KILL);
+        let probe = "probe-after-sigkill";
+        self.submit(probe, load_request(1)).await;
+        self.submit_load(100..200).await;
+        let after_kill = self
+            .time_to_decision(probe, &first, killed_at, Duration::from_secs(30))
+            .await;
+        assert!(self.replicas[victim].wait_exit(Duration::from_secs(5)));
+        self.replicas.remove(victim);
+        (first, after_kill)
+    }
+
+    /// SIGTERMs the new leader (not `first`): it resigns, so the last replica takes over at once,
+    /// and it exits cleanly. Returns the time to the next decision.
+    async fn sigterm_the_next_leader_which_resigns(&mut self, first: &str) -> Duration {
+        let second = common::leader_id(&self.client, &self.keys)
+            .await
+            .expect("a leader after the kill");
+        assert_ne!(second, first);
+        let victim = self.replica(&second);
+        let termed_at = Instant::now();
+        self.replicas[victim].signal(Signal::TERM);
+        let probe = "probe-after-sigterm";
+        self.submit(probe, load_request(2)).await;
+        let after_term = self
+            .time_to_decision(probe, &second, termed_at, Duration::from_secs(30))
+            .await;
         assert!(
-            shown.lines().any(|l| l.starts_with(&format!("{id} "))),
-            "{id} in:\n{shown}"
+            self.replicas[victim].wait_exit(Duration::from_secs(10)),
+            "SIGTERM must stop the replica cleanly"
+        );
+        let log = self.replicas[victim].log();
+        assert!(
+            log.contains("lease revoked"),
+            "a terminated leader resigns:\n{log}"
+        );
+        self.replicas.remove(victim);
+        after_term
+    }
+
+    async fn time_to_decision(
+        &self,
+        id: &str,
+        old_leader: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Duration {
+        time_to_decision(&self.client, &self.keys, id, old_leader, since, timeout).await
+    }
+
+    /// Every request submitted has exactly one decision, for its current revision, and
+    /// invariants 1-2 hold.
+    async fn all_decided_once(&self) {
+        assert_all_decided(&self.client, &self.keys, &self.revisions).await;
+    }
+
+    async fn report(&self) -> Report {
+        invariants::check_etcd(&self.client, &self.keys, 1.0)
+            .await
+            .expect("read etcd")
+    }
+
+    /// Most requests fit; prints the hand-over times.
+    async fn most_requests_are_placed(&self, after_kill: Duration, after_term: Duration) {
+        let report = self.report().await;
+        println!(
+            "e2e: {} requests, {} placed, {} unschedulable, {} invalid; hand-over after SIGKILL {} ms, \
+             after SIGTERM {} ms (lease TTL {LEASE_TTL} s)",
+            self.revisions.len(),
+            report.placed,
+            report.unschedulable,
+            report.invalid,
+            after_kill.as_millis(),
+            after_term.as_millis()
+        );
+        assert!(report.placed > 150, "most requests fit: {report:?}");
+    }
+
+    /// What one engine holds, as an operator lists it: one row per request placed there; and
+    /// `engine rm` refuses an engine that holds placements.
+    async fn engine_show_lists_what_engine_0_holds_and_rm_refuses_it(&self) {
+        let mut on_engine_0 = Vec::new();
+        for id in self.revisions.keys() {
+            if let Some(d) = decision(&self.client, &self.keys, id).await
+                && d.status == Status::Placed
+                && d.resource.as_ref().is_some_and(|r| r.id == "engine-0")
+            {
+                on_engine_0.push(id.clone());
+            }
+        }
+        assert!(!on_engine_0.is_empty(), "spread uses every engine");
+        let (code, shown, _) = cli(&self.ep(), &["engine", "show", "engine-0"]);
+        assert_eq!(code, 0, "{shown}");
+        assert!(
+            shown.contains(&format!("reserved by {} request(s)", on_engine_0.len())),
+            "{shown}"
+        );
+        for id in &on_engine_0 {
+            assert!(
+                shown.lines().any(|l| l.starts_with(&format!("{id} "))),
+                "{id} in:\n{shown}"
+            );
+        }
+        let (code, _, stderr) = cli(&self.ep(), &["engine", "rm", "engine-0"]);
+        assert_ne!(code, 0, "an engine that holds placements stays");
+        assert!(stderr.contains("still holds"), "{stderr}");
+    }
+
+    /// Submits `id` and waits until it is placed; returns its decision.
+    async fn submit_and_see_it_placed(&mut self, id: &str) -> Decision {
+        self.submit(id, load_request(4)).await;
+        let d = common::wait_decision(&self.client, &self.keys, id, Duration::from_secs(20)).await;
+        assert_eq!(d.status, Status::Placed);
+        d
+    }
+
+    /// SIGSTOPs the leader that decided `d`; while it sleeps its lease expires, and the other
+    /// replica takes over and decides `id`. Returns the paused replica and the time until then.
+    async fn pause_the_leader_and_see_another_decide(
+        &mut self,
+        d: &Decision,
+        id: &str,
+    ) -> (usize, Duration) {
+        let paused = self.replica(&d.decided_by);
+        self.replicas[paused].signal(Signal::STOP);
+        self.submit(id, load_request(4)).await;
+        let old = self.replicas[paused].id.clone();
+        let other = self
+            .time_to_decision(id, &old, Instant::now(), Duration::from_secs(30))
+            .await;
+        (paused, other)
+    }
+
+    /// SIGCONTs replica `paused` and waits until it has woken up, tried, and noticed it no
+    /// longer leads.
+    async fn resume_it_and_see_it_step_down(&self, paused: usize) {
+        let paused = &self.replicas[paused];
+        paused.signal(Signal::CONT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = paused.log();
+            if log.contains("stepped down") || log.contains("lease lost") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the paused leader never stepped down:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Request `id` was decided by someone else than replica `deposed`.
+    async fn decided_by_another_than(&self, id: &str, deposed: usize) {
+        let d = decision(&self.client, &self.keys, id)
+            .await
+            .unwrap_or_else(|| panic!("{id} decided"));
+        assert_ne!(
+            d.decided_by, self.replicas[deposed].id,
+            "the deposed leader must not decide"
         );
     }
-    let out = cli(&ep, &["engine", "rm", "engine-0"]);
-    assert!(
-        !out.status.success(),
-        "an engine that holds placements stays"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("still holds"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_place_200_requests_across_leader_kills() {
+    let mut c = Cluster::new().await;
+    c.start_replicas(3);
+    c.register_ten_engines_with_the_cli();
+    c.every_replica_is_niced_in_all_its_threads();
+    c.submit_load(0..100).await;
+    let (first, after_kill) = c.sigkill_the_leader_mid_load().await;
+    c.all_decided_once().await;
+    let after_term = c.sigterm_the_next_leader_which_resigns(&first).await;
+    c.all_decided_once().await;
+    c.most_requests_are_placed(after_kill, after_term).await;
+    c.engine_show_lists_what_engine_0_holds_and_rm_refuses_it()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_is_deposed_and_its_writes_are_refused() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let ep = etcd.endpoint();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
-    let replicas: Vec<Replica> = (1..=2)
-        .map(|i| {
-            Replica::start(
-                &ep,
-                &format!("replica-{i}"),
-                dir.path(),
-                &["--lease-ttl", LEASE_TTL],
-            )
-        })
-        .collect();
-    let out = cli(
-        &ep,
-        &[
-            "engine",
-            "add",
-            "e1",
-            "--addr",
-            "tcp://h:1",
-            "--cpus",
-            "2",
-            "--memory",
-            "1000",
-        ],
-    );
-    assert!(out.status.success());
-    let mut revisions = BTreeMap::new();
-    revisions.insert(
-        "a".to_string(),
-        put_request(&client, &keys, "a", &request_json(4)).await,
-    );
-    let d = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(d) = decision(&client, &keys, "a").await {
-                break d;
-            }
-            assert!(Instant::now() < deadline, "a not decided");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    assert_eq!(d.status, Status::Placed);
-    let paused = replicas
-        .iter()
-        .find(|r| r.id == d.decided_by)
-        .expect("leader");
-    paused.signal(Signal::STOP);
-    // While it sleeps, its lease expires and the other replica takes over and decides.
-    revisions.insert(
-        "b".to_string(),
-        put_request(&client, &keys, "b", &request_json(4)).await,
-    );
-    let other = time_to_decision(
-        &client,
-        &keys,
-        "b",
-        &paused.id,
-        Instant::now(),
-        Duration::from_secs(30),
-    )
-    .await;
-    paused.signal(Signal::CONT);
-    // Give the old leader time to wake up, try, and notice.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let log = paused.log();
-        if log.contains("stepped down") || log.contains("lease lost") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the paused leader never stepped down:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    revisions.insert(
-        "c".to_string(),
-        put_request(&client, &keys, "c", &request_json(4)).await,
-    );
-    assert_all_decided(&client, &keys, &revisions).await;
-    let c = decision(&client, &keys, "c").await.expect("c decided");
-    assert_ne!(
-        c.decided_by, paused.id,
-        "the deposed leader must not decide"
-    );
+    let mut c = Cluster::new().await;
+    c.start_replicas(2);
+    c.engine_add("e1", "tcp://h:1", "2", "1000", None);
+    let a = c.submit_and_see_it_placed("a").await;
+    let (paused, other) = c.pause_the_leader_and_see_another_decide(&a, "b").await;
+    c.resume_it_and_see_it_step_down(paused).await;
+    c.submit("c", load_request(4)).await;
+    c.all_decided_once().await;
+    c.decided_by_another_than("c", paused).await;
     println!(
         "e2e: a paused leader's successor decided after {} ms",
         other.as_millis()
@@ -430,14 +400,14 @@ async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTree
         let id = format!("load-{i:04}");
         live.insert(
             id.clone(),
-            put_request(&client, &keys, &id, &request_json(i)).await,
+            put_request(&client, &keys, &id, load_request(i)).await,
         );
         if i >= 3 && (i - 3).is_multiple_of(7) {
             let again = format!("load-{:04}", i - 3);
-            let body = request_json(i + 1);
+            let body = load_request(i + 1);
             live.insert(
                 again.clone(),
-                put_request(&client, &keys, &again, &body).await,
+                put_request(&client, &keys, &again, body).await,
             );
         }
         if i >= 5 && (i - 5).is_multiple_of(11) {
@@ -450,6 +420,154 @@ async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTree
     live
 }
 
+/// The faults of the hostile-input issue, planted one after another beside a load.
+impl Cluster {
+    /// A moment for the leader to meet each fault before the next.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    /// A request of heavy regexes, one nested too deep, a misspelt field; their ids.
+    async fn plant_hostile_requests(&self) -> Vec<&'static str> {
+        let heavy: Vec<String> = (0..150)
+            .map(|i| format!("zone!=/^(\\w|\\d){{{}}}x{i}$/", 60 + i % 7))
+            .collect();
+        let hostile = [
+            (
+                "hostile-regex",
+                serde_json::json!({"image":"x","cpus":0.1,"memory":1,"type":"service","labels":heavy})
+                    .to_string(),
+            ),
+            (
+                "hostile-deep",
+                format!(
+                    r#"{{"image":"x","cpus":0.1,"memory":1,"type":"service","user_data":{{"d":{}1{}}}}}"#,
+                    "[".repeat(5000),
+                    "]".repeat(5000)
+                ),
+            ),
+            (
+                "hostile-typo",
+                r#"{"image":"x","cpus":0.1,"memory":1,"type":"service","lables":["zone==b"]}"#
+                    .to_string(),
+            ),
+        ];
+        for (id, body) in &hostile {
+            put_request(&self.client, &self.keys, id, body.as_str()).await;
+        }
+        Self::settle().await;
+        hostile.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// `too-big`, unschedulable, then rewritten and still unschedulable.
+    async fn plant_a_rewrite_that_stays_unschedulable(&self) {
+        let big = r#"{"image":"big","cpus":64,"memory":1,"type":"service"}"#;
+        put_request(&self.client, &self.keys, "too-big", big).await;
+        Self::settle().await;
+        let bigger = big.replace("\"big\"", "\"bigger\"");
+        put_request(&self.client, &self.keys, "too-big", bigger).await;
+        Self::settle().await;
+    }
+
+    /// Every decision deleted by an operator's slip.
+    async fn delete_every_decision(&self) {
+        self.client
+            .kv_client()
+            .delete(
+                self.keys.decisions(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .expect("del --prefix decisions/");
+        Self::settle().await;
+    }
+
+    fn impostor(&self) -> String {
+        format!("{}/impostor", self.keys.leader())
+    }
+
+    /// An election key without a lease.
+    async fn plant_an_election_key_without_a_lease(&self) {
+        common::put_raw(&self.client, self.impostor(), "{}").await;
+        Self::settle().await;
+    }
+
+    /// An engine deleted under its placements, another shrunk by hand.
+    async fn delete_an_engine_and_shrink_another(&self) {
+        common::delete_key(&self.client, self.keys.engine(&common::eid("e0"))).await;
+        Self::settle().await;
+        common::put_engine(&self.client, &self.keys, "e1", 1.0, 8192.0, &["zone=b"]).await;
+        Self::settle().await;
+    }
+
+    /// The leader SIGKILLed; it exits.
+    async fn sigkill_the_leader(&mut self) {
+        let first = common::leader_id(&self.client, &self.keys)
+            .await
+            .expect("a leader");
+        let victim = self.replica(&first);
+        self.replicas[victim].signal(Signal::KILL);
+        assert!(self.replicas[victim].wait_exit(Duration::from_secs(5)));
+        self.replicas.remove(victim);
+    }
+
+    /// `citadel check` (letting the cluster settle) finds nothing.
+    fn citadel_check_finds_nothing(&self) {
+        let (code, stdout, stderr) = cli(&self.ep(), &["check", "--settle", "30"]);
+        assert_eq!(code, 0, "citadel check:\n{stdout}{stderr}");
+    }
+
+    /// Each hostile request has an `invalid` decision; adds them to `want`.
+    async fn hostile_requests_are_invalid(
+        &self,
+        hostile: &[&str],
+        want: &mut BTreeMap<String, i64>,
+    ) {
+        for id in hostile {
+            let d = decision(&self.client, &self.keys, id)
+                .await
+                .expect("decided");
+            assert_eq!(d.status, Status::Invalid, "{id}: {d:?}");
+            want.insert(id.to_string(), d.request_revision);
+        }
+    }
+
+    /// The rewrite of `too-big` has its own decision: unschedulable.
+    async fn the_rewrite_has_its_own_decision(&self) {
+        let d = decision(&self.client, &self.keys, "too-big")
+            .await
+            .expect("decided");
+        assert_eq!(d.status, Status::Unschedulable);
+        assert_eq!(
+            Some(d.request_revision),
+            common::get(&self.client, &self.keys.request(&common::rid("too-big")))
+                .await
+                .map(|g| g.mod_revision),
+            "the rewrite has its own decision"
+        );
+    }
+
+    async fn the_election_key_without_a_lease_is_gone(&self) {
+        assert!(
+            common::get(&self.client, &self.impostor()).await.is_none(),
+            "the election key without a lease is gone"
+        );
+    }
+
+    /// No violation nor unsettled request, and a request key for each of `want` and `too-big`.
+    async fn every_live_request_is_settled(&self, want: &BTreeMap<String, i64>) {
+        let report = self.report().await;
+        assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
+        assert_eq!(report.requests, want.len() + 1, "{report:#?}");
+    }
+
+    fn every_remaining_replica_logged_starting(&self) {
+        for r in &self.replicas {
+            assert!(r.log().contains("starting"), "{}", r.id);
+        }
+    }
+}
+
 /// Three replicas under load while each fault of the hostile-input issue is planted in turn: a
 /// request of heavy regexes, one nested too deep, a misspelt field, a rewrite that stays
 /// unschedulable, every decision deleted, an election key without a lease, an engine deleted
@@ -458,141 +576,32 @@ async fn load(client: Client, keys: Keys, count: usize, pace: Duration) -> BTree
 /// no engine is over capacity, no port bound twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_under_load_survive_every_planted_fault() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let ep = etcd.endpoint();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = Keys::default();
-    let client = Client::connect([ep.as_str()], None).await.expect("connect");
+    let mut c = Cluster::new().await;
     for i in 0..6 {
         let zone = if i % 2 == 0 { "zone=a" } else { "zone=b" };
-        common::put_engine(&client, &keys, &format!("e{i}"), 4.0, 8192.0, &[zone]).await;
+        common::put_engine(&c.client, &c.keys, &format!("e{i}"), 4.0, 8192.0, &[zone]).await;
     }
-    let mut replicas: Vec<Replica> = (1..=3)
-        .map(|i| {
-            Replica::start(
-                &ep,
-                &format!("replica-{i}"),
-                dir.path(),
-                &["--lease-ttl", LEASE_TTL],
-            )
-        })
-        .collect();
-    let loader = tokio::spawn(load(
-        client.clone(),
-        keys.clone(),
-        300,
-        Duration::from_millis(15),
-    ));
-    let pause = || tokio::time::sleep(Duration::from_millis(400));
+    c.start_replicas(3);
+    let pace = Duration::from_millis(15);
+    let loader = tokio::spawn(load(c.client.clone(), c.keys.clone(), 300, pace));
 
-    // Hostile input beside the load.
-    let heavy: Vec<String> = (0..150)
-        .map(|i| format!("zone!=/^(\\w|\\d){{{}}}x{i}$/", 60 + i % 7))
-        .collect();
-    let hostile = [
-        (
-            "hostile-regex",
-            serde_json::json!({"image":"x","cpus":0.1,"memory":1,"type":"service","labels":heavy})
-                .to_string(),
-        ),
-        (
-            "hostile-deep",
-            format!(
-                r#"{{"image":"x","cpus":0.1,"memory":1,"type":"service","user_data":{{"d":{}1{}}}}}"#,
-                "[".repeat(5000),
-                "]".repeat(5000)
-            ),
-        ),
-        (
-            "hostile-typo",
-            r#"{"image":"x","cpus":0.1,"memory":1,"type":"service","lables":["zone==b"]}"#
-                .to_string(),
-        ),
-    ];
-    for (id, body) in &hostile {
-        put_request(&client, &keys, id, body).await;
-    }
-    pause().await;
-    // A rewrite that stays unschedulable.
-    let big = r#"{"image":"big","cpus":64,"memory":1,"type":"service"}"#;
-    put_request(&client, &keys, "too-big", big).await;
-    pause().await;
-    put_request(
-        &client,
-        &keys,
-        "too-big",
-        &big.replace("\"big\"", "\"bigger\""),
-    )
-    .await;
-    pause().await;
-    // Every decision deleted by an operator's slip.
-    client
-        .kv_client()
-        .delete(
-            keys.decisions(),
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .expect("del --prefix decisions/");
-    pause().await;
-    // An election key without a lease.
-    common::put_raw(&client, format!("{}/impostor", keys.leader()), "{}").await;
-    pause().await;
-    // An engine deleted under its placements, another shrunk by hand.
-    common::delete_key(&client, keys.engine(&common::eid("e0"))).await;
-    pause().await;
-    common::put_engine(&client, &keys, "e1", 1.0, 8192.0, &["zone=b"]).await;
-    pause().await;
-    // The leader killed.
-    let first = leader(&client, &keys).await.expect("a leader");
-    let victim = replicas
-        .iter()
-        .position(|r| r.id == first)
-        .expect("the leader is a replica");
-    replicas[victim].signal(Signal::KILL);
-    assert!(replicas[victim].wait_exit(Duration::from_secs(5)));
-    replicas.remove(victim);
+    let hostile = c.plant_hostile_requests().await;
+    c.plant_a_rewrite_that_stays_unschedulable().await;
+    c.delete_every_decision().await;
+    c.plant_an_election_key_without_a_lease().await;
+    c.delete_an_engine_and_shrink_another().await;
+    c.sigkill_the_leader().await;
 
-    let live = tokio::time::timeout(Duration::from_secs(60), loader)
+    let mut want = tokio::time::timeout(Duration::from_secs(60), loader)
         .await
         .expect("the load ends")
         .expect("the load task");
-    let out = cli(&ep, &["check", "--settle", "30"]);
-    assert!(
-        out.status.success(),
-        "citadel check:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut want = live;
-    for (id, _) in &hostile {
-        let d = decision(&client, &keys, id).await.expect("decided");
-        assert_eq!(d.status, Status::Invalid, "{id}: {d:?}");
-        want.insert(id.to_string(), d.request_revision);
-    }
-    let d = decision(&client, &keys, "too-big").await.expect("decided");
-    assert_eq!(d.status, Status::Unschedulable);
-    assert_eq!(
-        Some(d.request_revision),
-        common::get(&client, &keys.request(&common::rid("too-big")))
-            .await
-            .map(|g| g.mod_revision),
-        "the rewrite has its own decision"
-    );
-    assert!(
-        common::get(&client, &format!("{}/impostor", keys.leader()))
-            .await
-            .is_none(),
-        "the election key without a lease is gone"
-    );
-    let report = invariants::check_etcd(&client, &keys, 1.0)
-        .await
-        .expect("read etcd");
-    assert_eq!(report.violations() + report.unsettled(), 0, "{report:#?}");
-    assert_eq!(report.requests, want.len() + 1, "{report:#?}");
-    for r in &replicas {
-        assert!(r.log().contains("starting"), "{}", r.id);
-    }
+    c.citadel_check_finds_nothing();
+    c.hostile_requests_are_invalid(&hostile, &mut want).await;
+    c.the_rewrite_has_its_own_decision().await;
+    c.the_election_key_without_a_lease_is_gone().await;
+    c.every_live_request_is_settled(&want).await;
+    c.every_remaining_replica_logged_starting();
 }
 
 /// The leader compacts etcd's history on its timer once the history to drop is worth a scan
@@ -611,11 +620,11 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         dir.path(),
         &["--compact-every", "1", "--compact-retain", "20"],
     );
-    let first = put_request(&client, &keys, "r-000", &request_json(0)).await;
+    let first = put_request(&client, &keys, "r-000", load_request(0)).await;
     // 120 requests and their decisions: 241 keys alive, so a compaction is worth it once it
     // drops 60 revisions.
     for i in 1..120 {
-        put_request(&client, &keys, &format!("r-{i:03}"), &request_json(i)).await;
+        put_request(&client, &keys, &format!("r-{i:03}"), load_request(i)).await;
     }
     common::wait_until("the leader compacted", common::WAIT, || async {
         let at_first = client
@@ -637,7 +646,7 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         let id = format!("r-{i:03}");
         common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
     }
-    put_request(&client, &keys, "after", &request_json(1)).await;
+    put_request(&client, &keys, "after", load_request(1)).await;
     common::wait_decision_where(&client, &keys, "after", common::WAIT, "placed", |d| {
         d.status == Status::Placed
     })

@@ -8,13 +8,15 @@ use std::time::Duration;
 use citadel::election::{self, Candidate, Lease};
 use citadel::keys::Keys;
 use citadel::manager::{self, Batch, Item};
-use citadel::model::{
-    Decision, EngineId, Held, MemoryMb, Millicpus, RequestId, Reservation, Status,
-};
+use citadel::model::{Decision, Held, MemoryMb, Millicpus, RequestId, Reservation, Status};
 use citadel::store::fence::Commit;
 use citadel_testkit::etcd::EtcdProcess;
+use common::{eid, rid};
 use etcd_client::Client;
+use serde_json::json;
 use tokio::sync::watch;
+
+mod common;
 
 fn placement(id: &RequestId, request_revision: i64, by: &str) -> Item {
     placement_fenced(id, request_revision, None, by)
@@ -38,7 +40,7 @@ fn placement_on(
     engine: &str,
     engine_revision: i64,
 ) -> Item {
-    let engine = EngineId::new(engine).unwrap();
+    let engine = eid(engine);
     Item::Place {
         id: id.clone(),
         decision_fence,
@@ -90,30 +92,29 @@ fn one(keys: &Keys, item: Item) -> manager::Batch {
 
 /// A fresh etcd, a client of it, and the default keys.
 async fn etcd() -> (EtcdProcess, Client, Keys) {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
-    (etcd, client, Keys::default())
+    let etcd = common::start_etcd().await;
+    let client = common::connect(&etcd).await;
+    (etcd, client, common::keys())
+}
+
+/// An engine of 4 cpus and 1000 MB, as an operator writes it; its mod revision.
+async fn put_engine(client: &Client, keys: &Keys, id: &str) -> i64 {
+    common::put_engine_json(client, keys, id, &json!({"cpus": 4, "memory": 1000})).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposed_leader_cannot_commit() {
     let (etcd, client, keys) = etcd().await;
     let mut kv = client.kv_client();
-    kv.put("/citadel/engines/e1", r#"{"cpus":4,"memory":1000}"#, None)
-        .await
-        .unwrap();
-    let id = RequestId::new("r1").unwrap();
-    let put = kv
-        .put(
-            keys.request(&id),
-            r#"{"image":"x","cpus":0.1,"memory":10,"type":"service"}"#,
-            None,
-        )
-        .await
-        .unwrap();
-    let request_revision = put.header().unwrap().revision();
+    put_engine(&client, &keys, "e1").await;
+    let id = rid("r1");
+    let request_revision = common::put_request(
+        &client,
+        &keys,
+        "r1",
+        common::request_json(0.1, 10, json!({"image": "x"})),
+    )
+    .await;
 
     let (_tx, mut shutdown) = watch::channel(false);
     let lease_a = Lease::grant(&client, 2).await.unwrap();
@@ -199,15 +200,10 @@ async fn deposed_leader_cannot_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_changed_in_flight_refuses_the_placement() {
     let (etcd, client, keys) = etcd().await;
-    let mut kv = client.kv_client();
+    let kv = client.kv_client();
     let mut revisions = Vec::new();
     for e in ["e1", "e2", "e3"] {
-        let id = EngineId::new(e).unwrap();
-        let put = kv
-            .put(keys.engine(&id), r#"{"cpus":4,"memory":1000}"#, None)
-            .await
-            .unwrap();
-        revisions.push(put.header().unwrap().revision());
+        revisions.push(put_engine(&client, &keys, e).await);
     }
     let (_tx, mut shutdown) = watch::channel(false);
     let lease = Lease::grant(&client, 5).await.unwrap();
@@ -215,7 +211,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
         .await
         .expect("elected");
     let shrink = |e: &str| {
-        let (mut kv, key) = (kv.clone(), keys.engine(&EngineId::new(e).unwrap()));
+        let (mut kv, key) = (kv.clone(), keys.engine(&eid(e)));
         async move {
             kv.put(key, r#"{"cpus":0.05,"memory":5}"#, None)
                 .await
@@ -241,7 +237,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
     };
 
     // One engine of three placed on: its own compare.
-    let r1 = RequestId::new("r1").unwrap();
+    let r1 = rid("r1");
     let on_e1 = |rev| batch(vec![placement_on(&r1, 1, None, "a", "e1", rev)], rev);
     let verified = on_e1(revisions[0]);
     let e1_now = shrink("e1").await;
@@ -255,9 +251,7 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
     assert!(matches!(done, Commit::Done(_)), "{done:?}");
 
     // Every engine placed on: one compare over the prefix, which any engine's change fails.
-    let ids: Vec<RequestId> = (2..5)
-        .map(|i| RequestId::new(format!("r{i}")).unwrap())
-        .collect();
+    let ids: Vec<RequestId> = (2..5).map(|i| rid(&format!("r{i}"))).collect();
     let current = [e1_now, revisions[1], revisions[2]];
     let verified = batch(
         ids.iter()

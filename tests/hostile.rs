@@ -161,10 +161,6 @@ async fn decisions(client: &etcd_client::Client) -> BTreeMap<String, Decision> {
         .collect()
 }
 
-fn engine_of(d: &Decision) -> Option<String> {
-    d.resource.as_ref().map(|r| r.id.clone())
-}
-
 /// `etcdctl del --prefix …/decisions/`, a decision edited by hand and one forged for a request
 /// that does not exist: the leader writes its own decisions back, on the same engines, and
 /// deletes the forgery, without a change of leader.

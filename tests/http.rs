@@ -10,22 +10,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use citadel::cache::{Cache, HealthPolicy};
-use citadel::controller::{self, ControllerConfig, ControllerError};
-use citadel::manager::{MAX_TXN_OPS, ManagerConfig};
-use citadel::scheduler::Schedulers;
-use citadel::store::EtcdConfig;
+use citadel::cache::Cache;
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 /// Bound on one HTTP request of these tests.
 const REQUEST: Duration = Duration::from_secs(10);
 /// Bound on one Chromium run.
@@ -40,42 +33,20 @@ fn free_addr() -> SocketAddr {
 /// An in-process replica that serves its HTTP surface.
 struct Served {
     addr: SocketAddr,
-    cache: Arc<Cache>,
-    shutdown: watch::Sender<bool>,
-    handle: Option<JoinHandle<Result<(), ControllerError>>>,
+    replica: Replica,
 }
 
 impl Served {
     fn start(endpoint: &str, id: &str) -> Served {
         let addr = free_addr();
-        let cfg = ControllerConfig {
-            etcd: EtcdConfig::new(vec![endpoint.to_string()]),
-            keys: keys(),
-            manager: ManagerConfig {
-                replica: citadel::model::ReplicaId::new(id).expect("a replica id"),
-                schedulers: Schedulers::default(),
-                workers: 2,
-                compact_every: None,
-                compact_retain: 10_000,
-                max_txn_ops: MAX_TXN_OPS,
-            },
-            addr: format!("test://{id}"),
-            lease_ttl: 2,
-            overcommit: 1.0,
-            docker: None,
-            policy: HealthPolicy::default(),
-            listen: Some(addr.into()),
-            metrics: Default::default(),
-        };
-        let (shutdown, rx) = watch::channel(false);
-        let (cache, books) = controller::replica_cache(&cfg);
-        let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), books, rx));
         Served {
             addr,
-            cache,
-            shutdown,
-            handle: Some(handle),
+            replica: Replica::start_serving(endpoint, id, addr),
         }
+    }
+
+    fn cache(&self) -> &Cache {
+        &self.replica.cache
     }
 
     fn url(&self, path: &str) -> String {
@@ -105,19 +76,8 @@ impl Served {
     }
 
     /// Asks the replica to stop and waits (bounded) until it has.
-    async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        let handle = self.handle.take().expect("running");
-        match timeout(WAIT, handle).await {
-            Ok(Ok(Ok(()))) => {}
-            other => panic!("the replica did not stop cleanly within {WAIT:?}: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+    async fn stop(self) {
+        self.replica.stop().await;
     }
 }
 
@@ -320,7 +280,7 @@ async fn readiness_and_health_follow_the_cache_through_a_cut_network() {
     assert!(body.starts_with("ready: "), "{body}");
     let body = r.wait_status("/healthz", 200).await;
     assert!(body.starts_with("ok: etcd answered"), "{body}");
-    assert!(r.cache.lists() >= 1);
+    assert!(r.cache().lists() >= 1);
 
     // A cut: the watch breaks and the probe goes unanswered.
     proxy.cut();
@@ -473,7 +433,7 @@ async fn the_status_page_shows_every_engine_and_why_a_request_is_refused() {
     }
     // The leader's own page reads its cache: wait until it holds all eight decisions.
     wait_until("the leader's cache holds every decision", WAIT, || async {
-        let state = r.cache.read();
+        let state = r.cache().read();
         state.recent_decisions(100).len() == 8
     })
     .await;
@@ -551,14 +511,13 @@ async fn status_page_screenshot() {
         let cpus = [0.25, 0.5, 1.0, 2.0][i % 4];
         let memory = [256, 512, 1024, 4096][(i / 4) % 4];
         let id = format!("{}-{i:03}", ["web", "cache", "api", "worker"][i % 4]);
-        let body = serde_json::json!({
-            "image": images[i % 4], "cpus": cpus, "memory": memory,
-            "type": if i % 4 == 3 { "batch" } else { "service" },
-        });
-        want.insert(
-            id.clone(),
-            put_request(&client, &keys, &id, body.to_string()).await,
+        let kind = if i % 4 == 3 { "batch" } else { "service" };
+        let body = request_json(
+            cpus,
+            memory,
+            serde_json::json!({"image": images[i % 4], "type": kind}),
         );
+        want.insert(id.clone(), put_request(&client, &keys, &id, body).await);
     }
     let big = serde_json::json!({"image": "trainer:5", "cpus": 48, "memory": 262144,
         "type": "batch", "labels": ["gpu==a100"]});
@@ -587,7 +546,7 @@ async fn status_page_screenshot() {
         put_raw(&client, keys.health(&eid(&id)), health.to_string()).await;
     }
     wait_until("the leader's cache has the health keys", WAIT, || async {
-        leader.cache.read().health(&eid("node-08")).is_some()
+        leader.cache().read().health(&eid("node-08")).is_some()
     })
     .await;
 
@@ -625,12 +584,11 @@ async fn the_binary_refuses_a_port_in_use_and_serves_until_sigterm() {
             "citadel: error: --listen localhost: expected IP:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:9090 ('' serves nothing)".to_string(),
         ),
     ] {
-        let run = tokio::process::Command::new(BIN)
-            .args(["--etcd", "http://127.0.0.1:9", "controller", "--listen", &listen])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
+        let run = citadel_cmd(
+            &["--etcd", "http://127.0.0.1:9", "controller", "--listen", &listen],
+            &[("RUST_LOG", "warn")],
+        )
+        .output();
         let out = timeout(WAIT, run)
             .await
             .expect("exits at once")
@@ -642,16 +600,16 @@ async fn the_binary_refuses_a_port_in_use_and_serves_until_sigterm() {
     drop(taken);
 
     let etcd = start_etcd().await;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--etcd", &etcd.endpoint(), "controller", "--id", "bin-1"])
-        .args(["--listen", "127.0.0.1:0", "--nice", "0"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the controller");
+    let mut child = citadel_cmd(
+        &["--etcd", &etcd.endpoint(), "controller", "--id", "bin-1"],
+        &[("RUST_LOG", "info")],
+    )
+    .args(["--listen", "127.0.0.1:0", "--nice", "0"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start the controller");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let find = async {

@@ -11,8 +11,7 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::PathBuf;
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use citadel::keys::Keys;
@@ -25,14 +24,12 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 mod common;
+use common::ReplicaProcess;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 /// Built by `scripts/test-image.sh` on the system daemon, copied into every extra one.
 const IMAGE: &str = "citadel-test/busybox:1";
 /// The longest any single wait here may take.
 const WAIT: Duration = Duration::from_secs(30);
-/// Bound on one CLI call (docker or citadel).
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fast health rounds, so that a silent engine drops out within seconds.
 const FAST: &[&str] = &[
     "--docker",
@@ -56,19 +53,6 @@ fn ensure_test_image() {
     );
 }
 
-/// Runs a program, bounded by [`CLI_TIMEOUT`].
-async fn run(program: &str, args: &[&str]) -> Output {
-    let call = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(CLI_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} took over {CLI_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -85,16 +69,17 @@ fn signal(pid: u32, sig: Signal) {
 /// A request the leader launches: 0.5 cpus, 64 MB, no network (the extra daemons have no
 /// bridge), running `entrypoint` in the test image.
 fn request(kind: &str, entrypoint: &[&str]) -> String {
-    json!({
-        "image": IMAGE,
-        "cpus": 0.5,
-        "memory": 64,
-        "type": kind,
-        "launch": true,
-        "network_mode": "none",
-        "entrypoint": entrypoint,
-    })
-    .to_string()
+    common::request_json(
+        0.5,
+        64,
+        json!({
+            "image": IMAGE,
+            "type": kind,
+            "launch": true,
+            "network_mode": "none",
+            "entrypoint": entrypoint,
+        }),
+    )
 }
 
 /// The docker run state of a decision: container id, state, engine.
@@ -107,47 +92,6 @@ fn run_of(d: &Decision) -> (&str, Option<&ContainerState>, &str) {
 fn is_running(d: &Decision) -> bool {
     let (container, state, _) = run_of(d);
     d.status == Status::Placed && !container.is_empty() && state == Some(&ContainerState::Running)
-}
-
-/// A controller replica process (the real binary); SIGKILLed when dropped.
-struct Controller {
-    id: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(endpoint: &str, id: &str, dir: &std::path::Path, args: &[&str]) -> Controller {
-        let log = dir.join(format!("{id}.log"));
-        let file = std::fs::File::create(&log).expect("controller log file");
-        let child = std::process::Command::new(BIN)
-            .args(["--etcd", endpoint, "controller", "--id", id])
-            // Several replicas on one host: each takes a free port.
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start citadel controller");
-        Controller {
-            id: id.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An extra Docker daemon registered (or to be registered) as engine `id`.
@@ -174,17 +118,7 @@ impl Engine {
     }
 
     async fn docker(&self, args: &[&str]) -> String {
-        let addr = self.addr();
-        let mut all = vec!["-H", addr.as_str()];
-        all.extend_from_slice(args);
-        let out = run("docker", &all).await;
-        assert!(
-            out.status.success(),
-            "docker {args:?} on engine {}: {}",
-            self.id,
-            stderr(&out)
-        );
-        stdout(&out)
+        common::docker(Some(&self.addr()), args).await
     }
 
     /// Full ids of every container (any state) labelled with request `id`.
@@ -216,7 +150,7 @@ impl Drop for Engine {
 /// One test's world. Fields drop in order: controllers, engines (their daemons and containers),
 /// the etcd client, etcd, the log directory.
 struct Cluster {
-    controllers: Vec<Controller>,
+    controllers: Vec<ReplicaProcess>,
     engines: Vec<Engine>,
     client: Client,
     keys: Keys,
@@ -264,7 +198,7 @@ impl Cluster {
     }
 
     fn start_controller(&mut self, id: &str, args: &[&str]) {
-        let c = Controller::start(&self.etcd.endpoint(), id, self.dir.path(), args);
+        let c = ReplicaProcess::start(&self.etcd.endpoint(), id, self.dir.path(), args);
         self.controllers.push(c);
     }
 
@@ -286,7 +220,7 @@ impl Cluster {
         let ep = self.etcd.endpoint();
         let mut all = vec!["--etcd", ep.as_str()];
         all.extend_from_slice(args);
-        run(BIN, &all).await
+        common::citadel(&all, &[]).await
     }
 
     /// `citadel engine add` with an explicit offer, then waits for the leader's health key.
@@ -332,9 +266,7 @@ impl Cluster {
     }
 
     async fn decision(&self, id: &str) -> Option<Decision> {
-        common::get(&self.client, &self.keys.decision(&common::rid(id)))
-            .await
-            .map(|g| serde_json::from_slice(&g.value).expect("a readable decision"))
+        common::decision(&self.client, &self.keys, id).await
     }
 
     async fn wait_decision(
@@ -375,14 +307,7 @@ impl Cluster {
 
     /// The controller that leads, once one does.
     async fn wait_leader(&self) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = common::leader_id(&self.client, &self.keys).await {
-                return l;
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::wait_leader(&self.client, &self.keys, WAIT).await
     }
 }
 
@@ -676,7 +601,7 @@ async fn a_leader_killed_between_placement_and_launch_launches_once() {
         .position(|r| r.id == first)
         .expect("the leader is one of ours");
     let killed = Instant::now();
-    signal(c.controllers[leader].child.id(), Signal::KILL);
+    c.controllers[leader].signal(Signal::KILL);
     let _ = c.controllers[leader].child.wait();
     c.engine_mut("e").resume();
 
@@ -792,9 +717,7 @@ async fn submit_wait_running_and_failed_exit_codes() {
     c.start_controller("ctl-1", &args);
     c.register("a").await;
     let submit = async |c: &Cluster, id: &str, body: &str, wait: &str| {
-        let file = c.dir.path().join(format!("{id}.json"));
-        std::fs::write(&file, body).expect("write the request");
-        let file = file.to_string_lossy().to_string();
+        let file = common::request_file(c.dir.path(), &format!("{id}.json"), body);
         c.citadel(&["submit", &file, "--id", id, wait, "--timeout", "30"])
             .await
     };

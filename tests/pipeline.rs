@@ -21,14 +21,6 @@ fn placed(d: &citadel::model::Decision) -> bool {
     d.status == Status::Placed
 }
 
-/// The engine a placed decision names.
-fn engine_of(d: &citadel::model::Decision) -> String {
-    d.resource
-        .as_ref()
-        .map(|r| r.id.clone())
-        .unwrap_or_else(|| panic!("placed decision without a resource: {d:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sample_request_gets_a_seed_shaped_decision() {
     let etcd = start_etcd().await;
@@ -181,7 +173,7 @@ async fn label_constraints_pick_matching_engines() {
     for (id, labels, allowed) in cases {
         let d = wait_decision(&client, &keys, id, WAIT).await;
         assert_eq!(d.status, Status::Placed, "{id} {labels:?}: {d:?}");
-        let engine = engine_of(&d);
+        let engine = placed_engine(&d);
         assert!(
             allowed.contains(&engine.as_str()),
             "{id} with {labels:?} landed on {engine}, allowed {allowed:?}"
@@ -242,9 +234,9 @@ async fn host_ports_are_exclusive_per_engine() {
         let d = wait_decision(&client, &keys, id, WAIT).await;
         match d.status {
             Status::Placed => assert!(
-                engines.insert(engine_of(&d)),
+                engines.insert(placed_engine(&d)),
                 "8080/tcp bound twice on {}",
-                engine_of(&d)
+                placed_engine(&d)
             ),
             Status::Unschedulable => refused.push(d),
             _ => panic!("{id}: {d:?}"),
@@ -308,7 +300,7 @@ async fn unschedulable_request_is_placed_when_capacity_frees() {
     // Releasing A frees the engine: B is retried without anyone touching it.
     delete_key(&client, keys.request(&rid("a"))).await;
     let b = wait_decision_where(&client, &keys, "b", WAIT, "placed decision", placed).await;
-    assert_eq!(engine_of(&b), "e1");
+    assert_eq!(placed_engine(&b), "e1");
     assert!(get(&client, &keys.decision(&rid("a"))).await.is_none());
     assert!(reservations_for(&client, &keys, "a").await.is_empty());
     assert_eq!(reservations_for(&client, &keys, "b").await.len(), 1);
@@ -347,7 +339,7 @@ async fn parked_requests_wait_for_room_that_fits_them_and_the_oldest_go_first() 
     put_engine(&client, &keys, "small", 0.5, 4096.0, &[]).await;
     put_request(&client, &keys, "tiny", request_json(0.25, 64, json!({}))).await;
     let tiny = wait_decision(&client, &keys, "tiny", WAIT).await;
-    assert_eq!(engine_of(&tiny), "small");
+    assert_eq!(placed_engine(&tiny), "small");
     // A request the leader decides after them, and waits for: by then it has had every chance
     // to look at the parked ones again, and it did not (a new look would count two engines).
     put_request(&client, &keys, "later", request_json(0.25, 64, json!({}))).await;
@@ -363,7 +355,7 @@ async fn parked_requests_wait_for_room_that_fits_them_and_the_oldest_go_first() 
     delete_key(&client, keys.request(&rid("holder"))).await;
     for id in ["w1", "w2"] {
         let d = wait_decision_where(&client, &keys, id, WAIT, "placed decision", placed).await;
-        assert_eq!(engine_of(&d), "e1");
+        assert_eq!(placed_engine(&d), "e1");
     }
     let w3 = wait_decision_where(&client, &keys, "w3", WAIT, "a fresh refusal", |d| {
         d.reason.starts_with("0/2 engines fit:")
@@ -374,7 +366,7 @@ async fn parked_requests_wait_for_room_that_fits_them_and_the_oldest_go_first() 
     // Not starved: the next release is its turn.
     delete_key(&client, keys.request(&rid("w1"))).await;
     let w3 = wait_decision_where(&client, &keys, "w3", WAIT, "placed decision", placed).await;
-    assert_eq!(engine_of(&w3), "e1");
+    assert_eq!(placed_engine(&w3), "e1");
 
     let report = assert_invariants(&client, &keys).await;
     assert_eq!(report.placed, 4, "w2, w3, tiny and later");
@@ -399,10 +391,10 @@ async fn unschedulable_request_is_placed_when_an_engine_is_added() {
 
     put_engine(&client, &keys, "e2", 1.0, 1024.0, &[]).await;
     let c = wait_decision_where(&client, &keys, "c", WAIT, "placed decision", placed).await;
-    assert_eq!(engine_of(&c), "e2");
+    assert_eq!(placed_engine(&c), "e2");
     assert_eq!(reservations_for(&client, &keys, "c").await.len(), 1);
     let b = wait_decision(&client, &keys, "b", WAIT).await;
-    assert_eq!(engine_of(&b), "e1", "b stays where it was");
+    assert_eq!(placed_engine(&b), "e1", "b stays where it was");
 
     let report = assert_invariants(&client, &keys).await;
     assert_eq!(report.placed, 2);
@@ -453,7 +445,7 @@ async fn only_engines_with_health_are_schedulable_and_live_use_counts() {
         .await
         .expect("put health");
     let a = wait_decision_where(&client, &keys, "a", WAIT, "placed decision", placed).await;
-    assert_eq!(engine_of(&a), "e1");
+    assert_eq!(placed_engine(&a), "e1");
     assert_invariants(&client, &keys).await;
     replica.stop().await;
 }
@@ -1095,7 +1087,7 @@ async fn changing_a_placed_request_re_decides_it() {
     let held = reservations_for(&client, &keys, "r").await;
     assert_eq!(held.len(), 1, "exactly one reservation: {held:?}");
     let (engine, r) = &held[0];
-    assert_eq!(engine, &engine_of(&d));
+    assert_eq!(engine, &placed_engine(&d));
     assert_eq!(r.cpus, 2.0, "{r:?}");
 
     let report = assert_invariants(&client, &keys).await;
@@ -1272,16 +1264,11 @@ async fn put_requests(
 ) -> BTreeMap<String, i64> {
     let mut written = BTreeMap::new();
     for chunk in ids.chunks(per_txn) {
-        let ops: Vec<etcd_client::TxnOp> = chunk
+        let requests: Vec<(String, String)> = chunk
             .iter()
-            .map(|id| etcd_client::TxnOp::put(keys.request(&rid(id)), body, None))
+            .map(|id| (id.clone(), body.to_string()))
             .collect();
-        let resp = client
-            .kv_client()
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await
-            .unwrap();
-        let rev = resp.header().unwrap().revision();
+        let rev = put_requests_together(client, keys, &requests).await;
         written.extend(chunk.iter().map(|id| (id.clone(), rev)));
     }
     written

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use citadel::keys::Keys;
 use citadel::profile::{self, Profiles};
-use citadel_testkit::etcd::EtcdProcess;
-use etcd_client::Client;
+
+mod common;
 
 /// 20 samples per image: memory 10..=200 MB against 256 for busybox (fits), cpus
 /// 0.001..=0.02 against 0.5 (asks for too much); redis uses 30..=600 MB against 512.
@@ -25,10 +25,8 @@ fn fed() -> Profiles {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_renders_what_the_leader_wrote_and_skips_corrupt_values() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let client = Client::connect([etcd.endpoint()], None)
-        .await
-        .expect("connect");
+    let etcd = common::start_etcd().await;
+    let client = common::connect(&etcd).await;
     let keys = Keys::default();
     let mut kv = client.kv_client();
     let ops = fed().ops(&keys);

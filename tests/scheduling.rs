@@ -5,29 +5,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
-use citadel::model::{Decision, Status};
+use citadel::model::Status;
 use common::*;
-use etcd_client::{Client, TxnOp};
+use etcd_client::Client;
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-
-fn engine_of(d: &Decision) -> String {
-    assert_eq!(d.status, Status::Placed, "{d:?}");
-    d.resource
-        .as_ref()
-        .map(|r| r.id.clone())
-        .unwrap_or_default()
-}
 
 async fn placed(client: &Client, id: &str) -> String {
     let d = wait_decision_where(client, &keys(), id, WAIT, "placed", |d| {
         d.status == Status::Placed
     })
     .await;
-    engine_of(&d)
+    placed_engine(&d)
 }
 
 async fn refused(client: &Client, id: &str) -> String {
@@ -38,39 +27,6 @@ async fn refused(client: &Client, id: &str) -> String {
     .reason
 }
 
-/// Writes several requests in one transaction: the leader decides them in one round.
-async fn put_together(client: &Client, requests: &[(String, String)]) {
-    let keys = keys();
-    let ops: Vec<TxnOp> = requests
-        .iter()
-        .map(|(id, v)| TxnOp::put(keys.request(&rid(id)), v.clone(), None))
-        .collect();
-    client
-        .kv_client()
-        .txn(etcd_client::Txn::new().and_then(ops))
-        .await
-        .expect("one transaction of requests");
-}
-
-/// Runs the real binary against `etcd`; returns (exit code, stdout, stderr).
-fn cli(etcd: &citadel_testkit::etcd::EtcdProcess, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("--etcd")
-        .arg(etcd.endpoint())
-        .args(args)
-        .output()
-        .expect("run citadel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-async fn put_engine_json(client: &Client, id: &str, v: serde_json::Value) {
-    put_raw(client, keys().engine(&eid(id)), v.to_string()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_is_reserved_like_memory_and_refused_when_short() {
     let etcd = start_etcd().await;
@@ -78,8 +34,9 @@ async fn disk_is_reserved_like_memory_and_refused_when_short() {
     let keys = keys();
     put_engine_json(
         &client,
+        &keys,
         "big-disk",
-        json!({"addr": "tcp://a:2375", "cpus": 8, "memory": 8192, "disk": 1000.4}),
+        &json!({"addr": "tcp://a:2375", "cpus": 8, "memory": 8192, "disk": 1000.4}),
     )
     .await;
     put_engine(&client, &keys, "no-disk", 8.0, 8192.0, &[]).await;
@@ -142,8 +99,9 @@ async fn a_named_volume_sticks_to_its_engine_until_it_is_forgotten() {
     };
 
     // Three requests naming a new volume in one round all land where the first did.
-    put_together(
+    put_requests_together(
         &client,
+        &keys,
         &(1..=3)
             .map(|i| (format!("pg-{i}"), with_volume(0.5)))
             .collect::<Vec<_>>(),
@@ -185,10 +143,10 @@ async fn a_named_volume_sticks_to_its_engine_until_it_is_forgotten() {
     assert_eq!(placed(&client, "pg-5").await, home);
 
     // volume rm refuses while a placed request mounts it, then forgets it.
-    let (code, _, err) = cli(&etcd, &["volume", "rm", "pgdata"]);
+    let (code, _, err) = cli(&etcd.endpoint(), &["volume", "rm", "pgdata"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("mounted by placed request(s) pg-5"), "{err}");
-    let (code, out, _) = cli(&etcd, &["volume", "ls"]);
+    let (code, out, _) = cli(&etcd.endpoint(), &["volume", "ls"]);
     assert_eq!(code, 0);
     assert!(out.contains("pgdata") && out.contains(&home), "{out}");
     delete_key(&client, keys.request(&rid("pg-5"))).await;
@@ -196,7 +154,7 @@ async fn a_named_volume_sticks_to_its_engine_until_it_is_forgotten() {
         get(&client, &keys.decision(&rid("pg-5"))).await.is_none()
     })
     .await;
-    let (code, out, err) = cli(&etcd, &["volume", "rm", "pgdata"]);
+    let (code, out, err) = cli(&etcd.endpoint(), &["volume", "rm", "pgdata"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("volume pgdata forgotten"), "{out}");
     assert!(get(&client, &keys.volume("pgdata")).await.is_none());
@@ -223,7 +181,7 @@ async fn alternatives_rank_the_next_engines_and_hold_nothing_there() {
     .await;
     let d = wait_decision(&client, &keys, "a", WAIT).await;
     // spread: the engine least loaded once it is placed is the largest.
-    assert_eq!(engine_of(&d), "e3");
+    assert_eq!(placed_engine(&d), "e3");
     let alts: Vec<&str> = d.alternatives.iter().map(|a| a.engine.as_str()).collect();
     assert_eq!(alts, ["e2", "e1"], "best first, without the chosen one");
     assert!(d.alternatives[0].score > d.alternatives[1].score);
@@ -289,8 +247,9 @@ async fn node_means_engine_and_affinity_follows_placements_even_within_a_round()
     assert!(d.reason.contains("affinity[0]"), "{}", d.reason);
 
     // Four anti-affine replicas decided in one round: never two on one engine.
-    put_together(
+    put_requests_together(
         &client,
+        &keys,
         &(1..=4)
             .map(|i| (format!("ha-{i}"), affine(&["request!=ha-*"])))
             .collect::<Vec<_>>(),
@@ -334,7 +293,7 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
     assert_eq!(placed(&client, "job").await, "e1");
     assert_eq!(placed(&client, "stateful").await, "e1");
 
-    let (code, out, err) = cli(&etcd, &["engine", "cordon", "e1"]);
+    let (code, out, err) = cli(&etcd.endpoint(), &["engine", "cordon", "e1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cordoned"), "{out}");
     let engine = get_json(&client, &keys.engine(&eid("e1"))).await.unwrap();
@@ -354,14 +313,14 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
         "e1",
         "existing placements stay"
     );
-    let (_, ls, _) = cli(&etcd, &["engine", "ls"]);
+    let (_, ls, _) = cli(&etcd.endpoint(), &["engine", "ls"]);
     assert!(
         ls.lines()
             .any(|l| l.starts_with("e1") && l.contains("cordoned")),
         "{ls}"
     );
 
-    let (code, out, err) = cli(&etcd, &["engine", "drain", "e1"]);
+    let (code, out, err) = cli(&etcd.endpoint(), &["engine", "drain", "e1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2 service placement(s)"), "{out}");
     let moved = wait_decision_where(&client, &keys, "svc", WAIT, "moved", |d| {
@@ -383,7 +342,7 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
         "e1",
         "a service whose named volume lives there stays"
     );
-    let (_, ls, _) = cli(&etcd, &["engine", "ls"]);
+    let (_, ls, _) = cli(&etcd.endpoint(), &["engine", "ls"]);
     assert!(
         ls.lines()
             .any(|l| l.starts_with("e1 ") && l.contains("draining")),
@@ -391,13 +350,13 @@ async fn cordon_keeps_placements_and_drain_moves_services_but_not_batches() {
     );
     delete_key(&client, keys.request(&rid("stateful"))).await;
     wait_until("e1 is drained", WAIT, || async {
-        let (_, ls, _) = cli(&etcd, &["engine", "ls"]);
+        let (_, ls, _) = cli(&etcd.endpoint(), &["engine", "ls"]);
         ls.lines()
             .any(|l| l.starts_with("e1 ") && l.contains("drained"))
     })
     .await;
 
-    let (code, _, err) = cli(&etcd, &["engine", "uncordon", "e1"]);
+    let (code, _, err) = cli(&etcd.endpoint(), &["engine", "uncordon", "e1"]);
     assert_eq!(code, 0, "{err}");
     put_request(&client, &keys, "back", on_e1("service")).await;
     assert_eq!(placed(&client, "back").await, "e1");

@@ -3,12 +3,15 @@
 //!
 //! The engine is an extra dockerd (`citadel_testkit::dockerd`) serving its API with
 //! `--tlsverify` on a 127.0.0.1 port of the machine's network namespace, with a throwaway CA,
-//! server and client certificates made by `openssl` in the test's temporary directory. Every
+//! server and client certificates made by `openssl` in the test's temporary directory
+//! (`common::pki`). Every
 //! daemon, etcd, container and file is cleaned up by drop guards, passed or failed.
 //!
 //! Needs root, `openssl`, and the system daemon (the test image is copied from it).
 
 #![cfg(target_os = "linux")]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -18,130 +21,32 @@ use citadel::docker::engine::{self, TlsFiles};
 use citadel::docker::{self, LaunchSpec, State};
 use citadel::model::Image;
 use citadel_testkit::dockerd::{DockerdOptions, DockerdProcess, DockerdTls};
-use citadel_testkit::etcd::EtcdProcess;
+use common::pki::{Ca, Pair, path};
+use etcd_client::Client;
 use tempfile::TempDir;
-use tokio::process::Command;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_citadel");
-/// Bound on one external command (openssl, docker CLI, citadel).
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs `program ARGS…` in `dir`, bounded; the command must succeed.
-async fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
-    let output = run_output(dir, program, args).await;
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// Runs `program ARGS…` in `dir`, bounded; whatever its exit status.
-async fn run_output(dir: &Path, program: &str, args: &[&str]) -> Output {
-    let run = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .kill_on_drop(true)
-        .output();
-    timeout(CMD_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} took over {CMD_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
-}
-
-/// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate.
+/// A throwaway CA (`common::pki`) with a server certificate for 127.0.0.1 and a client
+/// certificate.
 struct Pki {
     ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    server: Pair,
     client: TlsFiles,
 }
 
 impl Pki {
     /// Makes the CA `name` and its two certificates in `dir` (files prefixed with `name`).
     async fn generate(dir: &Path, name: &str) -> Pki {
-        let f = |suffix: &str| format!("{name}-{suffix}");
-        let days = "2";
-        run(
-            dir,
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                days,
-                "-subj",
-                &format!("/CN={name} test CA"),
-                "-keyout",
-                &f("ca-key.pem"),
-                "-out",
-                &f("ca.pem"),
-            ],
-        )
-        .await;
-        for (who, cn, ext) in [
-            (
-                "server",
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            ("client", "citadel", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            std::fs::write(dir.join(f(&format!("{who}.ext"))), ext).expect("write ext file");
-            run(
-                dir,
-                "openssl",
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={cn}"),
-                    "-keyout",
-                    &f(&format!("{who}-key.pem")),
-                    "-out",
-                    &f(&format!("{who}.csr")),
-                ],
-            )
-            .await;
-            run(
-                dir,
-                "openssl",
-                &[
-                    "x509",
-                    "-req",
-                    "-days",
-                    days,
-                    "-in",
-                    &f(&format!("{who}.csr")),
-                    "-CA",
-                    &f("ca.pem"),
-                    "-CAkey",
-                    &f("ca-key.pem"),
-                    "-CAcreateserial",
-                    "-extfile",
-                    &f(&format!("{who}.ext")),
-                    "-out",
-                    &f(&format!("{who}.pem")),
-                ],
-            )
-            .await;
-        }
-        let path = |suffix: &str| dir.join(f(suffix));
+        let ca = Ca::new(dir, name).await;
+        let server = ca.server().await;
+        let client = ca.client("citadel").await;
         Pki {
-            ca: path("ca.pem"),
-            server_cert: path("server.pem"),
-            server_key: path("server-key.pem"),
+            ca: ca.cert.clone(),
+            server,
             client: TlsFiles {
-                ca: path("ca.pem"),
-                cert: path("client.pem"),
-                key: path("client-key.pem"),
+                ca: ca.cert.clone(),
+                cert: client.cert,
+                key: client.key,
             },
         }
     }
@@ -152,8 +57,8 @@ async fn tls_dockerd(name: &str, pki: &Pki) -> DockerdProcess {
     let opts = DockerdOptions {
         tls: Some(DockerdTls {
             ca: pki.ca.clone(),
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
+            cert: pki.server.cert.clone(),
+            key: pki.server.key.clone(),
         }),
         ..DockerdOptions::default()
     };
@@ -162,39 +67,25 @@ async fn tls_dockerd(name: &str, pki: &Pki) -> DockerdProcess {
         .unwrap_or_else(|e| panic!("start dockerd {name}: {e}"))
 }
 
-fn s(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
 /// `citadel --etcd ENDPOINT engine add ID --addr ADDR [TLS flags]`.
 async fn engine_add(endpoint: &str, id: &str, addr: &str, tls: Option<&TlsFiles>) -> Output {
     let mut args = vec!["--etcd", endpoint, "engine", "add", id, "--addr", addr];
     if let Some(t) = tls {
         args.extend([
             "--tls-ca",
-            s(&t.ca),
+            path(&t.ca),
             "--tls-cert",
-            s(&t.cert),
+            path(&t.cert),
             "--tls-key",
-            s(&t.key),
+            path(&t.key),
         ]);
     }
-    run_output(Path::new("/"), BIN, &args).await
+    common::citadel(&args, &[]).await
 }
 
 /// The engine registered under `id`, as JSON; `None` if there is none.
-async fn registered(endpoint: &str, id: &str) -> Option<serde_json::Value> {
-    let ask = async {
-        let mut client = etcd_client::Client::connect([endpoint], None).await?;
-        client.get(format!("/citadel/engines/{id}"), None).await
-    };
-    let got = timeout(Duration::from_secs(10), ask)
-        .await
-        .expect("etcd get within 10 s")
-        .expect("etcd get");
-    got.kvs()
-        .first()
-        .map(|kv| serde_json::from_slice(kv.value()).expect("engine JSON"))
+async fn registered(client: &Client, id: &str) -> Option<serde_json::Value> {
+    common::get_json(client, &format!("/citadel/engines/{id}")).await
 }
 
 #[tokio::test]
@@ -204,8 +95,9 @@ async fn engine_add_over_tls_reads_the_engine_and_needs_the_tls_files() {
     let dockerd = tls_dockerd("tls-add", &pki).await;
     let addr = dockerd.tls_addr().expect("a TLS address");
     assert!(addr.starts_with("https://127.0.0.1:"), "{addr}");
-    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let etcd = common::start_etcd().await;
     let ep = etcd.endpoint();
+    let client = common::connect(&etcd).await;
 
     // (1) With the client certificate: registered with what the engine reports, which is
     // this machine's (the system daemon runs on the same one).
@@ -216,20 +108,8 @@ async fn engine_add_over_tls_reads_the_engine_and_needs_the_tls_files() {
         "engine add over TLS: {}{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let system = run(
-        Path::new("/"),
-        "docker",
-        &["info", "--format", "{{.NCPU}} {{.MemTotal}}"],
-    )
-    .await;
-    let system = String::from_utf8_lossy(&system.stdout);
-    let (ncpu, mem_total) = system
-        .trim()
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("docker info: {system:?}"));
-    let ncpu: f64 = ncpu.parse().expect("NCPU");
-    let mem_mb = (mem_total.parse::<u64>().expect("MemTotal") / (1024 * 1024)) as f64;
-    let engine = registered(&ep, "tls1").await.expect("tls1 registered");
+    let (ncpu, mem_mb) = common::docker_info();
+    let engine = registered(&client, "tls1").await.expect("tls1 registered");
     assert_eq!(engine["addr"], addr.as_str(), "{engine}");
     assert_eq!(engine["cpus"].as_f64(), Some(ncpu), "{engine}");
     assert_eq!(engine["memory"].as_f64(), Some(mem_mb), "{engine}");
@@ -248,7 +128,7 @@ async fn engine_add_over_tls_reads_the_engine_and_needs_the_tls_files() {
         stderr.contains("https needs --tls-ca, --tls-cert and --tls-key"),
         "{stderr}"
     );
-    assert!(registered(&ep, "tls2").await.is_none());
+    assert!(registered(&client, "tls2").await.is_none());
 
     // A client certificate from another CA is refused by the engine (--tlsverify).
     let other = Pki::generate(dir.path(), "other").await;
@@ -267,7 +147,7 @@ async fn engine_add_over_tls_reads_the_engine_and_needs_the_tls_files() {
         "a foreign client certificate was accepted: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(registered(&ep, "tls3").await.is_none());
+    assert!(registered(&client, "tls3").await.is_none());
 }
 
 #[tokio::test]
@@ -307,17 +187,9 @@ async fn launch_and_remove_over_tls() {
     assert_eq!(running.request_id, request);
 
     // It runs on the TLS engine (seen through its unix socket), not on the system one.
-    let on_engine = run(
-        Path::new("/"),
-        "docker",
-        &["-H", &dockerd.addr(), "ps", "-q", "--no-trunc"],
-    )
-    .await;
-    assert_eq!(
-        String::from_utf8_lossy(&on_engine.stdout).trim(),
-        running.id
-    );
-    let on_system = run_output(Path::new("/"), "docker", &["inspect", &running.id]).await;
+    let on_engine = common::docker(Some(&dockerd.addr()), &["ps", "-q", "--no-trunc"]).await;
+    assert_eq!(on_engine, running.id);
+    let on_system = common::docker_output(None, &["inspect", &running.id]).await;
     assert!(
         !on_system.status.success(),
         "the container is on the system daemon"
@@ -331,11 +203,6 @@ async fn launch_and_remove_over_tls() {
     .expect("stop_and_remove within 60 s")
     .expect("stop_and_remove over TLS");
     assert!(removed);
-    let left = run(
-        Path::new("/"),
-        "docker",
-        &["-H", &dockerd.addr(), "ps", "-aq"],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+    let left = common::docker(Some(&dockerd.addr()), &["ps", "-aq"]).await;
+    assert_eq!(left, "");
 }

@@ -11,6 +11,7 @@
 //! measures, it reads from etcd and from `/proc`. `--quality` is apart: it runs the scheduler
 //! in-process on seeded fleets, with no etcd at all (`quality.rs`).
 
+pub mod etcd;
 mod floor;
 mod phase;
 mod proc;
@@ -24,9 +25,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use etcd_client::{Client, DeleteOptions, GetOptions};
 use serde::Serialize;
-
-#[cfg(feature = "bench-etcd")]
-use citadel_testkit::etcd::{EtcdOptions, EtcdProcess};
 
 use crate::invariants::{self, Report};
 use crate::keys::Keys;
@@ -126,9 +124,8 @@ pub enum BenchError {
     Etcd(#[from] etcd_client::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[cfg(feature = "bench-etcd")]
     #[error(transparent)]
-    EtcdProcess(#[from] citadel_testkit::etcd::EtcdProcessError),
+    EtcdProcess(#[from] etcd::EtcdProcessError),
     #[error("{0}")]
     Setup(String),
 }
@@ -222,29 +219,20 @@ impl BenchResult {
     }
 }
 
-/// The own etcd a run starts when it is given none (it lives as long as the run).
-#[cfg(feature = "bench-etcd")]
-type OwnEtcd = Option<EtcdProcess>;
-#[cfg(not(feature = "bench-etcd"))]
-type OwnEtcd = Option<()>;
-
+/// The etcd a run starts when it is given none, and how to reach it and meter it.
 async fn own_or_given(
     args: &BenchArgs,
     etcd: Option<EtcdConfig>,
-) -> Result<(OwnEtcd, EtcdConfig, Option<u32>), BenchError> {
+) -> Result<(Option<etcd::EtcdServer>, EtcdConfig, Option<u32>), BenchError> {
     match etcd {
         Some(cfg) => Ok((None, cfg, None)),
-        #[cfg(not(feature = "bench-etcd"))]
-        None => Err(BenchError::Setup(
-            "this build cannot start an etcd of its own (feature bench-etcd): pass --etcd".into(),
-        )),
-        #[cfg(feature = "bench-etcd")]
         None => {
-            let p = EtcdProcess::start_with(EtcdOptions {
+            // The own etcd lives as long as the run.
+            let p = etcd::EtcdServer::start(etcd::EtcdOptions {
                 auto_compaction_retention: Some("100000".into()),
                 quota_bytes: Some(8 * 1024 * 1024 * 1024),
                 max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS).then_some(args.max_txn_ops),
-                ..EtcdOptions::default()
+                ..etcd::EtcdOptions::default()
             })
             .await?;
             let cfg = EtcdConfig::new(vec![p.endpoint()]);

@@ -119,9 +119,9 @@ fn requests(f: &Fleet, rng: &mut Rng) -> Vec<Request> {
         .collect()
 }
 
-/// Places each request in turn with `strategy`; returns containers per engine and how many
-/// found no engine.
-fn place_all(
+/// Places each request in turn with `strategy`, through the scheduler, recording each placement
+/// on `engines`; returns containers per engine and how many found no engine.
+pub fn place_all(
     requests: &[Request],
     engines: &mut [EngineView],
     strategy: Strategy,
@@ -230,45 +230,18 @@ fn ranges(engines: &[EngineView]) -> (f64, f64) {
     )
 }
 
-/// First-fit with the engines in id order: engines in use and requests left unplaced.
-fn first_fit(requests: &[Request], engines: &[EngineView]) -> (usize, usize) {
-    let mut es = engines.to_vec();
-    let mut used = vec![false; es.len()];
-    let mut unplaced = 0;
-    for r in requests {
-        match es
-            .iter()
-            .position(|e| scheduler::fits_resources(r, e).is_ok())
-        {
-            Some(i) => {
-                es[i].reserve(r.cpus, r.memory, &r.ports);
-                used[i] = true;
-            }
-            None => unplaced += 1,
-        }
-    }
-    (used.iter().filter(|u| **u).count(), unplaced)
-}
-
-/// Engines in use and requests unplaced, by binpack and by first-fit in id order, on one
-/// fleet drawn with `seed`.
-pub fn binpack_and_first_fit(f: &Fleet, seed: u64) -> ((usize, usize), (usize, usize)) {
+/// One fleet's engines and its sequence of requests, as the generator seeded by `seed` draws
+/// them.
+pub fn draw(f: &Fleet, seed: u64) -> (Vec<EngineView>, Vec<Request>) {
     let mut rng = Rng(seed);
     let fleet = engines(f, &mut rng);
     let reqs = requests(f, &mut rng);
-    let mut packed = fleet.clone();
-    let (count, unplaced) = place_all(&reqs, &mut packed, Strategy::Binpack);
-    (
-        (count.iter().filter(|c| **c > 0).count(), unplaced),
-        first_fit(&reqs, &fleet),
-    )
+    (fleet, reqs)
 }
 
 /// Measures one fleet with the generator seeded by `seed`.
 pub fn measure(f: &Fleet, seed: u64) -> FleetQuality {
-    let mut rng = Rng(seed);
-    let fleet = engines(f, &mut rng);
-    let reqs = requests(f, &mut rng);
+    let (fleet, reqs) = draw(f, seed);
     let mut binpacked = fleet.clone();
     let (count, binpack_unplaced) = place_all(&reqs, &mut binpacked, Strategy::Binpack);
     let used = count.iter().filter(|c| **c > 0).count();

@@ -1,12 +1,19 @@
-//! Helpers for the integration tests: a real etcd per test, in-process controller replicas, and
-//! bounded polling of what the leader writes back.
+//! Helpers for the integration tests, each in one place: a real etcd per test, in-process and
+//! real-binary controller replicas, ids, engines and requests as users write them, bounded
+//! polling of what the leader writes back, running the binary and other programs
+//! ([`commands`]), and throwaway certificate authorities ([`pki`]).
 //!
 //! Every wait here is bounded and panics with what it last saw, so a failing test says why.
 
 // Each test binary that declares `mod common;` uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod commands;
 pub mod pki;
+
+// As `common::cli` and the like: each test binary uses its own subset.
+#[allow(unused_imports)]
+pub use commands::*;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -88,6 +95,35 @@ pub fn eid(id: &str) -> EngineId {
     EngineId::new(id).expect("engine id")
 }
 
+/// An in-process replica's configuration: a 2 s lease, default schedulers, no overcommit, no
+/// engine contacted and no HTTP surface.
+pub fn controller_config(
+    etcd: EtcdConfig,
+    id: &str,
+    policy: citadel::cache::HealthPolicy,
+    max_txn_ops: usize,
+) -> ControllerConfig {
+    ControllerConfig {
+        etcd,
+        keys: keys(),
+        manager: ManagerConfig {
+            replica: citadel::model::ReplicaId::new(id).expect("a replica id"),
+            schedulers: Schedulers::default(),
+            workers: 2,
+            compact_every: None,
+            compact_retain: 10_000,
+            max_txn_ops,
+        },
+        addr: format!("test://{id}"),
+        lease_ttl: 2,
+        overcommit: 1.0,
+        docker: None,
+        policy,
+        listen: None,
+        metrics: Default::default(),
+    }
+}
+
 /// One in-process controller replica.
 pub struct Replica {
     pub id: String,
@@ -132,45 +168,37 @@ impl Replica {
         max_txn_ops: usize,
     ) -> Replica {
         let etcd = EtcdConfig::new(vec![endpoint.to_string()]);
-        Replica::start_config(etcd, id, policy, max_txn_ops)
+        Replica::run(controller_config(etcd, id, policy, max_txn_ops))
     }
 
     /// Starts a replica that reaches etcd as `etcd` says (TLS, credentials).
     pub fn start_etcd_config(etcd: EtcdConfig, id: &str) -> Replica {
-        Replica::start_config(etcd, id, Default::default(), citadel::manager::MAX_TXN_OPS)
+        Replica::run(controller_config(
+            etcd,
+            id,
+            Default::default(),
+            citadel::manager::MAX_TXN_OPS,
+        ))
     }
 
-    fn start_config(
-        etcd: EtcdConfig,
-        id: &str,
-        policy: citadel::cache::HealthPolicy,
-        max_txn_ops: usize,
-    ) -> Replica {
-        let cfg = ControllerConfig {
-            etcd,
-            keys: keys(),
-            manager: ManagerConfig {
-                replica: citadel::model::ReplicaId::new(id).expect("a replica id"),
-                schedulers: Schedulers::default(),
-                workers: 2,
-                compact_every: None,
-                compact_retain: 10_000,
-                max_txn_ops,
-            },
-            addr: format!("test://{id}"),
-            lease_ttl: 2,
-            overcommit: 1.0,
-            docker: None,
-            policy,
-            listen: None,
-            metrics: Default::default(),
-        };
+    /// Starts a replica that also serves its HTTP surface on `listen`.
+    pub fn start_serving(endpoint: &str, id: &str, listen: SocketAddr) -> Replica {
+        let etcd = EtcdConfig::new(vec![endpoint.to_string()]);
+        let mut cfg =
+            controller_config(etcd, id, Default::default(), citadel::manager::MAX_TXN_OPS);
+        cfg.listen = Some(listen.into());
+        Replica::run(cfg)
+    }
+
+    /// Runs `cfg` on a task of its own.
+    fn run(cfg: ControllerConfig) -> Replica {
+        let id = cfg.manager.replica.to_string();
         let (shutdown, rx) = watch::channel(false);
         let (cache, books) = controller::replica_cache(&cfg);
         let metrics = cfg.metrics.clone();
         let handle = tokio::spawn(controller::run_with_cache(cfg, cache.clone(), books, rx));
         Replica {
-            id: id.to_string(),
+            id,
             cache,
             metrics,
             shutdown,
@@ -308,7 +336,34 @@ pub async fn put_raw(client: &Client, key: impl Into<Vec<u8>>, value: impl Into<
     resp.header().expect("put header").revision()
 }
 
-/// Registers an engine as `citadel engine add` would.
+/// An engine as `citadel engine add` writes it: `id` at `tcp://ID.test:2375` with `cpus`,
+/// `memory` MB and `labels`.
+pub fn engine_json(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "addr": format!("tcp://{id}.test:2375"),
+        "cpus": cpus,
+        "memory": memory,
+        "labels": labels,
+    })
+}
+
+/// Writes `engine` under `engines/<id>`; returns its mod revision.
+pub async fn put_engine_json(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    engine: &serde_json::Value,
+) -> i64 {
+    put_raw(
+        client,
+        keys.engine(&eid(id)),
+        serde_json::to_vec(engine).expect("engine json"),
+    )
+    .await
+}
+
+/// Registers an engine as `citadel engine add` would ([`engine_json`]); returns what it wrote.
 pub async fn put_engine(
     client: &Client,
     keys: &Keys,
@@ -317,19 +372,8 @@ pub async fn put_engine(
     memory: f64,
     labels: &[&str],
 ) -> serde_json::Value {
-    let engine = serde_json::json!({
-        "id": id,
-        "addr": format!("tcp://{id}.test:2375"),
-        "cpus": cpus,
-        "memory": memory,
-        "labels": labels,
-    });
-    put_raw(
-        client,
-        keys.engine(&eid(id)),
-        serde_json::to_vec(&engine).expect("engine json"),
-    )
-    .await;
+    let engine = engine_json(id, cpus, memory, labels);
+    put_engine_json(client, keys, id, &engine).await;
     engine
 }
 
@@ -352,6 +396,27 @@ pub fn request_json(cpus: f64, memory: u64, extra: serde_json::Value) -> String 
         }
     }
     v.to_string()
+}
+
+/// Writes every `(id, value)` request in one transaction (the leader then decides them in one
+/// round); returns the transaction's revision, each one's mod revision.
+pub async fn put_requests_together(
+    client: &Client,
+    keys: &Keys,
+    requests: &[(String, String)],
+) -> i64 {
+    let ops: Vec<etcd_client::TxnOp> = requests
+        .iter()
+        .map(|(id, v)| etcd_client::TxnOp::put(keys.request(&rid(id)), v.clone(), None))
+        .collect();
+    let resp = call(
+        client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("one transaction of {} requests: {e}", requests.len()));
+    resp.header().expect("txn header").revision()
 }
 
 pub async fn delete_key(client: &Client, key: impl Into<Vec<u8>>) {
@@ -449,6 +514,30 @@ pub async fn reservations_for(
         .collect()
 }
 
+/// The decision on `id` as it is now, if there is one; panics if it is unreadable.
+pub async fn decision(client: &Client, keys: &Keys, id: &str) -> Option<Decision> {
+    let key = keys.decision(&rid(id));
+    get(client, &key).await.map(|g| {
+        serde_json::from_slice(&g.value).unwrap_or_else(|e| {
+            panic!(
+                "{key} is not a decision ({e}): {}",
+                String::from_utf8_lossy(&g.value)
+            )
+        })
+    })
+}
+
+/// The engine a decision names, if it names one.
+pub fn engine_of(d: &Decision) -> Option<String> {
+    d.resource.as_ref().map(|r| r.id.clone())
+}
+
+/// The engine a placed decision names; panics if the decision is not placed or names none.
+pub fn placed_engine(d: &Decision) -> String {
+    assert_eq!(d.status, citadel::model::Status::Placed, "{d:?}");
+    engine_of(d).unwrap_or_else(|| panic!("placed decision without a resource: {d:?}"))
+}
+
 /// A decision as a leader writes it: placed on engine `e1` (4 cpus, 4096 MB), holding `cpus`
 /// and 64 MB, for the request's revision `request_revision`.
 pub fn placed_on_e1(cpus: f64, request_revision: i64) -> String {
@@ -531,6 +620,18 @@ pub async fn leader_id(client: &Client, keys: &Keys) -> Option<String> {
     Some(info.id)
 }
 
+/// Waits (polling every 50 ms, at most `timeout`) until some replica leads; returns its id.
+pub async fn wait_leader(client: &Client, keys: &Keys, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(id) = leader_id(client, keys).await {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Checks invariants 1 and 2 on etcd's contents and panics with the report if any is violated.
 pub async fn assert_invariants(client: &Client, keys: &Keys) -> Report {
     let report = invariants::check_etcd(client, keys, 1.0)
@@ -610,23 +711,6 @@ pub async fn wait_all_decided(
     }
 }
 
-/// Runs the real binary (`citadel --etcd ENDPOINT ARGS…`, no standard input) to its end;
-/// returns its exit code and its output.
-pub fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
-        .arg("--etcd")
-        .arg(endpoint)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run citadel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A controller replica process: the real binary (or the one `CITADEL_TEST_BIN` names, to
 /// measure another build with the same test), logging to a file; SIGKILLed when dropped.
 pub struct ReplicaProcess {
@@ -654,6 +738,7 @@ impl ReplicaProcess {
         let child = cmd
             .args(args)
             .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()

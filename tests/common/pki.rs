@@ -1,15 +1,11 @@
 //! Throwaway certificate authorities for the tests, made with `openssl` in a temporary
-//! directory: a server certificate for 127.0.0.1 and client certificates whose CN names the
-//! etcd user (etcd's `--client-cert-auth`).
+//! directory: a server certificate for 127.0.0.1 and client certificates, whose CN names the
+//! etcd user (etcd's `--client-cert-auth`) or just the client (a Docker engine's
+//! `--tlsverify`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tokio::process::Command;
-use tokio::time::timeout;
-
-/// Bound on one openssl run.
-const OPENSSL_TIMEOUT: Duration = Duration::from_secs(60);
+use super::commands::run_ok_in;
 
 /// A certificate and its key.
 #[derive(Debug, Clone)]
@@ -26,21 +22,9 @@ pub struct Ca {
     key: PathBuf,
 }
 
+/// Runs openssl in `dir` (bounded); it must succeed.
 async fn openssl(dir: &Path, args: &[&str]) {
-    let run = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .kill_on_drop(true)
-        .output();
-    let out = timeout(OPENSSL_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("openssl {args:?} took over {OPENSSL_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("run openssl (apt-get install openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok_in(dir, "openssl", args).await;
 }
 
 impl Ca {

@@ -1,0 +1,136 @@
+//! Running programs from a test: the real binary (one-shot, to its end) and others (openssl, the
+//! docker CLI). Every run a test awaits is bounded, and panics saying what it ran.
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::timeout;
+
+/// The real binary, as cargo built it for the tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_citadel");
+/// Bound on one command a test runs to its end.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the real binary (`citadel --etcd ENDPOINT ARGS…`, no standard input) to its end;
+/// returns its exit code and its output.
+pub fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("--etcd")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run citadel");
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// `citadel ARGS…` with `env`, and none of the connection variables of the test's own
+/// environment (nor RUST_LOG: one-shot commands then print only their error); no standard
+/// input, killed if dropped.
+pub fn citadel_cmd<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in citadel::store::ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("RUST_LOG")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs [`citadel_cmd`] to its end, bounded by [`CMD_TIMEOUT`].
+pub async fn citadel<S: AsRef<OsStr> + Debug>(args: &[S], env: &[(&str, &str)]) -> Output {
+    let run = citadel_cmd(args, env).output();
+    timeout(CMD_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("citadel {args:?} took over {CMD_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("run citadel: {e}"))
+}
+
+/// Runs `program ARGS…` in `dir` to its end, bounded by [`CMD_TIMEOUT`], whatever its exit
+/// status.
+pub async fn run_in(dir: &Path, program: &str, args: &[&str]) -> Output {
+    let run = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    timeout(CMD_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} took over {CMD_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"))
+}
+
+/// [`run_in`] the root directory.
+pub async fn run(program: &str, args: &[&str]) -> Output {
+    run_in(Path::new("/"), program, args).await
+}
+
+/// [`run_in`], and the command must succeed.
+pub async fn run_ok_in(dir: &Path, program: &str, args: &[&str]) -> Output {
+    let out = run_in(dir, program, args).await;
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        text(&out.stderr)
+    );
+    out
+}
+
+/// `docker [-H addr] ARGS…` to its end, bounded; the system daemon when `addr` is `None`.
+pub async fn docker_output(addr: Option<&str>, args: &[&str]) -> Output {
+    let mut all = Vec::new();
+    if let Some(addr) = addr {
+        all.extend(["-H", addr]);
+    }
+    all.extend_from_slice(args);
+    run("docker", &all).await
+}
+
+/// Like [`docker_output`], but the call must succeed; returns trimmed stdout.
+pub async fn docker(addr: Option<&str>, args: &[&str]) -> String {
+    let out = docker_output(addr, args).await;
+    assert!(
+        out.status.success(),
+        "docker {args:?} on {addr:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+/// NCPU and MemTotal (in whole MB) as the system daemon's own CLI reports them.
+pub fn docker_info() -> (f64, f64) {
+    let out = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.NCPU}} {{.MemTotal}}"])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(out.status.success(), "docker info: {}", text(&out.stderr));
+    let info = text(&out.stdout);
+    let mut parts = info.split_whitespace();
+    let ncpu: f64 = parts.next().and_then(|v| v.parse().ok()).expect("NCPU");
+    let mem: f64 = parts.next().and_then(|v| v.parse().ok()).expect("MemTotal");
+    (ncpu, (mem / (1024.0 * 1024.0)).floor())
+}
+
+/// Bytes as text (lossy UTF-8).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes `body` to a request file `name` in `dir`; returns its path.
+pub fn request_file(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write the request");
+    path.to_string_lossy().into_owned()
+}
