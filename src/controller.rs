@@ -80,6 +80,11 @@ impl ControllerConfig {
             id: self.manager.replica.to_string(),
             addr: self.addr.clone(),
             status: http.map(|h| h.local_addr().to_string()),
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            request_fields: crate::model::known_request_fields()
+                .into_iter()
+                .map(String::from)
+                .collect(),
         }
     }
 

@@ -47,6 +47,8 @@ pub enum ElectionError {
     Shutdown,
     #[error("etcd's campaign reply had no leader key")]
     NoLeaderKey,
+    #[error("cannot write the candidate's description: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// A lease with its keep-alive task. Dropping it stops the keep-alive (the lease then expires).
@@ -291,6 +293,9 @@ pub struct Candidate {
     pub addr: String,
     /// Where it serves its status page (IP:PORT), if it serves one.
     pub status: Option<String>,
+    /// Its build's version, and the request fields it understands (see [`LeaderInfo`]).
+    pub version: Option<String>,
+    pub request_fields: Vec<String>,
 }
 
 impl Candidate {
@@ -316,8 +321,10 @@ pub async fn campaign(
         addr: me.addr.clone(),
         since: now_rfc3339(),
         status: me.status.clone(),
+        version: me.version.clone(),
+        request_fields: me.request_fields.clone(),
     })
-    .unwrap_or_default();
+    .map_err(ElectionError::Encode)?;
     let mut ec = client.election_client();
     let resp = tokio::select! {
         r = ec.campaign(keys.leader(), value.clone(), lease.id) => r?,

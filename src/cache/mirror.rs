@@ -138,6 +138,8 @@ pub struct Mirror {
     pub(super) usage: HashMap<EngineId, Usage>,
     /// The election's campaign keys, by suffix.
     pub(super) leaders: BTreeMap<String, LeaderKey>,
+    /// Bumped whenever a campaign key is written or deleted.
+    pub(super) leaders_generation: u64,
     /// Some request has asked for affinity: engines keep their tenants from then on.
     pub(super) tracks_tenants: bool,
     /// Bumped whenever an engine is added, changed or removed, or its view gains a field.
@@ -192,8 +194,10 @@ impl Mirror {
         revision: i64,
     ) -> Vec<(RequestId, Parsed)> {
         let (fed, generation) = (self.fed, self.engine_generation);
+        let leaders_generation = self.leaders_generation;
         *self = Mirror::new(self.overcommit);
         self.engine_generation = generation + 1;
+        self.leaders_generation = leaders_generation + 1;
         self.fed = fed;
         self.replay_until = fed;
         let mut changes = Vec::new();
@@ -246,6 +250,7 @@ impl Mirror {
             }
             Key::Decision(id) => self.read_decision(&id, kv.mod_revision(), kv.value(), out),
             Key::Leader(suffix) => {
+                self.leaders_generation += 1;
                 self.leaders.insert(
                     suffix,
                     LeaderKey {
@@ -373,6 +378,7 @@ impl Mirror {
             }
             Key::Decision(id) => self.remove_decision(&id, out),
             Key::Leader(suffix) => {
+                self.leaders_generation += 1;
                 self.leaders.remove(&suffix);
             }
             Key::Volume(name) => {

@@ -369,6 +369,12 @@ impl Mirror {
         keys
     }
 
+    /// Bumped whenever a campaign key is written or deleted: what was read of the candidates
+    /// before is stale.
+    pub fn leaders_generation(&self) -> u64 {
+        self.leaders_generation
+    }
+
     /// Whether the campaign key `key` is still present.
     pub fn has_leader_key(&self, keys: &Keys, key: &[u8]) -> bool {
         match keys.parse(key) {

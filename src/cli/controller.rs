@@ -78,6 +78,10 @@ pub struct ControllerArgs {
     /// 9099, else any free one. The address taken is logged, and `citadel leader` lists it.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Act as a release that does not know this request field (repeatable): how one build
+    /// stands in for an older one in rolling-upgrade tests. Hidden: it has no other use.
+    #[arg(long = "forget-request-field", value_name = "FIELD", hide = true)]
+    pub forget_request_fields: Vec<String>,
 }
 
 /// Where to serve: exactly where `--listen` says, or without it the default's first free port.
@@ -104,6 +108,10 @@ pub(super) async fn run_controller(
     keys: Keys,
     etcd: EtcdConfig,
 ) -> Result<(), CliError> {
+    if !args.forget_request_fields.is_empty() {
+        crate::model::forget_request_fields(args.forget_request_fields.clone())
+            .map_err(|e| CliError::Usage(format!("--forget-request-field: {e}")))?;
+    }
     let schedulers =
         Schedulers::with_overrides(&args.schedulers).map_err(|e| CliError::Usage(e.to_string()))?;
     if !(args.overcommit.is_finite() && args.overcommit > 0.0 && args.overcommit <= 100.0) {

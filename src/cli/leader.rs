@@ -24,6 +24,9 @@ pub struct CandidateRow {
     /// Where it serves its status page (IP:PORT), when it says (older replicas do not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Its build's version, when it says (older replicas do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// When it began campaigning (RFC 3339).
     pub since: String,
     /// 0: no lease (not written by the election API; it blocks every election).
@@ -73,6 +76,7 @@ pub async fn election(client: &Client, keys: &Keys) -> Result<Election, CliError
             id: info.as_ref().map(|i| i.id.clone()),
             addr: info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
             status: info.as_ref().and_then(|i| i.status.clone()),
+            version: info.as_ref().and_then(|i| i.version.clone()),
             since: info.map(|i| i.since).unwrap_or_default(),
             lease: kv.lease(),
             lease_ttl_left: left,
@@ -124,6 +128,7 @@ pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Resul
     }
     let mut header = vec![
         "REPLICA",
+        "VERSION",
         "LEADS",
         "LEASE",
         "TTL LEFT",
@@ -138,6 +143,7 @@ pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Resul
     for c in &e.candidates {
         let mut row = vec![
             c.id.clone().unwrap_or_else(|| "?".into()),
+            c.version.clone().unwrap_or_else(|| "-".into()),
             if c.leads { "yes" } else { "no" }.to_string(),
             if c.lease == 0 {
                 "none".to_string()

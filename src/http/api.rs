@@ -64,6 +64,9 @@ pub struct CandidateJson {
     /// Where it serves this page (IP:PORT), when it says (older replicas do not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Its build's version, when it says (older replicas do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// When it began campaigning (RFC 3339), as it wrote it.
     pub since: String,
     pub key: String,
@@ -184,6 +187,7 @@ pub fn state(s: &Surface) -> ApiState {
                 id: c.info.as_ref().map(|i| i.id.clone()),
                 addr: c.info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
                 status: c.info.as_ref().and_then(|i| i.status.clone()),
+                version: c.info.as_ref().and_then(|i| i.version.clone()),
                 since: c.info.map(|i| i.since).unwrap_or_default(),
                 key: c.key,
                 lease: format!("{:x}", c.lease),

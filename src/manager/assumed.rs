@@ -47,6 +47,7 @@ impl Assumed {
                 Item::Place { id, .. }
                 | Item::Refuse { id, .. }
                 | Item::Park { id }
+                | Item::Defer { id, .. }
                 | Item::Release { id, .. }
                 | Item::Restore { id, .. } => id,
             };

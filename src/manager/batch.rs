@@ -95,7 +95,7 @@ impl Open {
 
 /// Items grouped into transactions within etcd's limits: `max_ops` compares and operations
 /// (`--max-txn-ops`, 128 by default) and 1.5 MiB per request (`--max-request-bytes`). Parked
-/// items write nothing.
+/// and deferred items write nothing.
 ///
 /// Every placement is fenced on its engine being unchanged since the view it was verified on,
 /// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
@@ -105,7 +105,7 @@ pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize
     let mut out = Vec::new();
     let mut open = Open::default();
     for item in items {
-        if matches!(item, Item::Park { .. }) {
+        if item.writes_nothing() {
             continue;
         }
         let compares = item.compares(keys);

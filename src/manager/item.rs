@@ -30,6 +30,13 @@ pub enum Item {
     },
     /// Unschedulable for the same reason as already written: nothing to write.
     Park { id: RequestId },
+    /// Uses a request field this release does not know and candidate `to` does: left for it
+    /// to decide (see `upgrade.rs`); nothing to write.
+    Defer {
+        id: RequestId,
+        field: String,
+        to: String,
+    },
     /// Delete a decision (and the reservation inside it).
     Release {
         id: RequestId,
@@ -58,6 +65,7 @@ impl Item {
             Item::Place { id, .. }
             | Item::Refuse { id, .. }
             | Item::Park { id }
+            | Item::Defer { id, .. }
             | Item::Release { id, .. }
             | Item::Restore { id, .. } => Some(id),
             Item::Odd { .. } => None,
@@ -71,8 +79,13 @@ impl Item {
             | Item::Refuse { decision, .. }
             | Item::Restore { decision, .. } => Some(decision),
             Item::Odd { answer, .. } => answer.as_ref().map(|(_, d)| &**d),
-            Item::Park { .. } | Item::Release { .. } => None,
+            Item::Park { .. } | Item::Defer { .. } | Item::Release { .. } => None,
         }
+    }
+
+    /// Whether it writes nothing.
+    pub fn writes_nothing(&self) -> bool {
+        matches!(self, Item::Park { .. } | Item::Defer { .. })
     }
 
     pub(super) fn compares(&self, keys: &Keys) -> Vec<Compare> {
@@ -130,7 +143,7 @@ impl Item {
                     None => Compare::create_revision(request, CompareOp::Equal, 0),
                 }]
             }
-            Item::Park { .. } => vec![],
+            Item::Park { .. } | Item::Defer { .. } => vec![],
         }
     }
 
@@ -169,7 +182,7 @@ impl Item {
                 Some((_, decision)) => put(keys.odd_decision(segment), json(decision)),
                 None => del(keys.odd_decision(segment)),
             }],
-            Item::Park { .. } => vec![],
+            Item::Park { .. } | Item::Defer { .. } => vec![],
         };
         let bytes = ops.iter().map(|(_, n)| n).sum();
         (ops.into_iter().map(|(op, _)| op).collect(), bytes)

@@ -36,6 +36,7 @@ mod item;
 pub mod ledger;
 mod plan;
 mod unfit;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ pub use item::Item;
 pub use ledger::{Decide, Displaced, Ledger, Work};
 pub use plan::{Deciding, plan};
 pub use unfit::Unfit;
+use upgrade::Newer;
 
 /// etcd's default `--max-txn-ops`: the limit on compares, and on operations, per transaction.
 pub const MAX_TXN_OPS: usize = 128;
@@ -116,6 +118,10 @@ pub enum StepDown {
     /// The cache's watch task died: the leader would plan on a frozen view.
     #[error("the cache's watch task died")]
     WatcherDied,
+    /// A request uses a field this release does not know and another candidate's does: it
+    /// leads instead (see `upgrade.rs`).
+    #[error("a request needs a newer release: handing leadership over")]
+    HandOver,
 }
 
 /// The leader's loop. Returns when this replica must stop leading.
@@ -177,6 +183,9 @@ impl Manager {
         loop {
             if let Some(why) = lead.must_stop(lease, shutdown) {
                 return why;
+            }
+            if lead.handing_over && lead.assumed.in_flight() == 0 {
+                return StepDown::HandOver;
             }
             lead.maybe_compact();
             if lead.round() {
@@ -268,6 +277,11 @@ struct Lead<'a> {
     unfit: Unfit,
     /// Recent demand by constraint set: which engines binpack keeps for last.
     scarcity: Scarcity,
+    /// Request fields only other candidates know.
+    newer: Newer,
+    /// A request needs a newer release: take no more work, and step down once what is in
+    /// flight has answered.
+    handing_over: bool,
 }
 
 impl<'a> Lead<'a> {
@@ -287,6 +301,8 @@ impl<'a> Lead<'a> {
             planned_larger: 0,
             unfit: Unfit::default(),
             scarcity: Scarcity::default(),
+            newer: Newer::default(),
+            handing_over: false,
         }
     }
 
@@ -323,7 +339,7 @@ impl<'a> Lead<'a> {
     /// Takes work, plans it and sends it. False when there was nothing to do (or no room).
     fn round(&mut self) -> bool {
         let free = MAX_IN_FLIGHT.saturating_sub(self.assumed.in_flight());
-        if free == 0 || self.cache().revision() < self.must_reach {
+        if free == 0 || self.handing_over || self.cache().revision() < self.must_reach {
             return false;
         }
         let (work, epoch) = self.take_work(free);
@@ -358,10 +374,12 @@ impl<'a> Lead<'a> {
                 cfg: &self.manager.cfg,
                 now: &now_rfc3339(),
                 max_ops: self.max_ops,
+                newer: &self.newer,
             },
             &mut self.unfit,
         );
         self.manager.remember_refusals(&items, epoch);
+        self.hand_over_for(&items);
         self.send(items);
         true
     }
@@ -372,6 +390,7 @@ impl<'a> Lead<'a> {
         let mut books = self.manager.books.lock();
         Ledger::judge(&mut books);
         let (mirror, ledger) = books.parts();
+        self.newer.refresh(mirror, &self.manager.cfg.replica);
         if self.view.stale || mirror.engine_generation() != self.view.engines.generation {
             self.view.rebuild(ledger.engines(mirror), &self.assumed);
         } else {
@@ -397,6 +416,18 @@ impl<'a> Lead<'a> {
             max => ledger.work(mirror, max, &self.assumed.ids, &self.assumed.odd),
         };
         (work, ledger.capacity_epoch())
+    }
+
+    /// If a request was left to a newer release, stops taking work: the leader resigns once
+    /// what is in flight has answered, and that release's replica leads.
+    fn hand_over_for(&mut self, items: &[Item]) {
+        for item in items {
+            if let Item::Defer { id, field, to } = item {
+                tracing::warn!(request = %id, field = %field, candidate = %to,
+                    "the request uses a field this release does not know and a newer candidate does: handing leadership over");
+                self.handing_over = true;
+            }
+        }
     }
 
     /// Groups items into transactions and starts committing each.
@@ -482,7 +513,7 @@ impl<'a> Lead<'a> {
                         Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
                             books.committed(id, rev, Some(decision))
                         }
-                        Item::Park { .. } => {}
+                        Item::Park { .. } | Item::Defer { .. } => {}
                     }
                 }
                 books.listener_mut().end_write(c.seq);
@@ -604,7 +635,7 @@ fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
     for (item, first) in items.iter().zip(first) {
         match item {
             Item::Release { .. } | Item::Odd { answer: None, .. } => metrics.released(),
-            Item::Park { .. } => {}
+            Item::Park { .. } | Item::Defer { .. } => {}
             Item::Restore { decision, .. } => metrics.decided(decision.status),
             Item::Odd {
                 answer: Some((_, decision)),
@@ -659,6 +690,7 @@ fn log_batch(batch: &[Item], rev: i64) {
                 }
             }
             Item::Park { .. } => "parked",
+            Item::Defer { .. } => "deferred",
         };
         *counts.entry(kind).or_default() += 1;
     }

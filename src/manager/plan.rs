@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::item::Item;
 use super::ledger::{Decide, Displaced, Work};
 use super::unfit::Unfit;
+use super::upgrade::Newer;
 use super::{ManagerConfig, PARALLEL_FROM};
 use crate::model::{
     Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
@@ -46,6 +47,7 @@ pub fn plan(
         cfg,
         now,
         max_ops: by.max_ops,
+        newer: by.newer,
         sample,
         unfit,
         volumes,
@@ -188,6 +190,8 @@ pub struct Deciding<'a> {
     /// The most compares, and operations, one transaction may hold now (`--max-txn-ops`, or
     /// etcd's default after etcd refused more).
     pub max_ops: usize,
+    /// Request fields only other candidates know: a request that uses one is left to them.
+    pub newer: &'a Newer,
 }
 
 /// Stage 2: one round's decisions, in order, on the running view.
@@ -197,6 +201,7 @@ struct Round<'a> {
     cfg: &'a ManagerConfig,
     now: &'a str,
     max_ops: usize,
+    newer: &'a Newer,
     sample: usize,
     unfit: &'a mut Unfit,
     /// Where named volumes live: recorded, or in flight.
@@ -269,7 +274,17 @@ impl Round<'_> {
         };
         let prepared = match parsed {
             Ok(p) => p,
-            Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
+            Err(e) => {
+                // A field a newer release knows is no typo: leave the request to it.
+                if let Some((field, to)) = self.newer.knower(&d.raw) {
+                    return Item::Defer {
+                        id: d.id.clone(),
+                        field,
+                        to: to.to_string(),
+                    };
+                }
+                return ask.refuse(Status::Invalid, e.to_string());
+            }
         };
         // Its placement must commit in one transaction, whatever else it holds.
         if let Err(too_many) = super::batch::place_fits(&prepared.request, self.max_ops) {
@@ -622,6 +637,7 @@ mod tests {
                     cfg: &cfg(),
                     now: "now",
                     max_ops: 128,
+                    newer: &Newer::default(),
                 },
                 unfit,
             )
@@ -678,6 +694,7 @@ mod tests {
                     cfg: &cfg(),
                     now: "now",
                     max_ops,
+                    newer: &Newer::default(),
                 },
                 &mut Unfit::default(),
             );
@@ -724,6 +741,7 @@ mod tests {
                     cfg: &cfg(),
                     now: "now",
                     max_ops: 128,
+                    newer: &Newer::default(),
                 },
                 &mut Unfit::default(),
             );
@@ -790,6 +808,7 @@ mod tests {
                     cfg: &cfg(),
                     now: "now",
                     max_ops: 128,
+                    newer: &Newer::default(),
                 },
                 &mut Unfit::default(),
             );

@@ -335,4 +335,12 @@ pub struct LeaderInfo {
     /// Where the candidate serves its status page, `/healthz` and `/metrics` (IP:PORT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Its build's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The request fields it understands. A leader that meets a field it does not know while
+    /// a candidate knows it leaves the request to that candidate instead of deciding it
+    /// `invalid` (older releases write none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_fields: Vec<String>,
 }

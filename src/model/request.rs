@@ -36,6 +36,51 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "affinity",
 ];
 
+/// Fields this process's build knows but acts as if it did not: set once, at start, by a
+/// hidden test switch (`controller --forget-request-field`), so that one build can stand in
+/// for an older release in a rolling-upgrade test. Empty in production.
+static FORGOTTEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn forgotten() -> &'static [String] {
+    FORGOTTEN.get().map_or(&[], Vec::as_slice)
+}
+
+/// Makes this process act as a release that does not know `fields` (each must be one of
+/// [`REQUEST_FIELDS`]). Once per process, before any request is read.
+pub fn forget_request_fields(fields: Vec<String>) -> Result<(), Invalid> {
+    if let Some(f) = fields
+        .iter()
+        .find(|f| !REQUEST_FIELDS.contains(&f.as_str()))
+    {
+        return Err(Invalid(format!("{f:?} is not a request field")));
+    }
+    FORGOTTEN
+        .set(fields)
+        .map_err(|_| Invalid("the request fields to forget are set already".into()))
+}
+
+/// The request fields this process understands: what its campaign key advertises, so that a
+/// leader of an older release leaves a request with a newer field to a replica that knows it.
+pub fn known_request_fields() -> Vec<&'static str> {
+    REQUEST_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| is_known(f))
+        .collect()
+}
+
+fn is_known(field: &str) -> bool {
+    REQUEST_FIELDS.contains(&field) && !forgotten().iter().any(|f| f == field)
+}
+
+/// The top-level fields of a request that this process does not know (none when the value is
+/// not a JSON object).
+pub fn unknown_request_fields(raw: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(raw)
+        .map(|fields| fields.into_keys().filter(|k| !is_known(k)).collect())
+        .unwrap_or_default()
+}
+
 /// The most alternatives a placed decision lists.
 pub const MAX_ALTERNATIVES: u64 = 16;
 
@@ -196,6 +241,11 @@ impl Request {
         // Most requests are well formed: parse them plainly, and only a failure again, with
         // the path that names the bad field (tracking the path costs time on every field).
         if let Ok(image) = serde_json::from_slice::<Image>(raw) {
+            if !forgotten().is_empty()
+                && let Some(unknown) = unknown_fields(raw)
+            {
+                return Err(unknown);
+            }
             return Self::from_image(image);
         }
         if let Some(unknown) = unknown_fields(raw) {
@@ -470,11 +520,10 @@ pub fn nesting_beyond(raw: &[u8], max: usize) -> Option<usize> {
 
 /// The request's top-level fields that no request has, named with a guess at what was meant.
 fn unknown_fields(raw: &[u8]) -> Option<Invalid> {
-    let fields: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(raw).ok()?;
-    let unknown: Vec<String> = fields
-        .keys()
-        .filter(|k| !REQUEST_FIELDS.contains(&k.as_str()))
-        .map(|k| match did_you_mean(k, REQUEST_FIELDS) {
+    let known = known_request_fields();
+    let unknown: Vec<String> = unknown_request_fields(raw)
+        .iter()
+        .map(|k| match did_you_mean(k, &known) {
             Some(known) => format!("{k:?} (did you mean {known:?}?)"),
             None => format!("{k:?}"),
         })

@@ -173,6 +173,8 @@ fn leader_info_reads_both_ways_across_versions() {
         addr: String::new(),
         since: "2026-11-28T00:00:00Z".into(),
         status: Some("127.0.0.1:9091".into()),
+        version: Some("0.2.0".into()),
+        request_fields: vec!["image".into(), "priority".into()],
     };
     let bytes = serde_json::to_vec(&newer).expect("json");
     let old: Older = serde_json::from_slice(&bytes).expect("an older replica reads it");
@@ -182,6 +184,10 @@ fn leader_info_reads_both_ways_across_versions() {
     let written_by_older = r#"{"id":"r1","addr":"10.0.0.1","since":"2026-11-28T00:00:00Z"}"#;
     let read: LeaderInfo = serde_json::from_str(written_by_older).expect("reads an older value");
     assert_eq!(read.status, None);
+    assert_eq!(
+        (read.version.as_deref(), read.request_fields.len()),
+        (None, 0)
+    );
     assert_eq!(read.addr, "10.0.0.1");
     assert_eq!(
         serde_json::to_string(&read).expect("json"),
