@@ -49,7 +49,7 @@ fn placement_on(
         held: Held {
             cpus: Millicpus(100),
             memory: MemoryMb(10),
-            disk: MemoryMb(0),
+            disk: citadel::model::DiskMb(0),
             ports: vec![],
             image: "".into(),
         },
@@ -86,6 +86,7 @@ fn one(keys: &Keys, item: Item) -> manager::Batch {
         },
         manager::MAX_TXN_OPS,
     )
+    .0
     .pop()
     .expect("one batch")
 }
@@ -222,12 +223,13 @@ async fn an_engine_changed_in_flight_refuses_the_placement() {
         }
     };
     let batch = |items: Vec<Item>, newest: i64| {
-        let mut batches = manager::batches(
+        let (mut batches, unwritable) = manager::batches(
             items,
             &keys,
             manager::EngineFence { count: 3, newest },
             manager::MAX_TXN_OPS,
         );
+        assert!(unwritable.is_empty());
         assert_eq!(batches.len(), 1);
         batches.pop().expect("one batch")
     };

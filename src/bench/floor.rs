@@ -258,11 +258,10 @@ impl Writer {
             let Some(id) = RequestId::from_key_segment(&id) else {
                 continue;
             };
-            ops.push(TxnOp::put(
-                self.keys.decision(&id),
-                serde_json::to_vec(&decision).unwrap_or_default(),
-                None,
-            ));
+            let Ok(value) = serde_json::to_vec(&decision) else {
+                continue; // never written empty; the run reports it undecided
+            };
+            ops.push(TxnOp::put(self.keys.decision(&id), value, None));
         }
         let mut compares = vec![self.fence.compare()];
         if self.targets.len() <= placed_on.len() {

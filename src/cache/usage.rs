@@ -24,7 +24,7 @@ pub(super) struct ReservationEntry {
     pub(super) engine: EngineId,
     pub(super) cpus: Millicpus,
     pub(super) memory: MemoryMb,
-    pub(super) disk: MemoryMb,
+    pub(super) disk: DiskMb,
     pub(super) ports: Vec<HostPort>,
     pub(super) image: Arc<str>,
 }
@@ -49,7 +49,7 @@ impl ReservationEntry {
 pub struct Usage {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
-    pub disk: MemoryMb,
+    pub disk: DiskMb,
     /// What is placed there, by request, with its image: what affinity is decided on. Kept
     /// only once some request asks for affinity (`tracks_tenants`): copying the map on each
     /// placement would cost every cluster for what few use.

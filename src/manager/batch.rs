@@ -101,15 +101,30 @@ impl Open {
 /// so an engine shrunk meanwhile fails the batch instead of being overcommitted. etcd reads
 /// every key a compare names (a range compare reads the whole range), so a batch compares each
 /// engine it touches, or the whole engines prefix when the cluster is that small.
-pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize) -> Vec<Batch> {
+///
+/// An item whose value cannot be encoded is left out, and returned with why: nothing is
+/// written in its place.
+pub fn batches(
+    items: Vec<Item>,
+    keys: &Keys,
+    fence: EngineFence,
+    max_ops: usize,
+) -> (Vec<Batch>, Vec<(Item, serde_json::Error)>) {
     let mut out = Vec::new();
+    let mut unwritable = Vec::new();
     let mut open = Open::default();
     for item in items {
         if item.writes_nothing() {
             continue;
         }
+        let (ops, bytes) = match item.ops(keys) {
+            Ok(ops) => ops,
+            Err(e) => {
+                unwritable.push((item, e));
+                continue;
+            }
+        };
         let compares = item.compares(keys);
-        let (ops, bytes) = item.ops(keys);
         let engine = match &item {
             Item::Place {
                 engine,
@@ -142,5 +157,5 @@ pub fn batches(items: Vec<Item>, keys: &Keys, fence: EngineFence, max_ops: usize
     if !open.items.is_empty() {
         out.push(open.close(keys, fence));
     }
-    out
+    (out, unwritable)
 }

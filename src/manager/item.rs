@@ -147,8 +147,9 @@ impl Item {
         }
     }
 
-    /// The writes, and roughly how many bytes they put on the wire.
-    pub(super) fn ops(&self, keys: &Keys) -> (Vec<TxnOp>, usize) {
+    /// The writes, and roughly how many bytes they put on the wire; an error when a value
+    /// cannot be encoded (never an empty value written in its place).
+    pub(super) fn ops(&self, keys: &Keys) -> Result<(Vec<TxnOp>, usize), serde_json::Error> {
         let put = |key: Vec<u8>, value: Vec<u8>| {
             let n = key.len() + value.len();
             (TxnOp::put(key, value, None), n)
@@ -164,32 +165,31 @@ impl Item {
                 engine,
                 volumes,
                 ..
-            } => std::iter::once(put(keys.decision(id).into(), json(decision)))
-                .chain(volumes.iter().map(|v| {
+            } => {
+                let mut ops = vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)];
+                for v in volumes {
                     let record = VolumeRecord {
                         name: v.clone(),
                         engine: engine.to_string(),
                         request: id.to_string(),
                     };
-                    put(keys.volume(v).into(), json(&record))
-                }))
-                .collect(),
+                    ops.push(put(keys.volume(v).into(), serde_json::to_vec(&record)?));
+                }
+                ops
+            }
             Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
-                vec![put(keys.decision(id).into(), json(decision))]
+                vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)]
             }
             Item::Release { id, .. } => vec![del(keys.decision(id).into())],
             Item::Odd { segment, answer } => vec![match answer {
-                Some((_, decision)) => put(keys.odd_decision(segment), json(decision)),
+                Some((_, decision)) => {
+                    put(keys.odd_decision(segment), serde_json::to_vec(decision)?)
+                }
                 None => del(keys.odd_decision(segment)),
             }],
             Item::Park { .. } | Item::Defer { .. } => vec![],
         };
         let bytes = ops.iter().map(|(_, n)| n).sum();
-        (ops.into_iter().map(|(op, _)| op).collect(), bytes)
+        Ok((ops.into_iter().map(|(op, _)| op).collect(), bytes))
     }
-}
-
-/// Our own structs have no maps with non-string keys, so serialising them cannot fail.
-fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
 }

@@ -38,7 +38,8 @@ mod plan;
 mod unfit;
 mod upgrade;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -282,6 +283,8 @@ struct Lead<'a> {
     /// A request needs a newer release: take no more work, and step down once what is in
     /// flight has answered.
     handing_over: bool,
+    /// Requests whose writes could not be encoded: not planned again this term.
+    stuck: HashSet<RequestId>,
 }
 
 impl<'a> Lead<'a> {
@@ -303,6 +306,7 @@ impl<'a> Lead<'a> {
             scarcity: Scarcity::default(),
             newer: Newer::default(),
             handing_over: false,
+            stuck: HashSet::new(),
         }
     }
 
@@ -411,9 +415,14 @@ impl<'a> Lead<'a> {
         } else {
             free * whole
         };
+        let skip: Cow<'_, HashSet<RequestId>> = if self.stuck.is_empty() {
+            Cow::Borrowed(&self.assumed.ids)
+        } else {
+            Cow::Owned(self.assumed.ids.union(&self.stuck).cloned().collect())
+        };
         let work = match max {
             0 => Vec::new(),
-            max => ledger.work(mirror, max, &self.assumed.ids, &self.assumed.odd),
+            max => ledger.work(mirror, max, &skip, &self.assumed.odd),
         };
         (work, ledger.capacity_epoch())
     }
@@ -437,7 +446,8 @@ impl<'a> Lead<'a> {
             count: self.view.engines.keys,
             newest: self.view.engines.newest,
         };
-        let batches = batches(items, &self.keys, fence, self.max_ops);
+        let (batches, unwritable) = batches(items, &self.keys, fence, self.max_ops);
+        self.unwritable(unwritable);
         let seqs: Vec<u64> = {
             let mut books = self.manager.books.lock();
             let ledger = books.listener_mut();
@@ -467,6 +477,30 @@ impl<'a> Lead<'a> {
             });
             self.tasks.insert(task.id(), (token, seq));
         }
+    }
+
+    /// Items whose values could not be encoded (a bug, never an empty value written): each
+    /// is logged once and left undecided for the rest of this term (`citadel check` reports
+    /// it), and the engine its placement held on is counted again without it.
+    fn unwritable(&mut self, items: Vec<(Item, serde_json::Error)>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut engines = Vec::new();
+        for (item, e) in items {
+            tracing::error!(request = ?item.id().map(|id| id.as_str()), error = %e,
+                "cannot encode what the leader would write; the request stays undecided");
+            if let Item::Place { engine, .. } = &item {
+                engines.push(engine.clone());
+            }
+            if let Some(id) = item.id() {
+                self.stuck.insert(id.clone());
+            }
+        }
+        let mut books = self.manager.books.lock();
+        let (mirror, ledger) = books.parts();
+        self.view
+            .refresh_forgotten(engines, mirror, ledger, &self.assumed);
     }
 
     /// Handles one finished commit task. `Some` when the leader must step down.

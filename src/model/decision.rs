@@ -268,7 +268,7 @@ fn is_zero(v: &f64) -> bool {
 pub struct Held {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
-    pub disk: MemoryMb,
+    pub disk: DiskMb,
     pub ports: Vec<HostPort>,
     pub image: std::sync::Arc<str>,
 }
@@ -292,7 +292,7 @@ impl Reservation {
             // Written by us from integers, so rounding recovers them exactly; ceil errs safe.
             cpus: Millicpus::from_cpus_ceil(self.cpus - 1e-9),
             memory: MemoryMb::from_mb_ceil(self.memory - 1e-9),
-            disk: MemoryMb::from_mb_ceil(self.disk - 1e-9),
+            disk: DiskMb::from_mb_ceil(self.disk - 1e-9),
             image: self.image.as_str().into(),
             ports: self
                 .ports

@@ -10,7 +10,7 @@ pub struct EngineSpec {
     pub cpus: Millicpus,
     pub memory: MemoryMb,
     /// Disk in MB (0: none offered).
-    pub disk: MemoryMb,
+    pub disk: DiskMb,
     /// The seed's `key=value` (or bare `key`) strings.
     pub labels: Vec<String>,
     pub cordoned: bool,
@@ -52,7 +52,7 @@ impl EngineSpec {
             addr: wire.addr.clone(),
             cpus: Millicpus::from_cpus_floor(cpus),
             memory: MemoryMb::from_mb_floor(memory),
-            disk: MemoryMb::from_mb_floor(disk),
+            disk: DiskMb::from_mb_floor(disk),
             labels: wire.labels.clone(),
             cordoned: wire.cordoned || wire.drained,
             drained: wire.drained,

@@ -168,7 +168,7 @@ pub struct Request {
     pub constraints: Vec<String>,
     pub ports: Vec<HostPort>,
     /// Disk to reserve (0: none).
-    pub disk: MemoryMb,
+    pub disk: DiskMb,
     /// How many more engines that fit a placed decision lists.
     pub alternatives: usize,
     /// Raw affinity expressions; parsed by the scheduler.
@@ -355,9 +355,9 @@ fn check_expressions(field: &str, what: &str, exprs: &[String]) -> Result<(), In
     Ok(())
 }
 
-/// The fields of issue 16, checked: disk (rounded up), how many alternatives, and the named
+/// The placement fields beyond cpus and memory, checked: disk (rounded up), how many alternatives, and the named
 /// volumes (sorted, once each); affinity expressions are bounded like constraints.
-fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), Invalid> {
+fn scheduling_fields(image: &Image) -> Result<(DiskMb, usize, Vec<String>), Invalid> {
     let disk = match image.disk {
         None => 0.0,
         Some(_) => check_amount("disk", image.disk, MAX_MEMORY_MB, " MB")?,
@@ -385,7 +385,7 @@ fn scheduling_fields(image: &Image) -> Result<(MemoryMb, usize, Vec<String>), In
             "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
         )));
     }
-    Ok((MemoryMb::from_mb_ceil(disk), alternatives, volumes))
+    Ok((DiskMb::from_mb_ceil(disk), alternatives, volumes))
 }
 
 /// A request as its decision echoes it (`container`): the JSON the user wrote, without the

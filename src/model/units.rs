@@ -1,4 +1,5 @@
-//! Units that never drift: thousandths of a cpu and whole megabytes, as integers.
+//! Units that never drift: thousandths of a cpu and whole megabytes, as integers. Memory and
+//! disk are both counted in megabytes, but never against each other: each has a type.
 
 use std::fmt;
 
@@ -15,6 +16,12 @@ pub struct Millicpus(pub u64);
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 pub struct MemoryMb(pub u64);
+
+/// Megabytes of disk (an engine's, or what a request reserves of it).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct DiskMb(pub u64);
 
 impl Millicpus {
     /// Rounds up: a request never asks for less than it said.
@@ -36,6 +43,21 @@ impl MemoryMb {
     }
     pub fn from_mb_floor(mb: f64) -> Self {
         Self(mb.floor().max(0.0) as u64)
+    }
+}
+
+impl DiskMb {
+    pub fn from_mb_ceil(mb: f64) -> Self {
+        Self(mb.ceil() as u64)
+    }
+    pub fn from_mb_floor(mb: f64) -> Self {
+        Self(mb.floor().max(0.0) as u64)
+    }
+}
+
+impl fmt::Display for DiskMb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}MB", self.0)
     }
 }
 

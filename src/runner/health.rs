@@ -106,7 +106,13 @@ impl Runner {
             containers_running: usage.running,
             checked_by: self.cfg.replica.clone(),
         };
-        let value = serde_json::to_vec(&health).unwrap_or_default();
+        let value = match serde_json::to_vec(&health) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(engine = %engine, error = %e, "cannot encode the engine's health; not written");
+                return;
+            }
+        };
         let put = TxnOp::put(
             self.keys.health(engine),
             value,

@@ -241,11 +241,14 @@ impl Runner {
         }
         let mut decision: Decision = serde_json::from_slice(kv.value()).ok()?;
         edit(&mut decision);
-        let ops = vec![TxnOp::put(
-            key.as_str(),
-            serde_json::to_vec(&decision).unwrap_or_default(),
-            None,
-        )];
+        let value = match serde_json::to_vec(&decision) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(request = %id, error = %e, "cannot encode the decision; not written");
+                return None;
+            }
+        };
+        let ops = vec![TxnOp::put(key.as_str(), value, None)];
         let compares = vec![
             Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
             Compare::mod_revision(

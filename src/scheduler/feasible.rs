@@ -241,7 +241,7 @@ mod tests {
     use super::super::testing::{engine, image, place, request, tcp, tenant};
     use super::super::{Strategy, UNCLASSED};
     use super::*;
-    use crate::model::{Image, MemoryMb, Millicpus};
+    use crate::model::{DiskMb, Image, MemoryMb, Millicpus};
 
     /// One way an engine fails a request, one per filter.
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -272,7 +272,7 @@ mod tests {
         let zone = if has(Hard) { "zone=b" } else { "zone=a" };
         let disk = if has(Soft) { "disk=hdd" } else { "disk=ssd" };
         let mut e = engine("e1", 4.0, 4096.0, &[zone, disk]);
-        e.disk = MemoryMb(1000);
+        e.disk = DiskMb(1000);
         e.cordoned = has(Cordoned);
         e.healthy = !has(Unhealthy);
         if has(Cpus) {
@@ -282,7 +282,7 @@ mod tests {
             e.reserve(Millicpus(0), MemoryMb(3500), &[]);
         }
         if has(Disk) {
-            e.reserved_disk = MemoryMb(950);
+            e.reserved_disk = DiskMb(950);
         }
         if has(Port) {
             e.reserve(Millicpus(0), MemoryMb(0), &[tcp(80)]);
@@ -466,8 +466,8 @@ mod tests {
         for (cpus, memory, disk_used, disk, ask_disk, want) in cases {
             let mut e = engine("e1", 4.0, 4096.0, &[]);
             e.reserve(Millicpus(cpus), MemoryMb(memory), &[]);
-            e.reserved_disk = MemoryMb(disk_used);
-            e.disk = MemoryMb(disk);
+            e.reserved_disk = DiskMb(disk_used);
+            e.disk = DiskMb(disk);
             let r = Request::from_image(Image {
                 disk: ask_disk,
                 ..image(1.0, 1024.0, &[], &[])

@@ -6,7 +6,7 @@
 //! this stage parsed. A bad expression is refused here, naming its entry.
 
 use super::{Constraint, ConstraintError, SchedulerError, constraint};
-use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
+use crate::model::{DiskMb, EngineId, HostPort, MemoryMb, Millicpus, Request};
 
 /// What decides whether, and why not, a request fits an engine: its demand, its host ports and
 /// its constraints as written (affinity and volume pins aside: see
@@ -18,7 +18,7 @@ use crate::model::{EngineId, HostPort, MemoryMb, Millicpus, Request};
 pub struct Shape {
     cpus: Millicpus,
     memory: MemoryMb,
-    disk: MemoryMb,
+    disk: DiskMb,
     ports: Vec<HostPort>,
     constraints: Vec<String>,
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Labels;
 use crate::model::{
-    EngineId, EngineSpec, Held, HostPort, MemoryMb, Millicpus, Request, RequestId, Resource,
+    DiskMb, EngineId, EngineSpec, Held, HostPort, MemoryMb, Millicpus, Request, RequestId, Resource,
 };
 
 /// The requests placed on one engine and their images: what affinity (`request==web-*`,
@@ -32,8 +32,8 @@ pub struct EngineView {
     pub reserved_cpus: Millicpus,
     pub reserved_memory: MemoryMb,
     /// Disk in MB (0: the engine offers none), and what is reserved of it.
-    pub disk: MemoryMb,
-    pub reserved_disk: MemoryMb,
+    pub disk: DiskMb,
+    pub reserved_disk: DiskMb,
     pub ports: BTreeSet<HostPort>,
     /// Containers placed on it: exact ties go to fewer (spread) or more (binpack).
     pub containers: u64,
@@ -80,8 +80,8 @@ impl EngineView {
             total_memory: spec.wire.memory,
             reserved_cpus: Millicpus(0),
             reserved_memory: MemoryMb(0),
-            disk: MemoryMb((spec.disk.0 as f64 * overcommit).floor() as u64),
-            reserved_disk: MemoryMb(0),
+            disk: DiskMb((spec.disk.0 as f64 * overcommit).floor() as u64),
+            reserved_disk: DiskMb(0),
             ports: BTreeSet::new(),
             containers: 0,
             tenants: Arc::default(),
