@@ -101,7 +101,21 @@ pub struct BenchArgs {
     pub seed: u64,
     /// Output format (`json` is the same as --json).
     #[arg(short = 'o', long = "output", value_enum)]
-    pub output: Option<crate::cli::output::ReportFormat>,
+    pub output: Option<Format>,
+}
+
+/// What `citadel bench` prints: its table, or one JSON document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+impl BenchArgs {
+    /// Whether the report is JSON (`--json` or `-o json`).
+    pub fn json(&self) -> bool {
+        self.json || self.output == Some(Format::Json)
+    }
 }
 
 fn parse_headroom(s: &str) -> Result<f64, String> {

@@ -324,7 +324,7 @@ async fn bench(
     own_etcd: bool,
     etcd: EtcdConfig,
 ) -> Result<(), CliError> {
-    let json = args.json || args.output == Some(output::ReportFormat::Json);
+    let json = args.json();
     if args.quality {
         let rows = crate::bench::quality::measure_all(args.seed);
         if json {
