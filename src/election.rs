@@ -115,6 +115,7 @@ impl Drop for Lease {
     }
 }
 
+/// Keeps a lease alive until it is lost (see [`KeepAlive`]).
 async fn keep_alive(
     client: Client,
     members: Option<Arc<Members>>,
@@ -123,100 +124,196 @@ async fn keep_alive(
     ttl: i64,
     lost: watch::Sender<bool>,
 ) {
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
-    let cut_off = Duration::from_secs(2 * ttl as u64);
-    let mut stream = Some(opened);
-    // When a member last answered anything about this lease (a reply, or "no leader").
-    let mut heard = tokio::time::Instant::now();
-    let mut failing: Option<String> = None;
-    let mut delays = store::backoff()
-        .with_max_delay(period)
-        .without_max_times()
-        .build();
-    let lease = format!("{id:x}");
-    loop {
-        if heard.elapsed() > cut_off {
-            let why = failing.unwrap_or_else(|| "no answer".into());
-            tracing::warn!(%lease, reason = %why, "lease lost: no etcd member has answered for twice its TTL");
-            let _ = lost.send(true);
-            return;
+    let mut k = KeepAlive::new(client, members, opened, id, ttl);
+    k.run().await;
+    let _ = lost.send(true);
+}
+
+/// One lease's keep-alive: a stream to one member, renewed every third of the TTL. A stream
+/// that breaks or goes silent is opened again on another member, and meanwhile the lease is
+/// renewed on every member directly. The lease is lost when etcd says it expired, or when no
+/// member has answered for twice its TTL.
+struct KeepAlive {
+    client: Client,
+    members: Option<Arc<Members>>,
+    stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    id: i64,
+    period: Duration,
+    cut_off: Duration,
+    /// When a member last answered anything about this lease (a reply, or "no leader").
+    heard: tokio::time::Instant,
+    /// Why the stream last failed, while it does.
+    failing: Option<String>,
+    delays: backon::ExponentialBackoff,
+    lease: String,
+}
+
+/// What one renewal came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    Kept,
+    Expired,
+    Failed,
+}
+
+impl KeepAlive {
+    fn new(
+        client: Client,
+        members: Option<Arc<Members>>,
+        opened: (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
+        id: i64,
+        ttl: i64,
+    ) -> Self {
+        let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+        KeepAlive {
+            client,
+            members,
+            stream: Some(opened),
+            id,
+            period,
+            cut_off: Duration::from_secs(2 * ttl as u64),
+            heard: tokio::time::Instant::now(),
+            failing: None,
+            delays: Self::backoff(period),
+            lease: format!("{id:x}"),
         }
-        let (keeper, replies) = match &mut stream {
-            Some(s) => s,
-            // Opened within a keep-alive period, not a whole call timeout: a member that froze
-            // holds the opening as long as it is allowed to.
-            None => match tokio::time::timeout(period, client.lease_client().keep_alive(id))
-                .await
-                .map_err(|_| ElectionError::Timeout(period))
-                .and_then(|r| r.map_err(ElectionError::Etcd))
-            {
-                Ok(s) => stream.insert(s),
-                Err(e) => {
-                    if matches!(&e, ElectionError::Etcd(e) if answered(e)) {
-                        heard = tokio::time::Instant::now();
+    }
+
+    fn backoff(period: Duration) -> backon::ExponentialBackoff {
+        store::backoff()
+            .with_max_delay(period)
+            .without_max_times()
+            .build()
+    }
+
+    /// Returns once the lease is lost.
+    async fn run(&mut self) {
+        loop {
+            if self.heard.elapsed() > self.cut_off {
+                let why = self.failing.take().unwrap_or_else(|| "no answer".into());
+                tracing::warn!(lease = %self.lease, reason = %why, "lease lost: no etcd member has answered for twice its TTL");
+                return;
+            }
+            if self.stream.is_none() && !self.open().await {
+                tokio::time::sleep(self.delays.next().unwrap_or(self.period)).await;
+                continue;
+            }
+            match self.renew().await {
+                Renewal::Kept => tokio::time::sleep(self.period).await,
+                Renewal::Expired => {
+                    if !self.kept_elsewhere().await {
+                        tracing::warn!(lease = %self.lease, "lease lost: etcd says it expired");
+                        return;
                     }
-                    failing = Some(e.to_string());
-                    tokio::time::sleep(delays.next().unwrap_or(period)).await;
-                    continue;
                 }
-            },
+                Renewal::Failed => {
+                    if self.renew_on_every_member().await == Renewal::Expired {
+                        tracing::warn!(lease = %self.lease, "lease lost: etcd says it expired");
+                        return;
+                    }
+                    tokio::time::sleep(self.delays.next().unwrap_or(self.period)).await;
+                }
+            }
+        }
+    }
+
+    /// Opens the stream again, within a keep-alive period, not a whole call timeout: a member
+    /// that froze holds the opening as long as it is allowed to.
+    async fn open(&mut self) -> bool {
+        let mut leases = self.client.lease_client();
+        let opening = tokio::time::timeout(self.period, leases.keep_alive(self.id));
+        match opening
+            .await
+            .map_err(|_| ElectionError::Timeout(self.period))
+            .and_then(|r| r.map_err(ElectionError::Etcd))
+        {
+            Ok(s) => {
+                self.stream = Some(s);
+                true
+            }
+            Err(e) => {
+                if matches!(&e, ElectionError::Etcd(e) if answered(e)) {
+                    self.heard = tokio::time::Instant::now();
+                }
+                self.failing = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// One renewal over the stream.
+    async fn renew(&mut self) -> Renewal {
+        let Some((keeper, replies)) = &mut self.stream else {
+            return Renewal::Failed;
         };
         let reply = match keeper.keep_alive().await {
             Err(e) => Err(e),
-            Ok(()) => match tokio::time::timeout(period, replies.message()).await {
+            Ok(()) => match tokio::time::timeout(self.period, replies.message()).await {
                 Ok(r) => r,
                 Err(_) => Err(etcd_client::Error::WatchError(format!(
-                    "no keep-alive reply within {period:?}"
+                    "no keep-alive reply within {:?}",
+                    self.period
                 ))),
             },
         };
-        match reply {
+        let why = match reply {
             Ok(Some(resp)) if resp.ttl() > 0 => {
-                heard = tokio::time::Instant::now();
-                if let Some(why) = failing.take() {
-                    tracing::info!(%lease, after = %why, "lease kept alive again");
+                self.heard = tokio::time::Instant::now();
+                if let Some(why) = self.failing.take() {
+                    tracing::info!(lease = %self.lease, after = %why, "lease kept alive again");
                 }
-                delays = store::backoff()
-                    .with_max_delay(period)
-                    .without_max_times()
-                    .build();
-                tokio::time::sleep(period).await;
+                self.delays = Self::backoff(self.period);
+                return Renewal::Kept;
             }
-            Ok(Some(_)) => {
-                tracing::warn!(%lease, "lease lost: etcd says it expired");
-                let _ = lost.send(true);
-                return;
-            }
-            other => {
-                let why = match other {
-                    Ok(None) => "keep-alive stream closed".to_string(),
-                    Err(e) => {
-                        if answered(&e) {
-                            heard = tokio::time::Instant::now();
-                        }
-                        e.to_string()
-                    }
-                    Ok(Some(_)) => unreachable!("handled above"),
-                };
-                if failing.is_none() {
-                    tracing::warn!(%lease, reason = %why, "keep-alive failed; opening it again on another member");
+            Ok(Some(_)) => return Renewal::Expired,
+            Ok(None) => "keep-alive stream closed".to_string(),
+            Err(e) => {
+                if answered(&e) {
+                    self.heard = tokio::time::Instant::now();
                 }
-                failing = Some(why);
-                stream = None;
-                // Meanwhile, renew it on every member directly.
-                if let Some(members) = &members {
-                    match renew_directly(members, id, period).await {
-                        Some(left) if left > 0 => heard = tokio::time::Instant::now(),
-                        Some(_) => {
-                            tracing::warn!(%lease, "lease lost: etcd says it expired");
-                            let _ = lost.send(true);
-                            return;
-                        }
-                        None => {}
-                    }
-                }
-                tokio::time::sleep(delays.next().unwrap_or(period)).await;
+                e.to_string()
             }
+        };
+        if self.failing.is_none() {
+            tracing::warn!(lease = %self.lease, reason = %why, "keep-alive failed; opening it again on another member");
+        }
+        self.failing = Some(why);
+        self.stream = None;
+        Renewal::Failed
+    }
+
+    /// Whether another member renews a lease the stream's member said had expired. A member
+    /// that was frozen and has just woken can answer from its own stale view before it learns
+    /// that another leads. If the lease is really gone, so is the election key, and the leader
+    /// steps down on that too.
+    async fn kept_elsewhere(&mut self) -> bool {
+        let Some(members) = &self.members else {
+            return false;
+        };
+        match renew_directly(members, self.id, self.period).await {
+            Some(left) if left > 0 => {
+                tracing::warn!(lease = %self.lease, left,
+                    "a member said the lease expired, another renewed it: kept");
+                self.heard = tokio::time::Instant::now();
+                self.stream = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// While the stream is down, renews the lease on every member directly.
+    async fn renew_on_every_member(&mut self) -> Renewal {
+        let Some(members) = &self.members else {
+            return Renewal::Failed;
+        };
+        match renew_directly(members, self.id, self.period).await {
+            Some(left) if left > 0 => {
+                self.heard = tokio::time::Instant::now();
+                Renewal::Kept
+            }
+            Some(_) => Renewal::Expired,
+            None => Renewal::Failed,
         }
     }
 }
