@@ -1,10 +1,11 @@
 //! citadel: a Docker container scheduler whose registry is etcd.
 //!
 //! The modules read top-down as the data flow: a request key lands in etcd ([`keys`]), is parsed
-//! into the [`model`], mirrored by the watch-fed [`cache`], turned into a plan by a pure
-//! [`scheduler`], verified and committed by the leader's [`manager`] in fenced batch transactions
-//! (leadership from [`election`]), and read back as a decision key. [`controller`] ties one
-//! replica together; [`cli`] is the command line.
+//! into the [`model`], mirrored by the watch-fed [`cache`], sorted into work by the ledger the
+//! [`manager`] keeps on that mirror, turned into a plan by a pure [`scheduler`], verified and
+//! committed by the leader's [`manager`] in fenced batch transactions (leadership from
+//! [`election`]), and read back as a decision key. [`controller`] ties one replica together;
+//! [`cli`] is the command line. docs/architecture.md names the file of every stage.
 
 pub mod bench;
 pub mod cache;

@@ -7,7 +7,7 @@
 //! etcd it is) is read when scraped, by a collector: nothing is kept in step by hand, and a
 //! scrape never shows a copy older than the cache.
 //!
-//! Every name starts with `citadel_`; the README's "Monitoring" section lists them.
+//! Every name starts with `citadel_`; docs/monitoring.md ("Metrics") lists them.
 //!
 //! It may not read etcd or take the cache's lock for longer than one scrape's read.
 

@@ -38,7 +38,8 @@ async fn seed_sample_request_gets_a_seed_shaped_decision() {
     ]);
     let replica = Replica::start(&etcd, "replica-seed");
 
-    // The seed README's sample, byte for byte: note `cpus` is a string.
+    // README's etcdctl sample ("Asking for a container with etcdctl"), byte for byte: note
+    // `cpus` is a string.
     let sample =
         r#"{"image": "crosbymichael/redis", "cpus": "0.2", "memory": 512, "type": "service"}"#;
     let rev = put_request(&client, &keys, "redis-1", sample).await;

@@ -1,8 +1,8 @@
 //! The cluster manager: the leader's loop that turns work into fenced, batched etcd transactions.
 //!
 //! ```text
-//! cache work sets ──▶ plan (schedulers, pure) ──▶ verify on the running view ──▶ batches
-//!                 ──▶ fenced Txn (up to 8 in flight) ──▶ applied to the cache as they commit
+//! ledger work sets ──▶ plan (schedulers, pure) ──▶ verify on the running view ──▶ batches
+//!                  ──▶ fenced Txn (up to 8 in flight) ──▶ applied to the mirror as they commit
 //! ```
 //!
 //! Every transaction compares the leader's election key (invariant 3) and the mod revision of
@@ -22,10 +22,10 @@
 //! compare is redundant: only the leader writes decisions, the fence shuts out every earlier
 //! leader, a new leader's cache holds all they wrote before it plans (the barrier), and a leader
 //! never plans a request whose write is in flight. Whoever else writes a decision meanwhile is
-//! caught by the cache's guard, and the leader writes its own back.
+//! caught by the ledger's guard (`ledger/guard.rs`), and the leader writes its own back.
 //!
-//! What a transaction wrote goes into the leader's cache as soon as it commits; its watch
-//! events, when they come, are then explained (see the cache's guard).
+//! What a transaction wrote goes into the leader's mirror as soon as it commits; its watch
+//! events, when they come, are then explained (see the ledger's guard).
 //!
 //! It may not talk to Docker (that is the runner's) nor write a key outside a fenced transaction.
 

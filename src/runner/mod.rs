@@ -257,7 +257,7 @@ impl Runner {
                 decision.request_revision,
             ),
         ];
-        // Numbered for the cache's guard: the decision's watch event may arrive before the
+        // Numbered for the ledger's guard: the decision's watch event may arrive before the
         // commit returns, and must be known as ours.
         let seq = self.books.lock().listener_mut().begin_write();
         let done = self.commit(compares, ops, "decision").await;
