@@ -56,6 +56,20 @@ pub(crate) fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) ->
     Request::from_image(image(cpus, memory, labels, ports)).unwrap()
 }
 
+/// A [`request`] binding no port, with `affinity` (`request!=web-*`, `image==redis*`).
+pub(crate) fn request_with_affinity(
+    cpus: f64,
+    memory: f64,
+    labels: &[&str],
+    affinity: &[&str],
+) -> Request {
+    Request::from_image(Image {
+        affinity: affinity.iter().map(|s| s.to_string()).collect(),
+        ..image(cpus, memory, labels, &[])
+    })
+    .unwrap()
+}
+
 /// A [`request`], prepared as the scheduler takes it.
 pub(crate) fn prepared(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Prepared {
     Prepared::new(request(cpus, memory, labels, ports)).unwrap()
