@@ -14,7 +14,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use citadel::cache::Cache;
+use citadel::keys::Keys;
+use citadel_testkit::etcd::EtcdProcess;
 use common::*;
+use etcd_client::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -124,122 +127,134 @@ async fn scrape(r: &Served) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_under_a_load_and_name_every_engine_on_every_replica() {
-    let etcd = start_etcd().await;
-    let client = connect(&etcd).await;
-    let keys = keys();
-    let engines: Vec<String> = (1..=8).map(|n| format!("engine-{n}")).collect();
-    for e in &engines {
-        put_engine(&client, &keys, e, 4.0, 8192.0, &["zone=a"]).await;
-    }
-    let leader = Served::start(&etcd.endpoint(), "r1");
-    leader.wait_status("/readyz", 200).await;
-    wait_until("r1 leads", WAIT, || async {
-        leader_id(&client, &keys).await.as_deref() == Some("r1")
-    })
-    .await;
-    let standby = Served::start(&etcd.endpoint(), "r2");
-    standby.wait_status("/readyz", 200).await;
+/// How many requests the load writes, from [`LOADERS`] clients.
+const N: usize = 300;
+const LOADERS: usize = 4;
+/// The series that counts placements.
+const PLACED: &str = "citadel_decisions_total{status=\"placed\"}";
 
-    wait_until("r1's metrics say it leads", WAIT, || async {
-        metric(&scrape(&leader).await, "citadel_leader") == Some(1.0)
-    })
-    .await;
-    let before = scrape(&leader).await;
-    assert_eq!(
-        metric(&before, "citadel_decisions_total{status=\"placed\"}"),
-        None,
-        "nothing decided yet"
-    );
+/// The metrics test's world: eight engines of 4 cpus and 8 GB in zone a, a leader `r1` and a
+/// standby `r2`, both serving HTTP.
+/// Fields drop in order: the replicas, then etcd.
+struct Metered {
+    leader: Served,
+    standby: Served,
+    engines: Vec<String>,
+    client: Client,
+    keys: Keys,
+    etcd: EtcdProcess,
+}
 
-    // 300 requests from 4 clients, scraped all along.
-    const N: usize = 300;
-    let mut loaders = Vec::new();
-    for c in 0..4 {
-        let (client, keys) = (client.clone(), keys.clone());
-        loaders.push(tokio::spawn(async move {
-            let mut revs = Vec::new();
-            for i in (c..N).step_by(4) {
-                let id = format!("load-{i:03}");
-                let rev = put_request(
-                    &client,
-                    &keys,
-                    &id,
-                    request_json(0.1, 64, serde_json::json!({})),
-                )
-                .await;
-                revs.push((id, rev));
-            }
-            revs
-        }));
-    }
-    let mut mid_scrapes = Vec::new();
-    while loaders.iter().any(|l| !l.is_finished()) {
-        mid_scrapes.push(scrape(&leader).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut want = BTreeMap::new();
-    for l in loaders {
-        want.extend(l.await.expect("loader"));
-    }
-    wait_all_decided(&client, &keys, &want, WAIT * 3).await;
-    assert!(!mid_scrapes.is_empty(), "scraped during the load");
-
-    // The counters are bumped as each commit returns: wait (bounded) until all are in.
-    let placed = "citadel_decisions_total{status=\"placed\"}";
-    let mut after = scrape(&leader).await;
-    let deadline = Instant::now() + WAIT;
-    while metric(&after, placed).unwrap_or(0.0) < N as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "placed never reached {N}:\n{after}"
-        );
-        tokio::time::sleep(POLL).await;
-        after = scrape(&leader).await;
-    }
-    for mid in &mid_scrapes {
-        assert!(metric(mid, placed).unwrap_or(0.0) <= must(&after, placed));
-    }
-    assert_eq!(must(&after, placed), N as f64);
-    assert_eq!(
-        must(&after, "citadel_placements_total{scheduler=\"spread\"}"),
-        N as f64
-    );
-    let txns = must(&after, "citadel_transactions_total{outcome=\"committed\"}");
-    assert!(
-        (1.0..=N as f64).contains(&txns),
-        "{txns} transactions for {N} placements"
-    );
-    assert_eq!(must(&after, "citadel_transaction_operations_count"), txns);
-    assert!(must(&after, "citadel_transaction_operations_sum") >= N as f64);
-    assert!(must(&after, "citadel_commit_latency_seconds_count") >= txns);
-    assert_eq!(
-        must(&after, "citadel_decision_latency_seconds_count"),
-        N as f64,
-        "each request's first decision is timed"
-    );
-    assert_eq!(
-        must(&after, "citadel_requests{status=\"placed\"}"),
-        N as f64
-    );
-    assert_eq!(must(&after, "citadel_queued_requests"), 0.0);
-    assert!(must(&after, "citadel_leadership_changes_total") >= 1.0);
-    assert_eq!(must(&after, "citadel_cache_lists_total"), 1.0);
-
-    // Every replica reads its own cache: the standby names every engine too.
-    wait_until("the standby has seen every placement", WAIT, || async {
-        metric(
-            &scrape(&standby).await,
-            "citadel_requests{status=\"placed\"}",
-        ) == Some(N as f64)
-    })
-    .await;
-    let standby_text = scrape(&standby).await;
-    assert_eq!(must(&standby_text, "citadel_leader"), 0.0);
-    for text in [&after, &standby_text] {
-        let mut reserved = 0.0;
+impl Metered {
+    /// The engines, then `r1`, ready and leading, then `r2`, ready.
+    async fn start() -> Metered {
+        let etcd = start_etcd().await;
+        let client = connect(&etcd).await;
+        let keys = keys();
+        let engines: Vec<String> = (1..=8).map(|n| format!("engine-{n}")).collect();
         for e in &engines {
+            put_engine(&client, &keys, e, 4.0, 8192.0, &["zone=a"]).await;
+        }
+        let leader = Served::start(&etcd.endpoint(), "r1");
+        leader.wait_status("/readyz", 200).await;
+        wait_until("r1 leads", WAIT, || async {
+            leader_id(&client, &keys).await.as_deref() == Some("r1")
+        })
+        .await;
+        let standby = Served::start(&etcd.endpoint(), "r2");
+        standby.wait_status("/readyz", 200).await;
+        Metered {
+            leader,
+            standby,
+            engines,
+            client,
+            keys,
+            etcd,
+        }
+    }
+
+    /// `citadel_leader` is 1 on r1, and no placement is counted yet.
+    async fn the_leader_says_it_leads_and_has_decided_nothing(&self) {
+        wait_until("r1's metrics say it leads", WAIT, || async {
+            metric(&scrape(&self.leader).await, "citadel_leader") == Some(1.0)
+        })
+        .await;
+        let before = scrape(&self.leader).await;
+        assert_eq!(metric(&before, PLACED), None, "nothing decided yet");
+    }
+
+    /// [`N`] requests from [`LOADERS`] clients, the leader scraped all along; waits until every
+    /// one is decided. Returns the scrapes taken during the load.
+    async fn load_while_scraping_the_leader(&self) -> Vec<String> {
+        let mut loaders = Vec::new();
+        for c in 0..LOADERS {
+            let (client, keys) = (self.client.clone(), self.keys.clone());
+            loaders.push(tokio::spawn(async move {
+                let mut revs = Vec::new();
+                for i in (c..N).step_by(LOADERS) {
+                    let id = format!("load-{i:03}");
+                    let rev = put_request(
+                        &client,
+                        &keys,
+                        &id,
+                        request_json(0.1, 64, serde_json::json!({})),
+                    )
+                    .await;
+                    revs.push((id, rev));
+                }
+                revs
+            }));
+        }
+        let mut mid_scrapes = Vec::new();
+        while loaders.iter().any(|l| !l.is_finished()) {
+            mid_scrapes.push(scrape(&self.leader).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut want = BTreeMap::new();
+        for l in loaders {
+            want.extend(l.await.expect("loader"));
+        }
+        wait_all_decided(&self.client, &self.keys, &want, WAIT * 3).await;
+        assert!(!mid_scrapes.is_empty(), "scraped during the load");
+        mid_scrapes
+    }
+
+    /// The counters are bumped as each commit returns: waits (bounded) until the leader counts
+    /// all [`N`] placements. Returns that scrape.
+    async fn the_leader_counts_every_placement(&self) -> String {
+        let mut after = scrape(&self.leader).await;
+        let deadline = Instant::now() + WAIT;
+        while metric(&after, PLACED).unwrap_or(0.0) < N as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "placed never reached {N}:\n{after}"
+            );
+            tokio::time::sleep(POLL).await;
+            after = scrape(&self.leader).await;
+        }
+        after
+    }
+
+    /// Every replica reads its own cache: waits until the standby counts every placement, and
+    /// it says it does not lead. Returns its scrape.
+    async fn the_standby_counts_every_placement_and_does_not_lead(&self) -> String {
+        wait_until("the standby has seen every placement", WAIT, || async {
+            metric(
+                &scrape(&self.standby).await,
+                "citadel_requests{status=\"placed\"}",
+            ) == Some(N as f64)
+        })
+        .await;
+        let standby_text = scrape(&self.standby).await;
+        assert_eq!(must(&standby_text, "citadel_leader"), 0.0);
+        standby_text
+    }
+
+    /// A replica's scrape names every engine, with its capacity, and the engines together
+    /// reserve what the load asked for.
+    fn every_engine_is_named_with_what_it_holds(&self, text: &str) {
+        let mut reserved = 0.0;
+        for e in &self.engines {
             let l = format!("{{engine=\"{e}\"}}");
             assert_eq!(must(text, &format!("citadel_engine_cpus{l}")), 4.0);
             assert_eq!(
@@ -254,8 +269,58 @@ async fn metrics_move_under_a_load_and_name_every_engine_on_every_replica() {
             "the engines reserve {reserved} cpus"
         );
     }
-    standby.stop().await;
-    leader.stop().await;
+
+    /// Stops the standby, then the leader, then etcd.
+    async fn stop(self) {
+        self.standby.stop().await;
+        self.leader.stop().await;
+        drop(self.etcd);
+    }
+}
+
+/// No scrape during the load counted more than the end; the end counts each placement,
+/// transaction and first decision once, and a single list of the cache.
+fn the_counters_only_grew_and_count_the_load_once(mid_scrapes: &[String], after: &str) {
+    for mid in mid_scrapes {
+        assert!(metric(mid, PLACED).unwrap_or(0.0) <= must(after, PLACED));
+    }
+    assert_eq!(must(after, PLACED), N as f64);
+    assert_eq!(
+        must(after, "citadel_placements_total{scheduler=\"spread\"}"),
+        N as f64
+    );
+    let txns = must(after, "citadel_transactions_total{outcome=\"committed\"}");
+    assert!(
+        (1.0..=N as f64).contains(&txns),
+        "{txns} transactions for {N} placements"
+    );
+    assert_eq!(must(after, "citadel_transaction_operations_count"), txns);
+    assert!(must(after, "citadel_transaction_operations_sum") >= N as f64);
+    assert!(must(after, "citadel_commit_latency_seconds_count") >= txns);
+    assert_eq!(
+        must(after, "citadel_decision_latency_seconds_count"),
+        N as f64,
+        "each request's first decision is timed"
+    );
+    assert_eq!(must(after, "citadel_requests{status=\"placed\"}"), N as f64);
+    assert_eq!(must(after, "citadel_queued_requests"), 0.0);
+    assert!(must(after, "citadel_leadership_changes_total") >= 1.0);
+    assert_eq!(must(after, "citadel_cache_lists_total"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_under_a_load_and_name_every_engine_on_every_replica() {
+    let w = Metered::start().await;
+    w.the_leader_says_it_leads_and_has_decided_nothing().await;
+    let mid_scrapes = w.load_while_scraping_the_leader().await;
+    let after = w.the_leader_counts_every_placement().await;
+    the_counters_only_grew_and_count_the_load_once(&mid_scrapes, &after);
+    let standby = w
+        .the_standby_counts_every_placement_and_does_not_lead()
+        .await;
+    w.every_engine_is_named_with_what_it_holds(&after);
+    w.every_engine_is_named_with_what_it_holds(&standby);
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use citadel::cache::Cache;
+use citadel::keys::Keys;
 use citadel::manager::Ledger;
 use citadel::model::Status;
+use citadel_testkit::etcd::EtcdProcess;
 use common::*;
-use etcd_client::CompactionOptions;
+use etcd_client::{Client, CompactionOptions};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -86,133 +88,152 @@ async fn seed_sample_request_gets_a_seed_shaped_decision() {
     replica.stop().await;
 }
 
+/// The label test's engines, 16 cpus and 16 GB each, with their labels. `ee` is labelled as
+/// `ea` is: one scheduling class, told apart only by their own engine label.
+const LABELLED_ENGINES: &[(&str, &[&str])] = &[
+    ("ea", &["zone=a", "region=eu-west"]),
+    ("eb", &["zone=b", "region=us-east"]),
+    ("ec", &["zone=x", "region=eu-south"]),
+    ("ed", &["zone=d", "region=eu-north"]),
+    ("ee", &["zone=a", "region=eu-west"]),
+];
+
+/// (request id, constraints, engines it may land on)
+const LABEL_CASES: &[(&str, &[&str], &[&str])] = &[
+    ("zone-b", &["zone==b"], &["eb"]),
+    ("not-zone-a", &["zone!=a"], &["eb", "ec", "ed"]),
+    ("region-glob", &["region==eu-*"], &["ea", "ec", "ed", "ee"]),
+    (
+        "region-regex",
+        &["region==/^eu-(west|north)$/"],
+        &["ea", "ed", "ee"],
+    ),
+    ("zone-a-not-ea", &["zone==a", "engine!=ea"], &["ee"]),
+    (
+        "all-of",
+        &["region==eu-*", "zone!=a", "region!=eu-north"],
+        &["ec"],
+    ),
+    ("soft-met", &["zone==~b"], &["eb"]),
+    ("soft-unmet", &["zone==~c"], &["ea", "eb", "ec", "ed", "ee"]),
+    ("pinned", &["engine==ed"], &["ed"]),
+];
+
+/// The request whose hard constraint no engine meets.
+const HARD_ZONE_C: &str = "hard-zone-c";
+
+/// The label test's world: the [`LABELLED_ENGINES`] and one replica.
+/// Fields drop in order: the replica, then etcd.
+struct Labelled {
+    replica: Replica,
+    client: Client,
+    keys: Keys,
+    etcd: EtcdProcess,
+}
+
+impl Labelled {
+    async fn start() -> Labelled {
+        let etcd = start_etcd().await;
+        let client = connect(&etcd).await;
+        let keys = keys();
+        for (id, labels) in LABELLED_ENGINES {
+            put_engine(&client, &keys, id, 16.0, 16384.0, labels).await;
+        }
+        Labelled {
+            replica: Replica::start(&etcd, "replica-labels"),
+            client,
+            keys,
+            etcd,
+        }
+    }
+
+    /// Every one of the [`LABEL_CASES`], then [`HARD_ZONE_C`].
+    async fn submit_every_case_and_one_no_engine_meets(&self) {
+        for (id, labels, _) in LABEL_CASES {
+            let body = request_json(0.5, 64, json!({ "labels": labels }));
+            put_request(&self.client, &self.keys, id, body).await;
+        }
+        put_request(
+            &self.client,
+            &self.keys,
+            HARD_ZONE_C,
+            request_json(0.5, 64, json!({ "labels": ["zone==c"] })),
+        )
+        .await;
+    }
+
+    /// Each case is placed on an engine it allows, and holds one reservation, there.
+    async fn every_case_lands_on_an_engine_it_allows_and_is_held_there(&self) {
+        for (id, labels, allowed) in LABEL_CASES {
+            let d = wait_decision(&self.client, &self.keys, id, WAIT).await;
+            assert_eq!(d.status, Status::Placed, "{id} {labels:?}: {d:?}");
+            let engine = placed_engine(&d);
+            assert!(
+                allowed.contains(&engine.as_str()),
+                "{id} with {labels:?} landed on {engine}, allowed {allowed:?}"
+            );
+            let held = reservations_for(&self.client, &self.keys, id).await;
+            assert_eq!(held.len(), 1, "{id}: {held:?}");
+            assert_eq!(held[0].0, engine, "{id}: reservation on the decided engine");
+        }
+    }
+
+    async fn an_unmet_soft_constraint_is_dropped_and_says_so(&self) {
+        let soft = wait_decision(&self.client, &self.keys, "soft-unmet", WAIT).await;
+        assert!(
+            soft.reason.contains("soft constraints ignored"),
+            "an unmet soft constraint is dropped and says so: {:?}",
+            soft.reason
+        );
+    }
+
+    /// [`HARD_ZONE_C`] is unschedulable, holds nothing, and its reason names the constraint.
+    async fn a_hard_constraint_no_engine_meets_is_unschedulable_and_says_why(&self) {
+        let hard = wait_decision(&self.client, &self.keys, HARD_ZONE_C, WAIT).await;
+        assert_eq!(hard.status, Status::Unschedulable, "{hard:?}");
+        assert!(hard.resource.is_none(), "{hard:?}");
+        assert!(
+            hard.reason.starts_with("0/5 engines fit:"),
+            "reason {:?}",
+            hard.reason
+        );
+        assert!(
+            hard.reason.contains("constraint zone==c"),
+            "reason {:?}",
+            hard.reason
+        );
+        assert!(
+            reservations_for(&self.client, &self.keys, HARD_ZONE_C)
+                .await
+                .is_empty()
+        );
+    }
+
+    /// The invariants hold, with every case placed and one unschedulable.
+    async fn the_invariants_hold(&self) {
+        let report = assert_invariants(&self.client, &self.keys).await;
+        assert_eq!(report.placed, LABEL_CASES.len());
+        assert_eq!(report.unschedulable, 1);
+    }
+
+    /// Stops the replica, then etcd.
+    async fn stop(self) {
+        self.replica.stop().await;
+        drop(self.etcd);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_constraints_pick_matching_engines() {
-    let etcd = start_etcd().await;
-    let client = connect(&etcd).await;
-    let keys = keys();
-    put_engine(
-        &client,
-        &keys,
-        "ea",
-        16.0,
-        16384.0,
-        &["zone=a", "region=eu-west"],
-    )
-    .await;
-    put_engine(
-        &client,
-        &keys,
-        "eb",
-        16.0,
-        16384.0,
-        &["zone=b", "region=us-east"],
-    )
-    .await;
-    put_engine(
-        &client,
-        &keys,
-        "ec",
-        16.0,
-        16384.0,
-        &["zone=x", "region=eu-south"],
-    )
-    .await;
-    put_engine(
-        &client,
-        &keys,
-        "ed",
-        16.0,
-        16384.0,
-        &["zone=d", "region=eu-north"],
-    )
-    .await;
-    // Labelled as `ea` is: one scheduling class, told apart only by their own engine label.
-    put_engine(
-        &client,
-        &keys,
-        "ee",
-        16.0,
-        16384.0,
-        &["zone=a", "region=eu-west"],
-    )
-    .await;
-    let replica = Replica::start(&etcd, "replica-labels");
-
-    // (request id, constraints, engines it may land on)
-    let cases: &[(&str, &[&str], &[&str])] = &[
-        ("zone-b", &["zone==b"], &["eb"]),
-        ("not-zone-a", &["zone!=a"], &["eb", "ec", "ed"]),
-        ("region-glob", &["region==eu-*"], &["ea", "ec", "ed", "ee"]),
-        (
-            "region-regex",
-            &["region==/^eu-(west|north)$/"],
-            &["ea", "ed", "ee"],
-        ),
-        ("zone-a-not-ea", &["zone==a", "engine!=ea"], &["ee"]),
-        (
-            "all-of",
-            &["region==eu-*", "zone!=a", "region!=eu-north"],
-            &["ec"],
-        ),
-        ("soft-met", &["zone==~b"], &["eb"]),
-        ("soft-unmet", &["zone==~c"], &["ea", "eb", "ec", "ed", "ee"]),
-        ("pinned", &["engine==ed"], &["ed"]),
-    ];
-    for (id, labels, _) in cases {
-        let body = request_json(0.5, 64, json!({ "labels": labels }));
-        put_request(&client, &keys, id, body).await;
-    }
-    put_request(
-        &client,
-        &keys,
-        "hard-zone-c",
-        request_json(0.5, 64, json!({ "labels": ["zone==c"] })),
-    )
-    .await;
-
-    for (id, labels, allowed) in cases {
-        let d = wait_decision(&client, &keys, id, WAIT).await;
-        assert_eq!(d.status, Status::Placed, "{id} {labels:?}: {d:?}");
-        let engine = placed_engine(&d);
-        assert!(
-            allowed.contains(&engine.as_str()),
-            "{id} with {labels:?} landed on {engine}, allowed {allowed:?}"
-        );
-        let held = reservations_for(&client, &keys, id).await;
-        assert_eq!(held.len(), 1, "{id}: {held:?}");
-        assert_eq!(held[0].0, engine, "{id}: reservation on the decided engine");
-    }
-    let soft = wait_decision(&client, &keys, "soft-unmet", WAIT).await;
-    assert!(
-        soft.reason.contains("soft constraints ignored"),
-        "an unmet soft constraint is dropped and says so: {:?}",
-        soft.reason
-    );
-
-    let hard = wait_decision(&client, &keys, "hard-zone-c", WAIT).await;
-    assert_eq!(hard.status, Status::Unschedulable, "{hard:?}");
-    assert!(hard.resource.is_none(), "{hard:?}");
-    assert!(
-        hard.reason.starts_with("0/5 engines fit:"),
-        "reason {:?}",
-        hard.reason
-    );
-    assert!(
-        hard.reason.contains("constraint zone==c"),
-        "reason {:?}",
-        hard.reason
-    );
-    assert!(
-        reservations_for(&client, &keys, "hard-zone-c")
-            .await
-            .is_empty()
-    );
-
-    let report = assert_invariants(&client, &keys).await;
-    assert_eq!(report.placed, cases.len());
-    assert_eq!(report.unschedulable, 1);
-    replica.stop().await;
+    let w = Labelled::start().await;
+    w.submit_every_case_and_one_no_engine_meets().await;
+    w.every_case_lands_on_an_engine_it_allows_and_is_held_there()
+        .await;
+    w.an_unmet_soft_constraint_is_dropped_and_says_so().await;
+    w.a_hard_constraint_no_engine_meets_is_unschedulable_and_says_why()
+        .await;
+    w.the_invariants_hold().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,28 +8,13 @@ use std::collections::BTreeMap;
 use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::strategy::Strategy as _;
 
+use super::testing::{engine, request, request_with_affinity};
 use super::*;
-use crate::model::{EngineId, EngineSpec, Held, Image, Request, RequestId};
+use crate::model::{Held, Request, RequestId};
 
-fn engine(id: &str, cpus: u32, memory: u32) -> EngineView {
-    let spec = EngineSpec::parse(
-        &EngineId::new(id).unwrap(),
-        format!(r#"{{"cpus":{cpus},"memory":{memory}}}"#).as_bytes(),
-    )
-    .unwrap();
-    EngineView::new(&spec, 1.0)
-}
-
-fn request(cpus: u32, memory: u32, affinity: &[String]) -> Request {
-    Request::from_image(Image {
-        name: "img".into(),
-        cpus: Some(f64::from(cpus) / 1000.0),
-        memory: Some(f64::from(memory)),
-        kind: "service".into(),
-        affinity: affinity.to_vec(),
-        ..Image::default()
-    })
-    .unwrap()
+/// The strategies draw cpus in thousandths.
+fn milli(cpus: u32) -> f64 {
+    f64::from(cpus) / 1000.0
 }
 
 /// Places `rs` in turn; containers per engine id.
@@ -68,9 +53,9 @@ proptest! {
         binpack in any::<bool>(),
     ) {
         let s = if binpack { Strategy::Binpack } else { Strategy::Spread };
-        let rs: Vec<Request> = rs.iter().map(|(c, m)| request(*c, *m, &[])).collect();
-        let plain = (0..n).map(|i| engine(&format!("e{i}"), 8, 8192)).collect();
-        let renamed = (0..n).map(|i| engine(&format!("z{}", names[i]), 8, 8192)).collect();
+        let rs: Vec<Request> = rs.iter().map(|(c, m)| request(milli(*c), f64::from(*m), &[], &[])).collect();
+        let plain = (0..n).map(|i| engine(&format!("e{i}"), 8.0, 8192.0, &[])).collect();
+        let renamed = (0..n).map(|i| engine(&format!("z{}", names[i]), 8.0, 8192.0, &[])).collect();
         let (_, a) = place_all(&rs, plain, s);
         let (_, b) = place_all(&rs, renamed, s);
         let mut a: Vec<usize> = a.into_values().collect();
@@ -89,11 +74,11 @@ proptest! {
         rs in proptest::collection::vec((0u8..3, any::<bool>(), 1u32..2_000), 1..40),
         n in 1usize..8,
     ) {
-        let mut view: Vec<EngineView> = (0..n).map(|i| engine(&format!("e{i}"), 16, 16384)).collect();
+        let mut view: Vec<EngineView> = (0..n).map(|i| engine(&format!("e{i}"), 16.0, 16384.0, &[])).collect();
         let mut group_of: BTreeMap<String, (u8, bool)> = BTreeMap::new();
         for (k, (g, anti, cpus)) in rs.iter().enumerate() {
             let expr = if *anti { format!("request!=g{g}-*") } else { format!("request==g{}-*", (g + 1) % 3) };
-            let r = request(*cpus, 64, std::slice::from_ref(&expr));
+            let r = request_with_affinity(milli(*cpus), 64.0, &[], &[expr.as_str()]);
             let p = Prepared::new(r.clone()).unwrap();
             let id = RequestId::new(format!("g{g}-{k}")).unwrap();
             if let Ok(plan) = schedule(&p, &view, Strategy::Spread, k as u64, usize::MAX) {

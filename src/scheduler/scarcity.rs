@@ -208,25 +208,16 @@ impl Scarcity {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing;
+    use super::super::testing::{engine_in_class, prepared};
     use super::*;
 
-    fn engine(id: &str, labels: &[&str], class: u32) -> EngineView {
-        let mut v = testing::engine(id, 4.0, 4096.0, labels);
-        v.class = class;
-        v
-    }
-
-    fn request(labels: &[&str]) -> Prepared {
-        Prepared::new(testing::request(0.5, 256.0, labels, &[])).unwrap()
-    }
-
-    /// Six engines, one in three with an ssd.
+    /// Six engines of 4 cpus and 4 GB, one in three with an ssd (class 1, the others class 0).
     fn fleet() -> Vec<EngineView> {
         (0..6)
             .map(|i| {
                 let disk = if i % 3 == 0 { "disk=ssd" } else { "disk=hdd" };
-                engine(&format!("e{i}"), &[disk, "zone=a"], u32::from(i % 3 == 0))
+                let class = u32::from(i % 3 == 0);
+                engine_in_class(&format!("e{i}"), 4.0, 4096.0, &[disk, "zone=a"], class)
             })
             .collect()
     }
@@ -239,7 +230,7 @@ mod tests {
         // 0.1 / (1/3) = 0.3, six steps.
         for n in 0..100 {
             let labels: &[&str] = if n % 10 == 0 { &["disk==ssd"] } else { &[] };
-            s.observe(&request(labels));
+            s.observe(&prepared(0.5, 256.0, labels, &[]));
         }
         s.apply(&mut views, 1);
         let tiers: Vec<u16> = views.iter().map(|v| v.scarcity).collect();
@@ -252,8 +243,8 @@ mod tests {
         let mut views = fleet();
         let mut s = Scarcity::default();
         for _ in 0..10 {
-            s.observe(&request(&["zone==a"]));
-            s.observe(&request(&["zone==b"]));
+            s.observe(&prepared(0.5, 256.0, &["zone==a"], &[]));
+            s.observe(&prepared(0.5, 256.0, &["zone==b"], &[]));
         }
         s.apply(&mut views, 1);
         assert!(views.iter().all(|v| v.scarcity == 0));
@@ -263,7 +254,7 @@ mod tests {
     fn scarcity_follows_the_engines_and_fades_with_the_demand() {
         let mut views = fleet();
         let mut s = Scarcity::default();
-        s.observe(&request(&["disk==ssd"]));
+        s.observe(&prepared(0.5, 256.0, &["disk==ssd"], &[]));
         s.apply(&mut views, 1);
         assert!(views[0].scarcity > 0 && views[1].scarcity == 0);
         // The views are rebuilt (their scarcity reset): the figures are written again.
@@ -271,13 +262,13 @@ mod tests {
         s.apply(&mut rebuilt, 1);
         assert_eq!(rebuilt[0].scarcity, views[0].scarcity);
         // An engine changes its labels: the sets are placed on the new engines.
-        rebuilt[1] = engine("e1", &["disk=ssd", "zone=a"], 1);
+        rebuilt[1] = engine_in_class("e1", 4.0, 4096.0, &["disk=ssd", "zone=a"], 1);
         s.apply(&mut rebuilt, 2);
         assert!(rebuilt[1].scarcity > 0);
         // Ten half-lives of unconstrained demand later, the ssd engines are like the others.
         let before = rebuilt[0].scarcity;
         for _ in 0..(10.0 * HALF_LIFE) as usize {
-            s.observe(&request(&[]));
+            s.observe(&prepared(0.5, 256.0, &[], &[]));
         }
         s.apply(&mut rebuilt, 2);
         assert!(rebuilt[0].scarcity < before);
@@ -289,10 +280,10 @@ mod tests {
         let mut s = Scarcity::default();
         for i in 0..MAX_SETS {
             for _ in 0..=i {
-                s.observe(&request(&[&format!("zone==z{i}")]));
+                s.observe(&prepared(0.5, 256.0, &[&format!("zone==z{i}")], &[]));
             }
         }
-        s.observe(&request(&["zone==new"]));
+        s.observe(&prepared(0.5, 256.0, &["zone==new"], &[]));
         assert_eq!(s.sets(), MAX_SETS);
         let holds = |expr: &str| s.sets.iter().any(|x| x.constraints[0].expr == expr);
         assert!(holds("zone==new"));

@@ -1,5 +1,6 @@
 //! What the scheduler's tests build their engines and requests with: one engine-view builder
-//! and one request builder, so that every stage's tests mean the same by "an engine with 4 cpus".
+//! and one request builder (and their few variants), so that every stage's tests mean the same
+//! by "an engine with 4 cpus".
 
 use super::{EngineView, Prepared, Strategy, schedule};
 use crate::model::{Engine, EngineId, EngineSpec, HostPort, Image, Proto, Request, RequestId};
@@ -22,6 +23,20 @@ pub(crate) fn engine(id: &str, cpus: f64, memory: f64, labels: &[&str]) -> Engin
     EngineView::new(&spec, 1.0)
 }
 
+/// An [`engine`] in scheduling class `class`. The cache gives engines labelled alike one class;
+/// a fleet built by hand says which.
+pub(crate) fn engine_in_class(
+    id: &str,
+    cpus: f64,
+    memory: f64,
+    labels: &[&str],
+    class: u32,
+) -> EngineView {
+    let mut v = engine(id, cpus, memory, labels);
+    v.class = class;
+    v
+}
+
 /// The image of a request as a user would write it: `labels` are its constraints, `ports` the
 /// tcp host ports it binds. Tests that need more (affinity, disk) set it on this.
 pub(crate) fn image(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Image {
@@ -39,6 +54,25 @@ pub(crate) fn image(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> I
 /// A request of [`image`], checked as the model checks one.
 pub(crate) fn request(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Request {
     Request::from_image(image(cpus, memory, labels, ports)).unwrap()
+}
+
+/// A [`request`] binding no port, with `affinity` (`request!=web-*`, `image==redis*`).
+pub(crate) fn request_with_affinity(
+    cpus: f64,
+    memory: f64,
+    labels: &[&str],
+    affinity: &[&str],
+) -> Request {
+    Request::from_image(Image {
+        affinity: affinity.iter().map(|s| s.to_string()).collect(),
+        ..image(cpus, memory, labels, &[])
+    })
+    .unwrap()
+}
+
+/// A [`request`], prepared as the scheduler takes it.
+pub(crate) fn prepared(cpus: f64, memory: f64, labels: &[&str], ports: &[u16]) -> Prepared {
+    Prepared::new(request(cpus, memory, labels, ports)).unwrap()
 }
 
 /// Schedules `r` with seed 1 over every engine and reserves it where it goes: the index, or
