@@ -18,12 +18,10 @@ use citadel::keys::Keys;
 use citadel_testkit::etcd::EtcdProcess;
 use common::*;
 use etcd_client::Client;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-/// Bound on one HTTP request of these tests.
-const REQUEST: Duration = Duration::from_secs(10);
 /// Bound on one Chromium run.
 const BROWSER: Duration = Duration::from_secs(120);
 
@@ -82,32 +80,6 @@ impl Served {
     async fn stop(self) {
         self.replica.stop().await;
     }
-}
-
-/// One GET over a fresh connection: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no end of headers in {text:?}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no status in {head:?}"))?;
-        Ok((status, body.to_string()))
-    };
-    timeout(REQUEST, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {REQUEST:?}")))
 }
 
 /// A series' value in Prometheus text (`name{labels}` exactly as written).

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use citadel::model::Status;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 mod common;
 use common::*;
@@ -102,37 +100,11 @@ fn candidates(e: &Value, n: usize) -> Option<(String, Vec<(String, SocketAddr)>)
     (list.len() == n && found.len() == n).then_some((leader, found))
 }
 
-/// One GET: its status code and body.
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no end of headers in {text:?}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no status in {head:?}"))?;
-        Ok((status, body.to_string()))
-    };
-    timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("GET {path}: no answer")))
-}
-
 /// Polls `/readyz` at `addr` until it answers 200 (bounded); returns its body.
 async fn ready(addr: SocketAddr, who: &str, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
-        let got = get(addr, "/readyz").await;
+        let got = http_get(addr, "/readyz").await;
         if let Ok((200, body)) = &got {
             return body.clone();
         }
@@ -172,9 +144,9 @@ async fn own_page(id: &str, addr: SocketAddr, leads: bool) {
     let body = ready(addr, id, WAIT).await;
     let role = if leads { "leader" } else { "standby" };
     assert!(body.starts_with(&format!("ready: {role}")), "{id}: {body}");
-    let (code, health) = get(addr, "/healthz").await.expect("/healthz");
+    let (code, health) = http_get(addr, "/healthz").await.expect("/healthz");
     assert_eq!(code, 200, "{id}: {health}");
-    let (code, state) = get(addr, "/api/state").await.expect("/api/state");
+    let (code, state) = http_get(addr, "/api/state").await.expect("/api/state");
     assert_eq!(code, 200);
     let state: Value = serde_json::from_str(&state).expect("state json");
     assert_eq!(

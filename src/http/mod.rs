@@ -448,6 +448,16 @@ fn io_reason(e: &std::io::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A replica's surface that has not reached etcd yet.
+    fn surface() -> Surface {
+        Surface {
+            replica: "r".into(),
+            cache: Cache::new(Keys::default(), 1.0),
+            metrics: Arc::default(),
+            etcd: "http://127.0.0.1:2379".into(),
+        }
+    }
+
     #[test]
     fn ages_read_as_a_person_says_them() {
         assert_eq!(ago(Duration::from_millis(400)), "0.4s");
@@ -460,12 +470,7 @@ mod tests {
     async fn a_port_in_use_is_one_line_naming_the_flag() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let surface = Surface {
-            replica: "r".into(),
-            cache: Cache::new(Keys::default(), 1.0),
-            metrics: Arc::default(),
-            etcd: "http://127.0.0.1:2379".into(),
-        };
+        let surface = surface();
         let (_stop, shutdown) = watch::channel(false);
         let e = match Server::start(addr, surface, shutdown).await {
             Ok(_) => panic!("bound a port in use"),
@@ -485,12 +490,7 @@ mod tests {
     async fn a_default_port_taken_moves_on_to_a_free_one() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let surface = Surface {
-            replica: "r".into(),
-            cache: Cache::new(Keys::default(), 1.0),
-            metrics: Arc::default(),
-            etcd: "http://127.0.0.1:2379".into(),
-        };
+        let surface = surface();
         let (stop, shutdown) = watch::channel(false);
         let server = Server::start(Listen::FirstFree(addr), surface, shutdown)
             .await
@@ -507,12 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn before_etcd_answers_the_replica_is_neither_healthy_nor_ready() {
-        let surface = Surface {
-            replica: "r".into(),
-            cache: Cache::new(Keys::default(), 1.0),
-            metrics: Arc::default(),
-            etcd: "http://127.0.0.1:2379".into(),
-        };
+        let surface = surface();
         let (ok, why) = health(&surface);
         assert!(!ok);
         assert_eq!(

@@ -134,3 +134,34 @@ pub fn request_file(dir: &Path, name: &str, body: &str) -> String {
     std::fs::write(&path, body).expect("write the request");
     path.to_string_lossy().into_owned()
 }
+
+/// One HTTP GET over a fresh connection (the replicas' status pages speak plain HTTP/1.1):
+/// its status code and body, or why there is none within 10 s.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REQUEST: Duration = Duration::from_secs(10);
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status in {head:?}"))?;
+        Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(REQUEST, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {REQUEST:?}")))
+}
