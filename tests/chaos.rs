@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use citadel::keys::Keys;
 use citadel::model::Decision;
@@ -261,6 +261,8 @@ struct Phase {
     name: &'static str,
     from: Instant,
     to: Instant,
+    /// The same span on the clock the replicas' logs are stamped with.
+    wall: (SystemTime, SystemTime),
     failures: usize,
 }
 
@@ -347,19 +349,49 @@ impl Chaos {
     }
 
     /// When a phase begins, and how many commits had failed by then.
-    fn begin(&self) -> (Instant, usize) {
-        (Instant::now(), commit_failures(&self.replicas))
+    fn begin(&self) -> (Instant, SystemTime, usize) {
+        (
+            Instant::now(),
+            SystemTime::now(),
+            commit_failures(&self.replicas),
+        )
     }
 
     /// Records phase `name`, begun at `begun`, as ending now.
-    fn end(&mut self, name: &'static str, begun: (Instant, usize)) {
-        let (from, before) = begun;
+    fn end(&mut self, name: &'static str, begun: (Instant, SystemTime, usize)) {
+        let (from, wall_from, before) = begun;
         self.phases.push(Phase {
             name,
             from,
             to: Instant::now(),
+            wall: (wall_from, SystemTime::now()),
             failures: commit_failures(&self.replicas).saturating_sub(before),
         });
+    }
+
+    /// Whether etcd itself took the citadel leader's lease during `phase`: a replica logged
+    /// that its election key was deleted or that etcd said its lease expired, and none that it
+    /// gave up on a lease etcd had not answered about.
+    ///
+    /// etcd 3.4 before 3.4.28 revokes live leases when a stalled raft leader resumes: its
+    /// lessor still acts as the primary after its raft node has stepped down, and the
+    /// revocations it proposes are forwarded to the new leader and commit (etcd issues #12528
+    /// and #15247, fixed by #16822). Freezing the raft leader is how this test stalls it.
+    fn etcd_took_the_lease(&self, phase: &Phase) -> bool {
+        let within =
+            |line: &str| log_time(line).is_some_and(|t| t >= phase.wall.0 && t <= phase.wall.1);
+        let logs: Vec<String> = self
+            .replicas
+            .iter()
+            .flat_map(|r| r.log().lines().map(plain).collect::<Vec<_>>())
+            .collect();
+        let lines = || logs.iter().filter(|l| within(l));
+        let taken = lines().any(|l| {
+            l.contains("stepped down reason=the election key is gone")
+                || l.contains("lease lost: etcd says it expired")
+        });
+        let gave_up = lines().any(|l| l.contains("lease lost: no etcd member has answered"));
+        taken && !gave_up
     }
 
     async fn steady(&mut self) {
@@ -478,6 +510,8 @@ impl Chaos {
     }
 
     /// Prints each phase's figures; returns how many times the citadel leader changed in each.
+    /// Each phase's leader changes, less those etcd forced on the raft leader's phases (see
+    /// [`Chaos::etcd_took_the_lease`]), which are reported.
     fn print_phases_and_count_leader_changes(&self) -> Vec<(&'static str, usize)> {
         let seen = lock(&self.seen);
         for p in &self.phases {
@@ -492,6 +526,13 @@ impl Chaos {
                     .skip(1)
                     .filter(|(t, _)| *t >= p.from && *t < p.to)
                     .count();
+                if n > 0 && p.name.starts_with("raft leader") && self.etcd_took_the_lease(p) {
+                    println!(
+                        "chaos: during \"{}\" etcd revoked the citadel leader's lease as its stalled raft leader resumed (etcd #12528): {n} change(s) not citadel's doing",
+                        p.name
+                    );
+                    return (p.name, 0);
+                }
                 (p.name, n)
             })
             .collect()
@@ -556,6 +597,29 @@ impl Chaos {
             }
         }
     }
+}
+
+/// When a replica logged `line` (its first 27 characters: `2026-12-06T13:25:03.857096Z`).
+fn log_time(line: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(line.get(..27)?).ok()
+}
+
+/// A log line without its terminal colours (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The citadel leader changed only in the phases aimed at it.
@@ -643,4 +707,19 @@ async fn calls_leave_a_frozen_or_dead_member_and_come_back() {
         }
     }
     stop.send_replace(true);
+}
+
+/// What decides whether etcd took a leader's lease reads the replicas' log lines as they are.
+#[test]
+fn a_log_line_is_read_for_its_time_and_its_words() {
+    let line = "\u{1b}[2m2026-12-06T13:25:03.857096Z\u{1b}[0m  WARN replica{id=replica-3}: citadel::controller: stepped down \u{1b}[3mreason\u{1b}[0m\u{1b}[2m=\u{1b}[0mthe election key is gone";
+    let plain = plain(line);
+    assert!(
+        plain.contains("stepped down reason=the election key is gone"),
+        "{plain}"
+    );
+    let at = log_time(&plain).expect("a time");
+    let want = humantime::parse_rfc3339("2026-12-06T13:25:03.857096Z").expect("a time");
+    assert_eq!(at, want);
+    assert_eq!(log_time("not a log line"), None);
 }
