@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use etcd_client::Client;
 use serde::Serialize;
 
-use crate::keys::{Key, Keys};
+use crate::keys::{Key, Keys, NOT_TEXT_ID};
 use crate::model::{Decision, EngineSpec, HostPort, MemoryMb, Millicpus, Status};
 use crate::store::{self, StoreError};
 
@@ -162,6 +162,9 @@ impl Seen {
                             .push(format!("{:?}: {e}", id.as_str())),
                     }
                 }
+                Some(Key::OddEngine(segment)) => report
+                    .ignored_engines
+                    .push(format!("{}: {NOT_TEXT_ID}", odd_name(&segment))),
                 Some(Key::Request(id)) => {
                     seen.requests.insert(id.to_string(), mod_revision);
                 }

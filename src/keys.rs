@@ -44,7 +44,13 @@ pub enum Key {
     OddRequest(Vec<u8>, String),
     /// The decision key of an [`Key::OddRequest`], by the same segment.
     OddDecision(Vec<u8>),
+    /// An engine key whose last segment is not UTF-8 text: no command line can name it, so it
+    /// is never scheduled, and reported (`engine ls`, `citadel check`, the log).
+    OddEngine(Vec<u8>),
 }
+
+/// Why a request or engine key whose last segment is not UTF-8 text cannot name an id.
+pub const NOT_TEXT_ID: &str = "id: the key's last segment is not UTF-8 text";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("prefix {0:?} must be a path like /citadel, without spaces")]
@@ -169,10 +175,10 @@ impl Keys {
         let slash = rest.iter().position(|b| *b == b'/')?;
         let (kind, tail) = (&rest[..slash], &rest[slash + 1..]);
         let Ok(tail) = std::str::from_utf8(tail) else {
-            const NOT_TEXT: &str = "id: the key's last segment is not UTF-8 text";
             return match kind {
-                b"requests" => Some(Key::OddRequest(tail.to_vec(), NOT_TEXT.into())),
+                b"requests" => Some(Key::OddRequest(tail.to_vec(), NOT_TEXT_ID.into())),
                 b"decisions" => Some(Key::OddDecision(tail.to_vec())),
+                b"engines" => Some(Key::OddEngine(tail.to_vec())),
                 _ => None,
             };
         };
@@ -275,8 +281,12 @@ mod tests {
             let decision = k.odd_decision(segment);
             assert_eq!(k.parse(&decision), Some(Key::OddDecision(segment.to_vec())));
         }
-        // Other kinds with a segment that is not text are not citadel's.
-        assert_eq!(k.parse(b"/citadel/engines/e\xff"), None);
+        // An engine key that is not text is named, to be reported; other kinds are not ours.
+        assert_eq!(
+            k.parse(b"/citadel/engines/e\xff"),
+            Some(Key::OddEngine(b"e\xff".to_vec()))
+        );
+        assert_eq!(k.parse(b"/citadel/health/e\xff"), None);
         // Long ids still name a key, so they get an `invalid` decision rather than silence.
         let long = format!("/citadel/requests/{}", "x".repeat(300));
         match k.parse(long.as_bytes()) {

@@ -535,6 +535,13 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
     for odd in ["big\u{1}", "nul\u{0}x", "tab\tx"] {
         put_raw(&client, format!("/citadel/engines/{odd}"), huge.as_str()).await;
     }
+    // And one whose id is not text at all.
+    put_raw(
+        &client,
+        b"/citadel/engines/bytes\xff".to_vec(),
+        huge.as_str(),
+    )
+    .await;
     let replica = Replica::start(&etcd, "r1");
 
     // Only e1 counts: what needs more than it has fits nowhere, whatever the odd records say.
@@ -582,7 +589,7 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
     }
     let report = assert_invariants(&client, &keys).await;
     assert_eq!(report.unsettled(), 0, "every key answered: {report:#?}");
-    assert_eq!(report.ignored_engines.len(), 3, "{report:#?}");
+    assert_eq!(report.ignored_engines.len(), 4, "{report:#?}");
 
     // check names the odd engines, and exits non-zero for them.
     let (code, out, _) = cli(&etcd.endpoint(), &["check", "--settle", "0"]);
@@ -604,7 +611,8 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
         .filter(|r| r["invalid"].is_string())
         .filter_map(|r| r["id"].as_str())
         .collect();
-    assert_eq!(invalid.len(), 3, "{json_out}");
+    assert_eq!(invalid.len(), 4, "{json_out}");
+    assert!(invalid.contains(&"bytes\\xff"), "{json_out}");
 
     // A deleted odd request takes its answer with it.
     delete_key(&client, keys.odd_request(b"odd\xff\xfe")).await;

@@ -150,6 +150,8 @@ pub struct Mirror {
     pub(super) health: HashMap<EngineId, HealthEntry>,
     /// Request keys whose last segment cannot be a request id, by that segment's bytes.
     pub(super) odd: BTreeMap<Vec<u8>, OddEntry>,
+    /// Engine keys whose last segment is not UTF-8 text: never scheduled, only listed.
+    pub(super) odd_engines: std::collections::BTreeSet<Vec<u8>>,
     /// Where each named volume lives (`volumes/<name>`). Shared with the leader's rounds.
     pub(super) volumes: Arc<HashMap<String, EngineId>>,
     /// The newest revision of a decision the leader applied from its own commit.
@@ -241,6 +243,11 @@ impl Mirror {
                 };
                 self.odd.entry(segment.clone()).or_default().request = Some(request);
                 out.push(Change::Odd(segment));
+            }
+            Key::OddEngine(segment) => {
+                tracing::warn!(key = %kv.key().escape_ascii(),
+                    "engine key ignored: it is never scheduled: its id is not UTF-8 text");
+                self.odd_engines.insert(segment);
             }
             Key::OddDecision(segment) => {
                 let answers = serde_json::from_slice::<Answers>(kv.value())
@@ -393,6 +400,9 @@ impl Mirror {
             }
             Key::OddRequest(segment, _) => self.odd_gone(segment, |e| e.request = None, out),
             Key::OddDecision(segment) => self.odd_gone(segment, |e| e.decided = None, out),
+            Key::OddEngine(segment) => {
+                self.odd_engines.remove(&segment);
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use super::mirror::*;
-use crate::keys::{Key, Keys};
+use crate::keys::{Key, Keys, NOT_TEXT_ID};
 use crate::model::*;
 
 /// One reservation, as `citadel engine show` lists it.
@@ -444,6 +444,16 @@ impl Mirror {
                     ),
                 }
             })
+            .chain(self.odd_engines.iter().map(|segment| {
+                (
+                    crate::model::EngineSnapshot {
+                        id: segment.escape_ascii().to_string(),
+                        ..Default::default()
+                    },
+                    String::new(),
+                    Some(NOT_TEXT_ID.to_string()),
+                )
+            }))
             .collect()
     }
 }

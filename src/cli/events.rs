@@ -167,7 +167,9 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                 event.engine = Some(engine.to_string());
             }
         }
-        Key::Request(_) | Key::OddRequest(..) | Key::OddDecision(_) => return None,
+        Key::Request(_) | Key::OddRequest(..) | Key::OddDecision(_) | Key::OddEngine(_) => {
+            return None;
+        }
     }
     Some(event)
 }
