@@ -101,7 +101,7 @@ impl<L: Listener + ?Sized> Shared<L> {
         // Told apart before anything is allocated or parsed: the leader's own decisions come
         // back as events it has already applied, one per placement.
         if let Some(("decisions", id)) = keys.split(kv.key())
-            && RequestId::from_key_segment(id).is_some()
+            && RequestId::names_key_segment(id)
         {
             let value = (kind == EventType::Put).then(|| kv.value());
             if !self

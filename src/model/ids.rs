@@ -55,7 +55,11 @@ macro_rules! id_type {
             /// of [`Self::new`] are applied later, so that a long or odd id still gets an
             /// `invalid` decision instead of silence.
             pub fn from_key_segment(id: &str) -> Option<Self> {
-                (!id.is_empty() && !id.contains('/')).then(|| Self(id.into()))
+                Self::names_key_segment(id).then(|| Self(id.into()))
+            }
+            /// Whether [`Self::from_key_segment`] would take `id`, without building one.
+            pub fn names_key_segment(id: &str) -> bool {
+                !id.is_empty() && !id.contains('/')
             }
             /// The strict checks of [`Self::new`], for an id that came from a key.
             pub fn check(&self) -> Result<(), IdError> {

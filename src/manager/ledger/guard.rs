@@ -178,10 +178,6 @@ impl Ledger {
         }
     }
 
-    pub fn is_leading(&self) -> bool {
-        self.leading
-    }
-
     /// Numbers a decision write of this leader's before it is sent (see the guard); give the
     /// number back with [`Ledger::end_write`] once what it wrote is applied.
     pub fn begin_write(&mut self) -> u64 {
