@@ -637,11 +637,15 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         matches!(at_first, Err(e) if e.to_string().contains("compacted"))
     })
     .await;
-    assert!(
-        replica.log().contains("compacted etcd history"),
-        "{}",
-        replica.log()
-    );
+    // Logged once the compaction is physical and its call has returned: after the revision
+    // became unreadable, which is what was waited for above.
+    let logged = tokio::time::timeout(common::WAIT, async {
+        while !replica.log().contains("compacted etcd history") {
+            tokio::time::sleep(common::POLL).await;
+        }
+    })
+    .await;
+    assert!(logged.is_ok(), "{}", replica.log());
     for i in 0..120 {
         let id = format!("r-{i:03}");
         common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
