@@ -5,7 +5,9 @@
 //! <prefix>/requests/<request>               user
 //! <prefix>/decisions/<request>              leader; a placement's reservation lives inside it
 //! <prefix>/volumes/<name>                   leader: the engine a named volume lives on
-//! <prefix>/health/<engine>                  leader, on a lease
+//! <prefix>/health/<engine>                  leader (`--docker`) or the engine's agent, on a lease
+//! <prefix>/assignments/<engine>/<request>   leader, in the placement's txn: what the agent runs
+//! <prefix>/runs/<engine>/<request>          the engine's agent: what became of it
 //! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
 //! ```
@@ -47,6 +49,10 @@ pub enum Key {
     /// An engine key whose last segment is not UTF-8 text: no command line can name it, so it
     /// is never scheduled, and reported (`engine ls`, `citadel check`, the log).
     OddEngine(Vec<u8>),
+    /// `assignments/<engine>/<request>`: what the engine's agent must run.
+    Assignment(EngineId, RequestId),
+    /// `runs/<engine>/<request>`: what the engine's agent reports of it.
+    Run(EngineId, RequestId),
 }
 
 /// Why a request or engine key whose last segment is not UTF-8 text cannot name an id.
@@ -116,6 +122,34 @@ impl Keys {
     }
     pub fn health(&self, engine: &EngineId) -> String {
         self.join("health/", engine.as_str())
+    }
+    /// `assignments/<engine>/`: one agent's whole range (its etcd role reads only this).
+    pub fn assignments_of(&self, engine: &EngineId) -> String {
+        let mut key = self.join("assignments/", engine.as_str());
+        key.push('/');
+        key
+    }
+    pub fn assignments(&self) -> String {
+        format!("{}assignments/", self.root)
+    }
+    pub fn assignment(&self, engine: &EngineId, id: &RequestId) -> String {
+        let mut key = self.assignments_of(engine);
+        key.push_str(id.as_str());
+        key
+    }
+    /// `runs/<engine>/`: where one agent reports (its etcd role writes only this).
+    pub fn runs_of(&self, engine: &EngineId) -> String {
+        let mut key = self.join("runs/", engine.as_str());
+        key.push('/');
+        key
+    }
+    pub fn runs(&self) -> String {
+        format!("{}runs/", self.root)
+    }
+    pub fn run(&self, engine: &EngineId, id: &RequestId) -> String {
+        let mut key = self.runs_of(engine);
+        key.push_str(id.as_str());
+        key
     }
     pub fn healths(&self) -> String {
         format!("{}health/", self.root)
@@ -197,6 +231,16 @@ impl Keys {
                 (!tail.is_empty() && !tail.contains('/')).then(|| Key::Volume(tail.into()))
             }
             "leader" => Some(Key::Leader(tail.to_string())),
+            "assignments" | "runs" => {
+                let (engine, id) = tail.split_once('/')?;
+                let engine = EngineId::from_key_segment(engine)?;
+                let id = RequestId::from_key_segment(id)?;
+                Some(if kind == b"runs" {
+                    Key::Run(engine, id)
+                } else {
+                    Key::Assignment(engine, id)
+                })
+            }
             _ => None,
         }
     }
@@ -248,6 +292,20 @@ mod tests {
             k.parse(k.health(&eid("e1")).as_bytes()),
             Some(Key::Health(eid("e1")))
         );
+        assert_eq!(
+            k.parse(k.assignment(&eid("e1"), &rid("r1")).as_bytes()),
+            Some(Key::Assignment(eid("e1"), rid("r1")))
+        );
+        assert_eq!(
+            k.parse(k.run(&eid("e1"), &rid("r1")).as_bytes()),
+            Some(Key::Run(eid("e1"), rid("r1")))
+        );
+        assert!(
+            k.assignment(&eid("e1"), &rid("r1"))
+                .starts_with(&k.assignments_of(&eid("e1")))
+        );
+        assert_eq!(k.parse(b"/citadel/runs/e1"), None);
+        assert_eq!(k.parse(b"/citadel/runs/e1/a/b"), None);
         assert_eq!(
             k.parse(b"/citadel/leader/694d7a1c2b3e4f01"),
             Some(Key::Leader("694d7a1c2b3e4f01".into()))

@@ -32,6 +32,8 @@ pub enum Change {
     /// A request key whose last segment cannot be a request id, or its decision, changed (by
     /// that segment's bytes).
     Odd(Vec<u8>),
+    /// An agent's assignment of the request, or the agent's report on it, changed.
+    Agent(RequestId),
 }
 
 /// How an engine's key changed.

@@ -19,8 +19,8 @@ use super::decision::{DecisionFacts, DecisionHead};
 use super::usage::{ReservationEntry, Usage, release_usage};
 use crate::keys::{Key, Keys};
 use crate::model::{
-    Decision, EngineId, EngineSpec, Health, Invalid, LeaderInfo, Lifecycle, RequestId, Run, Status,
-    VolumeRecord,
+    Decision, EngineId, EngineSpec, Health, Invalid, LeaderInfo, Lifecycle, RequestId, Run,
+    RunReport, Status, VolumeRecord,
 };
 use crate::scheduler::{EngineView, MAX_CLASSES, Parsed, Strategy, UNCLASSED, prepare};
 
@@ -118,6 +118,28 @@ pub struct LeaderKey {
     pub info: Option<LeaderInfo>,
 }
 
+/// An agent's report on one request (`runs/<engine>/<request>`).
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    pub mod_revision: i64,
+    /// `None`: the value is not a report (written by hand); it is deleted with the assignment.
+    pub report: Option<RunReport>,
+}
+
+/// The fields the mirror reads of an assignment.
+#[derive(serde::Deserialize)]
+struct AssignmentHead {
+    request_revision: i64,
+}
+
+/// An assignment as the mirror keeps it (its spec is the agent's to read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignmentEntry {
+    pub mod_revision: i64,
+    /// The request revision it answers (`-1`: unreadable).
+    pub request_revision: i64,
+}
+
 /// The one field the mirror reads of an odd request key's decision.
 #[derive(serde::Deserialize)]
 struct Answers {
@@ -154,6 +176,11 @@ pub struct Mirror {
     pub(super) odd_engines: std::collections::BTreeSet<Vec<u8>>,
     /// Where each named volume lives (`volumes/<name>`). Shared with the leader's rounds.
     pub(super) volumes: Arc<HashMap<String, EngineId>>,
+    /// `assignments/<engine>/<request>`, by request: usually one engine, two while a move's
+    /// old assignment is still being deleted (or after a hand-written one).
+    pub(super) assignments: HashMap<RequestId, BTreeMap<EngineId, AssignmentEntry>>,
+    /// `runs/<engine>/<request>`, by request and engine.
+    pub(super) runs: HashMap<RequestId, BTreeMap<EngineId, RunEntry>>,
     /// The newest revision of a decision the leader applied from its own commit.
     fed: i64,
     /// A fresh list may have wiped decisions applied from commits: they are in the mirror
@@ -275,6 +302,34 @@ impl Mirror {
                     Some(engine) => self.volume_recorded(&name, engine, out),
                     None => tracing::warn!(volume = %name, "unreadable volume key; ignored"),
                 }
+            }
+            Key::Assignment(engine, id) => {
+                let request_revision = serde_json::from_slice::<AssignmentHead>(kv.value())
+                    .map_or(-1, |a| a.request_revision);
+                let entry = AssignmentEntry {
+                    mod_revision: kv.mod_revision(),
+                    request_revision,
+                };
+                self.assignments
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(engine, entry);
+                out.push(Change::Agent(id));
+            }
+            Key::Run(engine, id) => {
+                let report = serde_json::from_slice::<RunReport>(kv.value()).ok();
+                if report.is_none() {
+                    tracing::warn!(engine = %engine, request = %id, "unreadable run report");
+                }
+                let entry = RunEntry {
+                    mod_revision: kv.mod_revision(),
+                    report,
+                };
+                self.runs
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(engine, entry);
+                out.push(Change::Agent(id));
             }
             Key::Health(engine) => match serde_json::from_slice::<Health>(kv.value()) {
                 Ok(health) => {
@@ -402,6 +457,16 @@ impl Mirror {
             Key::OddDecision(segment) => self.odd_gone(segment, |e| e.decided = None, out),
             Key::OddEngine(segment) => {
                 self.odd_engines.remove(&segment);
+            }
+            Key::Assignment(engine, id) => {
+                if remove_nested(&mut self.assignments, &id, &engine) {
+                    out.push(Change::Agent(id));
+                }
+            }
+            Key::Run(engine, id) => {
+                if remove_nested(&mut self.runs, &id, &engine) {
+                    out.push(Change::Agent(id));
+                }
             }
         }
     }
@@ -581,4 +646,20 @@ impl Mirror {
             out.push(Change::Volumes);
         }
     }
+}
+
+/// Removes `outer[id][engine]`, and `outer[id]` once empty; whether there was one.
+fn remove_nested<V>(
+    outer: &mut HashMap<RequestId, BTreeMap<EngineId, V>>,
+    id: &RequestId,
+    engine: &EngineId,
+) -> bool {
+    let Some(inner) = outer.get_mut(id) else {
+        return false;
+    };
+    let had = inner.remove(engine).is_some();
+    if inner.is_empty() {
+        outer.remove(id);
+    }
+    had
 }

@@ -45,7 +45,8 @@ pub use change::{Change, EngineChange};
 pub use engines::Engines;
 pub use listener::{Backlog, Listener, NoListener, Shared};
 pub use mirror::{
-    DecisionEntry, HealthEntry, LeaderKey, Mirror, OddEntry, OddRequest, RequestEntry,
+    AssignmentEntry, DecisionEntry, HealthEntry, LeaderKey, Mirror, OddEntry, OddRequest,
+    RequestEntry, RunEntry,
 };
 pub use progress::{Followed, Progress, Stage};
 pub use usage::{HealthPolicy, Usage, apply_usage};

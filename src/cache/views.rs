@@ -343,6 +343,42 @@ impl Mirror {
         self.health.get(engine)
     }
 
+    /// The engine's agent, if an agent registered it (valid engines only).
+    pub fn agent(&self, engine: &EngineId) -> Option<&AgentInfo> {
+        self.engines
+            .get(engine)
+            .and_then(|e| e.spec.as_ref().ok())
+            .and_then(|(s, _)| s.wire.agent.as_ref())
+    }
+
+    /// Where the request is assigned to an agent, by engine.
+    pub fn assignments(
+        &self,
+        id: &RequestId,
+    ) -> impl Iterator<Item = (&EngineId, &AssignmentEntry)> + '_ {
+        self.assignments.get(id).into_iter().flatten()
+    }
+
+    /// Every request assigned to an agent.
+    pub fn assigned(&self) -> impl Iterator<Item = &RequestId> + '_ {
+        self.assignments.keys()
+    }
+
+    /// The agent's report on the request from `engine`.
+    pub fn run_report(&self, id: &RequestId, engine: &EngineId) -> Option<&RunEntry> {
+        self.runs.get(id)?.get(engine)
+    }
+
+    /// Every agent report on the request, by engine.
+    pub fn run_reports(&self, id: &RequestId) -> impl Iterator<Item = (&EngineId, &RunEntry)> + '_ {
+        self.runs.get(id).into_iter().flatten()
+    }
+
+    /// Every request an agent reported on.
+    pub fn reported(&self) -> impl Iterator<Item = &RequestId> + '_ {
+        self.runs.keys()
+    }
+
     /// One valid engine's id, address and TLS files.
     pub fn engine_spec(&self, id: &EngineId) -> Option<EngineSpec> {
         self.engines

@@ -159,6 +159,7 @@ pub(super) async fn engine_add(
         tls_key: a.tls_key,
         cordoned: false,
         drained: false,
+        agent: None,
     };
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     let spec =
@@ -198,6 +199,8 @@ pub(super) async fn engine_add(
     // An operator's cordon outlives a change of capacity or labels.
     let mut wire = wire;
     wire.cordoned = was.cordoned;
+    // The engine's agent keeps its own registration: `--replace` changes what the operator set.
+    wire.agent = was.agent.clone();
     wire.drained = was.drained;
     let value = serde_json::to_vec(&wire).map_err(|e| CliError::Usage(e.to_string()))?;
     if a.force {

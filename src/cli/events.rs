@@ -12,7 +12,7 @@ use super::CliError;
 use super::follow::{Follow, Stop};
 use super::output::{OutputArgs, json_line, outln};
 use crate::keys::Key;
-use crate::model::{Decision, Engine, Health, LeaderInfo};
+use crate::model::{Decision, Engine, Health, LeaderInfo, RunReport};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -167,6 +167,40 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                 event.engine = Some(engine.to_string());
             }
         }
+        Key::Run(engine, id) => {
+            event.kind = "run";
+            event.id = Some(id.to_string());
+            event.engine = Some(engine.to_string());
+            if deleted {
+                event.action = "removed".into();
+                return Some(event);
+            }
+            let r: RunReport = serde_json::from_slice(kv.value()).ok()?;
+            event.action = match (&r.state, r.failed()) {
+                (_, true) => "failed".into(),
+                (Some(s), false) => s.to_string(),
+                (None, false) => "assigned".into(),
+            };
+            event.reason = if r.failed() {
+                r.error
+            } else if r.cut_off {
+                "stopped by its agent: cut off from etcd".into()
+            } else {
+                match r.exit_code {
+                    Some(c) => format!("container {} exit code {c}", short_id(&r.container_id)),
+                    None => format!("container {}", short_id(&r.container_id)),
+                }
+            };
+            if !r.updated_at.is_empty() {
+                event.time = r.updated_at;
+            }
+        }
+        Key::Assignment(engine, id) => {
+            event.kind = "assignment";
+            event.id = Some(id.to_string());
+            event.engine = Some(engine.to_string());
+            event.action = if deleted { "withdrawn" } else { "assigned" }.into();
+        }
         Key::Request(_) | Key::OddRequest(..) | Key::OddDecision(_) | Key::OddEngine(_) => {
             return None;
         }
@@ -185,4 +219,8 @@ pub fn line(e: &ClusterEvent) -> String {
         parts.push(format!("({})", e.reason));
     }
     parts.join(" ")
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }

@@ -192,6 +192,10 @@ pub struct Health {
     pub memory_used_mb: f64,
     pub containers_running: usize,
     pub checked_by: String,
+    /// Set when the engine's agent writes it (on the agent's own lease); absent when a leader
+    /// with `--docker` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStamp>,
 }
 
 /// The seed's `resource`: where the container goes.

@@ -7,6 +7,7 @@
 //!
 //! It may not do I/O or use any other citadel module: everything else builds on it.
 
+pub mod agent;
 mod decision;
 mod engine;
 mod ids;
@@ -17,6 +18,7 @@ mod tests;
 mod units;
 mod wire;
 
+pub use agent::{AgentInfo, AgentStamp, Assignment, HostVolume, LaunchPolicy, RunReport};
 pub use decision::*;
 pub use engine::*;
 pub use ids::*;

@@ -163,6 +163,9 @@ pub struct Engine {
     /// placed again elsewhere; its `batch` ones run to the end.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Run by `citadel agent` (it registered the engine): the leader never dials it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<super::AgentInfo>,
 }
 
 fn number_or_string_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

@@ -105,6 +105,7 @@ impl Runner {
             memory_used_mb: usage.memory_mb,
             containers_running: usage.running,
             checked_by: self.cfg.replica.clone(),
+            agent: None,
         };
         let value = match serde_json::to_vec(&health) {
             Ok(v) => v,

@@ -62,9 +62,17 @@ pub struct Ledger {
     /// Request keys whose segment cannot be a request id, whose `invalid` decision is to be
     /// written (or deleted, once the request is gone).
     odd: BTreeSet<Vec<u8>>,
+    /// Requests whose agent assignment or run report changed since the leader's agent side
+    /// last looked ([`Ledger::take_agent_dirty`]).
+    agent_dirty: BTreeSet<RequestId>,
 }
 
 impl Ledger {
+    /// Requests whose assignment or run report changed since the last look.
+    pub fn take_agent_dirty(&mut self) -> BTreeSet<RequestId> {
+        std::mem::take(&mut self.agent_dirty)
+    }
+
     pub fn new(policy: HealthPolicy) -> Self {
         Ledger {
             policy,
@@ -166,6 +174,9 @@ impl Listener for Ledger {
             }
             Change::Volumes => self.capacity_changed(mirror),
             Change::Odd(segment) => self.classify_odd(mirror, segment),
+            Change::Agent(id) => {
+                self.agent_dirty.insert(id);
+            }
         }
     }
 
