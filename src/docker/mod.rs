@@ -1,8 +1,8 @@
 //! The Docker edge for placed containers: running a request's container on its engine, finding
 //! it again, stopping it, and reading what an engine's containers use.
 //!
-//! Every container citadel starts carries two labels, `citadel.request=<request id>` and
-//! `citadel.engine=<engine id>`, and nothing else of ours. The labels are the only link between
+//! Every container citadel starts carries three labels, `citadel.request=<request id>`,
+//! `citadel.engine=<engine id>` and `citadel.cluster=<key prefix>`, and nothing else of ours. The labels are the only link between
 //! etcd and Docker: [`launch`] first [`find`]s the request's container by label, so a launch that
 //! was already done (by a deposed leader, or by this one before a crash) is not done twice.
 //!
@@ -33,6 +33,9 @@ pub use usage::*;
 pub const REQUEST_LABEL: &str = "citadel.request";
 /// The label naming the engine the container was placed on; its value is the engine id.
 pub const ENGINE_LABEL: &str = "citadel.engine";
+/// The label naming the cluster that launched the container: its key prefix (`/citadel`).
+/// Nothing of another cluster's, on a shared engine, is touched.
+pub const CLUSTER_LABEL: &str = "citadel.cluster";
 /// How long [`launch`] waits for a missing image to be pulled, unless the spec says otherwise.
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long [`usage`] waits for one container's stats (Docker takes about a second per sample).

@@ -35,6 +35,8 @@ impl Binding {
 pub struct LaunchSpec {
     pub request_id: String,
     pub engine_id: String,
+    /// The cluster's key prefix, labelled [`CLUSTER_LABEL`] (`None`: no such label).
+    pub cluster: Option<String>,
     /// The image reference as the user wrote it (`name[:tag]` or `name@digest`).
     pub image: String,
     /// `None`: Docker names the container.
@@ -132,6 +134,7 @@ impl LaunchSpec {
         LaunchSpec {
             request_id: request_id.to_string(),
             engine_id: engine_id.to_string(),
+            cluster: None,
             image: image.name.trim().to_string(),
             container_name: Some(
                 non_empty(&image.container_name).unwrap_or_else(|| default_name(request_id)),
@@ -175,11 +178,21 @@ impl LaunchSpec {
         })
     }
 
+    /// The same spec, labelled as launched by the cluster under `prefix`.
+    pub fn in_cluster(mut self, prefix: &str) -> Self {
+        self.cluster = Some(prefix.to_string());
+        self
+    }
+
     fn labels(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (REQUEST_LABEL.to_string(), self.request_id.clone()),
             (ENGINE_LABEL.to_string(), self.engine_id.clone()),
-        ])
+        ]);
+        if let Some(c) = &self.cluster {
+            labels.insert(CLUSTER_LABEL.to_string(), c.clone());
+        }
+        labels
     }
 
     /// The body of `POST /containers/create`; pure.

@@ -71,7 +71,8 @@ impl Runner {
             &request.image,
             request.cpus.0,
             request.memory.0,
-        );
+        )
+        .in_cluster(self.keys.prefix());
         let (id, timeout) = (id.clone(), self.cfg.launch_timeout);
         Some(async move {
             let result = match docker {
