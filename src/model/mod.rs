@@ -12,6 +12,7 @@ mod decision;
 mod engine;
 mod ids;
 pub mod launch;
+pub mod policy;
 mod request;
 #[cfg(test)]
 mod tests;
