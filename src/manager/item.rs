@@ -125,9 +125,9 @@ impl Item {
     /// What it writes for the agents, if it may write anything for them.
     pub fn agent_mut(&mut self) -> Option<&mut AgentOps> {
         match self {
-            Item::Place { agent, .. } | Item::Refuse { agent, .. } | Item::Release { agent, .. } => {
-                Some(agent)
-            }
+            Item::Place { agent, .. }
+            | Item::Refuse { agent, .. }
+            | Item::Release { agent, .. } => Some(agent),
             _ => None,
         }
     }

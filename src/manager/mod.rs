@@ -35,6 +35,7 @@ mod compactor;
 mod item;
 pub mod ledger;
 mod plan;
+mod rewrite;
 mod unfit;
 mod upgrade;
 
@@ -62,6 +63,7 @@ use compactor::Compactor;
 pub use item::{AgentOps, Item};
 pub use ledger::{Decide, Displaced, Ledger, Work};
 pub use plan::{Deciding, plan};
+pub use rewrite::Rewriter;
 pub use unfit::Unfit;
 use upgrade::Newer;
 
