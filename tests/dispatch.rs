@@ -269,3 +269,60 @@ async fn a_lost_agent_moves_its_services_and_loses_its_batch_jobs() {
     assert!(d.reservation.is_none(), "{d:?}");
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn submit_waits_for_the_agents_report_and_status_shows_it() {
+    init_tracing();
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let k = keys();
+    agent_engine(&client, "a1", 60).await;
+    let replica = Replica::start(&etcd, "r1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = commands::request_file(
+        dir.path(),
+        "web.json",
+        &request_json(0.5, 64, serde_json::json!({"launch": true})),
+    );
+    let endpoint = etcd.endpoint();
+    let submit = {
+        let (endpoint, file) = (endpoint.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            commands::cli(
+                &endpoint,
+                &[
+                    "submit",
+                    &file,
+                    "--id",
+                    "web",
+                    "--wait=running",
+                    "--timeout",
+                    "20",
+                ],
+            )
+        })
+    };
+    let assigned = wait_until("web is assigned to a1", WAIT, || async {
+        assignment(&client, "a1", "web").await.is_some()
+    });
+    assigned.await;
+    let (_, rev) = assignment(&client, "a1", "web").await.expect("assigned");
+    report(&client, "a1", "web", rev, |r| {
+        r.container_id = "0123456789abcdef".into();
+        r.container_name = "citadel-web".into();
+        r.state = Some(ContainerState::Running);
+    })
+    .await;
+    let (code, out, err) = submit.await.expect("submit");
+    assert_eq!(code, 0, "{out}{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("the decision, as JSON");
+    assert_eq!(shown["run"]["state"], "running", "{out}");
+    assert_eq!(shown["run"]["container_id"], "0123456789abcdef");
+    let (code, out, err) = commands::cli(&endpoint, &["status", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("container running 0123456789ab citadel-web"),
+        "{out}"
+    );
+    replica.stop().await;
+}
