@@ -275,7 +275,6 @@ async fn submit_waits_for_the_agents_report_and_status_shows_it() {
     init_tracing();
     let etcd = start_etcd().await;
     let client = connect(&etcd).await;
-    let k = keys();
     agent_engine(&client, "a1", 60).await;
     let replica = Replica::start(&etcd, "r1");
     let dir = tempfile::tempdir().expect("tempdir");
