@@ -28,7 +28,8 @@ use etcd_client::{Compare, CompareOp, TxnOp};
 use crate::cache::{Cache, Mirror};
 use crate::manager::Rewriter;
 use crate::model::{
-    Assignment, Attempt, ContainerState, EngineId, Lifecycle, RequestId, Run, Status, now_rfc3339,
+    Assignment, Attempt, ContainerState, Decision, EngineId, Lifecycle, RequestId, Run, Status,
+    now_rfc3339,
 };
 use crate::store::fence::Commit;
 
@@ -72,11 +73,79 @@ enum Act {
     },
 }
 
+/// What became of a launched container, as its decision records it: the one place that says
+/// how, for the agents' reports and for the leader's own `--docker` launches alike.
 #[derive(Debug, Clone)]
-enum Outcome {
+pub enum Outcome {
+    /// It could not start on `engine`: placed again elsewhere, or `failed` after `tries` engines.
     FailedToStart { engine: String, error: String },
+    /// A batch container ran to its end: its reservation is freed.
     BatchExited { code: Option<i64> },
+    /// Its engine was lost: a batch job that ran is `lost`, anything else placed again.
     EngineLost { engine: String, batch: bool },
+}
+
+impl Outcome {
+    /// Records it in the decision; `tries`: engines a container may fail to start on.
+    pub fn apply(&self, dec: &mut Decision, tries: usize) {
+        let run = dec.run.get_or_insert_with(Run::default);
+        run.updated_at = now_rfc3339();
+        match self {
+            Outcome::FailedToStart { engine, error } => {
+                run.attempts.push(Attempt {
+                    engine: engine.clone(),
+                    error: error.clone(),
+                });
+                run.forget_container();
+                run.updated_at = now_rfc3339();
+                let n = run.attempts.len();
+                dec.reservation = None;
+                dec.resource = None;
+                if n >= tries {
+                    dec.status = Status::Failed;
+                    dec.reason = format!(
+                        "the container failed to start on {n} engines; last, on {engine}: {error}"
+                    );
+                } else {
+                    dec.status = Status::Pending;
+                    dec.reason = format!(
+                        "the container failed to start on {engine} ({error}); placing it on another engine"
+                    );
+                }
+            }
+            Outcome::BatchExited { code } => {
+                if run
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| !s.is_done() && *s != ContainerState::Removed)
+                {
+                    run.state = Some(ContainerState::Exited);
+                }
+                run.exit_code = code.or(run.exit_code);
+                dec.reservation = None;
+                dec.status = Status::Exited;
+                dec.reason = match code {
+                    Some(c) => format!("the batch container exited with code {c}"),
+                    None => "the batch container is gone".into(),
+                };
+            }
+            Outcome::EngineLost { engine, batch } => {
+                dec.reservation = None;
+                run.lost.push(engine.clone());
+                if *batch {
+                    dec.status = Status::Lost;
+                    dec.reason = format!("engine {engine} was lost while the container ran");
+                    run.state = Some(ContainerState::Lost);
+                } else {
+                    dec.status = Status::Pending;
+                    dec.resource = None;
+                    dec.reason = format!("engine {engine} was lost; placing it again");
+                    run.forget_container();
+                    run.updated_at = now_rfc3339();
+                }
+            }
+        }
+    }
 }
 
 pub struct Dispatch {
@@ -254,57 +323,7 @@ impl Dispatch {
                 tracing::warn!(request = %id, engine = %engine, batch, "engine lost under a container")
             }
         }
-        let edit = |dec: &mut crate::model::Decision| {
-            let run = dec.run.get_or_insert_with(Run::default);
-            run.updated_at = now_rfc3339();
-            match what {
-                Outcome::FailedToStart { engine, error } => {
-                    run.attempts.push(Attempt {
-                        engine: engine.clone(),
-                        error: error.clone(),
-                    });
-                    run.forget_container();
-                    let n = run.attempts.len();
-                    dec.reservation = None;
-                    dec.resource = None;
-                    if n >= tries {
-                        dec.status = Status::Failed;
-                        dec.reason = format!(
-                            "the container failed to start on {n} engines; last, on {engine}: {error}"
-                        );
-                    } else {
-                        dec.status = Status::Pending;
-                        dec.reason = format!(
-                            "the container failed to start on {engine} ({error}); placing it on another engine"
-                        );
-                    }
-                }
-                Outcome::BatchExited { code } => {
-                    run.state = Some(ContainerState::Exited);
-                    run.exit_code = code;
-                    dec.reservation = None;
-                    dec.status = Status::Exited;
-                    dec.reason = match code {
-                        Some(c) => format!("the batch container exited with code {c}"),
-                        None => "the batch container is gone".into(),
-                    };
-                }
-                Outcome::EngineLost { engine, batch } => {
-                    dec.reservation = None;
-                    run.lost.push(engine.clone());
-                    if batch {
-                        dec.status = Status::Lost;
-                        dec.reason = format!("engine {engine} was lost while the container ran");
-                        run.state = Some(ContainerState::Lost);
-                    } else {
-                        dec.status = Status::Pending;
-                        dec.resource = None;
-                        dec.reason = format!("engine {engine} was lost; placing it again");
-                        run.forget_container();
-                    }
-                }
-            }
-        };
+        let edit = |dec: &mut Decision| what.apply(dec, tries);
         self.writer.update(id, seen, edit, extra).await;
     }
 }

@@ -22,7 +22,7 @@
 //! It may not choose an engine (the manager does) nor write outside a fenced transaction.
 
 mod events;
-use events::{Watchers, batch_exited, forward_events};
+use events::{Watchers, forward_events};
 mod health;
 mod launch;
 mod reconcile;

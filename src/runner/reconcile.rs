@@ -5,10 +5,9 @@ use std::sync::PoisonError;
 
 use bollard::Docker;
 
+use crate::dispatch::Outcome;
 use crate::docker::{self, Action, ContainerEvent, Running};
-use crate::model::{
-    ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Run, Status, now_rfc3339,
-};
+use crate::model::{ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Status};
 
 use super::*;
 
@@ -135,24 +134,12 @@ impl Runner {
                     continue;
                 }
                 let batch = launched && self.lifecycle(&id) == Lifecycle::Batch;
-                let engine = spec.id.to_string();
-                self.update(&id, &d, |dec| {
-                    dec.reservation = None;
-                    let run = dec.run.get_or_insert_with(Run::default);
-                    run.lost.push(engine.clone());
-                    if batch {
-                        dec.status = Status::Lost;
-                        dec.reason = format!("engine {engine} was lost while the container ran");
-                        run.state = Some(ContainerState::Lost);
-                    } else {
-                        dec.status = Status::Pending;
-                        dec.resource = None;
-                        dec.reason = format!("engine {engine} was lost; placing it again");
-                        run.forget_container();
-                    }
-                    run.updated_at = now_rfc3339();
-                })
-                .await;
+                let what = Outcome::EngineLost {
+                    engine: spec.id.to_string(),
+                    batch,
+                };
+                let tries = self.cfg.launch_tries;
+                self.update(&id, &d, |dec| what.apply(dec, tries)).await;
                 tracing::warn!(engine = %spec.id, request = %id, batch, "engine lost under a container");
             }
         }
