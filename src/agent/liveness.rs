@@ -231,6 +231,9 @@ impl Agent {
                     Ok(Ok(k)) => keeper = Some(k),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "cannot open the keepalive stream");
+                        if self.lease_lapsed(lease).await {
+                            self.lapsed(lease).await?;
+                        }
                         continue;
                     }
                     Err(_) => continue,
@@ -254,20 +257,38 @@ impl Agent {
                     }
                 }
                 Ok(Ok(Some(_))) => {
-                    tracing::warn!(lease = format!("{lease:x}"), "the lease lapsed");
                     keeper = None;
-                    // Past its TTL, so past the cut-off: what that stops is stopped first.
-                    if !self.is_cut() {
-                        let silent = lock(&self.answered).elapsed();
-                        self.cut_off(silent).await;
-                    }
-                    let usage = self.sample().await;
-                    self.claim(usage.as_ref()).await?;
-                    self.reconnected();
+                    self.lapsed(lease).await?;
                 }
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => keeper = None,
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    keeper = None;
+                    if self.lease_lapsed(lease).await {
+                        self.lapsed(lease).await?;
+                    }
+                }
             }
         }
+    }
+
+    /// Whether etcd says the lease is gone (not: whether etcd answers).
+    async fn lease_lapsed(&self, lease: i64) -> bool {
+        store::timed(self.client.lease_client().time_to_live(lease, None))
+            .await
+            .is_ok_and(|r| r.ttl() <= 0)
+    }
+
+    /// The lease lapsed: past its TTL, so past the cut-off, whose stops come first; then a new
+    /// lease and the health key claimed again.
+    async fn lapsed(&self, lease: i64) -> Result<(), AgentError> {
+        tracing::warn!(lease = format!("{lease:x}"), "the lease lapsed");
+        if !self.is_cut() {
+            let silent = lock(&self.answered).elapsed();
+            self.cut_off(silent).await;
+        }
+        let usage = self.sample().await;
+        self.claim(usage.as_ref()).await?;
+        self.reconnected();
+        Ok(())
     }
 
     /// After a cut-off: reads the assignments afresh and reconciles.

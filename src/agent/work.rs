@@ -393,6 +393,17 @@ impl Agent {
                 .is_some_and(|a| a.rev == rev);
             match result {
                 _ if agent.is_cut() || !still => {}
+                Ok(Ok(c)) if !agent.is_ours(&c.id).await => {
+                    // `launch` adopts by request label and fixed name alone: on a shared engine
+                    // that can be another cluster's (or engine's) container, never to be touched.
+                    let why = format!(
+                        "container {} ({}) belongs to another engine or cluster on this Docker",
+                        c.name,
+                        short(&c.id)
+                    );
+                    tracing::warn!(request = %id, error = %why, "cannot launch here");
+                    agent.report(&id, rev, None, &why).await;
+                }
                 Ok(Ok(c)) => {
                     tracing::info!(request = %id, container = %short(&c.id), state = %c.state, "launched");
                     agent.report(&id, rev, Some(&c), "").await;
@@ -414,6 +425,15 @@ impl Agent {
             lock(&agent.launching).remove(&id);
             agent.poke.notify_one();
         });
+    }
+
+    /// Whether a container carries this engine's and this cluster's labels (a failed listing
+    /// counts as ours: the next round checks again).
+    async fn is_ours(&self, id: &str) -> bool {
+        match docker::list_of(&self.docker, self.engine(), self.cluster()).await {
+            Ok(all) => all.iter().any(|c| c.id == id),
+            Err(_) => true,
+        }
     }
 
     /// Stops and removes a container no assignment holds, in the background.
