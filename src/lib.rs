@@ -7,6 +7,7 @@
 //! [`election`]), and read back as a decision key. [`controller`] ties one replica together;
 //! [`cli`] is the command line. docs/architecture.md names the file of every stage.
 
+pub mod agent;
 pub mod bench;
 pub mod cache;
 pub mod cli;
