@@ -23,7 +23,8 @@ impl Mirror {
     pub fn usage(&self, id: &EngineId, policy: HealthPolicy) -> Usage {
         let mut u = self.usage.get(id).cloned().unwrap_or_default();
         u.tracks_tenants = self.tracks_tenants;
-        if policy.docker {
+        // An engine with an agent is alive while the agent's lease is: whatever the policy.
+        if policy.docker || self.agent(id).is_some() {
             match self.health.get(id) {
                 None => u.unhealthy = true,
                 Some(h) if policy.count_live => {

@@ -9,7 +9,6 @@ use crate::docker::{self, Action, ContainerEvent, Running};
 use crate::model::{
     ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Run, Status, now_rfc3339,
 };
-use crate::store;
 
 use super::*;
 
@@ -81,13 +80,7 @@ impl Runner {
 
     /// Whether our election key is still the one we won with (a linearizable read).
     pub(super) async fn still_leads(&self) -> bool {
-        match store::timed(self.client.kv_client().get(self.fence.key.clone(), None)).await {
-            Ok(r) => r
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == self.fence.rev),
-            Err(_) => false,
-        }
+        self.writer.still_leads().await
     }
 
     /// Stops and removes a container in the background: a stop waits out the grace period, and
