@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod dispatch;
 pub mod docker;
 pub mod election;
 pub mod http;
