@@ -184,7 +184,10 @@ fn bench_with_hollow_agents_launches_on_the_agent_of_the_engine() {
         a["live_leases"].as_u64().unwrap_or(0) >= 50,
         "every agent's lease is alive in the quiet window: {last}"
     );
-    assert!(a["keepalives_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{last}");
+    assert!(
+        a["keepalives_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{last}"
+    );
     assert_eq!(a["lost_leases"], 0, "{last}");
     let l = &a["launch"];
     assert_eq!(l["requests"], 300, "{last}");
@@ -201,6 +204,7 @@ fn bench_with_hollow_agents_launches_on_the_agent_of_the_engine() {
         "overcommitted_engines",
         "double_bound_ports",
         "mismatched",
+        "assigned_twice",
         "duplicate_or_missing_decisions",
     ] {
         assert_eq!(l[field], 0, "{field} over both batches: {last}");

@@ -514,6 +514,11 @@ pub struct LaunchFigures {
     pub plain_decisions_per_s: f64,
     /// Launched over plain decisions/s.
     pub ratio: f64,
+    /// The launched batch's cost, per decision and per 1,000 decisions (its agents' reports
+    /// included in the bench's and etcd's).
+    pub controller_cpu_us_per_decision: f64,
+    pub etcd_cpu_s_per_1k_decisions: Option<f64>,
+    pub bench_cpu_s_per_1k_decisions: f64,
     pub placed: usize,
     /// Placed launched requests with a `running` report, in etcd at the end, from the agent of
     /// the engine they are placed on and answering their current assignment.
@@ -533,6 +538,8 @@ pub struct LaunchFigures {
     pub overcommitted_engines: usize,
     pub double_bound_ports: usize,
     pub mismatched: usize,
+    /// Requests assigned to two engines' agents at once.
+    pub assigned_twice: usize,
     pub duplicate_or_missing_decisions: usize,
 }
 
@@ -543,6 +550,7 @@ impl LaunchFigures {
             + self.overcommitted_engines
             + self.double_bound_ports
             + self.mismatched
+            + self.assigned_twice
             + self.duplicate_or_missing_decisions
     }
 }
@@ -747,11 +755,13 @@ pub(super) async fn check_launched(
     client: &Client,
     keys: &Keys,
     fleet: &HollowFleet,
-    launched: &Seen,
-    plain: &Seen,
+    (launched, plain): (&Seen, &Seen),
     requests: usize,
     report: &crate::invariants::Report,
+    cpu: (f64, Option<f64>, f64),
 ) -> Result<LaunchFigures, BenchError> {
+    let (leader_cpu, etcd_cpu, bench_cpu) = cpu;
+    let decided = launched.decided().max(1) as f64;
     use std::collections::{HashMap, HashSet};
     let tag = format!("{}{}", keys.decisions(), Batch::LAUNCHED.tag);
     let (decisions, _) = store::range_all(client, &tag, 5_000).await?;
@@ -810,6 +820,9 @@ pub(super) async fn check_launched(
         decisions_per_s: launched_per_s,
         plain_decisions_per_s: plain_per_s,
         ratio: launched_per_s / plain_per_s.max(1e-9),
+        controller_cpu_us_per_decision: leader_cpu * 1e6 / decided,
+        etcd_cpu_s_per_1k_decisions: etcd_cpu.map(|c| c * 1e3 / decided),
+        bench_cpu_s_per_1k_decisions: bench_cpu * 1e3 / decided,
         placed: placed.len(),
         running: good.len(),
         missing_running: missing,
@@ -822,6 +835,7 @@ pub(super) async fn check_launched(
         overcommitted_engines: report.overcommitted_engines.len(),
         double_bound_ports: report.double_bound_ports.len(),
         mismatched: report.mismatched.len(),
+        assigned_twice: report.assigned_twice.len(),
         duplicate_or_missing_decisions: report.decided.abs_diff(2 * requests),
     })
 }

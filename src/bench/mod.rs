@@ -472,11 +472,29 @@ async fn citadel_phase(
         (Some(fleet), Some(mut figures)) => {
             let launched = args.launch;
             if launched {
+                let (l0, e0, o0) = (
+                    proc_usage(leader).unwrap_or_default().0,
+                    meter.etcd(),
+                    meter.own(),
+                );
                 let l = phase::run(etcd, conns, keys, args, Batch::LAUNCHED, hollow).await?;
+                let cpu = (
+                    proc_usage(leader).unwrap_or_default().0 - l0,
+                    meter.etcd().zip(e0).map(|(b, a)| b - a),
+                    meter.own() - o0,
+                );
                 let both = invariants::check_etcd(&conns[0], keys, 1.0).await?;
                 figures.launch = Some(
-                    agents::check_launched(&conns[0], keys, fleet, &l, &seen, args.requests, &both)
-                        .await?,
+                    agents::check_launched(
+                        &conns[0],
+                        keys,
+                        fleet,
+                        (&l, &seen),
+                        args.requests,
+                        &both,
+                        cpu,
+                    )
+                    .await?,
                 );
             }
             let batch = if launched {

@@ -142,6 +142,14 @@ fn agents_table(out: &mut String, a: &super::AgentFigures) {
         );
         let _ = writeln!(
             out,
+            "  launched cost      {:>10.1} us of controller cpu per decision; etcd {} s, bench (with the agents) {:.3} s per 1k decisions",
+            l.controller_cpu_us_per_decision,
+            l.etcd_cpu_s_per_1k_decisions
+                .map_or("n/a".into(), |x| format!("{x:.3}")),
+            l.bench_cpu_s_per_1k_decisions
+        );
+        let _ = writeln!(
+            out,
             "  put -> running ms  {:>10}  p50 {:.1}  p99 {:.1}  max {:.1}  ({} of {} placed running, {} missing, {} misplaced, {} stale)",
             "",
             l.running_p50_ms,
@@ -155,10 +163,11 @@ fn agents_table(out: &mut String, a: &super::AgentFigures) {
         );
         let _ = writeln!(
             out,
-            "  both batches       overcommitted engines {}, double-bound ports {}, mismatched {}, missing/duplicate decisions {}",
+            "  both batches       overcommitted engines {}, double-bound ports {}, mismatched {}, assigned twice {}, missing/duplicate decisions {}",
             l.overcommitted_engines,
             l.double_bound_ports,
             l.mismatched,
+            l.assigned_twice,
             l.duplicate_or_missing_decisions
         );
     }
