@@ -151,3 +151,75 @@ fn bench_with_little_headroom_saturates_and_reports_per_decision_figures() {
         "the parameters line says it:\n{stdout}"
     );
 }
+
+/// `--agents 50 --launch`: hollow agents register the engines and keep their leases; the
+/// requests are decided twice, the second batch with `"launch": true`, and every placed launched
+/// request gets a `running` report from the agent of the engine it is placed on. A killed
+/// agent's health key goes with its lease.
+#[test]
+fn bench_with_hollow_agents_launches_on_the_agent_of_the_engine() {
+    let (stdout, r) = bench(&[
+        "--agents",
+        "50",
+        "--requests",
+        "300",
+        "--clients",
+        "8",
+        "--launch",
+        "--agent-ttl",
+        "3",
+        "--quiet-window",
+        "2",
+        "--quiet-progress",
+    ]);
+    let last = r.to_string();
+    assert_eq!(r["engines"], 50, "{last}");
+    assert_eq!(r["undecided"], 0, "{last}");
+    assert_eq!(r["overcommitted_engines"], 0, "{last}");
+    assert_eq!(r["double_bound_ports"], 0, "{last}");
+    assert_eq!(r["mismatched"], 0, "{last}");
+    let a = &r["agents"];
+    assert_eq!(a["agents"], 50, "{last}");
+    assert!(
+        a["live_leases"].as_u64().unwrap_or(0) >= 50,
+        "every agent's lease is alive in the quiet window: {last}"
+    );
+    assert!(
+        a["keepalives_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{last}"
+    );
+    assert_eq!(a["lost_leases"], 0, "{last}");
+    let l = &a["launch"];
+    assert_eq!(l["requests"], 300, "{last}");
+    let placed = l["placed"].as_u64().unwrap_or(0);
+    assert!(placed > 0, "{last}");
+    assert_eq!(
+        l["running"].as_u64(),
+        Some(placed),
+        "every placed launched request runs on its engine's agent: {last}"
+    );
+    assert_eq!(l["missing_running"], 0, "{last}");
+    assert_eq!(l["misplaced_running"], 0, "{last}");
+    for field in [
+        "overcommitted_engines",
+        "double_bound_ports",
+        "mismatched",
+        "assigned_twice",
+        "duplicate_or_missing_decisions",
+    ] {
+        assert_eq!(l[field], 0, "{field} over both batches: {last}");
+    }
+    let p99 = l["running_p99_ms"].as_f64().unwrap_or(0.0);
+    assert!(p99 > 0.0 && p99.is_finite(), "{last}");
+    let ratio = l["ratio"].as_f64().unwrap_or(0.0);
+    assert!(ratio > 0.0 && ratio.is_finite(), "{last}");
+    let loss = &a["loss"];
+    assert!(
+        loss["health_deleted_ms"].as_f64().is_some(),
+        "the killed agent's health key goes with its lease: {last}"
+    );
+    assert!(
+        stdout.contains("hollow agents") && stdout.contains("put -> running"),
+        "the table has the agents' lines:\n{stdout}"
+    );
+}

@@ -11,6 +11,7 @@
 //! measures, it reads from etcd and from `/proc`. `--quality` is apart: it runs the scheduler
 //! in-process on seeded fleets, with no etcd at all (`quality.rs`).
 
+mod agents;
 pub mod etcd;
 mod floor;
 mod phase;
@@ -30,7 +31,9 @@ use crate::invariants::{self, Report};
 use crate::keys::Keys;
 use crate::manager::MAX_TXN_OPS;
 use crate::store::{self, EtcdConfig};
-use phase::Seen;
+use agents::HollowFleet;
+pub use agents::{AgentFigures, LaunchFigures, LossFigures};
+use phase::{Batch, Seen};
 use proc::{Controllers, Meter, proc_usage};
 pub use report::render_table;
 pub use workload::request_json;
@@ -99,6 +102,23 @@ pub struct BenchArgs {
     /// With --quality: the generator's seed.
     #[arg(long, default_value_t = 16)]
     pub seed: u64,
+    /// Run N hollow agents in this process instead of registering engines: each registers its
+    /// engine (with `agent` set), keeps one lease alive, puts its health key on it, watches its
+    /// own assignments and reports what it is assigned `running`. Adds the quiet window's etcd
+    /// writes and leader cpu, and one agent's loss (`agents` in the JSON).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub agents: Option<u64>,
+    /// With --agents: submit the requests a second time with `"launch": true` and compare the
+    /// two batches' decisions/s; time each launched request from its put to its `running`
+    /// report.
+    #[arg(long, requires = "agents")]
+    pub launch: bool,
+    /// With --agents: each agent's lease TTL, seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub agent_ttl: u64,
+    /// With --agents: the quiet window measured before any request, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub quiet_window: u64,
     /// Output format (`json` is the same as --json).
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<Format>,
@@ -208,6 +228,24 @@ pub struct BenchResult {
     pub mismatched: usize,
     pub duplicate_or_missing_decisions: usize,
     pub elapsed_s: f64,
+    /// With `--agents`: the hollow agents' figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<AgentFigures>,
+}
+
+impl BenchResult {
+    /// Invariant violations: the run's, and with `--agents --launch` the launched batch's.
+    pub fn violations(&self) -> usize {
+        self.overcommitted_engines
+            + self.double_bound_ports
+            + self.mismatched
+            + self.duplicate_or_missing_decisions
+            + self
+                .agents
+                .as_ref()
+                .and_then(|a| a.launch.as_ref())
+                .map_or(0, |l| l.violations())
+    }
 }
 
 impl BenchResult {
@@ -221,8 +259,13 @@ impl BenchResult {
             .headroom
             .map(|h| format!(", headroom {h}"))
             .unwrap_or_default();
+        let agents = match self.agents.as_ref() {
+            Some(a) if a.launch.is_some() => " (hollow agents, with a launched batch)",
+            Some(_) => " (hollow agents)",
+            None => "",
+        };
         format!(
-            "{} engines{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            "{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
             self.engines,
             self.requests,
             self.clients,
@@ -269,12 +312,17 @@ struct Citadel {
     rss_peak_mb: f64,
     etcd_cpu_s: Option<f64>,
     bench_cpu_s: f64,
+    agents: Option<AgentFigures>,
 }
 
 /// Runs the bench against `etcd` (its endpoints, TLS and credentials), or its own etcd when
 /// `None`.
-pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
+pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
     let started = Instant::now();
+    // Hollow agents register the engines: as many as agents.
+    if let Some(n) = args.agents {
+        args.engines = n as usize;
+    }
     let (_own, etcd, etcd_pid) = own_or_given(&args, etcd).await?;
     let meter = Meter { etcd_pid };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -286,12 +334,25 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
     }
     let client = conns[0].clone();
     eprintln!("bench: etcd {} prefix {prefix}", etcd.endpoints_str());
-    register_engines(
-        &client,
-        &keys,
-        &Fleet::new(args.engines, args.requests, args.headroom),
-    )
-    .await?;
+    let fleet = Fleet::new(args.engines, args.requests, args.headroom);
+    let hollow = match args.agents {
+        None => {
+            register_engines(&client, &keys, &fleet).await?;
+            None
+        }
+        Some(n) => {
+            let mut agent_conns = Vec::new();
+            for _ in 0..(n as usize).div_ceil(1_250).clamp(1, 8) {
+                agent_conns.push(store::connect(&etcd, Some(Duration::from_secs(10))).await?);
+            }
+            let hollow = HollowFleet::start(agent_conns, &keys, &fleet, args.agent_ttl).await?;
+            eprintln!(
+                "bench: {n} hollow agents registered and alive in {:.1} s",
+                hollow.setup_s
+            );
+            Some(hollow)
+        }
+    };
 
     // etcd's own rate on the same etcd, same concurrency, before citadel runs. Its keys stay
     // until the end: deleting 20,000 keys in one request would grow etcd 3.4's read buffer
@@ -323,7 +384,17 @@ pub async fn run(args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResul
         Some(Baseline::Floor) => Some(floor_phase(1).await?),
         None => None,
     };
-    let citadel = citadel_phase(&args, &etcd, &prefix, &conns, &keys, &meter).await?;
+    let citadel = citadel_phase(
+        &args,
+        &etcd,
+        &prefix,
+        &conns,
+        &keys,
+        &meter,
+        hollow.as_ref(),
+    )
+    .await?;
+    drop(hollow);
     let floor = match floor_before {
         Some(before) => Some((before + floor_phase(2).await?) / 2.0),
         None => None,
@@ -366,6 +437,7 @@ async fn citadel_phase(
     conns: &[Client],
     keys: &Keys,
     meter: &Meter,
+    hollow: Option<&HollowFleet>,
 ) -> Result<Citadel, BenchError> {
     let first_revision = conns[0]
         .kv_client()
@@ -375,13 +447,69 @@ async fn citadel_phase(
         .map_or(0, |h| h.revision());
     let controllers = Controllers::start(etcd, prefix, args, &conns[0], keys).await?;
     let leader = controllers.leader.pid();
+    let window = match hollow {
+        Some(fleet) => Some(
+            agents::quiet_window(
+                fleet,
+                &conns[0],
+                etcd.endpoints.first().map(String::as_str),
+                leader,
+                meter,
+                args.quiet_window,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
     let (etcd0, own0) = (meter.etcd(), meter.own());
-    let seen = phase::run(etcd, conns, keys, args).await?;
+    let seen = phase::run(etcd, conns, keys, args, Batch::PLAIN, hollow).await?;
     let (cpu1, _, hwm) = proc_usage(leader).unwrap_or_default();
     let etcd_cpu_s = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
     let bench_cpu_s = meter.own() - own0;
     let report = invariants::check_etcd(&conns[0], keys, 1.0).await?;
+    let agents = match (hollow, window) {
+        (Some(fleet), Some(mut figures)) => {
+            let launched = args.launch;
+            if launched {
+                let (l0, e0, o0) = (
+                    proc_usage(leader).unwrap_or_default().0,
+                    meter.etcd(),
+                    meter.own(),
+                );
+                let l = phase::run(etcd, conns, keys, args, Batch::LAUNCHED, hollow).await?;
+                let cpu = (
+                    proc_usage(leader).unwrap_or_default().0 - l0,
+                    meter.etcd().zip(e0).map(|(b, a)| b - a),
+                    meter.own() - o0,
+                );
+                let both = invariants::check_etcd(&conns[0], keys, 1.0).await?;
+                figures.launch = Some(
+                    agents::check_launched(
+                        &conns[0],
+                        keys,
+                        fleet,
+                        (&l, &seen),
+                        args.requests,
+                        &both,
+                        cpu,
+                    )
+                    .await?,
+                );
+            }
+            let batch = if launched {
+                Batch::LAUNCHED
+            } else {
+                Batch::PLAIN
+            };
+            figures.loss =
+                agents::measure_loss(&conns[0], keys, fleet, batch, args.requests).await?;
+            let counts = fleet.counts();
+            (figures.lost_leases, figures.agent_errors) = (counts.lost_leases, counts.errors);
+            Some(figures)
+        }
+        _ => None,
+    };
     drop(controllers);
     Ok(Citadel {
         first_revision,
@@ -392,6 +520,7 @@ async fn citadel_phase(
         rss_peak_mb: hwm,
         etcd_cpu_s,
         bench_cpu_s,
+        agents,
     })
 }
 
@@ -517,5 +646,6 @@ fn assemble(
         mismatched: report.mismatched.len(),
         duplicate_or_missing_decisions: report.decided.abs_diff(args.requests),
         elapsed_s: started.elapsed().as_secs_f64(),
+        agents: c.agents.clone(),
     }
 }

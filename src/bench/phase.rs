@@ -15,30 +15,92 @@ use crate::keys::Keys;
 use crate::model::RequestId;
 use crate::store::{self, EtcdConfig};
 
-struct Timings {
+pub(super) struct Timings {
     start: Instant,
+    /// The batch's request ids are `<tag><n:07>`.
+    tag: char,
     sent: Vec<AtomicU64>,
     /// When etcd answered the request's put.
     acked: Vec<AtomicU64>,
     decided: Vec<AtomicU64>,
     decided_count: AtomicUsize,
     placed: AtomicUsize,
+    /// When an agent reported the request `running` (`--agents --launch`).
+    running: Vec<AtomicU64>,
+    running_count: AtomicUsize,
 }
 
 impl Timings {
-    fn new(requests: usize) -> Arc<Timings> {
+    fn new(requests: usize, tag: char) -> Arc<Timings> {
         Arc::new(Timings {
             start: Instant::now(),
+            tag,
             sent: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             decided: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             decided_count: AtomicUsize::new(0),
             placed: AtomicUsize::new(0),
+            running: (0..requests).map(|_| AtomicU64::new(0)).collect(),
+            running_count: AtomicUsize::new(0),
         })
     }
 
     fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// The batch's request number of `id`, if it is one of the batch's.
+    pub(super) fn number(&self, id: &str) -> Option<usize> {
+        let n = id.strip_prefix(self.tag)?.parse::<usize>().ok()?;
+        (n < self.sent.len()).then_some(n)
+    }
+
+    /// An agent reported request `id` running; the first report counts.
+    pub(super) fn note_running(&self, id: &str) {
+        if let Some(slot) = self.number(id).map(|n| &self.running[n])
+            && slot
+                .compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.running_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn running_count(&self) -> usize {
+        self.running_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Which requests a phase submits: ids `<tag><n:07>`, asked to be launched or not.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Batch {
+    pub(super) tag: char,
+    pub(super) launch: bool,
+}
+
+impl Batch {
+    /// `r0000000`…, not launched: the bench's default.
+    pub(super) const PLAIN: Batch = Batch {
+        tag: 'r',
+        launch: false,
+    };
+    /// `l0000000`…, each with `"launch":true`.
+    pub(super) const LAUNCHED: Batch = Batch {
+        tag: 'l',
+        launch: true,
+    };
+
+    pub(super) fn id(&self, n: usize) -> RequestId {
+        RequestId::new(format!("{}{n:07}", self.tag)).expect("valid id")
+    }
+
+    pub(super) fn json(&self, n: usize) -> String {
+        let mut json = request_json(n);
+        if self.launch {
+            json.pop();
+            json.push_str(r#","launch":true}"#);
+        }
+        json
     }
 }
 
@@ -54,6 +116,8 @@ pub(super) struct Seen {
     pub(super) span_s: f64,
     /// Decisions seen with `"status":"placed"`.
     pub(super) placed: usize,
+    /// put -> `running` report of an agent, ms, sorted (`--agents --launch`).
+    pub(super) running_ms: Vec<f64>,
 }
 
 impl Seen {
@@ -81,8 +145,13 @@ pub(super) async fn run(
     conns: &[Client],
     keys: &Keys,
     args: &BenchArgs,
+    batch: Batch,
+    agents: Option<&super::agents::HollowFleet>,
 ) -> Result<Seen, BenchError> {
-    let timings = Timings::new(args.requests);
+    let timings = Timings::new(args.requests, batch.tag);
+    if let Some(fleet) = agents {
+        fleet.observe(&timings);
+    }
     let from = conns[0]
         .kv_client()
         .get("/", Some(GetOptions::new().with_count_only()))
@@ -91,7 +160,7 @@ pub(super) async fn run(
         .map_or(0, |h| h.revision())
         + 1;
     let watcher = Watcher::start(etcd, keys, &timings, from).await?;
-    let mut submitters = submit(conns, keys, args, &timings);
+    let mut submitters = submit(conns, keys, args, batch, &timings);
     let progress = show_progress(&timings, args.requests, args.quiet_progress);
     while let Some(r) = submitters.join_next().await {
         r.map_err(|e| BenchError::Setup(e.to_string()))??;
@@ -105,7 +174,33 @@ pub(super) async fn run(
             args.timeout
         );
     }
+    if batch.launch && agents.is_some() {
+        wait_for_running(&timings, Duration::from_secs(args.timeout)).await;
+    }
     Ok(summarize(&timings))
+}
+
+/// Waits until the agents reported as many requests running as were placed, while reports keep
+/// coming (at most 10 s without a new one, and `limit` in all).
+async fn wait_for_running(timings: &Timings, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut since) = (timings.running_count(), Instant::now());
+    while timings.running_count() < timings.placed.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = timings.running_count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "bench: {} of {} placed requests reported running; no report for 10 s",
+                now,
+                timings.placed.load(Ordering::Relaxed)
+            );
+            return;
+        }
+    }
 }
 
 /// The decision watch, on a thread, a runtime and a connection of its own: a watcher that the
@@ -192,14 +287,11 @@ async fn follow(watch: &mut etcd_client::WatchStream, decisions: &str, timings: 
                 .key()
                 .strip_prefix(decisions.as_bytes())
                 .and_then(|id| std::str::from_utf8(id).ok())
-                .and_then(|id| id.strip_prefix('r'))
-                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|id| timings.number(id))
             else {
                 continue;
             };
-            let Some(slot) = timings.decided.get(n) else {
-                continue;
-            };
+            let slot = &timings.decided[n];
             if slot.load(Ordering::Relaxed) == 0 && !kv.value().is_empty() {
                 slot.store(timings.now(), Ordering::Relaxed);
                 timings.decided_count.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +311,7 @@ fn submit(
     conns: &[Client],
     keys: &Keys,
     args: &BenchArgs,
+    which: Batch,
     timings: &Arc<Timings>,
 ) -> tokio::task::JoinSet<Result<(), etcd_client::Error>> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -243,8 +336,7 @@ fn submit(
                 let mut ops = Vec::with_capacity(last - first);
                 for n in first..last {
                     timings.sent[n].store(now, Ordering::Relaxed);
-                    let id = RequestId::new(format!("r{n:07}")).expect("valid id");
-                    ops.push((keys.request(&id), request_json(n)));
+                    ops.push((keys.request(&which.id(n)), which.json(n)));
                 }
                 if ops.len() == 1 {
                     let (k, v) = ops.pop().expect("one op");
@@ -330,11 +422,21 @@ fn summarize(timings: &Timings) -> Seen {
         .map(|(s, a)| (a - s) as f64 / 1e6)
         .collect();
     put_ms.sort_by(f64::total_cmp);
+    let mut running_ms: Vec<f64> = timings
+        .sent
+        .iter()
+        .zip(&timings.running)
+        .map(|(s, r)| (s.load(Ordering::Relaxed), r.load(Ordering::Relaxed)))
+        .filter(|(s, r)| *s > 0 && *r >= *s)
+        .map(|(s, r)| (r - s) as f64 / 1e6)
+        .collect();
+    running_ms.sort_by(f64::total_cmp);
     Seen {
         latencies,
         series,
         put_ms,
         span_s: (last_decision.saturating_sub(first_sent.min(last_decision))) as f64 / 1e9,
         placed: timings.placed.load(Ordering::Relaxed),
+        running_ms,
     }
 }

@@ -86,8 +86,98 @@ pub fn render_table(r: &BenchResult) -> String {
         };
         let _ = writeln!(out, "  etcd database      {db:>10.0} MB{in_use}{compacted}");
     }
+    if let Some(a) = &r.agents {
+        agents_table(&mut out, a);
+    }
     let _ = writeln!(out, "  wall time          {:>10.1} s", r.elapsed_s);
     out.trim_end().to_string()
+}
+
+/// The `--agents` lines.
+fn agents_table(out: &mut String, a: &super::AgentFigures) {
+    let opt = |x: Option<f64>, unit: &str| x.map_or("n/a".into(), |x| format!("{x:.1}{unit}"));
+    let _ = writeln!(
+        out,
+        "  hollow agents      {:>10}  lease TTL {} s, up in {:.1} s ({} keep-alive tasks and watch streams)",
+        a.agents, a.lease_ttl_s, a.setup_s, a.shards
+    );
+    let _ = writeln!(
+        out,
+        "  quiet {:>4.0} s: etcd {:>7} writes/s  (puts {}, txns {}, deletes {}, raft proposals {}; keep-alives {:.0}/s)",
+        a.window_s,
+        opt(a.etcd_writes_per_s, ""),
+        opt(a.etcd_puts_per_s, "/s"),
+        opt(a.etcd_txns_per_s, "/s"),
+        opt(a.etcd_deletes_per_s, "/s"),
+        opt(a.etcd_proposals_per_s, "/s"),
+        a.keepalives_per_s
+    );
+    let _ = writeln!(
+        out,
+        "  quiet cpu          {:>9.1}%  of a core for the leader (etcd {}, the hollow agents {:.1}%); {} live leases",
+        a.leader_cpu_pct,
+        opt(a.etcd_cpu_pct, "%"),
+        a.bench_cpu_pct,
+        a.live_leases
+    );
+    if let Some(l) = &a.loss {
+        let acted = match (&l.leader_acted_ms, &l.leader_action) {
+            (Some(ms), Some(what)) => format!("the leader acted after {ms:.0} ms ({what})"),
+            _ => "the leader did not act within the TTL + 15 s".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  agent killed       {:>10}  health key gone after {} ms; {acted}; within TTL + 1 s: {}",
+            l.engine,
+            l.health_deleted_ms
+                .map_or("(never)".into(), |ms| format!("{ms:.0}")),
+            l.within_ttl_plus_1s
+        );
+    }
+    if let Some(l) = &a.launch {
+        let _ = writeln!(
+            out,
+            "  launched batch     {:>10.0}  decisions/s, against {:.0} without launch: ratio {:.3}",
+            l.decisions_per_s, l.plain_decisions_per_s, l.ratio
+        );
+        let _ = writeln!(
+            out,
+            "  launched cost      {:>10.1} us of controller cpu per decision; etcd {} s, bench (with the agents) {:.3} s per 1k decisions",
+            l.controller_cpu_us_per_decision,
+            l.etcd_cpu_s_per_1k_decisions
+                .map_or("n/a".into(), |x| format!("{x:.3}")),
+            l.bench_cpu_s_per_1k_decisions
+        );
+        let _ = writeln!(
+            out,
+            "  put -> running ms  {:>10}  p50 {:.1}  p99 {:.1}  max {:.1}  ({} of {} placed running, {} missing, {} misplaced, {} stale)",
+            "",
+            l.running_p50_ms,
+            l.running_p99_ms,
+            l.running_max_ms,
+            l.running,
+            l.placed,
+            l.missing_running,
+            l.misplaced_running,
+            l.stale_reports
+        );
+        let _ = writeln!(
+            out,
+            "  both batches       overcommitted engines {}, double-bound ports {}, mismatched {}, assigned twice {}, missing/duplicate decisions {}",
+            l.overcommitted_engines,
+            l.double_bound_ports,
+            l.mismatched,
+            l.assigned_twice,
+            l.duplicate_or_missing_decisions
+        );
+    }
+    if a.lost_leases + a.agent_errors > 0 {
+        let _ = writeln!(
+            out,
+            "  agents' trouble    {} keep-alives found their lease gone, {} calls failed",
+            a.lost_leases, a.agent_errors
+        );
+    }
 }
 
 /// Latency over submit time and its distribution, titled with the run's parameters and marked

@@ -349,10 +349,7 @@ async fn bench(
     if json {
         output::json_line(&result)?;
     }
-    let violations = result.overcommitted_engines
-        + result.double_bound_ports
-        + result.mismatched
-        + result.duplicate_or_missing_decisions;
+    let violations = result.violations();
     if violations > 0 {
         return Err(CliError::Usage(format!(
             "bench: {violations} invariant violation(s)"
