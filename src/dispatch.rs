@@ -349,7 +349,11 @@ fn examine(mirror: &Mirror, id: &RequestId, launch_all: bool, acts: &mut Vec<Act
             && decision.is_some_and(|d| d.request_revision == a.request_revision);
         if holds {
             current = Some((engine, *a));
-        } else if decision.is_none_or(|d| d.mod_revision <= mirror.revision()) {
+        } else if decision.map_or(request.is_none(), |d| d.mod_revision > a.mod_revision) {
+            // Only once the decision is newer than the assignment (or the request is gone):
+            // the leader's own decision, written with the assignment in one transaction, may
+            // reach the mirror after it (the ledger's guard holds its event until the commit
+            // answers), and must not be taken for a decision that does not hold it.
             acts.push(Act::Withdraw {
                 id: id.clone(),
                 engine: engine.clone(),

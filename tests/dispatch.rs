@@ -171,21 +171,24 @@ async fn agents_get_their_work_in_the_placements_own_txn_and_their_reports_move_
         (Status::Placed, second.clone())
     );
 
-    // The second fails too, and there is no third agent's engine: `failed` after three tries
-    // would need a third; here it waits, unschedulable, with both engines excluded.
+    // The second fails too, and no engine is left that could take it: `failed`, with both
+    // attempts named.
     report(&client, &second, "web", rev2, |r| {
         r.error = "bad entrypoint".into()
     })
     .await;
-    let d = wait_decision_where(&client, &k, "web", WAIT, "not placed", |d| {
-        d.status != Status::Placed
+    let d = wait_decision_where(&client, &k, "web", WAIT, "failed", |d| {
+        d.status == Status::Failed
     })
     .await;
     assert!(
-        matches!(d.status, Status::Unschedulable | Status::Pending),
-        "{:?}: {}",
-        d.status,
+        d.reason.contains("no other engine can take it"),
+        "{}",
         d.reason
+    );
+    assert!(
+        d.run.as_ref().is_some_and(|r| r.attempts.len() == 2),
+        "{d:?}"
     );
     assert!(
         get_prefix(&client, &k.assignments()).await.is_empty(),

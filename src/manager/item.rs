@@ -19,6 +19,8 @@ pub struct AgentOps {
     /// refused or released is withdrawn from the agent that ran it in the same commit, so no
     /// agent runs what no decision holds.
     pub withdraw: Vec<EngineId>,
+    /// The engine it is assigned to holds a report on an earlier assignment: deleted with it.
+    pub stale_report: bool,
 }
 
 impl AgentOps {
@@ -32,8 +34,10 @@ impl AgentOps {
         }
         if let (Some(value), Some(e)) = (&self.assign, engine) {
             // A report on an earlier assignment here is no longer about this one.
-            let (n, op) = del(keys.run(e, id));
-            out.push((op, n));
+            if self.stale_report {
+                let (n, op) = del(keys.run(e, id));
+                out.push((op, n));
+            }
             let key = keys.assignment(e, id);
             let n = key.len() + value.len();
             out.push((TxnOp::put(key, value.to_vec(), None), n));

@@ -518,6 +518,9 @@ impl<'a> Lead<'a> {
                 .filter(|e| assign.as_ref().is_none_or(|(to, _)| to != e))
                 .collect();
             if let Some(agent) = item.agent_mut() {
+                agent.stale_report = assign
+                    .as_ref()
+                    .is_some_and(|(e, _)| mirror.run_report(&id, e).is_some());
                 agent.assign = assign.map(|(_, v)| v);
                 agent.withdraw = withdraw;
             }
