@@ -80,12 +80,6 @@ impl Engine {
             .collect()
     }
 
-    fn signal(&self, sig: Signal) {
-        if let Some(a) = &self.agent {
-            citadel_testkit::child::signal(a.id(), sig).unwrap_or_else(|e| panic!("{sig:?}: {e}"));
-        }
-    }
-
     fn kill_agent(&mut self) {
         if let Some(mut a) = self.agent.take() {
             let _ = a.kill();
