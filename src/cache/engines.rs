@@ -23,6 +23,7 @@ impl Mirror {
     pub fn usage(&self, id: &EngineId, policy: HealthPolicy) -> Usage {
         let mut u = self.usage.get(id).cloned().unwrap_or_default();
         u.tracks_tenants = self.tracks_tenants;
+        u.launch_all = policy.launch_all;
         if policy.docker {
             match self.health.get(id) {
                 None => u.unhealthy = true,

@@ -99,6 +99,10 @@ pub enum SchedulerError {
     },
     #[error("affinity[{index}]: {expr:?}: the key is request or image")]
     AffinityKey { index: usize, expr: String },
+    /// A host path no launch policy could permit (`..` in it). The model's checks refuse it
+    /// first; this is for a request built without them.
+    #[error("volumes: {0}")]
+    HostPath(String),
 }
 
 /// Chooses an engine for a request, or says why none fits.
