@@ -589,7 +589,15 @@ mod tests {
         let root = "host path /, which holds the Docker socket";
         // (volumes, network_mode, launch, the leader launches all, the engine's policy, the
         // privilege it refuses, if any)
-        let cases: Vec<(&[&str], &str, bool, bool, LaunchPolicy, Option<&str>)> = vec![
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            bool,
+            bool,
+            LaunchPolicy,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
             // Nothing asked: every engine, launched or not.
             (&[], "", true, true, none.clone(), None),
             (
