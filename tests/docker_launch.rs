@@ -201,14 +201,18 @@ async fn launching_twice_returns_the_same_container() {
 async fn a_container_created_but_not_started_is_started_not_twinned() {
     let docker = connect();
     let guard = Cleanup::new();
-    // What a leader that crashed between create and start leaves behind.
+    // What a leader that crashed between create and start leaves behind, labelled as it
+    // labels its containers (one labelled for another engine would not be adopted).
     let label = format!("{REQUEST_LABEL}={}", guard.request);
+    let engine = format!("{ENGINE_LABEL}={ENGINE}");
     let created = cli(&[
         "create",
         "--network",
         "none",
         "--label",
         &label,
+        "--label",
+        &engine,
         test_image(),
         "sleep",
         "300",
