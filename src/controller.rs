@@ -19,9 +19,11 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::cache::{Books, Cache, HealthPolicy};
+use crate::dispatch::{Dispatch, DispatchConfig};
 use crate::election::{self, Candidate, ElectionError, Lease};
 use crate::http::{self, HttpError, Listen};
 use crate::keys::Keys;
+use crate::manager::Rewriter;
 use crate::manager::{Ledger, Manager, ManagerConfig, StepDown};
 use crate::metrics::Metrics;
 use crate::runner::{Runner, RunnerConfig};
@@ -302,8 +304,28 @@ impl Hands<'_> {
             fence = leadership.fence.rev,
             "elected leader"
         );
+        // The agents' side: their reports and losses, on every leader (agents need no flag).
+        let writer = Rewriter {
+            client: self.client.clone(),
+            books: self.books.clone(),
+            keys: self.cfg.keys.clone(),
+            fence: leadership.fence.clone(),
+            fenced: watch::channel(false).0,
+            metrics: metrics.clone(),
+        };
+        let launch_tries = self
+            .cfg
+            .docker
+            .as_ref()
+            .map_or(RunnerConfig::default().launch_tries, |rc| rc.launch_tries);
+        let dispatch = Dispatch::new(self.cache.clone(), writer, DispatchConfig { launch_tries });
         let lead = async {
-            let lead = self.manager.lead(leadership, lease, shutdown);
+            let lead = async {
+                tokio::select! {
+                    why = self.manager.lead(leadership, lease, shutdown) => why,
+                    _ = dispatch.run() => StepDown::Fenced,
+                }
+            };
             match &self.cfg.docker {
                 None => lead.await,
                 Some(rc) => {

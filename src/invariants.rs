@@ -4,6 +4,8 @@
 //!    port is reserved twice on one engine.
 //! 2. A placed decision holds exactly one reservation (inside it), on the engine it names, and
 //!    no other decision holds one.
+//! 7. No request is assigned to two engines' agents at once (no twin): the leader withdraws an
+//!    assignment in the very transaction that moves it.
 //!
 //! And what a settled cluster shows, which a live one passes through for a moment: every
 //! request has a decision for its current revision, no decision outlives its request, and no
@@ -52,18 +54,28 @@ pub struct Report {
     /// Engine keys the leader never schedules: their value is unreadable, or their id breaks
     /// the id grammar.
     pub ignored_engines: Vec<String>,
+    /// Requests assigned to more than one engine's agent.
+    pub assigned_twice: Vec<String>,
+    /// Assignments no decision holds (the leader withdraws them).
+    pub stale_assignments: Vec<String>,
 }
 
 impl Report {
     /// Broken invariants: never true for a moment, whatever the load.
     pub fn violations(&self) -> usize {
-        self.overcommitted_engines.len() + self.double_bound_ports.len() + self.mismatched.len()
+        self.overcommitted_engines.len()
+            + self.double_bound_ports.len()
+            + self.mismatched.len()
+            + self.assigned_twice.len()
     }
 
     /// What a settled cluster never shows, and a busy one may for a moment: requests waiting
     /// for their decision, decisions waiting to be released, placements waiting to move.
     pub fn unsettled(&self) -> usize {
-        self.undecided.len() + self.without_request.len() + self.on_missing_engines.len()
+        self.undecided.len()
+            + self.without_request.len()
+            + self.on_missing_engines.len()
+            + self.stale_assignments.len()
     }
 
     /// Keys an operator wrote that citadel cannot use: waiting changes nothing.
@@ -73,13 +85,15 @@ impl Report {
 
     /// Every finding, as `(kind, detail)`, broken invariants first.
     pub fn findings(&self) -> Vec<(&'static str, &str)> {
-        let lists: [(&'static str, &Vec<String>); 7] = [
+        let lists: [(&'static str, &Vec<String>); 9] = [
             ("overcommitted", &self.overcommitted_engines),
             ("port bound twice", &self.double_bound_ports),
             ("reservation mismatch", &self.mismatched),
+            ("assigned twice", &self.assigned_twice),
             ("undecided", &self.undecided),
             ("decision without request", &self.without_request),
             ("on a missing engine", &self.on_missing_engines),
+            ("stale assignment", &self.stale_assignments),
             ("engine never scheduled", &self.ignored_engines),
         ];
         lists
@@ -115,6 +129,7 @@ pub fn check<'a>(
     let mut report = Report::default();
     let seen = Seen::read(keys, kvs, &mut report);
     seen.settlement(&mut report);
+    seen.assignments(&mut report);
     let used = seen.reservations(&mut report);
     seen.capacity(&used, overcommit, &mut report);
     report
@@ -140,6 +155,8 @@ struct Seen {
     /// Request id to the revision it was last written at.
     requests: BTreeMap<String, i64>,
     decisions: BTreeMap<String, Decision>,
+    /// Request id to the engines whose agents it is assigned to.
+    assignments: BTreeMap<String, Vec<String>>,
 }
 
 impl Seen {
@@ -173,6 +190,11 @@ impl Seen {
                 }
                 Some(Key::Decision(id)) => seen.decision(id.to_string(), value, report),
                 Some(Key::OddDecision(segment)) => seen.decision(odd_name(&segment), value, report),
+                Some(Key::Assignment(engine, id)) => seen
+                    .assignments
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(engine.to_string()),
                 _ => {}
             }
         }
@@ -190,6 +212,28 @@ impl Seen {
             Err(e) => report
                 .mismatched
                 .push(format!("{id}: unreadable decision: {e}")),
+        }
+    }
+
+    /// Requests assigned twice, and assignments no placement holds.
+    fn assignments(&self, report: &mut Report) {
+        for (id, engines) in &self.assignments {
+            if engines.len() > 1 {
+                report
+                    .assigned_twice
+                    .push(format!("{id}: assigned to {}", engines.join(" and ")));
+            }
+            for engine in engines {
+                let held = self.decisions.get(id).is_some_and(|d| {
+                    matches!(d.status, Status::Placed | Status::Exited)
+                        && d.resource.as_ref().is_some_and(|r| r.id == *engine)
+                });
+                if !held {
+                    report.stale_assignments.push(format!(
+                        "{id}: assigned to {engine}, which no decision holds"
+                    ));
+                }
+            }
         }
     }
 
@@ -351,6 +395,36 @@ mod tests {
         let report = run(&pairs(&[placed("a", 0.6, 80), placed("b", 0.6, 80)]));
         assert_eq!(report.overcommitted_engines.len(), 1, "{report:?}");
         assert_eq!(report.double_bound_ports, vec!["e1 80/tcp".to_string()]);
+    }
+
+    #[test]
+    fn a_request_assigned_twice_or_without_its_placement_is_named() {
+        let assign = |engine: &str, id: &str| {
+            (
+                format!("/citadel/assignments/{engine}/{id}"),
+                "{}".to_string(),
+            )
+        };
+        let report = run(&pairs(&[
+            placed("a", 0.1, 80),
+            assign("e1", "a"),
+            placed("b", 0.1, 81),
+            assign("e1", "b"),
+            assign("e2", "b"),
+            assign("e1", "gone"),
+        ]));
+        assert_eq!(
+            report.assigned_twice,
+            vec!["b: assigned to e1 and e2".to_string()]
+        );
+        assert_eq!(report.violations(), 1, "{report:?}");
+        assert_eq!(
+            report.stale_assignments,
+            vec![
+                "b: assigned to e2, which no decision holds".to_string(),
+                "gone: assigned to e1, which no decision holds".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! [`election`]), and read back as a decision key. [`controller`] ties one replica together;
 //! [`cli`] is the command line. docs/architecture.md names the file of every stage.
 
+pub mod agent;
 pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod dispatch;
 pub mod docker;
 pub mod election;
 pub mod http;

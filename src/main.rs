@@ -10,7 +10,9 @@ fn main() {
     // Long-running commands log their work; one-shot commands speak through their result, so
     // retries stay quiet and an error is one line.
     let default = match cli.command {
-        citadel::cli::Command::Controller(_) | citadel::cli::Command::Bench(_) => "info",
+        citadel::cli::Command::Controller(_)
+        | citadel::cli::Command::Agent(_)
+        | citadel::cli::Command::Bench(_) => "info",
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

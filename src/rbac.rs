@@ -12,6 +12,22 @@
 //! key's create revision (so it never overwrites someone's request), `citadel status` reads the
 //! request beside its decision, and etcd checks a compare as a read.
 //!
+//! `citadel rbac agent ENGINE` makes one more role and user per engine, `citadel-agent-ENGINE`,
+//! for the `citadel agent` beside that engine's Docker. It may touch its own keys only:
+//!
+//! | keys | may | why |
+//! |---|---|---|
+//! | `engines/ENGINE` (that key) | readwrite | it registers the engine, keeping the operator's fields |
+//! | `health/ENGINE` (that key) | readwrite | liveness on its lease; read back to adopt the lease on restart |
+//! | `assignments/ENGINE/` (prefix) | read | range + watch what it must run; its run reports' txns compare an assignment's mod revision, which etcd checks as a read |
+//! | `runs/ENGINE/` (prefix) | write | its run reports |
+//!
+//! `engines/ENGINE` and `health/ENGINE` are single keys, not prefixes: a prefix `engines/e1`
+//! would also grant `engines/e10`. The two ranges end with `/` for the same reason. etcd 3.4
+//! asks no permission to grant a lease or keep it alive; a put on a lease needs write on the
+//! key (and on every key already on that lease), and revoking it write on every key on it: here
+//! only `health/ENGINE`.
+//!
 //! Without `--apply` the command prints the etcdctl commands; with it, it runs the same
 //! operations through etcd's auth API, as the admin the global flags name, and skips what
 //! exists already. Users are given as `NAME` (no password: etcd with `--client-cert-auth`
@@ -21,14 +37,18 @@
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use etcd_client::{Client, Permission, UserAddOptions};
 
 use crate::keys::Keys;
+use crate::model::EngineId;
 use crate::store::{self, EtcdConfig, StoreError};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct RbacArgs {
+    #[command(subcommand)]
+    pub command: Option<RbacCommand>,
     /// Create the roles and users in etcd now, with the admin credentials of the global flags
     /// (etcd's root user), instead of printing the etcdctl commands. What exists is kept.
     #[arg(long)]
@@ -48,6 +68,29 @@ pub struct RbacArgs {
     /// A user with the citadel-user role (as --add-controller).
     #[arg(long = "add-user", value_name = "NAME[:PASSWORD]")]
     pub users: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RbacCommand {
+    /// The role and user of one engine's `citadel agent`, both `citadel-agent-ENGINE`: it may
+    /// write its engine record, its health key and its run reports, and read its assignments;
+    /// nothing of another engine, no request, no decision.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The engine the agent runs (its engine id).
+    #[arg(value_name = "ENGINE")]
+    pub engine: String,
+    /// Create the role and user in etcd now (as `rbac --apply`), instead of printing the etcdctl
+    /// commands. What exists is kept.
+    #[arg(long)]
+    pub apply: bool,
+    /// The agent's user: NAME (client certificate, CN=NAME) or NAME:PASSWORD. Default: the
+    /// role's name, citadel-agent-ENGINE, authenticating by a client certificate.
+    #[arg(long = "agent-user", value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +131,7 @@ impl Role {
     /// What the role may touch under `keys`' prefix. Every key ends with `/`, so that
     /// `/citadel/` does not also grant `/citadel-bench/`.
     pub fn grants(self, keys: &Keys) -> Vec<Grant> {
-        let g = |access, prefix| Grant { access, prefix };
+        let g = Grant::prefix;
         match self {
             Role::Controller => vec![g(Access::ReadWrite, keys.root().to_string())],
             Role::Operator => vec![
@@ -124,22 +167,71 @@ impl Access {
         }
     }
 
-    /// The permission on every key under `prefix`.
-    pub fn permission(self, prefix: &str) -> Permission {
-        let p = match self {
-            Access::Read => Permission::read(prefix),
-            Access::Write => Permission::write(prefix),
-            Access::ReadWrite => Permission::read_write(prefix),
-        };
-        p.with_prefix()
+    /// The permission on `key` alone.
+    pub fn permission(self, key: &str) -> Permission {
+        match self {
+            Access::Read => Permission::read(key),
+            Access::Write => Permission::write(key),
+            Access::ReadWrite => Permission::read_write(key),
+        }
     }
 }
 
-/// One prefix permission of a role.
+/// One permission of a role: on every key under a prefix, or on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub access: Access,
-    pub prefix: String,
+    pub key: String,
+    /// Every key starting with `key` (which then ends with `/`), or `key` alone.
+    pub prefix: bool,
+}
+
+impl Grant {
+    pub fn prefix(access: Access, key: String) -> Grant {
+        debug_assert!(key.ends_with('/'), "{key}");
+        Grant {
+            access,
+            key,
+            prefix: true,
+        }
+    }
+
+    pub fn key(access: Access, key: String) -> Grant {
+        Grant {
+            access,
+            key,
+            prefix: false,
+        }
+    }
+
+    /// As etcd's auth API takes it.
+    pub fn permission(&self) -> Permission {
+        let p = self.access.permission(&self.key);
+        if self.prefix { p.with_prefix() } else { p }
+    }
+
+    /// How `apply` reports it: `read on keys under /citadel/` or `readwrite on key /citadel/…`.
+    fn describe(&self) -> String {
+        let what = if self.prefix { "keys under" } else { "key" };
+        format!("{} on {what} {}", self.access.as_str(), self.key)
+    }
+}
+
+/// The role (and default user) name of `engine`'s agent.
+pub fn agent_role(engine: &EngineId) -> String {
+    format!("citadel-agent-{engine}")
+}
+
+/// What `engine`'s agent may touch: its engine record and health key (each that key alone, so
+/// that `e1` does not also grant `e10`), its assignments (read: range, watch, and the compare
+/// of its run reports' txns) and its run reports (write).
+pub fn agent_grants(keys: &Keys, engine: &EngineId) -> Vec<Grant> {
+    vec![
+        Grant::key(Access::ReadWrite, keys.engine(engine)),
+        Grant::key(Access::ReadWrite, keys.health(engine)),
+        Grant::prefix(Access::Read, keys.assignments_of(engine)),
+        Grant::prefix(Access::Write, keys.runs_of(engine)),
+    ]
 }
 
 /// A user to create (if missing) and the role to grant it.
@@ -155,33 +247,56 @@ pub struct NewUser {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub prefix: String,
-    pub roles: Vec<(Role, Vec<Grant>)>,
+    /// Each role's name and permissions.
+    pub roles: Vec<(String, Vec<Grant>)>,
     pub users: Vec<NewUser>,
     pub enable_auth: bool,
 }
 
-fn parse_user(spec: &str, role: Role) -> Result<NewUser, RbacError> {
+/// `spec` (`NAME` or `NAME:PASSWORD`, given to `flag`) as a user with `role`.
+fn parse_user(spec: &str, flag: &str, role: &str) -> Result<NewUser, RbacError> {
     let (name, password) = match spec.split_once(':') {
         Some((name, password)) => (name, Some(password.to_string())),
         None => (spec, None),
     };
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(RbacError::Usage(format!(
-            "--add-{}: {spec:?} is not a user name",
-            role.name().trim_start_matches("citadel-")
+            "{flag}: {spec:?} is not a user name"
         )));
     }
     Ok(NewUser {
         name: name.to_string(),
         password,
-        role: role.name().to_string(),
+        role: role.to_string(),
+    })
+}
+
+fn add_flag(role: Role) -> String {
+    format!("--add-{}", role.name().trim_start_matches("citadel-"))
+}
+
+/// What to create for `engine`'s agent: its role, and its user (`user`, or one named after the
+/// role, without a password).
+pub fn agent_plan(engine: &str, user: Option<&str>, keys: &Keys) -> Result<Plan, RbacError> {
+    let engine = EngineId::new(engine)
+        .map_err(|e| RbacError::Usage(format!("agent: engine {engine:?}: {e}")))?;
+    let role = agent_role(&engine);
+    let user = parse_user(user.unwrap_or(&role), "--agent-user", &role)?;
+    Ok(Plan {
+        prefix: keys.root().to_string(),
+        roles: vec![(role, agent_grants(keys, &engine))],
+        users: vec![user],
+        enable_auth: false,
     })
 }
 
 /// What to create for `args` under `keys`' prefix. `admin` is the connection's settings: a
 /// new root user takes their password when they name root.
 pub fn plan(args: &RbacArgs, keys: &Keys, admin: &EtcdConfig) -> Result<Plan, RbacError> {
-    let roles = Role::ALL.iter().map(|r| (*r, r.grants(keys))).collect();
+    let roles = Role::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), r.grants(keys)))
+        .collect();
     let mut users = Vec::new();
     let given = [
         (Role::Controller, &args.controllers),
@@ -190,12 +305,12 @@ pub fn plan(args: &RbacArgs, keys: &Keys, admin: &EtcdConfig) -> Result<Plan, Rb
     ];
     if given.iter().all(|(_, names)| names.is_empty()) {
         for role in Role::ALL {
-            users.push(parse_user(role.name(), role)?);
+            users.push(parse_user(role.name(), &add_flag(role), role.name())?);
         }
     } else {
         for (role, names) in given {
             for spec in names {
-                users.push(parse_user(spec, role)?);
+                users.push(parse_user(spec, &add_flag(role), role.name())?);
             }
         }
     }
@@ -253,13 +368,14 @@ pub fn script(plan: &Plan) -> String {
     );
     line("# what exists.".into());
     for (role, grants) in &plan.roles {
-        line(format!("etcdctl role add {}", role.name()));
+        line(format!("etcdctl role add {}", sh(role)));
         for g in grants {
             line(format!(
-                "etcdctl role grant-permission --prefix=true {} {} {}",
-                role.name(),
+                "etcdctl role grant-permission {}{} {} {}",
+                if g.prefix { "--prefix=true " } else { "" },
+                sh(role),
                 g.access.as_str(),
-                sh(&g.prefix)
+                sh(&g.key)
             ));
         }
     }
@@ -324,8 +440,8 @@ pub async fn apply(
         what: what.to_string(),
         source,
     };
-    for (role, grants) in &plan.roles {
-        let name = role.name();
+    for (name, grants) in &plan.roles {
+        let name = name.as_str();
         let what = format!("role add {name}");
         match call(what.clone(), auth.role_add(name)).await? {
             Ok(_) => say(format!("role {name}: added")),
@@ -336,19 +452,15 @@ pub async fn apply(
             let what = format!(
                 "role grant-permission {name} {} {}",
                 g.access.as_str(),
-                g.prefix
+                g.key
             );
             call(
                 what.clone(),
-                auth.role_grant_permission(name, g.access.permission(&g.prefix)),
+                auth.role_grant_permission(name, g.permission()),
             )
             .await?
             .map_err(|e| failed(&what, e))?;
-            say(format!(
-                "role {name}: {} on keys under {}",
-                g.access.as_str(),
-                g.prefix
-            ));
+            say(format!("role {name}: {}", g.describe()));
         }
     }
     for u in &plan.users {
@@ -404,8 +516,11 @@ pub async fn run(
     etcd: &EtcdConfig,
     say: fn(&str),
 ) -> Result<(), RbacError> {
-    let plan = plan(&args, keys, etcd)?;
-    if !args.apply {
+    let (plan, apply_now) = match &args.command {
+        Some(RbacCommand::Agent(a)) => (agent_plan(&a.engine, a.user.as_deref(), keys)?, a.apply),
+        None => (plan(&args, keys, etcd)?, args.apply),
+    };
+    if !apply_now {
         say(script(&plan).trim_end());
         return Ok(());
     }
@@ -419,6 +534,7 @@ mod tests {
 
     fn args(users: &[&str]) -> RbacArgs {
         RbacArgs {
+            command: None,
             apply: false,
             enable_auth: false,
             controllers: vec![],
@@ -432,21 +548,22 @@ mod tests {
         let keys = Keys::new("/tenant-a").expect("prefix");
         for role in Role::ALL {
             for g in role.grants(&keys) {
-                assert!(g.prefix.starts_with("/tenant-a/"), "{role:?}: {g:?}");
+                assert!(
+                    g.key.starts_with("/tenant-a/") && g.prefix,
+                    "{role:?}: {g:?}"
+                );
             }
         }
         let user = Role::User.grants(&keys);
         assert!(user.contains(&Grant {
             access: Access::ReadWrite,
-            prefix: "/tenant-a/requests/".into()
+            key: "/tenant-a/requests/".into(),
+            prefix: true,
         }));
         for g in &user {
-            assert!(
-                !g.prefix.contains("leader") && g.prefix != keys.root(),
-                "{g:?}"
-            );
+            assert!(!g.key.contains("leader") && g.key != keys.root(), "{g:?}");
             if g.access != Access::Read {
-                assert!(g.prefix.ends_with("/requests/"), "{g:?}");
+                assert!(g.key.ends_with("/requests/"), "{g:?}");
             }
         }
     }
@@ -502,5 +619,81 @@ mod tests {
         let e = plan(&args(&[":pw"]), &Keys::default(), &EtcdConfig::default())
             .expect_err("empty name");
         assert!(e.to_string().contains("--add-user"), "{e}");
+    }
+
+    #[test]
+    fn an_agent_gets_its_own_keys_and_nothing_wider() {
+        let keys = Keys::default();
+        let p = agent_plan("e1", None, &keys).expect("plan");
+        let (role, grants) = &p.roles[0];
+        assert_eq!(p.roles.len(), 1);
+        assert_eq!(role, "citadel-agent-e1");
+        let g = |access, key: &str, prefix| Grant {
+            access,
+            key: key.into(),
+            prefix,
+        };
+        assert_eq!(
+            grants,
+            &[
+                g(Access::ReadWrite, "/citadel/engines/e1", false),
+                g(Access::ReadWrite, "/citadel/health/e1", false),
+                g(Access::Read, "/citadel/assignments/e1/", true),
+                g(Access::Write, "/citadel/runs/e1/", true),
+            ]
+        );
+        // Nothing of `e10`: the keys are single keys, the prefixes end with `/`.
+        let e10 = EngineId::new("e10").unwrap();
+        let others = [
+            keys.engine(&e10),
+            keys.health(&e10),
+            keys.assignment(&e10, &crate::model::RequestId::new("r").unwrap()),
+            keys.run(&e10, &crate::model::RequestId::new("r").unwrap()),
+        ];
+        for other in &others {
+            for g in grants {
+                let covers = if g.prefix {
+                    other.starts_with(&g.key)
+                } else {
+                    *other == g.key
+                };
+                assert!(!covers, "{g:?} covers {other}");
+            }
+        }
+        assert_eq!(
+            p.users,
+            [NewUser {
+                name: "citadel-agent-e1".into(),
+                password: None,
+                role: "citadel-agent-e1".into()
+            }]
+        );
+        let s = script(&p);
+        for want in [
+            "etcdctl role add citadel-agent-e1\n",
+            "etcdctl role grant-permission citadel-agent-e1 readwrite /citadel/engines/e1\n",
+            "etcdctl role grant-permission citadel-agent-e1 readwrite /citadel/health/e1\n",
+            "etcdctl role grant-permission --prefix=true citadel-agent-e1 read /citadel/assignments/e1/\n",
+            "etcdctl role grant-permission --prefix=true citadel-agent-e1 write /citadel/runs/e1/\n",
+            "etcdctl user add citadel-agent-e1 --no-password\n",
+            "etcdctl user grant-role citadel-agent-e1 citadel-agent-e1\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in:\n{s}");
+        }
+        assert!(!s.contains("auth enable"), "{s}");
+    }
+
+    #[test]
+    fn an_agent_user_may_be_named_and_bad_engines_are_refused() {
+        let p = agent_plan("e1", Some("host-7:pw"), &Keys::default()).expect("plan");
+        assert_eq!(p.users[0].name, "host-7");
+        assert_eq!(p.users[0].password.as_deref(), Some("pw"));
+        assert_eq!(p.users[0].role, "citadel-agent-e1");
+        for bad in ["", "a/b", "a b", "e1/"] {
+            let e = agent_plan(bad, None, &Keys::default()).expect_err(bad);
+            assert!(e.to_string().starts_with("agent: engine"), "{e}");
+        }
+        let e = agent_plan("e1", Some(":pw"), &Keys::default()).expect_err("empty user");
+        assert!(e.to_string().contains("--agent-user"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use citadel::keys::Keys;
-use citadel::rbac::Role;
+use citadel::rbac::{self, Role};
 use citadel::store::{EtcdConfig, TlsConfig};
 use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
 use common::pki::{Ca, Pair, path};
@@ -621,7 +621,11 @@ async fn the_printed_etcdctl_commands_create_what_apply_would() {
     let users = ["--add-operator", "bob", "--add-user", "carol:a pass'word"];
     let out = citadel(&with(strings(&["rbac"]), &users), &[]).await;
     assert_ok(&out, "rbac");
-    let script = text(&out.stdout);
+    let mut script = text(&out.stdout);
+    // And an agent's role, whose engine and health permissions are single keys.
+    let out = citadel(&strings(&["rbac", "agent", "e1"]), &[]).await;
+    assert_ok(&out, "rbac agent e1");
+    script.push_str(&text(&out.stdout));
 
     // etcdctl runs every line.
     let mut sh = Command::new("sh");
@@ -646,20 +650,27 @@ async fn the_printed_etcdctl_commands_create_what_apply_would() {
     let client = common::connect(&etcd).await;
     let mut auth = client.auth_client();
     let keys = Keys::default();
-    for role in Role::ALL {
-        let got = auth.role_get(role.name()).await.expect("role get");
-        let want: Vec<_> = role
-            .grants(&keys)
-            .iter()
-            .map(|g| g.access.permission(&g.prefix))
-            .collect();
+    let roles = Role::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), r.grants(&keys)))
+        .chain([(
+            "citadel-agent-e1".to_string(),
+            rbac::agent_grants(&keys, &eid("e1")),
+        )]);
+    for (name, grants) in roles {
+        let got = auth.role_get(name.as_str()).await.expect("role get");
+        let want: Vec<_> = grants.iter().map(|g| g.permission()).collect();
         let have = got.permissions();
-        assert_eq!(have.len(), want.len(), "{}: {have:?}", role.name());
+        assert_eq!(have.len(), want.len(), "{name}: {have:?}");
         for w in &want {
-            assert!(have.contains(w), "{}: no {w:?} in {have:?}", role.name());
+            assert!(have.contains(w), "{name}: no {w:?} in {have:?}");
         }
     }
-    for (user, role) in [("bob", "citadel-operator"), ("carol", "citadel-user")] {
+    for (user, role) in [
+        ("bob", "citadel-operator"),
+        ("carol", "citadel-user"),
+        ("citadel-agent-e1", "citadel-agent-e1"),
+    ] {
         let got = auth.user_get(user).await.expect("user get");
         assert_eq!(got.roles(), [role.to_string()], "{user}");
     }

@@ -46,6 +46,7 @@ fn placement_on(
         decision_fence,
         engine: engine.clone(),
         engine_revision,
+        agent: Default::default(),
         held: Held {
             cpus: Millicpus(100),
             memory: MemoryMb(10),

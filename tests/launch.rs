@@ -363,7 +363,7 @@ async fn launch_records_the_container_and_delete_stops_it() {
     assert_eq!(inspected["HostConfig"]["Memory"], json!(64 * 1024 * 1024));
     assert_eq!(
         inspected["Config"]["Labels"],
-        json!({"citadel.request": id, "citadel.engine": "e1"})
+        json!({"citadel.request": id, "citadel.engine": "e1", "citadel.cluster": c.keys.prefix()})
     );
     let name = d.run.as_ref().map(|r| r.container_name.clone());
     assert_eq!(

@@ -24,7 +24,8 @@ impl Mirror {
         let mut u = self.usage.get(id).cloned().unwrap_or_default();
         u.tracks_tenants = self.tracks_tenants;
         u.launch_all = policy.launch_all;
-        if policy.docker {
+        // An engine with an agent is alive while the agent's lease is: whatever the policy.
+        if policy.docker || self.agent(id).is_some() {
             match self.health.get(id) {
                 None => u.unhealthy = true,
                 Some(h) if policy.count_live => {

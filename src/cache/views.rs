@@ -351,6 +351,14 @@ impl Mirror {
             .and_then(|(s, _)| s.wire.agent.as_ref())
     }
 
+    /// Every valid engine that an agent registered.
+    pub fn agent_engines(&self) -> impl Iterator<Item = &EngineId> + '_ {
+        self.engines
+            .iter()
+            .filter(|(_, e)| e.spec.as_ref().is_ok_and(|(s, _)| s.wire.agent.is_some()))
+            .map(|(id, _)| id)
+    }
+
     /// Where the request is assigned to an agent, by engine.
     pub fn assignments(
         &self,

@@ -11,6 +11,7 @@
 //! It is the only module that prints for a person and exits; nothing else in the library calls
 //! into it (`rbac` is handed its printer). It writes to etcd only what a command is for.
 
+mod agent;
 mod check;
 mod completions;
 mod controller;
@@ -34,6 +35,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::keys::Keys;
 use crate::model::{EngineId, RequestId};
 use crate::store::{self, CALL_TIMEOUT, EtcdConfig, StoreError, TlsConfig};
+pub use agent::AgentArgs;
 pub use check::CheckArgs;
 pub use controller::ControllerArgs;
 pub use engine::{EngineAddArgs, EngineCommand};
@@ -198,6 +200,9 @@ impl Global {
 pub enum Command {
     /// Run a controller replica (leader election, scheduling, commits).
     Controller(ControllerArgs),
+    /// Run an engine's agent on its host: registers the engine from Docker, keeps it alive on
+    /// a lease, runs what the leader assigns it and reports back.
+    Agent(AgentArgs),
     /// Register, list and remove Docker engines.
     #[command(subcommand)]
     Engine(EngineCommand),
@@ -271,6 +276,8 @@ pub enum CliError {
     Rbac(#[from] crate::rbac::RbacError),
     #[error(transparent)]
     Controller(#[from] crate::controller::ControllerError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     #[error("{0}")]
     Usage(String),
     /// `submit --wait` ended otherwise than asked: the exit code says how.
@@ -308,6 +315,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.command {
         Command::Controller(args) => controller::run_controller(args, keys, etcd).await,
+        Command::Agent(args) => agent::run_agent(args, keys, etcd).await,
         Command::Rbac(args) => crate::rbac::run(args, &keys, &etcd, output::write_line)
             .await
             .map_err(Into::into),
@@ -391,6 +399,7 @@ async fn one_shot(
         Command::Events(a) => events::events(client, keys, a).await,
         Command::Plan(a) => plan::plan(client, keys, a).await,
         Command::Controller(_)
+        | Command::Agent(_)
         | Command::Bench(_)
         | Command::Rbac(_)
         | Command::Completions { .. }

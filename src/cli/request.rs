@@ -11,7 +11,7 @@ use super::follow::{Follow, Stop};
 use super::output::{OutputArgs, age, json, json_line, outln, write_line};
 use super::{CliError, request_id, timed};
 use crate::keys::{Key, Keys};
-use crate::model::{ContainerState, Decision, Request, RequestId, Status};
+use crate::model::{ContainerState, Decision, Request, RequestId, Run, RunReport, Status};
 
 /// `submit --wait`'s exit codes past 0 (placed, or running) and 1 (any other error); clap's
 /// usage errors are 2.
@@ -163,22 +163,62 @@ async fn wait_decision(
 ) -> Result<(Decision, Result<(), CliError>), CliError> {
     let key = keys.decision(id);
     let wait_for = async {
-        let mut stream = client
+        let from = WatchOptions::new().with_start_revision(rev);
+        let mut decisions = client
             .watch_client()
-            .watch(
-                key.clone(),
-                Some(WatchOptions::new().with_start_revision(rev)),
-            )
+            .watch(key.clone(), Some(from.clone()))
             .await?;
-        while let Some(resp) = stream.message().await? {
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv()
-                    && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
-                    && d.request_revision >= rev
-                    && let Some(done) = outcome(&d, wait)
-                {
-                    return Ok((d, done));
+        // An engine's agent reports the container at `runs/<engine>/<id>`: followed once the
+        // decision names an engine with an agent (any report on it then counts).
+        let mut runs: Option<(String, etcd_client::WatchStream)> = None;
+        let mut last: Option<Decision> = None;
+        let mut report: Option<RunReport> = None;
+        loop {
+            let run_event = async {
+                match runs.as_mut() {
+                    Some((_, s)) => s.message().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                msg = decisions.message() => {
+                    let Some(resp) = msg? else { break };
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv()
+                            && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
+                            && d.request_revision >= rev
+                        {
+                            last = Some(d);
+                        }
+                    }
+                }
+                msg = run_event => {
+                    let Some(resp) = msg? else { break };
+                    for ev in resp.events() {
+                        report = ev.kv().and_then(|kv| serde_json::from_slice(kv.value()).ok());
+                    }
+                }
+            }
+            let Some(d) = &last else { continue };
+            let engine = d.resource.as_ref().map(|r| r.id.clone());
+            if wait == WaitFor::Running
+                && let Some(engine) = engine
+                && runs.as_ref().is_none_or(|(e, _)| *e != engine)
+                && let Ok(eid) = crate::model::EngineId::new(&engine)
+            {
+                let stream = client
+                    .watch_client()
+                    .watch(keys.run(&eid, id), Some(from.clone()))
+                    .await?;
+                runs = Some((engine, stream));
+                report = None;
+            }
+            let mut shown = d.clone();
+            if let Some(r) = &report {
+                merge_report(&mut shown, r);
+            }
+            if let Some(done) = outcome(&shown, wait) {
+                return Ok((shown, done));
             }
         }
         Err(CliError::Usage(
@@ -188,8 +228,8 @@ async fn wait_decision(
     let what = match wait {
         WaitFor::Placed => "no decision",
         WaitFor::Running => {
-            "no running container (only a leader with --docker runs one, for a request with \
-             \"launch\": true or with --launch)"
+            "no running container (an engine's agent, or a leader with --docker, runs one for a \
+             request with \"launch\": true, or every request with --launch)"
         }
     };
     tokio::time::timeout(timeout, wait_for)
@@ -242,6 +282,20 @@ async fn read_status(
         ),
         None => None,
     };
+    let mut decision = decision;
+    if let Some(d) = decision.as_mut()
+        && let Some(engine) = d.resource.as_ref().map(|r| r.id.clone())
+        && let Ok(engine) = crate::model::EngineId::new(engine)
+    {
+        let got = timed(client.kv_client().get(keys.run(&engine, id), None)).await?;
+        if let Some(r) = got
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<RunReport>(kv.value()).ok())
+        {
+            merge_report(d, &r);
+        }
+    }
     let request_revision = request.map(|r| r.mod_revision());
     let status = match (&decision, request_revision) {
         (Some(d), Some(r)) if d.request_revision == r => d.status.to_string(),
@@ -317,7 +371,8 @@ pub(super) async fn status(client: &Client, keys: &Keys, a: StatusArgs) -> Resul
             return Ok(());
         }
         let mut follow = Follow::start(client, keys, revision + 1).await?;
-        let mine = |k: &Key| matches!(k, Key::Request(r) | Key::Decision(r) if *r == id);
+        let mine =
+            |k: &Key| matches!(k, Key::Request(r) | Key::Decision(r) | Key::Run(_, r) if *r == id);
         if !follow.changed(&mut stop, mine).await? {
             return Ok(());
         }
@@ -362,4 +417,24 @@ pub(super) async fn profile(
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();
     json(&profiles)
+}
+
+/// What an engine's agent reported of the container, shown in the decision's `run` as a
+/// leader with `--docker` records it (the agent's report is the record: the leader writes no
+/// decision for a container that started).
+pub(super) fn merge_report(d: &mut Decision, r: &RunReport) {
+    if d.resource.as_ref().is_none_or(|res| res.id != r.engine) {
+        return;
+    }
+    let run = d.run.get_or_insert_with(Run::default);
+    run.engine = r.engine.clone();
+    if r.failed() {
+        return;
+    }
+    run.container_id = r.container_id.clone();
+    run.container_name = r.container_name.clone();
+    run.state = r.state.clone();
+    run.exit_code = r.exit_code;
+    run.ports = r.ports.clone();
+    run.updated_at = r.updated_at.clone();
 }

@@ -13,6 +13,7 @@
 pub mod engine;
 mod events;
 mod launch;
+mod local;
 mod running;
 mod spec;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use bollard::errors::Error as BollardError;
 
 pub use events::*;
 pub use launch::*;
+pub use local::*;
 pub use running::*;
 pub use spec::*;
 pub use usage::*;

@@ -3,8 +3,44 @@
 
 use etcd_client::{Compare, CompareOp, TxnOp};
 
+use std::sync::Arc;
+
 use crate::keys::Keys;
 use crate::model::{Decision, EngineId, Held, RequestId, VolumeRecord};
+
+/// What an item also writes for the engines' agents, in the same transaction as its decision
+/// (filled in by the leader just before it batches, from the mirror: see `Lead::send`).
+#[derive(Debug, Clone, Default)]
+pub struct AgentOps {
+    /// The assignment to put at `assignments/<engine>/<id>` (placements to be launched on an
+    /// engine that has an agent).
+    pub assign: Option<Arc<[u8]>>,
+    /// Engines whose assignment of this request goes, with its run report: a request moved,
+    /// refused or released is withdrawn from the agent that ran it in the same commit, so no
+    /// agent runs what no decision holds.
+    pub withdraw: Vec<EngineId>,
+}
+
+impl AgentOps {
+    fn ops(&self, keys: &Keys, id: &RequestId, engine: Option<&EngineId>) -> Vec<(TxnOp, usize)> {
+        let del = |key: String| (key.len(), TxnOp::delete(key, None));
+        let mut out: Vec<(TxnOp, usize)> = Vec::new();
+        for e in &self.withdraw {
+            for (n, op) in [del(keys.assignment(e, id)), del(keys.run(e, id))] {
+                out.push((op, n));
+            }
+        }
+        if let (Some(value), Some(e)) = (&self.assign, engine) {
+            // A report on an earlier assignment here is no longer about this one.
+            let (n, op) = del(keys.run(e, id));
+            out.push((op, n));
+            let key = keys.assignment(e, id);
+            let n = key.len() + value.len();
+            out.push((TxnOp::put(key, value.to_vec(), None), n));
+        }
+        out
+    }
+}
 
 /// One write (or non-write) decided in a round.
 #[derive(Debug, Clone)]
@@ -21,12 +57,14 @@ pub enum Item {
         decision: Decision,
         /// Named volumes it is the first to mount: recorded on its engine.
         volumes: Vec<String>,
+        agent: AgentOps,
     },
     /// An `invalid` or `unschedulable` decision.
     Refuse {
         id: RequestId,
         decision_fence: Option<i64>,
         decision: Decision,
+        agent: AgentOps,
     },
     /// Unschedulable for the same reason as already written: nothing to write.
     Park { id: RequestId },
@@ -41,6 +79,7 @@ pub enum Item {
     Release {
         id: RequestId,
         request_revision: Option<i64>,
+        agent: AgentOps,
     },
     /// Write back a decision someone else changed or deleted, if etcd still holds what they
     /// wrote (the decision key's mod revision; 0: none).
@@ -83,6 +122,16 @@ impl Item {
         }
     }
 
+    /// What it writes for the agents, if it may write anything for them.
+    pub fn agent_mut(&mut self) -> Option<&mut AgentOps> {
+        match self {
+            Item::Place { agent, .. }
+            | Item::Refuse { agent, .. }
+            | Item::Release { agent, .. } => Some(agent),
+            _ => None,
+        }
+    }
+
     /// Whether it writes nothing.
     pub fn writes_nothing(&self) -> bool {
         matches!(self, Item::Park { .. } | Item::Defer { .. })
@@ -122,6 +171,7 @@ impl Item {
             Item::Release {
                 id,
                 request_revision: Some(rev),
+                ..
             } => vec![Compare::mod_revision(
                 keys.request(id),
                 CompareOp::Equal,
@@ -130,6 +180,7 @@ impl Item {
             Item::Release {
                 id,
                 request_revision: None,
+                ..
             } => vec![Compare::create_revision(
                 keys.request(id),
                 CompareOp::Equal,
@@ -164,9 +215,11 @@ impl Item {
                 decision,
                 engine,
                 volumes,
+                agent,
                 ..
             } => {
                 let mut ops = vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)];
+                ops.extend(agent.ops(keys, id, Some(engine)));
                 for v in volumes {
                     let record = VolumeRecord {
                         name: v.clone(),
@@ -177,10 +230,24 @@ impl Item {
                 }
                 ops
             }
-            Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
+            Item::Refuse {
+                id,
+                decision,
+                agent,
+                ..
+            } => {
+                let mut ops = vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)];
+                ops.extend(agent.ops(keys, id, None));
+                ops
+            }
+            Item::Restore { id, decision, .. } => {
                 vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)]
             }
-            Item::Release { id, .. } => vec![del(keys.decision(id).into())],
+            Item::Release { id, agent, .. } => {
+                let mut ops = vec![del(keys.decision(id).into())];
+                ops.extend(agent.ops(keys, id, None));
+                ops
+            }
             Item::Odd { segment, answer } => vec![match answer {
                 Some((_, decision)) => {
                     put(keys.odd_decision(segment), serde_json::to_vec(decision)?)

@@ -35,6 +35,7 @@ mod compactor;
 mod item;
 pub mod ledger;
 mod plan;
+mod rewrite;
 mod unfit;
 mod upgrade;
 
@@ -51,7 +52,7 @@ use crate::cache::{Books, Cache};
 use crate::election::{Leadership, Lease};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::model::{ReplicaId, RequestId, Status, now_rfc3339};
+use crate::model::{Assignment, EngineId, ReplicaId, RequestId, Status, now_rfc3339};
 use crate::scheduler::{Scarcity, Schedulers};
 use crate::shutdown::stopping;
 use crate::store::StoreError;
@@ -59,9 +60,10 @@ use crate::store::fence::{self, Commit, barrier, too_many_ops};
 use assumed::{Assumed, RunningView};
 pub use batch::{Batch, EngineFence, batches};
 use compactor::Compactor;
-pub use item::Item;
+pub use item::{AgentOps, Item};
 pub use ledger::{Decide, Displaced, Ledger, Work};
 pub use plan::{Deciding, plan};
+pub use rewrite::Rewriter;
 pub use unfit::Unfit;
 use upgrade::Newer;
 
@@ -440,7 +442,8 @@ impl<'a> Lead<'a> {
     }
 
     /// Groups items into transactions and starts committing each.
-    fn send(&mut self, items: Vec<Item>) {
+    fn send(&mut self, mut items: Vec<Item>) {
+        self.for_agents(&mut items);
         // A compare over the whole prefix reads every engine key, valid or not.
         let fence = EngineFence {
             count: self.view.engines.keys,
@@ -476,6 +479,48 @@ impl<'a> Lead<'a> {
                 }
             });
             self.tasks.insert(task.id(), (token, seq));
+        }
+    }
+
+    /// Adds what each item writes for the engines' agents: a placement to be launched on an
+    /// engine with an agent carries its assignment, and whatever else the request was assigned
+    /// to is withdrawn in the same commit. Costs a lookup per item when no engine has an agent.
+    fn for_agents(&self, items: &mut [Item]) {
+        let mut books = self.manager.books.lock();
+        let (mirror, ledger) = books.parts();
+        let launch_all = ledger.policy().launch_all;
+        for item in items.iter_mut() {
+            let Some(id) = item.id().cloned() else {
+                continue;
+            };
+            let assign = match &*item {
+                Item::Place {
+                    engine, decision, ..
+                } if mirror.agent(engine).is_some() => mirror
+                    .request(&id)
+                    .filter(|r| r.mod_revision == decision.request_revision)
+                    .filter(|r| r.launch || launch_all)
+                    .map(|r| {
+                        let value = Assignment::encode(
+                            id.as_str(),
+                            engine.as_str(),
+                            r.lifecycle.as_str(),
+                            r.mod_revision,
+                            r.raw(),
+                        );
+                        (engine.clone(), Arc::<[u8]>::from(value))
+                    }),
+                _ => None,
+            };
+            let withdraw: Vec<EngineId> = mirror
+                .assignments(&id)
+                .map(|(e, _)| e.clone())
+                .filter(|e| assign.as_ref().is_none_or(|(to, _)| to != e))
+                .collect();
+            if let Some(agent) = item.agent_mut() {
+                agent.assign = assign.map(|(_, v)| v);
+                agent.withdraw = withdraw;
+            }
         }
     }
 
@@ -796,6 +841,7 @@ mod tests {
             let item = Item::Refuse {
                 id: id.clone(),
                 decision_fence: None,
+                agent: AgentOps::default(),
                 decision: Decision {
                     container: Echo::of(b"{}"),
                     resource: None,

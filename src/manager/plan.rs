@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::item::Item;
+use super::item::{AgentOps, Item};
 use super::ledger::{Decide, Displaced, Work};
 use super::unfit::Unfit;
 use super::upgrade::Newer;
@@ -84,6 +84,7 @@ impl<'w> Step<'w> {
             } => Step::Written(Box::new(Item::Release {
                 id: id.clone(),
                 request_revision: *request_revision,
+                agent: AgentOps::default(),
             })),
             Work::Restore {
                 id,
@@ -249,6 +250,7 @@ impl Ask<'_> {
             id: self.d.id.clone(),
             decision_fence: self.d.decision_fence,
             decision: self.decision(status, reason),
+            agent: AgentOps::default(),
         }
     }
 
@@ -389,6 +391,7 @@ impl Round<'_> {
             held,
             decision,
             volumes,
+            agent: AgentOps::default(),
         }
     }
 

@@ -107,6 +107,14 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
+    /// As an assignment names it: `service` or `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Service => "service",
+            Lifecycle::Batch => "batch",
+        }
+    }
+
     pub fn of(kind: &str) -> Self {
         if kind.trim() == "batch" {
             Lifecycle::Batch

@@ -6,10 +6,9 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::dispatch::Outcome;
 use crate::docker::{self, Action, ContainerEvent};
-use crate::model::{
-    ContainerState, Decision, EngineId, Lifecycle, RequestId, Run, Status, now_rfc3339,
-};
+use crate::model::{ContainerState, EngineId, Lifecycle, RequestId, Run, Status, now_rfc3339};
 
 use super::*;
 
@@ -51,7 +50,7 @@ impl Runner {
                     run.updated_at = now_rfc3339();
                     if batch {
                         let code = run.exit_code;
-                        batch_exited(dec, code);
+                        Outcome::BatchExited { code }.apply(dec, 0);
                     }
                 })
                 .await;
@@ -106,14 +105,4 @@ pub(super) async fn forward_events(
             }
         }
     }
-}
-
-/// A `batch` container is done: the decision says how, and its reservation is freed.
-pub(super) fn batch_exited(dec: &mut Decision, code: Option<i64>) {
-    dec.reservation = None;
-    dec.status = Status::Exited;
-    dec.reason = match code {
-        Some(c) => format!("the batch container exited with code {c}"),
-        None => "the batch container is gone".into(),
-    };
 }

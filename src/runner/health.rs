@@ -25,7 +25,14 @@ impl Runner {
         loop {
             tick.tick().await;
             rounds += 1;
-            let specs = self.cache.read().engine_specs();
+            // An engine with an agent is the agent's: the leader never dials it.
+            let specs: Vec<_> = self
+                .cache
+                .read()
+                .engine_specs()
+                .into_iter()
+                .filter(|s| s.wire.agent.is_none())
+                .collect();
             let mut contacts = JoinSet::new();
             let owners: Vec<docker::Owner> = specs.iter().map(|s| self.owner(&s.id)).collect();
             for (spec, owner) in specs.iter().cloned().zip(owners) {

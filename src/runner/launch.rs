@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use crate::dispatch::Outcome;
 use crate::docker::{self, DockerError, LaunchSpec, Running};
 use crate::model::{
-    Attempt, EngineId, LaunchPolicy, Lifecycle, PublishedPort, Request, RequestId, Run, Status,
-    now_rfc3339,
+    EngineId, LaunchPolicy, Lifecycle, PublishedPort, Request, RequestId, Run, Status, now_rfc3339,
 };
 
 use super::*;
@@ -135,7 +135,7 @@ impl Runner {
                 let exited = c.state.is_done() && self.lifecycle(id) == Lifecycle::Batch;
                 self.update(id, &d, |dec| {
                     if exited {
-                        batch_exited(dec, c.exit_code);
+                        Outcome::BatchExited { code: c.exit_code }.apply(dec, tries);
                     }
                     let run = dec.run.get_or_insert_with(Run::default);
                     run.engine = engine.to_string();
@@ -160,30 +160,11 @@ impl Runner {
             Err(RunnerError::Container(e)) => {
                 let e = e.to_string();
                 tracing::warn!(request = %id, engine = %engine, error = %e, "container failed to start");
-                self.update(id, &d, |dec| {
-                    dec.reservation = None;
-                    let run = dec.run.get_or_insert_with(Run::default);
-                    run.attempts.push(Attempt {
-                        engine: engine.to_string(),
-                        error: e.clone(),
-                    });
-                    run.forget_container();
-                    run.updated_at = now_rfc3339();
-                    dec.resource = None;
-                    if run.attempts.len() >= tries {
-                        dec.status = Status::Failed;
-                        dec.reason = format!(
-                            "the container failed to start on {} engines; last, on {engine}: {e}",
-                            run.attempts.len()
-                        );
-                    } else {
-                        dec.status = Status::Pending;
-                        dec.reason = format!(
-                            "the container failed to start on {engine} ({e}); placing it on another engine"
-                        );
-                    }
-                })
-                .await;
+                let what = Outcome::FailedToStart {
+                    engine: engine.to_string(),
+                    error: e,
+                };
+                self.update(id, &d, |dec| what.apply(dec, tries)).await;
             }
             Err(e) => {
                 tracing::warn!(request = %id, engine = %engine, error = %e,

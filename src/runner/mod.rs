@@ -22,7 +22,7 @@
 //! It may not choose an engine (the manager does) nor write outside a fenced transaction.
 
 mod events;
-use events::{Watchers, batch_exited, forward_events};
+use events::{Watchers, forward_events};
 mod health;
 mod launch;
 mod reconcile;
@@ -32,20 +32,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use etcd_client::{Client, Compare, CompareOp, TxnOp};
+use etcd_client::{Client, Compare, TxnOp};
 use tokio::sync::mpsc;
 
 use crate::cache::{Books, Cache, DecisionEntry};
 use crate::docker::engine::{Refused, Trust};
 use crate::docker::{DockerError, Running};
 use crate::keys::Keys;
-use crate::manager::Ledger;
+use crate::manager::{Ledger, Rewriter};
 use crate::metrics::Metrics;
 use crate::model::{Decision, EngineId, EngineSpec, RequestId};
 use crate::profile::Profiles;
-use crate::store;
+use crate::store::fence::Commit;
 use crate::store::fence::Fence;
-use crate::store::fence::{self, Commit};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -142,10 +141,10 @@ pub struct Runner {
     profiles: Mutex<Profiles>,
     /// Containers being stopped (by request id and engine), so a round does not stop them twice.
     stopping: Arc<Mutex<HashSet<(String, EngineId)>>>,
-    /// Set when etcd refuses one of our writes' fence: another replica leads.
-    fenced: tokio::sync::watch::Sender<bool>,
     /// hook(http): what the runner's contacts and launches count.
     metrics: Arc<Metrics>,
+    /// Its fenced writes (and the signal that etcd refused the fence).
+    writer: Rewriter,
 }
 
 impl Runner {
@@ -157,12 +156,21 @@ impl Runner {
         cfg: RunnerConfig,
     ) -> Self {
         let keys = cache.keys().clone();
+        let writer = Rewriter {
+            client: client.clone(),
+            books: books.clone(),
+            keys: keys.clone(),
+            fence: fence.clone(),
+            fenced: tokio::sync::watch::channel(false).0,
+            metrics: Arc::default(),
+        };
         Runner {
             client,
             cache,
             books,
             keys,
             fence,
+            writer,
             cfg,
             dockers: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
@@ -170,13 +178,13 @@ impl Runner {
             started: Instant::now(),
             profiles: Mutex::new(Profiles::default()),
             stopping: Arc::new(Mutex::new(HashSet::new())),
-            fenced: tokio::sync::watch::channel(false).0,
             metrics: Arc::default(),
         }
     }
 
     /// hook(http): counts into the replica's metrics instead of a private set.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.writer.metrics = metrics.clone();
         self.metrics = metrics;
         self
     }
@@ -190,7 +198,7 @@ impl Runner {
             .await;
         tracing::info!("runner: contacting engines");
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let mut fenced = self.fenced.subscribe();
+        let mut fenced = self.writer.fenced.subscribe();
         tokio::select! {
             _ = async {
                 tokio::join!(
@@ -283,61 +291,16 @@ impl Runner {
 
     // ---- writes ----
 
-    /// Rewrites a decision if neither it nor its request changed since `seen`: fenced on the
-    /// leader's key too.
+    /// Rewrites a decision if neither it nor its request changed since `seen`.
     pub(super) async fn update(
         &self,
         id: &RequestId,
         seen: &DecisionEntry,
         edit: impl FnOnce(&mut Decision),
     ) -> Option<Commit> {
-        let key = self.keys.decision(id);
-        let got = match store::timed(self.client.kv_client().get(key.as_str(), None)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(request = %id, error = %e, "cannot read the decision");
-                return None;
-            }
-        };
-        let kv = got.kvs().first()?;
-        if kv.mod_revision() != seen.mod_revision {
-            return None; // The cache is behind; the next round sees the new one.
-        }
-        let mut decision: Decision = serde_json::from_slice(kv.value()).ok()?;
-        edit(&mut decision);
-        let value = match serde_json::to_vec(&decision) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(request = %id, error = %e, "cannot encode the decision; not written");
-                return None;
-            }
-        };
-        let ops = vec![TxnOp::put(key.as_str(), value, None)];
-        let compares = vec![
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
-            Compare::mod_revision(
-                self.keys.request(id),
-                CompareOp::Equal,
-                decision.request_revision,
-            ),
-        ];
-        // Numbered for the ledger's guard: the decision's watch event may arrive before the
-        // commit returns, and must be known as ours.
-        let seq = self.books.lock().listener_mut().begin_write();
-        let done = self.commit(compares, ops, "decision").await;
-        if matches!(done, Some(Commit::Done(_))) && decision.status != seen.status {
-            self.metrics.decided(decision.status); // hook(http)
-        }
-        let mut books = self.books.lock();
-        match done {
-            // The leader's cache learns its own decisions from its commits.
-            Some(Commit::Done(rev)) => books.committed(id, rev, Some(&decision)),
-            // It may land later: its event is then taken as the truth.
-            None => books.listener_mut().uncertain([id]),
-            Some(_) => {}
-        }
-        books.listener_mut().end_write(seq);
-        done
+        self.writer
+            .update(id, seen.mod_revision, edit, Vec::new())
+            .await
     }
 
     pub(super) async fn commit(
@@ -346,19 +309,7 @@ impl Runner {
         ops: Vec<TxnOp>,
         what: &str,
     ) -> Option<Commit> {
-        match fence::commit(&self.client, &self.fence, &compares, &ops).await {
-            Ok(c) => {
-                if c == Commit::Fenced {
-                    tracing::warn!(what, "runner write refused: no longer the leader");
-                    self.fenced.send_replace(true);
-                }
-                Some(c)
-            }
-            Err(e) => {
-                tracing::warn!(what, error = %e, "runner write failed");
-                None
-            }
-        }
+        self.writer.commit(compares, ops, what).await
     }
 }
 

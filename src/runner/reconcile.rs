@@ -5,11 +5,9 @@ use std::sync::PoisonError;
 
 use bollard::Docker;
 
+use crate::dispatch::Outcome;
 use crate::docker::{self, Action, ContainerEvent, Running};
-use crate::model::{
-    ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Run, Status, now_rfc3339,
-};
-use crate::store;
+use crate::model::{ContainerState, EngineId, EngineSpec, Lifecycle, RequestId, Status};
 
 use super::*;
 
@@ -81,13 +79,7 @@ impl Runner {
 
     /// Whether our election key is still the one we won with (a linearizable read).
     pub(super) async fn still_leads(&self) -> bool {
-        match store::timed(self.client.kv_client().get(self.fence.key.clone(), None)).await {
-            Ok(r) => r
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == self.fence.rev),
-            Err(_) => false,
-        }
+        self.writer.still_leads().await
     }
 
     /// Stops and removes a container in the background: a stop waits out the grace period, and
@@ -143,24 +135,12 @@ impl Runner {
                     continue;
                 }
                 let batch = launched && self.lifecycle(&id) == Lifecycle::Batch;
-                let engine = spec.id.to_string();
-                self.update(&id, &d, |dec| {
-                    dec.reservation = None;
-                    let run = dec.run.get_or_insert_with(Run::default);
-                    run.lost.push(engine.clone());
-                    if batch {
-                        dec.status = Status::Lost;
-                        dec.reason = format!("engine {engine} was lost while the container ran");
-                        run.state = Some(ContainerState::Lost);
-                    } else {
-                        dec.status = Status::Pending;
-                        dec.resource = None;
-                        dec.reason = format!("engine {engine} was lost; placing it again");
-                        run.forget_container();
-                    }
-                    run.updated_at = now_rfc3339();
-                })
-                .await;
+                let what = Outcome::EngineLost {
+                    engine: spec.id.to_string(),
+                    batch,
+                };
+                let tries = self.cfg.launch_tries;
+                self.update(&id, &d, |dec| what.apply(dec, tries)).await;
                 tracing::warn!(engine = %spec.id, request = %id, batch, "engine lost under a container");
             }
         }

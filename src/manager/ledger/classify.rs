@@ -150,6 +150,10 @@ impl Ledger {
         {
             return false;
         }
+        // An engine's agent launches what is assigned to it: the leader's runner never does.
+        if d.engine.as_ref().is_some_and(|e| mirror.agent(e).is_some()) {
+            return false;
+        }
         self.policy.launch_all || r.launch
     }
 

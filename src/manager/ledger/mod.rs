@@ -141,6 +141,11 @@ impl Listener for Ledger {
                     self.guard.own(&id);
                 }
                 self.evicted.remove(&id);
+                if held_on.as_ref().is_some_and(|e| mirror.agent(e).is_some())
+                    || mirror.assignments(&id).next().is_some()
+                {
+                    self.agent_dirty.insert(id.clone());
+                }
                 if let Some(engine) = freed {
                     self.capacity_grew_on(mirror, &engine);
                 }
