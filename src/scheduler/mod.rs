@@ -22,8 +22,9 @@
 //!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
 //!      │                              │
 //!      ▼                              ▼  each engine in turn, from a start the seed picks
-//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → cordoned
-//!                 → unhealthy → cpus, memory, disk, ports (fits_resources) → affinity
+//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → launch
+//!                 policy (a launched request's privileges) → cordoned → unhealthy
+//!                 → cpus, memory, disk, ports (fits_resources) → affinity
 //!      │ fits                                  │ fails: a Code, counted
 //!      ▼                                       │
 //!   rank.rs       score by strategy; beats: scarcity (binpack), score, containers, id
