@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bollard::Docker;
 use citadel::docker::engine;
 use citadel::docker::{
-    self, Action, Binding, DockerError, ENGINE_LABEL, LaunchSpec, REQUEST_LABEL, State,
+    self, Action, Binding, DockerError, ENGINE_LABEL, LaunchSpec, Owner, REQUEST_LABEL, State,
 };
 use citadel::model::{Image, Port};
 use futures_util::StreamExt;
@@ -22,6 +22,11 @@ use serde_json::{Value, json};
 
 const SOCKET: &str = "unix:///var/run/docker.sock";
 const ENGINE: &str = "local";
+
+/// Whose containers [`spec`] makes: engine [`ENGINE`], no cluster label.
+fn owner() -> Owner {
+    Owner::new(ENGINE, None)
+}
 
 /// The local test image, built once per test binary.
 fn test_image() -> &'static str {
@@ -196,14 +201,18 @@ async fn launching_twice_returns_the_same_container() {
 async fn a_container_created_but_not_started_is_started_not_twinned() {
     let docker = connect();
     let guard = Cleanup::new();
-    // What a leader that crashed between create and start leaves behind.
+    // What a leader that crashed between create and start leaves behind, labelled as it
+    // labels its containers (one labelled for another engine would not be adopted).
     let label = format!("{REQUEST_LABEL}={}", guard.request);
+    let engine = format!("{ENGINE_LABEL}={ENGINE}");
     let created = cli(&[
         "create",
         "--network",
         "none",
         "--label",
         &label,
+        "--label",
+        &engine,
         test_image(),
         "sleep",
         "300",
@@ -241,7 +250,9 @@ async fn a_bad_entrypoint_is_a_start_error_and_leaves_no_container() {
     assert!(message.contains("no such file"), "{message}");
     assert_eq!(containers_of(&guard.request), Vec::<String>::new());
     assert_eq!(
-        docker::find(&docker, &guard.request).await.expect("find"),
+        docker::find(&docker, &owner(), &guard.request)
+            .await
+            .expect("find"),
         None
     );
 }
@@ -303,7 +314,7 @@ async fn a_batch_exit_code_reaches_the_event_stream_and_find() {
     assert_eq!(died.exit_code, Some(3));
     assert_eq!(died.engine_id.as_deref(), Some(ENGINE));
 
-    let found = docker::find(&docker, &guard.request)
+    let found = docker::find(&docker, &owner(), &guard.request)
         .await
         .expect("find")
         .expect("the exited container is still there");
@@ -318,7 +329,7 @@ async fn a_batch_exit_code_reaches_the_event_stream_and_find() {
 }
 
 #[tokio::test]
-async fn stop_and_remove_removes_every_container_of_the_request() {
+async fn stop_and_remove_removes_every_container_of_the_request_on_its_engine_only() {
     let docker = connect();
     let guard = Cleanup::new();
     let launched = launch(
@@ -326,22 +337,32 @@ async fn stop_and_remove_removes_every_container_of_the_request() {
         &spec(&guard.request, &image_running(&["sleep", "300"])),
     )
     .await;
-    // A twin, as two racing launchers could leave.
+    // A twin, as two racing launchers could leave, and a container of this request labelled
+    // for another engine (a second record naming this daemon), which is not ours to touch.
     let label = format!("{REQUEST_LABEL}={}", guard.request);
-    let twin = cli(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        test_image(),
-        "sleep",
-        "300",
-    ])
-    .expect("docker run");
+    let run_labelled = |engine: &str| {
+        let engine = format!("{ENGINE_LABEL}={engine}");
+        cli(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "--label",
+            &engine,
+            test_image(),
+            "sleep",
+            "300",
+        ])
+        .expect("docker run")
+    };
+    let twin = run_labelled(ENGINE);
+    let stranger = run_labelled("elsewhere");
 
-    let managed = docker::list_managed(&docker).await.expect("list managed");
+    let managed = docker::list_managed(&docker, &owner())
+        .await
+        .expect("list managed");
     let mut ours: Vec<&str> = managed
         .iter()
         .filter(|r| r.request_id == guard.request)
@@ -352,17 +373,20 @@ async fn stop_and_remove_removes_every_container_of_the_request() {
     both.sort();
     assert_eq!(ours, both);
 
-    let removed = docker::stop_and_remove(&docker, &guard.request, Duration::from_secs(1))
-        .await
-        .expect("stop and remove");
+    let removed =
+        docker::stop_and_remove(&docker, &owner(), &guard.request, Duration::from_secs(1))
+            .await
+            .expect("stop and remove");
 
     assert!(removed);
-    assert_eq!(containers_of(&guard.request), Vec::<String>::new());
+    assert_eq!(containers_of(&guard.request), vec![stranger]);
     assert_eq!(
-        docker::find(&docker, &guard.request).await.expect("find"),
+        docker::find(&docker, &owner(), &guard.request)
+            .await
+            .expect("find"),
         None
     );
-    let again = docker::stop_and_remove(&docker, &guard.request, Duration::from_secs(1))
+    let again = docker::stop_and_remove(&docker, &owner(), &guard.request, Duration::from_secs(1))
         .await
         .expect("stop and remove, again");
     assert!(!again, "nothing was left to remove");

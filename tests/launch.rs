@@ -197,8 +197,15 @@ impl Cluster {
         }
     }
 
+    /// A controller replica with `args`, allowed to dial this test's daemons (`--docker-allow`:
+    /// a leader dials no other address than those its flags name).
     fn start_controller(&mut self, id: &str, args: &[&str]) {
-        let c = ReplicaProcess::start(&self.etcd.endpoint(), id, self.dir.path(), args);
+        let addrs: Vec<String> = self.engines.iter().map(Engine::addr).collect();
+        let mut args = args.to_vec();
+        for addr in &addrs {
+            args.extend(["--docker-allow", addr.as_str()]);
+        }
+        let c = ReplicaProcess::start(&self.etcd.endpoint(), id, self.dir.path(), &args);
         self.controllers.push(c);
     }
 

@@ -197,7 +197,7 @@ async fn launch_and_remove_over_tls() {
 
     let removed = timeout(
         Duration::from_secs(60),
-        docker::stop_and_remove(&docker, &request, Duration::from_secs(1)),
+        docker::stop_and_remove(&docker, &spec.owner(), &request, Duration::from_secs(1)),
     )
     .await
     .expect("stop_and_remove within 60 s")

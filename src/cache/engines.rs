@@ -23,6 +23,7 @@ impl Mirror {
     pub fn usage(&self, id: &EngineId, policy: HealthPolicy) -> Usage {
         let mut u = self.usage.get(id).cloned().unwrap_or_default();
         u.tracks_tenants = self.tracks_tenants;
+        u.launch_all = policy.launch_all;
         // An engine with an agent is alive while the agent's lease is: whatever the policy.
         if policy.docker || self.agent(id).is_some() {
             match self.health.get(id) {

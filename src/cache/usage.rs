@@ -59,6 +59,9 @@ pub struct Usage {
     pub count: u64,
     /// Not schedulable: no health key while the policy asks for one.
     pub unhealthy: bool,
+    /// Every request placed is launched (the policy's `launch_all`): the engine's launch
+    /// policy binds them all (see [`EngineView::launch_all`]).
+    pub launch_all: bool,
     /// Live use to count against capacity (zero unless the policy counts it).
     pub live_cpus: Millicpus,
     pub live_memory: MemoryMb,
@@ -86,6 +89,7 @@ pub fn apply_usage(view: &mut EngineView, u: &Usage) {
     view.tracks_tenants = u.tracks_tenants;
     view.ports = u.ports.keys().copied().collect();
     view.healthy = !u.unhealthy;
+    view.launch_all = u.launch_all;
 }
 
 pub(super) fn release_usage(

@@ -49,6 +49,18 @@ pub struct ControllerArgs {
     /// Launch every placed request, not only those with `"launch": true` (implies --docker).
     #[arg(long)]
     pub launch: bool,
+    /// With --docker: an engine address the leader may dial (repeatable), exactly as engine
+    /// records write it (unix:///var/run/docker.sock, tcp://10.0.0.5:2376), or with `*` for a
+    /// run of letters, digits, `.`, `_` and `-` (tcp://10.0.0.*:2376). An engine whose address
+    /// is not allowed is never dialed, and so never schedulable. Without the flag: only
+    /// unix:///var/run/docker.sock.
+    #[arg(long = "docker-allow", value_name = "ADDR")]
+    pub docker_allow: Vec<String>,
+    /// With --docker: the directory engine records' TLS files (tls_ca, tls_cert, tls_key) must
+    /// lie in, once every link is followed; a record naming others is not dialed. Without it,
+    /// no TLS file is ever read and such an engine is not dialed.
+    #[arg(long = "docker-tls-dir", value_name = "DIR")]
+    pub docker_tls_dir: Option<std::path::PathBuf>,
     /// Count max(reserved, live use) against an engine's capacity (with --docker).
     #[arg(long)]
     pub count_live: bool,
@@ -148,6 +160,9 @@ pub(super) async fn run_controller(
         )));
     }
     let listen = listen(args.listen.as_deref())?;
+    let trust =
+        crate::docker::engine::Trust::new(args.docker_allow, args.docker_tls_dir.as_deref())
+            .map_err(CliError::Usage)?;
     let secs = Duration::from_secs_f64;
     let replica_id = replica.clone();
     let workers = args.workers.unwrap_or_else(|| {
@@ -175,6 +190,7 @@ pub(super) async fn run_controller(
             health_every: secs(args.health_every),
             health_ttl: secs(args.health_ttl),
             launch_tries: args.launch_tries as usize,
+            trust,
             ..Default::default()
         }),
         policy: crate::cache::HealthPolicy {

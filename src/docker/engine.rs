@@ -35,6 +35,128 @@ pub enum EngineError {
     Incomplete { addr: String, what: &'static str },
 }
 
+/// What a leader may reach on an engine record's word (`controller --docker`). Whoever may
+/// write `engines/` (the operator role) is not thereby the controller's operator: the record's
+/// address is dialed only if the controller's own flags allow it (`--docker-allow`), and its
+/// TLS files are read only from the one directory they name (`--docker-tls-dir`), never from
+/// anywhere else on the leader's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    /// Addresses that may be dialed: exact, or with `*` standing for a run of letters, digits,
+    /// `.`, `_` and `-` (`tcp://10.0.0.*:2376`), which never crosses a `/`, `:` or `@`.
+    pub allow: Vec<String>,
+    /// The directory TLS files must lie in, canonical; `None`: no TLS file is ever read.
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// Docker's own default address: what a leader may dial when its flags name none.
+pub const DEFAULT_ALLOW: &str = "unix:///var/run/docker.sock";
+
+impl Default for Trust {
+    /// The local Docker engine's default socket only, and no TLS file.
+    fn default() -> Self {
+        Trust {
+            allow: vec![DEFAULT_ALLOW.to_string()],
+            tls_dir: None,
+        }
+    }
+}
+
+/// Why an engine record is not acted on: nothing was dialed nor opened for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("address {0:?} is not allowed (controller --docker-allow)")]
+    Address(String),
+    #[error("its TLS files are not read: the controller has no --docker-tls-dir")]
+    NoTlsDir,
+    #[error("TLS file {path:?} is not read: {why}")]
+    TlsFile { path: String, why: String },
+}
+
+impl Trust {
+    /// `allow` (empty: [`DEFAULT_ALLOW`]) and `tls_dir`, which must exist: it is made
+    /// canonical here, once.
+    pub fn new(allow: Vec<String>, tls_dir: Option<&Path>) -> Result<Trust, String> {
+        let allow = if allow.is_empty() {
+            vec![DEFAULT_ALLOW.to_string()]
+        } else {
+            allow
+        };
+        if let Some(bad) = allow.iter().find(|a| a.trim().is_empty()) {
+            return Err(format!("--docker-allow {bad:?}: an address is not empty"));
+        }
+        let tls_dir = match tls_dir {
+            None => None,
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| format!("--docker-tls-dir {}: {e}", d.display()))?,
+            ),
+        };
+        Ok(Trust { allow, tls_dir })
+    }
+
+    /// Whether an engine at `addr` may be dialed.
+    pub fn allows(&self, addr: &str) -> bool {
+        self.allow.iter().any(|pattern| glob(pattern, addr))
+    }
+
+    /// The TLS files an engine record names, if it names all three, each checked without
+    /// opening it: it must be, once every link is followed, a regular file inside
+    /// [`Trust::tls_dir`]. The paths returned are the canonical ones.
+    pub fn tls_files(
+        &self,
+        ca: Option<&str>,
+        cert: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Option<TlsFiles>, Refused> {
+        let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+            return Ok(None);
+        };
+        let Some(dir) = &self.tls_dir else {
+            return Err(Refused::NoTlsDir);
+        };
+        let inside = |path: &str| {
+            let refused = |why: String| Refused::TlsFile {
+                path: path.to_string(),
+                why,
+            };
+            // `canonicalize` resolves links with lstat and readlink, and `metadata` is a
+            // stat: neither opens the file (a FIFO would block an open).
+            let real = std::fs::canonicalize(path).map_err(|e| refused(e.to_string()))?;
+            if !real.starts_with(dir) {
+                return Err(refused(format!("it is not inside {}", dir.display())));
+            }
+            let meta = std::fs::metadata(&real).map_err(|e| refused(e.to_string()))?;
+            if !meta.is_file() {
+                return Err(refused("it is not a regular file".into()));
+            }
+            Ok(real)
+        };
+        Ok(Some(TlsFiles {
+            ca: inside(ca)?,
+            cert: inside(cert)?,
+            key: inside(key)?,
+        }))
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for a run (maybe empty) of letters,
+/// digits, `.`, `_` and `-`.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            let run = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+                .unwrap_or(tail.len());
+            (0..=run).any(|n| glob(rest, &tail[n..]))
+        }
+    }
+}
+
 /// What an engine says it has.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -193,5 +315,86 @@ mod tests {
             Err(EngineError::TlsFilesMissing)
         ));
         assert!(connect("tcp://127.0.0.1:2375", None, t).is_ok());
+    }
+
+    #[test]
+    fn only_allowed_addresses_are_dialed() {
+        let t = Trust::new(
+            vec![
+                "unix:///run/citadel/docker.sock".into(),
+                "tcp://10.0.0.*:2376".into(),
+                "tcp://*.docker.example:2376".into(),
+            ],
+            None,
+        )
+        .unwrap();
+        // (address, allowed)
+        let cases = [
+            ("unix:///run/citadel/docker.sock", true),
+            ("unix:///run/citadel/docker.sock2", false),
+            ("unix:///var/run/docker.sock", false), // the default is replaced, not added to
+            ("unix:///run/citadel/../citadel/docker.sock", false),
+            ("tcp://10.0.0.5:2376", true),
+            ("tcp://10.0.0.:2376", true),
+            ("tcp://10.0.0.5:2375", false),
+            ("tcp://10.0.0.5@evil.example:2376", false),
+            ("tcp://10.0.0.5/x:2376", false),
+            ("tcp://10.0.0.5:1/:2376", false),
+            ("tcp://a.docker.example:2376", true),
+            ("tcp://a.b.docker.example:2376", true),
+            ("tcp://docker.example:2376", false),
+            ("tcp://evil.example/.docker.example:2376", false),
+            ("https://a.docker.example:2376", false),
+            ("", false),
+        ];
+        for (addr, allowed) in cases {
+            assert_eq!(t.allows(addr), allowed, "{addr:?}");
+        }
+        let default = Trust::new(Vec::new(), None).unwrap();
+        assert_eq!(default, Trust::default());
+        assert!(default.allows(DEFAULT_ALLOW));
+        assert!(!default.allows("unix:///run/docker.sock"));
+        assert!(!default.allows("tcp://127.0.0.1:2375"));
+        assert!(Trust::new(vec![" ".into()], None).is_err());
+    }
+
+    #[test]
+    fn tls_files_are_read_only_from_inside_the_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("tls");
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        std::fs::write(root.path().join("outside.pem"), "x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside.pem"), dir.join("link.pem")).unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let at = |f: &str| dir.join(f).display().to_string();
+        let (ca, cert, key, link) = (at("ca.pem"), at("cert.pem"), at("key.pem"), at("link.pem"));
+        let climb = format!("{}/../outside.pem", dir.display());
+        let t = Trust::new(Vec::new(), Some(&dir)).unwrap();
+        let files = |ca: &str, cert: &str, key: &str| t.tls_files(Some(ca), Some(cert), Some(key));
+        let got = files(&ca, &cert, &key).unwrap().unwrap();
+        assert_eq!(got.ca, std::fs::canonicalize(&ca).unwrap());
+        // (the key file named, what is refused)
+        let cases = [
+            (link.as_str(), "is not inside"),  // a link out of the directory
+            (climb.as_str(), "is not inside"), // `..` out of it
+            ("/etc/passwd", "is not inside"),
+            (&*at("sub"), "not a regular file"), // a directory
+            (&*at("missing.pem"), "No such file"),
+        ];
+        for (bad, why) in cases {
+            let e = files(&ca, &cert, bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+        assert_eq!(t.tls_files(Some(&ca), None, Some(&key)), Ok(None));
+        let none = Trust::default();
+        assert_eq!(files_of(&none, &ca, &cert, &key), Err(Refused::NoTlsDir));
+        assert!(Trust::new(Vec::new(), Some(&root.path().join("missing"))).is_err());
+    }
+
+    fn files_of(t: &Trust, ca: &str, cert: &str, key: &str) -> Result<Option<TlsFiles>, Refused> {
+        t.tls_files(Some(ca), Some(cert), Some(key))
     }
 }

@@ -13,15 +13,16 @@ use crate::model;
 
 use super::*;
 
-/// Runs the spec's container, once: a container already labelled with this request is
-/// returned as it is (started first if it was only created), whatever its state, so a request
+/// Runs the spec's container, once: a container already labelled with this request (and the
+/// spec's engine and cluster: see [`Owner`]) is returned as it is (started first if it was only created), whatever its state, so a request
 /// whose batch container exited is not run again.
 ///
 /// A container that fails to start is removed, so that a retry elsewhere leaves nothing here.
 #[tracing::instrument(skip_all, fields(request = %spec.request_id, engine = %spec.engine_id))]
 pub async fn launch(docker: &Docker, spec: &LaunchSpec) -> Result<Running, DockerError> {
     spec.check()?;
-    if let Some(found) = find(docker, &spec.request_id).await? {
+    let owner = spec.owner();
+    if let Some(found) = find(docker, &owner, &spec.request_id).await? {
         tracing::debug!(container = %found.id, state = %found.state, "already launched");
         return adopt(docker, found).await;
     }
@@ -41,7 +42,7 @@ pub async fn launch(docker: &Docker, spec: &LaunchSpec) -> Result<Running, Docke
             created.id
         }
         // The name is taken: by a twin launch of this same request, or by a stranger.
-        Err(e) if status(&e) == Some(409) => match find(docker, &spec.request_id).await? {
+        Err(e) if status(&e) == Some(409) => match find(docker, &owner, &spec.request_id).await? {
             Some(found) => return adopt(docker, found).await,
             None => {
                 return Err(DockerError::Create {
@@ -161,20 +162,17 @@ pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), BollardError
     }
 }
 
-/// Stops (SIGTERM, then SIGKILL after `grace`) and removes every container of the request.
+/// Stops (SIGTERM, then SIGKILL after `grace`) and removes every container of the request
+/// that `owner` launched: one labelled for another engine or cluster is left alone.
 /// `Ok(false)` if there was none.
 #[tracing::instrument(skip(docker))]
 pub async fn stop_and_remove(
     docker: &Docker,
+    owner: &Owner,
     request_id: &str,
     grace: Duration,
 ) -> Result<bool, DockerError> {
-    let found = list(
-        docker,
-        true,
-        label_filter(format!("{REQUEST_LABEL}={request_id}")),
-    )
-    .await?;
+    let found = list(docker, true, owner.filter(Some(request_id))).await?;
     if found.is_empty() {
         return Ok(false);
     }

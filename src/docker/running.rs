@@ -36,8 +36,41 @@ pub struct Running {
     pub ports: Vec<Binding>,
 }
 
-pub(super) fn label_filter(value: String) -> HashMap<String, Vec<String>> {
-    HashMap::from([("label".to_string(), vec![value])])
+/// Whose containers an operation may touch: citadel's, labelled with one engine and, when it
+/// is named, one cluster ([`ENGINE_LABEL`], [`CLUSTER_LABEL`]). A leader always names its
+/// cluster: a container of another cluster on a shared engine, or one labelled for another
+/// engine (a record pointing two engines at one daemon), is never listed, found nor stopped
+/// as its own, whatever request it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub engine: String,
+    /// The key prefix; `None` (a tool, a test) matches containers of any cluster or none.
+    pub cluster: Option<String>,
+}
+
+impl Owner {
+    pub fn new(engine: &str, cluster: Option<&str>) -> Owner {
+        Owner {
+            engine: engine.to_string(),
+            cluster: cluster.map(str::to_string),
+        }
+    }
+
+    /// Docker's filter for this owner's containers of `request` (`None`: of any request).
+    /// Docker matches a container only if it has every label listed.
+    pub(super) fn filter(&self, request: Option<&str>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![
+            match request {
+                Some(r) => format!("{REQUEST_LABEL}={r}"),
+                None => REQUEST_LABEL.to_string(),
+            },
+            format!("{ENGINE_LABEL}={}", self.engine),
+        ];
+        if let Some(c) = &self.cluster {
+            labels.push(format!("{CLUSTER_LABEL}={c}"));
+        }
+        HashMap::from([("label".to_string(), labels)])
+    }
 }
 
 pub(super) async fn list(
@@ -155,20 +188,20 @@ pub(super) async fn inspect(docker: &Docker, id: &str) -> Result<Option<Running>
 ///
 /// Two launchers racing can leave twins; this returns the one that runs (else one that was
 /// created, else one that exited; the newest first) and [`stop_and_remove`] removes them all.
-pub async fn find(docker: &Docker, request_id: &str) -> Result<Option<Running>, DockerError> {
-    let mut found: Vec<(u8, i64, String)> = list(
-        docker,
-        true,
-        label_filter(format!("{REQUEST_LABEL}={request_id}")),
-    )
-    .await?
-    .into_iter()
-    .filter_map(|c| {
-        let created = c.created.unwrap_or(0);
-        let r = from_summary(c)?;
-        Some((rank(&r.state), -created, r.id))
-    })
-    .collect();
+pub async fn find(
+    docker: &Docker,
+    owner: &Owner,
+    request_id: &str,
+) -> Result<Option<Running>, DockerError> {
+    let mut found: Vec<(u8, i64, String)> = list(docker, true, owner.filter(Some(request_id)))
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let created = c.created.unwrap_or(0);
+            let r = from_summary(c)?;
+            Some((rank(&r.state), -created, r.id))
+        })
+        .collect();
     found.sort();
     // The list is a snapshot: a container may be removed before it is inspected.
     for (_, _, id) in found {
@@ -179,9 +212,9 @@ pub async fn find(docker: &Docker, request_id: &str) -> Result<Option<Running>, 
     Ok(None)
 }
 
-/// Every container citadel launched on this engine, whatever its state.
-pub async fn list_managed(docker: &Docker) -> Result<Vec<Running>, DockerError> {
-    let listed = list(docker, true, label_filter(REQUEST_LABEL.to_string())).await?;
+/// Every container `owner` launched on this engine, whatever its state.
+pub async fn list_managed(docker: &Docker, owner: &Owner) -> Result<Vec<Running>, DockerError> {
+    let listed = list(docker, true, owner.filter(None)).await?;
     let mut out = Vec::with_capacity(listed.len());
     for r in listed.into_iter().filter_map(from_summary) {
         // The list has no exit codes: only an inspect of the ones that stopped reads them.

@@ -178,6 +178,11 @@ impl LaunchSpec {
         })
     }
 
+    /// Whose container this is: its engine and cluster labels.
+    pub fn owner(&self) -> Owner {
+        Owner::new(&self.engine_id, self.cluster.as_deref())
+    }
+
     /// The same spec, labelled as launched by the cluster under `prefix`.
     pub fn in_cluster(mut self, prefix: &str) -> Self {
         self.cluster = Some(prefix.to_string());

@@ -100,7 +100,8 @@ const VOLUME_MODES: &[&str] = &[
     "delegated",
 ];
 
-/// `/path` (an anonymous volume), `name:/path[:mode]` (a named one) or `/host:/path[:mode]`.
+/// `/path` (an anonymous volume), `name:/path[:mode]` (a named one) or `/host:/path[:mode]`;
+/// a host path with `..` in it is refused, as no launch policy could ever permit it.
 fn check_volume(v: &str) -> Result<(), String> {
     let parts: Vec<&str> = v.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
@@ -117,6 +118,12 @@ fn check_volume(v: &str) -> Result<(), String> {
         return Err(format!(
             "{v:?}: the container path {target:?} is not absolute"
         ));
+    }
+    if let Some(source) = source
+        && source.starts_with('/')
+        && let Err(why) = super::policy::normalise(source)
+    {
+        return Err(format!("{v:?}: {why}"));
     }
     if let Some(source) = source
         && !source.starts_with('/')
@@ -289,6 +296,14 @@ mod tests {
             (
                 Box::new(|i| i.volumes = vec!["bad name:/b".into()]),
                 "volumes[0]:",
+            ),
+            (
+                Box::new(|i| i.volumes = vec!["/srv/../:/host".into()]),
+                "volumes[0]: \"/srv/../:/host\": host path",
+            ),
+            (
+                Box::new(|i| i.volumes = vec!["/srv:/s".into(), "/a/..:/b:ro".into()]),
+                "volumes[1]:",
             ),
             (
                 Box::new(|i| {

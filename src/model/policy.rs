@@ -14,7 +14,7 @@ use super::{HostVolume, Image, LaunchPolicy};
 pub const DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
 
 /// One thing a request asks of its host beyond an ordinary container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Privilege {
     /// A bind mount of a host path (normalised), read-only or not.
     HostPath { path: String, read_only: bool },

@@ -34,14 +34,18 @@ impl Runner {
                 .filter(|s| s.wire.agent.is_none())
                 .collect();
             let mut contacts = JoinSet::new();
-            for spec in specs.iter().cloned() {
+            let owners: Vec<docker::Owner> = specs.iter().map(|s| self.owner(&s.id)).collect();
+            for (spec, owner) in specs.iter().cloned().zip(owners) {
                 let docker = self.docker(&spec);
+                if matches!(docker, Err(RunnerError::Refused(_))) {
+                    continue; // Not contacted, so never healthy (logged by `docker`).
+                }
                 let timeout = self.cfg.contact_timeout;
                 contacts.spawn(async move {
                     let result = match docker {
                         Ok(d) => tokio::time::timeout(timeout, async {
                             let usage = docker::usage(&d).await?;
-                            let managed = docker::list_managed(&d).await?;
+                            let managed = docker::list_managed(&d, &owner).await?;
                             Ok::<_, RunnerError>((d, usage, managed))
                         })
                         .await
@@ -82,8 +86,9 @@ impl Runner {
                     }
                 }
             }
+            let refused = self.refused_engines(&specs);
             watching.0.retain(|e, h| {
-                let keep = specs.iter().any(|s| s.id == *e);
+                let keep = specs.iter().any(|s| s.id == *e) && !refused.contains(e);
                 if !keep {
                     h.abort();
                 }

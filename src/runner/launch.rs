@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::dispatch::Outcome;
-use crate::docker::{self, LaunchSpec, Running};
+use crate::docker::{self, DockerError, LaunchSpec, Running};
 use crate::model::{
-    EngineId, Lifecycle, PublishedPort, Request, RequestId, Run, Status, now_rfc3339,
+    EngineId, LaunchPolicy, Lifecycle, PublishedPort, Request, RequestId, Run, Status, now_rfc3339,
 };
 
 use super::*;
@@ -52,7 +52,11 @@ impl Runner {
         }
     }
 
-    /// The launch of one placed request, ready to spawn.
+    /// The launch of one placed request, ready to spawn. A request that asks for more than the
+    /// default launch policy permits (a host path, the host's network) is refused without
+    /// dialing the engine, as a container that cannot start there: the leader's own Docker
+    /// mode grants no privilege, whatever placed it (an older leader's decision, a hand-written
+    /// one), and the request is placed again where an agent permits it, or fails.
     pub(super) fn launch_job(
         &self,
         id: &RequestId,
@@ -64,8 +68,21 @@ impl Runner {
             (state.request(id)?.raw().to_vec(), engine)
         };
         let spec = self.spec_of(&engine)?;
-        let docker = self.docker(&spec);
         let request = Request::parse(&raw).ok()?;
+        let docker = match LaunchPolicy::default().permits(&request.image) {
+            Ok(()) => self.docker(&spec),
+            Err(why) => {
+                tracing::warn!(request = %id, engine = %engine, reason = %why,
+                    "launch refused: the leader launches no privileged container");
+                Err(RunnerError::Container(DockerError::Spec {
+                    request: id.to_string(),
+                    reason: format!(
+                        "{why} (the leader's Docker mode permits nothing beyond the default; \
+                         an engine run by `citadel agent` may)"
+                    ),
+                }))
+            }
+        };
         let launch = LaunchSpec::from_image(
             id.as_str(),
             engine.as_str(),

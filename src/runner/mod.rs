@@ -36,7 +36,7 @@ use etcd_client::{Client, Compare, TxnOp};
 use tokio::sync::mpsc;
 
 use crate::cache::{Books, Cache, DecisionEntry};
-use crate::docker::engine::TlsFiles;
+use crate::docker::engine::{Refused, Trust};
 use crate::docker::{DockerError, Running};
 use crate::keys::Keys;
 use crate::manager::{Ledger, Rewriter};
@@ -63,6 +63,10 @@ pub struct RunnerConfig {
     pub max_launches: usize,
     /// What a stopped container gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Which engine addresses may be dialed and where TLS files may be read from
+    /// (`--docker-allow`, `--docker-tls-dir`): an engine record names them, and whoever may
+    /// write one is not thereby trusted with the leader's host or its client certificate.
+    pub trust: Trust,
 }
 
 impl Default for RunnerConfig {
@@ -76,6 +80,7 @@ impl Default for RunnerConfig {
             launch_timeout: Duration::from_secs(120),
             max_launches: 8,
             stop_grace: Duration::from_secs(5),
+            trust: Trust::default(),
         }
     }
 }
@@ -94,6 +99,10 @@ pub enum RunnerError {
     Connect(#[from] crate::docker::engine::EngineError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The controller's flags do not let it act on what the engine record says: nothing was
+    /// dialed nor opened.
+    #[error("not contacted: {0}")]
+    Refused(#[from] Refused),
 }
 
 impl From<DockerError> for RunnerError {
@@ -124,6 +133,8 @@ pub struct Runner {
     cfg: RunnerConfig,
     /// One client per engine, rebuilt when its address changes.
     dockers: Mutex<HashMap<EngineId, (String, Docker)>>,
+    /// Engines not contacted, and why (see [`RunnerConfig::trust`]): logged when that changes.
+    refused: Mutex<HashMap<EngineId, Refused>>,
     /// When each engine last answered this leader.
     last_ok: Mutex<HashMap<EngineId, Instant>>,
     started: Instant,
@@ -162,6 +173,7 @@ impl Runner {
             writer,
             cfg,
             dockers: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             last_ok: Mutex::new(HashMap::new()),
             started: Instant::now(),
             profiles: Mutex::new(Profiles::default()),
@@ -201,24 +213,76 @@ impl Runner {
         }
     }
 
+    /// A client for the engine, if the controller's flags let it act on what the record says
+    /// (its address allowed, its TLS files inside the allowed directory): otherwise nothing is
+    /// dialed nor opened, and the reason is logged once per change.
     pub(super) fn docker(&self, spec: &EngineSpec) -> Result<Docker, RunnerError> {
+        let trusted = self.trusted(spec);
+        self.note_refusal(&spec.id, trusted.as_ref().err());
+        let tls = trusted?;
         let mut dockers = self.dockers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((addr, d)) = dockers.get(&spec.id)
             && *addr == spec.addr
         {
             return Ok(d.clone());
         }
-        let tls = match (&spec.wire.tls_ca, &spec.wire.tls_cert, &spec.wire.tls_key) {
-            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
-                ca: ca.into(),
-                cert: cert.into(),
-                key: key.into(),
-            }),
-            _ => None,
-        };
         let d = crate::docker::engine::connect(&spec.addr, tls.as_ref(), self.cfg.contact_timeout)?;
         dockers.insert(spec.id.clone(), (spec.addr.clone(), d.clone()));
         Ok(d)
+    }
+
+    /// The engines not contacted now; those no longer registered are forgotten.
+    pub(super) fn refused_engines(&self, registered: &[EngineSpec]) -> HashSet<EngineId> {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        refused.retain(|e, _| registered.iter().any(|s| s.id == *e));
+        refused.keys().cloned().collect()
+    }
+
+    /// The containers this runner may act on, on `engine`: labelled with that engine and this
+    /// cluster (its key prefix). Another cluster's, or one labelled for another engine, are
+    /// left alone even if their request id is one of ours.
+    pub(super) fn owner(&self, engine: &EngineId) -> crate::docker::Owner {
+        crate::docker::Owner::new(engine.as_str(), Some(self.keys.prefix()))
+    }
+
+    /// The record's TLS files, checked, if its address may be dialed at all.
+    fn trusted(
+        &self,
+        spec: &EngineSpec,
+    ) -> Result<Option<crate::docker::engine::TlsFiles>, Refused> {
+        let trust = &self.cfg.trust;
+        if !trust.allows(&spec.addr) {
+            return Err(Refused::Address(spec.addr.clone()));
+        }
+        let w = &spec.wire;
+        trust.tls_files(
+            w.tls_ca.as_deref(),
+            w.tls_cert.as_deref(),
+            w.tls_key.as_deref(),
+        )
+    }
+
+    /// Logs an engine's refusal when it starts or changes, and when it ends.
+    fn note_refusal(&self, engine: &EngineId, why: Option<&Refused>) {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        match why {
+            Some(why) if refused.get(engine) != Some(why) => {
+                tracing::warn!(engine = %engine, reason = %why,
+                    "engine not contacted: its record names what this controller does not trust");
+                refused.insert(engine.clone(), why.clone());
+                // A client made before is not used again.
+                self.dockers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(engine);
+            }
+            Some(_) => {}
+            None => {
+                if refused.remove(engine).is_some() {
+                    tracing::info!(engine = %engine, "engine record trusted again: contacting it");
+                }
+            }
+        }
     }
 
     pub(super) fn spec_of(&self, engine: &EngineId) -> Option<EngineSpec> {

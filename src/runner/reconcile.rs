@@ -97,8 +97,9 @@ impl Runner {
         tracing::info!(engine = %engine, request = %c.request_id, container = %short(&c.id),
             "stopping a container no decision holds");
         let (d, grace, stopping) = (d.clone(), self.cfg.stop_grace, self.stopping.clone());
+        let owner = self.owner(engine);
         tokio::spawn(async move {
-            if let Err(e) = docker::stop_and_remove(&d, &key.0, grace).await {
+            if let Err(e) = docker::stop_and_remove(&d, &owner, &key.0, grace).await {
                 tracing::warn!(engine = %key.1, request = %key.0, error = %e, "cannot stop");
             }
             stopping

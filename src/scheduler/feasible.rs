@@ -1,7 +1,8 @@
 //! Feasibility: whether one engine may take a request, and if not, the first filter it fails.
 //!
 //! The filters, in the order they run: hard constraints, then soft ones (each decided once per
-//! engine class, see [`ClassMemo`]); volume pins; cordoned; unhealthy; cpus, memory, disk and
+//! engine class, see [`ClassMemo`]); volume pins; the launch policy (only for a request that
+//! asks for a privilege and is launched); cordoned; unhealthy; cpus, memory, disk and
 //! host ports ([`fits_resources`], what the leader verifies again before a commit); affinity,
 //! last, as it reads what the engine holds.
 //!
@@ -12,6 +13,7 @@ use std::fmt;
 
 use super::view::ENGINE_LABEL;
 use super::{Constraint, EngineView, Prepared};
+use crate::model::policy::Privilege;
 use crate::model::{EngineId, HostPort, Request};
 
 /// Why one engine cannot take a request: the first filter it failed.
@@ -31,6 +33,8 @@ pub enum Rejection {
     },
     /// An affinity expression (`request!=web-*`, `image==redis*`) the engine fails.
     Affinity(String),
+    /// A privilege the engine's launch policy does not allow a launched container.
+    Policy(Privilege),
 }
 
 impl fmt::Display for Rejection {
@@ -45,6 +49,7 @@ impl fmt::Display for Rejection {
             Rejection::Volume { name, engine } => write!(f, "volume {name} is on engine {engine}"),
             Rejection::Affinity(expr) => write!(f, "affinity {expr}"),
             Rejection::Port(p) => write!(f, "port {p} in use"),
+            Rejection::Policy(p) => write!(f, "do not allow {p} (launch policy)"),
         }
     }
 }
@@ -55,6 +60,7 @@ pub(super) enum Code {
     Constraint(usize),
     Affinity(usize),
     Volume(usize),
+    Policy(usize),
     Cordoned,
     Unhealthy,
     Cpus,
@@ -98,6 +104,12 @@ impl Prepared {
         }
         if let Some(i) = self.pins.iter().position(|(_, at)| *at != e.id) {
             return Err(Code::Volume(i));
+        }
+        if !self.privileges.is_empty()
+            && (self.request.image.launch || e.launch_all)
+            && let Some(i) = self.privileges.iter().position(|p| !permits(e, p))
+        {
+            return Err(Code::Policy(i));
         }
         if e.cordoned {
             return Err(Code::Cordoned);
@@ -147,6 +159,7 @@ impl Prepared {
                 let (name, engine) = self.pins[i].clone();
                 Rejection::Volume { name, engine }
             }
+            Code::Policy(i) => Rejection::Policy(self.privileges[i].clone()),
             Code::Cordoned => Rejection::Cordoned,
             Code::Unhealthy => Rejection::Unhealthy,
             Code::Cpus => Rejection::Cpus,
@@ -155,6 +168,14 @@ impl Prepared {
             Code::Port(p) => Rejection::Port(p),
         }
     }
+}
+
+/// Whether `e`'s launch policy lets a launched container have `p`: an engine without one (no
+/// agent, or the leader's own Docker mode) permits nothing beyond the default.
+fn permits(e: &EngineView, p: &Privilege) -> bool {
+    e.policy
+        .as_deref()
+        .is_some_and(|policy| policy.permits_one(p))
 }
 
 /// Whether an engine has room for a request's cpus, memory and host ports.
@@ -241,7 +262,8 @@ mod tests {
     use super::super::testing::{engine, image, place, request, tcp, tenant};
     use super::super::{Strategy, UNCLASSED};
     use super::*;
-    use crate::model::{DiskMb, Image, MemoryMb, Millicpus};
+    use crate::model::{DiskMb, HostVolume, Image, LaunchPolicy, MemoryMb, Millicpus};
+    use std::sync::Arc;
 
     /// One way an engine fails a request, one per filter.
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -249,6 +271,7 @@ mod tests {
         Hard,
         Soft,
         Volume,
+        Policy,
         Cordoned,
         Unhealthy,
         Cpus,
@@ -260,13 +283,14 @@ mod tests {
     use Fault::*;
 
     /// The filters in the order they run.
-    const ORDER: [Fault; 10] = [
-        Hard, Soft, Volume, Cordoned, Unhealthy, Cpus, Memory, Disk, Port, Affinity,
+    const ORDER: [Fault; 11] = [
+        Hard, Soft, Volume, Policy, Cordoned, Unhealthy, Cpus, Memory, Disk, Port, Affinity,
     ];
 
     /// A request that every filter has something to say about (`zone==a`, soft `disk==~ssd`,
-    /// volume `data` on e1, 1 cpu, 1024 MB, 100 MB of disk, port 80, not beside `web-*`) and
-    /// engine e1, which passes every filter but those of `faults`.
+    /// volume `data` on e1, launched with the host's network, 1 cpu, 1024 MB, 100 MB of disk,
+    /// port 80, not beside `web-*`) and engine e1, which passes every filter but those of
+    /// `faults`.
     fn case(faults: &[Fault]) -> (Prepared, EngineView) {
         let has = |f: Fault| faults.contains(&f);
         let zone = if has(Hard) { "zone=b" } else { "zone=a" };
@@ -275,6 +299,11 @@ mod tests {
         e.disk = DiskMb(1000);
         e.cordoned = has(Cordoned);
         e.healthy = !has(Unhealthy);
+        e.policy = Some(Arc::new(LaunchPolicy {
+            host_network: !has(Policy),
+            container_network: true,
+            ..LaunchPolicy::default()
+        }));
         if has(Cpus) {
             e.reserve(Millicpus(3500), MemoryMb(0), &[]);
         }
@@ -293,6 +322,8 @@ mod tests {
         let r = Request::from_image(Image {
             disk: Some(100.0),
             affinity: vec!["request!=web-*".into()],
+            network_mode: "host".into(),
+            launch: true,
             ..image(1.0, 1024.0, &["zone==a", "disk==~ssd"], &[80])
         })
         .unwrap();
@@ -313,6 +344,7 @@ mod tests {
                     engine: EngineId::new("e2").unwrap(),
                 },
             ),
+            (Policy, Rejection::Policy(Privilege::HostNetwork)),
             (Cordoned, Rejection::Cordoned),
             (Unhealthy, Rejection::Unhealthy),
             (Cpus, Rejection::Cpus),
@@ -436,7 +468,10 @@ mod tests {
             (&[Memory, Disk], Err(Rejection::Memory)),
             (&[Disk, Port], Err(Rejection::Disk)),
             (&[Port], Err(Rejection::Port(tcp(80)))),
-            (&[Hard, Soft, Volume, Cordoned, Unhealthy, Affinity], Ok(())),
+            (
+                &[Hard, Soft, Volume, Policy, Cordoned, Unhealthy, Affinity],
+                Ok(()),
+            ),
         ];
         for (faults, want) in cases {
             let (p, e) = case(faults);
@@ -530,6 +565,183 @@ mod tests {
         assert_eq!(
             place(&r, &mut es, Strategy::Spread),
             Err("0/3 engines fit: 1 constraint engine!=e0, 1 constraint engine!=e1, 1 constraint region==eu".into())
+        );
+    }
+
+    /// An engine whose agent advertises `policy`.
+    fn with_policy(id: &str, policy: LaunchPolicy) -> EngineView {
+        let mut e = engine(id, 4.0, 4096.0, &[]);
+        e.policy = (!policy.is_default()).then(|| Arc::new(policy));
+        e
+    }
+
+    #[test]
+    fn the_launch_policy_binds_a_launched_request_that_asks_for_a_privilege() {
+        let agent = |volumes: &[&str], host_network: bool| LaunchPolicy {
+            host_volumes: volumes
+                .iter()
+                .map(|v| HostVolume::parse(v).unwrap())
+                .collect(),
+            host_network,
+            container_network: false,
+        };
+        let none = LaunchPolicy::default();
+        let root = "host path /, which holds the Docker socket";
+        // (volumes, network_mode, launch, the leader launches all, the engine's policy, the
+        // privilege it refuses, if any)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            bool,
+            bool,
+            LaunchPolicy,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            // Nothing asked: every engine, launched or not.
+            (&[], "", true, true, none.clone(), None),
+            (
+                &["data:/d", "/anon"],
+                "bridge",
+                true,
+                false,
+                none.clone(),
+                None,
+            ),
+            // Asked, launched (by the request or the leader's --launch), not permitted.
+            (&["/:/host"], "", true, false, none.clone(), Some(root)),
+            (&["/:/host"], "", false, true, none.clone(), Some(root)),
+            (
+                &[],
+                "host",
+                true,
+                false,
+                none.clone(),
+                Some("the host's network"),
+            ),
+            (
+                &[],
+                "container:db",
+                true,
+                false,
+                agent(&[], true),
+                Some("another container's network"),
+            ),
+            (
+                &["/srv/data:/d"],
+                "",
+                true,
+                false,
+                agent(&["/srv/datum"], true),
+                Some("host path /srv/data"),
+            ),
+            (
+                &["/etc:/e"],
+                "",
+                true,
+                false,
+                agent(&["/etc:ro"], false),
+                Some("host path /etc"),
+            ),
+            // The first privilege the engine refuses is the one named.
+            (
+                &["/srv/a:/a", "/srv/b:/b:ro"],
+                "host",
+                true,
+                false,
+                agent(&["/srv/a"], false),
+                Some("host path /srv/b (read-only)"),
+            ),
+            // Not launched: a reservation only, which binds nothing on the host.
+            (&["/:/host"], "host", false, false, none.clone(), None),
+            // Permitted by the engine's agent.
+            (
+                &["/srv/data/x:/d", "/etc:/e:ro"],
+                "host",
+                true,
+                false,
+                agent(&["/srv/data", "/etc:ro"], true),
+                None,
+            ),
+            (
+                &["/var/run/docker.sock:/s"],
+                "",
+                true,
+                false,
+                agent(&["/var/run/docker.sock"], false),
+                None,
+            ),
+            (
+                &["/var/run/docker.sock:/s"],
+                "",
+                true,
+                false,
+                agent(&["/var"], false),
+                Some("host path /var/run/docker.sock, which holds the Docker socket"),
+            ),
+        ];
+        for (volumes, network, launch, launch_all, policy, refused) in cases {
+            let r = Request::from_image(Image {
+                volumes: volumes.iter().map(|v| v.to_string()).collect(),
+                network_mode: network.into(),
+                launch,
+                ..image(1.0, 1.0, &[], &[])
+            })
+            .unwrap();
+            let p = Prepared::new(r).unwrap();
+            let mut e = with_policy("e1", policy);
+            e.launch_all = launch_all;
+            let got = p.verdict(&e, true).map_err(|r| r.to_string());
+            let want = refused.map_or(Ok(()), |what| {
+                Err(format!("do not allow {what} (launch policy)"))
+            });
+            assert_eq!(
+                got, want,
+                "{volumes:?} {network:?} launch {launch}, all {launch_all}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_privileged_request_goes_only_where_it_is_allowed_or_nowhere() {
+        let mut es = vec![
+            engine("e0", 8.0, 8192.0, &[]),
+            with_policy(
+                "e1",
+                LaunchPolicy {
+                    host_network: true,
+                    ..LaunchPolicy::default()
+                },
+            ),
+            engine("e2", 8.0, 8192.0, &[]),
+        ];
+        let host = |launch: bool| {
+            Request::from_image(Image {
+                network_mode: "host".into(),
+                launch,
+                ..image(0.5, 1.0, &[], &[])
+            })
+            .unwrap()
+        };
+        // e1 is the smallest and the busiest, and the only one that allows it.
+        es[1].reserve(Millicpus(2000), MemoryMb(0), &[]);
+        for strategy in [Strategy::Spread, Strategy::Binpack, Strategy::Random] {
+            assert_eq!(place(&host(true), &mut es, strategy), Ok(1), "{strategy:?}");
+        }
+        assert_eq!(
+            place(&host(false), &mut es, Strategy::Spread),
+            Ok(0),
+            "not launched"
+        );
+        let root = Request::from_image(Image {
+            volumes: vec!["/:/host".into()],
+            launch: true,
+            ..image(1.0, 1.0, &[], &[])
+        })
+        .unwrap();
+        assert_eq!(
+            place(&root, &mut es, Strategy::Spread),
+            Err("0/3 engines fit: 3 do not allow host path /, which holds the Docker socket (launch policy)".into())
         );
     }
 

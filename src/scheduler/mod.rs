@@ -22,8 +22,9 @@
 //!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
 //!      │                              │
 //!      ▼                              ▼  each engine in turn, from a start the seed picks
-//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → cordoned
-//!                 → unhealthy → cpus, memory, disk, ports (fits_resources) → affinity
+//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → launch
+//!                 policy (a launched request's privileges) → cordoned → unhealthy
+//!                 → cpus, memory, disk, ports (fits_resources) → affinity
 //!      │ fits                                  │ fails: a Code, counted
 //!      ▼                                       │
 //!   rank.rs       score by strategy; beats: scarcity (binpack), score, containers, id
@@ -99,6 +100,10 @@ pub enum SchedulerError {
     },
     #[error("affinity[{index}]: {expr:?}: the key is request or image")]
     AffinityKey { index: usize, expr: String },
+    /// A host path no launch policy could permit (`..` in it). The model's checks refuse it
+    /// first; this is for a request built without them.
+    #[error("volumes: {0}")]
+    HostPath(String),
 }
 
 /// Chooses an engine for a request, or says why none fits.

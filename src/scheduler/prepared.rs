@@ -6,10 +6,12 @@
 //! this stage parsed. A bad expression is refused here, naming its entry.
 
 use super::{Constraint, ConstraintError, SchedulerError, constraint};
+use crate::model::policy::{Privilege, privileges};
 use crate::model::{DiskMb, EngineId, HostPort, MemoryMb, Millicpus, Request};
 
-/// What decides whether, and why not, a request fits an engine: its demand, its host ports and
-/// its constraints as written (affinity and volume pins aside: see
+/// What decides whether, and why not, a request fits an engine: its demand, its host ports,
+/// its constraints as written and the privileges it asks for with whether it asks to be
+/// launched (affinity and volume pins aside: see
 /// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
 /// are refused alike on the same engines, so when one fits nowhere, neither does the next until
 /// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
@@ -21,6 +23,10 @@ pub struct Shape {
     disk: DiskMb,
     ports: Vec<HostPort>,
     constraints: Vec<String>,
+    /// Its privileges, and `launch` when it has any: requests without privileges share a
+    /// shape whatever their `launch`.
+    privileges: Vec<Privilege>,
+    launch: bool,
 }
 
 impl Shape {
@@ -32,12 +38,17 @@ impl Shape {
             && self.disk == r.disk
             && self.ports == r.ports
             && self.constraints == r.constraints
+            && self.privileges == p.privileges
+            && self.launch == p.launch_privileged()
     }
 
-    fn hash_of(r: &Request) -> u64 {
+    fn hash_of(r: &Request, privileges: &[Privilege], launch: bool) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         (r.cpus, r.memory, r.disk, &r.ports, &r.constraints).hash(&mut h);
+        if !privileges.is_empty() {
+            (privileges, launch).hash(&mut h);
+        }
         h.finish()
     }
 }
@@ -53,6 +64,13 @@ pub struct Prepared {
     pub(super) affinity_soft: Vec<Constraint>,
     /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
     pub(super) pins: Vec<(String, EngineId)>,
+    /// What it asks of its host beyond an ordinary container (a host path, the host's or
+    /// another container's network): found once, here, and empty for most requests, which
+    /// then pay nothing for the launch-policy filter. It binds only a request that is launched
+    /// (`launch`, or every one under the leader's `--launch`: see [`EngineView::launch_all`]).
+    ///
+    /// [`EngineView::launch_all`]: super::EngineView::launch_all
+    pub(super) privileges: Vec<Privilege>,
     /// A hash of its [`Shape`], made once when it is read: the leader's memo of refused shapes
     /// looks it up without building one.
     shape_hash: u64,
@@ -94,7 +112,8 @@ impl Prepared {
                 expr: c.expr.clone(),
             });
         }
-        let shape_hash = Shape::hash_of(&request);
+        let privileges = privileges(&request.image).map_err(SchedulerError::HostPath)?;
+        let shape_hash = Shape::hash_of(&request, &privileges, request.image.launch);
         Ok(Prepared {
             request,
             hard,
@@ -102,6 +121,7 @@ impl Prepared {
             affinity_hard,
             affinity_soft,
             pins: Vec::new(),
+            privileges,
             shape_hash,
         })
     }
@@ -119,7 +139,20 @@ impl Prepared {
             disk: self.request.disk,
             ports: self.request.ports.clone(),
             constraints: self.request.constraints.clone(),
+            privileges: self.privileges.clone(),
+            launch: self.launch_privileged(),
         }
+    }
+
+    /// It asks for a privilege and to be launched: the launch policy of the engine binds it
+    /// even where the leader does not launch every request.
+    pub(super) fn launch_privileged(&self) -> bool {
+        !self.privileges.is_empty() && self.request.image.launch
+    }
+
+    /// What it asks of its host beyond an ordinary container (see [`Privilege`]).
+    pub fn privileges(&self) -> &[Privilege] {
+        &self.privileges
     }
 
     /// The same request, held to the engines its named volumes are recorded on.
@@ -247,7 +280,7 @@ mod tests {
     fn a_shape_is_what_the_filters_read_and_nothing_else() {
         let base = || image(1.0, 256.0, &["zone==a", "disk==ssd"], &[80]);
         // (how the request differs from the base one, whether it has the base one's shape)
-        let cases: [(&str, Image, bool); 10] = [
+        let cases: [(&str, Image, bool); 15] = [
             ("the same", base(), true),
             (
                 "another image",
@@ -312,6 +345,50 @@ mod tests {
                 image(1.0, 256.0, &["disk==ssd", "zone==a"], &[80]),
                 false,
             ),
+            (
+                "launched, with no privilege",
+                Image {
+                    launch: true,
+                    volumes: vec!["data:/d".into()],
+                    network_mode: "bridge".into(),
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "a host path",
+                Image {
+                    volumes: vec!["/srv:/srv".into()],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "a host path, launched",
+                Image {
+                    volumes: vec!["/srv:/srv".into()],
+                    launch: true,
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "the host's network, launched",
+                Image {
+                    network_mode: "host".into(),
+                    launch: true,
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "another container's network",
+                Image {
+                    network_mode: "container:db".into(),
+                    ..base()
+                },
+                false,
+            ),
         ];
         let shape = Prepared::new(Request::from_image(base()).unwrap()).unwrap();
         for (how, i, same) in cases {
@@ -322,6 +399,46 @@ mod tests {
                 assert_eq!(shape.shape_hash(), p.shape_hash(), "{how}");
             }
         }
+    }
+
+    #[test]
+    fn privileges_are_found_once_and_launch_tells_shapes_apart_only_with_them() {
+        let with = |volumes: &[&str], network: &str, launch: bool| {
+            Prepared::new(
+                Request::from_image(Image {
+                    volumes: volumes.iter().map(|v| v.to_string()).collect(),
+                    network_mode: network.into(),
+                    launch,
+                    ..image(1.0, 1.0, &[], &[])
+                })
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        assert!(
+            with(&["data:/d", "/anon"], "", true)
+                .privileges()
+                .is_empty()
+        );
+        assert_eq!(
+            with(&["/srv//x/:/x:ro"], "host", false).privileges(),
+            [
+                Privilege::HostPath {
+                    path: "/srv/x".into(),
+                    read_only: true
+                },
+                Privilege::HostNetwork
+            ]
+        );
+        let (placed, launched) = (with(&["/srv:/s"], "", false), with(&["/srv:/s"], "", true));
+        assert!(!placed.shape().is_of(&launched));
+        assert!(!launched.shape().is_of(&placed));
+        assert_ne!(placed.shape_hash(), launched.shape_hash());
+        // A host path no engine could permit: the model refuses it, and so does this stage for
+        // a request built without the model's checks.
+        let mut r = request(1.0, 1.0, &[], &[]);
+        r.image.volumes = vec!["/srv/../:/host".into()];
+        assert!(matches!(Prepared::new(r), Err(SchedulerError::HostPath(_))));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Property tests of the scheduling core (issue 16): exact ties do not depend on how engines
-//! are named, and affinity is never violated when requests are placed one after another on a
-//! view that records each placement. (Binpack against first-fit, on the fleets `bench
+//! are named, affinity is never violated when requests are placed one after another on a
+//! view that records each placement, and a launched request never goes to an engine whose
+//! launch policy forbids what it asks of the host. (Binpack against first-fit, on the fleets `bench
 //! --quality` draws, is `tests/quality.rs`.)
 
 use std::collections::BTreeMap;
@@ -8,9 +9,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::strategy::Strategy as _;
 
-use super::testing::{engine, request, request_with_affinity};
+use super::testing::{engine, image, request, request_with_affinity};
 use super::*;
-use crate::model::{Held, Request, RequestId};
+use crate::model::{Held, HostVolume, Image, LaunchPolicy, Request, RequestId};
 
 /// The strategies draw cpus in thousandths.
 fn milli(cpus: u32) -> f64 {
@@ -98,6 +99,62 @@ proptest! {
             for g in 0..3u8 {
                 let anti = e.tenants.keys().filter(|t| group_of.get(t.as_str()) == Some(&(g, true))).count();
                 prop_assert!(anti <= 1, "{} holds {anti} anti-affine requests of group {g}", e.id);
+            }
+        }
+    }
+
+    /// Engines whose agents permit a random few of the privileges, or none (no agent), and
+    /// requests asking for a random few, launched or not (or all, as under `--launch`): a
+    /// launched request is never placed where the engine's policy (read by the policy's own
+    /// `permits`, not the filter) refuses it, and one is called unschedulable only when every
+    /// engine either refuses it or lacks room.
+    #[test]
+    fn no_engine_that_forbids_a_privilege_is_ever_chosen(
+        es in proptest::collection::vec((any::<bool>(), 0u8..8, any::<bool>(), 1u32..4_000), 1..8),
+        rs in proptest::collection::vec((0u8..8, 0u8..3, any::<bool>(), 1u32..3_000), 1..30),
+        launch_all in any::<bool>(),
+        strategy in 0u8..3,
+    ) {
+        const PATHS: [&str; 4] = ["/srv", "/srv/data", "/etc", "/var/run/docker.sock"];
+        let strategy = [Strategy::Spread, Strategy::Binpack, Strategy::Random][strategy as usize];
+        let mut policies = Vec::new();
+        let mut view: Vec<EngineView> = es.iter().enumerate().map(|(i, (agent, vols, net, cpus))| {
+            let policy = LaunchPolicy {
+                host_volumes: PATHS.iter().enumerate()
+                    .filter(|(k, _)| vols & (1 << k) != 0)
+                    .map(|(k, p)| HostVolume { path: p.to_string(), read_only: k == 2 })
+                    .collect(),
+                host_network: *net,
+                container_network: !*net,
+            };
+            let policy = if *agent { policy } else { LaunchPolicy::default() };
+            let mut e = engine(&format!("e{i}"), milli(*cpus), 4096.0, &[]);
+            e.policy = (!policy.is_default()).then(|| std::sync::Arc::new(policy.clone()));
+            e.launch_all = launch_all;
+            policies.push(policy);
+            e
+        }).collect();
+        for (n, (vols, net, launch, cpus)) in rs.iter().enumerate() {
+            let volumes = [("/srv/data/x:/x", 1u8), ("/etc/ssl:/s:ro", 2), ("/var/run/docker.sock:/d", 4)]
+                .iter().filter(|(_, bit)| vols & bit != 0).map(|(v, _)| v.to_string()).collect();
+            let network = ["", "host", "container:db"][*net as usize];
+            let image = Image { volumes, network_mode: network.into(), launch: *launch, ..image(milli(*cpus), 1.0, &[], &[]) };
+            let r = Request::from_image(image).unwrap();
+            let p = Prepared::new(r.clone()).unwrap();
+            let bound = *launch || launch_all;
+            match schedule(&p, &view, strategy, n as u64, usize::MAX) {
+                Ok(plan) => {
+                    let permitted = policies[plan.engine].permits(&r.image);
+                    prop_assert!(!bound || permitted.is_ok(), "request {n} on {}: {permitted:?}", view[plan.engine].id);
+                    let id = RequestId::new(format!("r{n}")).unwrap();
+                    view[plan.engine].hold(&id, &Held::of(&r));
+                }
+                Err(_) => {
+                    for (e, policy) in view.iter().zip(&policies) {
+                        let could = fits_resources(&r, e).is_ok() && (!bound || policy.permits(&r.image).is_ok());
+                        prop_assert!(!could, "{} could take request {n}", e.id);
+                    }
+                }
             }
         }
     }

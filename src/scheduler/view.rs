@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::Labels;
 use crate::model::{
-    DiskMb, EngineId, EngineSpec, Held, HostPort, MemoryMb, Millicpus, Request, RequestId, Resource,
+    DiskMb, EngineId, EngineSpec, Held, HostPort, LaunchPolicy, MemoryMb, Millicpus, Request,
+    RequestId, Resource,
 };
 
 /// The requests placed on one engine and their images: what affinity (`request==web-*`,
@@ -44,6 +45,14 @@ pub struct EngineView {
     pub healthy: bool,
     /// Takes no new placements.
     pub cordoned: bool,
+    /// What it lets a launched container do beyond the default, as its agent advertises it
+    /// (`Engine.agent.policy`); `None`, the default (nothing beyond an ordinary container),
+    /// for an engine without an agent or whose agent permits nothing more. Read from the
+    /// record once per engine view; shared by every copy of it.
+    pub policy: Option<Arc<LaunchPolicy>>,
+    /// The leader launches every request placed (`--launch`), not only those that ask: the
+    /// launch policy binds every request then. Set with the usage, from the leader's policy.
+    pub launch_all: bool,
     /// Engines with the same labels as written (their own `engine=<id>` aside) share a class,
     /// as Nomad's computed node classes do: a request decides each constraint on any other key
     /// once per class, not once per engine. [`UNCLASSED`] engines are always checked one by one.
@@ -88,6 +97,13 @@ impl EngineView {
             tracks_tenants: true,
             healthy: true,
             cordoned: spec.cordoned,
+            policy: spec
+                .wire
+                .agent
+                .as_ref()
+                .filter(|a| !a.policy.is_default())
+                .map(|a| Arc::new(a.policy.clone())),
+            launch_all: false,
             class: UNCLASSED,
             scarcity: 0,
         }
