@@ -197,6 +197,9 @@ impl Dispatch {
         let mut ids: BTreeSet<RequestId> = books.listener_mut().take_agent_dirty();
         let launch_all = books.listener().policy().launch_all;
         let (mirror, _) = books.parts();
+        if ids.is_empty() && !mirror.has_agents() {
+            return Vec::new();
+        }
         if sweep {
             ids.extend(mirror.assigned().cloned());
             ids.extend(mirror.reported().cloned());

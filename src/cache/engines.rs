@@ -25,7 +25,7 @@ impl Mirror {
         u.tracks_tenants = self.tracks_tenants;
         u.launch_all = policy.launch_all;
         // An engine with an agent is alive while the agent's lease is: whatever the policy.
-        if policy.docker || self.agent(id).is_some() {
+        if policy.docker || (self.agents > 0 && self.agent(id).is_some()) {
             match self.health.get(id) {
                 None => u.unhealthy = true,
                 Some(h) if policy.count_live => {

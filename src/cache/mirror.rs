@@ -181,6 +181,8 @@ pub struct Mirror {
     pub(super) assignments: HashMap<RequestId, BTreeMap<EngineId, AssignmentEntry>>,
     /// `runs/<engine>/<request>`, by request and engine.
     pub(super) runs: HashMap<RequestId, BTreeMap<EngineId, RunEntry>>,
+    /// How many valid engines an agent registered.
+    pub(super) agents: usize,
     /// The newest revision of a decision the leader applied from its own commit.
     fed: i64,
     /// A fresh list may have wiped decisions applied from commits: they are in the mirror
@@ -360,6 +362,7 @@ impl Mirror {
             tracing::warn!(engine = ?id.as_str(), error = %e, "engine key ignored: it is never scheduled");
         }
         let drained = matches!(&spec, Ok((s, _)) if s.drained);
+        self.agents += usize::from(has_agent(&spec));
         let was = self.engines.insert(
             id.clone(),
             EngineEntry {
@@ -368,6 +371,9 @@ impl Mirror {
             },
         );
         self.engine_generation += 1;
+        if let Some(was) = &was {
+            self.agents -= usize::from(has_agent(&was.spec));
+        }
         let how = match was {
             None => EngineChange::Added,
             Some(EngineEntry { spec, .. }) => EngineChange::Changed {
@@ -427,7 +433,9 @@ impl Mirror {
         };
         match key {
             Key::Engine(id) => {
-                self.engines.remove(&id);
+                if let Some(was) = self.engines.remove(&id) {
+                    self.agents -= usize::from(has_agent(&was.spec));
+                }
                 self.engine_generation += 1;
                 out.push(Change::Engine {
                     id,
@@ -646,6 +654,10 @@ impl Mirror {
             out.push(Change::Volumes);
         }
     }
+}
+
+fn has_agent(spec: &Result<(EngineSpec, EngineView), Invalid>) -> bool {
+    spec.as_ref().is_ok_and(|(s, _)| s.wire.agent.is_some())
 }
 
 /// Removes `outer[id][engine]`, and `outer[id]` once empty; whether there was one.

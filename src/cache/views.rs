@@ -351,6 +351,12 @@ impl Mirror {
             .and_then(|(s, _)| s.wire.agent.as_ref())
     }
 
+    /// Whether any agent is part of the cluster: an engine an agent registered, or an
+    /// assignment or report left by one.
+    pub fn has_agents(&self) -> bool {
+        self.agents > 0 || !self.assignments.is_empty() || !self.runs.is_empty()
+    }
+
     /// Every valid engine that an agent registered.
     pub fn agent_engines(&self) -> impl Iterator<Item = &EngineId> + '_ {
         self.engines

@@ -488,6 +488,9 @@ impl<'a> Lead<'a> {
     fn for_agents(&self, items: &mut [Item]) {
         let mut books = self.manager.books.lock();
         let (mirror, ledger) = books.parts();
+        if !mirror.has_agents() {
+            return;
+        }
         let launch_all = ledger.policy().launch_all;
         for item in items.iter_mut() {
             let Some(id) = item.id().cloned() else {

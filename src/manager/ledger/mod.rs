@@ -141,8 +141,9 @@ impl Listener for Ledger {
                     self.guard.own(&id);
                 }
                 self.evicted.remove(&id);
-                if held_on.as_ref().is_some_and(|e| mirror.agent(e).is_some())
-                    || mirror.assignments(&id).next().is_some()
+                if mirror.has_agents()
+                    && (held_on.as_ref().is_some_and(|e| mirror.agent(e).is_some())
+                        || mirror.assignments(&id).next().is_some())
                 {
                     self.agent_dirty.insert(id.clone());
                 }
