@@ -42,6 +42,8 @@ impl Assigned {
 
 /// A bound on how quietly the watch may sit before it is asked for progress.
 const QUIET: Duration = Duration::from_secs(30);
+/// How long a poke waits for the rest of its burst before a round.
+const POKE_SETTLE: Duration = Duration::from_millis(50);
 /// How often the containers are listed, events or not.
 const LIST_EVERY: Duration = Duration::from_secs(3);
 
@@ -287,7 +289,11 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = self.poke.notified() => {}
+                _ = self.poke.notified() => {
+                    // A burst (a watch response of many assignments, a launch's create and
+                    // start events) makes one round, not one listing of every container each.
+                    tokio::time::sleep(POKE_SETTLE).await;
+                }
                 _ = tokio::time::sleep(LIST_EVERY) => {}
             }
             if stopping(&shutdown) {
@@ -393,17 +399,9 @@ impl Agent {
                 .is_some_and(|a| a.rev == rev);
             match result {
                 _ if agent.is_cut() || !still => {}
-                Ok(Ok(c)) if !agent.is_ours(&c.id).await => {
-                    // `launch` adopts by request label and fixed name alone: on a shared engine
-                    // that can be another cluster's (or engine's) container, never to be touched.
-                    let why = format!(
-                        "container {} ({}) belongs to another engine or cluster on this Docker",
-                        c.name,
-                        short(&c.id)
-                    );
-                    tracing::warn!(request = %id, error = %why, "cannot launch here");
-                    agent.report(&id, rev, None, &why).await;
-                }
+                // `launch` finds and adopts only containers with this engine's and this cluster's
+                // labels (and a stranger holding the fixed name makes the create fail): what it
+                // returns is ours.
                 Ok(Ok(c)) => {
                     tracing::info!(request = %id, container = %short(&c.id), state = %c.state, "launched");
                     agent.report(&id, rev, Some(&c), "").await;
@@ -425,15 +423,6 @@ impl Agent {
             lock(&agent.launching).remove(&id);
             agent.poke.notify_one();
         });
-    }
-
-    /// Whether a container carries this engine's and this cluster's labels (a failed listing
-    /// counts as ours: the next round checks again).
-    async fn is_ours(&self, id: &str) -> bool {
-        match docker::list_of(&self.docker, self.engine(), self.cluster()).await {
-            Ok(all) => all.iter().any(|c| c.id == id),
-            Err(_) => true,
-        }
     }
 
     /// Stops and removes a container no assignment holds, in the background.
