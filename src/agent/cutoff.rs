@@ -22,7 +22,7 @@ impl Agent {
         let _docker = self.docker_lock.lock().await;
         match tokio::time::timeout(
             DOCKER_TIMEOUT,
-            docker::list_of(&self.docker, self.engine(), self.cluster()),
+            docker::list_managed(&self.docker, &self.owner()),
         )
         .await
         {

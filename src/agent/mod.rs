@@ -180,6 +180,10 @@ impl Agent {
     fn cluster(&self) -> &str {
         self.cfg.keys.prefix()
     }
+    /// Its containers: this engine's labels and this cluster's, never anyone else's.
+    fn owner(&self) -> docker::Owner {
+        docker::Owner::new(self.engine(), Some(self.cluster()))
+    }
 }
 
 /// How long one Docker call of the agent may take (a stop waits out its grace on top).

@@ -310,7 +310,7 @@ impl Agent {
         let _docker = self.docker_lock.lock().await;
         let actual = tokio::time::timeout(
             DOCKER_TIMEOUT,
-            docker::list_of(&self.docker, self.engine(), self.cluster()),
+            docker::list_managed(&self.docker, &self.owner()),
         )
         .await
         .map_err(|_| {

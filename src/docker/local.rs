@@ -1,41 +1,13 @@
-//! What an engine's own agent needs beyond the leader's calls: its containers by engine and
-//! cluster labels together (never another cluster's on a shared engine, nor another engine's),
-//! and stopping, starting again and removing one container by id.
+//! What an engine's own agent needs beyond the leader's calls: stopping, starting again and
+//! removing one container by id. (Its containers are listed with [`list_managed`] and an
+//! [`Owner`] naming its engine and its cluster.)
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::StopContainerOptions;
 
 use super::*;
-
-/// Every container labelled `citadel.engine=<engine>` AND `citadel.cluster=<cluster>`, whatever
-/// its state; the ones that stopped are inspected for their exit codes.
-pub async fn list_of(
-    docker: &Docker,
-    engine: &str,
-    cluster: &str,
-) -> Result<Vec<Running>, DockerError> {
-    // Docker ANDs the values of one `label` filter.
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{ENGINE_LABEL}={engine}"),
-            format!("{CLUSTER_LABEL}={cluster}"),
-        ],
-    )]);
-    let listed = list(docker, true, filters).await?;
-    let mut out = Vec::with_capacity(listed.len());
-    for r in listed.into_iter().filter_map(from_summary) {
-        if matches!(r.state, State::Exited | State::Dead) {
-            out.extend(inspect(docker, &r.id).await?);
-        } else {
-            out.push(r);
-        }
-    }
-    Ok(out)
-}
 
 /// The client for a stop: Docker answers only once the container is down, so the client's
 /// timeout must outlast the grace.
