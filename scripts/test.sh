@@ -20,10 +20,11 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "docker-compose config -q: the plain stack, and with docker-compose.etcd-tls.yml over it"
+step "docker-compose config -q: the plain stack, with docker-compose.etcd-tls.yml over it, and the agent stack"
 if command -v docker-compose >/dev/null 2>&1; then
     docker-compose -f docker-compose.etcd.yml config -q
     docker-compose -f docker-compose.etcd.yml -f docker-compose.etcd-tls.yml config -q
+    docker-compose -f docker-compose.agent.yml config -q
 else
     echo "docker-compose not installed; skipping the compose file check"
 fi
