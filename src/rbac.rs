@@ -144,6 +144,8 @@ impl Role {
                 g(Access::Read, keys.engines()),
                 g(Access::Read, keys.healths()),
                 g(Access::Read, keys.profiles()),
+                // What the agents report of each container (`status`, `submit --wait=running`).
+                g(Access::Read, keys.runs()),
             ],
         }
     }

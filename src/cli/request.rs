@@ -287,13 +287,18 @@ async fn read_status(
         && let Some(engine) = d.resource.as_ref().map(|r| r.id.clone())
         && let Ok(engine) = crate::model::EngineId::new(engine)
     {
-        let got = timed(client.kv_client().get(keys.run(&engine, id), None)).await?;
-        if let Some(r) = got
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice::<RunReport>(kv.value()).ok())
-        {
-            merge_report(d, &r);
+        // A role made before agents existed may not read reports: the decision alone, then.
+        match timed(client.kv_client().get(keys.run(&engine, id), None)).await {
+            Ok(got) => {
+                if let Some(r) = got
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<RunReport>(kv.value()).ok())
+                {
+                    merge_report(d, &r);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the agent's report"),
         }
     }
     let request_revision = request.map(|r| r.mod_revision());
