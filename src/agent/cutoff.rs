@@ -58,7 +58,7 @@ impl Agent {
         for (c, r) in futures_util::future::join_all(stops).await {
             match r {
                 Ok(()) => {
-                    tracing::warn!(request = %c.request_id, container = %short(&c.id),
+                    tracing::warn!(request = %c.request_id, container = %crate::docker::short_id(&c.id),
                         "stopped: cut off from etcd");
                     lock(&self.cut_stopped).insert(c.id.clone());
                 }

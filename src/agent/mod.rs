@@ -285,10 +285,6 @@ pub async fn run(
     result
 }
 
-pub(super) fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}
-
 /// The container a request has among `actual`: the running one first.
 pub(super) fn pick(mut found: Vec<docker::Running>) -> Option<docker::Running> {
     found.sort_by_key(|c| match c.state {

@@ -337,7 +337,7 @@ impl Agent {
                 (Ok(spec), None) => self.launch(id, a.rev, spec.clone()),
                 (Ok(_), Some(c)) => {
                     let c = if c.state.is_done() && lock(&self.cut_stopped).remove(&c.id) {
-                        tracing::info!(request = %id, container = %short(&c.id),
+                        tracing::info!(request = %id, container = %crate::docker::short_id(&c.id),
                             "starting again what the cut-off stopped");
                         match docker::start_again(&self.docker, &c.id).await {
                             Ok(c) => c,
@@ -403,7 +403,7 @@ impl Agent {
                 // labels (and a stranger holding the fixed name makes the create fail): what it
                 // returns is ours.
                 Ok(Ok(c)) => {
-                    tracing::info!(request = %id, container = %short(&c.id), state = %c.state, "launched");
+                    tracing::info!(request = %id, container = %crate::docker::short_id(&c.id), state = %c.state, "launched");
                     agent.report(&id, rev, Some(&c), "").await;
                 }
                 Ok(Err(
@@ -430,14 +430,14 @@ impl Agent {
         if !lock(&self.removing).insert(c.id.clone()) {
             return;
         }
-        tracing::info!(request = %c.request_id, container = %short(&c.id),
+        tracing::info!(request = %c.request_id, container = %crate::docker::short_id(&c.id),
             "removing a container no assignment holds");
         let agent = self.clone();
         tokio::spawn(async move {
             if let Err(e) =
                 docker::stop_and_remove_id(&agent.docker, &c.id, agent.cfg.stop_grace).await
             {
-                tracing::warn!(container = %short(&c.id), error = %e, "cannot remove");
+                tracing::warn!(container = %crate::docker::short_id(&c.id), error = %e, "cannot remove");
             }
             lock(&agent.cut_stopped).remove(&c.id);
             lock(&agent.removing).remove(&c.id);

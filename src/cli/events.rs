@@ -187,8 +187,11 @@ fn describe(follow: &Follow, ev: &etcd_client::Event) -> Option<ClusterEvent> {
                 "stopped by its agent: cut off from etcd".into()
             } else {
                 match r.exit_code {
-                    Some(c) => format!("container {} exit code {c}", short_id(&r.container_id)),
-                    None => format!("container {}", short_id(&r.container_id)),
+                    Some(c) => format!(
+                        "container {} exit code {c}",
+                        crate::docker::short_id(&r.container_id)
+                    ),
+                    None => format!("container {}", crate::docker::short_id(&r.container_id)),
                 }
             };
             if !r.updated_at.is_empty() {
@@ -219,8 +222,4 @@ pub fn line(e: &ClusterEvent) -> String {
         parts.push(format!("({})", e.reason));
     }
     parts.join(" ")
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }

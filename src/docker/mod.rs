@@ -68,6 +68,11 @@ pub enum DockerError {
     Vanished { id: String },
 }
 
+/// A container id as Docker shows it short: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 pub(super) fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
     move |source| DockerError::Api { op, source }
 }

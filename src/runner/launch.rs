@@ -126,7 +126,7 @@ impl Runner {
         }); // hook(http)
         match result {
             Ok(c) => {
-                tracing::info!(request = %id, engine = %engine, container = %short(&c.id),
+                tracing::info!(request = %id, engine = %engine, container = %crate::docker::short_id(&c.id),
                     state = %c.state, "launched");
                 // Until the cache shows the container, do not launch it again.
                 retry_at.insert(id.clone(), Instant::now() + Duration::from_secs(1));

@@ -312,7 +312,3 @@ impl Runner {
         self.writer.commit(compares, ops, what).await
     }
 }
-
-pub(super) fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}

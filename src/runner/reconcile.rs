@@ -31,7 +31,7 @@ impl Runner {
             if here && !ours {
                 // A twin beside the container the decision names: stopping by label would stop
                 // both, so leave it to the operator.
-                tracing::warn!(engine = %engine, request = %id, container = %short(&c.id),
+                tracing::warn!(engine = %engine, request = %id, container = %crate::docker::short_id(&c.id),
                     "a second container for one request; left alone");
                 continue;
             }
@@ -94,7 +94,7 @@ impl Runner {
         {
             return;
         }
-        tracing::info!(engine = %engine, request = %c.request_id, container = %short(&c.id),
+        tracing::info!(engine = %engine, request = %c.request_id, container = %crate::docker::short_id(&c.id),
             "stopping a container no decision holds");
         let (d, grace, stopping) = (d.clone(), self.cfg.stop_grace, self.stopping.clone());
         let owner = self.owner(engine);
