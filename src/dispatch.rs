@@ -225,16 +225,19 @@ impl Dispatch {
         acts
     }
 
+    /// Writes each act in a transaction of its own: one stale act (its compare fails) must not
+    /// fail the others, and acts are rare (reports that end a launch, repairs).
     async fn write(&self, acts: Vec<Act>) {
         let keys = &self.writer.keys;
-        // Plain deletes and puts go in batches; decision rewrites one by one (they read first).
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
-        let mut decides = Vec::new();
         for act in acts {
-            let (c, o): (Vec<Compare>, Vec<TxnOp>) = match act {
-                Act::Decide { .. } => {
-                    decides.push(act);
+            let (compares, ops) = match act {
+                Act::Decide {
+                    id,
+                    seen,
+                    withdraw,
+                    what,
+                } => {
+                    self.decide(&id, seen, withdraw, what).await;
                     continue;
                 }
                 Act::Assign {
@@ -264,10 +267,7 @@ impl Dispatch {
                             CompareOp::Equal,
                             rev,
                         )],
-                        vec![
-                            TxnOp::delete(keys.assignment(&engine, &id), None),
-                            TxnOp::delete(keys.run(&engine, &id), None),
-                        ],
+                        withdrawal(keys, &engine, &id).into(),
                     )
                 }
                 Act::Forget { id, engine, rev } => (
@@ -279,27 +279,9 @@ impl Dispatch {
                     vec![TxnOp::delete(keys.run(&engine, &id), None)],
                 ),
             };
-            // Each act's compares must hold for its ops: one act per transaction keeps one
-            // stale act from failing the others. Acts are rare (repairs), so this is cheap.
-            compares.push(c);
-            ops.push(o);
-        }
-        for (c, o) in compares.into_iter().zip(ops) {
-            if self.writer.commit(c, o, "assignment").await == Some(Commit::Fenced) {
+            if self.writer.commit(compares, ops, "assignment").await == Some(Commit::Fenced) {
                 return;
             }
-        }
-        for act in decides {
-            let Act::Decide {
-                id,
-                seen,
-                withdraw,
-                what,
-            } = act
-            else {
-                continue;
-            };
-            self.decide(&id, seen, withdraw, what).await;
         }
     }
 
@@ -307,12 +289,7 @@ impl Dispatch {
         let keys = &self.writer.keys;
         let extra = withdraw
             .iter()
-            .flat_map(|e| {
-                [
-                    TxnOp::delete(keys.assignment(e, id), None),
-                    TxnOp::delete(keys.run(e, id), None),
-                ]
-            })
+            .flat_map(|e| withdrawal(keys, e, id))
             .collect();
         let tries = self.cfg.launch_tries;
         match &what {
@@ -329,6 +306,14 @@ impl Dispatch {
         let edit = |dec: &mut Decision| what.apply(dec, tries);
         self.writer.update(id, seen, edit, extra).await;
     }
+}
+
+/// Deleting an assignment and the report beside it.
+fn withdrawal(keys: &crate::keys::Keys, engine: &EngineId, id: &RequestId) -> [TxnOp; 2] {
+    [
+        TxnOp::delete(keys.assignment(engine, id), None),
+        TxnOp::delete(keys.run(engine, id), None),
+    ]
 }
 
 /// What one request needs written for the agents, if anything.
