@@ -190,8 +190,8 @@ impl Dispatch {
     }
 
     /// What to write, from the mirror: the requests the ledger named, every request on an
-    /// agent's engine that was just lost, and (on a sweep) everything assigned or reported and
-    /// everything on a lost engine. `lost`: the agents' engines known lost, kept between rounds.
+    /// agent's engine that was just lost, and (on a sweep, and first of all when a leader
+    /// starts) everything assigned, reported or placed on an agent's engine. `lost`: the agents' engines known lost, kept between rounds.
     fn plan(&self, sweep: bool, lost: &mut HashSet<EngineId>) -> Vec<Act> {
         let mut books = self.writer.books.lock();
         let mut ids: BTreeSet<RequestId> = books.listener_mut().take_agent_dirty();
@@ -203,6 +203,8 @@ impl Dispatch {
         if sweep {
             ids.extend(mirror.assigned().cloned());
             ids.extend(mirror.reported().cloned());
+            // Placements an older leader (or a lost write) left without their assignment.
+            ids.extend(mirror.placed_on_agents());
         }
         let now_lost: HashSet<EngineId> = mirror
             .agent_engines()

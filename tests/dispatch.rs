@@ -328,3 +328,32 @@ async fn submit_waits_for_the_agents_report_and_status_shows_it() {
     );
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn a_placement_an_older_leader_made_without_an_assignment_gets_one() {
+    init_tracing();
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let k = keys();
+    agent_engine(&client, "e1", 60).await;
+    // What a leader of the previous release leaves: a placement to be launched on an agent's
+    // engine, and no assignment (it knows no agents).
+    let rev = put_request(
+        &client,
+        &k,
+        "old",
+        request_json(0.5, 64, serde_json::json!({"launch": true})),
+    )
+    .await;
+    put_raw(&client, k.decision(&rid("old")), placed_on_e1(0.5, rev)).await;
+    let replica = Replica::start(&etcd, "r1");
+    wait_until("the new leader assigns it", WAIT, || async {
+        assignment(&client, "e1", "old").await.is_some()
+    })
+    .await;
+    let (a, _) = assignment(&client, "e1", "old").await.expect("assigned");
+    assert_eq!(a.request_revision, rev);
+    let d = decision(&client, &k, "old").await.expect("decision");
+    assert_eq!(d.decided_by, "a-leader", "the placement itself is kept: {d:?}");
+    replica.stop().await;
+}

@@ -365,6 +365,21 @@ impl Mirror {
             .map(|(id, _)| id)
     }
 
+    /// Every request placed on an engine an agent runs.
+    pub fn placed_on_agents(&self) -> Vec<RequestId> {
+        if self.agents == 0 {
+            return Vec::new();
+        }
+        self.decisions
+            .iter()
+            .filter(|(_, d)| {
+                d.status == Status::Placed
+                    && d.engine.as_ref().is_some_and(|e| self.agent(e).is_some())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Where the request is assigned to an agent, by engine.
     pub fn assignments(
         &self,
