@@ -354,6 +354,9 @@ async fn a_placement_an_older_leader_made_without_an_assignment_gets_one() {
     let (a, _) = assignment(&client, "e1", "old").await.expect("assigned");
     assert_eq!(a.request_revision, rev);
     let d = decision(&client, &k, "old").await.expect("decision");
-    assert_eq!(d.decided_by, "a-leader", "the placement itself is kept: {d:?}");
+    assert_eq!(
+        d.decided_by, "a-leader",
+        "the placement itself is kept: {d:?}"
+    );
     replica.stop().await;
 }
