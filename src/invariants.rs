@@ -35,6 +35,8 @@ pub struct Report {
     pub placed: usize,
     pub unschedulable: usize,
     pub invalid: usize,
+    /// Evicted by a request of higher priority, waiting to be placed again.
+    pub preempted: usize,
     /// Waiting to be placed again after a failed launch or a lost engine.
     pub pending: usize,
     /// Containers that failed to start, exited (batch) or were lost with their engine.
@@ -269,6 +271,7 @@ impl Seen {
             match d.status {
                 Status::Placed => report.placed += 1,
                 Status::Unschedulable => report.unschedulable += 1,
+                Status::Preempted => report.preempted += 1,
                 Status::Invalid => report.invalid += 1,
                 Status::Pending => report.pending += 1,
                 Status::Failed | Status::Exited | Status::Lost => report.ended += 1,

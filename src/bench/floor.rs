@@ -245,6 +245,10 @@ impl Writer {
                     disk: 0.0,
                     ports: Vec::new(),
                     image: format!("bench/app:{}", n % 100),
+                    priority: 0,
+                    preemptible: true,
+                    group: String::new(),
+                    disruption_budget: None,
                 }),
                 status: Status::Placed,
                 reason: format!("spread chose {}", target.id),
@@ -254,6 +258,8 @@ impl Writer {
                 decided_at: decided_at.clone(),
                 decided_by: "floor".into(),
                 run: None,
+                preempted_by: String::new(),
+                preempted: Vec::new(),
             };
             let Some(id) = RequestId::from_key_segment(&id) else {
                 continue;

@@ -409,7 +409,11 @@ impl Mirror {
         let request = parsed.as_ref().ok().map(|p| &p.request);
         let launch = request.is_some_and(|r| r.image.launch);
         let lifecycle = request.map(|r| r.lifecycle).unwrap_or_default();
-        if !self.tracks_tenants && request.is_some_and(|r| !r.affinity.is_empty()) {
+        if !self.tracks_tenants
+            && request.is_some_and(|r| {
+                !r.affinity.is_empty() || r.priority != 0 || !r.preemptible || r.group.is_some()
+            })
+        {
             self.track_tenants();
         }
         self.requests.insert(
@@ -566,7 +570,7 @@ impl Mirror {
             _ => None,
         };
         let held_on = held.as_ref().map(|h| h.engine.clone());
-        let freed = self.hold(id, held, out);
+        let freed = self.hold(id, held, (d.request_revision, mod_revision), out);
         self.decisions.insert(
             id.clone(),
             DecisionEntry {
@@ -592,7 +596,7 @@ impl Mirror {
     }
 
     fn unset_decision(&mut self, id: &RequestId, own: bool, out: &mut Vec<Change>) {
-        let freed = self.hold(id, None, out);
+        let freed = self.hold(id, None, (0, 0), out);
         self.decisions.remove(id);
         out.push(Change::Decision {
             id: id.clone(),
@@ -608,6 +612,7 @@ impl Mirror {
         &mut self,
         id: &RequestId,
         new: Option<ReservationEntry>,
+        (revision, decision): (i64, i64),
         out: &mut Vec<Change>,
     ) -> Option<EngineId> {
         if let Some(n) = &new {
@@ -630,18 +635,22 @@ impl Mirror {
             && let Some(n) = self.reservations.get(id)
             && let Some(u) = self.usage.get_mut(&n.engine)
         {
-            Arc::make_mut(&mut u.tenants).insert(id.clone(), n.image.clone());
+            Arc::make_mut(&mut u.tenants).insert(id.clone(), n.tenant(revision, decision));
         }
         freed
     }
 
-    /// From now on engines keep their tenants (a request asked for affinity): what they hold
-    /// already is filled in, and views built before are stale.
+    /// From now on engines keep their tenants (a request asked for affinity, a priority or a
+    /// group): what they hold already is filled in, and views built before are stale.
     fn track_tenants(&mut self) {
         self.tracks_tenants = true;
         for (id, r) in &self.reservations {
+            let (revision, decision) = self
+                .decisions
+                .get(id)
+                .map_or((0, 0), |d| (d.request_revision, d.mod_revision));
             if let Some(u) = self.usage.get_mut(&r.engine) {
-                Arc::make_mut(&mut u.tenants).insert(id.clone(), r.image.clone());
+                Arc::make_mut(&mut u.tenants).insert(id.clone(), r.tenant(revision, decision));
             }
         }
         self.engine_generation += 1;

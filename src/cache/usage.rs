@@ -27,9 +27,27 @@ pub(super) struct ReservationEntry {
     pub(super) disk: DiskMb,
     pub(super) ports: Vec<HostPort>,
     pub(super) image: Arc<str>,
+    pub(super) rank: Rank,
 }
 
 impl ReservationEntry {
+    /// It as a tenant of its engine, answering request revision `revision` with a decision
+    /// written at `decision`.
+    pub(super) fn tenant(&self, revision: i64, decision: i64) -> crate::scheduler::Tenant {
+        crate::scheduler::Tenant {
+            held: Held {
+                cpus: self.cpus,
+                memory: self.memory,
+                disk: self.disk,
+                ports: self.ports.clone(),
+                image: self.image.clone(),
+                rank: self.rank.clone(),
+            },
+            revision,
+            decision,
+        }
+    }
+
     pub(super) fn new(engine: EngineId, r: &Reservation) -> Self {
         let held = r.held();
         ReservationEntry {
@@ -39,6 +57,7 @@ impl ReservationEntry {
             disk: held.disk,
             ports: held.ports,
             image: held.image,
+            rank: held.rank,
         }
     }
 }

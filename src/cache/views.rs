@@ -282,12 +282,15 @@ impl Mirror {
             Some(e) => Some(self.engine_view(e)?.resource()),
             None => None,
         };
-        let reservation = self.reservations.get(id).map(|h| Reservation {
-            cpus: h.cpus.as_cpus(),
-            memory: h.memory.0 as f64,
-            disk: h.disk.0 as f64,
-            ports: h.ports.iter().map(|p| p.to_port()).collect(),
-            image: h.image.to_string(),
+        let reservation = self.reservations.get(id).map(|h| {
+            Reservation::of(&crate::model::Held {
+                cpus: h.cpus,
+                memory: h.memory,
+                disk: h.disk,
+                ports: h.ports.clone(),
+                image: h.image.clone(),
+                rank: h.rank.clone(),
+            })
         });
         Some(Decision {
             container: Echo::of(r.raw()),
@@ -301,6 +304,8 @@ impl Mirror {
             decided_at: String::new(),
             decided_by: String::new(),
             run: d.run.as_deref().cloned(),
+            preempted_by: String::new(),
+            preempted: Vec::new(),
         })
     }
 

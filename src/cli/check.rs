@@ -46,13 +46,14 @@ pub(super) async fn check(client: &Client, keys: &Keys, a: CheckArgs) -> Result<
         super::output::json(&report)?;
     } else {
         outln!(
-            "revision {}: {} engines, {} requests, {} decisions ({} placed, {} unschedulable, {} invalid, {} pending, {} ended)",
+            "revision {}: {} engines, {} requests, {} decisions ({} placed, {} unschedulable, {} preempted, {} invalid, {} pending, {} ended)",
             report.revision,
             report.engines,
             report.requests,
             report.decided,
             report.placed,
             report.unschedulable,
+            report.preempted,
             report.invalid,
             report.pending,
             report.ended

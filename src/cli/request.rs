@@ -140,7 +140,7 @@ fn outcome(d: &Decision, wait: WaitFor) -> Option<Result<(), CliError>> {
         .and_then(|r| r.state.as_ref())
         .is_some_and(|s| *s == ContainerState::Running);
     match d.status {
-        Status::Unschedulable => not(EXIT_UNSCHEDULABLE),
+        Status::Unschedulable | Status::Preempted => not(EXIT_UNSCHEDULABLE),
         Status::Invalid => not(EXIT_INVALID),
         Status::Failed | Status::Lost => not(EXIT_FAILED),
         // A batch container that ran to its end.

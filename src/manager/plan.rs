@@ -114,6 +114,8 @@ impl<'w> Step<'w> {
                         decided_at: now.to_string(),
                         decided_by: cfg.replica.to_string(),
                         run: None,
+                        preempted_by: String::new(),
+                        preempted: Vec::new(),
                     };
                     (r.mod_revision, Box::new(decision))
                 }),
@@ -242,6 +244,8 @@ impl Ask<'_> {
             decided_at: self.now.to_string(),
             decided_by: self.by.to_string(),
             run: self.run(),
+            preempted_by: String::new(),
+            preempted: Vec::new(),
         }
     }
 
@@ -359,17 +363,11 @@ impl Round<'_> {
         } else {
             ""
         };
-        let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
         let held = Held::of(request);
+        let reason = format!("{strategy} chose {}{soft}{}", e.id, ask.moved());
         let decision = Decision {
             resource: Some(e.resource()),
-            reservation: Some(Reservation {
-                cpus: request.cpus.as_cpus(),
-                memory: request.memory.0 as f64,
-                disk: request.disk.0 as f64,
-                ports: request.ports.iter().map(|p| p.to_port()).collect(),
-                image: request.image.name.clone(),
-            }),
+            reservation: Some(Reservation::of(&held)),
             scheduler: strategy.to_string(),
             alternatives,
             ..ask.decision(Status::Placed, reason)

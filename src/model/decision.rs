@@ -21,6 +21,9 @@ pub enum Status {
     Exited,
     /// A `batch` container whose engine was lost; its reservation is freed.
     Lost,
+    /// Evicted to make room for a request of higher priority (`preempted_by`); waiting to be
+    /// placed again, oldest first within its priority, once room appears.
+    Preempted,
 }
 
 impl Status {
@@ -44,6 +47,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Exited => "exited",
             Status::Lost => "lost",
+            Status::Preempted => "preempted",
         }
     }
 }
@@ -237,6 +241,12 @@ pub struct Decision {
     /// The container's fate, when the leader launches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Run>,
+    /// A `preempted` decision: the request that evicted it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preempted_by: String,
+    /// A placement that preempted others: the requests it evicted from its engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preempted: Vec<String>,
 }
 
 /// An engine that also fits, and its score under the strategy (higher is better).
@@ -261,6 +271,29 @@ pub struct Reservation {
     /// The image it runs: what `image==` affinity is decided on, on any replica.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
+    /// The request's priority (0 when absent): what preemption compares.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    /// `false`: preemption never evicts it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub preemptible: bool,
+    /// Its group, and the group's disruption budget, for preemption and group rules.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<u32>,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -275,6 +308,39 @@ pub struct Held {
     pub disk: DiskMb,
     pub ports: Vec<HostPort>,
     pub image: std::sync::Arc<str>,
+    /// What preemption and the group rules read of it.
+    pub rank: Rank,
+}
+
+/// A placement's standing for preemption and its group's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rank {
+    pub priority: i32,
+    pub preemptible: bool,
+    pub group: Option<std::sync::Arc<str>>,
+    pub disruption_budget: Option<u32>,
+}
+
+impl Default for Rank {
+    fn default() -> Self {
+        Rank {
+            priority: 0,
+            preemptible: true,
+            group: None,
+            disruption_budget: None,
+        }
+    }
+}
+
+impl Rank {
+    pub fn of(r: &Request) -> Rank {
+        Rank {
+            priority: r.priority,
+            preemptible: r.preemptible,
+            group: r.group.as_ref().map(|g| g.name.clone()),
+            disruption_budget: r.group.as_ref().and_then(|g| g.disruption_budget),
+        }
+    }
 }
 
 impl Held {
@@ -286,11 +352,27 @@ impl Held {
             disk: r.disk,
             ports: r.ports.clone(),
             image: r.image.name.as_str().into(),
+            rank: Rank::of(r),
         }
     }
 }
 
 impl Reservation {
+    /// What a placement holding `h` writes into its decision.
+    pub fn of(h: &Held) -> Reservation {
+        Reservation {
+            cpus: h.cpus.as_cpus(),
+            memory: h.memory.0 as f64,
+            disk: h.disk.0 as f64,
+            ports: h.ports.iter().map(|p| p.to_port()).collect(),
+            image: h.image.to_string(),
+            priority: h.rank.priority,
+            preemptible: h.rank.preemptible,
+            group: h.rank.group.as_deref().unwrap_or_default().to_string(),
+            disruption_budget: h.rank.disruption_budget,
+        }
+    }
+
     pub fn held(&self) -> Held {
         Held {
             // Written by us from integers, so rounding recovers them exactly; ceil errs safe.
@@ -298,6 +380,12 @@ impl Reservation {
             memory: MemoryMb::from_mb_ceil(self.memory - 1e-9),
             disk: DiskMb::from_mb_ceil(self.disk - 1e-9),
             image: self.image.as_str().into(),
+            rank: Rank {
+                priority: self.priority,
+                preemptible: self.preemptible,
+                group: (!self.group.is_empty()).then(|| self.group.as_str().into()),
+                disruption_budget: self.disruption_budget,
+            },
             ports: self
                 .ports
                 .iter()

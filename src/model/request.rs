@@ -34,6 +34,14 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "disk",
     "alternatives",
     "affinity",
+    "priority",
+    "preemptible",
+    "group",
+    "group_min",
+    "group_timeout",
+    "spread",
+    "max_per_engine",
+    "disruption_budget",
 ];
 
 /// Fields this process's build knows but acts as if it did not: set once, at start, by a
@@ -184,6 +192,41 @@ pub struct Request {
     /// The named volumes it mounts (`pgdata` of `pgdata:/var/lib/postgresql`): each sticks to
     /// the engine it was first placed on.
     pub volumes: Vec<String>,
+    /// Higher is planned first and may preempt lower (0 by default).
+    pub priority: i32,
+    /// May be evicted by a request of higher priority (true by default).
+    pub preemptible: bool,
+    /// The group it belongs to, and the group's rules.
+    pub group: Option<Group>,
+}
+
+/// The most members a gang may need at once (`group_min`).
+pub const MAX_GROUP_MIN: u64 = 1000;
+/// How long a gang waits to fit when it says nothing (`group_timeout`), in seconds.
+pub const DEFAULT_GROUP_TIMEOUT_S: u64 = 300;
+/// The longest `group_timeout`: one week, in seconds.
+pub const MAX_GROUP_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+/// A request's group (`group`) and the rules its members share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: std::sync::Arc<str>,
+    /// Placed all or nothing once this many members are pending (1: each on its own).
+    pub min: usize,
+    /// Seconds a gang may wait to fit before it is decided unschedulable as a whole.
+    pub timeout_s: u64,
+    /// Spread over the values of this engine label, with at most this skew.
+    pub spread: Option<(String, u32)>,
+    pub max_per_engine: Option<u32>,
+    /// How many members preemption may take down at once.
+    pub disruption_budget: Option<u32>,
+}
+
+impl Group {
+    /// Placed all or nothing.
+    pub fn is_gang(&self) -> bool {
+        self.min > 1
+    }
 }
 
 /// The named volume of a `volumes` entry, if it names one: `name:/path[:mode]`, where a name
@@ -325,7 +368,11 @@ impl Request {
         }
         launch::check(&image)?;
         let (disk, alternatives, volumes) = scheduling_fields(&image)?;
+        let (priority, preemptible, group) = ranking_fields(&image)?;
         Ok(Request {
+            priority,
+            preemptible,
+            group,
             disk,
             alternatives,
             affinity: image.affinity.clone(),
@@ -394,6 +441,111 @@ fn scheduling_fields(image: &Image) -> Result<(DiskMb, usize, Vec<String>), Inva
         )));
     }
     Ok((DiskMb::from_mb_ceil(disk), alternatives, volumes))
+}
+
+/// Priority, whether it may be preempted, and its group, checked.
+fn ranking_fields(image: &Image) -> Result<(i32, bool, Option<Group>), Invalid> {
+    let priority = match image.priority {
+        None => 0,
+        Some(p) => i32::try_from(p).map_err(|_| {
+            Invalid(format!(
+                "priority: {p} is out of range, a signed 32-bit integer ({} to {})",
+                i32::MIN,
+                i32::MAX
+            ))
+        })?,
+    };
+    let preemptible = image.preemptible.unwrap_or(true);
+    let Some(name) = &image.group else {
+        for (field, set) in [
+            ("group_min", image.group_min.is_some()),
+            ("group_timeout", image.group_timeout.is_some()),
+            ("spread", image.spread.is_some()),
+            ("max_per_engine", image.max_per_engine.is_some()),
+            ("disruption_budget", image.disruption_budget.is_some()),
+        ] {
+            if set {
+                return Err(Invalid(format!(
+                    "{field}: a rule of a group; name the group with \"group\""
+                )));
+            }
+        }
+        return Ok((priority, preemptible, None));
+    };
+    if RequestId::new(name.as_str()).is_err() {
+        return Err(Invalid(format!(
+            "group: {name:?} cannot name a group (1 to 253 printable bytes, no '/')"
+        )));
+    }
+    let min = match image.group_min {
+        None => 1,
+        Some(n) if (1..=MAX_GROUP_MIN).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(Invalid(format!(
+                "group_min: {n} is out of range, 1 to {MAX_GROUP_MIN}"
+            )));
+        }
+    };
+    let timeout_s = match &image.group_timeout {
+        None => DEFAULT_GROUP_TIMEOUT_S,
+        Some(v) => group_timeout(v)?,
+    };
+    let small = |field: &str, v: Option<u64>| -> Result<Option<u32>, Invalid> {
+        match v {
+            None => Ok(None),
+            Some(n) if (1..=MAX_GROUP_MIN).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(Invalid(format!(
+                "{field}: {n} is out of range, 1 to {MAX_GROUP_MIN}"
+            ))),
+        }
+    };
+    let spread = match &image.spread {
+        None => None,
+        Some(s) => {
+            let over = s.over.trim();
+            if over.is_empty()
+                || !over
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(Invalid(format!(
+                    "spread.over: {:?} is not a label key (letters, digits and . _ -)",
+                    s.over
+                )));
+            }
+            let skew = small("spread.max_skew", s.max_skew)?.unwrap_or(1);
+            Some((over.to_string(), skew))
+        }
+    };
+    Ok((
+        priority,
+        preemptible,
+        Some(Group {
+            name: name.as_str().into(),
+            min,
+            timeout_s,
+            spread,
+            max_per_engine: small("max_per_engine", image.max_per_engine)?,
+            disruption_budget: small("disruption_budget", image.disruption_budget)?,
+        }),
+    ))
+}
+
+/// `group_timeout`: whole seconds, or a duration such as `"90s"`.
+fn group_timeout(v: &serde_json::Value) -> Result<u64, Invalid> {
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => humantime::parse_duration(s.trim())
+            .ok()
+            .map(|d| d.as_secs()),
+        _ => None,
+    };
+    match secs {
+        Some(s) if (1..=MAX_GROUP_TIMEOUT_S).contains(&s) => Ok(s),
+        _ => Err(Invalid(format!(
+            "group_timeout: {v} is not a duration from 1s to 7 days (seconds, or e.g. \"90s\", \"5m\")"
+        ))),
+    }
 }
 
 /// A request as its decision echoes it (`container`): the JSON the user wrote, without the

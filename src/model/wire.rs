@@ -104,6 +104,43 @@ pub struct Image {
     /// the soft `==~` / `!=~` forms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub affinity: Vec<String>,
+    /// Higher wins, as Kubernetes' PriorityClass values: planned first, and may preempt
+    /// placements of strictly lower priority (a signed 32-bit integer; 0 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// `false`: never evicted by preemption (true when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptible: Option<bool>,
+    /// The group it belongs to (replicas of one service, workers of one job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Place the group all or nothing: no member until this many are pending and fit at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_min: Option<u64>,
+    /// How long a gang may wait to fit before it is decided unschedulable as a whole: seconds,
+    /// or a duration such as `"90s"` or `"5m"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_timeout: Option<serde_json::Value>,
+    /// Spread the group's members over the values of an engine label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<SpreadRule>,
+    /// At most this many of the group's members on one engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_engine: Option<u64>,
+    /// How many of the group's members preemption may take down at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<u64>,
+}
+
+/// `"spread": {"over": "zone", "max_skew": 1}`: between any two values of the label `over`
+/// (among the engines the request may use), the group's member counts differ by at most
+/// `max_skew` (1 when absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadRule {
+    pub over: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_skew: Option<u64>,
 }
 
 fn is_default_restart(p: &RestartPolicy) -> bool {

@@ -132,7 +132,7 @@ impl Prepared {
     fn check_affinity(&self, e: &EngineView, with_soft: bool) -> Result<(), Code> {
         let holds = |c: &Constraint| match c.key.as_str() {
             "request" => c.matches_values(e.tenants.keys().map(|id| Some(id.as_str()))),
-            _ => c.matches_values(e.tenants.values().map(|image| Some(&**image))),
+            _ => c.matches_values(e.tenants.values().map(|t| Some(&*t.held.image))),
         };
         for (i, c) in self.affinity_hard.iter().enumerate() {
             if !holds(c) {

@@ -70,7 +70,7 @@ pub use rank::score;
 pub use scarcity::Scarcity;
 pub use select::{Plan, sample_size, splitmix};
 pub use strategy::{Schedulers, Strategy};
-pub use view::{EngineView, Tenants, UNCLASSED};
+pub use view::{EngineView, Tenant, Tenants, UNCLASSED};
 
 /// Why a request cannot be scheduled at all, or a scheduler setting is wrong. Its text is what
 /// an `invalid` decision's reason (or a one-line CLI error) says.

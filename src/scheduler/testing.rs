@@ -95,5 +95,20 @@ pub(crate) fn tcp(port: u16) -> HostPort {
 
 /// Records request `id` of `image` as placed on `e` (what affinity reads), reserving nothing.
 pub(crate) fn tenant(e: &mut EngineView, id: &str, image: &str) {
-    std::sync::Arc::make_mut(&mut e.tenants).insert(RequestId::new(id).unwrap(), image.into());
+    let held = crate::model::Held {
+        cpus: crate::model::Millicpus(0),
+        memory: crate::model::MemoryMb(0),
+        disk: crate::model::DiskMb(0),
+        ports: Vec::new(),
+        image: image.into(),
+        rank: crate::model::Rank::default(),
+    };
+    std::sync::Arc::make_mut(&mut e.tenants).insert(
+        RequestId::new(id).unwrap(),
+        crate::scheduler::Tenant {
+            held,
+            revision: 0,
+            decision: 1,
+        },
+    );
 }

@@ -12,10 +12,22 @@ use crate::model::{
     RequestId, Resource,
 };
 
-/// The requests placed on one engine and their images: what affinity (`request==web-*`,
-/// `image==redis*`) is decided on. Shared: the cache, the running view and each round's
-/// frozen view hold the same map until one of them changes it.
-pub type Tenants = BTreeMap<RequestId, Arc<str>>;
+/// The requests placed on one engine: what affinity (`request==web-*`, `image==redis*`), the
+/// group rules and preemption are decided on. Shared: the cache, the running view and each
+/// round's frozen view hold the same map until one of them changes it.
+pub type Tenants = BTreeMap<RequestId, Tenant>;
+
+/// One placement on an engine, as affinity, group rules and preemption read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// What it holds there, its image, priority and group.
+    pub held: Held,
+    /// The request revision it answers: the lower, the older the work it runs.
+    pub revision: i64,
+    /// Its decision key's mod revision in etcd; 0 while its write is in flight (it cannot be
+    /// evicted before it is known to have landed).
+    pub decision: i64,
+}
 
 /// One engine as the scheduler sees it: capacity, what is reserved, which ports are taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,14 +127,46 @@ impl EngineView {
         self.ports.extend(ports.iter().copied());
     }
 
-    /// Reserves a placement of `id`: its resources, one container more, and it as a tenant.
+    /// Reserves a placement of `id`: its resources, one container more, and it as a tenant
+    /// (whose decision is not written yet).
     pub fn hold(&mut self, id: &RequestId, h: &Held) {
+        self.hold_at(id, h, 0);
+    }
+
+    /// [`EngineView::hold`] for the request revision `revision`.
+    pub fn hold_at(&mut self, id: &RequestId, h: &Held, revision: i64) {
         self.reserve(h.cpus, h.memory, &h.ports);
         self.reserved_disk.0 = self.reserved_disk.0.saturating_add(h.disk.0);
         self.containers += 1;
         if self.tracks_tenants {
-            Arc::make_mut(&mut self.tenants).insert(id.clone(), h.image.clone());
+            Arc::make_mut(&mut self.tenants).insert(
+                id.clone(),
+                Tenant {
+                    held: h.clone(),
+                    revision,
+                    decision: 0,
+                },
+            );
         }
+    }
+
+    /// Takes a tenant's placement off this view (preemption evicts it): its resources, its
+    /// container and it as a tenant. Returns what it held.
+    pub fn evict(&mut self, id: &RequestId) -> Option<Tenant> {
+        let t = Arc::make_mut(&mut self.tenants).remove(id)?;
+        self.release(t.held.cpus, t.held.memory, &t.held.ports);
+        self.reserved_disk.0 = self.reserved_disk.0.saturating_sub(t.held.disk.0);
+        self.containers = self.containers.saturating_sub(1);
+        Some(t)
+    }
+
+    /// Puts an evicted tenant back (a gang that could not be placed whole gives back what it
+    /// took).
+    pub fn restore(&mut self, id: &RequestId, t: Tenant) {
+        self.reserve(t.held.cpus, t.held.memory, &t.held.ports);
+        self.reserved_disk.0 = self.reserved_disk.0.saturating_add(t.held.disk.0);
+        self.containers += 1;
+        Arc::make_mut(&mut self.tenants).insert(id.clone(), t);
     }
 
     pub fn release(&mut self, cpus: Millicpus, memory: MemoryMb, ports: &[HostPort]) {
