@@ -114,6 +114,10 @@ mod tests {
                 memory: 512.0,
                 disk: 0.0,
                 image: String::new(),
+                priority: 0,
+                preemptible: true,
+                group: String::new(),
+                disruption_budget: None,
                 ports: vec![],
             }),
             status: Status::Placed,
@@ -124,6 +128,8 @@ mod tests {
             decided_at: "2026-11-29T08:00:00Z".into(),
             decided_by: "r1".into(),
             run: None,
+            preempted_by: String::new(),
+            preempted: Vec::new(),
         }
     }
 

@@ -131,6 +131,10 @@ impl<L: Listener> Fed<L> {
                 disk: 0.0,
                 ports: vec![],
                 image: String::new(),
+                priority: 0,
+                preemptible: true,
+                group: String::new(),
+                disruption_budget: None,
             }),
             status: Status::Placed,
             reason: format!("spread chose {engine}"),
@@ -140,6 +144,8 @@ impl<L: Listener> Fed<L> {
             decided_at: String::new(),
             decided_by: "me".into(),
             run: None,
+            preempted_by: String::new(),
+            preempted: Vec::new(),
         };
         self.rev += 1;
         let rev = self.rev;

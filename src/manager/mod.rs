@@ -860,6 +860,8 @@ mod tests {
                     decided_at: String::new(),
                     decided_by: String::new(),
                     run: None,
+                    preempted_by: String::new(),
+                    preempted: Vec::new(),
                 },
             };
             lead.assumed.add(1, std::slice::from_ref(&item));

@@ -254,6 +254,10 @@ fn reservation_round_trips_its_units() {
         memory: 512.0,
         disk: 0.0,
         image: String::new(),
+        priority: 0,
+        preemptible: true,
+        group: String::new(),
+        disruption_budget: None,
         ports: vec![
             HostPort {
                 proto: Proto::Udp,
