@@ -83,12 +83,12 @@ mod tests {
         candidate(&mut f, 1, "old", &every);
         let mut newer = Newer::default();
         newer.refresh(f.mirror(), &me);
-        let asks = br#"{"image":"x","cpus":1,"memory":1,"type":"service","priority":5}"#;
+        let asks = br#"{"image":"x","cpus":1,"memory":1,"type":"service","gpus":5}"#;
         assert_eq!(newer.knower(asks), None, "nobody else knows it: a typo");
 
-        let mut with_priority = every.clone();
-        with_priority.push("priority");
-        candidate(&mut f, 2, "new", &with_priority);
+        let mut with_gpus = every.clone();
+        with_gpus.push("gpus");
+        candidate(&mut f, 2, "new", &with_gpus);
         // An older release's key lists no fields; one without a lease is no candidate.
         f.put_leased("/citadel/leader/3", r#"{"id":"older","since":""}"#, 3);
         f.put(
@@ -96,7 +96,7 @@ mod tests {
             r#"{"id":"stray","since":"","request_fields":["lables"]}"#,
         );
         newer.refresh(f.mirror(), &me);
-        assert_eq!(newer.knower(asks), Some(("priority".to_string(), "new")));
+        assert_eq!(newer.knower(asks), Some(("gpus".to_string(), "new")));
         let typo = br#"{"image":"x","cpus":1,"memory":1,"type":"service","lables":[]}"#;
         assert_eq!(newer.knower(typo), None, "a stray key is no candidate");
     }
