@@ -71,6 +71,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<Label, Counter>,
     releases: Counter,
+    preemptions: Counter,
     planned: Counter,
     placements: Family<Label, Counter>,
     decision_latency: Histogram,
@@ -106,6 +107,7 @@ impl Metrics {
             registry: Registry::default(),
             decisions: Family::default(),
             releases: Counter::default(),
+            preemptions: Counter::default(),
             planned: Counter::default(),
             placements: Family::default(),
             decision_latency: seconds(),
@@ -128,6 +130,11 @@ impl Metrics {
             "citadel_releases",
             "Decisions the leader deleted (their request was deleted or changed)",
             m.releases.clone(),
+        );
+        registry.register(
+            "citadel_preemptions",
+            "Placements evicted to make room for a request of higher priority",
+            m.preemptions.clone(),
         );
         registry.register(
             "citadel_planned_requests",
@@ -225,6 +232,11 @@ impl Metrics {
     /// A release committed (a decision deleted because its request went or changed).
     pub fn released(&self) {
         self.releases.inc();
+    }
+
+    /// A placement evicted by a request of higher priority, committed.
+    pub fn preempted(&self) {
+        self.preemptions.inc();
     }
 
     /// The leader planned `n` more requests.

@@ -34,6 +34,11 @@ pub struct RequestEntry {
     pub launch: bool,
     /// A service for an invalid request.
     pub lifecycle: Lifecycle,
+    /// Higher is decided first (0 for an invalid request).
+    pub priority: i32,
+    /// The gang it belongs to (a group placed all or nothing) and how long the gang may
+    /// wait to fit, in seconds.
+    pub gang: Option<(Arc<str>, u64)>,
 }
 
 impl RequestEntry {
@@ -423,6 +428,11 @@ impl Mirror {
                 raw: Arc::from(kv.value()),
                 launch,
                 lifecycle,
+                priority: request.map_or(0, |r| r.priority),
+                gang: request
+                    .and_then(|r| r.group.as_ref())
+                    .filter(|g| g.is_gang())
+                    .map(|g| (g.name.clone(), g.timeout_s)),
             },
         );
         out.push(Change::Request {

@@ -76,6 +76,10 @@ pub struct ControllerArgs {
     /// goes back to 128, etcd's default.
     #[arg(long, default_value_t = crate::manager::MAX_TXN_OPS as u32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub max_txn_ops: u32,
+    /// How many priority points lower a placement must be for a request to evict it (Nomad
+    /// demands 10); 1: any lower priority.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub preempt_gap: u32,
     /// Engines a container may fail to start on before its request is `failed`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub launch_tries: u32,
@@ -181,6 +185,7 @@ pub(super) async fn run_controller(
                 .then(|| Duration::from_secs(args.compact_every)),
             compact_retain: args.compact_retain,
             max_txn_ops: args.max_txn_ops as usize,
+            preempt_gap: args.preempt_gap,
         },
         addr: args.addr,
         lease_ttl: args.lease_ttl,

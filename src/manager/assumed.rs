@@ -32,18 +32,29 @@ pub(super) struct Assumed {
     volumes: HashMap<String, (u64, EngineId)>,
     /// What assumed placements hold, per engine and batch.
     held: HashMap<EngineId, Vec<(u64, RequestId, Held)>>,
+    /// Engines evicted from, by batch.
+    evicting: HashMap<u64, Vec<EngineId>>,
 }
 
 impl Assumed {
     pub(super) fn add(&mut self, token: u64, items: &[Item]) {
         let mut written = Vec::with_capacity(items.len());
-        for item in items {
+        for item in items.iter().flat_map(Item::leaves) {
             let target = match item {
                 Item::Odd { segment, .. } => {
                     self.odd.insert(segment.clone());
                     written.push((Target::Odd(segment.clone()), None));
                     continue;
                 }
+                Item::Evict { id, engine, .. } => {
+                    // Its engine's view is refreshed once the batch is answered, whatever
+                    // the answer: until then the view counts both it and what replaced it.
+                    self.ids.insert(id.clone());
+                    self.evicting.entry(token).or_default().push(engine.clone());
+                    written.push((Target::Request(id.clone()), None));
+                    continue;
+                }
+                Item::Together(_) => continue,
                 Item::Place { id, .. }
                 | Item::Refuse { id, .. }
                 | Item::Park { id }
@@ -91,7 +102,7 @@ impl Assumed {
 
     /// Forgets a batch; returns the engines it held resources on.
     pub(super) fn forget(&mut self, token: u64) -> Vec<EngineId> {
-        let mut engines = Vec::new();
+        let mut engines = self.evicting.remove(&token).unwrap_or_default();
         self.volumes.retain(|_, (t, _)| *t != token);
         if let Some(written) = self.batches.remove(&token) {
             for (target, held) in written {

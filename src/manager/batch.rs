@@ -44,6 +44,34 @@ const PLACE_COMPARES: usize = 3;
 /// operations: its decision, and a record and an absent-compare for each named volume it is
 /// the first to mount. Counted for every volume it names, so the answer does not depend on
 /// which were recorded before. The error is the reason its decision gives.
+/// Compares and operations a `Together` of these parts may need at most, with every
+/// placement assigned to an agent and every eviction withdrawing one: whether they fit one
+/// transaction of `max_ops`.
+pub fn together_fits(parts: &[Item], max_ops: usize) -> bool {
+    let (mut compares, mut ops) = (1usize, 0usize);
+    let mut engines = std::collections::HashSet::new();
+    for p in parts {
+        match p {
+            Item::Place {
+                engine, volumes, ..
+            } => {
+                engines.insert(engine);
+                compares += 1 + volumes.len();
+                ops += 3 + volumes.len();
+            }
+            Item::Evict { .. } => {
+                compares += 1;
+                ops += 3;
+            }
+            _ => {
+                compares += 1;
+                ops += 3;
+            }
+        }
+    }
+    compares + engines.len() <= max_ops && ops <= max_ops
+}
+
 pub fn place_fits(r: &Request, max_ops: usize) -> Result<(), String> {
     let most = max_ops.saturating_sub(PLACE_COMPARES);
     if r.volumes.len() <= most {
@@ -125,19 +153,25 @@ pub fn batches(
             }
         };
         let compares = item.compares(keys);
-        let engine = match &item {
-            Item::Place {
-                engine,
-                engine_revision,
-                ..
-            } => Some((engine.clone(), *engine_revision)),
-            _ => None,
-        };
+        // A placement, or a `Together`'s: all its engines are fenced in its transaction.
+        let placed_on: HashMap<EngineId, i64> = item
+            .leaves()
+            .iter()
+            .filter_map(|leaf| match leaf {
+                Item::Place {
+                    engine,
+                    engine_revision,
+                    ..
+                } => Some((engine.clone(), *engine_revision)),
+                _ => None,
+            })
+            .collect();
         let full = |o: &Open| {
-            let new = engine
-                .as_ref()
-                .is_some_and(|(e, _)| !o.engines.contains_key(e));
-            let engines = engine_compares(fence, o.engines.len() + usize::from(new));
+            let new = placed_on
+                .keys()
+                .filter(|e| !o.engines.contains_key(*e))
+                .count();
+            let engines = engine_compares(fence, o.engines.len() + new);
             // + 1: the leader's fence.
             1 + engines + o.compares.len() + compares.len() > max_ops
                 || o.ops.len() + ops.len() > max_ops
@@ -146,13 +180,15 @@ pub fn batches(
         if !open.items.is_empty() && full(&open) {
             out.push(std::mem::take(&mut open).close(keys, fence));
         }
-        if let Some((e, rev)) = engine {
-            open.engines.insert(e, rev);
-        }
+        open.engines.extend(placed_on);
         open.compares.extend(compares);
         open.ops.extend(ops);
         open.bytes += bytes;
-        open.items.push(item);
+        match item {
+            // Its parts commit in this transaction; from here on each is an item of its own.
+            Item::Together(parts) => open.items.extend(parts),
+            one => open.items.push(one),
+        }
     }
     if !open.items.is_empty() {
         out.push(open.close(keys, fence));

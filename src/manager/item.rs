@@ -70,6 +70,21 @@ pub enum Item {
         decision: Decision,
         agent: AgentOps,
     },
+    /// Evict a placement to make room for a request of higher priority: its `preempted`
+    /// decision, written only if its placed decision is still the one the leader saw
+    /// (`decision_revision`). Only ever inside [`Item::Together`], beside the placement it
+    /// makes room for.
+    Evict {
+        id: RequestId,
+        engine: EngineId,
+        decision_revision: i64,
+        decision: Decision,
+        agent: AgentOps,
+    },
+    /// Items that commit in one transaction or not at all: a placement and the evictions that
+    /// make room for it, or a gang's members (with theirs). Batched whole; a batch holds its
+    /// parts as items of their own.
+    Together(Vec<Item>),
     /// Unschedulable for the same reason as already written: nothing to write.
     Park { id: RequestId },
     /// Uses a request field this release does not know and candidate `to` does: left for it
@@ -107,11 +122,12 @@ impl Item {
         match self {
             Item::Place { id, .. }
             | Item::Refuse { id, .. }
+            | Item::Evict { id, .. }
             | Item::Park { id }
             | Item::Defer { id, .. }
             | Item::Release { id, .. }
             | Item::Restore { id, .. } => Some(id),
-            Item::Odd { .. } => None,
+            Item::Odd { .. } | Item::Together(_) => None,
         }
     }
 
@@ -120,9 +136,12 @@ impl Item {
         match self {
             Item::Place { decision, .. }
             | Item::Refuse { decision, .. }
+            | Item::Evict { decision, .. }
             | Item::Restore { decision, .. } => Some(decision),
             Item::Odd { answer, .. } => answer.as_ref().map(|(_, d)| &**d),
-            Item::Park { .. } | Item::Defer { .. } | Item::Release { .. } => None,
+            Item::Park { .. } | Item::Defer { .. } | Item::Release { .. } | Item::Together(_) => {
+                None
+            }
         }
     }
 
@@ -131,14 +150,35 @@ impl Item {
         match self {
             Item::Place { agent, .. }
             | Item::Refuse { agent, .. }
+            | Item::Evict { agent, .. }
             | Item::Release { agent, .. } => Some(agent),
             _ => None,
         }
     }
 
+    /// The items it is made of: itself, or a [`Item::Together`]'s parts.
+    pub fn leaves(&self) -> &[Item] {
+        match self {
+            Item::Together(parts) => parts,
+            one => std::slice::from_ref(one),
+        }
+    }
+
+    /// [`Item::leaves`], to change.
+    pub fn leaves_mut(&mut self) -> &mut [Item] {
+        match self {
+            Item::Together(parts) => parts,
+            one => std::slice::from_mut(one),
+        }
+    }
+
     /// Whether it writes nothing.
     pub fn writes_nothing(&self) -> bool {
-        matches!(self, Item::Park { .. } | Item::Defer { .. })
+        match self {
+            Item::Park { .. } | Item::Defer { .. } => true,
+            Item::Together(parts) => parts.iter().all(Item::writes_nothing),
+            _ => false,
+        }
     }
 
     pub(super) fn compares(&self, keys: &Keys) -> Vec<Compare> {
@@ -171,6 +211,18 @@ impl Item {
                 .map(|rev| Compare::mod_revision(keys.decision(id), CompareOp::Equal, rev))
                 .into_iter()
                 .collect(),
+            // Evicted only while it is placed as the leader saw it: two preemptions never
+            // take the same victim, and a victim released meanwhile is not written back.
+            Item::Evict {
+                id,
+                decision_revision,
+                ..
+            } => vec![Compare::mod_revision(
+                keys.decision(id),
+                CompareOp::Equal,
+                *decision_revision,
+            )],
+            Item::Together(parts) => parts.iter().flat_map(|p| p.compares(keys)).collect(),
             // A release deletes what a request's new revision would otherwise be decided over.
             Item::Release {
                 id,
@@ -246,6 +298,26 @@ impl Item {
             }
             Item::Restore { id, decision, .. } => {
                 vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)]
+            }
+            Item::Evict {
+                id,
+                decision,
+                agent,
+                ..
+            } => {
+                let mut ops = vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)];
+                ops.extend(agent.ops(keys, id, None));
+                ops
+            }
+            Item::Together(parts) => {
+                let mut ops = Vec::new();
+                let mut bytes = 0;
+                for p in parts {
+                    let (o, n) = p.ops(keys)?;
+                    ops.extend(o);
+                    bytes += n;
+                }
+                return Ok((ops, bytes));
             }
             Item::Release { id, agent, .. } => {
                 let mut ops = vec![del(keys.decision(id).into())];

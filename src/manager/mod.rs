@@ -36,6 +36,7 @@ mod item;
 pub mod ledger;
 mod plan;
 mod rewrite;
+mod together;
 mod unfit;
 mod upgrade;
 
@@ -102,6 +103,9 @@ pub struct ManagerConfig {
     /// most operations, one transaction may hold. If etcd refuses a transaction as too large,
     /// the leader falls back to 128.
     pub max_txn_ops: usize,
+    /// How much lower a placement's priority must be than a request's for the request to
+    /// evict it (`--preempt-gap`, 1 by default; Nomad uses 10).
+    pub preempt_gap: u32,
 }
 
 /// Why a leader stopped leading: the manager's only way out of its loop. Every other failure
@@ -247,10 +251,13 @@ impl Manager {
     fn remember_refusals(&self, items: &[Item], epoch: u64) {
         let mut books = self.books.lock();
         let (mirror, ledger) = books.parts();
-        for item in items {
+        for item in items.iter().flat_map(Item::leaves) {
             match item {
                 Item::Park { id } => ledger.park(mirror, id, epoch),
-                Item::Refuse { id, decision, .. } if decision.status == Status::Unschedulable => {
+                // Unschedulable, or a gang waiting for its members: parked once seen.
+                Item::Refuse { id, decision, .. }
+                    if matches!(decision.status, Status::Unschedulable | Status::Pending) =>
+                {
                     ledger.note_unschedulable(id, epoch)
                 }
                 _ => {}
@@ -396,6 +403,7 @@ impl<'a> Lead<'a> {
         let mut books = self.manager.books.lock();
         Ledger::judge(&mut books);
         let (mirror, ledger) = books.parts();
+        ledger.expire_gangs(mirror);
         self.newer.refresh(mirror, &self.manager.cfg.replica);
         if self.view.stale || mirror.engine_generation() != self.view.engines.generation {
             self.view.rebuild(ledger.engines(mirror), &self.assumed);
@@ -443,6 +451,7 @@ impl<'a> Lead<'a> {
 
     /// Groups items into transactions and starts committing each.
     fn send(&mut self, mut items: Vec<Item>) {
+        self.echo_evicted(&mut items);
         self.for_agents(&mut items);
         // A compare over the whole prefix reads every engine key, valid or not.
         let fence = EngineFence {
@@ -482,6 +491,23 @@ impl<'a> Lead<'a> {
         }
     }
 
+    /// A preempted decision echoes its request as every decision does: the round does not
+    /// hold other requests' bytes, the mirror does.
+    fn echo_evicted(&self, items: &mut [Item]) {
+        if !items.iter().any(|i| matches!(i, Item::Together(_))) {
+            return;
+        }
+        let books = self.manager.books.lock();
+        let mirror = books.mirror();
+        for item in items.iter_mut().flat_map(Item::leaves_mut) {
+            if let Item::Evict { id, decision, .. } = item
+                && let Some(r) = mirror.request(id)
+            {
+                decision.container = Echo::of(r.raw());
+            }
+        }
+    }
+
     /// Adds what each item writes for the engines' agents: a placement to be launched on an
     /// engine with an agent carries its assignment, and whatever else the request was assigned
     /// to is withdrawn in the same commit. Costs a lookup per item when no engine has an agent.
@@ -492,7 +518,7 @@ impl<'a> Lead<'a> {
             return;
         }
         let launch_all = ledger.policy().launch_all;
-        for item in items.iter_mut() {
+        for item in items.iter_mut().flat_map(Item::leaves_mut) {
             let Some(id) = item.id().cloned() else {
                 continue;
             };
@@ -595,10 +621,13 @@ impl<'a> Lead<'a> {
                                 books.volume_committed(v, engine.clone());
                             }
                         }
-                        Item::Refuse { id, decision, .. } | Item::Restore { id, decision, .. } => {
+                        Item::Refuse { id, decision, .. }
+                        | Item::Evict { id, decision, .. }
+                        | Item::Restore { id, decision, .. } => {
                             books.committed(id, rev, Some(decision))
                         }
-                        Item::Park { .. } | Item::Defer { .. } => {}
+                        // A batch holds a `Together`'s parts, never the whole.
+                        Item::Park { .. } | Item::Defer { .. } | Item::Together(_) => {}
                     }
                 }
                 books.listener_mut().end_write(c.seq);
@@ -720,8 +749,12 @@ fn record_committed(metrics: &Metrics, items: &[Item], cache: &Cache) {
     for (item, first) in items.iter().zip(first) {
         match item {
             Item::Release { .. } | Item::Odd { answer: None, .. } => metrics.released(),
-            Item::Park { .. } | Item::Defer { .. } => {}
+            Item::Park { .. } | Item::Defer { .. } | Item::Together(_) => {}
             Item::Restore { decision, .. } => metrics.decided(decision.status),
+            Item::Evict { decision, .. } => {
+                metrics.decided(decision.status);
+                metrics.preempted();
+            }
             Item::Odd {
                 answer: Some((_, decision)),
                 ..
@@ -774,8 +807,17 @@ fn log_batch(batch: &[Item], rev: i64) {
                     "released"
                 }
             }
+            Item::Evict {
+                id,
+                engine,
+                decision,
+                ..
+            } => {
+                tracing::info!(request = %id, engine = %engine, by = %decision.preempted_by, revision = rev, "preempted");
+                "preempted"
+            }
             Item::Park { .. } => "parked",
-            Item::Defer { .. } => "deferred",
+            Item::Defer { .. } | Item::Together(_) => "deferred",
         };
         *counts.entry(kind).or_default() += 1;
     }
@@ -812,6 +854,7 @@ mod tests {
                 compact_every: None,
                 compact_retain: 1,
                 max_txn_ops: MAX_TXN_OPS,
+                preempt_gap: 1,
             },
         )
     }

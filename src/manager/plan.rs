@@ -21,7 +21,9 @@ use crate::model::{
     Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
     Status,
 };
-use crate::scheduler::{self, EngineView, Parsed, Plan, Prepared, Strategy, prepare};
+use crate::scheduler::{
+    self, EngineView, GroupCounts, Parsed, Plan, Prepared, Strategy, prepare,
+};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
 /// `engines` (the running view) as they are accepted.
@@ -52,14 +54,33 @@ pub fn plan(
         unfit,
         volumes,
         fresh: HashMap::new(),
+        groups: HashMap::new(),
+        evicted: HashMap::new(),
+        journal: None,
     };
-    steps
-        .into_iter()
-        .map(|step| match step {
-            Step::Written(item) => *item,
-            Step::Decide(d, parsed) => round.decide(d, &parsed, proposals.next().flatten()),
-        })
-        .collect()
+    // A gang's members come one after another (the ledger takes them together): the gang is
+    // decided whole where its last member is met, in the order of the work.
+    let gangs: Vec<Option<Arc<str>>> = steps.iter().map(Step::gang).collect();
+    let mut out = Vec::with_capacity(steps.len());
+    let mut members: Vec<(&Decide, Parsed)> = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Written(item) => out.push(*item),
+            Step::Decide(d, parsed) => {
+                let proposal = proposals.next().flatten();
+                match &gangs[i] {
+                    None => out.push(round.decide(d, &parsed, proposal)),
+                    Some(gang) => {
+                        members.push((d, parsed));
+                        if gangs.get(i + 1).and_then(Option::as_ref) != Some(gang) {
+                            out.extend(round.decide_gang(std::mem::take(&mut members)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One work item on its way to an item: what needs no decision is written at once; a request
@@ -72,6 +93,19 @@ enum Step<'w> {
 }
 
 impl<'w> Step<'w> {
+    /// The gang a request to decide belongs to, if it is a gang's member.
+    fn gang(&self) -> Option<Arc<str>> {
+        match self {
+            Step::Decide(_, Ok(p)) => p
+                .request
+                .group
+                .as_ref()
+                .filter(|g| g.is_gang())
+                .map(|g| g.name.clone()),
+            _ => None,
+        }
+    }
+
     fn of(w: &'w Work, cfg: &ManagerConfig, now: &str) -> Self {
         match w {
             Work::Decide(d) => {
@@ -181,7 +215,7 @@ fn propose(
     scheduler::schedule(prepared, engines, strategy, seed(id), sample).ok()
 }
 
-fn seed(id: &RequestId) -> u64 {
+pub(super) fn seed(id: &RequestId) -> u64 {
     scheduler::fnv1a(id.as_str())
 }
 
@@ -198,26 +232,33 @@ pub struct Deciding<'a> {
 }
 
 /// Stage 2: one round's decisions, in order, on the running view.
-struct Round<'a> {
-    engines: &'a mut [EngineView],
+pub(super) struct Round<'a> {
+    pub(super) engines: &'a mut [EngineView],
     revisions: &'a [i64],
-    cfg: &'a ManagerConfig,
-    now: &'a str,
-    max_ops: usize,
+    pub(super) cfg: &'a ManagerConfig,
+    pub(super) now: &'a str,
+    pub(super) max_ops: usize,
     newer: &'a Newer,
-    sample: usize,
+    pub(super) sample: usize,
     unfit: &'a mut Unfit,
     /// Where named volumes live: recorded, or in flight.
     volumes: &'a dyn Fn(&str) -> Option<EngineId>,
     /// Named volumes this round placed first.
-    fresh: HashMap<String, EngineId>,
+    pub(super) fresh: HashMap<String, EngineId>,
+    /// Each group's members per engine and domain, counted once per round when a member with
+    /// group rules is first met, and kept current as the round places.
+    pub(super) groups: HashMap<Arc<str>, GroupCounts>,
+    /// Members of each group this round's preemptions took down (its disruption budget).
+    pub(super) evicted: HashMap<Arc<str>, u32>,
+    /// While a gang is tried: each engine it changed, as it was before.
+    pub(super) journal: Option<Vec<(usize, EngineView)>>,
 }
 
 /// A request to decide, and when and by whom the decision is made.
-struct Ask<'a> {
-    d: &'a Decide,
-    now: &'a str,
-    by: &'a str,
+pub(super) struct Ask<'a> {
+    pub(super) d: &'a Decide,
+    pub(super) now: &'a str,
+    pub(super) by: &'a str,
 }
 
 impl Ask<'_> {
@@ -231,7 +272,7 @@ impl Ask<'_> {
     }
 
     /// A decision without a placement. The echo is built only for a decision that is written.
-    fn decision(&self, status: Status, reason: String) -> Decision {
+    pub(super) fn decision(&self, status: Status, reason: String) -> Decision {
         Decision {
             container: Echo::of(&self.d.raw),
             resource: None,
@@ -249,7 +290,7 @@ impl Ask<'_> {
         }
     }
 
-    fn refuse(&self, status: Status, reason: String) -> Item {
+    pub(super) fn refuse(&self, status: Status, reason: String) -> Item {
         Item::Refuse {
             id: self.d.id.clone(),
             decision_fence: self.d.decision_fence,
@@ -272,7 +313,7 @@ impl Ask<'_> {
 }
 
 impl Round<'_> {
-    fn decide(&mut self, d: &Decide, parsed: &Parsed, proposal: Option<Plan>) -> Item {
+    pub(super) fn decide(&mut self, d: &Decide, parsed: &Parsed, proposal: Option<Plan>) -> Item {
         let ask = Ask {
             d,
             now: self.now,
@@ -317,6 +358,9 @@ impl Round<'_> {
         // Named volumes stick to the engine they were first placed on.
         let pinned = self.pins(prepared);
         let prepared = pinned.as_ref().unwrap_or(prepared);
+        // The group's rules, on what the group holds now.
+        let ruled = self.group_rules(prepared);
+        let prepared = ruled.as_ref().unwrap_or(prepared);
         let strategy = match self.cfg.schedulers.for_type(&prepared.request.kind) {
             Ok(s) => s,
             Err(e) => return ask.refuse(Status::Invalid, e.to_string()),
@@ -331,6 +375,9 @@ impl Round<'_> {
             && let Some(reason) = self.unfit.reason(prepared)
         {
             let reason = reason.to_string();
+            if let Some(together) = self.preempt_for(&ask, prepared, strategy) {
+                return together;
+            }
             return self.unschedulable(&ask, reason);
         }
         let chosen = match verified {
@@ -341,13 +388,16 @@ impl Round<'_> {
             Ok(plan) => self.place(&ask, prepared, strategy, plan),
             Err(u) => {
                 self.unfit.remember(prepared, &u.reason);
+                if let Some(together) = self.preempt_for(&ask, prepared, strategy) {
+                    return together;
+                }
                 self.unschedulable(&ask, u.reason)
             }
         }
     }
 
     /// Reserves the chosen engine in the running view and writes the placement.
-    fn place(
+    pub(super) fn place(
         &mut self,
         ask: &Ask<'_>,
         prepared: &Prepared,
@@ -357,6 +407,7 @@ impl Round<'_> {
         let request = &prepared.request;
         let i = plan.engine;
         let alternatives = self.alternatives(prepared, strategy, i);
+        self.touch(i);
         let e = &mut self.engines[i];
         let soft = if plan.soft_dropped {
             " (soft constraints ignored)"
@@ -372,8 +423,11 @@ impl Round<'_> {
             alternatives,
             ..ask.decision(Status::Placed, reason)
         };
-        e.hold(&ask.d.id, &held);
+        e.hold_at(&ask.d.id, &held, ask.d.request_revision);
         let engine = e.id.clone();
+        if let Some(counts) = held.rank.group.as_ref().and_then(|g| self.groups.get_mut(g)) {
+            counts.placed(&self.engines[i]);
+        }
         let mut volumes = Vec::new();
         for v in &request.volumes {
             if self.volume(v).is_none() {
@@ -394,7 +448,7 @@ impl Round<'_> {
     }
 
     /// Where a named volume lives, if it was placed before (in this round or earlier).
-    fn volume(&self, name: &str) -> Option<EngineId> {
+    pub(super) fn volume(&self, name: &str) -> Option<EngineId> {
         self.fresh
             .get(name)
             .cloned()
@@ -402,7 +456,7 @@ impl Round<'_> {
     }
 
     /// The request held to the engines its named volumes live on, if any of them does.
-    fn pins(&self, prepared: &Prepared) -> Option<Arc<Prepared>> {
+    pub(super) fn pins(&self, prepared: &Prepared) -> Option<Arc<Prepared>> {
         let pins: Vec<(String, EngineId)> = prepared
             .request
             .volumes
@@ -436,7 +490,7 @@ impl Round<'_> {
 
     /// No engine fits. Unschedulable for the same reason as this revision's decision already
     /// says: nothing to write (parked until capacity changes).
-    fn unschedulable(&self, ask: &Ask<'_>, reason: String) -> Item {
+    pub(super) fn unschedulable(&self, ask: &Ask<'_>, reason: String) -> Item {
         // A container that failed to start and has nowhere else to go has failed.
         if let Some(last) = ask.d.history.as_ref().and_then(|r| r.attempts.last()) {
             return ask.refuse(
@@ -450,6 +504,10 @@ impl Round<'_> {
         let reason = format!("{reason}{}", ask.moved());
         match &ask.d.previous {
             Some((Status::Unschedulable, r)) if *r == reason => Item::Park {
+                id: ask.d.id.clone(),
+            },
+            // Preempted, and no room yet: its decision keeps saying by whom while it waits.
+            Some((Status::Preempted, _)) => Item::Park {
                 id: ask.d.id.clone(),
             },
             _ => ask.refuse(Status::Unschedulable, reason),
@@ -498,6 +556,7 @@ mod tests {
             compact_every: None,
             compact_retain: 1,
             max_txn_ops: 128,
+            preempt_gap: 1,
         }
     }
 
@@ -512,6 +571,7 @@ mod tests {
             lifecycle: Lifecycle::Service,
             history: None,
             displaced: None,
+            gang_waited: None,
         })
     }
 

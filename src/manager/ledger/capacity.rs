@@ -112,6 +112,16 @@ impl Ledger {
         self.retry(mirror, fitting);
     }
 
+    /// Takes requests (parked or not) to be decided again.
+    pub(super) fn retry_ids(&mut self, mirror: &Mirror, ids: Vec<RequestId>) {
+        for id in ids {
+            if let Some(p) = self.parked_in.get_mut(&id) {
+                p.since = Since::Retry;
+            }
+            self.classify(mirror, &id);
+        }
+    }
+
     /// Takes requests out of the parked set to be decided again.
     fn retry(&mut self, mirror: &Mirror, ids: Vec<RequestId>) {
         for id in ids {

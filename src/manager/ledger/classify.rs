@@ -9,9 +9,17 @@ use super::parked::Demand;
 use crate::cache::Mirror;
 use crate::model::{RequestId, Status};
 
+/// A pending request's place in the queue: highest priority first, then oldest revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Queued {
+    pub(super) rank: std::cmp::Reverse<i32>,
+    pub(super) revision: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Class {
-    Pending(i64),
+    /// To decide: its place in the queue (highest priority, then oldest revision first).
+    Pending(Queued),
     Release,
     /// Parked (see `parked.rs`), at this request revision, with this demand.
     Waiting(i64, Demand),
@@ -51,8 +59,8 @@ impl Ledger {
             return;
         }
         match old {
-            Some(Class::Pending(rev)) => {
-                self.pending.remove(&(rev, id.clone()));
+            Some(Class::Pending(q)) => {
+                self.pending.remove(&(q, id.clone()));
             }
             Some(Class::Release) => {
                 self.releases.remove(id);
@@ -63,8 +71,8 @@ impl Ledger {
             None => {}
         }
         match new {
-            Some(Class::Pending(rev)) => {
-                self.pending.insert((rev, id.clone()));
+            Some(Class::Pending(q)) => {
+                self.pending.insert((q, id.clone()));
             }
             Some(Class::Release) => {
                 self.releases.insert(id.clone());
@@ -79,6 +87,7 @@ impl Ledger {
             }
             None => {}
         }
+        self.index_gang(mirror, id, new.is_some_and(|c| !matches!(c, Class::Release)));
         match new {
             Some(c) => self.class.insert(id.clone(), c),
             None => {
@@ -98,7 +107,10 @@ impl Ledger {
         let Some(request) = mirror.request(id) else {
             return (decision.is_some() || reserved).then_some(Class::Release);
         };
-        let pending = Class::Pending(request.mod_revision);
+        let pending = Class::Pending(Queued {
+            rank: std::cmp::Reverse(request.priority),
+            revision: request.mod_revision,
+        });
         let Some(d) = decision else {
             return Some(if reserved { Class::Release } else { pending });
         };
@@ -112,9 +124,12 @@ impl Ledger {
             Status::Placed if self.displaced(mirror, id).is_some() => Some(pending),
             Status::Placed => None,
             s if s.is_final() => reserved.then_some(Class::Release),
-            Status::Pending => Some(if reserved { Class::Release } else { pending }),
-            Status::Unschedulable if reserved => Some(Class::Release),
-            Status::Unschedulable => match self.parked_in.get(id) {
+            Status::Pending | Status::Unschedulable | Status::Preempted if reserved => {
+                Some(Class::Release)
+            }
+            // Waiting for room (unschedulable, preempted, or a gang waiting for its members):
+            // parked once the leader found it so, until room that could fit it appears.
+            Status::Pending | Status::Unschedulable | Status::Preempted => match self.parked_in.get(id) {
                 Some(p)
                     if p.since == Since::Parked || p.since == Since::Epoch(self.capacity_epoch) =>
                 {

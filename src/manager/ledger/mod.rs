@@ -16,6 +16,7 @@
 
 mod capacity;
 mod classify;
+mod gangs;
 mod guard;
 mod parked;
 mod work;
@@ -40,8 +41,10 @@ pub struct Ledger {
     guard: Guard,
     /// Each request's work set, if it is in one.
     class: HashMap<RequestId, Class>,
-    /// Requests to decide, oldest revision first.
-    pending: BTreeSet<(i64, RequestId)>,
+    /// Requests to decide, highest priority first, then oldest revision.
+    pending: BTreeSet<(classify::Queued, RequestId)>,
+    /// Gangs' members that wait for a decision, by gang.
+    gangs: gangs::Gangs,
     /// Decisions to delete: their request is gone or changed, or they hold what they should not.
     releases: BTreeSet<RequestId>,
     /// Unschedulable requests waiting for room that could fit them.
@@ -203,6 +206,7 @@ impl Listener for Ledger {
         self.capacity_epoch += 1;
         self.class.clear();
         self.pending.clear();
+        self.gangs.clear();
         self.releases.clear();
         self.waiting = Parked::default();
         self.evicted.clear();

@@ -56,6 +56,8 @@ pub struct Decide {
     pub history: Option<Box<Run>>,
     /// It is placed, but its engine was removed or holds more than it can: move it.
     pub displaced: Option<Displaced>,
+    /// A gang's member: how long its gang has waited for a decision.
+    pub gang_waited: Option<std::time::Duration>,
 }
 
 /// Why a placed request must move.
@@ -107,15 +109,27 @@ impl Ledger {
                 });
             }
         }
-        for (rev, id) in &self.pending {
+        // A gang's members are taken together, whatever the limit: it is placed whole or not.
+        let mut taken: HashSet<&RequestId> = HashSet::new();
+        for (_, id) in &self.pending {
             if work.len() >= max_work {
                 break;
             }
-            if skip.contains(id) {
+            if skip.contains(id) || taken.contains(id) {
                 continue;
             }
-            if let Some(d) = self.decide(mirror, id, *rev) {
-                work.push(Work::Decide(d));
+            let Some(d) = self.decide(mirror, id) else {
+                continue;
+            };
+            work.push(Work::Decide(d));
+            taken.insert(id);
+            for sibling in self.gangs.siblings(id) {
+                if skip.contains(sibling) || !taken.insert(sibling) {
+                    continue;
+                }
+                if let Some(d) = self.decide(mirror, sibling) {
+                    work.push(Work::Decide(d));
+                }
             }
         }
         work
@@ -154,9 +168,10 @@ impl Ledger {
         }
     }
 
-    /// The pending request `id` at revision `rev`, ready to decide.
-    fn decide(&self, mirror: &Mirror, id: &RequestId, rev: i64) -> Option<Decide> {
+    /// The request `id`, waiting for a decision, ready to decide.
+    fn decide(&self, mirror: &Mirror, id: &RequestId) -> Option<Decide> {
         let r = mirror.request(id)?;
+        let rev = r.mod_revision;
         let d = mirror.decision(id);
         Some(Decide {
             id: id.clone(),
@@ -180,6 +195,7 @@ impl Ledger {
                 .filter(|d| matches!(d.status, Status::Pending | Status::Unschedulable))
                 .and_then(|d| d.run.clone()),
             displaced: self.displaced(mirror, id),
+            gang_waited: self.gangs.waited(id, std::time::Instant::now()),
         })
     }
 }
