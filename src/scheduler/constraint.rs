@@ -244,6 +244,12 @@ impl Labels {
         Labels(parsed)
     }
 
+    /// The value of `key`, if the engine has one: the first in sorted order when it has
+    /// several, `None` for a bare key or no such key. What a group's spread domain is.
+    pub fn value<'a>(&'a self, key: &'a str) -> Option<&'a str> {
+        self.values(key_hash(key), key).flatten().next()
+    }
+
     /// Every value of `key` (`None` for a bare key); empty when the engine has no such key.
     /// A binary search on the hash and a short scan, with no allocation.
     fn values<'a>(&'a self, hash: u64, key: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
@@ -300,6 +306,21 @@ mod tests {
             !fits("name==a.b*", &["name=axb"]),
             "glob escapes regex metacharacters"
         );
+    }
+
+    #[test]
+    fn a_value_is_the_first_of_its_key_never_a_bare_one() {
+        // (labels, the value of zone)
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&["zone=a", "ssd"], Some("a")),
+            (&["ssd"], None),
+            (&["zone"], None),
+            (&["zone", "zone=b"], Some("b")),
+            (&["zone=c", "zone=b"], Some("b")),
+        ];
+        for (labels, want) in cases {
+            assert_eq!(Labels::parse(labels).value("zone"), want, "{labels:?}");
+        }
     }
 
     #[test]

@@ -98,6 +98,34 @@ mod tests {
                  1 volume data is on engine e2, 1 affinity request!=web-*",
             ),
             (
+                4,
+                vec![
+                    (
+                        Rejection::GroupNoLabel {
+                            over: "zone".into(),
+                        },
+                        1,
+                    ),
+                    (
+                        Rejection::GroupSkew {
+                            over: "zone".into(),
+                            max_skew: 1,
+                        },
+                        1,
+                    ),
+                    (
+                        Rejection::GroupFull {
+                            group: "web".into(),
+                            max: 2,
+                        },
+                        2,
+                    ),
+                ],
+                false,
+                "0/4 engines fit: 2 max 2 of group web per engine, \
+                 1 spread over zone: skew would exceed 1, 1 no zone label (spread)",
+            ),
+            (
                 3,
                 vec![(Rejection::Cordoned, 1), (Rejection::Cpus, 2)],
                 true,

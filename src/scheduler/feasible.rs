@@ -1,7 +1,8 @@
 //! Feasibility: whether one engine may take a request, and if not, the first filter it fails.
 //!
 //! The filters, in the order they run: hard constraints, then soft ones (each decided once per
-//! engine class, see [`ClassMemo`]); volume pins; the launch policy (only for a request that
+//! engine class, see [`ClassMemo`]); volume pins; group rules (per engine, only for a member
+//! held to them: see [`super::GroupCounts`]); the launch policy (only for a request that
 //! asks for a privilege and is launched); cordoned; unhealthy; cpus, memory, disk and
 //! host ports ([`fits_resources`], what the leader verifies again before a commit); affinity,
 //! last, as it reads what the engine holds.
@@ -35,6 +36,20 @@ pub enum Rejection {
     Affinity(String),
     /// A privilege the engine's launch policy does not allow a launched container.
     Policy(Privilege),
+    /// The engine holds the most members of the request's group it may (`max_per_engine`).
+    GroupFull {
+        group: String,
+        max: u32,
+    },
+    /// One more member in the engine's domain would spread the group too unevenly.
+    GroupSkew {
+        over: String,
+        max_skew: u32,
+    },
+    /// The engine lacks the label the request's group is spread over.
+    GroupNoLabel {
+        over: String,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -50,6 +65,13 @@ impl fmt::Display for Rejection {
             Rejection::Affinity(expr) => write!(f, "affinity {expr}"),
             Rejection::Port(p) => write!(f, "port {p} in use"),
             Rejection::Policy(p) => write!(f, "do not allow {p} (launch policy)"),
+            Rejection::GroupFull { group, max } => {
+                write!(f, "max {max} of group {group} per engine")
+            }
+            Rejection::GroupSkew { over, max_skew } => {
+                write!(f, "spread over {over}: skew would exceed {max_skew}")
+            }
+            Rejection::GroupNoLabel { over } => write!(f, "no {over} label (spread)"),
         }
     }
 }
@@ -61,6 +83,9 @@ pub(super) enum Code {
     Affinity(usize),
     Volume(usize),
     Policy(usize),
+    GroupFull,
+    GroupSkew,
+    GroupNoLabel,
     Cordoned,
     Unhealthy,
     Cpus,
@@ -104,6 +129,9 @@ impl Prepared {
         }
         if let Some(i) = self.pins.iter().position(|(_, at)| *at != e.id) {
             return Err(Code::Volume(i));
+        }
+        if let Some(g) = &self.group_rules {
+            g.check(e)?;
         }
         if !self.privileges.is_empty()
             && (self.request.image.launch || e.launch_all)
@@ -160,6 +188,13 @@ impl Prepared {
                 Rejection::Volume { name, engine }
             }
             Code::Policy(i) => Rejection::Policy(self.privileges[i].clone()),
+            Code::GroupFull | Code::GroupSkew | Code::GroupNoLabel => match &self.group_rules {
+                Some(g) => g.rejection(code),
+                None => Rejection::GroupFull {
+                    group: String::new(),
+                    max: 0,
+                },
+            },
             Code::Cordoned => Rejection::Cordoned,
             Code::Unhealthy => Rejection::Unhealthy,
             Code::Cpus => Rejection::Cpus,
@@ -260,7 +295,7 @@ fn nth_expr(hard: &[Constraint], soft: &[Constraint], i: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{engine, image, place, request, tcp, tenant};
-    use super::super::{Strategy, UNCLASSED};
+    use super::super::{GroupCounts, Strategy, UNCLASSED};
     use super::*;
     use crate::model::{DiskMb, HostVolume, Image, LaunchPolicy, MemoryMb, Millicpus};
     use std::sync::Arc;
@@ -271,6 +306,7 @@ mod tests {
         Hard,
         Soft,
         Volume,
+        Group,
         Policy,
         Cordoned,
         Unhealthy,
@@ -283,14 +319,14 @@ mod tests {
     use Fault::*;
 
     /// The filters in the order they run.
-    const ORDER: [Fault; 11] = [
-        Hard, Soft, Volume, Policy, Cordoned, Unhealthy, Cpus, Memory, Disk, Port, Affinity,
+    const ORDER: [Fault; 12] = [
+        Hard, Soft, Volume, Group, Policy, Cordoned, Unhealthy, Cpus, Memory, Disk, Port, Affinity,
     ];
 
     /// A request that every filter has something to say about (`zone==a`, soft `disk==~ssd`,
-    /// volume `data` on e1, launched with the host's network, 1 cpu, 1024 MB, 100 MB of disk,
-    /// port 80, not beside `web-*`) and engine e1, which passes every filter but those of
-    /// `faults`.
+    /// volume `data` on e1, of group `g` at most 1 per engine, launched with the host's
+    /// network, 1 cpu, 1024 MB, 100 MB of disk, port 80, not beside `web-*`) and engine e1,
+    /// which passes every filter but those of `faults`.
     fn case(faults: &[Fault]) -> (Prepared, EngineView) {
         let has = |f: Fault| faults.contains(&f);
         let zone = if has(Hard) { "zone=b" } else { "zone=a" };
@@ -319,7 +355,14 @@ mod tests {
         if has(Affinity) {
             tenant(&mut e, "web-1", "nginx");
         }
+        if has(Group) {
+            tenant(&mut e, "g-1", "nginx");
+            let t = Arc::make_mut(&mut e.tenants).values_mut().last().unwrap();
+            t.held.rank.group = Some("g".into());
+        }
         let r = Request::from_image(Image {
+            group: Some("g".into()),
+            max_per_engine: Some(1),
             disk: Some(100.0),
             affinity: vec!["request!=web-*".into()],
             network_mode: "host".into(),
@@ -329,7 +372,10 @@ mod tests {
         .unwrap();
         let at = EngineId::new(if has(Volume) { "e2" } else { "e1" }).unwrap();
         let p = Prepared::new(r).unwrap().pinned(vec![("data".into(), at)]);
-        (p, e)
+        let p = GroupCounts::of(&p, std::slice::from_ref(&e))
+            .rules_for(&p)
+            .unwrap();
+        (Prepared::clone(&p), e)
     }
 
     #[test]
@@ -342,6 +388,13 @@ mod tests {
                 Rejection::Volume {
                     name: "data".into(),
                     engine: EngineId::new("e2").unwrap(),
+                },
+            ),
+            (
+                Group,
+                Rejection::GroupFull {
+                    group: "g".into(),
+                    max: 1,
                 },
             ),
             (Policy, Rejection::Policy(Privilege::HostNetwork)),
@@ -469,7 +522,9 @@ mod tests {
             (&[Disk, Port], Err(Rejection::Disk)),
             (&[Port], Err(Rejection::Port(tcp(80)))),
             (
-                &[Hard, Soft, Volume, Policy, Cordoned, Unhealthy, Affinity],
+                &[
+                    Hard, Soft, Volume, Group, Policy, Cordoned, Unhealthy, Affinity,
+                ],
                 Ok(()),
             ),
         ];

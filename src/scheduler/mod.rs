@@ -21,10 +21,15 @@
 //!   parsed.rs     prepare: the bytes parsed and checked as a Request (model), then
 //!   prepared.rs   Prepared: constraints and affinity parsed once, Shape
 //!      │                              │
+//!      ▼                              ▼  a group's: once per round, over every engine
+//!   group.rs      a group's members counted once per round (GroupCounts), kept current as
+//!                 it places them; a member held to max_per_engine and spread (rules_for)
+//!      │                              │
 //!      ▼                              ▼  each engine in turn, from a start the seed picks
-//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → launch
-//!                 policy (a launched request's privileges) → cordoned → unhealthy
-//!                 → cpus, memory, disk, ports (fits_resources) → affinity
+//!   feasible.rs   constraints (hard, then soft; once per class) → volume pins → group
+//!                 rules (per engine) → launch policy (a launched request's privileges)
+//!                 → cordoned → unhealthy → cpus, memory, disk, ports (fits_resources)
+//!                 → affinity
 //!      │ fits                                  │ fails: a Code, counted
 //!      ▼                                       │
 //!   rank.rs       score by strategy; beats: scarcity (binpack), score, containers, id
@@ -49,6 +54,7 @@ mod alternatives;
 pub mod constraint;
 mod explain;
 mod feasible;
+mod group;
 mod parsed;
 mod prepared;
 #[cfg(test)]
@@ -64,6 +70,7 @@ mod view;
 pub use constraint::{Constraint, ConstraintError, Labels};
 pub use explain::Unschedulable;
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
+pub use group::{GroupCounts, GroupFilter};
 pub use parsed::{Parsed, prepare};
 pub use prepared::{Prepared, Shape};
 pub use rank::score;

@@ -5,13 +5,16 @@
 //! It may not look at an engine: whether one fits is [`super::feasible`]'s to say, from what
 //! this stage parsed. A bad expression is refused here, naming its entry.
 
+use std::sync::Arc;
+
+use super::group::{self, GroupFilter};
 use super::{Constraint, ConstraintError, SchedulerError, constraint};
 use crate::model::policy::{Privilege, privileges};
 use crate::model::{DiskMb, EngineId, HostPort, MemoryMb, Millicpus, Request};
 
 /// What decides whether, and why not, a request fits an engine: its demand, its host ports,
 /// its constraints as written and the privileges it asks for with whether it asks to be
-/// launched (affinity and volume pins aside: see
+/// launched (affinity, volume pins and group rules aside: see
 /// [`Prepared::depends_on_placements`]); not its image, name, type or environment. Requests of one shape
 /// are refused alike on the same engines, so when one fits nowhere, neither does the next until
 /// capacity grows (the leader's memo of unschedulable shapes holds them). A request field
@@ -64,6 +67,9 @@ pub struct Prepared {
     pub(super) affinity_soft: Vec<Constraint>,
     /// The engines its named volumes are recorded on (see [`Prepared::pinned`]).
     pub(super) pins: Vec<(String, EngineId)>,
+    /// Its group's rules as this round's placements leave them (see
+    /// [`super::GroupCounts::rules_for`]); `None` for most requests, which pay nothing for it.
+    pub(super) group_rules: Option<Arc<GroupFilter>>,
     /// What it asks of its host beyond an ordinary container (a host path, the host's or
     /// another container's network): found once, here, and empty for most requests, which
     /// then pay nothing for the launch-policy filter. It binds only a request that is launched
@@ -121,6 +127,7 @@ impl Prepared {
             affinity_hard,
             affinity_soft,
             pins: Vec::new(),
+            group_rules: None,
             privileges,
             shape_hash,
         })
@@ -163,10 +170,23 @@ impl Prepared {
         }
     }
 
-    /// It asks for more than resources, ports and labels (affinity or a pinned volume): a
-    /// plan for it made on another view must be made again, not only re-verified.
+    /// The same request, held to its group's rules as they stand in this round.
+    pub(super) fn held_to_group(&self, rules: Arc<GroupFilter>) -> Prepared {
+        Prepared {
+            group_rules: Some(rules),
+            ..self.clone()
+        }
+    }
+
+    /// It asks for more than resources, ports and labels (affinity, a pinned volume, or a
+    /// group with rules, held to them or not yet): a plan for it made on another view must be
+    /// made again, not only re-verified.
     pub fn depends_on_placements(&self) -> bool {
-        !self.affinity_hard.is_empty() || !self.affinity_soft.is_empty() || !self.pins.is_empty()
+        !self.affinity_hard.is_empty()
+            || !self.affinity_soft.is_empty()
+            || !self.pins.is_empty()
+            || self.group_rules.is_some()
+            || self.request.group.as_ref().is_some_and(group::has_rules)
     }
 
     /// It has soft constraints or soft affinity: a scan that finds no engine meeting them is

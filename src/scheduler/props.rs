@@ -1,7 +1,9 @@
 //! Property tests of the scheduling core (issue 16): exact ties do not depend on how engines
 //! are named, affinity is never violated when requests are placed one after another on a
 //! view that records each placement, and a launched request never goes to an engine whose
-//! launch policy forbids what it asks of the host. (Binpack against first-fit, on the fleets `bench
+//! launch policy forbids what it asks of the host, and members of a group placed one by one
+//! keep to its `max_per_engine` and `spread` and are refused only where the rules (or the other
+//! filters) leave no engine. (Binpack against first-fit, on the fleets `bench
 //! --quality` draws, is `tests/quality.rs`.)
 
 use std::collections::BTreeMap;
@@ -9,7 +11,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 use proptest::strategy::Strategy as _;
 
-use super::testing::{engine, image, request, request_with_affinity};
+use super::testing::{engine, engine_in_class, image, request, request_with_affinity};
 use super::*;
 use crate::model::{Held, HostVolume, Image, LaunchPolicy, Request, RequestId};
 
@@ -155,6 +157,127 @@ proptest! {
                         prop_assert!(!could, "{} could take request {n}", e.id);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The spread label's value on `e`, as the rules read it: its `zone`.
+fn zone_of(e: &EngineView) -> Option<&str> {
+    e.labels.value("zone")
+}
+
+/// Members of group `g` on `e`, from its tenants.
+fn members_on(e: &EngineView, g: &str) -> usize {
+    e.tenants
+        .values()
+        .filter(|t| t.held.rank.group.as_deref() == Some(g))
+        .count()
+}
+
+/// Members of group `g` per spread domain, counted by brute force from the view: the domains
+/// are the zones of the engines that are not cordoned and not in the excluded zone; members
+/// count on any engine of a domain outside it.
+fn domain_counts(view: &[EngineView], g: &str, excluded: Option<&str>) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = view
+        .iter()
+        .filter(|e| !e.cordoned)
+        .filter_map(zone_of)
+        .filter(|z| Some(*z) != excluded)
+        .map(|z| (z.to_string(), 0))
+        .collect();
+    for e in view {
+        if let Some(n) = zone_of(e).and_then(|z| counts.get_mut(z)) {
+            *n += members_on(e, g);
+        }
+    }
+    counts
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Members of one group, placed one by one with `schedule` on engines of zones a, b, c or
+    /// none (one class per zone), some cordoned, of random capacities, the counts kept current
+    /// after each placement: every placement leaves the skew over the eligible zones at most
+    /// `max_skew` and no engine above `max_per_engine`, and a member is refused only when
+    /// no engine could take it under the rules (checked engine by engine, by brute force).
+    #[test]
+    fn group_rules_hold_and_refuse_only_when_nothing_could_take_a_member(
+        es in proptest::collection::vec((0u8..4, any::<bool>(), 1u32..6_000), 1..10),
+        members in proptest::collection::vec(1u32..2_000, 1..30),
+        max_per_engine in proptest::option::of(1u64..4),
+        max_skew in proptest::option::of(1u64..3),
+        exclude_c in any::<bool>(),
+        strategy in 0u8..3,
+        sample in proptest::prop_oneof![Just(usize::MAX), 1usize..4],
+    ) {
+        let strategy = [Strategy::Spread, Strategy::Binpack, Strategy::Random][strategy as usize];
+        let mut view: Vec<EngineView> = es.iter().enumerate().map(|(i, (z, cordoned, cpus))| {
+            let label = format!("zone={}", ["a", "b", "c", ""][*z as usize]);
+            let labels: &[&str] = if *z == 3 { &[] } else { &[label.as_str()] };
+            let mut e = engine_in_class(&format!("e{i}"), milli(*cpus), 65536.0, labels, u32::from(*z));
+            e.cordoned = *cordoned && i % 3 == 0;
+            e
+        }).collect();
+        let constraints: &[&str] = if exclude_c { &["zone!=c"] } else { &[] };
+        let excluded = exclude_c.then_some("c");
+        let spread = max_skew.map(|s| serde_json::from_value(serde_json::json!({"over": "zone", "max_skew": s})).unwrap());
+        let member = |cpus: u32| {
+            let r = Request::from_image(Image {
+                group: Some("web".into()),
+                max_per_engine,
+                spread: spread.clone(),
+                ..image(milli(cpus), 1.0, constraints, &[])
+            }).unwrap();
+            Prepared::new(r).unwrap()
+        };
+        let mut counts = GroupCounts::of(&member(1), &view);
+        for (n, cpus) in members.iter().enumerate() {
+            let p = member(*cpus);
+            let ruled = counts.rules_for(&p);
+            prop_assert_eq!(ruled.is_some(), max_per_engine.is_some() || max_skew.is_some());
+            let q = ruled.as_deref().unwrap_or(&p);
+            match schedule(q, &view, strategy, n as u64, sample) {
+                Ok(plan) => {
+                    let id = RequestId::new(format!("web-{n}")).unwrap();
+                    view[plan.engine].hold(&id, &Held::of(&p.request));
+                    counts.placed(&view[plan.engine]);
+                    let e = &view[plan.engine];
+                    if let Some(k) = max_per_engine {
+                        prop_assert!(members_on(e, "web") as u64 <= k, "{} holds more than {k}", e.id);
+                    }
+                    if let Some(s) = max_skew {
+                        let d = domain_counts(&view, "web", excluded);
+                        let skew = d.values().max().unwrap() - d.values().min().unwrap();
+                        prop_assert!(skew as u64 <= s, "member {n} on {}: skew {skew} over {d:?}", e.id);
+                        prop_assert_eq!(counts.skew(), Some(skew as u32));
+                    }
+                }
+                Err(u) => {
+                    let d = domain_counts(&view, "web", excluded);
+                    let min = d.values().min().copied().unwrap_or(0);
+                    for e in &view {
+                        // Every other filter, without the rules: constraints, cordon, room.
+                        let others = p.verdict(e, true).is_ok();
+                        let room = max_per_engine.is_none_or(|k| (members_on(e, "web") as u64) < k);
+                        let even = max_skew.is_none_or(|s| {
+                            zone_of(e).is_some_and(|z| d.get(z).is_none_or(|c| (c + 1 - min) as u64 <= s))
+                        });
+                        prop_assert!(!(others && room && even), "{} could take member {n}: {}", e.id, u.reason);
+                    }
+                }
+            }
+            // The counts kept current agree with counts taken afresh.
+            let fresh = GroupCounts::of(&p, &view);
+            for e in &view {
+                prop_assert_eq!(counts.on_engine(&e.id), fresh.on_engine(&e.id));
+            }
+            prop_assert_eq!(counts.skew(), fresh.skew());
+        }
+        for e in &view {
+            if let Some(k) = max_per_engine {
+                prop_assert!(members_on(e, "web") as u64 <= k, "{} holds more than {k}", e.id);
             }
         }
     }
