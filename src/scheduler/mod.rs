@@ -39,6 +39,11 @@
 //!
 //!   rank():  alternatives.rs   every engine that passes feasible.rs, in rank.rs's order,
 //!                              the first `limit` (no sample, no draw)
+//!
+//!   preempt(): preemption.rs   when nothing fits: per engine, evict every eligible tenant
+//!                              (settled, preemptible, lower by the gap), give back the most
+//!                              important while feasible.rs still passes; the engine whose
+//!                              victims disturb least (highest priority, sum, count, newest)
 //! ```
 //!
 //! Beside the pipeline: `constraint.rs` parses and matches label expressions, `strategy.rs`
@@ -50,6 +55,7 @@ pub mod constraint;
 mod explain;
 mod feasible;
 mod parsed;
+mod preemption;
 mod prepared;
 #[cfg(test)]
 mod props;
@@ -65,6 +71,7 @@ pub use constraint::{Constraint, ConstraintError, Labels};
 pub use explain::Unschedulable;
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use parsed::{Parsed, prepare};
+pub use preemption::{PreemptOptions, Preemption, candidates_for, preempt, victims_on};
 pub use prepared::{Prepared, Shape};
 pub use rank::score;
 pub use scarcity::Scarcity;
