@@ -702,4 +702,322 @@ mod tests {
         let p = Prepared::new(r).unwrap();
         assert_eq!(victims_on(&p, &e, 1, &unbounded), None);
     }
+
+    /// What one `preempt` costs on 5,000 engines of 4 tenants each (every engine full), in
+    /// three cases: every engine a candidate (the scan stops after `candidates_for`); no
+    /// engine eligible (the whole fleet scanned, each ruled out by arithmetic); and a request
+    /// with affinity (each candidate decided on a copy of its view). A timing, not a check:
+    /// `cargo test --release --lib preempt_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing, not a check"]
+    fn preempt_cost_on_5000_engines() {
+        let n = 5_000;
+        let es: Vec<EngineView> = (0..n)
+            .map(|i| {
+                let mut e = engine(&format!("e{i}"), 4.0, 4096.0, &[]);
+                for k in 0..4 {
+                    let priority = ((i + k) % 5) as i32;
+                    let revision = (i * 4 + k) as i64 + 1;
+                    occupy(
+                        &mut e,
+                        &format!("e{i}-t{k}"),
+                        1000,
+                        1024,
+                        &[],
+                        rank(priority, true),
+                        revision,
+                    );
+                }
+                e
+            })
+            .collect();
+        let mut anti = request_with_affinity(1.5, 1024.0, &[], &["request!=web-*"]);
+        anti.priority = 10;
+        let cases = [
+            (
+                "candidates everywhere",
+                prepared_at(10, 1.5, 1024.0, &[], &[]),
+            ),
+            ("nothing eligible", prepared_at(0, 1.5, 1024.0, &[], &[])),
+            ("with affinity", Prepared::new(anti).unwrap()),
+        ];
+        for (what, p) in cases {
+            let calls = 200;
+            let t = std::time::Instant::now();
+            for s in 0..calls {
+                let opts = PreemptOptions {
+                    gap: 1,
+                    max_candidates: candidates_for(n),
+                    start: s * 7919 % n,
+                };
+                std::hint::black_box(preempt(&p, &es, &opts, &unbounded));
+            }
+            let each = t.elapsed() / calls as u32;
+            eprintln!(
+                "{what}: {each:?} per preempt ({:.0}/s)",
+                1.0 / each.as_secs_f64()
+            );
+        }
+    }
+
+    mod properties {
+        use super::super::super::fits_resources;
+        use super::super::super::testing::image;
+        use super::*;
+        use crate::model::{Image, Request};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+
+        /// A tenant: millicpus, MB, priority, preemptible, a tcp port 80+n, request
+        /// revision, in flight, group g0/g1.
+        type T = (u64, u64, i32, bool, Option<u16>, i64, bool, Option<u8>);
+
+        fn tenants() -> impl proptest::strategy::Strategy<Value = Vec<T>> {
+            proptest::collection::vec(
+                (
+                    0u64..2_500,
+                    0u64..2_500,
+                    -2i32..7,
+                    prop::bool::weighted(0.8),
+                    proptest::option::weighted(0.3, 0u16..3),
+                    1i64..20,
+                    prop::bool::weighted(0.1),
+                    proptest::option::weighted(0.4, 0u8..2),
+                ),
+                0..=8,
+            )
+        }
+
+        /// Engines of 4 cpus and 4096 MB holding what fits of `tenants`, `e{i}-t{k}`; a few
+        /// cordoned.
+        fn fleet(es: &[(bool, Vec<T>)]) -> Vec<EngineView> {
+            es.iter()
+                .enumerate()
+                .map(|(i, (cordoned, ts))| {
+                    let mut e = engine(&format!("e{i}"), 4.0, 4096.0, &[]);
+                    e.cordoned = *cordoned;
+                    for (k, (c, m, prio, pre, port, rev, flight, g)) in ts.iter().enumerate() {
+                        let ports: Vec<u16> = port.iter().map(|n| 80 + n).collect();
+                        let room = e.reserved_cpus.0 + c <= e.cpus.0
+                            && e.reserved_memory.0 + m <= e.memory.0
+                            && ports.iter().all(|n| !e.ports.contains(&tcp(*n)));
+                        if !room {
+                            continue;
+                        }
+                        let rank = Rank {
+                            group: g.map(|g| format!("g{g}").into()),
+                            ..rank(*prio, *pre)
+                        };
+                        let id = format!("e{i}-t{k}");
+                        occupy(&mut e, &id, *c, *m, &ports, rank, *rev);
+                        if *flight {
+                            let id = RequestId::new(id).unwrap();
+                            Arc::make_mut(&mut e.tenants).get_mut(&id).unwrap().decision = 0;
+                        }
+                    }
+                    e
+                })
+                .collect()
+        }
+
+        /// A request of `priority` for `millicpus` and `memory` MB, binding `port`, with
+        /// anti-affinity `anti` (none, to every tenant of e0, to one tenant of e1).
+        fn asking(
+            priority: i32,
+            millicpus: u64,
+            memory: u64,
+            port: Option<u16>,
+            anti: u8,
+        ) -> Prepared {
+            let ports: Vec<u16> = port.iter().map(|n| 80 + n).collect();
+            let affinity = match anti {
+                1 => vec!["request!=e0-*".to_string()],
+                2 => vec!["request!=e1-t1".to_string()],
+                _ => vec![],
+            };
+            let mut r = Request::from_image(Image {
+                affinity,
+                ..image(millicpus as f64 / 1000.0, memory as f64, &[], &ports)
+            })
+            .unwrap();
+            r.priority = priority;
+            Prepared::new(r).unwrap()
+        }
+
+        /// The same request with an affinity every engine meets: it takes the path that
+        /// decides on a copy of the view.
+        fn on_copies(p: &Prepared) -> Prepared {
+            let mut r = p.request.clone();
+            r.affinity.push("image!=never-*".into());
+            Prepared::new(r).unwrap()
+        }
+
+        fn tenant<'a>(e: &'a EngineView, id: &RequestId) -> &'a Tenant {
+            e.tenants
+                .get(id)
+                .expect("a victim is a tenant of its engine")
+        }
+
+        /// `e` with `victims` evicted.
+        fn without(e: &EngineView, victims: &[RequestId]) -> EngineView {
+            let mut e = e.clone();
+            for v in victims {
+                assert!(e.evict(v).is_some());
+            }
+            e
+        }
+
+        /// (highest priority, sum, count) of victims on `e`.
+        fn weight(e: &EngineView, victims: &[RequestId]) -> (i64, i64, usize) {
+            let prios = victims
+                .iter()
+                .map(|v| i64::from(tenant(e, v).held.rank.priority));
+            (
+                prios.clone().max().unwrap_or(i64::MIN),
+                prios.sum(),
+                victims.len(),
+            )
+        }
+
+        /// Brute force over every subset of the eligible tenants on `e`: the lowest highest
+        /// priority of those whose eviction lets `p` pass every filter, if any does.
+        fn least_highest(p: &Prepared, e: &EngineView, gap: u32) -> Option<i64> {
+            let limit = i64::from(p.request.priority) - i64::from(gap.max(1));
+            let eligible: Vec<(&RequestId, &Tenant)> = e
+                .tenants
+                .iter()
+                .filter(|(_, t)| {
+                    t.decision != 0
+                        && t.held.rank.preemptible
+                        && i64::from(t.held.rank.priority) <= limit
+                })
+                .collect();
+            let mut best = None;
+            for mask in 0u32..(1 << eligible.len()) {
+                let subset: Vec<RequestId> = eligible
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| mask & (1 << k) != 0)
+                    .map(|(_, (id, _))| (*id).clone())
+                    .collect();
+                if p.verdict(&without(e, &subset), false).is_ok() {
+                    let (highest, _, _) = weight(e, &subset);
+                    best = Some(best.map_or(highest, |b: i64| b.min(highest)));
+                }
+            }
+            best
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Preemption never takes what it may not, leaves room for the request where it
+            /// says, evicts no victim it could have kept, and its highest victim priority is
+            /// the lowest any subset of tenants on any engine could achieve.
+            #[test]
+            fn victims_are_eligible_sufficient_and_as_low_as_brute_force_finds(
+                es in proptest::collection::vec((prop::bool::weighted(0.1), tenants()), 1..=4),
+                (priority, millicpus, memory) in (0i32..8, 1u64..4_000, 0u64..4_096),
+                port in proptest::option::weighted(0.3, 0u16..3),
+                anti in 0u8..4,
+                gap in 0u32..3,
+                budgets in proptest::option::weighted(0.3, (proptest::option::of(0u32..3), proptest::option::of(0u32..3))),
+                start in 0usize..8,
+            ) {
+                let view = fleet(&es);
+                let p = asking(priority, millicpus, memory, port, anti);
+                let left = |g: &str| match (budgets, g) {
+                    (Some((b, _)), "g0") => b,
+                    (Some((_, b)), "g1") => b,
+                    _ => None,
+                };
+                let opts = PreemptOptions { gap, max_candidates: usize::MAX, start };
+                let chosen = preempt(&p, &view, &opts, &left);
+                if let Some(c) = &chosen {
+                    let e = &view[c.engine];
+                    let limit = i64::from(priority) - i64::from(gap.max(1));
+                    let mut taken: BTreeMap<&str, u32> = BTreeMap::new();
+                    for v in &c.victims {
+                        let t = tenant(e, v);
+                        prop_assert!(t.decision != 0, "{v} in flight");
+                        prop_assert!(t.held.rank.preemptible, "{v} not preemptible");
+                        prop_assert!(i64::from(t.held.rank.priority) <= limit, "{v} of priority {} for {priority}, gap {gap}", t.held.rank.priority);
+                        if let Some(g) = t.held.rank.group.as_deref() {
+                            *taken.entry(g).or_default() += 1;
+                        }
+                    }
+                    for (g, n) in taken {
+                        prop_assert!(left(g).is_none_or(|b| n <= b), "{n} of {g}");
+                    }
+                    let after = without(e, &c.victims);
+                    prop_assert!(fits_resources(&p.request, &after).is_ok());
+                    prop_assert_eq!(p.verdict(&after, false), Ok(()));
+                    // No victim could be given back alone.
+                    for v in &c.victims {
+                        let mut back = after.clone();
+                        back.restore(v, tenant(e, v).clone());
+                        prop_assert!(p.verdict(&back, false).is_err(), "{v} could stay");
+                    }
+                    // The choice is the least costly of the engines' own victims.
+                    for (i, other) in view.iter().enumerate() {
+                        if let Some(vs) = victims_on(&p, other, gap, &left) {
+                            prop_assert!(weight(e, &c.victims) <= weight(other, &vs), "e{i} costs less");
+                        }
+                    }
+                }
+                // Deciding on copies of the view agrees with the arithmetic.
+                if anti == 0 || anti == 3 {
+                    prop_assert_eq!(&preempt(&on_copies(&p), &view, &opts, &left), &chosen);
+                }
+                if budgets.is_none() {
+                    let least: Vec<Option<i64>> = view.iter().map(|e| least_highest(&p, e, gap)).collect();
+                    for (e, least) in view.iter().zip(&least) {
+                        let got = victims_on(&p, e, gap, &left);
+                        prop_assert_eq!(got.is_some(), least.is_some(), "{}", e.id);
+                        if let Some(vs) = got {
+                            prop_assert_eq!(Some(weight(e, &vs).0), *least, "{}: {:?}", e.id, vs);
+                        }
+                    }
+                    let best = least.iter().flatten().min().copied();
+                    prop_assert_eq!(chosen.as_ref().map(|c| weight(&view[c.engine], &c.victims).0), best);
+                }
+            }
+
+            /// No loops: once a request has preempted, none of its victims, asking again
+            /// for what it held at its own priority, can ever evict it.
+            #[test]
+            fn a_victim_never_evicts_its_preemptor(
+                es in proptest::collection::vec((Just(false), tenants()), 1..=4),
+                (priority, millicpus, memory) in (-1i32..8, 1u64..4_000, 0u64..4_096),
+                port in proptest::option::weighted(0.3, 0u16..3),
+                gap in 0u32..3,
+            ) {
+                let mut view = fleet(&es);
+                let p = asking(priority, millicpus, memory, port, 0);
+                let opts = PreemptOptions { gap, max_candidates: usize::MAX, start: 0 };
+                let Some(c) = preempt(&p, &view, &opts, &unbounded) else { return Ok(()) };
+                let evicted: Vec<Tenant> = c.victims.iter().map(|v| view[c.engine].evict(v).unwrap()).collect();
+                let me = RequestId::new("preemptor").unwrap();
+                let held = Held { rank: rank(priority, true), ..Held::of(&p.request) };
+                occupy(&mut view[c.engine], "preemptor", held.cpus.0, held.memory.0, &port.iter().map(|n| 80 + n).collect::<Vec<_>>(), held.rank, 100);
+                for t in evicted {
+                    let mut r = p.request.clone();
+                    r.priority = t.held.rank.priority;
+                    r.cpus = t.held.cpus;
+                    r.memory = t.held.memory;
+                    r.ports = t.held.ports.clone();
+                    let back = Prepared::new(r).unwrap();
+                    if let Some(again) = preempt(&back, &view, &opts, &unbounded) {
+                        prop_assert!(!again.victims.contains(&me), "a victim of {} evicts its preemptor of {priority}", t.held.rank.priority);
+                    }
+                    for e in &view {
+                        if let Some(vs) = victims_on(&back, e, gap, &unbounded) {
+                            prop_assert!(!vs.contains(&me));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
