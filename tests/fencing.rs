@@ -53,6 +53,7 @@ fn placement_on(
             disk: citadel::model::DiskMb(0),
             ports: vec![],
             image: "".into(),
+            rank: Default::default(),
         },
         decision: Decision {
             container: serde_json::json!({}).into(),
@@ -63,6 +64,10 @@ fn placement_on(
                 disk: 0.0,
                 ports: vec![],
                 image: String::new(),
+                priority: 0,
+                preemptible: true,
+                group: String::new(),
+                disruption_budget: None,
             }),
             status: Status::Placed,
             reason: String::new(),
@@ -72,6 +77,8 @@ fn placement_on(
             decided_at: String::new(),
             decided_by: by.into(),
             run: None,
+            preempted_by: String::new(),
+            preempted: Vec::new(),
         },
         volumes: Vec::new(),
     }
