@@ -918,7 +918,7 @@ mod tests {
             #[test]
             fn victims_are_eligible_sufficient_and_as_low_as_brute_force_finds(
                 es in proptest::collection::vec((prop::bool::weighted(0.1), tenants()), 1..=4),
-                (priority, millicpus, memory) in (0i32..8, 1u64..4_000, 0u64..4_096),
+                (priority, millicpus, memory) in (0i32..8, 1u64..4_000, 1u64..4_096),
                 port in proptest::option::weighted(0.3, 0u16..3),
                 anti in 0u8..4,
                 gap in 0u32..3,
@@ -989,7 +989,7 @@ mod tests {
             #[test]
             fn a_victim_never_evicts_its_preemptor(
                 es in proptest::collection::vec((Just(false), tenants()), 1..=4),
-                (priority, millicpus, memory) in (-1i32..8, 1u64..4_000, 0u64..4_096),
+                (priority, millicpus, memory) in (-1i32..8, 1u64..4_000, 1u64..4_096),
                 port in proptest::option::weighted(0.3, 0u16..3),
                 gap in 0u32..3,
             ) {
