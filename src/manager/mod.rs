@@ -503,7 +503,7 @@ impl<'a> Lead<'a> {
             if let Item::Evict { id, decision, .. } = item
                 && let Some(r) = mirror.request(id)
             {
-                decision.container = Echo::of(r.raw());
+                decision.container = crate::model::Echo::of(r.raw());
             }
         }
     }

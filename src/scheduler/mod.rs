@@ -44,6 +44,11 @@
 //!
 //!   rank():  alternatives.rs   every engine that passes feasible.rs, in rank.rs's order,
 //!                              the first `limit` (no sample, no draw)
+//!
+//!   preempt(): preemption.rs   when nothing fits: per engine, evict every eligible tenant
+//!                              (settled, preemptible, lower by the gap), give back the most
+//!                              important while feasible.rs still passes; the engine whose
+//!                              victims disturb least (highest priority, sum, count, newest)
 //! ```
 //!
 //! Beside the pipeline: `constraint.rs` parses and matches label expressions, `strategy.rs`
@@ -56,6 +61,7 @@ mod explain;
 mod feasible;
 mod group;
 mod parsed;
+mod preemption;
 mod prepared;
 #[cfg(test)]
 mod props;
@@ -72,6 +78,7 @@ pub use explain::Unschedulable;
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use group::{GroupCounts, GroupFilter};
 pub use parsed::{Parsed, prepare};
+pub use preemption::{PreemptOptions, Preemption, candidates_for, preempt, victims_on};
 pub use prepared::{Prepared, Shape};
 pub use rank::score;
 pub use scarcity::Scarcity;

@@ -112,3 +112,53 @@ pub(crate) fn tenant(e: &mut EngineView, id: &str, image: &str) {
         },
     );
 }
+
+/// A placement's standing: `priority`, preemptible or not, in no group.
+pub(crate) fn rank(priority: i32, preemptible: bool) -> crate::model::Rank {
+    crate::model::Rank {
+        priority,
+        preemptible,
+        ..crate::model::Rank::default()
+    }
+}
+
+/// Places request `id` on `e` as a settled tenant (its decision written, at `revision`, the
+/// revision of the request it answers): `millicpus`, `memory` MB and the tcp `ports` reserved,
+/// with standing `rank`.
+pub(crate) fn occupy(
+    e: &mut EngineView,
+    id: &str,
+    millicpus: u64,
+    memory: u64,
+    ports: &[u16],
+    rank: crate::model::Rank,
+    revision: i64,
+) {
+    let held = crate::model::Held {
+        cpus: crate::model::Millicpus(millicpus),
+        memory: crate::model::MemoryMb(memory),
+        disk: crate::model::DiskMb(0),
+        ports: ports.iter().map(|p| tcp(*p)).collect(),
+        image: "img".into(),
+        rank,
+    };
+    let id = RequestId::new(id).unwrap();
+    e.hold_at(&id, &held, revision);
+    std::sync::Arc::make_mut(&mut e.tenants)
+        .get_mut(&id)
+        .unwrap()
+        .decision = revision.max(1);
+}
+
+/// A [`prepared`] request of `priority`.
+pub(crate) fn prepared_at(
+    priority: i32,
+    cpus: f64,
+    memory: f64,
+    labels: &[&str],
+    ports: &[u16],
+) -> Prepared {
+    let mut r = request(cpus, memory, labels, ports);
+    r.priority = priority;
+    Prepared::new(r).unwrap()
+}
