@@ -21,9 +21,7 @@ use crate::model::{
     Alternative, Attempt, Decision, Echo, EngineId, Held, Lifecycle, RequestId, Reservation, Run,
     Status,
 };
-use crate::scheduler::{
-    self, EngineView, GroupCounts, Parsed, Plan, Prepared, Strategy, prepare,
-};
+use crate::scheduler::{self, EngineView, GroupCounts, Parsed, Plan, Prepared, Strategy, prepare};
 
 /// Decides a snapshot's work: pure, no I/O. Placements are verified against, and applied to,
 /// `engines` (the running view) as they are accepted.
@@ -57,6 +55,7 @@ pub fn plan(
         groups: HashMap::new(),
         evicted: HashMap::new(),
         journal: None,
+        lowest: None,
     };
     // A gang's members come one after another (the ledger takes them together): the gang is
     // decided whole where its last member is met, in the order of the work.
@@ -252,6 +251,8 @@ pub(super) struct Round<'a> {
     pub(super) evicted: HashMap<Arc<str>, u32>,
     /// While a gang is tried: each engine it changed, as it was before.
     pub(super) journal: Option<Vec<(usize, EngineView)>>,
+    /// The lowest priority any engine holds, once looked up this round.
+    pub(super) lowest: Option<Option<i32>>,
 }
 
 /// A request to decide, and when and by whom the decision is made.
@@ -425,7 +426,12 @@ impl Round<'_> {
         };
         e.hold_at(&ask.d.id, &held, ask.d.request_revision);
         let engine = e.id.clone();
-        if let Some(counts) = held.rank.group.as_ref().and_then(|g| self.groups.get_mut(g)) {
+        if let Some(counts) = held
+            .rank
+            .group
+            .as_ref()
+            .and_then(|g| self.groups.get_mut(g))
+        {
             counts.placed(&self.engines[i]);
         }
         let mut volumes = Vec::new();

@@ -61,6 +61,11 @@ impl Round<'_> {
         if floor < i64::from(i32::MIN) || self.engines.is_empty() {
             return None;
         }
+        // Nothing placed is low enough (or nothing placed is known by its priority: engines
+        // keep their tenants only once some request has a priority or a group).
+        if self.lowest().is_none_or(|low| i64::from(low) > floor) {
+            return None;
+        }
         let opts = PreemptOptions {
             gap: self.cfg.preempt_gap,
             max_candidates: scheduler::candidates_for(self.engines.len()),
@@ -74,6 +79,11 @@ impl Round<'_> {
             Some(budget.saturating_sub(taken))
         };
         let chosen = scheduler::preempt(prepared, self.engines, &opts, &budget_left)?;
+        // It fits with nothing evicted: the view changed since it was found not to (the
+        // memo of shapes that fit nowhere); it is decided with the next capacity epoch.
+        if chosen.victims.is_empty() {
+            return None;
+        }
         let i = chosen.engine;
         let mut parts = Vec::with_capacity(chosen.victims.len() + 1);
         let mut names = Vec::with_capacity(chosen.victims.len());
@@ -157,6 +167,22 @@ impl Round<'_> {
             },
             agent: AgentOps::default(),
         }
+    }
+
+    /// The lowest priority placed and evictable anywhere, once per round (placements this
+    /// round adds are not evictable: their decisions are not written yet).
+    fn lowest(&mut self) -> Option<i32> {
+        if self.lowest.is_none() {
+            let low = self
+                .engines
+                .iter()
+                .flat_map(|e| e.tenants.values())
+                .filter(|t| t.held.rank.preemptible && t.decision != 0)
+                .map(|t| t.held.rank.priority)
+                .min();
+            self.lowest = Some(low);
+        }
+        self.lowest.flatten()
     }
 
     /// Each group's disruption budget, from what its members hold (the lowest any member
@@ -288,8 +314,13 @@ impl Round<'_> {
             .schedulers
             .for_type(&prepared.request.kind)
             .map_err(|e| e.to_string())?;
-        match scheduler::schedule(prepared, self.engines, strategy, seed(&ask.d.id), self.sample)
-        {
+        match scheduler::schedule(
+            prepared,
+            self.engines,
+            strategy,
+            seed(&ask.d.id),
+            self.sample,
+        ) {
             Ok(plan) => Ok(vec![self.place(ask, prepared, strategy, plan)]),
             Err(u) => self.preempting(ask, prepared, strategy).ok_or(u.reason),
         }

@@ -87,7 +87,11 @@ impl Ledger {
             }
             None => {}
         }
-        self.index_gang(mirror, id, new.is_some_and(|c| !matches!(c, Class::Release)));
+        self.index_gang(
+            mirror,
+            id,
+            new.is_some_and(|c| !matches!(c, Class::Release)),
+        );
         match new {
             Some(c) => self.class.insert(id.clone(), c),
             None => {
@@ -129,14 +133,17 @@ impl Ledger {
             }
             // Waiting for room (unschedulable, preempted, or a gang waiting for its members):
             // parked once the leader found it so, until room that could fit it appears.
-            Status::Pending | Status::Unschedulable | Status::Preempted => match self.parked_in.get(id) {
-                Some(p)
-                    if p.since == Since::Parked || p.since == Since::Epoch(self.capacity_epoch) =>
-                {
-                    Some(Class::Waiting(request.mod_revision, p.demand))
+            Status::Pending | Status::Unschedulable | Status::Preempted => {
+                match self.parked_in.get(id) {
+                    Some(p)
+                        if p.since == Since::Parked
+                            || p.since == Since::Epoch(self.capacity_epoch) =>
+                    {
+                        Some(Class::Waiting(request.mod_revision, p.demand))
+                    }
+                    _ => Some(pending),
                 }
-                _ => Some(pending),
-            },
+            }
             _ => reserved.then_some(Class::Release),
         }
     }
