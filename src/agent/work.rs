@@ -328,11 +328,33 @@ impl Agent {
         for c in actual {
             by_request.entry(c.request_id.clone()).or_default().push(c);
         }
+        // What no assignment holds goes first, once the list of assignments was read (and the
+        // lease is alive): a preempted request's container, or a moved one's, is stopped before
+        // anything new starts here, so the request that took its room never runs beside it.
+        if desired.loaded {
+            let orphans: Vec<String> = by_request
+                .keys()
+                .filter(|id| {
+                    RequestId::new(id.as_str()).map_or(true, |id| !desired.items.contains_key(&id))
+                })
+                .cloned()
+                .collect();
+            for id in orphans {
+                for c in by_request.remove(&id).into_iter().flatten() {
+                    self.remove(c);
+                }
+            }
+        }
+        let removing = !lock(&self.removing).is_empty();
         for (id, a) in &desired.items {
             let found = by_request.remove(id.as_str()).and_then(pick);
             match (&a.plan, found) {
                 (Err(why), _) => {
                     self.report(id, a.rev, None, why).await;
+                }
+                // Started once what is being removed has stopped (its removal pokes a round).
+                (Ok(_), None) if removing => {
+                    tracing::debug!(request = %id, "launch held until removed containers have stopped");
                 }
                 (Ok(spec), None) => self.launch(id, a.rev, spec.clone()),
                 (Ok(_), Some(c)) => {
@@ -355,10 +377,6 @@ impl Agent {
         }
         if !desired.loaded {
             return Ok(());
-        }
-        // What is left has no assignment: ours to remove, as the lease is alive.
-        for c in by_request.into_values().flatten() {
-            self.remove(c);
         }
         let stale: Vec<RequestId> = lock(&self.reported)
             .keys()
@@ -434,13 +452,25 @@ impl Agent {
             "removing a container no assignment holds");
         let agent = self.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                docker::stop_and_remove_id(&agent.docker, &c.id, agent.cfg.stop_grace).await
+            // Bounded: a Docker that hangs holds launches back for no longer than this.
+            let bound = agent.cfg.stop_grace + DOCKER_TIMEOUT;
+            match tokio::time::timeout(
+                bound,
+                docker::stop_and_remove_id(&agent.docker, &c.id, agent.cfg.stop_grace),
+            )
+            .await
             {
-                tracing::warn!(container = %crate::docker::short_id(&c.id), error = %e, "cannot remove");
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(container = %crate::docker::short_id(&c.id), error = %e, "cannot remove")
+                }
+                Err(_) => {
+                    tracing::warn!(container = %crate::docker::short_id(&c.id), "removing took over {bound:?}; again later")
+                }
             }
             lock(&agent.cut_stopped).remove(&c.id);
             lock(&agent.removing).remove(&c.id);
+            agent.poke.notify_one();
         });
     }
 }

@@ -16,6 +16,7 @@ pub(super) struct DecisionFacts<'a> {
     pub(super) scheduler: Option<Strategy>,
     pub(super) reservation: Option<&'a Reservation>,
     pub(super) run: Option<Box<Run>>,
+    pub(super) preempted: Option<Box<[String]>>,
 }
 
 impl<'a> DecisionFacts<'a> {
@@ -28,6 +29,7 @@ impl<'a> DecisionFacts<'a> {
             scheduler: d.scheduler.parse().ok(),
             reservation: d.reservation.as_ref(),
             run: d.run.clone().map(Box::new),
+            preempted: (!d.preempted.is_empty()).then(|| d.preempted.clone().into()),
         }
     }
 
@@ -41,6 +43,7 @@ impl<'a> DecisionFacts<'a> {
             scheduler: None,
             reservation: None,
             run: None,
+            preempted: None,
         }
     }
 }
@@ -63,6 +66,8 @@ pub(super) struct DecisionHead {
     scheduler: String,
     #[serde(default)]
     run: Option<Run>,
+    #[serde(default)]
+    preempted: Vec<String>,
     #[serde(rename = "decided_at")]
     _decided_at: IgnoredAny,
     #[serde(rename = "decided_by")]
@@ -91,6 +96,8 @@ impl DecisionHead {
             scheduler: self.scheduler.parse().ok(),
             reservation: self.reservation.as_ref(),
             run: self.run.take().map(Box::new),
+            preempted: (!self.preempted.is_empty())
+                .then(|| std::mem::take(&mut self.preempted).into()),
         }
     }
 }

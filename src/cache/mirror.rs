@@ -69,6 +69,9 @@ pub struct DecisionEntry {
     pub scheduler: Option<Strategy>,
     /// The container's fate, for decisions of launched requests.
     pub run: Option<Box<Run>>,
+    /// A placement that preempted others: the requests it evicted (their containers stop
+    /// before its own starts).
+    pub preempted: Option<Box<[String]>>,
 }
 
 /// A request key whose last segment cannot be a request id, with the decision key that
@@ -591,6 +594,7 @@ impl Mirror {
                 engine,
                 scheduler: d.scheduler,
                 run: d.run,
+                preempted: d.preempted,
             },
         );
         out.push(Change::Decision {

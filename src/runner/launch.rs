@@ -61,11 +61,12 @@ impl Runner {
         &self,
         id: &RequestId,
     ) -> Option<impl std::future::Future<Output = LaunchResult> + Send + 'static> {
-        let (raw, engine) = {
+        let (raw, engine, victims) = {
             let state = self.cache.read();
             let d = state.decision(id)?;
             let engine = d.engine.clone()?;
-            (state.request(id)?.raw().to_vec(), engine)
+            let victims = d.preempted.clone().unwrap_or_default();
+            (state.request(id)?.raw().to_vec(), engine, victims)
         };
         let spec = self.spec_of(&engine)?;
         let request = Request::parse(&raw).ok()?;
@@ -92,7 +93,17 @@ impl Runner {
         )
         .in_cluster(self.keys.prefix());
         let (id, timeout) = (id.clone(), self.cfg.launch_timeout);
+        let (owner, grace) = (self.owner(&engine), self.cfg.stop_grace);
         Some(async move {
+            // The containers of the requests it preempted there stop before it starts; if one
+            // cannot be stopped now, the launch waits for the next try.
+            for victim in victims.iter() {
+                if let Ok(d) = &docker
+                    && let Err(e) = docker::stop_and_remove(d, &owner, victim, grace).await
+                {
+                    return (id, engine, Err(RunnerError::Engine(e)));
+                }
+            }
             let result = match docker {
                 Err(e) => Err(e),
                 Ok(d) => match tokio::time::timeout(timeout, docker::launch(&d, &launch)).await {
