@@ -86,13 +86,17 @@ async fn an_urgent_request_evicts_exactly_the_cheapest_victims_and_they_return_w
 
     // Priority 100 asking 2 cpus: e1's lowest victims make room; the reprieve keeps what it
     // can. Evicting low-old (2 cpus, priority 0) alone is enough, and it is the cheapest.
-    put_request(
-        &client,
-        &keys,
-        "urgent",
-        request_json(2.0, 64, json!({"priority": 100})),
-    )
-    .await;
+    // `citadel plan` says so first, writing nothing.
+    let urgent = request_json(2.0, 64, json!({"priority": 100}));
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let file = request_file(dir.path(), "urgent.json", &urgent);
+    let (code, out, err) = cli(&etcd.endpoint(), &["plan", &file, "--id", "urgent"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("would place urgent on e1 by evicting low-old (priority 0)"),
+        "{out}"
+    );
+    put_request(&client, &keys, "urgent", urgent).await;
     assert_eq!(placed(&client, "urgent").await, "e1");
     let urgent = wait_decision(&client, &keys, "urgent", WAIT).await;
     assert_eq!(urgent.preempted, vec!["low-old".to_string()], "{urgent:?}");

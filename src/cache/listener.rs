@@ -56,7 +56,7 @@ impl Listener for NoListener {
 /// `Shared<dyn Listener>`, so the cache and the listener's owner hold the same lock, each
 /// with the type it knows.
 pub struct Shared<L: ?Sized> {
-    mirror: Mirror,
+    pub(super) mirror: Mirror,
     /// Changes made and not yet told (a buffer reused from event to event).
     changes: Vec<Change>,
     listener: L,

@@ -656,7 +656,7 @@ impl Mirror {
 
     /// From now on engines keep their tenants (a request asked for affinity, a priority or a
     /// group): what they hold already is filled in, and views built before are stale.
-    fn track_tenants(&mut self) {
+    pub(super) fn track_tenants(&mut self) {
         self.tracks_tenants = true;
         for (id, r) in &self.reservations {
             let (revision, decision) = self

@@ -142,6 +142,15 @@ impl Cache {
         *self.revision.borrow()
     }
 
+    /// From now on engines keep their tenants, whatever the requests ask: a dry run that
+    /// looks for placements to preempt (`citadel plan`) needs them.
+    pub fn track_tenants(&self) {
+        let mut shared = self.lock();
+        if !shared.mirror.tracks_tenants {
+            shared.mirror.track_tenants();
+        }
+    }
+
     /// How many times the cache has listed every key (a compacted watch lists again).
     pub fn lists(&self) -> u64 {
         self.lists.load(Ordering::Relaxed)

@@ -38,6 +38,10 @@ pub struct PlanArgs {
     /// As the controllers' --count-live: count max(reserved, live use) against capacity.
     #[arg(long)]
     pub count_live: bool,
+    /// The controllers' --preempt-gap: how much lower a placement's priority must be for the
+    /// request to evict it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub preempt_gap: u32,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -74,7 +78,18 @@ pub struct PlanReport {
     pub reason: String,
     /// No engine met the soft constraints, so they were dropped.
     pub soft_dropped: bool,
+    /// Nothing fits as things stand: the placements of lower priority it would evict from
+    /// `engine` to make room, with their priorities.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preempts: Vec<Victim>,
     pub engines: Vec<EnginePlan>,
+}
+
+/// A placement the request would evict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Victim {
+    pub request: String,
+    pub priority: i32,
 }
 
 pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<(), CliError> {
@@ -105,10 +120,11 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
             engine: None,
             reason,
             soft_dropped: false,
+            preempts: Vec::new(),
             engines: Vec::new(),
         },
         Ok((strategy, prepared)) => {
-            let mut r = explain(&prepared, &views, &labels, strategy, &id);
+            let mut r = explain(&prepared, &views, &labels, strategy, &id, a.preempt_gap);
             r.revision = revision;
             r
         }
@@ -140,6 +156,8 @@ async fn engine_views(
 ) -> Result<(Vec<EngineView>, HashMap<String, Vec<String>>, i64), CliError> {
     let cache = Cache::new(keys.clone(), a.overcommit);
     cache.load(client).await?;
+    // What each engine holds, by request and priority: what preemption would choose from.
+    cache.track_tenants();
     let revision = cache.revision();
     let state = cache.read();
     let docker = a.docker.unwrap_or_else(|| {
@@ -168,9 +186,22 @@ fn explain(
     labels: &HashMap<String, Vec<String>>,
     strategy: Strategy,
     id: &crate::model::RequestId,
+    gap: u32,
 ) -> PlanReport {
     let sample = scheduler::sample_size(views.len());
-    let result = scheduler::schedule(p, views, strategy, scheduler::fnv1a(id.as_str()), sample);
+    let seed = scheduler::fnv1a(id.as_str());
+    let result = scheduler::schedule(p, views, strategy, seed, sample);
+    // Nothing fits: what the leader would evict, as it chooses (disruption budgets are
+    // counted from what the engines hold).
+    let preemption = result.as_ref().err().and_then(|_| {
+        let opts = scheduler::PreemptOptions {
+            gap,
+            max_candidates: scheduler::candidates_for(views.len()),
+            start: (seed % views.len().max(1) as u64) as usize,
+        };
+        scheduler::preempt(p, views, &opts, &|group| budget(views, group))
+            .filter(|c| !c.victims.is_empty())
+    });
     // The verdicts of the pass that decided: soft constraints count unless they were dropped.
     let with_soft = result.as_ref().is_ok_and(|plan| !plan.soft_dropped);
     let chosen = result.as_ref().ok().map(|plan| plan.engine);
@@ -198,8 +229,41 @@ fn explain(
         })
         .collect();
     // Best first, then the engines ruled out, by id.
+    let mut preempts = Vec::new();
+    if let Some(c) = &preemption {
+        let e = &views[c.engine];
+        for v in &c.victims {
+            preempts.push(Victim {
+                request: v.to_string(),
+                priority: e.tenants.get(v).map_or(0, |t| t.held.rank.priority),
+            });
+        }
+        if let Some(row) = engines.iter_mut().find(|r| r.id == e.id.as_str()) {
+            row.chosen = true;
+        }
+    }
     engines.sort_by_key(|e| (e.rank.unwrap_or(usize::MAX), e.id.clone()));
-    let (status, engine, reason, soft_dropped) = match result {
+    let (status, engine, reason, soft_dropped) = match (result, &preemption) {
+        (Err(_), Some(c)) => {
+            let e = &views[c.engine];
+            let names: Vec<String> = preempts
+                .iter()
+                .map(|v| format!("{} (priority {})", v.request, v.priority))
+                .collect();
+            (
+                "placed",
+                Some(e.id.to_string()),
+                format!(
+                    "{} chose {} by preempting {} of lower priority: {}",
+                    strategy.name(),
+                    e.id,
+                    names.len(),
+                    names.join(", ")
+                ),
+                false,
+            )
+        }
+        (result, _) => match result {
         Ok(plan) => {
             let e = &views[plan.engine];
             (
@@ -211,6 +275,7 @@ fn explain(
         }
         // The reason says "(soft constraints ignored)" itself.
         Err(u) => ("unschedulable", None, u.reason, false),
+        },
     };
     PlanReport {
         revision: 0,
@@ -220,8 +285,19 @@ fn explain(
         engine,
         reason,
         soft_dropped,
+        preempts,
         engines,
     }
+}
+
+/// A group's disruption budget as its placed members state it (the lowest), if any.
+fn budget(views: &[EngineView], group: &str) -> Option<u32> {
+    views
+        .iter()
+        .flat_map(|e| e.tenants.values())
+        .filter(|t| t.held.rank.group.as_deref() == Some(group))
+        .filter_map(|t| t.held.rank.disruption_budget)
+        .min()
 }
 
 fn print(r: &PlanReport, wide: bool) {
@@ -233,6 +309,7 @@ fn print(r: &PlanReport, wide: bool) {
         let mut t = table(&header);
         for e in &r.engines {
             let result = match (&e.rejected, e.chosen) {
+                (Some(_), true) => format!("chosen: {} evicted", r.preempts.len()),
                 (Some(why), _) => format!("ruled out: {why}"),
                 (None, true) => "fits, chosen".to_string(),
                 (None, false) => "fits".to_string(),
@@ -260,6 +337,16 @@ fn print(r: &PlanReport, wide: bool) {
         None => "",
     };
     match &r.engine {
+        Some(e) if !r.preempts.is_empty() => outln!(
+            "would place {} on {e} by evicting {}; nothing was written (revision {})",
+            r.request,
+            r.preempts
+                .iter()
+                .map(|v| format!("{} (priority {})", v.request, v.priority))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.revision
+        ),
         Some(e) => outln!(
             "would place {} on {e}{strategy}{how}{}; nothing was written (revision {})",
             r.request,
