@@ -60,7 +60,11 @@ async fn an_urgent_request_evicts_exactly_the_cheapest_victims_and_they_return_w
         ("high-b", on("e2", 2.0, 10, json!({}))),
         (
             "low-old",
-            request_json(2.0, 64, json!({"labels": ["engine==/^e[12]$/"], "priority": 0})),
+            request_json(
+                2.0,
+                64,
+                json!({"labels": ["engine==/^e[12]$/"], "priority": 0}),
+            ),
         ),
         ("low-new", on("e1", 1.0, 0, json!({}))),
         ("mid", on("e1", 1.0, 5, json!({}))),
@@ -102,16 +106,25 @@ async fn an_urgent_request_evicts_exactly_the_cheapest_victims_and_they_return_w
     assert_eq!(urgent.preempted, vec!["low-old".to_string()], "{urgent:?}");
     let victim = with_status(&client, "low-old", Status::Preempted).await;
     assert_eq!(victim.preempted_by, "urgent");
-    assert!(victim.reservation.is_none(), "a preempted decision holds nothing");
     assert!(
-        victim.reason.contains("preempted by urgent (priority 100 over 0)"),
+        victim.reservation.is_none(),
+        "a preempted decision holds nothing"
+    );
+    assert!(
+        victim
+            .reason
+            .contains("preempted by urgent (priority 100 over 0)"),
         "{}",
         victim.reason
     );
     // Nothing else moved.
     for (id, rev) in &before {
         if *id != "low-old" {
-            assert_eq!(decision_revision(&client, id).await, *rev, "{id} was touched");
+            assert_eq!(
+                decision_revision(&client, id).await,
+                *rev,
+                "{id} was touched"
+            );
         }
     }
     // The evictions and the placement committed in one transaction.
@@ -177,7 +190,11 @@ async fn a_gang_of_four_over_engines_that_fit_three_waits_then_places_whole_when
     for m in 0..4 {
         revisions.insert(decision_revision(&client, &format!("train-{m}")).await);
     }
-    assert_eq!(revisions.len(), 1, "one transaction placed them: {revisions:?}");
+    assert_eq!(
+        revisions.len(),
+        1,
+        "one transaction placed them: {revisions:?}"
+    );
     assert_invariants(&client, &keys).await;
 }
 
@@ -193,12 +210,15 @@ async fn a_gang_that_cannot_fit_within_its_timeout_is_unschedulable_as_a_whole()
         64,
         json!({"group": "big", "group_min": 3, "group_timeout": "2s"}),
     );
-    let rows: Vec<(String, String)> = (0..3).map(|m| (format!("big-{m}"), member.clone())).collect();
+    let rows: Vec<(String, String)> = (0..3)
+        .map(|m| (format!("big-{m}"), member.clone()))
+        .collect();
     put_requests_together(&client, &keys, &rows).await;
     for m in 0..3 {
         let d = with_status(&client, &format!("big-{m}"), Status::Unschedulable).await;
         assert!(
-            d.reason.starts_with("gang big: 3 members do not fit at once")
+            d.reason
+                .starts_with("gang big: 3 members do not fit at once")
                 && d.reason.contains("group_timeout of 2s"),
             "{}",
             d.reason
@@ -223,11 +243,15 @@ async fn group_members_spread_over_zones_and_never_crowd_one_engine() {
         json!({"group": "web", "spread": {"over": "zone", "max_skew": 1}, "max_per_engine": 2}),
     );
     // Written together: the leader decides them in one round.
-    let rows: Vec<(String, String)> = (0..6).map(|m| (format!("web-{m}"), member.clone())).collect();
+    let rows: Vec<(String, String)> = (0..6)
+        .map(|m| (format!("web-{m}"), member.clone()))
+        .collect();
     put_requests_together(&client, &keys, &rows).await;
     let mut per_engine: BTreeMap<String, usize> = BTreeMap::new();
     for m in 0..6 {
-        *per_engine.entry(placed(&client, &format!("web-{m}")).await).or_default() += 1;
+        *per_engine
+            .entry(placed(&client, &format!("web-{m}")).await)
+            .or_default() += 1;
     }
     let zone = |e: &str| e[..1].to_string();
     let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
@@ -235,7 +259,11 @@ async fn group_members_spread_over_zones_and_never_crowd_one_engine() {
         assert!(*n <= 2, "{per_engine:?}");
         *per_zone.entry(zone(e)).or_default() += n;
     }
-    assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per_engine:?}");
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per_engine:?}"
+    );
 
     // A seventh: only zone a has an engine with room (b1 and c1 hold 2 each), and 3 against
     // 2 is a skew of 1: it goes there. An eighth would make zone a 4 against 2: refused, and

@@ -41,8 +41,9 @@ impl std::hash::Hash for Standing {
 
 impl Standing {
     /// Every standing, in the order an operator reads them: what needs a look first.
-    pub const ORDER: [Standing; 8] = [
+    pub const ORDER: [Standing; 9] = [
         Standing::Decided(Status::Unschedulable),
+        Standing::Decided(Status::Preempted),
         Standing::Decided(Status::Failed),
         Standing::Decided(Status::Invalid),
         Standing::Decided(Status::Lost),

@@ -264,17 +264,17 @@ fn explain(
             )
         }
         (result, _) => match result {
-        Ok(plan) => {
-            let e = &views[plan.engine];
-            (
-                "placed",
-                Some(e.id.to_string()),
-                format!("{} chose {}", strategy.name(), e.id),
-                plan.soft_dropped,
-            )
-        }
-        // The reason says "(soft constraints ignored)" itself.
-        Err(u) => ("unschedulable", None, u.reason, false),
+            Ok(plan) => {
+                let e = &views[plan.engine];
+                (
+                    "placed",
+                    Some(e.id.to_string()),
+                    format!("{} chose {}", strategy.name(), e.id),
+                    plan.soft_dropped,
+                )
+            }
+            // The reason says "(soft constraints ignored)" itself.
+            Err(u) => ("unschedulable", None, u.reason, false),
         },
     };
     PlanReport {

@@ -53,10 +53,11 @@ pub struct StandingArg(pub Standing);
 impl clap::ValueEnum for StandingArg {
     fn value_variants<'a>() -> &'a [Self] {
         use crate::model::Status as S;
-        const ALL: [StandingArg; 8] = [
+        const ALL: [StandingArg; 9] = [
             StandingArg(Standing::Queued),
             StandingArg(Standing::Decided(S::Placed)),
             StandingArg(Standing::Decided(S::Unschedulable)),
+            StandingArg(Standing::Decided(S::Preempted)),
             StandingArg(Standing::Decided(S::Invalid)),
             StandingArg(Standing::Decided(S::Pending)),
             StandingArg(Standing::Decided(S::Failed)),

@@ -90,7 +90,7 @@
   }
 
   function statusBadge(status) {
-    const known = ['placed', 'unschedulable', 'failed', 'invalid', 'lost', 'pending', 'queued', 'exited'];
+    const known = ['placed', 'unschedulable', 'preempted', 'failed', 'invalid', 'lost', 'pending', 'queued', 'exited'];
     const cls = known.includes(status) ? ' s-' + status : '';
     return el('span', 'status' + cls, status);
   }
@@ -134,7 +134,7 @@
     fill($('stat-memory-bar'), [bar(c.reserved_memory_mb, c.memory_mb)]);
     $('stat-requests').textContent = String(c.requests);
     const attention = s.request_counts
-      .filter((x) => ['unschedulable', 'failed', 'invalid', 'lost'].includes(x.status) && x.count > 0)
+      .filter((x) => ['unschedulable', 'preempted', 'failed', 'invalid', 'lost'].includes(x.status) && x.count > 0)
       .map((x) => x.count + ' ' + x.status);
     $('stat-requests-sub').textContent = attention.length ? attention.join(', ') : 'none needs a look';
     $('stat-queued').textContent = String(c.queued);
