@@ -113,6 +113,7 @@ pub fn controller_config(
             compact_every: None,
             compact_retain: 10_000,
             max_txn_ops,
+            preempt_gap: 1,
         },
         addr: format!("test://{id}"),
         lease_ttl: 2,
