@@ -232,6 +232,133 @@ async fn submit_wait_exits_with_a_code_per_outcome() {
     replica.stop().await;
 }
 
+/// The mod revision of request `id`, and its JSON; panics if it is absent.
+async fn member(client: &Client, id: &str) -> (i64, Value) {
+    let got = get(client, &keys().request(&rid(id)))
+        .await
+        .unwrap_or_else(|| panic!("no request {id}"));
+    let value = serde_json::from_slice(&got.value).expect("json");
+    (got.mod_revision, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_replicas_writes_one_group_all_or_nothing() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = request_file(dir.path(), "t.json", &request_json(0.5, 64, json!({})));
+
+    let (code, out, err) = cli(&ep, &["submit", &template, "--id", "x", "--replicas", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["x-0", "x-1", "x-2"]);
+    let mut revisions = Vec::new();
+    for id in ["x-0", "x-1", "x-2"] {
+        let (rev, value) = member(&client, id).await;
+        assert_eq!(value["group"], json!("x"), "{id}: {value}");
+        assert_eq!(value["cpus"], json!(0.5), "{id}: {value}");
+        revisions.push(rev);
+    }
+    assert!(
+        revisions.iter().all(|r| *r == revisions[0]),
+        "one transaction: {revisions:?}"
+    );
+
+    // Again under the same id: refused whole, naming a member, and nothing more written.
+    let before = revision(&client).await;
+    let (code, _, err) = cli(&ep, &["submit", &template, "--id", "x", "--replicas", "3"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("request x-0 already exists"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(revision(&client).await, before, "nothing written");
+
+    // A gang larger than the replicas could never be placed by them: a usage error.
+    let gang = request_json(0.5, 64, json!({"group": "g", "group_min": 5}));
+    let gang = request_file(dir.path(), "g.json", &gang);
+    let (code, _, err) = cli(&ep, &["submit", &gang, "--id", "y", "--replicas", "3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("group_min is 5"), "{err}");
+    assert_eq!(revision(&client).await, before, "nothing written");
+    // Its own group is kept.
+    let (code, _, err) = cli(&ep, &["submit", &gang, "--id", "y", "--replicas", "5"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(member(&client, "y-4").await.1["group"], json!("g"));
+    for n in ["0", "1001"] {
+        let (code, _, _) = cli(&ep, &["submit", &template, "--replicas", n]);
+        assert_eq!(code, 2, "--replicas {n}");
+    }
+
+    // Past one transaction's worth: several, and one member already there takes back the rest.
+    put_request(&client, &keys(), "z-125", request_json(0.5, 64, json!({}))).await;
+    let (code, _, err) = cli(
+        &ep,
+        &["submit", &template, "--id", "z", "--replicas", "130"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("request z-125 already exists; nothing was written"),
+        "{err}"
+    );
+    for id in ["z-0", "z-119", "z-129"] {
+        assert!(
+            get(&client, &keys().request(&rid(id))).await.is_none(),
+            "{id}"
+        );
+    }
+    let (code, out, err) = cli(
+        &ep,
+        &["submit", &template, "--id", "w", "--replicas", "130"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 130);
+    let first = member(&client, "w-0").await.0;
+    assert_eq!(member(&client, "w-119").await.0, first);
+    assert_ne!(member(&client, "w-120").await.0, first);
+    assert_eq!(member(&client, "w-129").await.1["group"], json!("w"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_replicas_wait_waits_for_every_member() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    put_engine(&client, &keys(), "e1", 2.0, 1024.0, &[]).await;
+    let replica = Replica::start(&etcd, "r1");
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gang = request_json(0.5, 64, json!({"group_min": 3}));
+    let gang = request_file(dir.path(), "g.json", &gang);
+    let (code, out, err) = cli(
+        &ep,
+        &["submit", &gang, "--id", "g", "--replicas", "3", "--wait"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let decisions: Vec<Decision> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a decision per line"))
+        .collect();
+    assert_eq!(decisions.len(), 3, "{out}");
+    let ids: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("g-0"), json!("g-1"), json!("g-2")], "{out}");
+    assert!(
+        decisions.iter().all(|d| d.status == Status::Placed),
+        "{out}"
+    );
+    // Two more of a cpu each: 0.5 is left, so the gang never fits.
+    let big = request_json(1.0, 64, json!({"group_min": 2, "group_timeout": 1}));
+    let big = request_file(dir.path(), "b.json", &big);
+    let (code, out, err) = cli(
+        &ep,
+        &["submit", &big, "--id", "b", "--replicas", "2", "--wait"],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("2 of 2 members not placed"), "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    replica.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_ls_finds_requests_by_status_engine_and_image() {
     let etcd = start_etcd().await;

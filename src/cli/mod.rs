@@ -3,9 +3,9 @@
 //! `mod.rs` holds the global flags, the commands, the one-line errors with their exit codes,
 //! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
 //! (`ls`, `engine ls`, `engine show`), `maintenance` (engine cordon, uncordon, drain), `volume`
-//! (ls, rm), `request` (submit, status, release, profile), `requests` (ls), `leader`, `events`,
-//! `plan` (a dry run of the scheduler), `check` and `completions` (shell completions, the man
-//! page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
+//! (ls, rm), `request` (submit, status, release, profile), `replicas` (`submit --replicas`),
+//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
+//! `completions` (shell completions, the man page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
 //! `follow` how the commands that keep running watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
@@ -23,6 +23,7 @@ mod leader;
 mod maintenance;
 pub(crate) mod output;
 mod plan;
+mod replicas;
 mod request;
 mod requests;
 mod volume;

@@ -58,6 +58,17 @@ pub struct SubmitArgs {
     /// How long --wait waits, in seconds (then exit 6).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Write N members of one group (1 to 1000) from FILE, as ID-0 … ID-(N-1), each with
+    /// "group" set (FILE's own, else ID): all in one etcd transaction, each only if absent.
+    /// Past 120 members (or 1 MiB) they are written in several transactions, and a member that
+    /// already exists takes back those written before it. With --wait, waits for every member
+    /// and prints each decision on a line of its own.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=super::replicas::MAX_REPLICAS)
+    )]
+    pub replicas: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +99,9 @@ pub(super) fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
 
 pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Result<(), CliError> {
     let raw = read_input(&a.file)?;
+    if let Some(n) = a.replicas {
+        return super::replicas::submit(client, keys, &a, raw, usize::from(n)).await;
+    }
     if let Err(e) = Request::parse(&raw) {
         // Refused before it is written: as invalid as the leader would have said.
         return Err(CliError::Decided {
@@ -95,10 +109,7 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
             message: format!("invalid request: {e}"),
         });
     }
-    let id = match a.id {
-        Some(id) => request_id(&id)?,
-        None => request_id(&uuid::Uuid::new_v4().to_string())?,
-    };
+    let id = submit_id(a.id.as_deref())?;
     let key = keys.request(&id);
     let txn = Txn::new()
         .when(vec![Compare::create_revision(
@@ -119,10 +130,19 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
         outln!("{id}");
         return Ok(());
     };
-    let (decision, done) =
-        wait_decision(client, keys, &id, rev, wait, Duration::from_secs(a.timeout)).await?;
+    let timeout = Duration::from_secs(a.timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (decision, done) = wait_decision(client, keys, &id, rev, wait, deadline, timeout).await?;
     json(&decision)?;
     done
+}
+
+/// The id a submit writes under: `--id`, or a new UUID.
+pub(super) fn submit_id(id: Option<&str>) -> Result<RequestId, CliError> {
+    match id {
+        Some(id) => request_id(id),
+        None => request_id(&uuid::Uuid::new_v4().to_string()),
+    }
 }
 
 /// How a decision ends a `submit --wait`: `None` while there is more to wait for.
@@ -152,13 +172,15 @@ fn outcome(d: &Decision, wait: WaitFor) -> Option<Result<(), CliError>> {
 }
 
 /// Waits for a decision on request revision `rev` that ends the wait (see [`outcome`]),
-/// watching from that revision; returns it with how it ends the command.
-async fn wait_decision(
+/// watching from that revision, until `deadline` (`timeout` from when the wait began, as the
+/// message on running out says it); returns it with how it ends the command.
+pub(super) async fn wait_decision(
     client: &Client,
     keys: &Keys,
     id: &RequestId,
     rev: i64,
     wait: WaitFor,
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<(Decision, Result<(), CliError>), CliError> {
     let key = keys.decision(id);
@@ -232,7 +254,7 @@ async fn wait_decision(
              request with \"launch\": true, or every request with --launch)"
         }
     };
-    tokio::time::timeout(timeout, wait_for)
+    tokio::time::timeout_at(deadline, wait_for)
         .await
         .map_err(|_| CliError::Decided {
             code: EXIT_TIMEOUT,
