@@ -428,3 +428,76 @@ async fn the_host_root_escape_is_refused_at_placement_and_runs_only_where_declar
     assert!(w.engines[0].holds("root").await.is_empty());
     assert!(w.engines[1].holds("root").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_service_has_stopped_before_the_request_that_took_its_room_starts() {
+    let mut w = World::start("preempt", &["p1"]).await;
+    w.start_agent("p1", None, &[]);
+    w.wait_registered("p1").await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+        .to_string();
+    // Each takes the whole engine (2 cpus).
+    let asks = |priority: i64| {
+        common::request_json(
+            2.0,
+            64,
+            json!({"image": IMAGE, "launch": true, "network_mode": "none",
+                   "entrypoint": ["sleep", "600"], "priority": priority}),
+        )
+    };
+    common::put_request(&w.client, &w.keys, "low", asks(0)).await;
+    w.wait_running("low", None).await;
+    common::put_request(&w.client, &w.keys, "urgent", asks(10)).await;
+    assert_eq!(w.wait_running("urgent", None).await, "p1");
+    let low = w.decision("low").await.expect("low's decision");
+    assert_eq!(low.status, Status::Preempted, "{low:?}");
+    assert_eq!(low.preempted_by, "urgent");
+    let e = w.engine("p1");
+    assert!(
+        e.running("low").await.is_empty(),
+        "the victim no longer runs"
+    );
+
+    // Docker's own record: the victim's container died before the preemptor's started.
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+        + 1)
+    .to_string();
+    let events = e
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{json .}}",
+        ])
+        .await;
+    let at = |request: &str, action: &str| -> u128 {
+        events
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["Action"] == action && v["Actor"]["Attributes"]["citadel.request"] == request
+            })
+            .filter_map(|v| v["timeNano"].as_u64())
+            .map(u128::from)
+            .min()
+            .unwrap_or_else(|| panic!("no {action} of {request} in:\n{events}"))
+    };
+    assert!(
+        at("low", "die") <= at("urgent", "start"),
+        "the victim was still running when the preemptor started:\n{events}"
+    );
+    let report = w.check().await;
+    assert_eq!(report.violations(), 0, "{report:?}");
+    assert_eq!(report.preempted, 1);
+}
