@@ -239,7 +239,8 @@ impl Seen {
         }
     }
 
-    /// Requests still waiting for their decision, and decisions whose request is gone.
+    /// Requests still waiting for their decision (a gang's member waiting for its gang is
+    /// not), and decisions whose request is gone.
     fn settlement(&self, report: &mut Report) {
         for (id, rev) in &self.requests {
             match self.decisions.get(id) {
@@ -248,7 +249,9 @@ impl Seen {
                     "{id}: the decision is for revision {}, the request is at {rev}",
                     d.request_revision
                 )),
-                Some(d) if d.status == Status::Pending => report
+                // A gang's member waiting for the rest of its gang is decided: it waits, and
+                // says why, until its gang fits or its group_timeout passes.
+                Some(d) if d.status == Status::Pending && !is_gang_member(d) => report
                     .undecided
                     .push(format!("{id}: pending: {}", d.reason)),
                 Some(_) => {}
@@ -343,6 +346,16 @@ impl Seen {
             report.double_bound_ports.extend(doubles);
         }
     }
+}
+
+/// Whether a decision answers a gang's member (its request, as echoed, has `group_min` > 1).
+fn is_gang_member(d: &Decision) -> bool {
+    let request = d.container.value();
+    request.get("group").is_some_and(|g| g.is_string())
+        && request
+            .get("group_min")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|n| n > 1)
 }
 
 #[cfg(test)]
