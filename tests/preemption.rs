@@ -280,3 +280,43 @@ async fn group_members_spread_over_zones_and_never_crowd_one_engine() {
     );
     assert_invariants(&client, &keys).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_keeps_to_a_groups_disruption_budget_across_rounds() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
+    let _replica = Replica::start(&etcd, "r-budget");
+    let db = json!({"group": "db", "disruption_budget": 1});
+    for m in 0..2 {
+        let id = format!("db-{m}");
+        put_request(&client, &keys, &id, on("e1", 2.0, 0, db.clone())).await;
+        placed(&client, &id).await;
+    }
+    let urgent = || request_json(2.0, 64, json!({"priority": 10}));
+    // One member may go.
+    put_request(&client, &keys, "u1", urgent()).await;
+    placed(&client, "u1").await;
+    let u1 = wait_decision(&client, &keys, "u1", WAIT).await;
+    assert_eq!(u1.preempted.len(), 1, "{u1:?}");
+    let victim = u1.preempted[0].clone();
+    with_status(&client, &victim, Status::Preempted).await;
+    // The other may not while the first is down, in a later round.
+    put_request(&client, &keys, "u2", urgent()).await;
+    let d = with_status(&client, "u2", Status::Unschedulable).await;
+    assert!(d.reason.starts_with("0/1 engines fit"), "{}", d.reason);
+    let survivor = if victim == "db-0" { "db-1" } else { "db-0" };
+    assert_eq!(
+        wait_decision(&client, &keys, survivor, WAIT).await.status,
+        Status::Placed
+    );
+    // u1 goes: the room is u2's (higher priority); the victim waits on.
+    delete_key(&client, keys.request(&rid("u1"))).await;
+    placed(&client, "u2").await;
+    assert_eq!(
+        wait_decision(&client, &keys, &victim, WAIT).await.status,
+        Status::Preempted
+    );
+    assert_invariants(&client, &keys).await;
+}

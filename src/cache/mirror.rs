@@ -39,6 +39,8 @@ pub struct RequestEntry {
     /// The gang it belongs to (a group placed all or nothing) and how long the gang may
     /// wait to fit, in seconds.
     pub gang: Option<(Arc<str>, u64)>,
+    /// The group it belongs to, if its group has a disruption budget.
+    pub budgeted: Option<Arc<str>>,
 }
 
 impl RequestEntry {
@@ -436,6 +438,10 @@ impl Mirror {
                     .and_then(|r| r.group.as_ref())
                     .filter(|g| g.is_gang())
                     .map(|g| (g.name.clone(), g.timeout_s)),
+                budgeted: request
+                    .and_then(|r| r.group.as_ref())
+                    .filter(|g| g.disruption_budget.is_some())
+                    .map(|g| g.name.clone()),
             },
         );
         out.push(Change::Request {

@@ -476,7 +476,7 @@ mod tests {
         let e = refused(&["citadel", "requests", "ls", "--status", "placed,done"]);
         assert!(
             e.contains(
-                "[possible values: queued, placed, unschedulable, invalid, pending, failed, exited, lost]"
+                "[possible values: queued, placed, unschedulable, preempted, invalid, pending, failed, exited, lost]"
             ),
             "{e}"
         );

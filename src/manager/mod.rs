@@ -376,6 +376,7 @@ impl<'a> Lead<'a> {
         self.scarcity
             .apply(&mut self.view.engines.views, generation);
         let recorded = self.cache().read().volumes();
+        let down = self.manager.books.lock().listener().down();
         let assumed = &self.assumed;
         let volumes = |name: &str| assumed.volume(name).or_else(|| recorded.get(name).cloned());
         let items = plan(
@@ -388,6 +389,7 @@ impl<'a> Lead<'a> {
                 now: &now_rfc3339(),
                 max_ops: self.max_ops,
                 newer: &self.newer,
+                down: &down,
             },
             &mut self.unfit,
         );

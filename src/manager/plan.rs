@@ -53,7 +53,7 @@ pub fn plan(
         volumes,
         fresh: HashMap::new(),
         groups: HashMap::new(),
-        evicted: HashMap::new(),
+        evicted: by.down.clone(),
         journal: None,
         lowest: None,
     };
@@ -228,6 +228,9 @@ pub struct Deciding<'a> {
     pub max_ops: usize,
     /// Request fields only other candidates know: a request that uses one is left to them.
     pub newer: &'a Newer,
+    /// Members of groups with a disruption budget that are down (preempted and not placed
+    /// again), by group.
+    pub down: &'a HashMap<Arc<str>, u32>,
 }
 
 /// Stage 2: one round's decisions, in order, on the running view.
@@ -247,7 +250,8 @@ pub(super) struct Round<'a> {
     /// Each group's members per engine and domain, counted once per round when a member with
     /// group rules is first met, and kept current as the round places.
     pub(super) groups: HashMap<Arc<str>, GroupCounts>,
-    /// Members of each group this round's preemptions took down (its disruption budget).
+    /// Members of each group that are down: preempted before, and by this round (its
+    /// disruption budget bounds them).
     pub(super) evicted: HashMap<Arc<str>, u32>,
     /// While a gang is tried: each engine it changed, as it was before.
     pub(super) journal: Option<Vec<(usize, EngineView)>>,
@@ -709,6 +713,7 @@ mod tests {
                     now: "now",
                     max_ops: 128,
                     newer: &Newer::default(),
+                    down: &HashMap::new(),
                 },
                 unfit,
             )
@@ -766,6 +771,7 @@ mod tests {
                     now: "now",
                     max_ops,
                     newer: &Newer::default(),
+                    down: &HashMap::new(),
                 },
                 &mut Unfit::default(),
             );
@@ -864,7 +870,7 @@ mod tests {
                 &mut view,
                 &revisions,
                 &|_| None,
-                &Deciding { cfg: &cfg(), now: "now", max_ops: 128, newer: &Newer::default() },
+                &Deciding { cfg: &cfg(), now: "now", max_ops: 128, newer: &Newer::default(), down: &HashMap::new() },
                 &mut Unfit::default(),
             );
             // What the round placed and evicted, and in which `Together` each placement was.
@@ -930,6 +936,7 @@ mod tests {
                     now: "now",
                     max_ops: 128,
                     newer: &Newer::default(),
+                    down: &HashMap::new(),
                 },
                 &mut Unfit::default(),
             );
@@ -997,6 +1004,7 @@ mod tests {
                     now: "now",
                     max_ops: 128,
                     newer: &Newer::default(),
+                    down: &HashMap::new(),
                 },
                 &mut Unfit::default(),
             );

@@ -92,13 +92,70 @@ impl Gangs {
     }
 }
 
+/// Members of groups with a disruption budget that preemption took down and that are not
+/// placed again yet, by group.
+#[derive(Debug, Default)]
+pub(super) struct Down {
+    by_group: HashMap<Arc<str>, BTreeSet<RequestId>>,
+    group_of: HashMap<RequestId, Arc<str>>,
+}
+
+impl Down {
+    fn set(&mut self, id: &RequestId, group: Option<&Arc<str>>) {
+        if self.group_of.get(id) == group {
+            return;
+        }
+        if let Some(g) = self.group_of.remove(id)
+            && let Some(ids) = self.by_group.get_mut(&g)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_group.remove(&g);
+            }
+        }
+        if let Some(g) = group {
+            self.by_group
+                .entry(g.clone())
+                .or_default()
+                .insert(id.clone());
+            self.group_of.insert(id.clone(), g.clone());
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_group.clear();
+        self.group_of.clear();
+    }
+}
+
 impl Ledger {
-    /// Keeps `id` in its gang's waiting members while it waits for a decision.
+    /// Keeps `id` in its gang's waiting members while it waits for a decision, and among its
+    /// group's members down while it is preempted.
     pub(super) fn index_gang(&mut self, mirror: &Mirror, id: &RequestId, waits: bool) {
-        match mirror.request(id).and_then(|r| r.gang.as_ref()) {
+        let request = mirror.request(id);
+        match request.and_then(|r| r.gang.as_ref()) {
             Some((gang, timeout)) if waits => self.gangs.insert(id, gang, *timeout),
             _ => self.gangs.remove(id),
         }
+        let down = request.and_then(|r| r.budgeted.as_ref()).filter(|_| {
+            mirror.decision(id).is_some_and(|d| {
+                d.status == crate::model::Status::Preempted
+                    && request.is_some_and(|r| r.mod_revision == d.request_revision)
+            })
+        });
+        if down.is_some() || !self.down.group_of.is_empty() {
+            self.down.set(id, down);
+        }
+    }
+
+    /// How many members of each group with a disruption budget are down (preempted, not
+    /// placed again): what preemption may take is the budget less these.
+    pub fn down(&self) -> HashMap<Arc<str>, u32> {
+        self.down
+            .by_group
+            .iter()
+            .map(|(g, ids)| (g.clone(), ids.len() as u32))
+            .collect()
     }
 
     /// Gangs whose `group_timeout` passed are decided again, once: the leader then decides

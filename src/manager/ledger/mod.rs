@@ -45,6 +45,8 @@ pub struct Ledger {
     pending: BTreeSet<(classify::Queued, RequestId)>,
     /// Gangs' members that wait for a decision, by gang.
     gangs: gangs::Gangs,
+    /// Members of budgeted groups that preemption took down.
+    down: gangs::Down,
     /// Decisions to delete: their request is gone or changed, or they hold what they should not.
     releases: BTreeSet<RequestId>,
     /// Unschedulable requests waiting for room that could fit them.
@@ -207,6 +209,7 @@ impl Listener for Ledger {
         self.class.clear();
         self.pending.clear();
         self.gangs.clear();
+        self.down.clear();
         self.releases.clear();
         self.waiting = Parked::default();
         self.evicted.clear();
