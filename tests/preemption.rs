@@ -195,6 +195,15 @@ async fn a_gang_of_four_over_engines_that_fit_three_waits_then_places_whole_when
         1,
         "one transaction placed them: {revisions:?}"
     );
+    // A gang is not preempted member by member.
+    put_request(
+        &client,
+        &keys,
+        "urgent",
+        request_json(1.0, 64, json!({"priority": 1000})),
+    )
+    .await;
+    with_status(&client, "urgent", Status::Unschedulable).await;
     assert_invariants(&client, &keys).await;
 }
 

@@ -338,7 +338,15 @@ impl Rank {
             priority: r.priority,
             preemptible: r.preemptible,
             group: r.group.as_ref().map(|g| g.name.clone()),
-            disruption_budget: r.group.as_ref().and_then(|g| g.disruption_budget),
+            // A gang is preempted as a set or not at all: citadel does not take a gang down
+            // whole, so none of its members is ever evicted.
+            disruption_budget: r.group.as_ref().and_then(|g| {
+                if g.is_gang() {
+                    Some(0)
+                } else {
+                    g.disruption_budget
+                }
+            }),
         }
     }
 }
