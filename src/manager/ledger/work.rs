@@ -118,13 +118,19 @@ impl Ledger {
             if skip.contains(id) || taken.contains(id) {
                 continue;
             }
+            // A gang with a member in flight waits for that write to land: decided without
+            // it, the gang would count too few members, and the members parked on that count
+            // would wait for their timeout. It stays pending, taken once the write is seen.
+            if self.gangs.siblings(id).any(|s| skip.contains(s)) {
+                continue;
+            }
             let Some(d) = self.decide(mirror, id) else {
                 continue;
             };
             work.push(Work::Decide(d));
             taken.insert(id);
             for sibling in self.gangs.siblings(id) {
-                if skip.contains(sibling) || !taken.insert(sibling) {
+                if !taken.insert(sibling) {
                     continue;
                 }
                 if let Some(d) = self.decide(mirror, sibling) {
