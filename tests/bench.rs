@@ -223,3 +223,107 @@ fn bench_with_hollow_agents_launches_on_the_agent_of_the_engine() {
         "the table has the agents' lines:\n{stdout}"
     );
 }
+
+/// `--scenario preemption`: engines filled with low-priority requests, then as many
+/// high-priority ones as the engines hold: each is placed by evicting one low request, every
+/// victim ends `preempted` by a placement that lists it, and nothing is overcommitted.
+#[test]
+fn bench_preemption_scenario_places_every_high_request_by_evicting_one_low() {
+    let (stdout, r) = bench(&[
+        "--scenario",
+        "preemption",
+        "--engines",
+        "20",
+        "--requests",
+        "40",
+        "--clients",
+        "8",
+        "--timeout",
+        "45",
+        "--quiet-progress",
+    ]);
+    let last = r.to_string();
+    assert_eq!(r["scenario"], "preemption", "{last}");
+    assert_eq!(r["low_requests"], 80, "four per engine: {last}");
+    assert_eq!(r["high_placed"], 40, "{last}");
+    assert_eq!(r["undecided"], 0, "{last}");
+    assert_eq!(r["preempted"], 40, "one victim per high request: {last}");
+    assert_eq!(r["preemptions_listed"], 40, "{last}");
+    assert_eq!(r["victims_undecided"], 0, "{last}");
+    assert_eq!(r["victims_unaccounted"], 0, "{last}");
+    for field in [
+        "overcommitted_engines",
+        "double_bound_ports",
+        "mismatched",
+        "duplicate_or_missing_decisions",
+    ] {
+        assert_eq!(r[field], 0, "{field}: {last}");
+    }
+    let ratio = r["ratio"].as_f64().unwrap_or(0.0);
+    assert!(ratio > 0.0 && ratio.is_finite(), "{last}");
+    assert!(
+        stdout.contains("scenario preemption") && stdout.contains("victims"),
+        "the table names the scenario:\n{stdout}"
+    );
+}
+
+/// `--scenario gang`: gangs of 8 with their members' puts interleaved; every gang is placed
+/// whole, none in part, and the latency is one per gang.
+#[test]
+fn bench_gang_scenario_places_every_gang_whole() {
+    let (stdout, r) = bench(&[
+        "--scenario",
+        "gang",
+        "--engines",
+        "20",
+        "--requests",
+        "80",
+        "--clients",
+        "8",
+        "--timeout",
+        "45",
+        "--quiet-progress",
+    ]);
+    let last = r.to_string();
+    assert_eq!(r["scenario"], "gang", "{last}");
+    assert_eq!(r["gang_size"], 8, "{last}");
+    assert_eq!(r["gangs"], 10, "{last}");
+    assert_eq!(r["gangs_partial"], 0, "all or nothing: {last}");
+    assert_eq!(r["gangs_whole"], 10, "the engines hold them all: {last}");
+    assert_eq!(r["placed"], 80, "{last}");
+    assert_eq!(r["undecided"], 0, "{last}");
+    for field in [
+        "overcommitted_engines",
+        "double_bound_ports",
+        "mismatched",
+        "duplicate_or_missing_decisions",
+    ] {
+        assert_eq!(r[field], 0, "{field}: {last}");
+    }
+    let p99 = r["p99_ms"].as_f64().unwrap_or(-1.0);
+    assert!(p99 >= 0.0 && p99.is_finite(), "{last}");
+    assert!(
+        stdout.contains("scenario gang") && stdout.contains("partial 0"),
+        "the table names the scenario:\n{stdout}"
+    );
+}
+
+/// A gang run needs whole gangs: requests that do not divide into them are refused up front.
+#[test]
+fn bench_gang_scenario_refuses_requests_that_are_not_whole_gangs() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--scenario",
+            "gang",
+            "--engines",
+            "2",
+            "--requests",
+            "10",
+        ])
+        .output()
+        .expect("run citadel bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("multiple of --gang-size"), "{stderr}");
+}

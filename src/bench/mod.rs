@@ -18,6 +18,7 @@ mod phase;
 mod proc;
 pub mod quality;
 mod report;
+mod scenario;
 mod workload;
 
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub use agents::{AgentFigures, LaunchFigures, LossFigures};
 use phase::{Batch, Seen};
 use proc::{Controllers, Meter, proc_usage};
 pub use report::render_table;
+pub use scenario::{GangFigures, PreemptionFigures, Scenario, ScenarioFigures};
 pub use workload::request_json;
 use workload::{Fleet, RawPuts, percentile, raw_put_rate, register_engines};
 
@@ -122,6 +124,14 @@ pub struct BenchArgs {
     /// Output format (`json` is the same as --json).
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<Format>,
+    /// What to run: the default request mix; `preemption` (engines filled with low-priority
+    /// requests, then `--requests` high-priority ones that each evict one); or `gang`
+    /// (`--requests` in gangs of `--gang-size`, placed all or nothing). See docs/bench.md.
+    #[arg(long, value_enum, default_value_t = Scenario::Default)]
+    pub scenario: Scenario,
+    /// With `--scenario gang`: members per gang (`group_min`).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    pub gang_size: usize,
 }
 
 /// What `citadel bench` prints: its table, or one JSON document.
@@ -231,6 +241,9 @@ pub struct BenchResult {
     /// With `--agents`: the hollow agents' figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agents: Option<AgentFigures>,
+    /// With `--scenario preemption|gang`: `scenario` and what it found, beside the rest.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<ScenarioFigures>,
 }
 
 impl BenchResult {
@@ -245,6 +258,10 @@ impl BenchResult {
                 .as_ref()
                 .and_then(|a| a.launch.as_ref())
                 .map_or(0, |l| l.violations())
+            + self
+                .scenario
+                .as_ref()
+                .map_or(0, |s| s.failures(self.requests))
     }
 }
 
@@ -264,8 +281,15 @@ impl BenchResult {
             Some(_) => " (hollow agents)",
             None => "",
         };
+        let scenario = match self.scenario.as_ref() {
+            Some(s) => match &s.gang {
+                Some(g) => format!("scenario gang (gangs of {}): ", g.gang_size),
+                None => format!("scenario {}: ", s.scenario),
+            },
+            None => String::new(),
+        };
         format!(
-            "{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            "{scenario}{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
             self.engines,
             self.requests,
             self.clients,
@@ -313,12 +337,19 @@ struct Citadel {
     etcd_cpu_s: Option<f64>,
     bench_cpu_s: f64,
     agents: Option<AgentFigures>,
+    /// Requests submitted in all (a scenario's unmeasured ones too): one decision each.
+    submitted: usize,
+    /// What the per-placement and per-decision costs are divided by: the measured phase's.
+    per_placement: usize,
+    per_decision: usize,
+    scenario: Option<ScenarioFigures>,
 }
 
 /// Runs the bench against `etcd` (its endpoints, TLS and credentials), or its own etcd when
 /// `None`.
 pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
     let started = Instant::now();
+    scenario::validate(&args)?;
     // Hollow agents register the engines: as many as agents.
     if let Some(n) = args.agents {
         args.engines = n as usize;
@@ -334,7 +365,10 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
     }
     let client = conns[0].clone();
     eprintln!("bench: etcd {} prefix {prefix}", etcd.endpoints_str());
-    let fleet = Fleet::new(args.engines, args.requests, args.headroom);
+    let fleet = match args.scenario {
+        Scenario::Default => Fleet::new(args.engines, args.requests, args.headroom),
+        _ => scenario::fleet(&args),
+    };
     let hollow = match args.agents {
         None => {
             register_engines(&client, &keys, &fleet).await?;
@@ -384,16 +418,21 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
         Some(Baseline::Floor) => Some(floor_phase(1).await?),
         None => None,
     };
-    let citadel = citadel_phase(
-        &args,
-        &etcd,
-        &prefix,
-        &conns,
-        &keys,
-        &meter,
-        hollow.as_ref(),
-    )
-    .await?;
+    let citadel = match args.scenario {
+        Scenario::Default => {
+            citadel_phase(
+                &args,
+                &etcd,
+                &prefix,
+                &conns,
+                &keys,
+                &meter,
+                hollow.as_ref(),
+            )
+            .await?
+        }
+        _ => scenario::citadel_phase(&args, &etcd, &prefix, &conns, &keys, &meter).await?,
+    };
     drop(hollow);
     let floor = match floor_before {
         Some(before) => Some((before + floor_phase(2).await?) / 2.0),
@@ -513,6 +552,10 @@ async fn citadel_phase(
     drop(controllers);
     Ok(Citadel {
         first_revision,
+        submitted: args.requests,
+        per_placement: report.placed,
+        per_decision: report.decided,
+        scenario: None,
         seen,
         report,
         cpu_s: cpu1 - cpu0,
@@ -598,8 +641,8 @@ fn assemble(
     let raw = &raw.puts;
     let (seen, report) = (&c.seen, &c.report);
     let placements_per_s = seen.per_s(seen.placed);
-    let placed = report.placed.max(1) as f64;
-    let decided = report.decided.max(1) as f64;
+    let placed = c.per_placement.max(1) as f64;
+    let decided = c.per_decision.max(1) as f64;
     let grown = (c.rss_peak_mb - c.rss0_mb).max(0.0) * 1024.0 * 1024.0;
     BenchResult {
         engines: args.engines,
@@ -644,8 +687,9 @@ fn assemble(
         overcommitted_engines: report.overcommitted_engines.len(),
         double_bound_ports: report.double_bound_ports.len(),
         mismatched: report.mismatched.len(),
-        duplicate_or_missing_decisions: report.decided.abs_diff(args.requests),
+        duplicate_or_missing_decisions: report.decided.abs_diff(c.submitted),
         elapsed_s: started.elapsed().as_secs_f64(),
         agents: c.agents.clone(),
+        scenario: c.scenario.clone(),
     }
 }

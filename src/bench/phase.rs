@@ -17,8 +17,8 @@ use crate::store::{self, EtcdConfig};
 
 pub(super) struct Timings {
     start: Instant,
-    /// The batch's request ids are `<tag><n:07>`.
-    tag: char,
+    /// The batch: how its request ids are spelt and which decision is the one awaited.
+    batch: Batch,
     sent: Vec<AtomicU64>,
     /// When etcd answered the request's put.
     acked: Vec<AtomicU64>,
@@ -31,10 +31,10 @@ pub(super) struct Timings {
 }
 
 impl Timings {
-    fn new(requests: usize, tag: char) -> Arc<Timings> {
+    fn new(requests: usize, batch: Batch) -> Arc<Timings> {
         Arc::new(Timings {
             start: Instant::now(),
-            tag,
+            batch,
             sent: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             decided: (0..requests).map(|_| AtomicU64::new(0)).collect(),
@@ -51,8 +51,7 @@ impl Timings {
 
     /// The batch's request number of `id`, if it is one of the batch's.
     pub(super) fn number(&self, id: &str) -> Option<usize> {
-        let n = id.strip_prefix(self.tag)?.parse::<usize>().ok()?;
-        (n < self.sent.len()).then_some(n)
+        self.batch.number(id, self.sent.len())
     }
 
     /// An agent reported request `id` running; the first report counts.
@@ -71,11 +70,27 @@ impl Timings {
     }
 }
 
-/// Which requests a phase submits: ids `<tag><n:07>`, asked to be launched or not.
+/// Which requests a phase submits: ids `<tag><n:07>` (a gang's `g<k>-<m>`), asked to be
+/// launched or not, of the default mix or of a scenario's shape.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Batch {
     pub(super) tag: char,
     pub(super) launch: bool,
+    pub(super) shape: Shape,
+    /// How many: `--requests` when `None`.
+    pub(super) count: Option<usize>,
+}
+
+/// What a batch's requests ask for, and which of their decisions the phase waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// [`request_json`]'s mix; the first decision of any status counts.
+    Mix,
+    /// 1 cpu and 1024 MB at this priority; the phase waits for each to be placed.
+    Slot { priority: i32 },
+    /// 1 cpu and 1024 MB, in gangs of `size` (`"group":"g<k>","group_min":size`), members
+    /// of `window` gangs at a time interleaved; the first decision other than `pending` counts.
+    Gang { size: usize, window: usize },
 }
 
 impl Batch {
@@ -83,25 +98,86 @@ impl Batch {
     pub(super) const PLAIN: Batch = Batch {
         tag: 'r',
         launch: false,
+        shape: Shape::Mix,
+        count: None,
     };
     /// `l0000000`…, each with `"launch":true`.
     pub(super) const LAUNCHED: Batch = Batch {
         tag: 'l',
         launch: true,
+        shape: Shape::Mix,
+        count: None,
     };
 
     pub(super) fn id(&self, n: usize) -> RequestId {
-        RequestId::new(format!("{}{n:07}", self.tag)).expect("valid id")
+        let id = match self.gang_member(n) {
+            Some((k, m)) => format!("{}{k}-{m}", self.tag),
+            None => format!("{}{n:07}", self.tag),
+        };
+        RequestId::new(id).expect("valid id")
     }
 
     pub(super) fn json(&self, n: usize) -> String {
-        let mut json = request_json(n);
+        let mut json = match self.shape {
+            Shape::Mix => request_json(n),
+            Shape::Slot { priority } => format!(
+                r#"{{"image":"bench/slot:{}","cpus":1,"memory":1024,"type":"service","priority":{priority}}}"#,
+                n % 100
+            ),
+            Shape::Gang { size, .. } => {
+                let (k, _) = self.gang_member(n).expect("a gang's member");
+                format!(
+                    r#"{{"image":"bench/gang:{}","cpus":1,"memory":1024,"type":"service","group":"{}{k}","group_min":{size}}}"#,
+                    k % 100,
+                    self.tag
+                )
+            }
+        };
         if self.launch {
             json.pop();
             json.push_str(r#","launch":true}"#);
         }
         json
     }
+
+    /// The request number of `id` among `count`, if it is one of the batch's.
+    pub(super) fn number(&self, id: &str, count: usize) -> Option<usize> {
+        let rest = id.strip_prefix(self.tag)?;
+        let n = match self.shape {
+            Shape::Gang { size, window } => {
+                let (k, m) = rest.split_once('-')?;
+                let (k, m) = (k.parse::<usize>().ok()?, m.parse::<usize>().ok()?);
+                if m >= size || k >= count / size.max(1) {
+                    return None;
+                }
+                gang_position(k, m, size, window, count / size)
+            }
+            _ => rest.parse::<usize>().ok()?,
+        };
+        (n < count).then_some(n)
+    }
+
+    /// Request `n` of a gang batch: gang `k`, member `m`.
+    pub(super) fn gang_member(&self, n: usize) -> Option<(usize, usize)> {
+        let Shape::Gang { size, window } = self.shape else {
+            return None;
+        };
+        let gangs = self.count? / size;
+        let window = window.max(1);
+        let block = n / (window * size);
+        let in_block = window.min(gangs.saturating_sub(block * window)).max(1);
+        let i = n - block * window * size;
+        Some((block * window + i % in_block, i / in_block))
+    }
+}
+
+/// Where member `m` of gang `k` is submitted: members of `window` gangs at a time, member 0
+/// of each, then member 1 of each, and so on.
+fn gang_position(k: usize, m: usize, size: usize, window: usize, gangs: usize) -> usize {
+    let window = window.max(1);
+    let block = k / window;
+    let in_block = window.min(gangs.saturating_sub(block * window)).max(1);
+    block * window * size + m * in_block + (k - block * window)
 }
 
 /// What a phase saw.
@@ -116,13 +192,19 @@ pub(super) struct Seen {
     pub(super) span_s: f64,
     /// Decisions seen with `"status":"placed"`.
     pub(super) placed: usize,
+    /// Requests whose awaited decision was seen (the latencies' count, unless a scenario
+    /// replaces those with its own).
+    pub(super) decided: usize,
+    /// A scenario batch's (sent, awaited decision) per request, ns since the phase began (0:
+    /// never); empty for the default mix.
+    pub(super) times: Vec<(u64, u64)>,
     /// put -> `running` report of an agent, ms, sorted (`--agents --launch`).
     pub(super) running_ms: Vec<f64>,
 }
 
 impl Seen {
     pub(super) fn decided(&self) -> usize {
-        self.latencies.len()
+        self.decided
     }
 
     pub(super) fn per_s(&self, n: usize) -> f64 {
@@ -148,7 +230,8 @@ pub(super) async fn run(
     batch: Batch,
     agents: Option<&super::agents::HollowFleet>,
 ) -> Result<Seen, BenchError> {
-    let timings = Timings::new(args.requests, batch.tag);
+    let total = batch.count.unwrap_or(args.requests);
+    let timings = Timings::new(total, batch);
     if let Some(fleet) = agents {
         fleet.observe(&timings);
     }
@@ -161,7 +244,7 @@ pub(super) async fn run(
         + 1;
     let watcher = Watcher::start(etcd, keys, &timings, from).await?;
     let mut submitters = submit(conns, keys, args, batch, &timings);
-    let progress = show_progress(&timings, args.requests, args.quiet_progress);
+    let progress = show_progress(&timings, total, args.quiet_progress);
     while let Some(r) = submitters.join_next().await {
         r.map_err(|e| BenchError::Setup(e.to_string()))??;
     }
@@ -280,6 +363,7 @@ impl Watcher {
 /// Records when each request's first decision arrives, until every one has.
 async fn follow(watch: &mut etcd_client::WatchStream, decisions: &str, timings: &Timings) {
     let placed = memchr::memmem::Finder::new(br#""status":"placed""#);
+    let pending = memchr::memmem::Finder::new(br#""status":"pending""#);
     while let Ok(Some(resp)) = watch.message().await {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
@@ -293,9 +377,18 @@ async fn follow(watch: &mut etcd_client::WatchStream, decisions: &str, timings: 
             };
             let slot = &timings.decided[n];
             if slot.load(Ordering::Relaxed) == 0 && !kv.value().is_empty() {
+                let is_placed = placed.find(kv.value()).is_some();
+                let awaited = match timings.batch.shape {
+                    Shape::Mix => true,
+                    Shape::Slot { .. } => is_placed,
+                    Shape::Gang { .. } => pending.find(kv.value()).is_none(),
+                };
+                if !awaited {
+                    continue;
+                }
                 slot.store(timings.now(), Ordering::Relaxed);
                 timings.decided_count.fetch_add(1, Ordering::Relaxed);
-                if placed.find(kv.value()).is_some() {
+                if is_placed {
                     timings.placed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -320,7 +413,7 @@ fn submit(
     for c in 0..args.clients {
         let mut kv = conns[c % conns.len()].kv_client();
         let (next, timings, keys) = (next.clone(), timings.clone(), keys.clone());
-        let (total, rate) = (args.requests, args.rate);
+        let (total, rate) = (which.count.unwrap_or(args.requests), args.rate);
         tasks.spawn(async move {
             loop {
                 let first = next.fetch_add(batch, Ordering::Relaxed);
@@ -431,7 +524,20 @@ fn summarize(timings: &Timings) -> Seen {
         .map(|(s, r)| (r - s) as f64 / 1e6)
         .collect();
     running_ms.sort_by(f64::total_cmp);
+    let times = match timings.batch.shape {
+        Shape::Mix => Vec::new(),
+        _ => (0..n)
+            .map(|i| {
+                (
+                    timings.sent[i].load(Ordering::Relaxed),
+                    timings.decided[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect(),
+    };
     Seen {
+        decided: latencies.len(),
+        times,
         latencies,
         series,
         put_ms,

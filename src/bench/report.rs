@@ -9,15 +9,20 @@ use super::BenchResult;
 pub fn render_table(r: &BenchResult) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "citadel bench: {}", r.parameters());
-    let _ = writeln!(
-        out,
-        "  decided            {:>10}  (placed {}, unschedulable {}, invalid {}, undecided {})",
-        r.requests - r.undecided,
-        r.placed,
-        r.unschedulable,
-        r.invalid,
-        r.undecided
-    );
+    match &r.scenario {
+        None => {
+            let _ = writeln!(
+                out,
+                "  decided            {:>10}  (placed {}, unschedulable {}, invalid {}, undecided {})",
+                r.requests - r.undecided,
+                r.placed,
+                r.unschedulable,
+                r.invalid,
+                r.undecided
+            );
+        }
+        Some(s) => scenario_table(&mut out, r, s),
+    }
     let _ = writeln!(out, "  placements/s       {:>10.0}", r.placements_per_s);
     let _ = writeln!(
         out,
@@ -91,6 +96,38 @@ pub fn render_table(r: &BenchResult) -> String {
     }
     let _ = writeln!(out, "  wall time          {:>10.1} s", r.elapsed_s);
     out.trim_end().to_string()
+}
+
+/// The `--scenario` lines: what was measured, and what the scenario promises.
+fn scenario_table(out: &mut String, r: &BenchResult, s: &super::ScenarioFigures) {
+    let _ = writeln!(
+        out,
+        "  decided            {:>10}  of the measured phase (undecided {}); in etcd at the end: placed {}, unschedulable {}, invalid {}",
+        r.requests - r.undecided,
+        r.undecided,
+        r.placed,
+        r.unschedulable,
+        r.invalid
+    );
+    if let Some(p) = &s.preemption {
+        let _ = writeln!(
+            out,
+            "  preemption         {:>10}  high-priority placed of {}, after {} low-priority ones filled every engine ({:.1} s, not measured)",
+            p.high_placed, r.requests, p.low_requests, p.fill_s
+        );
+        let _ = writeln!(
+            out,
+            "  victims            {:>10}  preempted (evictions the placements list: {}); victims undecided {}, unaccounted {}",
+            p.preempted, p.preemptions_listed, p.victims_undecided, p.victims_unaccounted
+        );
+    }
+    if let Some(g) = &s.gang {
+        let _ = writeln!(
+            out,
+            "  gangs              {:>10}  of {}: whole {}, partial {}, none placed {} (latency below: per gang, its last member's put to its placement)",
+            g.gangs, g.gang_size, g.gangs_whole, g.gangs_partial, g.gangs_unplaced
+        );
+    }
 }
 
 /// The `--agents` lines.

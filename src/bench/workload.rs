@@ -18,6 +18,8 @@ pub(super) struct Fleet {
     pub(super) engines: usize,
     /// With `--headroom`: the cpus and memory (MB) of a size-1 engine.
     unit: Option<(f64, f64)>,
+    /// A scenario's fleet: every engine of these cpus and memory (MB).
+    equal: Option<(f64, f64)>,
 }
 
 /// Size weights of engine `i` under `--headroom`: 1 to 4, so the fleet stays heterogeneous.
@@ -37,21 +39,35 @@ impl Fleet {
             let weights = weights.max(1) as f64;
             (h * cpus / weights, h * memory / weights)
         });
-        Fleet { engines, unit }
+        Fleet {
+            engines,
+            unit,
+            equal: None,
+        }
+    }
+
+    /// `engines` engines of `cpus` and `memory` (MB) each.
+    pub(super) fn equal(engines: usize, cpus: f64, memory: f64) -> Fleet {
+        Fleet {
+            engines,
+            unit: None,
+            equal: Some((cpus, memory)),
+        }
     }
 
     /// Engine `i`'s key value: in two regions, five zones and two disk kinds.
     pub(super) fn engine_json(&self, i: usize) -> String {
-        let (cpus, memory) = match self.unit {
+        let (cpus, memory) = match (self.equal, self.unit) {
+            (Some(equal), _) => equal,
             // Rounded up to what the scheduler counts in: millicpus and whole MB.
-            Some((cpu, mem)) => {
+            (None, Some((cpu, mem))) => {
                 let w = WEIGHTS[i % 4] as f64;
                 (
                     ((cpu * w * 1000.0).ceil() / 1000.0).max(0.001),
                     (mem * w).ceil().max(1.0),
                 )
             }
-            None => (
+            (None, None) => (
                 [8.0, 16.0, 32.0, 64.0][i % 4],
                 [16_384.0, 32_768.0, 65_536.0, 131_072.0][(i / 4) % 4],
             ),
