@@ -167,12 +167,16 @@ impl Ledger {
             }
             return;
         }
-        let held: Vec<(RequestId, Suspect)> = ledger
+        let mut held: Vec<(RequestId, Suspect)> = ledger
             .guard
             .stop()
             .into_iter()
             .filter(|(id, s)| mirror.decision(id).is_none_or(|d| d.mod_revision < s.rev))
             .collect();
+        // In etcd's order, and within one transaction what frees before what holds (a
+        // preemption's evictions before the placement they make room for), so no engine is
+        // seen to hold more than it can on the way.
+        held.sort_by_key(|(_, s)| (s.rev, s.value.as_deref().is_some_and(holds)));
         for (id, s) in held {
             books.apply_held(&id, s.rev, s.value.as_deref());
         }
@@ -294,4 +298,10 @@ mod tests {
             assert_eq!(explained(put, rev, held), want, "{put} {rev} {held:?}");
         }
     }
+}
+
+/// Whether a decision's value holds a reservation.
+fn holds(value: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .is_ok_and(|v| v.get("reservation").is_some_and(|r| !r.is_null()))
 }
