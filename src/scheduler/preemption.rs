@@ -76,11 +76,22 @@ pub fn preempt(
     let mut memo = ClassMemo::default();
     let mut found = 0;
     let mut best: Option<(Cost, usize, Vec<&RequestId>)> = None;
+    // One pair of buffers for the whole scan: hundreds of candidates cost no allocation each.
+    let (mut order, mut victims) = (Vec::new(), Vec::new());
     for k in 0..n {
         let i = (opts.start % n + k) % n;
-        let Some(victims) = select(prepared, &engines[i], opts.gap, budget_left, &mut memo) else {
+        let e = &engines[i];
+        if !select_into(
+            prepared,
+            e,
+            opts.gap,
+            budget_left,
+            &mut memo,
+            &mut order,
+            &mut victims,
+        ) {
             continue;
-        };
+        }
         if victims.is_empty() {
             return Some(Preemption {
                 engine: i,
@@ -89,7 +100,15 @@ pub fn preempt(
         }
         let cost = Cost::of(&victims, k);
         if best.as_ref().is_none_or(|(b, _, _)| cost < *b) {
-            best = Some((cost, i, victims.iter().map(|(id, _)| *id).collect()));
+            match &mut best {
+                Some((c, at, ids)) => {
+                    *c = cost;
+                    *at = i;
+                    ids.clear();
+                    ids.extend(victims.iter().map(|(id, _)| *id));
+                }
+                None => best = Some((cost, i, victims.iter().map(|(id, _)| *id).collect())),
+            }
         }
         found += 1;
         if found >= want {
@@ -167,12 +186,28 @@ fn select<'a>(
     budget_left: &dyn Fn(&str) -> Option<u32>,
     memo: &mut ClassMemo,
 ) -> Option<Vec<(&'a RequestId, &'a Tenant)>> {
+    let (mut order, mut victims) = (Vec::new(), Vec::new());
+    select_into(p, e, gap, budget_left, memo, &mut order, &mut victims).then_some(victims)
+}
+
+/// [`select`] into buffers the caller keeps: `victims` holds the victims when it returns true.
+#[allow(clippy::too_many_arguments)]
+fn select_into<'a>(
+    p: &Prepared,
+    e: &'a EngineView,
+    gap: u32,
+    budget_left: &dyn Fn(&str) -> Option<u32>,
+    memo: &mut ClassMemo,
+    order: &mut Vec<(&'a RequestId, &'a Tenant)>,
+    victims: &mut Vec<(&'a RequestId, &'a Tenant)>,
+) -> bool {
+    victims.clear();
     // The filters that do not read the tenants (constraints, volume pins, launch policy,
     // cordoned, unhealthy) run first, so the resources and affinity are what may fail.
     match p.check(e, false, memo) {
-        Ok(()) => return Some(Vec::new()),
+        Ok(()) => return true,
         Err(Code::Cpus | Code::Memory | Code::Disk | Code::Port(_) | Code::Affinity(_)) => {}
-        Err(_) => return None,
+        Err(_) => return false,
     }
     let r = &p.request;
     let limit = i64::from(r.priority) - i64::from(gap.max(1));
@@ -185,7 +220,7 @@ fn select<'a>(
         room.take(t);
     }
     if !room.fits(p) {
-        return None;
+        return false;
     }
     // A port the request binds, held by something that stays, rules the engine out.
     if r.ports.iter().any(|hp| {
@@ -195,17 +230,16 @@ fn select<'a>(
                 .values()
                 .any(|t| eligible(t) && t.held.ports.contains(hp))
     }) {
-        return None;
+        return false;
     }
-    let mut order: Vec<(&RequestId, &Tenant)> =
-        e.tenants.iter().filter(|(_, t)| eligible(t)).collect();
+    order.clear();
+    order.extend(e.tenants.iter().filter(|(_, t)| eligible(t)));
     // The most important first: the highest priority, then the oldest work.
-    order.sort_by_key(|(id, t)| (Reverse(t.held.rank.priority), t.revision, *id));
+    order.sort_unstable_by_key(|(id, t)| (Reverse(t.held.rank.priority), t.revision, *id));
     let holds_wanted_port = |t: &Tenant| t.held.ports.iter().any(|hp| r.ports.contains(hp));
-    let mut victims = Vec::new();
     if p.affinity_hard.is_empty() {
         // Nothing but the resources reads the tenants: give them back by arithmetic.
-        for (id, t) in order {
+        for &(id, t) in order.iter() {
             if holds_wanted_port(t) {
                 victims.push((id, t));
                 continue;
@@ -221,13 +255,13 @@ fn select<'a>(
     } else {
         // Affinity reads which tenants stay: decide each on a copy of the view.
         let mut view = e.clone();
-        for (id, _) in &order {
+        for (id, _) in order.iter() {
             view.evict(id);
         }
         if p.check(&view, false, memo).is_err() {
-            return None;
+            return false;
         }
-        for (id, t) in order {
+        for &(id, t) in order.iter() {
             if holds_wanted_port(t) {
                 victims.push((id, t));
                 continue;
@@ -241,7 +275,7 @@ fn select<'a>(
     }
     // Least important first: the reverse of the order they were considered in.
     victims.reverse();
-    within_budgets(&victims, budget_left).then_some(victims)
+    within_budgets(victims, budget_left)
 }
 
 /// Whether `victims` take no more members of any group than its budget allows.

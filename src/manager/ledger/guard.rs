@@ -244,6 +244,12 @@ impl Ledger {
     }
 }
 
+/// Whether a decision's value holds a reservation.
+fn holds(value: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .is_ok_and(|v| v.get("reservation").is_some_and(|r| !r.is_null()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,10 +304,4 @@ mod tests {
             assert_eq!(explained(put, rev, held), want, "{put} {rev} {held:?}");
         }
     }
-}
-
-/// Whether a decision's value holds a reservation.
-fn holds(value: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(value)
-        .is_ok_and(|v| v.get("reservation").is_some_and(|r| !r.is_null()))
 }
