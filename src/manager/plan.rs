@@ -56,6 +56,8 @@ pub fn plan(
         evicted: by.down.clone(),
         journal: None,
         lowest: None,
+        work,
+        deciding: None,
     };
     // A gang's members come one after another (the ledger takes them together): the gang is
     // decided whole where its last member is met, in the order of the work.
@@ -257,6 +259,10 @@ pub(super) struct Round<'a> {
     pub(super) journal: Option<Vec<(usize, EngineView)>>,
     /// The lowest priority any engine holds, once looked up this round.
     pub(super) lowest: Option<Option<i32>>,
+    /// The round's work: the requests it decides are never evicted by it (each gets one item).
+    pub(super) work: &'a [Work],
+    /// Those requests, gathered the first time a preemption asks.
+    pub(super) deciding: Option<std::collections::HashSet<RequestId>>,
 }
 
 /// A request to decide, and when and by whom the decision is made.

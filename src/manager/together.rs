@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::item::{AgentOps, Item};
-use super::ledger::Decide;
+use super::ledger::{Decide, Work};
 use super::plan::{Ask, Round, seed};
 use crate::model::{Decision, Echo, RequestId, Status};
 use crate::scheduler::{
@@ -80,8 +80,22 @@ impl Round<'_> {
         };
         let chosen = scheduler::preempt(prepared, self.engines, &opts, &budget_left)?;
         // It fits with nothing evicted: the view changed since it was found not to (the
-        // memo of shapes that fit nowhere); it is decided with the next capacity epoch.
+        // memo of shapes that fit nowhere); it is decided with the next capacity epoch. A
+        // victim this round also decides (a placement being moved) is left alone: one item
+        // per request.
         if chosen.victims.is_empty() {
+            return None;
+        }
+        let work = self.work;
+        let deciding = self.deciding.get_or_insert_with(|| {
+            work.iter()
+                .filter_map(|w| match w {
+                    Work::Decide(d) => Some(d.id.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        if chosen.victims.iter().any(|v| deciding.contains(v)) {
             return None;
         }
         let i = chosen.engine;
