@@ -310,3 +310,62 @@ fn a_request_key_that_cannot_be_an_id_is_answered_and_its_answer_released_when_i
     assert!(f.work().is_empty());
     assert!(f.mirror().odd(&segment).is_none(), "nothing left of it");
 }
+
+#[test]
+fn pending_requests_are_taken_highest_priority_first_then_oldest() {
+    let mut f = fed();
+    f.put(
+        "/citadel/requests/old-low",
+        r#"{"image":"x","cpus":1,"memory":1,"type":"service"}"#,
+    );
+    f.put(
+        "/citadel/requests/new-high",
+        r#"{"image":"x","cpus":1,"memory":1,"type":"service","priority":9}"#,
+    );
+    f.put(
+        "/citadel/requests/newer-low",
+        r#"{"image":"x","cpus":1,"memory":1,"type":"service","priority":0}"#,
+    );
+    f.put(
+        "/citadel/requests/negative",
+        r#"{"image":"x","cpus":1,"memory":1,"type":"service","priority":-3}"#,
+    );
+    let order: Vec<String> = f
+        .work()
+        .iter()
+        .filter_map(|w| match w {
+            Work::Decide(d) => Some(d.id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["new-high", "old-low", "newer-low", "negative"]);
+}
+
+#[test]
+fn a_gang_is_taken_whole_and_waits_while_one_of_its_members_is_in_flight() {
+    let mut f = fed();
+    let member = r#"{"image":"x","cpus":1,"memory":1,"type":"service","group":"g","group_min":3}"#;
+    f.put("/citadel/requests/g-0", member);
+    f.put(
+        "/citadel/requests/other",
+        r#"{"image":"x","cpus":1,"memory":1,"type":"service"}"#,
+    );
+    f.put("/citadel/requests/g-1", member);
+    f.put("/citadel/requests/g-2", member);
+    let ids = |w: Vec<Work>| -> Vec<String> {
+        w.iter()
+            .filter_map(|w| match w {
+                Work::Decide(d) => Some(d.id.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Taken together, however small the limit, in the place of the oldest.
+    let (mirror, ledger) = (f.shared.mirror(), f.shared.listener());
+    let two = ledger.work(mirror, 2, &HashSet::new(), &HashSet::new());
+    assert_eq!(ids(two), ["g-0", "g-1", "g-2"]);
+    // One member's write in flight: the gang waits for it, the rest goes on.
+    let in_flight: HashSet<RequestId> = [rid("g-1")].into();
+    let w = ledger.work(mirror, 100, &in_flight, &HashSet::new());
+    assert_eq!(ids(w), ["other"]);
+}
