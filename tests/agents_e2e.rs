@@ -434,11 +434,7 @@ async fn a_preempted_service_has_stopped_before_the_request_that_took_its_room_s
     let mut w = World::start("preempt", &["p1"]).await;
     w.start_agent("p1", None, &[]);
     w.wait_registered("p1").await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
-        .to_string();
+    let since = common::epoch_secs();
     // Each takes the whole engine (2 cpus).
     let asks = |priority: i64| {
         common::request_json(
@@ -462,41 +458,7 @@ async fn a_preempted_service_has_stopped_before_the_request_that_took_its_room_s
     );
 
     // Docker's own record: the victim's container died before the preemptor's started.
-    let until = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
-        + 1)
-    .to_string();
-    let events = e
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
-            "--filter",
-            "type=container",
-            "--format",
-            "{{json .}}",
-        ])
-        .await;
-    let at = |request: &str, action: &str| -> u128 {
-        events
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| {
-                v["Action"] == action && v["Actor"]["Attributes"]["citadel.request"] == request
-            })
-            .filter_map(|v| v["timeNano"].as_u64())
-            .map(u128::from)
-            .min()
-            .unwrap_or_else(|| panic!("no {action} of {request} in:\n{events}"))
-    };
-    assert!(
-        at("low", "die") <= at("urgent", "start"),
-        "the victim was still running when the preemptor started:\n{events}"
-    );
+    common::assert_died_before_started(Some(&e.dockerd.addr()), since, "low", "urgent").await;
     let report = w.check().await;
     assert_eq!(report.violations(), 0, "{report:?}");
     assert_eq!(report.preempted, 1);

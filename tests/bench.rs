@@ -251,14 +251,7 @@ fn bench_preemption_scenario_places_every_high_request_by_evicting_one_low() {
     assert_eq!(r["preemptions_listed"], 40, "{last}");
     assert_eq!(r["victims_undecided"], 0, "{last}");
     assert_eq!(r["victims_unaccounted"], 0, "{last}");
-    for field in [
-        "overcommitted_engines",
-        "double_bound_ports",
-        "mismatched",
-        "duplicate_or_missing_decisions",
-    ] {
-        assert_eq!(r[field], 0, "{field}: {last}");
-    }
+    invariants_intact(&r);
     let ratio = r["ratio"].as_f64().unwrap_or(0.0);
     assert!(ratio > 0.0 && ratio.is_finite(), "{last}");
     assert!(
@@ -292,14 +285,7 @@ fn bench_gang_scenario_places_every_gang_whole() {
     assert_eq!(r["gangs_whole"], 10, "the engines hold them all: {last}");
     assert_eq!(r["placed"], 80, "{last}");
     assert_eq!(r["undecided"], 0, "{last}");
-    for field in [
-        "overcommitted_engines",
-        "double_bound_ports",
-        "mismatched",
-        "duplicate_or_missing_decisions",
-    ] {
-        assert_eq!(r[field], 0, "{field}: {last}");
-    }
+    invariants_intact(&r);
     let p99 = r["p99_ms"].as_f64().unwrap_or(-1.0);
     assert!(p99 >= 0.0 && p99.is_finite(), "{last}");
     assert!(
@@ -326,4 +312,16 @@ fn bench_gang_scenario_refuses_requests_that_are_not_whole_gangs() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("multiple of --gang-size"), "{stderr}");
+}
+
+/// The invariants a run's JSON reports are intact.
+fn invariants_intact(r: &serde_json::Value) {
+    for field in [
+        "overcommitted_engines",
+        "double_bound_ports",
+        "mismatched",
+        "duplicate_or_missing_decisions",
+    ] {
+        assert_eq!(r[field], 0, "{field}: {r}");
+    }
 }

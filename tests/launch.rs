@@ -775,11 +775,7 @@ async fn a_preempted_container_has_stopped_before_the_preemptors_starts() {
     let mut c = Cluster::start("preempt", &["e1"]).await;
     c.start_controller("ctl-1", FAST);
     c.register("e1").await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
-        .to_string();
+    let since = common::epoch_secs();
     // Each takes the whole engine (2 cpus).
     let asks = |priority: i64| {
         common::request_json(
@@ -799,40 +795,7 @@ async fn a_preempted_container_has_stopped_before_the_preemptors_starts() {
     assert_eq!(low.status, Status::Preempted, "{low:?}");
     c.wait_no_container("e1", "low").await;
     // Docker's own record: the victim's container died before the preemptor's started.
-    let until = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
-        + 1)
-    .to_string();
-    let events = c
-        .engine("e1")
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
-            "--filter",
-            "type=container",
-            "--format",
-            "{{json .}}",
-        ])
-        .await;
-    let at = |request: &str, action: &str| -> u64 {
-        events
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
-                v["Action"] == action && v["Actor"]["Attributes"]["citadel.request"] == request
-            })
-            .filter_map(|v| v["timeNano"].as_u64())
-            .min()
-            .unwrap_or_else(|| panic!("no {action} of {request} in:\n{events}"))
-    };
-    assert!(
-        at("low", "die") <= at("urgent", "start"),
-        "the victim was still running when the preemptor started:\n{events}"
-    );
+    let addr = c.engine("e1").addr();
+    common::assert_died_before_started(Some(&addr), since, "low", "urgent").await;
     common::assert_invariants(&c.client, &c.keys).await;
 }

@@ -478,12 +478,7 @@ async fn citadel_phase(
     meter: &Meter,
     hollow: Option<&HollowFleet>,
 ) -> Result<Citadel, BenchError> {
-    let first_revision = conns[0]
-        .kv_client()
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await?
-        .header()
-        .map_or(0, |h| h.revision());
+    let first_revision = revision_now(&conns[0]).await?;
     let controllers = Controllers::start(etcd, prefix, args, &conns[0], keys).await?;
     let leader = controllers.leader.pid();
     let window = match hollow {
@@ -568,6 +563,16 @@ async fn citadel_phase(
 }
 
 /// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
+/// etcd's revision now: where a phase's own writes begin.
+pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
+    Ok(client
+        .kv_client()
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await?
+        .header()
+        .map_or(0, |h| h.revision()))
+}
+
 async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
     let mut kv = client.kv_client();
     for p in [

@@ -15,13 +15,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use serde::Serialize;
 
 use super::phase::{self, Batch, Seen, Shape};
 use super::proc::{Controllers, Meter, proc_usage};
 use super::workload::Fleet;
-use super::{BenchArgs, BenchError, Citadel};
+use super::{BenchArgs, BenchError, Citadel, revision_now};
 use crate::invariants;
 use crate::keys::{Key, Keys};
 use crate::model::{Decision, Status};
@@ -160,12 +160,7 @@ pub(super) async fn citadel_phase(
     keys: &Keys,
     meter: &Meter,
 ) -> Result<Citadel, BenchError> {
-    let first_revision = conns[0]
-        .kv_client()
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await?
-        .header()
-        .map_or(0, |h| h.revision());
+    let first_revision = revision_now(&conns[0]).await?;
     let controllers = Controllers::start(etcd, prefix, args, &conns[0], keys).await?;
     let leader = controllers.leader.pid();
     let lows = args.engines * LOWS_PER_ENGINE;

@@ -286,7 +286,14 @@ impl Item {
                 }
                 ops
             }
+            // A refusal, or an eviction: its decision, and its assignment withdrawn.
             Item::Refuse {
+                id,
+                decision,
+                agent,
+                ..
+            }
+            | Item::Evict {
                 id,
                 decision,
                 agent,
@@ -298,16 +305,6 @@ impl Item {
             }
             Item::Restore { id, decision, .. } => {
                 vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)]
-            }
-            Item::Evict {
-                id,
-                decision,
-                agent,
-                ..
-            } => {
-                let mut ops = vec![put(keys.decision(id).into(), serde_json::to_vec(decision)?)];
-                ops.extend(agent.ops(keys, id, None));
-                ops
             }
             Item::Together(parts) => {
                 let mut ops = Vec::new();

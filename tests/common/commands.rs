@@ -109,6 +109,50 @@ pub async fn docker(addr: Option<&str>, args: &[&str]) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
+/// Seconds since the epoch, as `docker events --since` takes them.
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+}
+
+/// Asserts, from the daemon's own event stream since `since` (epoch seconds), that request
+/// `first`'s container died before request `then`'s started.
+pub async fn assert_died_before_started(addr: Option<&str>, since: u64, first: &str, then: &str) {
+    let (since, until) = (since.to_string(), (epoch_secs() + 1).to_string());
+    let events = docker(
+        addr,
+        &[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{json .}}",
+        ],
+    )
+    .await;
+    let at = |request: &str, action: &str| -> u64 {
+        events
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["Action"] == action && v["Actor"]["Attributes"]["citadel.request"] == request
+            })
+            .filter_map(|v| v["timeNano"].as_u64())
+            .min()
+            .unwrap_or_else(|| panic!("no {action} of {request} in:\n{events}"))
+    };
+    assert!(
+        at(first, "die") <= at(then, "start"),
+        "{first} was still running when {then} started:\n{events}"
+    );
+}
+
 /// NCPU and MemTotal (in whole MB) as the system daemon's own CLI reports them.
 pub fn docker_info() -> (f64, f64) {
     let out = std::process::Command::new("docker")
