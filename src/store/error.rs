@@ -173,6 +173,12 @@ impl EtcdErrorKind {
     pub fn of(e: &etcd_client::Error) -> EtcdErrorKind {
         use EtcdErrorKind as K;
         use tonic::Code;
+        // etcd refused our client certificate (or its lack): its alert reaches us during the
+        // handshake or, as a closed connection, after it, depending on timing. Both are the
+        // same refusal.
+        if certificate_refused(e) {
+            return K::Closed;
+        }
         if find_rustls(e).is_some() {
             return K::Tls;
         }
@@ -356,6 +362,39 @@ fn closed_under_us(e: &etcd_client::Error) -> bool {
     false
 }
 
+/// True when etcd's TLS alert says it refused our certificate, or wanted one: as a rustls
+/// error, or in the words a transport error carries when it wraps the alert in its own type.
+fn certificate_refused(e: &etcd_client::Error) -> bool {
+    use rustls::AlertDescription as A;
+    let start: &(dyn std::error::Error + 'static) = match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        etcd_client::Error::TransportError(t) => t,
+        etcd_client::Error::IoError(io) => io,
+        _ => return false,
+    };
+    let mut cur = Some(start);
+    while let Some(c) = cur {
+        if let Some(rustls::Error::AlertReceived(
+            A::BadCertificate | A::CertificateRequired | A::UnknownCA | A::CertificateUnknown,
+        )) = as_rustls(c)
+        {
+            return true;
+        }
+        let text = c.to_string();
+        if [
+            "received fatal alert: BadCertificate",
+            "received fatal alert: CertificateRequired",
+        ]
+        .iter()
+        .any(|alert| text.contains(alert))
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 fn as_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     if let Some(r) = e.downcast_ref::<rustls::Error>() {
         return Some(r);
@@ -378,6 +417,26 @@ fn io_reason(e: &std::io::Error) -> String {
 mod tests {
     use super::*;
     use tonic::{Code, Status};
+
+    #[test]
+    fn etcd_refusing_our_certificate_during_the_handshake_is_the_refusal_it_is_after_it() {
+        use rustls::AlertDescription as A;
+        let alert =
+            |a| etcd_client::Error::IoError(std::io::Error::other(rustls::Error::AlertReceived(a)));
+        for a in [A::BadCertificate, A::CertificateRequired] {
+            assert_eq!(EtcdErrorKind::of(&alert(a)), EtcdErrorKind::Closed, "{a:?}");
+        }
+        // Wrapped by the transport in its own type, only its words are left.
+        let worded = etcd_client::Error::IoError(std::io::Error::other(
+            "transport error: received fatal alert: BadCertificate",
+        ));
+        assert_eq!(EtcdErrorKind::of(&worded), EtcdErrorKind::Closed);
+        // Any other alert is a failed handshake.
+        assert_eq!(
+            EtcdErrorKind::of(&alert(A::HandshakeFailure)),
+            EtcdErrorKind::Tls
+        );
+    }
 
     fn status(code: Code, message: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(Status::new(code, message))
