@@ -58,6 +58,7 @@ pub fn plan(
         lowest: None,
         work,
         deciding: None,
+        group_index: None,
     };
     // A gang's members come one after another (the ledger takes them together): the gang is
     // decided whole where its last member is met, in the order of the work.
@@ -263,6 +264,8 @@ pub(super) struct Round<'a> {
     pub(super) work: &'a [Work],
     /// Those requests, gathered the first time a preemption asks.
     pub(super) deciding: Option<std::collections::HashSet<RequestId>>,
+    /// Each group's placed members and budget, looked up once per round when first needed.
+    pub(super) group_index: Option<HashMap<Arc<str>, super::together::GroupStat>>,
 }
 
 /// A request to decide, and when and by whom the decision is made.

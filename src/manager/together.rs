@@ -22,6 +22,14 @@ use crate::scheduler::{
     self, EngineView, GroupCounts, Parsed, Plan, PreemptOptions, Prepared, Strategy, Tenant,
 };
 
+/// What a round knows of one group from the engines' tenants.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct GroupStat {
+    /// Members placed (or in flight).
+    pub(super) placed: u32,
+    pub(super) budget: Option<u32>,
+}
+
 impl Round<'_> {
     /// The request held to its group's rules (`spread`, `max_per_engine`) on what the group
     /// holds now, if it has any.
@@ -71,10 +79,10 @@ impl Round<'_> {
             max_candidates: scheduler::candidates_for(self.engines.len()),
             start: (seed(&ask.d.id) % self.engines.len() as u64) as usize,
         };
-        let budgets = self.budgets();
-        let evicted = &self.evicted;
+        self.index_groups();
+        let (index, evicted) = (&self.group_index, &self.evicted);
         let budget_left = |group: &str| {
-            let (budget, _) = budgets.get(group)?;
+            let budget = index.as_ref()?.get(group)?.budget?;
             let taken = evicted.get(group).copied().unwrap_or(0);
             Some(budget.saturating_sub(taken))
         };
@@ -199,25 +207,25 @@ impl Round<'_> {
         self.lowest.flatten()
     }
 
-    /// Each group's disruption budget, from what its members hold (the lowest any member
-    /// states), with how many are placed. A gang's members are never taken one by one: their
-    /// budget is 0.
-    fn budgets(&self) -> HashMap<Arc<str>, (u32, u32)> {
-        let mut out: HashMap<Arc<str>, (u32, u32)> = HashMap::new();
-        for e in self.engines.iter() {
-            for t in e.tenants.values() {
-                let Some(g) = &t.held.rank.group else {
-                    continue;
-                };
-                let Some(budget) = t.held.rank.disruption_budget else {
-                    continue;
-                };
-                let entry = out.entry(g.clone()).or_insert((budget, 0));
-                entry.0 = entry.0.min(budget);
-                entry.1 += 1;
+    /// Each group's placed members and disruption budget (the lowest any member states; a
+    /// gang's is 0: its members are never taken one by one), from one look at every engine's
+    /// tenants, the first time a round needs them.
+    fn index_groups(&mut self) {
+        if self.group_index.is_some() {
+            return;
+        }
+        let mut out: HashMap<Arc<str>, GroupStat> = HashMap::new();
+        for t in self.engines.iter().flat_map(|e| e.tenants.values()) {
+            let Some(g) = &t.held.rank.group else {
+                continue;
+            };
+            let stat = out.entry(g.clone()).or_default();
+            stat.placed += 1;
+            if let Some(b) = t.held.rank.disruption_budget {
+                stat.budget = Some(stat.budget.map_or(b, |s| s.min(b)));
             }
         }
-        out
+        self.group_index = Some(out);
     }
 
     /// A gang's members, all or nothing. Every member gets its own item: placed together (one
@@ -240,16 +248,12 @@ impl Round<'_> {
         };
         let name = group.name.clone();
         // Members placed before (a gang already running takes newcomers beside it).
-        let placed: usize = self
-            .engines
-            .iter()
-            .map(|e| {
-                e.tenants
-                    .values()
-                    .filter(|t| t.held.rank.group.as_ref() == Some(&name))
-                    .count()
-            })
-            .sum();
+        self.index_groups();
+        let placed = self
+            .group_index
+            .as_ref()
+            .and_then(|index| index.get(&name))
+            .map_or(0, |s| s.placed as usize);
         let waited = valid
             .iter()
             .filter_map(|(d, _)| d.gang_waited)
@@ -299,6 +303,9 @@ impl Round<'_> {
         }
         let saved = self.journal.take().unwrap_or_default();
         let Some(failed) = failed else {
+            if let Some(stat) = self.group_index.as_mut().and_then(|i| i.get_mut(&name)) {
+                stat.placed += n as u32;
+            }
             out.push(Item::Together(parts));
             return out;
         };
