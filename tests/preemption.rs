@@ -329,3 +329,43 @@ async fn preemption_keeps_to_a_groups_disruption_budget_across_rounds() {
     );
     assert_invariants(&client, &keys).await;
 }
+
+/// A gang on the engine is never a victim, and does not keep the request from evicting what
+/// may be evicted beside it (placements made before any request had a priority, too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_evicts_around_a_gang_it_may_not_touch() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
+    let _replica = Replica::start(&etcd, "r-around");
+    for id in ["plain-0", "plain-1"] {
+        put_request(&client, &keys, id, request_json(1.0, 64, json!({}))).await;
+        placed(&client, id).await;
+    }
+    let member = request_json(1.0, 64, json!({"group": "g", "group_min": 2}));
+    for id in ["g-0", "g-1"] {
+        put_request(&client, &keys, id, member.clone()).await;
+    }
+    for id in ["g-0", "g-1"] {
+        placed(&client, id).await;
+    }
+    put_request(
+        &client,
+        &keys,
+        "urgent",
+        request_json(1.0, 64, json!({"priority": 10})),
+    )
+    .await;
+    placed(&client, "urgent").await;
+    let d = wait_decision(&client, &keys, "urgent", WAIT).await;
+    assert_eq!(d.preempted.len(), 1, "{d:?}");
+    assert!(d.preempted[0].starts_with("plain-"), "{d:?}");
+    for id in ["g-0", "g-1"] {
+        assert_eq!(
+            wait_decision(&client, &keys, id, WAIT).await.status,
+            Status::Placed
+        );
+    }
+    assert_invariants(&client, &keys).await;
+}

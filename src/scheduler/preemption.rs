@@ -211,8 +211,13 @@ fn select_into<'a>(
     }
     let r = &p.request;
     let limit = i64::from(r.priority) - i64::from(gap.max(1));
+    // A member of a group whose budget is spent (a gang's always is) cannot be taken at all:
+    // it is not a victim, so the others are chosen around it.
     let eligible = |t: &Tenant| {
-        t.decision != 0 && t.held.rank.preemptible && i64::from(t.held.rank.priority) <= limit
+        t.decision != 0
+            && t.held.rank.preemptible
+            && i64::from(t.held.rank.priority) <= limit
+            && t.held.rank.group.as_deref().and_then(budget_left) != Some(0)
     };
     // The engine with every eligible tenant gone, counted as `evict` would count it.
     let mut room = Room::of(e);
