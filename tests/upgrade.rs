@@ -112,3 +112,86 @@ async fn an_older_leader_leaves_a_newer_field_to_a_newer_replica_and_a_typo_stay
     drop(new);
     drop(old);
 }
+
+/// Issue 24's fields during a rolling upgrade: a release before priorities and gangs leads,
+/// a newer replica joins; a gang's members and an urgent request are left to the newer one,
+/// which places the gang whole and preempts for the urgent request. Nothing is ever decided
+/// `invalid`, and the victim is `preempted`, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_leader_leaves_priorities_and_gangs_to_a_newer_replica() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 4.0, 4096.0, &[]).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let endpoint = etcd.endpoint();
+    let mut forget = Vec::new();
+    for field in [
+        "priority",
+        "preemptible",
+        "group",
+        "group_min",
+        "group_timeout",
+        "spread",
+        "max_per_engine",
+        "disruption_budget",
+    ] {
+        forget.extend(["--forget-request-field", field]);
+    }
+    let old = ReplicaProcess::start(&endpoint, "old", dir.path(), &forget);
+    assert_eq!(wait_leader(&client, &keys, WAIT).await, "old");
+    // The older release fills the engine with requests it understands.
+    for id in ["plain-0", "plain-1"] {
+        put_request(&client, &keys, id, request_json(1.0, 64, json!({}))).await;
+        let d = wait_decision(&client, &keys, id, WAIT).await;
+        assert_eq!(d.status, Status::Placed, "{d:?}");
+    }
+    let new = ReplicaProcess::start(&endpoint, "new", dir.path(), &[]);
+    wait_until("the newer replica campaigns", WAIT, || async {
+        candidates(&client).await == 2
+    })
+    .await;
+
+    // A gang of two (it fits in what is left) and an urgent request that must preempt.
+    let member = request_json(1.0, 64, json!({"group": "g", "group_min": 2}));
+    for id in ["g-0", "g-1"] {
+        put_request(&client, &keys, id, member.clone()).await;
+    }
+    for id in ["g-0", "g-1"] {
+        let d = wait_decision_where(&client, &keys, id, WAIT, "placed", |d| {
+            d.status == Status::Placed
+        })
+        .await;
+        assert_eq!(d.decided_by, "new", "{d:?}\nold:\n{}", old.log());
+        let (_, writes) = written(&client, id).await.expect("its decision");
+        assert_eq!(writes, 1, "{id} decided once, never invalid first");
+    }
+    put_request(
+        &client,
+        &keys,
+        "urgent",
+        request_json(1.0, 64, json!({"priority": 10})),
+    )
+    .await;
+    let d = wait_decision_where(&client, &keys, "urgent", WAIT, "placed", |d| {
+        d.status == Status::Placed
+    })
+    .await;
+    assert_eq!(d.preempted.len(), 1, "{d:?}");
+    let victim = &d.preempted[0];
+    assert!(
+        victim.starts_with("plain-"),
+        "a gang is never preempted: {d:?}"
+    );
+    let v = wait_decision(&client, &keys, victim, WAIT).await;
+    assert_eq!(v.status, Status::Preempted, "{v:?}");
+    assert!(
+        old.log().contains("handing leadership over"),
+        "{}",
+        old.log()
+    );
+    let report = assert_invariants(&client, &keys).await;
+    assert_eq!(report.invalid, 0, "{report:?}");
+    drop(new);
+    drop(old);
+}
