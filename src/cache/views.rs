@@ -359,6 +359,12 @@ impl Mirror {
 
     /// Whether any agent is part of the cluster: an engine an agent registered, or an
     /// assignment or report left by one.
+    /// Engines keep their tenants: some request has asked for affinity, a priority or a
+    /// group (and from then on).
+    pub fn tracks_tenants(&self) -> bool {
+        self.tracks_tenants
+    }
+
     pub fn has_agents(&self) -> bool {
         self.agents > 0 || !self.assignments.is_empty() || !self.runs.is_empty()
     }

@@ -31,6 +31,11 @@ struct Waiting {
 }
 
 impl Gangs {
+    /// No gang waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.gang_of.is_empty()
+    }
+
     /// The other waiting members of `id`'s gang.
     pub(super) fn siblings(&self, id: &RequestId) -> impl Iterator<Item = &RequestId> {
         self.gang_of
@@ -132,6 +137,10 @@ impl Ledger {
     /// Keeps `id` in its gang's waiting members while it waits for a decision, and among its
     /// group's members down while it is preempted.
     pub(super) fn index_gang(&mut self, mirror: &Mirror, id: &RequestId, waits: bool) {
+        // No request has ever had a group (the mirror would keep tenants): nothing to index.
+        if !mirror.tracks_tenants() {
+            return;
+        }
         let request = mirror.request(id);
         match request.and_then(|r| r.gang.as_ref()) {
             Some((gang, timeout)) if waits => self.gangs.insert(id, gang, *timeout),

@@ -110,12 +110,14 @@ impl Ledger {
             }
         }
         // A gang's members are taken together, whatever the limit: it is placed whole or not.
+        // Without gangs there is nothing to remember (the common case costs no set).
+        let gangs = !self.gangs.is_empty();
         let mut taken: HashSet<&RequestId> = HashSet::new();
         for (_, id) in &self.pending {
             if work.len() >= max_work {
                 break;
             }
-            if skip.contains(id) || taken.contains(id) {
+            if skip.contains(id) || (gangs && taken.contains(id)) {
                 continue;
             }
             // A gang with a member in flight waits for that write to land: decided without
@@ -128,6 +130,9 @@ impl Ledger {
                 continue;
             };
             work.push(Work::Decide(d));
+            if !gangs {
+                continue;
+            }
             taken.insert(id);
             for sibling in self.gangs.siblings(id) {
                 if !taken.insert(sibling) {
