@@ -5,8 +5,8 @@
 //! to `List`. A broken stream resumes from the last revision applied, so nothing is applied
 //! twice. A header from another history (etcd restored from a snapshot: its revision went
 //! back) goes to `Rewound`: the old history is forgotten, the replica told, and everything
-//! listed again (see `rewind.rs`). Requests are parsed (and their constraints compiled) before the lock is taken, so a
-//! costly request holds up no reader.
+//! listed again (see `rewind.rs`). Requests are parsed (and their constraints compiled) before
+//! the lock is taken, so a costly request holds up no reader.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
