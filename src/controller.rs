@@ -163,19 +163,24 @@ async fn run_replica(
     );
     let manager = cfg.manager(&client, &cache, &books);
     let mut delays = store::backoff().without_max_times().build();
+    // A lease given up while etcd did not answer: taken up again, or replaced, once it does.
+    let mut stale: Option<i64> = None;
+    // The cache says when etcd went back in time (a restore): elect again on the new history.
+    let mut rewinds = cache.rewinds();
 
     while !stopping(&shutdown) {
         if watcher.died() {
             // Never campaign, nor lead, on a cache that no longer follows etcd.
-            let d = delays.next().unwrap_or(Duration::from_secs(5));
+            let d = delays.next().unwrap_or(store::MAX_RETRY_DELAY);
             sleep_or_shutdown(d, &mut shutdown).await;
             watcher = Watcher::start(&cache, &client, &shutdown);
             continue;
         }
-        let lease = match Lease::grant_with(&client, cfg.lease_ttl, members.clone()).await {
+        rewinds.borrow_and_update();
+        let lease = match take_lease(&client, &cfg, members.clone(), &mut stale).await {
             Ok(l) => l,
             Err(e) => {
-                let d = delays.next().unwrap_or(Duration::from_secs(5));
+                let d = delays.next().unwrap_or(store::MAX_RETRY_DELAY);
                 tracing::warn!(error = %e, retry_in = ?d, "cannot grant a lease");
                 sleep_or_shutdown(d, &mut shutdown).await;
                 continue;
@@ -189,7 +194,12 @@ async fn run_replica(
         let won = tokio::select! {
             won = election::campaign(&client, &cfg.keys, &me, &lease, &mut shutdown) => won,
             _ = watcher.wait_dead() => {
-                lease.revoke(&client).await;
+                stale = lease.revoke(&client).await.err();
+                continue;
+            }
+            _ = rewinds.changed() => {
+                tracing::warn!("etcd went back in time while campaigning: campaigning again");
+                stale = lease.revoke(&client).await.err();
                 continue;
             }
         };
@@ -204,15 +214,24 @@ async fn run_replica(
                     manager: &manager,
                 };
                 hands
-                    .lead(&leadership, &lease, &mut watcher, &mut shutdown)
+                    .lead(
+                        &leadership,
+                        &lease,
+                        &mut watcher,
+                        &mut rewinds,
+                        &mut shutdown,
+                    )
                     .await;
-                lease.revoke(&client).await;
+                stale = lease.revoke(&client).await.err();
             }
-            Err(ElectionError::Shutdown) => lease.revoke(&client).await,
+            Err(ElectionError::Shutdown) => {
+                // Logged; a lease etcd was not told of expires on its own.
+                let _ = lease.revoke(&client).await;
+            }
             Err(e) => {
-                let d = delays.next().unwrap_or(Duration::from_secs(5));
+                let d = delays.next().unwrap_or(store::MAX_RETRY_DELAY);
                 tracing::warn!(error = %e, retry_in = ?d, "campaign failed");
-                lease.revoke(&client).await;
+                stale = lease.revoke(&client).await.err();
                 sleep_or_shutdown(d, &mut shutdown).await;
             }
         }
@@ -229,6 +248,32 @@ async fn run_replica(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The lease to campaign on: the one given up while etcd did not answer (`stale`), if etcd
+/// still keeps it (its campaign key then still stands, and this replica keeps its place, or its
+/// leadership, without waiting for anything), else a new one at once.
+async fn take_lease(
+    client: &Client,
+    cfg: &ControllerConfig,
+    members: Option<Arc<store::endpoints::Members>>,
+    stale: &mut Option<i64>,
+) -> Result<Lease, ElectionError> {
+    if let Some(id) = *stale {
+        let lease = format!("{id:x}");
+        match Lease::resume(client, id, members.clone()).await? {
+            Some(kept) => {
+                *stale = None;
+                tracing::info!(lease = %lease, "etcd answers again and still keeps the lease: taking it up again");
+                return Ok(kept);
+            }
+            None => {
+                *stale = None;
+                tracing::info!(lease = %lease, "the lease given up has expired: granting a new one");
+            }
+        }
+    }
+    Lease::grant_with(client, cfg.lease_ttl, members).await
 }
 
 /// hook(http): the replica's HTTP surface, where `--listen` says (`None`: nowhere). Served
@@ -295,6 +340,7 @@ impl Hands<'_> {
         leadership: &election::Leadership,
         lease: &Lease,
         watcher: &mut Watcher,
+        rewinds: &mut watch::Receiver<u64>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> StepDown {
         let metrics = &self.cfg.metrics;
@@ -347,6 +393,7 @@ impl Hands<'_> {
         let why = tokio::select! {
             why = lead => why,
             _ = watcher.wait_dead() => StepDown::WatcherDied,
+            _ = rewinds.changed() => StepDown::EtcdRewound,
         };
         metrics.set_leader(false); // hook(http)
         match why {

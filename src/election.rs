@@ -98,13 +98,53 @@ impl Lease {
         let _ = rx.wait_for(|lost| *lost).await;
     }
 
+    /// Takes up again a lease this replica held before etcd stopped answering (it gave the
+    /// lease up as lost, or could not revoke it): etcd pauses every lease's clock while it is
+    /// down and restarts it whole when it is back, so the lease, and the campaign key on it,
+    /// usually survive. `Ok(None)`: etcd says it has expired (or never knew it: a restore from
+    /// a snapshot), and a new one is granted at once instead of waiting for anything.
+    pub async fn resume(
+        client: &Client,
+        id: i64,
+        members: Option<Arc<Members>>,
+    ) -> Result<Option<Lease>, ElectionError> {
+        let mut lc = client.lease_client();
+        let (mut keeper, mut replies) = timeout(lc.keep_alive(id)).await?;
+        timeout(keeper.keep_alive()).await?;
+        let reply = tokio::time::timeout(CALL_TIMEOUT, replies.message())
+            .await
+            .map_err(|_| ElectionError::Timeout(CALL_TIMEOUT))??;
+        let ttl = match reply {
+            Some(r) if r.ttl() > 0 => r.ttl(),
+            _ => return Ok(None),
+        };
+        let (tx, lost) = watch::channel(false);
+        let opened = (keeper, replies);
+        let task = tokio::spawn(keep_alive(client.clone(), members, opened, id, ttl, tx));
+        Ok(Some(Lease {
+            id,
+            ttl,
+            lost,
+            task,
+        }))
+    }
+
     /// Stops the keep-alive and revokes the lease, which deletes the campaign key at once:
-    /// the next candidate is elected without waiting for the TTL.
-    pub async fn revoke(self, client: &Client) {
+    /// the next candidate is elected without waiting for the TTL. Hands the lease's id back
+    /// when etcd could not be told: the caller takes it up again, or replaces it, once etcd
+    /// answers ([`Lease::resume`]), rather than leave its key to block the election for a TTL.
+    pub async fn revoke(self, client: &Client) -> Result<(), i64> {
         self.task.abort();
+        let lease = format!("{:x}", self.id);
         match timeout(client.lease_client().revoke(self.id)).await {
-            Ok(_) => tracing::info!(lease = format!("{:x}", self.id), "lease revoked"),
-            Err(e) => tracing::warn!(error = %e, "could not revoke lease; it expires on its own"),
+            Ok(_) => {
+                tracing::info!(lease = %lease, "lease revoked");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(lease = %lease, error = %e, "cannot revoke the lease now; taking it up again or replacing it once etcd answers");
+                Err(self.id)
+            }
         }
     }
 }
@@ -181,7 +221,7 @@ impl KeepAlive {
 
     fn backoff(period: Duration) -> backon::ExponentialBackoff {
         store::backoff()
-            .with_max_delay(period)
+            .with_max_delay(period.min(store::MAX_RETRY_DELAY))
             .without_max_times()
             .build()
     }

@@ -38,6 +38,8 @@ const PORT_RETRIES: usize = 3;
 const LOG_TAIL_LINES: usize = 40;
 /// The member name (`--name`, `--initial-cluster`) of a single-member etcd.
 const MEMBER_NAME: &str = "citadel-test";
+/// `--initial-cluster-token` of every member started here.
+pub const CLUSTER_TOKEN: &str = "citadel-test";
 
 /// Errors from starting or restarting an etcd.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +241,7 @@ impl EtcdMember {
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
             .arg("--initial-cluster-token")
-            .arg("citadel-test")
+            .arg(CLUSTER_TOKEN)
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--logger")

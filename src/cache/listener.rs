@@ -132,6 +132,11 @@ impl<L: Listener + ?Sized> Shared<L> {
         self.listener.listed(&self.mirror, requests);
     }
 
+    /// etcd went back in time (see `rewind.rs`); a list follows.
+    pub(super) fn rewound(&mut self) {
+        self.mirror.rewound();
+    }
+
     /// Every event up to `revision` is applied.
     pub(super) fn reached(&mut self, revision: i64) -> i64 {
         self.mirror.reached(revision)

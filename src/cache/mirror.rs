@@ -225,6 +225,12 @@ impl Mirror {
         self.revision
     }
 
+    /// etcd went back in time: the leader's commits applied ahead of the watch belong to the
+    /// old history, and the next list is not to wait for the watch to replay them.
+    pub(super) fn rewound(&mut self) {
+        self.fed = 0;
+    }
+
     /// Replaces everything with a fresh list taken at `revision`; `parsed` holds each key's
     /// request parse. Returns the requests' parses.
     pub(super) fn reset(

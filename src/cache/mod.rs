@@ -37,6 +37,7 @@ pub(crate) mod fed;
 mod listener;
 mod mirror;
 mod progress;
+mod rewind;
 mod usage;
 mod views;
 mod watcher;
@@ -64,6 +65,8 @@ pub struct Cache {
     lists: AtomicU64,
     /// hook(http): how closely the watch follows etcd, for the probes and metrics.
     progress: Progress,
+    /// How many times etcd went back in time under this cache (see `rewind.rs`).
+    rewinds: watch::Sender<u64>,
 }
 
 /// The listener's owner's handle to the lock its listener shares with a cache: the same lock
@@ -119,6 +122,7 @@ impl Cache {
             revision: watch::channel(0).0,
             lists: AtomicU64::new(0),
             progress: Progress::default(),
+            rewinds: watch::channel(0).0,
         });
         (cache, Books(shared))
     }
@@ -159,6 +163,13 @@ impl Cache {
     /// hook(http): what the watch task last reported (see [`Progress`]).
     pub fn progress(&self) -> &Progress {
         &self.progress
+    }
+
+    /// A receiver that changes each time etcd goes back in time (restored from a snapshot,
+    /// or replaced): whatever a leader assumed of the old history is void, and the cache lists
+    /// everything again.
+    pub fn rewinds(&self) -> watch::Receiver<u64> {
+        self.rewinds.subscribe()
     }
 
     /// A receiver that sees every applied revision.

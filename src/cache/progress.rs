@@ -110,6 +110,15 @@ impl Progress {
         self.inner().reached(revision);
     }
 
+    /// etcd went back in time: the head and the timeline of the old history mean nothing now.
+    pub(super) fn rewound(&self) {
+        let mut inner = self.inner();
+        inner.followed.head = 0;
+        inner.followed.listed = false;
+        inner.timeline.clear();
+        inner.floor = 0;
+    }
+
     /// A list or watch call failed; the task retries.
     pub(super) fn broken(&self, error: String) {
         let mut inner = self.inner();

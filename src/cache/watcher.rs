@@ -3,18 +3,21 @@
 //! A small state machine, as kube-runtime's watcher is: `List` reads every key at one
 //! revision, `Watch` follows from the next revision, and a compacted or cancelled watch goes back
 //! to `List`. A broken stream resumes from the last revision applied, so nothing is applied
-//! twice. Requests are parsed (and their constraints compiled) before the lock is taken, so a
-//! costly request holds up no reader.
+//! twice. A header from another history (etcd restored from a snapshot: its revision went
+//! back) goes to `Rewound`: the old history is forgotten, the replica told, and everything
+//! listed again (see `rewind.rs`). Requests are parsed (and their constraints compiled) before
+//! the lock is taken, so a costly request holds up no reader.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use etcd_client::{Client, EventType, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
 use tokio::sync::watch;
 
 use super::Cache;
+use super::rewind::{History, Rewind};
 use crate::keys::{Key, Keys};
 use crate::scheduler::{Parsed, prepare};
 use crate::shutdown::stopping;
@@ -31,7 +34,11 @@ const PROGRESS_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Phase {
     List,
-    Watch { from: i64 },
+    Watch {
+        from: i64,
+    },
+    /// etcd is on another history than the one followed.
+    Rewound(Rewind),
 }
 
 /// Parses a request key's value, if `kv` is one, before the lock is taken.
@@ -55,17 +62,30 @@ impl Cache {
     /// retried with backoff; this returns only on shutdown.
     pub async fn run(self: Arc<Self>, client: Client, mut shutdown: watch::Receiver<bool>) {
         let mut phase = Phase::List;
+        let mut history = History::default();
         let mut delays = store::backoff().without_max_times().build();
         loop {
             if stopping(&shutdown) {
                 return;
             }
             let outcome = match phase {
+                // A list is a linearizable read: its revision below one seen is a rewind.
                 Phase::List => self
                     .list(&client)
                     .await
-                    .map(|rev| Phase::Watch { from: rev + 1 }),
-                Phase::Watch { ref mut from } => self.follow(&client, from, &mut shutdown).await,
+                    .map(|rev| match history.saw(rev, 0) {
+                        Some(why) => Phase::Rewound(why),
+                        None => Phase::Watch { from: rev + 1 },
+                    }),
+                Phase::Watch { ref mut from } => {
+                    self.follow(&client, from, &mut history, &mut shutdown)
+                        .await
+                }
+                Phase::Rewound(ref why) => {
+                    self.rewound(why);
+                    history.forget();
+                    Ok(Phase::List)
+                }
             };
             match outcome {
                 Ok(next) => {
@@ -75,7 +95,7 @@ impl Cache {
                 Err(e) => {
                     // A broken watch resumes from the last revision it applied (`follow`
                     // moved `from` along), not from where it began.
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    let delay = delays.next().unwrap_or(store::MAX_RETRY_DELAY);
                     self.progress.broken(e.to_string()); // hook(http)
                     tracing::warn!(error = %e, retry_in = ?delay, phase = ?phase, "cache: etcd call failed");
                     tokio::select! {
@@ -88,6 +108,35 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// etcd went back in time: said loudly, once; the replica told (a leader steps down and
+    /// everyone campaigns again on the new history); the leader's commits applied ahead of the
+    /// watch and the applied revision forgotten, so that nobody waits for, or trusts, a
+    /// revision of the old history. A list follows.
+    fn rewound(&self, why: &Rewind) {
+        tracing::error!(
+            reason = %why,
+            "etcd went back in time (restored from a snapshot, or replaced): listing everything again and electing again; requests whose decisions the restore lost are decided again"
+        );
+        self.lock().rewound();
+        self.revision.send_replace(0);
+        self.progress.rewound(); // hook(http)
+        self.rewinds.send_modify(|n| *n += 1);
+    }
+
+    /// Whether a linearizable read confirms that etcd is on another history than `history`
+    /// (a lagging member answering a watch looks the same until then).
+    async fn confirm(
+        &self,
+        client: &Client,
+        history: &History,
+    ) -> Result<Option<Rewind>, StoreError> {
+        let opts = GetOptions::new().with_keys_only().with_limit(1);
+        let got = store::timed(client.kv_client().get(self.keys.root(), Some(opts))).await?;
+        Ok(got
+            .header()
+            .and_then(|h| history.confirms(h.revision(), h.cluster_id())))
     }
 
     async fn list(&self, client: &Client) -> Result<i64, StoreError> {
@@ -111,6 +160,7 @@ impl Cache {
         &self,
         client: &Client,
         from: &mut i64,
+        history: &mut History,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Phase, StoreError> {
         let opts = WatchOptions::new().with_prefix().with_start_revision(*from);
@@ -160,6 +210,16 @@ impl Cache {
                     return Err(StoreError::Etcd(e));
                 }
             };
+            if let Some(h) = resp.header()
+                && let Some(suspected) = history.saw(h.revision(), h.cluster_id())
+            {
+                match self.confirm(client, history).await? {
+                    Some(why) => return Ok(Phase::Rewound(why)),
+                    None => {
+                        tracing::debug!(reason = %suspected, "a member lags behind; following on")
+                    }
+                }
+            }
             if let Some(next) = self.on_response(&resp, from) {
                 return Ok(next);
             }

@@ -125,6 +125,10 @@ pub enum StepDown {
     /// The cache's watch task died: the leader would plan on a frozen view.
     #[error("the cache's watch task died")]
     WatcherDied,
+    /// etcd went back to an earlier revision (restored from a snapshot, or replaced): every
+    /// fence, lease and assumption of this leadership belongs to a history etcd no longer has.
+    #[error("etcd went back in time: electing again on the restored history")]
+    EtcdRewound,
     /// A request uses a field this release does not know and another candidate's does: it
     /// leads instead (see `upgrade.rs`).
     #[error("a request needs a newer release: handing leadership over")]

@@ -45,11 +45,19 @@ pub async fn timed<T>(
 /// until a response is that large, and a smaller one would leave a cache unable to ever list.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
-/// The backoff every retry loop uses: exponential from 100 ms to 5 s, with jitter.
+/// The longest a retry loop waits between two tries, before jitter (which adds up to as much
+/// again): about a second at most. etcd answers again the moment it is back, and every loop on
+/// the way to a decision (the watch, the lease, the campaign, the leader's writes) retries, so
+/// the first decision after etcd returns waits for the slowest of them. A few calls a second
+/// per replica cost an etcd that is down nothing.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_millis(600);
+
+/// The backoff every retry loop uses: exponential from 100 ms to [`MAX_RETRY_DELAY`], with
+/// jitter.
 pub fn backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(MAX_RETRY_DELAY)
         .with_factor(2.0)
         .with_jitter()
 }

@@ -243,6 +243,43 @@ impl EtcdProcess {
     }
 }
 
+impl EtcdProcess {
+    /// The member's name (`--name`), as `etcdctl snapshot restore --name` wants it.
+    pub fn name(&self) -> &str {
+        &self.member.name
+    }
+
+    /// Its peer URL (`--initial-advertise-peer-urls`).
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.member.peer_port)
+    }
+
+    /// `--initial-cluster`, as `etcdctl snapshot restore` wants it.
+    pub fn initial_cluster(&self) -> &str {
+        &self.member.initial_cluster
+    }
+
+    /// `--initial-cluster-token`.
+    pub fn cluster_token(&self) -> &str {
+        product::CLUSTER_TOKEN
+    }
+
+    /// A directory beside the data directory, removed with the rest: where a test puts a
+    /// snapshot, or restores one into.
+    pub fn scratch_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Starts etcd again on the same name and ports but on another data directory (one that
+    /// `etcdctl snapshot restore` made), as an operator does after a disaster. A still running
+    /// process is stopped gracefully first.
+    pub async fn restart_on(&mut self, data_dir: PathBuf) -> Result<(), EtcdProcessError> {
+        self.stop().await;
+        self.member.data_dir = data_dir;
+        self.restart().await
+    }
+}
+
 /// Several etcd members forming one cluster on loopback, each with its own data dir: members can
 /// be killed, paused (SIGSTOP) and restarted on their data, as hosts fail.
 #[derive(Debug)]
