@@ -146,6 +146,7 @@ pub(super) async fn engine_add(
     a: EngineAddArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(&a.id)?;
+    check_addr(&a.addr)?;
     let (cpus, memory, disk, labels) = engine_offer(&a).await?;
     let wire = Engine {
         id: id.to_string(),
@@ -237,6 +238,27 @@ pub(super) async fn engine_add(
         offer(&was)
     );
     Ok(())
+}
+
+/// The schemes a Docker API address may have.
+const SCHEMES: [&str; 4] = ["tcp://", "unix://", "http://", "https://"];
+
+/// Refuses an address without a scheme the engine's Docker API can be reached by, before
+/// anything is written: `127.0.0.1:2375` would be stored as it stands and never reached.
+fn check_addr(addr: &str) -> Result<(), CliError> {
+    if SCHEMES.iter().any(|s| addr.starts_with(s)) {
+        return Ok(());
+    }
+    let schemes = SCHEMES.join(", ");
+    Err(CliError::Usage(match addr.split_once("://") {
+        Some((scheme, _)) => {
+            format!("--addr {addr}: unknown scheme {scheme}://; use one of {schemes}")
+        }
+        None if addr.starts_with('/') => {
+            format!("--addr {addr}: no scheme; did you mean unix://{addr}? ({schemes})")
+        }
+        None => format!("--addr {addr}: no scheme; did you mean tcp://{addr}? ({schemes})"),
+    }))
 }
 
 /// An engine's offer in one phrase: `4 cpus, 8192 MB, labels zone=a,ssd`.
@@ -363,4 +385,33 @@ pub(super) async fn engine_rm(
     }
     outln!("engine {id} removed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_needs_a_scheme_and_the_error_suggests_one() {
+        for ok in [
+            "tcp://127.0.0.1:2375",
+            "unix:///var/run/docker.sock",
+            "http://h:2375",
+            "https://h:2376",
+        ] {
+            assert!(check_addr(ok).is_ok(), "{ok}");
+        }
+        let e = check_addr("127.0.0.1:2375").expect_err("no scheme");
+        assert!(
+            e.to_string().contains("did you mean tcp://127.0.0.1:2375?"),
+            "{e}"
+        );
+        let e = check_addr("/var/run/docker.sock").expect_err("a path");
+        assert!(
+            e.to_string().contains("unix:///var/run/docker.sock?"),
+            "{e}"
+        );
+        let e = check_addr("htp://h:2375").expect_err("a typo");
+        assert!(e.to_string().contains("unknown scheme htp://"), "{e}");
+    }
 }
