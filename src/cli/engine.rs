@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
-use super::output::{OutputArgs, outln};
+use super::output::{Done, DoneArgs, OutputArgs};
 use super::{CliError, engine_id, timed, trim};
 use crate::cache::{Cache, HealthPolicy};
 use crate::keys::Keys;
@@ -36,24 +36,32 @@ pub enum EngineCommand {
         /// services elsewhere and marks the rest lost.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Take no new placements; existing ones stay (`"cordoned": true` in its key).
     Cordon {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Take placements again (clears a cordon and a drain).
     Uncordon {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Cordon, then place its service requests again elsewhere; batch ones run to the end.
     Drain {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
 }
 
@@ -98,6 +106,8 @@ pub struct EngineAddArgs {
     /// newest placements until the rest fit (implies --replace).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub output: DoneArgs,
 }
 
 /// The engine's offer: explicit flags, else what the engine itself reports.
@@ -183,12 +193,16 @@ pub(super) async fn engine_add(
         if !timed(kv.txn(put_if(0, value))).await?.succeeded() {
             return Err(changed());
         }
-        outln!(
-            "engine {id} registered: {} cpus, {} MB",
-            trim(cpus),
-            trim(memory)
-        );
-        return Ok(());
+        return a.output.print(&Done {
+            what: "engine",
+            id: id.as_str(),
+            action: "registered",
+            message: format!(
+                "engine {id} registered: {} cpus, {} MB",
+                trim(cpus),
+                trim(memory)
+            ),
+        });
     };
     let was: Engine = serde_json::from_slice(current.value()).unwrap_or_default();
     if !(a.replace || a.force) {
@@ -232,12 +246,16 @@ pub(super) async fn engine_add(
             return Err(changed());
         }
     }
-    outln!(
-        "engine {id} replaced: now {}; was {}",
-        offer(&wire),
-        offer(&was)
-    );
-    Ok(())
+    a.output.print(&Done {
+        what: "engine",
+        id: id.as_str(),
+        action: "replaced",
+        message: format!(
+            "engine {id} replaced: now {}; was {}",
+            offer(&wire),
+            offer(&was)
+        ),
+    })
 }
 
 /// The schemes a Docker API address may have.
@@ -340,6 +358,7 @@ pub(super) async fn engine_rm(
     keys: &Keys,
     id: &str,
     force: bool,
+    output: DoneArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(id)?;
     let key = keys.engine(&id);
@@ -365,10 +384,15 @@ pub(super) async fn engine_rm(
         {
             return Err(changed());
         }
-        outln!(
-            "engine {id} removed (the leader places its services elsewhere and marks the rest lost)"
-        );
-        return Ok(());
+        return output.print(&Done {
+            what: "engine",
+            id: id.as_str(),
+            action: "removed",
+            message: format!(
+                "engine {id} removed (the leader places its services elsewhere and marks the \
+                 rest lost)"
+            ),
+        });
     }
     let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
     let cache = Cache::new(keys.clone(), 1.0);
@@ -383,8 +407,12 @@ pub(super) async fn engine_rm(
     if !timed(kv.txn(delete_if(still.at))).await?.succeeded() {
         return Err(changed());
     }
-    outln!("engine {id} removed");
-    Ok(())
+    output.print(&Done {
+        what: "engine",
+        id: id.as_str(),
+        action: "removed",
+        message: format!("engine {id} removed"),
+    })
 }
 
 #[cfg(test)]

@@ -219,6 +219,8 @@ pub enum Command {
         /// The request's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: output::DoneArgs,
     },
     /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
     /// by a leader running with --docker).
@@ -372,27 +374,36 @@ async fn one_shot(
         Command::Engine(EngineCommand::Show { id, output }) => {
             engine_ls::engine_show(client, keys, &id, output).await
         }
-        Command::Engine(EngineCommand::Rm { id, force }) => {
-            engine::engine_rm(client, keys, &id, force).await
+        Command::Engine(EngineCommand::Rm { id, force, output }) => {
+            engine::engine_rm(client, keys, &id, force, output).await
         }
-        Command::Engine(EngineCommand::Cordon { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Cordon).await
+        Command::Engine(EngineCommand::Cordon { id, output }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Cordon, output).await
         }
-        Command::Engine(EngineCommand::Uncordon { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Uncordon).await
+        Command::Engine(EngineCommand::Uncordon { id, output }) => {
+            maintenance::set(
+                client,
+                keys,
+                &id,
+                maintenance::Maintenance::Uncordon,
+                output,
+            )
+            .await
         }
-        Command::Engine(EngineCommand::Drain { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Drain).await
+        Command::Engine(EngineCommand::Drain { id, output }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Drain, output).await
         }
         Command::Volume(cmd) => volume::run(client, keys, cmd).await,
         Command::Submit(a) => request::submit(client, keys, a).await,
         Command::Status(a) => request::status(client, keys, a).await,
-        Command::Release { id } => request::release(client, keys, &id).await,
+        Command::Release { id, output } => request::release(client, keys, &id, output).await,
         Command::Check(a) => check::check(client, keys, a).await,
         Command::Profile { image, output } => {
             request::profile(client, keys, image.as_deref(), output).await
         }
         Command::Requests(RequestsCommand::Ls(a)) => requests::ls(client, keys, a).await,
+        Command::Requests(RequestsCommand::Show(a)) => requests::show(client, keys, a).await,
+        Command::Requests(RequestsCommand::Rm(a)) => requests::rm(client, keys, a).await,
         Command::Leader(o) => leader::leader(client, keys, o).await,
         Command::Events(a) => events::events(client, keys, a).await,
         Command::Plan(a) => plan::plan(client, keys, a).await,
