@@ -252,6 +252,13 @@ pub enum Command {
     },
     /// The man page (roff) on stdout: `citadel man | man -l -`.
     Man,
+    /// The ids shell completion offers, one a line (called by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// What to list.
+        #[arg(value_enum)]
+        kind: completions::IdKind,
+    },
     /// Named volumes: where each lives (ls), and forgetting one (rm).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -323,6 +330,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
             .map_err(Into::into),
         Command::Bench(args) => bench(args, bench_own_etcd, etcd).await,
+        Command::Complete { kind } => completions::ids(&etcd, &keys, kind).await,
         command => {
             let client = store::connect(&etcd, Some(Duration::from_secs(5))).await?;
             one_shot(&client, &keys, command).await
@@ -412,6 +420,7 @@ async fn one_shot(
         | Command::Bench(_)
         | Command::Rbac(_)
         | Command::Completions { .. }
+        | Command::Complete { .. }
         | Command::Man => Err(CliError::Usage("not a one-shot command".into())),
     }
 }

@@ -284,10 +284,12 @@ pub(super) async fn show(
     let id = super::request_id(&a.id)?;
     let (status, _) = super::request::read_status(client, keys, &id).await?;
     let got = super::timed(client.kv_client().get(keys.request(&id), None)).await?;
-    let request = got.kvs().first().map(|kv| {
-        serde_json::from_slice(kv.value()).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(kv.value()).into_owned())
-        })
+    let raw = got
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    let request = raw.as_ref().map(|text| {
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
     });
     if a.output.json() {
         return json(&Shown { status, request });
@@ -300,8 +302,15 @@ pub(super) async fn show(
     if let Some(d) = status.decision.as_ref().filter(|_| a.output.wide()) {
         outln!("decided   at {}", d.decided_at);
     }
-    match &request {
-        Some(r) => outln!("asked     {r}"),
+    match raw {
+        // As written, on one line, and no control character reaches the terminal.
+        Some(r) => {
+            let printable: String = r
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            outln!("asked     {}", super::one_line(&printable));
+        }
         None => outln!("asked     - (released)"),
     }
     Ok(())
