@@ -172,7 +172,6 @@ async fn requests_show_and_rm_name_one_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_that_change_something_print_json_alone_with_o_json() {
     let etcd = start_etcd().await;
-    let client = connect(&etcd).await;
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = request_file(dir.path(), "r.json", &request_json(0.5, 64, json!({})));
@@ -205,7 +204,6 @@ async fn commands_that_change_something_print_json_alone_with_o_json() {
     assert_eq!(submitted["id"], json!("r1"), "{submitted}");
     let done = json_of(&ep, &["release", "r1"]);
     assert_eq!(done["action"], json!("released"), "{done}");
-    let _ = client;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,8 +81,15 @@ pub struct SubmitArgs {
     pub if_revision: Option<i64>,
     /// Output format: table (the id; with --wait, the decision in lines as `status` prints
     /// it) or json (the id and revision written; with --wait, the decision) [default: the
-    /// id; with --wait, the decision as JSON].
-    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    /// id; with --wait, the decision as JSON]. Not with --replicas, which prints the ids, or
+    /// with --wait one decision as JSON a line.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        conflicts_with = "replicas"
+    )]
     pub output: Option<super::output::Format>,
 }
 

@@ -319,7 +319,7 @@ pub(super) async fn show(
 /// `requests rm ID...`: releases each; one line per id released, then one error naming the
 /// ids that were not there.
 pub(super) async fn rm(client: &Client, keys: &Keys, a: RequestsRmArgs) -> Result<(), CliError> {
-    // Every id is checked before anything is deleted: a typo deletes nothing.
+    // Every id's form is checked before anything is deleted.
     let ids = a
         .ids
         .iter()
