@@ -4,8 +4,8 @@
 //! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
 //! (`ls`, `engine ls`, `engine show`), `maintenance` (engine cordon, uncordon, drain), `volume`
 //! (ls, rm), `request` (submit, status, release, profile), `replicas` (`submit --replicas`),
-//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
-//! `completions` (shell completions, the man page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
+//! `requests` (ls, show, rm), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
+//! `completions` (shell completions with ids from etcd, the man page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
 //! `follow` how the commands that keep running watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
