@@ -146,8 +146,8 @@ free_port() {
     done
 }
 
-step "dependencies (scripts/install-deps.sh)"
-bash scripts/install-deps.sh
+step "dependencies (scripts/install-deps.sh --demo: etcd and what the build needs)"
+bash scripts/install-deps.sh --demo
 echo "etcd $(etcd --version | sed -n 's/^etcd Version: //p'), $(protoc --version)"
 
 step "build: cargo build --release"

@@ -7,7 +7,30 @@
 #   throwaway certificates of the TLS engine test. chromium (headless) renders the
 #   controller's status page in tests/http.rs.
 # Idempotent: does nothing (and prints nothing) when everything is present.
+#
+# Usage: scripts/install-deps.sh [--demo] [--dry-run]
+#   --demo      only what scripts/demo.sh needs: etcd, etcdctl and what the build needs
+#               (protoc, protobuf's .proto files); not openssl nor chromium, which only the
+#               tests use
+#   --dry-run   print the packages that would be installed, and install nothing
 set -euo pipefail
+
+demo=false
+dry_run=false
+for arg in "$@"; do
+    case "$arg" in
+    --demo) demo=true ;;
+    --dry-run) dry_run=true ;;
+    -h | --help)
+        sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "install-deps: unknown argument: $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo not found." >&2
@@ -25,8 +48,14 @@ declare -A packages=(
     [chromium]=chromium
 )
 
+# What the demo needs (building, etcd); the tests need openssl and chromium too.
+commands=(etcd etcdctl protoc)
+if ! $demo; then
+    commands+=(openssl chromium)
+fi
+
 missing=()
-for cmd in etcd etcdctl protoc openssl chromium; do
+for cmd in "${commands[@]}"; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         missing+=("${packages[$cmd]}")
     fi
@@ -37,6 +66,11 @@ if [[ ! -f $well_known ]]; then
 fi
 
 if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+if $dry_run; then
+    echo "install-deps: would install ${missing[*]}"
     exit 0
 fi
 
@@ -60,7 +94,7 @@ export DEBIAN_FRONTEND=noninteractive
 ${sudo[@]+"${sudo[@]}"} apt-get update -qq
 ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
-for cmd in etcd etcdctl protoc openssl chromium; do
+for cmd in "${commands[@]}"; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         echo "install-deps: $cmd still not found after installing ${missing[*]}" >&2
         exit 1

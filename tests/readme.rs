@@ -8,6 +8,10 @@
 //!   heading of that page when it names one; README links every page under `docs/`.
 //!
 //! A renamed flag or command, or a moved section, fails here.
+//!
+//! And README's walkthrough, run as written against a real etcd: every command of its `sh`
+//! blocks runs (the controller in the background, as its `&` says), exits 0, and every
+//! citadel command shows something.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -15,6 +19,8 @@ use std::path::{Component, Path, PathBuf};
 use clap::{CommandFactory, Parser};
 
 use citadel::cli::Cli;
+
+mod common;
 
 /// One page: its path from the repository's root, and its text.
 struct Page {
@@ -354,4 +360,120 @@ fn every_link_leads_to_a_page_and_heading_of_the_repository() {
     }
     assert!(wrong.is_empty(), "links that lead nowhere: {wrong:#?}");
     assert!(checked >= 10, "only {checked} relative links found");
+}
+
+/// README's section `heading`, up to the next `## ` heading.
+fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    let rest = &text[start + heading.len()..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Runs `line` with bash in `dir`, `citadel` first on PATH and `CITADEL_ETCD` set, to its end
+/// (killed, and panicking, after [`common::WAIT`] times three); its exit code and stdout.
+fn run_line(line: &str, dir: &Path, env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    let deadline = std::time::Instant::now() + common::WAIT * 3;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running: {line}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_run_as_written_shows_something_at_every_step() {
+    let etcd = common::start_etcd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin_dir = Path::new(common::BIN)
+        .parent()
+        .expect("the binary's directory");
+    let env = [
+        (
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+        ("CITADEL_ETCD", etcd.endpoint()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let walkthrough = section(&readme, "## From nothing to a placed container, by hand");
+    let mut background = Vec::new();
+    let mut ran = 0;
+    let mut silent = Vec::new();
+    for block in blocks(walkthrough, "sh") {
+        for line in commands(&block) {
+            let line = line.trim();
+            // The test's own etcd stands for step 1's, and CITADEL_ETCD is set already.
+            if line.is_empty() || line.starts_with("etcd ") || line.starts_with("export ") {
+                continue;
+            }
+            let args = citadel_args(line);
+            // `events` follows etcd until Ctrl-C: its own tests (tests/cli.rs) check what it
+            // shows first.
+            if args
+                .as_ref()
+                .is_some_and(|a| a.first().is_some_and(|c| c == "events"))
+            {
+                continue;
+            }
+            if let Some(cmd) = line.strip_suffix('&') {
+                let child = tokio::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(format!("exec {cmd}"))
+                    .current_dir(dir.path())
+                    .envs(env.iter().map(|(k, v)| (*k, v)))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn");
+                background.push(citadel_testkit::child::ChildProcess::new(child));
+                continue;
+            }
+            let (code, out, err) = run_line(line, dir.path(), &env);
+            assert_eq!(code, Some(0), "{line}: {out}{err}");
+            ran += 1;
+            if args.is_some() && out.trim().is_empty() {
+                silent.push(line.to_string());
+            }
+        }
+    }
+    for mut child in background {
+        assert!(
+            child.is_running(),
+            "a background command of the walkthrough exited"
+        );
+        child.stop(std::time::Duration::from_secs(10)).await;
+    }
+    assert!(
+        silent.is_empty(),
+        "walkthrough steps that show nothing: {silent:#?}"
+    );
+    assert!(ran >= 12, "only {ran} walkthrough commands ran");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
-use super::output::{OutputArgs, outln};
+use super::output::{Done, DoneArgs, OutputArgs};
 use super::{CliError, engine_id, timed, trim};
 use crate::cache::{Cache, HealthPolicy};
 use crate::keys::Keys;
@@ -36,24 +36,32 @@ pub enum EngineCommand {
         /// services elsewhere and marks the rest lost.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Take no new placements; existing ones stay (`"cordoned": true` in its key).
     Cordon {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Take placements again (clears a cordon and a drain).
     Uncordon {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
     /// Cordon, then place its service requests again elsewhere; batch ones run to the end.
     Drain {
         /// The engine's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: DoneArgs,
     },
 }
 
@@ -98,6 +106,8 @@ pub struct EngineAddArgs {
     /// newest placements until the rest fit (implies --replace).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub output: DoneArgs,
 }
 
 /// The engine's offer: explicit flags, else what the engine itself reports.
@@ -146,6 +156,7 @@ pub(super) async fn engine_add(
     a: EngineAddArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(&a.id)?;
+    check_addr(&a.addr)?;
     let (cpus, memory, disk, labels) = engine_offer(&a).await?;
     let wire = Engine {
         id: id.to_string(),
@@ -182,12 +193,16 @@ pub(super) async fn engine_add(
         if !timed(kv.txn(put_if(0, value))).await?.succeeded() {
             return Err(changed());
         }
-        outln!(
-            "engine {id} registered: {} cpus, {} MB",
-            trim(cpus),
-            trim(memory)
-        );
-        return Ok(());
+        return a.output.print(&Done {
+            what: "engine",
+            id: id.as_str(),
+            action: "registered",
+            message: format!(
+                "engine {id} registered: {} cpus, {} MB",
+                trim(cpus),
+                trim(memory)
+            ),
+        });
     };
     let was: Engine = serde_json::from_slice(current.value()).unwrap_or_default();
     if !(a.replace || a.force) {
@@ -231,12 +246,37 @@ pub(super) async fn engine_add(
             return Err(changed());
         }
     }
-    outln!(
-        "engine {id} replaced: now {}; was {}",
-        offer(&wire),
-        offer(&was)
-    );
-    Ok(())
+    a.output.print(&Done {
+        what: "engine",
+        id: id.as_str(),
+        action: "replaced",
+        message: format!(
+            "engine {id} replaced: now {}; was {}",
+            offer(&wire),
+            offer(&was)
+        ),
+    })
+}
+
+/// The schemes a Docker API address may have.
+const SCHEMES: [&str; 4] = ["tcp://", "unix://", "http://", "https://"];
+
+/// Refuses an address without a scheme the engine's Docker API can be reached by, before
+/// anything is written: `127.0.0.1:2375` would be stored as it stands and never reached.
+fn check_addr(addr: &str) -> Result<(), CliError> {
+    if SCHEMES.iter().any(|s| addr.starts_with(s)) {
+        return Ok(());
+    }
+    let schemes = SCHEMES.join(", ");
+    Err(CliError::Usage(match addr.split_once("://") {
+        Some((scheme, _)) => {
+            format!("--addr {addr}: unknown scheme {scheme}://; use one of {schemes}")
+        }
+        None if addr.starts_with('/') => {
+            format!("--addr {addr}: no scheme; did you mean unix://{addr}? ({schemes})")
+        }
+        None => format!("--addr {addr}: no scheme; did you mean tcp://{addr}? ({schemes})"),
+    }))
 }
 
 /// An engine's offer in one phrase: `4 cpus, 8192 MB, labels zone=a,ssd`.
@@ -318,6 +358,7 @@ pub(super) async fn engine_rm(
     keys: &Keys,
     id: &str,
     force: bool,
+    output: DoneArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(id)?;
     let key = keys.engine(&id);
@@ -343,10 +384,15 @@ pub(super) async fn engine_rm(
         {
             return Err(changed());
         }
-        outln!(
-            "engine {id} removed (the leader places its services elsewhere and marks the rest lost)"
-        );
-        return Ok(());
+        return output.print(&Done {
+            what: "engine",
+            id: id.as_str(),
+            action: "removed",
+            message: format!(
+                "engine {id} removed (the leader places its services elsewhere and marks the \
+                 rest lost)"
+            ),
+        });
     }
     let still = Still::hold(client, &key, current.value(), current.mod_revision()).await?;
     let cache = Cache::new(keys.clone(), 1.0);
@@ -361,6 +407,39 @@ pub(super) async fn engine_rm(
     if !timed(kv.txn(delete_if(still.at))).await?.succeeded() {
         return Err(changed());
     }
-    outln!("engine {id} removed");
-    Ok(())
+    output.print(&Done {
+        what: "engine",
+        id: id.as_str(),
+        action: "removed",
+        message: format!("engine {id} removed"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_needs_a_scheme_and_the_error_suggests_one() {
+        for ok in [
+            "tcp://127.0.0.1:2375",
+            "unix:///var/run/docker.sock",
+            "http://h:2375",
+            "https://h:2376",
+        ] {
+            assert!(check_addr(ok).is_ok(), "{ok}");
+        }
+        let e = check_addr("127.0.0.1:2375").expect_err("no scheme");
+        assert!(
+            e.to_string().contains("did you mean tcp://127.0.0.1:2375?"),
+            "{e}"
+        );
+        let e = check_addr("/var/run/docker.sock").expect_err("a path");
+        assert!(
+            e.to_string().contains("unix:///var/run/docker.sock?"),
+            "{e}"
+        );
+        let e = check_addr("htp://h:2375").expect_err("a typo");
+        assert!(e.to_string().contains("unknown scheme htp://"), "{e}");
+    }
 }

@@ -13,7 +13,7 @@ use super::output::{
 use super::{CliError, engine_id, trim};
 use crate::cache::{Cache, Mirror};
 use crate::keys::Keys;
-use crate::model::{ClusterInfo, EngineId, Health};
+use crate::model::{ClusterInfo, ContainerState, EngineId, Health};
 
 /// One engine, as listed.
 #[derive(Debug, Clone, Serialize)]
@@ -125,8 +125,34 @@ fn print_engines(rows: &[EngineRow], wide: bool) {
 #[derive(Debug, Serialize)]
 struct ClusterListing<'a> {
     election: &'a Election,
+    /// The seed's totals: its `container_count` counts placements (what holds a reservation),
+    /// whether or not a container runs for them.
     cluster: ClusterInfo,
+    /// Placements whose container runs, as a leader with --docker or an engine's agent last
+    /// recorded it.
+    containers_running: usize,
     engines: Vec<EngineRow>,
+}
+
+/// The placed requests whose container runs on their engine: the decision's `run` (a leader
+/// with --docker) or the engine's agent's report says so. A placement alone runs nothing.
+fn running(state: &Mirror) -> usize {
+    state
+        .placed()
+        .filter(|id| {
+            let Some(d) = state.decision(id) else {
+                return false;
+            };
+            let is_running = |s: Option<&ContainerState>| s == Some(&ContainerState::Running);
+            is_running(d.run.as_ref().and_then(|r| r.state.as_ref()))
+                || d.engine.as_ref().is_some_and(|e| {
+                    state
+                        .run_report(id, e)
+                        .and_then(|r| r.report.as_ref())
+                        .is_some_and(|r| is_running(r.state.as_ref()))
+                })
+        })
+        .count()
 }
 
 /// `engine ls` (the table), and `ls` (who leads and the cluster's totals first).
@@ -150,6 +176,7 @@ pub(super) async fn ls(
         (Some(e), true) => json(&ClusterListing {
             election: e,
             cluster: state.cluster_info(),
+            containers_running: running(&state),
             engines: rows,
         }),
         (e, false) => {
@@ -157,14 +184,16 @@ pub(super) async fn ls(
                 outln!("{}", leader_line(e, SystemTime::now()));
                 let i = state.cluster_info();
                 outln!(
-                    "{} engine(s): {}/{} cpus, {}/{} MB reserved; {} container(s) of {} image(s)",
+                    "{} engine(s): {}/{} cpus, {}/{} MB reserved; {} placement(s) of {} \
+                     image(s), {} container(s) running",
                     i.engine_count,
                     trim(i.reserved_cpus),
                     trim(i.cpus),
                     trim(i.reserved_memory),
                     trim(i.memory),
                     i.container_count,
-                    i.image_count
+                    i.image_count,
+                    running(&state)
                 );
             }
             if !rows.is_empty() {
@@ -204,6 +233,30 @@ fn health_sentence(r: &EngineRow) -> String {
             trim(h.memory_used_mb.round())
         ),
         None => "no health key: a silent engine, or no leader runs with --docker".to_string(),
+    }
+}
+
+/// What `engine show` says of an engine out of service (`None`: it takes placements). A
+/// drain is a cordon that also moves the engine's services, so the two are told apart.
+fn state_sentence(r: &EngineRow, holds: &[HoldingRow]) -> Option<String> {
+    match r.state {
+        "drained" => Some(format!(
+            "drained: cordoned (takes no new placement) and its services moved elsewhere; {} \
+             batch placement(s) left run to their end; `engine uncordon {}` takes it back",
+            holds.len(),
+            r.id
+        )),
+        "draining" => Some(format!(
+            "draining: cordoned (takes no new placement), and its service placements are being \
+             moved elsewhere ({} placement(s) still here); batch ones run to their end",
+            holds.len()
+        )),
+        _ if r.cordoned => Some(
+            "cordoned: takes no new placement; what it holds stays (`engine drain` moves its \
+             services)"
+                .to_string(),
+        ),
+        _ => None,
     }
 }
 
@@ -247,8 +300,8 @@ pub(super) async fn engine_show(
         holds.len()
     );
     outln!("labels: {}", labels_cell(&row.labels));
-    if row.cordoned {
-        outln!("cordoned: takes no new placement");
+    if let Some(state) = state_sentence(&row, &holds) {
+        outln!("{state}");
     }
     outln!("health: {}", health_sentence(&row));
     if holds.is_empty() {

@@ -5,7 +5,7 @@
 //! a drained one is cordoned too, and the leader places its `service` requests again elsewhere
 //! while its `batch` ones run to the end.
 
-use super::output::outln;
+use super::output::{Done, DoneArgs};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 use super::{CliError, engine_id, timed};
@@ -27,6 +27,7 @@ pub(super) async fn set(
     keys: &Keys,
     id: &str,
     what: Maintenance,
+    output: DoneArgs,
 ) -> Result<(), CliError> {
     let id = engine_id(id)?;
     let key = keys.engine(&id);
@@ -59,18 +60,32 @@ pub(super) async fn set(
             "engine {id} changed meanwhile; try again"
         )));
     }
-    match what {
-        Maintenance::Cordon => outln!(
-            "engine {id} cordoned: no new placements; its {} placement(s) stay",
-            services + batches
+    let (action, message) = match what {
+        Maintenance::Cordon => (
+            "cordoned",
+            format!(
+                "engine {id} cordoned: no new placements; its {} placement(s) stay",
+                services + batches
+            ),
         ),
-        Maintenance::Uncordon => outln!("engine {id} uncordoned: it takes placements again"),
-        Maintenance::Drain => outln!(
-            "engine {id} draining: {services} service placement(s) are placed again elsewhere, \
-             {batches} batch placement(s) run to the end"
+        Maintenance::Uncordon => (
+            "uncordoned",
+            format!("engine {id} uncordoned: it takes placements again"),
         ),
-    }
-    Ok(())
+        Maintenance::Drain => (
+            "drained",
+            format!(
+                "engine {id} draining: {services} service placement(s) are placed again \
+                 elsewhere, {batches} batch placement(s) run to the end"
+            ),
+        ),
+    };
+    output.print(&Done {
+        what: "engine",
+        id: id.as_str(),
+        action,
+        message,
+    })
 }
 
 /// Service and batch placements on `engine`.

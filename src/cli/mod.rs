@@ -4,8 +4,8 @@
 //! and the dispatch; the groups are `controller` (a replica), `engine` (add, rm), `engine_ls`
 //! (`ls`, `engine ls`, `engine show`), `maintenance` (engine cordon, uncordon, drain), `volume`
 //! (ls, rm), `request` (submit, status, release, profile), `replicas` (`submit --replicas`),
-//! `requests` (ls), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
-//! `completions` (shell completions, the man page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
+//! `requests` (ls, show, rm), `leader`, `events`, `plan` (a dry run of the scheduler), `check` and
+//! `completions` (shell completions with ids from etcd, the man page). `output` is how they all print (`-o table|wide|json`, tables, a closed pipe), and
 //! `follow` how the commands that keep running watch etcd and stop.
 //!
 //! It is the only module that prints for a person and exits; nothing else in the library calls
@@ -219,6 +219,8 @@ pub enum Command {
         /// The request's id.
         #[arg(value_name = "ID")]
         id: String,
+        #[command(flatten)]
+        output: output::DoneArgs,
     },
     /// Learned usage per image: requested against observed p50/p95 cpu and memory (recorded
     /// by a leader running with --docker).
@@ -250,6 +252,13 @@ pub enum Command {
     },
     /// The man page (roff) on stdout: `citadel man | man -l -`.
     Man,
+    /// The ids shell completion offers, one a line (called by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// What to list.
+        #[arg(value_enum)]
+        kind: completions::IdKind,
+    },
     /// Named volumes: where each lives (ls), and forgetting one (rm).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -321,6 +330,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
             .map_err(Into::into),
         Command::Bench(args) => bench(args, bench_own_etcd, etcd).await,
+        Command::Complete { kind } => completions::ids(&etcd, &keys, kind).await,
         command => {
             let client = store::connect(&etcd, Some(Duration::from_secs(5))).await?;
             one_shot(&client, &keys, command).await
@@ -372,27 +382,36 @@ async fn one_shot(
         Command::Engine(EngineCommand::Show { id, output }) => {
             engine_ls::engine_show(client, keys, &id, output).await
         }
-        Command::Engine(EngineCommand::Rm { id, force }) => {
-            engine::engine_rm(client, keys, &id, force).await
+        Command::Engine(EngineCommand::Rm { id, force, output }) => {
+            engine::engine_rm(client, keys, &id, force, output).await
         }
-        Command::Engine(EngineCommand::Cordon { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Cordon).await
+        Command::Engine(EngineCommand::Cordon { id, output }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Cordon, output).await
         }
-        Command::Engine(EngineCommand::Uncordon { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Uncordon).await
+        Command::Engine(EngineCommand::Uncordon { id, output }) => {
+            maintenance::set(
+                client,
+                keys,
+                &id,
+                maintenance::Maintenance::Uncordon,
+                output,
+            )
+            .await
         }
-        Command::Engine(EngineCommand::Drain { id }) => {
-            maintenance::set(client, keys, &id, maintenance::Maintenance::Drain).await
+        Command::Engine(EngineCommand::Drain { id, output }) => {
+            maintenance::set(client, keys, &id, maintenance::Maintenance::Drain, output).await
         }
         Command::Volume(cmd) => volume::run(client, keys, cmd).await,
         Command::Submit(a) => request::submit(client, keys, a).await,
         Command::Status(a) => request::status(client, keys, a).await,
-        Command::Release { id } => request::release(client, keys, &id).await,
+        Command::Release { id, output } => request::release(client, keys, &id, output).await,
         Command::Check(a) => check::check(client, keys, a).await,
         Command::Profile { image, output } => {
             request::profile(client, keys, image.as_deref(), output).await
         }
         Command::Requests(RequestsCommand::Ls(a)) => requests::ls(client, keys, a).await,
+        Command::Requests(RequestsCommand::Show(a)) => requests::show(client, keys, a).await,
+        Command::Requests(RequestsCommand::Rm(a)) => requests::rm(client, keys, a).await,
         Command::Leader(o) => leader::leader(client, keys, o).await,
         Command::Events(a) => events::events(client, keys, a).await,
         Command::Plan(a) => plan::plan(client, keys, a).await,
@@ -401,6 +420,7 @@ async fn one_shot(
         | Command::Bench(_)
         | Command::Rbac(_)
         | Command::Completions { .. }
+        | Command::Complete { .. }
         | Command::Man => Err(CliError::Usage("not a one-shot command".into())),
     }
 }

@@ -52,6 +52,39 @@ impl OutputArgs {
     }
 }
 
+/// `-o table|json` of a command that changes something (`engine add`, `release`, …).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct DoneArgs {
+    /// Output format: table (a sentence) or json (one object: what, id, action, message).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table, value_name = "FORMAT")]
+    pub output: ReportFormat,
+}
+
+/// What a command that changes something did, as `-o json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Done<'a> {
+    /// `engine`, `request` or `volume`.
+    pub what: &'a str,
+    pub id: &'a str,
+    /// `registered`, `replaced`, `removed`, `cordoned`, `released`, …
+    pub action: &'a str,
+    /// The sentence the table format prints.
+    pub message: String,
+}
+
+impl DoneArgs {
+    /// Prints `done`: its sentence, or the object with `-o json`.
+    pub fn print(self, done: &Done<'_>) -> Result<(), CliError> {
+        match self.output {
+            ReportFormat::Json => json(done),
+            ReportFormat::Table => {
+                write_line(&done.message);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Prints `$fmt…` and a newline on stdout through [`write_line`].
 macro_rules! outln {
     ($($arg:tt)*) => {

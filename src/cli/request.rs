@@ -69,6 +69,28 @@ pub struct SubmitArgs {
         value_parser = clap::value_parser!(u16).range(1..=super::replicas::MAX_REPLICAS)
     )]
     pub replicas: Option<u16>,
+    /// Replace the request under --id if there is one (as `kubectl apply` does): written in one
+    /// transaction that compares the request's revision with the one just read, so a writer
+    /// who changed it meanwhile is not overwritten silently. A placed request is then released
+    /// and decided again: it may land on another engine, or be unschedulable.
+    #[arg(long, requires = "id", conflicts_with = "replicas")]
+    pub replace: bool,
+    /// With --replace: only if the request is still at this revision (`status` shows it);
+    /// 0 for "only if absent".
+    #[arg(long, requires = "replace", value_name = "REV")]
+    pub if_revision: Option<i64>,
+    /// Output format: table (the id; with --wait, the decision in lines as `status` prints
+    /// it) or json (the id and revision written; with --wait, the decision) [default: the
+    /// id; with --wait, the decision as JSON]. Not with --replicas, which prints the ids, or
+    /// with --wait one decision as JSON a line.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        conflicts_with = "replicas"
+    )]
+    pub output: Option<super::output::Format>,
 }
 
 #[derive(Debug, Args)]
@@ -110,31 +132,122 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
         });
     }
     let id = submit_id(a.id.as_deref())?;
-    let key = keys.request(&id);
-    let txn = Txn::new()
-        .when(vec![Compare::create_revision(
-            key.clone(),
-            CompareOp::Equal,
-            0,
-        )])
-        .and_then(vec![TxnOp::put(key, raw, None)]);
-    let mut kv = client.kv_client();
-    let resp = timed(kv.txn(txn)).await?;
-    if !resp.succeeded() {
-        return Err(CliError::Usage(format!(
-            "request {id} already exists; release it first or pick another --id"
-        )));
-    }
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let written = write_request(client, keys, &id, raw, &a).await?;
+    let rev = written.request_revision;
     let Some(wait) = a.wait else {
-        outln!("{id}");
-        return Ok(());
+        return print_written(&written, a.output);
     };
     let timeout = Duration::from_secs(a.timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let (decision, done) = wait_decision(client, keys, &id, rev, wait, deadline, timeout).await?;
-    json(&decision)?;
+    print_waited(&id, &decision, a.output)?;
     done
+}
+
+/// What `submit` wrote, as `-o json` prints it.
+#[derive(Debug, Serialize)]
+struct Written {
+    id: String,
+    /// The request's revision now: its decision answers this one.
+    request_revision: i64,
+    /// With --replace: the revision it replaced (`None`: there was none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced_revision: Option<i64>,
+}
+
+/// Writes request `id`: only if absent, or with --replace over the revision read (or given
+/// with --if-revision), in one transaction that compares it.
+async fn write_request(
+    client: &Client,
+    keys: &Keys,
+    id: &RequestId,
+    raw: Vec<u8>,
+    a: &SubmitArgs,
+) -> Result<Written, CliError> {
+    let key = keys.request(id);
+    let mut kv = client.kv_client();
+    // The revision the write compares on: 0 is "absent" (etcd's mod revision of no key).
+    let seen = match (a.replace, a.if_revision) {
+        (false, _) => 0,
+        (true, Some(rev)) => rev,
+        (true, None) => timed(kv.get(key.as_str(), None))
+            .await?
+            .kvs()
+            .first()
+            .map_or(0, |kv| kv.mod_revision()),
+    };
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            seen,
+        )])
+        .and_then(vec![TxnOp::put(key.clone(), raw, None)])
+        .or_else(vec![TxnOp::get(key, None)]);
+    let resp = timed(kv.txn(txn)).await?;
+    if !resp.succeeded() {
+        let now = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .and_then(|g| g.kvs().first().map(|kv| kv.mod_revision()));
+        return Err(CliError::Usage(match (a.replace, now) {
+            (false, _) => format!(
+                "request {id} already exists; use --replace to replace it, release it first, or \
+                 pick another --id"
+            ),
+            (true, Some(now)) if a.if_revision.is_some() => format!(
+                "request {id} is at revision {now}, not {seen}: someone changed it; nothing was \
+                 written (citadel status {id})"
+            ),
+            (true, Some(now)) => format!(
+                "request {id} changed while it was replaced (revision {now}, read {seen}): \
+                 another writer; nothing was written, try again"
+            ),
+            (true, None) => format!(
+                "request {id} was released while it was replaced; nothing was written, try again"
+            ),
+        }));
+    }
+    Ok(Written {
+        id: id.to_string(),
+        request_revision: resp.header().map_or(0, |h| h.revision()),
+        replaced_revision: (seen > 0).then_some(seen),
+    })
+}
+
+/// `submit` without --wait: the id alone (for scripts), or what was written with `-o json`.
+fn print_written(w: &Written, o: Option<super::output::Format>) -> Result<(), CliError> {
+    if o == Some(super::output::Format::Json) {
+        return json(w);
+    }
+    outln!("{}", w.id);
+    Ok(())
+}
+
+/// `submit --wait`'s decision: JSON unless `-o table|wide` asks for lines as `status` prints.
+fn print_waited(
+    id: &RequestId,
+    d: &Decision,
+    o: Option<super::output::Format>,
+) -> Result<(), CliError> {
+    use super::output::Format;
+    match o {
+        None | Some(Format::Json) => json(d),
+        Some(f) => print_status(
+            &StatusReport {
+                id: id.to_string(),
+                request_revision: Some(d.request_revision),
+                status: d.status.to_string(),
+                decision: Some(d.clone()),
+            },
+            OutputArgs { output: f },
+            false,
+        ),
+    }
 }
 
 /// The id a submit writes under: `--id`, or a new UUID.
@@ -266,18 +379,18 @@ pub(super) async fn wait_decision(
 
 /// A request's current standing, as `status` prints it.
 #[derive(Debug, Serialize)]
-struct StatusReport {
+pub(super) struct StatusReport {
     id: String,
     /// The request's mod revision (`None`: the request is gone, its decision not yet).
     request_revision: Option<i64>,
     /// `queued` while no decision is for the request's current revision.
     status: String,
     /// The newest decision, whichever revision it is for.
-    decision: Option<Decision>,
+    pub(super) decision: Option<Decision>,
 }
 
 /// Reads the request and its decision in one transaction.
-async fn read_status(
+pub(super) async fn read_status(
     client: &Client,
     keys: &Keys,
     id: &RequestId,
@@ -338,7 +451,7 @@ async fn read_status(
     Ok((report, revision))
 }
 
-fn print_status(r: &StatusReport, o: OutputArgs, stream: bool) -> Result<(), CliError> {
+pub(super) fn print_status(r: &StatusReport, o: OutputArgs, stream: bool) -> Result<(), CliError> {
     if o.json() {
         return if stream { json_line(r) } else { json(r) };
     }
@@ -406,15 +519,26 @@ pub(super) async fn status(client: &Client, keys: &Keys, a: StatusArgs) -> Resul
     }
 }
 
-pub(super) async fn release(client: &Client, keys: &Keys, id: &str) -> Result<(), CliError> {
+pub(super) async fn release(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    output: super::output::DoneArgs,
+) -> Result<(), CliError> {
     let id = request_id(id)?;
     let mut kv = client.kv_client();
     let deleted = timed(kv.delete(keys.request(&id), None)).await?.deleted();
     if deleted == 0 {
         return Err(CliError::Usage(format!("no request {id}")));
     }
-    outln!("released {id}: the leader frees its reservation and removes its decision");
-    Ok(())
+    output.print(&super::output::Done {
+        what: "request",
+        id: id.as_str(),
+        action: "released",
+        message: format!(
+            "released {id}: the leader frees its reservation and removes its decision"
+        ),
+    })
 }
 
 /// Learned usage per image: the table of [`crate::profile::show`], or every profile as JSON.

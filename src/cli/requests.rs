@@ -25,6 +25,31 @@ const PAGE: i64 = 1000;
 pub enum RequestsCommand {
     /// List requests with their status, engine, image, age and reason.
     Ls(RequestsLsArgs),
+    /// One request: what was asked, its decision (status, engine, reason), who decided it and
+    /// how long ago, its container.
+    Show(RequestsShowArgs),
+    /// Release requests (as `release`): each is deleted; the leader frees its reservation and
+    /// removes its decision. An id that is not there is an error (exit 1); the others are
+    /// released all the same.
+    Rm(RequestsRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestsShowArgs {
+    /// The request's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestsRmArgs {
+    /// The requests' ids.
+    #[arg(value_name = "ID", required = true, num_args = 1..)]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub output: super::output::DoneArgs,
 }
 
 #[derive(Debug, Args)]
@@ -239,4 +264,96 @@ fn print(listing: &Listing, a: &RequestsLsArgs) -> Result<(), CliError> {
     }
     print_table(&t);
     Ok(())
+}
+
+/// What `requests show -o json` prints: `status`'s report and the request as it stands.
+#[derive(Debug, Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    status: super::request::StatusReport,
+    /// The request as written: its JSON, or its text when it is not JSON (`None`: released).
+    request: Option<serde_json::Value>,
+}
+
+/// `requests show ID`: `status`, with the request as written, in every format.
+pub(super) async fn show(
+    client: &Client,
+    keys: &Keys,
+    a: RequestsShowArgs,
+) -> Result<(), CliError> {
+    let id = super::request_id(&a.id)?;
+    let (status, _) = super::request::read_status(client, keys, &id).await?;
+    let got = super::timed(client.kv_client().get(keys.request(&id), None)).await?;
+    let raw = got
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    let request = raw.as_ref().map(|text| {
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+    });
+    if a.output.json() {
+        return json(&Shown { status, request });
+    }
+    // The decision's copy of the request is not shown: the request as it stands is.
+    let table = OutputArgs {
+        output: super::output::Format::Table,
+    };
+    super::request::print_status(&status, table, false)?;
+    if let Some(d) = status.decision.as_ref().filter(|_| a.output.wide()) {
+        outln!("decided   at {}", d.decided_at);
+    }
+    match raw {
+        // As written, on one line, and no control character reaches the terminal.
+        Some(r) => {
+            let printable: String = r
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            outln!("asked     {}", super::one_line(&printable));
+        }
+        None => outln!("asked     - (released)"),
+    }
+    Ok(())
+}
+
+/// `requests rm ID...`: releases each; one line per id released, then one error naming the
+/// ids that were not there.
+pub(super) async fn rm(client: &Client, keys: &Keys, a: RequestsRmArgs) -> Result<(), CliError> {
+    // Every id's form is checked before anything is deleted.
+    let ids = a
+        .ids
+        .iter()
+        .map(|id| super::request_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut missing = Vec::new();
+    let mut done = Vec::new();
+    for id in &ids {
+        let deleted = super::timed(client.kv_client().delete(keys.request(id), None))
+            .await?
+            .deleted();
+        if deleted == 0 {
+            missing.push(id.to_string());
+            continue;
+        }
+        let message =
+            format!("released {id}: the leader frees its reservation and removes its decision");
+        let what = super::output::Done {
+            what: "request",
+            id: id.as_str(),
+            action: "released",
+            message,
+        };
+        if a.output.output == super::output::ReportFormat::Table {
+            a.output.print(&what)?;
+        }
+        done.push(serde_json::to_value(&what).map_err(|e| CliError::Usage(e.to_string()))?);
+    }
+    if a.output.output == super::output::ReportFormat::Json {
+        json(&done)?;
+    }
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => Err(CliError::Usage(format!("no request {one}"))),
+        many => Err(CliError::Usage(format!("no requests {}", many.join(", ")))),
+    }
 }

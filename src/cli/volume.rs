@@ -1,7 +1,7 @@
 //! `citadel volume ls|rm`: the named volumes the leader recorded (`volumes/<name>`), each on
 //! the engine its first placement went to. A volume outlives its requests; `rm` forgets it.
 
-use super::output::{OutputArgs, add_row, json, outln, print_table, table};
+use super::output::{OutputArgs, add_row, json, print_table, table};
 use clap::Subcommand;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
@@ -24,6 +24,8 @@ pub enum VolumeCommand {
         /// anywhere.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        output: super::output::DoneArgs,
     },
 }
 
@@ -64,7 +66,11 @@ pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Res
             print_table(&t);
             Ok(())
         }
-        VolumeCommand::Rm { name, force } => {
+        VolumeCommand::Rm {
+            name,
+            force,
+            output,
+        } => {
             if !cache.read().volumes().contains_key(&name) {
                 return Err(CliError::Usage(format!("volume {name} is not recorded")));
             }
@@ -86,8 +92,12 @@ pub(super) async fn run(client: &Client, keys: &Keys, cmd: VolumeCommand) -> Res
             if !timed(client.kv_client().txn(txn)).await?.succeeded() {
                 return Err(CliError::Usage(format!("volume {name} is not recorded")));
             }
-            outln!("volume {name} forgotten");
-            Ok(())
+            output.print(&super::output::Done {
+                what: "volume",
+                id: &name,
+                action: "forgotten",
+                message: format!("volume {name} forgotten"),
+            })
         }
     }
 }
