@@ -57,7 +57,7 @@ impl AllowedHosts {
         let name = normal(name);
         name.parse::<IpAddr>().is_ok()
             || name == "localhost"
-            || self.0.iter().any(|allowed| *allowed == name)
+            || self.0.contains(&name)
     }
 }
 
