@@ -55,9 +55,7 @@ impl AllowedHosts {
             },
         };
         let name = normal(name);
-        name.parse::<IpAddr>().is_ok()
-            || name == "localhost"
-            || self.0.contains(&name)
+        name.parse::<IpAddr>().is_ok() || name == "localhost" || self.0.contains(&name)
     }
 }
 
