@@ -71,6 +71,9 @@ pub struct ControllerConfig {
     /// hook(http): where to serve the status page, `/metrics`, `/healthz` and `/readyz`
     /// (`--listen`; `None`: nowhere). The address taken goes in the replica's election key.
     pub listen: Option<Listen>,
+    /// hook(http): host names the HTTP surface answers to besides IP addresses and localhost
+    /// (`--http-allow-host`).
+    pub http_allow_hosts: http::AllowedHosts,
     /// hook(http): this replica's metrics, fed by its manager, runner and election.
     pub metrics: Arc<Metrics>,
 }
@@ -292,6 +295,7 @@ async fn serve(
         cache: cache.clone(),
         metrics: cfg.metrics.clone(),
         etcd: cfg.etcd.endpoints_str(),
+        allowed_hosts: cfg.http_allow_hosts.clone(),
     };
     Ok(Some(
         http::Server::start(listen, surface, shutdown.clone()).await?,

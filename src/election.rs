@@ -37,7 +37,7 @@ use crate::store::{self, CALL_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", store::short(.0))]
     Etcd(#[from] etcd_client::Error),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
@@ -311,7 +311,7 @@ impl KeepAlive {
                 if answered(&e) {
                     self.heard = tokio::time::Instant::now();
                 }
-                e.to_string()
+                store::short(&e)
             }
         };
         if self.failing.is_none() {

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cache;
+pub mod cause;
 pub mod cli;
 pub mod controller;
 pub mod dispatch;

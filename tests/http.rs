@@ -690,3 +690,94 @@ async fn the_binary_refuses_a_port_in_use_and_serves_until_sigterm() {
     assert!(TcpStream::connect(served).await.is_err(), "still listening");
     drain.abort();
 }
+
+/// One GET over a fresh connection with the `Host` header given: its status code and body.
+async fn get_as_host(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let text = timeout(WAIT, exchange).await.expect("an answer in time");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, body.to_string())
+}
+
+/// The real binary answers only requests whose Host is an IP address, localhost, or a name
+/// given with --http-allow-host: a page of another name (DNS rebinding) gets 421 and one line,
+/// on every path. Before, every Host was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_hosts_it_was_not_told_of() {
+    let etcd = start_etcd().await;
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut child = citadel_cmd(
+        &["--etcd", &etcd.endpoint(), "controller", "--id", "host-1"],
+        &[("RUST_LOG", "warn")],
+    )
+    .args(["--listen", &listen, "--nice", "0"])
+    .args(["--http-allow-host", "status.example"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start the controller");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the binary never listened");
+        tokio::time::sleep(POLL).await;
+    }
+    let port = addr.port();
+    for path in ["/", "/api/state", "/metrics", "/nowhere"] {
+        for host in ["evil.example", &format!("evil.example:{port}")] {
+            let (status, body) = get_as_host(addr, path, host).await;
+            assert_eq!(status, 421, "{host} {path}: {body}");
+            assert_eq!(body.trim().lines().count(), 1, "one line: {body}");
+            assert!(body.contains("--http-allow-host"), "{body}");
+            assert!(!body.contains("evil"), "the host is not echoed: {body}");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "status.example".to_string(),
+        format!("STATUS.example:{port}"),
+    ] {
+        let (status, body) = get_as_host(addr, "/metrics", &host).await;
+        assert_eq!(status, 200, "{host}: {body}");
+        assert!(body.contains("citadel_"), "{host}: {body}");
+    }
+    let out = citadel_cmd(
+        &[
+            "--etcd",
+            &etcd.endpoint(),
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-allow-host",
+            "a:9090",
+        ],
+        &[],
+    )
+    .output();
+    let out = timeout(WAIT, out).await.expect("exits").expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .trim()
+            .starts_with("citadel: error: --http-allow-host \"a:9090\""),
+        "{stderr}"
+    );
+    let _ = child.start_kill();
+    let _ = timeout(WAIT, child.wait()).await;
+}

@@ -230,7 +230,7 @@ impl Agent {
                 {
                     Ok(Ok(k)) => keeper = Some(k),
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "cannot open the keepalive stream");
+                        tracing::debug!(error = %store::short(&e), "cannot open the keepalive stream");
                         if self.lease_lapsed(lease).await {
                             self.lapsed(lease).await?;
                         }

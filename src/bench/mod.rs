@@ -164,7 +164,7 @@ pub enum Baseline {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error(transparent)]
+    #[error("etcd: {}", store::short(.0))]
     Etcd(#[from] etcd_client::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -585,7 +585,7 @@ async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
             .delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
             .await
         {
-            tracing::warn!(prefix = %p, error = %e, "could not clean up the bench's keys");
+            tracing::warn!(prefix = %p, error = %store::short(&e), "could not clean up the bench's keys");
         }
     }
 }

@@ -206,7 +206,7 @@ impl Cache {
                     return Ok(Phase::Watch { from: *from });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, resume_from = *from, "watch stream broke; resuming");
+                    tracing::warn!(error = %store::short(&e), resume_from = *from, "watch stream broke; resuming");
                     return Err(StoreError::Etcd(e));
                 }
             };

@@ -94,6 +94,11 @@ pub struct ControllerArgs {
     /// 9099, else any free one. The address taken is logged, and `citadel leader` lists it.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Answer HTTP requests that name this host (repeatable). Against DNS rebinding, the
+    /// status page, /api and /metrics answer only requests whose Host is an IP address,
+    /// localhost, or a name given here; others get 421.
+    #[arg(long = "http-allow-host", value_name = "NAME")]
+    pub http_allow_hosts: Vec<String>,
     /// Act as a release that does not know this request field (repeatable): how one build
     /// stands in for an older one in rolling-upgrade tests. Hidden: it has no other use.
     #[arg(long = "forget-request-field", value_name = "FIELD", hide = true)]
@@ -164,6 +169,8 @@ pub(super) async fn run_controller(
         )));
     }
     let listen = listen(args.listen.as_deref())?;
+    let http_allow_hosts =
+        crate::http::AllowedHosts::new(&args.http_allow_hosts).map_err(CliError::Usage)?;
     let trust =
         crate::docker::engine::Trust::new(args.docker_allow, args.docker_tls_dir.as_deref())
             .map_err(CliError::Usage)?;
@@ -204,6 +211,7 @@ pub(super) async fn run_controller(
             launch_all: args.launch,
         },
         listen,
+        http_allow_hosts,
         metrics: Default::default(),
     };
     Ok(controller::run(cfg, controller::shutdown_on_signals()).await?)

@@ -23,7 +23,7 @@ pub enum EngineError {
     BadAddress(String),
     #[error("https needs --tls-ca, --tls-cert and --tls-key")]
     TlsFilesMissing,
-    #[error("cannot reach the engine at {addr}: {source}")]
+    #[error("cannot reach the engine at {addr}: {}", super::describe(.source))]
     Unreachable {
         addr: String,
         #[source]

@@ -99,7 +99,7 @@ pub(super) async fn adopt(docker: &Docker, found: Running) -> Result<Running, Do
 pub(super) async fn start(docker: &Docker, id: &str) -> Result<Running, DockerError> {
     if let Err(e) = docker.start_container(id, None).await {
         if let Err(rm) = remove(docker, id).await {
-            tracing::warn!(container = %id, error = %rm, "cannot remove a container that did not start");
+            tracing::warn!(container = %id, error = %super::describe(&rm), "cannot remove a container that did not start");
         }
         return Err(DockerError::Start {
             message: message(&e),

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 
+use crate::cause::Cause;
+
 pub use events::*;
 pub use launch::*;
 pub use local::*;
@@ -53,7 +55,7 @@ pub enum DockerError {
     Create { image: String, message: String },
     #[error("the container did not start: {message}")]
     Start { message: String },
-    #[error("docker {op} failed: {source}")]
+    #[error("docker {op} failed: {}", describe(.source))]
     Api {
         op: &'static str,
         #[source]
@@ -90,6 +92,20 @@ pub(super) fn message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
         BollardError::DockerStreamError { error } => error.trim().to_string(),
-        other => other.to_string(),
+        other => describe(other),
+    }
+}
+
+/// A bollard error in one line. A connection that failed says why, in [`Cause`]'s words, and
+/// what to check (bollard's own words are "Error in the hyper legacy client: client error
+/// (Connect)", whatever happened); anything else is bollard's own text. Every message that
+/// shows a bollard error builds it here.
+pub fn describe(e: &BollardError) -> String {
+    match Cause::of(e) {
+        Some(cause) => match cause.hint("dockerd") {
+            hint if hint.is_empty() => cause.to_string(),
+            hint => format!("{cause}: {hint}"),
+        },
+        None => e.to_string(),
     }
 }

@@ -65,7 +65,7 @@ pub async fn usage(docker: &Docker) -> Result<EngineUsage, DockerError> {
                     container_id: id,
                 }),
                 Ok(Some(Err(e))) => {
-                    tracing::debug!(container = %id, error = %e, "no stats");
+                    tracing::debug!(container = %id, error = %super::describe(&e), "no stats");
                     None
                 }
                 Ok(None) => None,

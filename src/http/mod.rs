@@ -9,6 +9,9 @@
 //! GET /readyz      200 once the cache has listed etcd and follows its watch, else 503 and why
 //! ```
 //!
+//! Every answer first checks the request's `Host` against DNS rebinding (see `host.rs`): an
+//! IP address, `localhost`, or a name given with `--http-allow-host`; else 421.
+//!
 //! The server starts before the replica reaches etcd, so that `/readyz` can say why it is not
 //! ready yet, and stops with the replica's shutdown signal. Liveness comes from a probe of its
 //! own: an idle cluster's watch stays silent, and a silently dropped connection looks open,
@@ -18,6 +21,7 @@
 //! read-only question.
 
 mod api;
+mod host;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::store;
 
 pub use api::ApiState;
+pub use host::AllowedHosts;
 
 /// `--listen`'s default: loopback only, as etcd's own client port defaults to.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
@@ -104,6 +109,8 @@ pub struct Surface {
     pub metrics: Arc<Metrics>,
     /// etcd's endpoints, for messages.
     pub etcd: String,
+    /// The host names answered besides IP addresses and `localhost` (`--http-allow-host`).
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// The running server, and the etcd probe once the replica has a client. Dropped without
@@ -241,6 +248,7 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> HttpError {
 }
 
 fn router(surface: Surface) -> Router {
+    let hosts = surface.allowed_hosts.clone();
     Router::new()
         .route("/", get(page))
         .route("/status.css", get(style))
@@ -250,6 +258,7 @@ fn router(surface: Surface) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(hosts, host::check))
         .with_state(surface)
 }
 
@@ -455,6 +464,7 @@ mod tests {
             cache: Cache::new(Keys::default(), 1.0),
             metrics: Arc::default(),
             etcd: "http://127.0.0.1:2379".into(),
+            allowed_hosts: AllowedHosts::default(),
         }
     }
 

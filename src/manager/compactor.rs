@@ -72,7 +72,9 @@ impl Compactor {
                     took_ms = started.elapsed().as_millis() as u64,
                     "compacted etcd history"
                 ),
-                Ok(Err(e)) => tracing::debug!(error = %e, revision = target, "compaction skipped"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::store::short(&e), revision = target, "compaction skipped")
+                }
                 Err(_) => tracing::warn!(
                     revision = target,
                     waited_s = MAX_WAIT.as_secs(),

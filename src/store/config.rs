@@ -98,6 +98,9 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err(StoreError::NoEndpoints);
         }
+        for e in &self.endpoints {
+            check_endpoint(e).map_err(|why| StoreError::Config(format!("--etcd {e}: {why}")))?;
+        }
         let https = self.endpoints.iter().filter(|e| e.starts_with("https://"));
         let http = self.endpoints.iter().find(|e| e.starts_with("http://"));
         if let (Some(http), Some(https)) = (http, https.clone().next()) {
@@ -149,6 +152,46 @@ impl EtcdConfig {
     }
 }
 
+/// Checks that an endpoint is `http://HOST:PORT`, `https://HOST:PORT` or a bare `HOST:PORT`
+/// (a path after it is allowed, as etcdctl does): anything else would fail later as a name
+/// that does not resolve, far from the typo.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let rest = match endpoint.split_once("://") {
+        Some(("http" | "https", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "unknown scheme {scheme:?}: use http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
+        None => endpoint,
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:2379`.
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => return Err("an IPv6 address needs its closing ]".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host: write http://HOST:PORT or https://HOST:PORT".into());
+    }
+    match port {
+        Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        Some(p) if !p.is_empty() => Err(format!("port {p:?} is not a port number (1-65535)")),
+        _ => Err(format!(
+            "no port: write {}{host}:PORT (etcd's client port is 2379 by default)",
+            endpoint
+                .split_once("://")
+                .map_or("", |(scheme, _)| &endpoint[..scheme.len() + 3])
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +217,37 @@ mod tests {
         ));
         let https = EtcdConfig::new(vec!["https://a:1".into()]);
         assert!(https.check().is_ok() && https.uses_tls());
+    }
+
+    #[test]
+    fn an_endpoint_is_http_or_https_with_a_host_and_a_port() {
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example:2379/",
+            "127.0.0.1:2379",
+            "http://[::1]:2379",
+        ] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        // (endpoint, what the one line says)
+        let cases = [
+            ("htp://127.0.0.1:2379", "unknown scheme \"htp\""),
+            ("unix:///run/etcd.sock", "unknown scheme \"unix\""),
+            ("http://127.0.0.1", "no port: write http://127.0.0.1:PORT"),
+            ("http://:2379", "no host"),
+            ("http://", "no host"),
+            ("https://h:99999", "port \"99999\" is not a port number"),
+            ("http://[::1", "closing ]"),
+        ];
+        for (bad, why) in cases {
+            let e = EtcdConfig::new(vec![bad.into()]).check().expect_err(bad);
+            assert!(e.is_permanent(), "{bad}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("--etcd {bad}: ")) && text.contains(why),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use etcd_client::{
 };
 
 use super::*;
+use crate::cause::Cause;
 use crate::keys::prefix_end;
 
 /// What a PEM file must hold.
@@ -109,6 +110,14 @@ fn classify(etcd: &EtcdConfig, source: etcd_client::Error) -> StoreError {
             reason: find_rustls(&source).map_or_else(|| short(&source), |r| r.to_string()),
             source,
         },
+        // A TLS hello answered by closing the connection, before any handshake: what an etcd
+        // serving plain http does (an etcd refusing our certificate answers the hello, and
+        // says so by an alert or by closing the connection once the handshake is done).
+        EtcdErrorKind::Closed
+            if etcd.uses_tls() && local_cause(&source) == Some(Cause::HandshakeEof) =>
+        {
+            StoreError::PlainHttp { endpoints, source }
+        }
         EtcdErrorKind::Closed if etcd.uses_tls() => {
             let reason = match etcd.tls.as_ref().and_then(|t| t.identity.as_ref()) {
                 Some((cert, _)) => format!(
@@ -129,7 +138,7 @@ fn classify(etcd: &EtcdConfig, source: etcd_client::Error) -> StoreError {
         // Perhaps etcd restarting, so this stays worth a retry; but perhaps TLS.
         EtcdErrorKind::Closed => StoreError::Unreachable {
             endpoints,
-            hint: " (if etcd serves TLS, use https:// and --cacert)",
+            hint: " (if etcd serves TLS, use https:// and --cacert)".into(),
             source,
         },
         // Authenticating as a user etcd does not have is a wrong name, as a wrong password.
@@ -143,8 +152,11 @@ fn classify(etcd: &EtcdConfig, source: etcd_client::Error) -> StoreError {
         }
         EtcdErrorKind::AuthRequired => StoreError::AuthRequired { source },
         _ => StoreError::Unreachable {
+            hint: match local_cause(&source).map(|c| c.hint("etcd")) {
+                Some(h) if !h.is_empty() => format!(": {h}"),
+                _ => String::new(),
+            },
             endpoints,
-            hint: "",
             source,
         },
     }

@@ -178,7 +178,7 @@ pub async fn supervise(client: Client, etcd: EtcdConfig, mut shutdown: watch::Re
             match (ok, m.aside.is_some()) {
                 (true, true) => {
                     if let Err(e) = client.add_endpoint(&ep).await {
-                        tracing::warn!(endpoint = %ep, error = %e, "cannot put an etcd endpoint back");
+                        tracing::warn!(endpoint = %ep, error = %super::short(&e), "cannot put an etcd endpoint back");
                         continue;
                     }
                     m.aside = None;
@@ -186,7 +186,7 @@ pub async fn supervise(client: Client, etcd: EtcdConfig, mut shutdown: watch::Re
                 }
                 (false, false) if in_use > 1 && m.failed >= FAILURES_TO_SET_ASIDE => {
                     if let Err(e) = client.remove_endpoint(&ep).await {
-                        tracing::warn!(endpoint = %ep, error = %e, "cannot set an etcd endpoint aside");
+                        tracing::warn!(endpoint = %ep, error = %super::short(&e), "cannot set an etcd endpoint aside");
                         continue;
                     }
                     // A fresh client for the next probe: the old connection may be stuck.

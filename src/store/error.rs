@@ -4,13 +4,24 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cause::Cause;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot reach etcd at {endpoints}: {}{hint}", short(.source))]
     Unreachable {
         endpoints: String,
-        /// What the failure may mean, with its leading separator; often empty.
-        hint: &'static str,
+        /// What the failure may mean or what to check, with its leading separator; often empty.
+        hint: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error(
+        "etcd at {endpoints} speaks plain http: drop https:// (and --cacert, --cert, --key), \
+         or give etcd TLS (its --cert-file and --key-file)"
+    )]
+    PlainHttp {
+        endpoints: String,
         #[source]
         source: etcd_client::Error,
     },
@@ -84,6 +95,7 @@ impl StoreError {
         match self {
             StoreError::Unreachable { .. } | StoreError::Etcd(_) | StoreError::Timeout(_) => false,
             StoreError::TlsHandshake { .. }
+            | StoreError::PlainHttp { .. }
             | StoreError::TlsFile { .. }
             | StoreError::NotPem { .. }
             | StoreError::TlsSetup { .. }
@@ -102,6 +114,7 @@ impl StoreError {
         match self {
             StoreError::Unreachable { source, .. }
             | StoreError::TlsHandshake { source, .. }
+            | StoreError::PlainHttp { source, .. }
             | StoreError::TlsSetup { source, .. }
             | StoreError::AuthFailed { source, .. }
             | StoreError::AuthRequired { source }
@@ -264,8 +277,13 @@ impl EtcdErrorKind {
 /// (bad credentials, certificate or settings), before it gives up and exits.
 pub const PERMANENT_TRIES: usize = 5;
 
-/// An etcd error in one readable phrase: gRPC statuses carry a debug dump of their cause.
+/// An etcd error in one readable phrase: gRPC statuses carry a debug dump of their cause. A
+/// failure on the way to etcd (no connection, a reset, a failed handshake) is said by
+/// [`Cause`]; etcd's own refusals in its words.
 pub fn short(e: &etcd_client::Error) -> String {
+    if let Some(cause) = local_cause(e) {
+        return cause.to_string();
+    }
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             // A status made from a local failure (no connection, a failed handshake) says
@@ -283,6 +301,19 @@ pub fn short(e: &etcd_client::Error) -> String {
             None => "transport error".to_string(),
         },
         other => other.to_string(),
+    }
+}
+
+/// Why the connection failed, for an error that no etcd member said (tonic made the status
+/// from a local failure, or the transport or an io call failed).
+pub fn local_cause(e: &etcd_client::Error) -> Option<Cause> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if !s.message().starts_with("etcdserver: ") => {
+            Cause::of(s)
+        }
+        etcd_client::Error::TransportError(t) => Cause::of(t),
+        etcd_client::Error::IoError(io) => Cause::of(io),
+        _ => None,
     }
 }
 

@@ -121,6 +121,7 @@ pub fn controller_config(
         docker: None,
         policy,
         listen: None,
+        http_allow_hosts: Default::default(),
         metrics: Default::default(),
     }
 }
