@@ -74,7 +74,7 @@ pub(crate) mod testing;
 mod view;
 
 pub use constraint::{Constraint, ConstraintError, Labels};
-pub use explain::Unschedulable;
+pub use explain::{Unschedulable, same_but_sizes};
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use group::{GroupCounts, GroupFilter};
 pub use parsed::{Parsed, prepare};
@@ -135,7 +135,7 @@ pub fn schedule(
     // feasible → rank → select, over the engines from the seed's start (select.rs)
     select::choose(p, engines, strategy, seed, sample)
         // → explain, once every engine was checked and none fits (explain.rs)
-        .map_err(|refused| explain::unschedulable(p, engines.len(), refused))
+        .map_err(|refused| explain::unschedulable(p, engines, refused))
 }
 
 /// Every engine that fits, best first, with its [`score`], at most `limit` of them: what a
