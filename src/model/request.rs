@@ -300,6 +300,9 @@ pub(crate) fn shown_data_error(e: &serde_json::Error) -> String {
         // is not quoted back.
         return if text.starts_with("missing field") || text.starts_with("duplicate field") {
             text.to_string()
+        } else if text.starts_with("data did not match any variant") {
+            // The one untagged type: cpus, memory and disk (see `number_or_string`).
+            "wrong type, expected a number or a numeric string".to_string()
         } else {
             "not a value this field takes".to_string()
         };

@@ -286,6 +286,10 @@ fn an_invalid_reason_names_the_field_never_the_value() {
             "disk: invalid value, expected a number",
         ),
         (
+            r#""disk":true"#.to_string(),
+            "disk: wrong type, expected a number or a numeric string",
+        ),
+        (
             format!(r#""alternatives":"{evil}""#),
             "alternatives: wrong type, expected u64",
         ),
