@@ -11,10 +11,7 @@ use super::follow::{Follow, Stop};
 use super::output::{OutputArgs, age, json, json_line, outln, write_line};
 use super::{CliError, request_id, timed};
 use crate::keys::{Key, Keys};
-use std::sync::Arc;
-
 use crate::model::{ContainerState, Decision, RequestId, Run, RunReport, Status};
-use crate::scheduler::{Prepared, prepare};
 
 /// `submit --wait`'s exit codes past 0 (placed, or running) and 1 (any other error); clap's
 /// usage errors are 2.
@@ -132,28 +129,6 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
     let (decision, done) = wait_decision(client, keys, &id, rev, wait, deadline, timeout).await?;
     json(&decision)?;
     done
-}
-
-/// Checks a request as the leader will ([`prepare`]: its fields, constraints and affinity), so
-/// that what the leader would decide `invalid` is refused before it is written, in the
-/// leader's words; prints a warning to stderr for each expression that is accepted but
-/// probably not what was meant.
-pub(super) fn validate(id: &RequestId, raw: &[u8]) -> Result<Arc<Prepared>, CliError> {
-    let prepared = prepare(id, raw).map_err(|e| CliError::Decided {
-        code: EXIT_INVALID,
-        message: format!("invalid request: {}", super::one_line(&e.to_string())),
-    })?;
-    for w in prepared.warnings() {
-        warn_line(&w);
-    }
-    Ok(prepared)
-}
-
-/// `citadel: warning: …` on stderr.
-pub(super) fn warn_line(text: &str) {
-    use std::io::Write as _;
-    // stderr gone: nothing more to say.
-    let _ = writeln!(std::io::stderr(), "citadel: warning: {text}");
 }
 
 /// The id a submit writes under: `--id`, or a new UUID.
@@ -483,4 +458,29 @@ pub(super) fn merge_report(d: &mut Decision, r: &RunReport) {
     run.exit_code = r.exit_code;
     run.ports = r.ports.clone();
     run.updated_at = r.updated_at.clone();
+}
+
+/// Checks a request as the leader will ([`crate::scheduler::prepare`]: its fields,
+/// constraints and affinity), so that what the leader would decide `invalid` is refused before
+/// it is written, in the leader's words; prints a warning to stderr for each expression that is
+/// accepted but probably not what was meant.
+pub(super) fn validate(
+    id: &RequestId,
+    raw: &[u8],
+) -> Result<std::sync::Arc<crate::scheduler::Prepared>, CliError> {
+    let prepared = crate::scheduler::prepare(id, raw).map_err(|e| CliError::Decided {
+        code: EXIT_INVALID,
+        message: format!("invalid request: {}", super::one_line(&e.to_string())),
+    })?;
+    for w in prepared.warnings() {
+        warn_line(&w);
+    }
+    Ok(prepared)
+}
+
+/// `citadel: warning: …` on stderr.
+pub(super) fn warn_line(text: &str) {
+    use std::io::Write as _;
+    // stderr gone: nothing more to say.
+    let _ = writeln!(std::io::stderr(), "citadel: warning: {text}");
 }
