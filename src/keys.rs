@@ -317,11 +317,7 @@ mod tests {
         let k = Keys::default();
         // (request key, its segment, why it cannot be an id)
         let cases: [(&[u8], &[u8], &str); 3] = [
-            (
-                b"/citadel/requests/a/b",
-                b"a/b",
-                "id: id \"a/b\" contains '/'",
-            ),
+            (b"/citadel/requests/a/b", b"a/b", "id: id contains '/'"),
             (b"/citadel/requests/", b"", "id: id is empty"),
             (
                 b"/citadel/requests/r\xff\xfe",

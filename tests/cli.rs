@@ -529,7 +529,7 @@ async fn plan_explains_every_engine_and_writes_nothing() {
     assert!(row("e2").contains("ruled out: constraint zone==a"), "{out}");
     assert!(row("e3").contains("ruled out: insufficient cpus"), "{out}");
     assert!(row("e1").contains("fits, chosen"), "{out}");
-    assert!(out.contains("would place plan on e1 (spread"), "{out}");
+    assert!(out.contains("would place p on e1 (spread"), "{out}");
 
     let (code, out, _) = cli(&ep, &["plan", &file, "-o", "json"]);
     assert_eq!(code, 0);

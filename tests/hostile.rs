@@ -75,7 +75,7 @@ async fn hostile_requests_are_invalid_at_once_and_others_are_placed() {
         (
             "bad-restart",
             request_json(0.1, 1, json!({ "restart_policy": {"name": "sometimes"} })),
-            "restart_policy: \"sometimes\" is not",
+            "restart_policy: the name is not",
         ),
     ];
     for (id, body, _) in &cases {
@@ -134,7 +134,11 @@ async fn every_request_revision_gets_a_decision_and_an_idle_leader_rests() {
     })
     .await;
     assert_eq!(d.status, Status::Unschedulable, "{d:?}");
-    assert_eq!(d.reason, "0/1 engines fit: 1 insufficient cpus");
+    assert!(
+        d.reason
+            .starts_with("0/1 engines fit: 1 insufficient cpus (needs 2 cpus, largest free "),
+        "{d:?}"
+    );
 
     // Idle now: nothing more to plan, whatever the leader's loop wakes up for (it used to plan
     // the rewritten request again and again, a full core's worth).
@@ -549,7 +553,11 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
     put_request(&client, &keys, "small", request_json(0.5, 64, json!({}))).await;
     let big = wait_decision(&client, &keys, "big", WAIT).await;
     assert_eq!(big.status, Status::Unschedulable, "{big:?}");
-    assert_eq!(big.reason, "0/1 engines fit: 1 insufficient cpus");
+    assert!(
+        big.reason
+            .starts_with("0/1 engines fit: 1 insufficient cpus (needs 8 cpus, largest free "),
+        "{big:?}"
+    );
     let small = wait_decision(&client, &keys, "small", WAIT).await;
     assert_eq!(engine_of(&small).as_deref(), Some("e1"));
 
@@ -559,7 +567,7 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
             b"odd\xff\xfe",
             "id: the key's last segment is not UTF-8 text",
         ),
-        (b"team/web", "id: id \"team/web\" contains '/'"),
+        (b"team/web", "id: id contains '/'"),
     ];
     for (segment, why) in cases {
         let rev = put_raw(
@@ -595,7 +603,7 @@ async fn odd_engine_ids_are_never_scheduled_and_odd_request_keys_are_answered() 
     let (code, out, _) = cli(&etcd.endpoint(), &["check", "--settle", "0"]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains(r#"engine never scheduled: "big\u{1}": id: id "big\u{1}" contains a control character or whitespace"#),
+        out.contains(r#"engine never scheduled: "big\u{1}": id: id contains a control character or whitespace"#),
         "{out}"
     );
     // engine ls lists them, escaped, as invalid.

@@ -10,10 +10,11 @@ use etcd_client::Client;
 use serde::Serialize;
 
 use super::output::{OutputArgs, add_row, json, labels_cell, outln, print_table, table};
-use super::request::{EXIT_INVALID, EXIT_UNSCHEDULABLE, read_input};
+use super::request::{EXIT_INVALID, EXIT_UNSCHEDULABLE, read_input, warn_line};
 use super::{CliError, request_id, trim};
 use crate::cache::{Cache, HealthPolicy};
 use crate::keys::Keys;
+use crate::model::RequestId;
 use crate::scheduler::{self, EngineView, Prepared, Schedulers, Strategy, prepare};
 
 #[derive(Debug, Args)]
@@ -22,9 +23,10 @@ pub struct PlanArgs {
     #[arg(value_name = "FILE|-")]
     pub file: String,
     /// The id it would be submitted under: it picks where the leader's scan starts (and
-    /// random's draw), as it will for the real request.
-    #[arg(long, value_name = "ID", default_value = "plan")]
-    pub id: String,
+    /// random's draw), as it will for the real request [default: FILE's name without its
+    /// extension].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
     /// TYPE=STRATEGY, as the controllers run with (defaults: service=spread, batch=binpack).
     #[arg(long = "scheduler", value_name = "TYPE=STRATEGY")]
     pub schedulers: Vec<String>,
@@ -102,9 +104,15 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
     let schedulers =
         Schedulers::with_overrides(&a.schedulers).map_err(|e| CliError::Usage(e.to_string()))?;
     let raw = read_input(&a.file)?;
-    let id = request_id(&a.id)?;
+    let (id, name) = plan_id(a.id.as_deref(), &a.file)?;
     let (views, labels, revision) = engine_views(client, keys, &a).await?;
-    let report = match prepare(&id, &raw).map_err(|e| e.to_string()).and_then(|p| {
+    let prepared = prepare(&id, &raw);
+    if let Ok(p) = &prepared {
+        for w in p.warnings() {
+            warn_line(&w);
+        }
+    }
+    let report = match prepared.map_err(|e| e.to_string()).and_then(|p| {
         Ok((
             schedulers
                 .for_type(&p.request.kind)
@@ -114,7 +122,7 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
     }) {
         Err(reason) => PlanReport {
             revision,
-            request: id.to_string(),
+            request: name,
             status: "invalid",
             strategy: None,
             engine: None,
@@ -126,6 +134,7 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
         Ok((strategy, prepared)) => {
             let mut r = explain(&prepared, &views, &labels, strategy, &id, a.preempt_gap);
             r.revision = revision;
+            r.request = name;
             r
         }
     };
@@ -145,6 +154,27 @@ pub(super) async fn plan(client: &Client, keys: &Keys, a: PlanArgs) -> Result<()
         }),
         _ => Ok(()),
     }
+}
+
+/// The id a plan is made for (it seeds the scan, as the real request's id will) and how the
+/// plan names the request: `--id`; else FILE's name without its extension (`web.json` is
+/// `web`) when that is an id; else `the request`, with a fixed seed.
+fn plan_id(id: Option<&str>, file: &str) -> Result<(RequestId, String), CliError> {
+    if let Some(id) = id {
+        return Ok((request_id(id)?, id.to_string()));
+    }
+    let stem = (file != "-")
+        .then(|| std::path::Path::new(file).file_stem())
+        .flatten()
+        .and_then(|s| s.to_str())
+        .and_then(|s| RequestId::new(s).ok());
+    Ok(match stem {
+        Some(id) => {
+            let name = id.to_string();
+            (id, name)
+        }
+        None => (request_id("plan")?, "the request".to_string()),
+    })
 }
 
 /// The engines as the leader sees them: every decision's reservation applied, health as

@@ -35,10 +35,8 @@ pub(super) async fn submit(
     let id = submit_id(a.id.as_deref())?;
     let value = member_value(&raw, &id)?;
     // Refused before anything is written, as submit refuses one request.
-    let request = Request::parse(&value).map_err(|e| CliError::Decided {
-        code: EXIT_INVALID,
-        message: format!("invalid request: {e}"),
-    })?;
+    let prepared = super::request::validate(&id, &value)?;
+    let request = &prepared.request;
     if let Some(group) = &request.group
         && group.min > n
     {

@@ -11,7 +11,7 @@ use super::follow::{Follow, Stop};
 use super::output::{OutputArgs, age, json, json_line, outln, write_line};
 use super::{CliError, request_id, timed};
 use crate::keys::{Key, Keys};
-use crate::model::{ContainerState, Decision, Request, RequestId, Run, RunReport, Status};
+use crate::model::{ContainerState, Decision, RequestId, Run, RunReport, Status};
 
 /// `submit --wait`'s exit codes past 0 (placed, or running) and 1 (any other error); clap's
 /// usage errors are 2.
@@ -124,14 +124,8 @@ pub(super) async fn submit(client: &Client, keys: &Keys, a: SubmitArgs) -> Resul
     if let Some(n) = a.replicas {
         return super::replicas::submit(client, keys, &a, raw, usize::from(n)).await;
     }
-    if let Err(e) = Request::parse(&raw) {
-        // Refused before it is written: as invalid as the leader would have said.
-        return Err(CliError::Decided {
-            code: EXIT_INVALID,
-            message: format!("invalid request: {e}"),
-        });
-    }
     let id = submit_id(a.id.as_deref())?;
+    validate(&id, &raw)?;
     let written = write_request(client, keys, &id, raw, &a).await?;
     let rev = written.request_revision;
     let Some(wait) = a.wait else {
@@ -588,4 +582,29 @@ pub(super) fn merge_report(d: &mut Decision, r: &RunReport) {
     run.exit_code = r.exit_code;
     run.ports = r.ports.clone();
     run.updated_at = r.updated_at.clone();
+}
+
+/// Checks a request as the leader will ([`crate::scheduler::prepare`]: its fields,
+/// constraints and affinity), so that what the leader would decide `invalid` is refused before
+/// it is written, in the leader's words; prints a warning to stderr for each expression that is
+/// accepted but probably not what was meant.
+pub(super) fn validate(
+    id: &RequestId,
+    raw: &[u8],
+) -> Result<std::sync::Arc<crate::scheduler::Prepared>, CliError> {
+    let prepared = crate::scheduler::prepare(id, raw).map_err(|e| CliError::Decided {
+        code: EXIT_INVALID,
+        message: format!("invalid request: {}", super::one_line(&e.to_string())),
+    })?;
+    for w in prepared.warnings() {
+        warn_line(&w);
+    }
+    Ok(prepared)
+}
+
+/// `citadel: warning: …` on stderr.
+pub(super) fn warn_line(text: &str) {
+    use std::io::Write as _;
+    // stderr gone: nothing more to say.
+    let _ = writeln!(std::io::stderr(), "citadel: warning: {text}");
 }

@@ -522,9 +522,12 @@ impl Round<'_> {
         }
         let reason = format!("{reason}{}", ask.moved());
         match &ask.d.previous {
-            Some((Status::Unschedulable, r)) if *r == reason => Item::Park {
-                id: ask.d.id.clone(),
-            },
+            // The same but for how much is free: not written again (see same_but_sizes).
+            Some((Status::Unschedulable, r)) if scheduler::same_but_sizes(r, &reason) => {
+                Item::Park {
+                    id: ask.d.id.clone(),
+                }
+            }
             // Preempted, and no room yet: its decision keeps saying by whom while it waits.
             Some((Status::Preempted, _)) => Item::Park {
                 id: ask.d.id.clone(),

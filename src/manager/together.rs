@@ -372,7 +372,8 @@ impl Round<'_> {
             )
         };
         match &ask.d.previous {
-            Some((s, r)) if *s == status && *r == reason => Item::Park {
+            // The same but for how much is free: not written again (see same_but_sizes).
+            Some((s, r)) if *s == status && scheduler::same_but_sizes(r, &reason) => Item::Park {
                 id: ask.d.id.clone(),
             },
             _ => ask.refuse(status, reason),

@@ -29,15 +29,18 @@ impl EngineSpec {
         let mut wire: Engine = serde_json::from_slice::<serde_json::Value>(raw)
             .map_err(|e| Invalid(format!("malformed JSON: {e}")))
             .and_then(|v| {
-                serde_path_to_error::deserialize(v)
-                    .map_err(|e| Invalid(format!("{}: {}", e.path(), e.inner())))
+                serde_path_to_error::deserialize(v).map_err(|e| {
+                    Invalid(format!(
+                        "{}: {}",
+                        shown_path(e.path()),
+                        shown_data_error(e.inner())
+                    ))
+                })
             })?;
         if !wire.id.is_empty() && wire.id != id.as_str() {
-            return Err(Invalid(format!(
-                "id: {:?} does not match the key's id {:?}",
-                wire.id,
-                id.as_str()
-            )));
+            return Err(Invalid(
+                "id: does not match the id in the engine's key".into(),
+            ));
         }
         wire.id = id.to_string();
         let cpus = check_amount("cpus", Some(wire.cpus), MAX_CPUS, " cpus")?;

@@ -6,17 +6,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::MAX_ID_BYTES;
 
-/// Why an id cannot name a key.
+/// Why an id cannot name a key. The id is not quoted back: the text may go into a decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("id is empty")]
     Empty,
-    #[error("id {0:?} contains '/'")]
-    Slash(String),
+    #[error("id contains '/'")]
+    Slash,
     #[error("id is {0} bytes long, the limit is {MAX_ID_BYTES}")]
     TooLong(usize),
-    #[error("id {0:?} contains a control character or whitespace")]
-    Unprintable(String),
+    #[error("id contains a control character or whitespace")]
+    Unprintable,
 }
 
 fn check_id(id: &str) -> Result<(), IdError> {
@@ -24,13 +24,13 @@ fn check_id(id: &str) -> Result<(), IdError> {
         return Err(IdError::Empty);
     }
     if id.contains('/') {
-        return Err(IdError::Slash(id.to_string()));
+        return Err(IdError::Slash);
     }
     if id.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong(id.len()));
     }
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(IdError::Unprintable(id.to_string()));
+        return Err(IdError::Unprintable);
     }
     Ok(())
 }

@@ -32,10 +32,8 @@ impl RestartPolicy {
             "always" => RestartName::Always,
             "unless-stopped" => RestartName::UnlessStopped,
             "on-failure" => RestartName::OnFailure,
-            other => {
-                return Err(format!(
-                    "{other:?} is not no, always, unless-stopped or on-failure"
-                ));
+            _ => {
+                return Err("the name is not no, always, unless-stopped or on-failure".into());
             }
         };
         let retries = (name == RestartName::OnFailure && self.maximum_retry_count > 0)
@@ -51,7 +49,7 @@ impl Port {
             "" | "tcp" => Ok("tcp"),
             "udp" => Ok("udp"),
             "sctp" => Ok("sctp"),
-            other => Err(format!("proto {other:?} is not tcp, udp or sctp")),
+            _ => Err("proto is not tcp, udp or sctp".into()),
         }
     }
 
@@ -109,34 +107,31 @@ fn check_volume(v: &str) -> Result<(), String> {
         [source, target] => (Some(*source), *target, None),
         [source, target, mode] => (Some(*source), *target, Some(*mode)),
         _ => {
-            return Err(format!(
-                "{v:?} is not /path, name:/path or /host:/path[:mode]"
-            ));
+            return Err("not /path, name:/path or /host:/path[:mode]".into());
         }
     };
     if !target.starts_with('/') {
-        return Err(format!(
-            "{v:?}: the container path {target:?} is not absolute"
-        ));
+        return Err("the container path is not absolute".into());
     }
     if let Some(source) = source
         && source.starts_with('/')
-        && let Err(why) = super::policy::normalise(source)
+        && super::policy::normalise(source).is_err()
     {
-        return Err(format!("{v:?}: {why}"));
+        return Err("the host path holds `..`, which is never allowed".into());
     }
     if let Some(source) = source
         && !source.starts_with('/')
         && !docker_name(source)
     {
-        return Err(format!(
-            "{v:?}: {source:?} is neither an absolute host path nor a volume name"
-        ));
+        return Err("the source is neither an absolute host path nor a volume name".into());
     }
     if let Some(mode) = mode
-        && let Some(bad) = mode.split(',').find(|m| !VOLUME_MODES.contains(m))
+        && mode.split(',').any(|m| !VOLUME_MODES.contains(&m))
     {
-        return Err(format!("{v:?}: unknown mode {bad:?}"));
+        return Err(format!(
+            "unknown mode: the modes are {}",
+            VOLUME_MODES.join(", ")
+        ));
     }
     Ok(())
 }
@@ -147,7 +142,7 @@ fn check_cpuset(s: &str) -> Result<(), String> {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
         match (lo.trim().parse::<u32>(), hi.trim().parse::<u32>()) {
             (Ok(lo), Ok(hi)) if lo <= hi => {}
-            _ => return Err(format!("{s:?} is not a list of cpus like 0-3,5")),
+            _ => return Err("not a list of cpus like 0-3,5".into()),
         }
     }
     Ok(())
@@ -160,9 +155,7 @@ fn check_hostname(h: &str) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
     {
-        return Err(format!(
-            "{h:?} is not a hostname (at most 64 letters, digits, - and .)"
-        ));
+        return Err("not a hostname (at most 64 letters, digits, - and .)".into());
     }
     Ok(())
 }
@@ -182,7 +175,7 @@ pub fn check(image: &Image) -> Result<(), Invalid> {
     if !name.is_empty() && !docker_name(name.trim_start_matches('/')) {
         return bad(
             "container_name".into(),
-            format!("{name:?} is not a Docker name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"),
+            "not a Docker name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)".into(),
         );
     }
     let hostname = image.hostname.trim();
@@ -205,7 +198,7 @@ pub fn check(image: &Image) -> Result<(), Invalid> {
     for (k, v) in &image.environment {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return bad(
-                format!("environment.{k}"),
+                super::shown_key("environment", k),
                 "a variable name is non-empty, without = or NUL, and its value without NUL".into(),
             );
         }
@@ -213,7 +206,7 @@ pub fn check(image: &Image) -> Result<(), Invalid> {
     for (name, alias) in &image.links {
         if name.trim().is_empty() || alias.trim().is_empty() {
             return bad(
-                format!("links.{name}"),
+                super::shown_key("links", name),
                 "a link names a container and an alias".into(),
             );
         }
@@ -299,7 +292,7 @@ mod tests {
             ),
             (
                 Box::new(|i| i.volumes = vec!["/srv/../:/host".into()]),
-                "volumes[0]: \"/srv/../:/host\": host path",
+                "volumes[0]: the host path holds `..`",
             ),
             (
                 Box::new(|i| i.volumes = vec!["/srv:/s".into(), "/a/..:/b:ro".into()]),
@@ -309,7 +302,7 @@ mod tests {
                 Box::new(|i| {
                     i.environment.insert("A=B".into(), "1".into());
                 }),
-                "environment.A=B:",
+                "environment: a variable name",
             ),
             (
                 Box::new(|i| {

@@ -239,10 +239,100 @@ pub fn named_volume(entry: &str) -> Option<&str> {
         .then_some(source)
 }
 
-/// Why a request was refused as `invalid`. The message names the field.
+/// Why a request was refused as `invalid`. The message names the field and the rule, and
+/// never quotes a string the user wrote back: the reason is shown by every reader of the
+/// decision (a status page, a terminal, a log), so a hostile value would travel with it.
+/// Numbers may be shown (they were parsed), and names made of plain characters ([`plain`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
+
+/// Longest name a reason shows as written.
+const MAX_SHOWN_BYTES: usize = 64;
+
+/// Whether a name the user wrote (a field, a map key) may be shown in a reason: short, and
+/// only letters, digits and `_ . -`.
+pub fn plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SHOWN_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `field.key` when the key is [`plain`], else `field` alone.
+pub(crate) fn shown_key(field: &str, key: &str) -> String {
+    if plain(key) {
+        format!("{field}.{key}")
+    } else {
+        field.to_string()
+    }
+}
+
+/// Where a serde error happened, as a path (`bind_ports[0].proto`), each map key shown only
+/// when it is [`plain`] (`?` otherwise).
+pub(crate) fn shown_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(if plain(key) { key } else { "?" });
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    if out.is_empty() { ".".into() } else { out }
+}
+
+/// A serde data error's rule without the value it quotes: serde says `invalid type: string
+/// "…", expected a number`, and only what is expected (our own text) is kept.
+pub(crate) fn shown_data_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let text = text.strip_suffix(&position).unwrap_or(&text);
+    let Some((what, expected)) = text.rsplit_once(", expected ") else {
+        // `missing field `x`` and `duplicate field `x`` name our own fields; anything else
+        // is not quoted back.
+        return if text.starts_with("missing field") || text.starts_with("duplicate field") {
+            text.to_string()
+        } else if text.starts_with("data did not match any variant") {
+            // The one untagged type: cpus, memory and disk (see `number_or_string`).
+            "wrong type, expected a number or a numeric string".to_string()
+        } else {
+            "not a value this field takes".to_string()
+        };
+    };
+    let what = if what.starts_with("invalid type") {
+        "wrong type".to_string()
+    } else if what.starts_with("invalid value") {
+        "invalid value".to_string()
+    } else if what.starts_with("invalid length") {
+        what.to_string()
+    } else if let Some(rest) = what
+        .strip_prefix("unknown field ")
+        .or_else(|| what.strip_prefix("unknown variant "))
+    {
+        let kind = if what.starts_with("unknown field") {
+            "unknown field"
+        } else {
+            "unknown variant"
+        };
+        let name = rest.trim_matches('`');
+        if plain(name) {
+            format!("{kind} {name:?}")
+        } else {
+            kind.to_string()
+        }
+    } else {
+        "not a value this field takes".to_string()
+    };
+    format!("{what}, expected {expected}")
+}
 
 pub(super) fn check_amount(
     field: &str,
@@ -305,7 +395,11 @@ impl Request {
         let mut de = serde_json::Deserializer::from_slice(raw);
         let image: Image = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             if e.inner().is_data() {
-                Invalid(format!("{}: {}", e.path(), e.inner()))
+                Invalid(format!(
+                    "{}: {}",
+                    shown_path(e.path()),
+                    shown_data_error(e.inner())
+                ))
             } else {
                 Invalid(format!("malformed JSON: {}", e.inner()))
             }
@@ -334,9 +428,9 @@ impl Request {
                 "" | "tcp" => Proto::Tcp,
                 "udp" => Proto::Udp,
                 "sctp" => Proto::Sctp,
-                other => {
+                _ => {
                     return Err(Invalid(format!(
-                        "bind_ports[{i}].proto: {other:?} is not tcp, udp or sctp"
+                        "bind_ports[{i}].proto: not tcp, udp or sctp"
                     )));
                 }
             };
@@ -435,9 +529,13 @@ fn scheduling_fields(image: &Image) -> Result<(DiskMb, usize, Vec<String>), Inva
         .collect();
     volumes.sort();
     volumes.dedup();
-    if let Some(v) = volumes.iter().find(|v| RequestId::new(v.as_str()).is_err()) {
+    if let Some(i) = image
+        .volumes
+        .iter()
+        .position(|v| named_volume(v).is_some_and(|name| RequestId::new(name).is_err()))
+    {
         return Err(Invalid(format!(
-            "volumes: {v:?} cannot name a volume (1 to 253 printable bytes)"
+            "volumes[{i}]: the volume's name is not 1 to 253 printable bytes"
         )));
     }
     Ok((DiskMb::from_mb_ceil(disk), alternatives, volumes))
@@ -473,9 +571,9 @@ fn ranking_fields(image: &Image) -> Result<(i32, bool, Option<Group>), Invalid> 
         return Ok((priority, preemptible, None));
     };
     if RequestId::new(name.as_str()).is_err() {
-        return Err(Invalid(format!(
-            "group: {name:?} cannot name a group (1 to 253 printable bytes, no '/')"
-        )));
+        return Err(Invalid(
+            "group: cannot name a group (1 to 253 printable bytes, no '/')".into(),
+        ));
     }
     let min = match image.group_min {
         None => 1,
@@ -508,10 +606,9 @@ fn ranking_fields(image: &Image) -> Result<(i32, bool, Option<Group>), Invalid> 
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             {
-                return Err(Invalid(format!(
-                    "spread.over: {:?} is not a label key (letters, digits and . _ -)",
-                    s.over
-                )));
+                return Err(Invalid(
+                    "spread.over: not a label key (letters, digits and . _ -)".into(),
+                ));
             }
             let skew = small("spread.max_skew", s.max_skew)?.unwrap_or(1);
             Some((over.to_string(), skew))
@@ -543,7 +640,11 @@ fn group_timeout(v: &serde_json::Value) -> Result<u64, Invalid> {
     match secs {
         Some(s) if (1..=MAX_GROUP_TIMEOUT_S).contains(&s) => Ok(s),
         _ => Err(Invalid(format!(
-            "group_timeout: {v} is not a duration from 1s to 7 days (seconds, or e.g. \"90s\", \"5m\")"
+            "group_timeout: {} from 1s to 7 days (seconds, or e.g. \"90s\", \"5m\")",
+            match v {
+                serde_json::Value::Number(n) => format!("{n} is not a duration"),
+                _ => "not a duration".to_string(),
+            }
         ))),
     }
 }
@@ -684,6 +785,7 @@ fn unknown_fields(raw: &[u8]) -> Option<Invalid> {
     let unknown: Vec<String> = unknown_request_fields(raw)
         .iter()
         .map(|k| match did_you_mean(k, &known) {
+            _ if !plain(k) => "(a name not shown: it is not letters, digits and _ . -)".into(),
             Some(known) => format!("{k:?} (did you mean {known:?}?)"),
             None => format!("{k:?}"),
         })

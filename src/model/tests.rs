@@ -211,20 +211,14 @@ fn huge_requests_are_invalid_and_not_echoed() {
 fn ids_are_checked() {
     assert!(RequestId::new("web-1").is_ok());
     assert_eq!(RequestId::new(""), Err(IdError::Empty));
-    assert!(matches!(RequestId::new("a/b"), Err(IdError::Slash(_))));
+    assert!(matches!(RequestId::new("a/b"), Err(IdError::Slash)));
     assert!(matches!(
         RequestId::new("x".repeat(254)),
         Err(IdError::TooLong(254))
     ));
     assert!(RequestId::new("x".repeat(253)).is_ok());
-    assert!(matches!(
-        RequestId::new("a b"),
-        Err(IdError::Unprintable(_))
-    ));
-    assert!(matches!(
-        RequestId::new("a\nb"),
-        Err(IdError::Unprintable(_))
-    ));
+    assert!(matches!(RequestId::new("a b"), Err(IdError::Unprintable)));
+    assert!(matches!(RequestId::new("a\nb"), Err(IdError::Unprintable)));
 }
 
 #[test]
@@ -276,5 +270,98 @@ fn reservation_round_trips_its_units() {
             proto: Proto::Udp,
             port: 53
         }]
+    );
+}
+
+#[test]
+fn an_invalid_reason_names_the_field_never_the_value() {
+    // A hostile value in each field that checks a string: the reason names the field and
+    // the rule, and quotes nothing of the value back.
+    let evil = "EVIL<img src=x>";
+    let base = r#""image":"x","cpus":1,"memory":1,"type":"s""#;
+    // (the request's other fields, the start of the reason)
+    let cases = [
+        (
+            format!(r#""disk":"{evil}""#),
+            "disk: invalid value, expected a number",
+        ),
+        (
+            r#""disk":true"#.to_string(),
+            "disk: wrong type, expected a number or a numeric string",
+        ),
+        (
+            format!(r#""alternatives":"{evil}""#),
+            "alternatives: wrong type, expected u64",
+        ),
+        (
+            format!(r#""bind_ports":[{{"port":80,"proto":"{evil}"}}]"#),
+            "bind_ports[0]",
+        ),
+        (
+            format!(r#""bind_ports":[{{"port":80,"{evil}":1}}]"#),
+            "bind_ports[0].?: unknown field, expected one of",
+        ),
+        (
+            format!(r#""restart_policy":{{"name":"{evil}"}}"#),
+            "restart_policy: the name is not",
+        ),
+        (
+            format!(r#""container_name":"{evil}""#),
+            "container_name: not a Docker name",
+        ),
+        (
+            format!(r#""hostname":"{evil}""#),
+            "hostname: not a hostname",
+        ),
+        (
+            format!(r#""cpuset":"{evil}""#),
+            "cpuset: not a list of cpus",
+        ),
+        (
+            format!(r#""volumes":["a:b:c:{evil}"]"#),
+            "volumes[0]: not /path",
+        ),
+        (
+            format!(r#""volumes":["/a:/b:{evil}"]"#),
+            "volumes[0]: unknown mode",
+        ),
+        (
+            format!(r#""volumes":["/a:{evil}"]"#),
+            "volumes[0]: the container path is not absolute",
+        ),
+        (
+            format!(r#""environment":{{"{evil}=":"v"}}"#),
+            "environment: a variable name",
+        ),
+        (
+            format!(r#""environment":{{"{evil}":1}}"#),
+            "environment.?: wrong type, expected a string",
+        ),
+        (format!(r#""links":{{"{evil}":""}}"#), "links: a link names"),
+        (
+            format!(r#""group":"{evil}/x""#),
+            "group: cannot name a group",
+        ),
+        (
+            format!(r#""group":"g","spread":{{"over":"{evil}"}}"#),
+            "spread.over: not a label key",
+        ),
+        (
+            format!(r#""group":"g","group_timeout":"{evil}""#),
+            "group_timeout: not a duration",
+        ),
+        (format!(r#""{evil}":1"#), "unknown field (a name not shown"),
+    ];
+    for (fields, want) in cases {
+        let json = format!("{{{base},{fields}}}");
+        let reason = invalid(&json);
+        assert!(reason.starts_with(want), "{json}: {reason}");
+        assert!(!reason.contains("EVIL"), "{json}: {reason}");
+    }
+    // Names made of plain characters are shown, with a guess at what was meant.
+    let reason = invalid(&format!("{{{base},\"lables\":[]}}"));
+    assert!(
+        reason.contains(r#""lables" (did you mean "labels"?)"#),
+        "{reason}"
     );
 }

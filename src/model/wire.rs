@@ -147,7 +147,8 @@ fn is_default_restart(p: &RestartPolicy) -> bool {
     *p == RestartPolicy::default()
 }
 
-/// Accepts `0.2`, `"0.2"` and `null`. Strings that do not parse are an error naming the value.
+/// Accepts `0.2`, `"0.2"` and `null`. A string that does not parse is an invalid value (which
+/// the reason does not quote back: see [`super::request`]'s `shown_data_error`).
 fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -158,11 +159,9 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::E
     match Option::<NumOrStr>::deserialize(d)? {
         None => Ok(None),
         Some(NumOrStr::Num(n)) => Ok(Some(n)),
-        Some(NumOrStr::Str(s)) => s
-            .trim()
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+        Some(NumOrStr::Str(s)) => s.trim().parse::<f64>().map(Some).map_err(|_| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&s), &"a number")
+        }),
     }
 }
 

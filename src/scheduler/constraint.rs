@@ -55,7 +55,7 @@ fn compile(pattern: &str) -> Result<Regex, String> {
                  try [a-z0-9_] or (?-u:\\w))",
                 REGEX_SIZE_LIMIT / 1024
             ),
-            other => other.to_string(),
+            other => regex_rule(&other.to_string()),
         })?;
     let mut cache = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
     let cache = cache.get_or_insert_with(HashMap::new);
@@ -66,14 +66,78 @@ fn compile(pattern: &str) -> Result<Regex, String> {
     Ok(r)
 }
 
+/// Why an expression cannot be parsed. The text names the rule, never the expression: it
+/// goes into an `invalid` decision, and a reason must not echo what a user wrote back (the
+/// caller names the entry, `labels[2]`). Only a suggestion made of plain characters quotes
+/// part of it back ([`suggestion`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConstraintError {
-    #[error("constraint {0:?} has no label key")]
-    NoKey(String),
-    #[error("constraint {expr:?}: invalid regular expression: {err}")]
-    BadRegex { expr: String, err: String },
-    #[error("constraint {0:?}: label keys are letters, digits and . _ -")]
-    BadKey(String),
+    #[error("no label key: write key==value, key!=value or a key alone")]
+    NoKey,
+    #[error("the /regular expression/ does not compile: {0}")]
+    BadRegex(String),
+    #[error("label keys are letters, digits and . _ - / :")]
+    BadKey,
+    /// `zone=a`: a single `=` is no operator. With the expression as it was meant, when that
+    /// is plain enough to show.
+    #[error("use ==: {}", match .0 {
+        Some(meant) => format!("did you mean {meant}?"),
+        None => "key==value (or != for not equal)".to_string(),
+    })]
+    SingleEquals(Option<String>),
+    /// `zone==`: nothing to compare with.
+    #[error("the value after {0} is empty: write key{0}value, or the key alone for any value")]
+    EmptyValue(&'static str),
+}
+
+/// Longest suggestion a reason quotes back.
+const MAX_SUGGESTION_BYTES: usize = 64;
+
+/// `key==value`, as `key=value` was probably meant, if every character is plain (a label key,
+/// and a value of letters, digits and `. _ - : / * ? ~`) and it is short: only then may an
+/// `invalid` reason show it.
+fn suggestion(key: &str, value: &str) -> Option<String> {
+    let plain = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '*' | '?' | '~')
+    };
+    let meant = format!("{key}=={value}");
+    (valid_key(key)
+        && !value.trim_start_matches('~').is_empty()
+        && value.chars().all(plain)
+        && meant.len() <= MAX_SUGGESTION_BYTES)
+        .then_some(meant)
+}
+
+/// What the `regex` crate says is wrong with a pattern, without the pattern: the last line of
+/// its message (`error: unclosed group`) quotes none of it.
+fn regex_rule(message: &str) -> String {
+    message
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .filter(|rule| !rule.is_empty())
+        .unwrap_or("not a regular expression")
+        .to_string()
+}
+
+/// An expression that parses but is probably not what was meant: `region==eu-*,disk==ssd`
+/// compares `region` with the value `eu-*,disk==ssd`, as a comma does not join constraints.
+/// The leader accepts it (a label value may hold `,` and `==`: an engine's label splits at its
+/// first `=`), so it is a warning for `submit` and `plan` to print, not an error.
+pub fn warning(expr: &str) -> Option<&'static str> {
+    let (_, op, _, value) = split(expr.trim());
+    let value = value.trim();
+    if op == Op::Exists || is_regex_value(value) {
+        return None;
+    }
+    let joins = value.split(',').skip(1).any(|part| {
+        let (key, op, _, _) = split(part.trim());
+        op != Op::Exists && valid_key(key.trim())
+    });
+    joins.then_some(
+        "a comma does not join constraints, it is taken as part of the value: \
+         write one entry per constraint, e.g. [\"region==eu-*\", \"disk==ssd\"]",
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,19 +224,32 @@ impl Constraint {
         let text = expr.trim();
         let (key, op, soft, value) = split(text);
         let key = key.trim();
+        if op == Op::Exists
+            && let Some((k, v)) = key.split_once('=')
+        {
+            return Err(ConstraintError::SingleEquals(suggestion(
+                k.trim(),
+                v.trim(),
+            )));
+        }
         if key.is_empty() {
-            return Err(ConstraintError::NoKey(expr.to_string()));
+            return Err(ConstraintError::NoKey);
         }
         if !valid_key(key) {
-            return Err(ConstraintError::BadKey(expr.to_string()));
+            return Err(ConstraintError::BadKey);
         }
         // Swarm's name for the implicit label every engine carries with its id.
         let key = if key == "node" { "engine" } else { key };
         let value = value.trim();
-        let bad = |err: String| ConstraintError::BadRegex {
-            expr: expr.to_string(),
-            err,
-        };
+        if op != Op::Exists && value.is_empty() {
+            return Err(ConstraintError::EmptyValue(match (op, soft) {
+                (Op::Eq, false) => "==",
+                (Op::Eq, true) => "==~",
+                (_, false) => "!=",
+                (_, true) => "!=~",
+            }));
+        }
+        let bad = ConstraintError::BadRegex;
         let matcher = if op == Op::Exists {
             Matcher::Any
         } else if is_regex_value(value) {
@@ -333,22 +410,78 @@ mod tests {
     }
 
     #[test]
-    fn bad_constraints_are_errors() {
-        assert!(matches!(
-            Constraint::parse("==a"),
-            Err(ConstraintError::NoKey(_))
-        ));
-        assert!(matches!(
-            Constraint::parse(""),
-            Err(ConstraintError::NoKey(_))
-        ));
-        assert!(matches!(
-            Constraint::parse("zone==/(/"),
-            Err(ConstraintError::BadRegex { .. })
-        ));
-        assert!(matches!(
-            Constraint::parse("zo ne==a"),
-            Err(ConstraintError::BadKey(_))
-        ));
+    fn bad_constraints_are_errors_that_name_the_rule_not_the_expression() {
+        // (expression, the error's text)
+        let cases = [
+            (
+                "==a",
+                "no label key: write key==value, key!=value or a key alone",
+            ),
+            (
+                "",
+                "no label key: write key==value, key!=value or a key alone",
+            ),
+            ("zone=a", "use ==: did you mean zone==a?"),
+            (" zone = a ", "use ==: did you mean zone==a?"),
+            ("zone=~a", "use ==: did you mean zone==~a?"),
+            ("region=eu-*", "use ==: did you mean region==eu-*?"),
+            ("zone=", "use ==: key==value (or != for not equal)"),
+            ("zone=<b>x</b>", "use ==: key==value (or != for not equal)"),
+            ("zone=a=b", "use ==: key==value (or != for not equal)"),
+            (
+                "zone==",
+                "the value after == is empty: write key==value, or the key alone for any value",
+            ),
+            (
+                "zone!= ",
+                "the value after != is empty: write key!=value, or the key alone for any value",
+            ),
+            (
+                "zone==~",
+                "the value after ==~ is empty: write key==~value, or the key alone for any value",
+            ),
+            ("zo ne==a", "label keys are letters, digits and . _ - / :"),
+            (
+                "zone==/(/",
+                "the /regular expression/ does not compile: unclosed group",
+            ),
+        ];
+        for (expr, want) in cases {
+            let err = Constraint::parse(expr).unwrap_err();
+            assert_eq!(err.to_string(), want, "{expr:?}");
+        }
+        let long = format!("zone={}", "a".repeat(MAX_SUGGESTION_BYTES));
+        assert_eq!(
+            Constraint::parse(&long).unwrap_err(),
+            ConstraintError::SingleEquals(None),
+            "a long value is not quoted back"
+        );
+        // A regex error quotes its pattern; the reason must not.
+        let err = Constraint::parse("zone==/secret(/")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_comma_followed_by_another_comparison_is_warned_about() {
+        // (expression, warned)
+        let cases = [
+            ("region==eu-*,disk==ssd", true),
+            ("region==eu-*, disk!=hdd", true),
+            ("zone!=~a,b!=c", true),
+            ("region==eu-*,us-*", false),
+            ("region==eu-*", false),
+            ("tags==a,b", false),
+            ("region==/eu,disk==ssd/", false),
+            ("gpu", false),
+        ];
+        for (expr, warned) in cases {
+            assert!(
+                Constraint::parse(expr).is_ok(),
+                "{expr}: the leader accepts it"
+            );
+            assert_eq!(warning(expr).is_some(), warned, "{expr}");
+        }
     }
 }

@@ -74,7 +74,7 @@ pub(crate) mod testing;
 mod view;
 
 pub use constraint::{Constraint, ConstraintError, Labels};
-pub use explain::Unschedulable;
+pub use explain::{Unschedulable, same_but_sizes};
 pub use feasible::{MAX_CLASSES, Rejection, fits_resources};
 pub use group::{GroupCounts, GroupFilter};
 pub use parsed::{Parsed, prepare};
@@ -96,8 +96,9 @@ pub enum SchedulerError {
     NotTypeEqualsStrategy(String),
     #[error("--scheduler {0:?}: the type is empty")]
     NoType(String),
-    #[error("type: no scheduler for {kind:?}; known types: {known}")]
-    UnknownType { kind: String, known: String },
+    /// The type is not quoted back: it goes into an `invalid` decision's reason.
+    #[error("type: no scheduler for this type; known types: {known}")]
+    UnknownType { known: String },
     #[error("labels: {count} /regex/ constraints, the limit is {limit}")]
     TooManyRegexes { count: usize, limit: usize },
     #[error("labels[{index}]: {source}")]
@@ -112,8 +113,8 @@ pub enum SchedulerError {
         #[source]
         source: ConstraintError,
     },
-    #[error("affinity[{index}]: {expr:?}: the key is request or image")]
-    AffinityKey { index: usize, expr: String },
+    #[error("affinity[{index}]: the key is request or image")]
+    AffinityKey { index: usize },
     /// A host path no launch policy could permit (`..` in it). The model's checks refuse it
     /// first; this is for a request built without them.
     #[error("volumes: {0}")]
@@ -134,7 +135,7 @@ pub fn schedule(
     // feasible → rank → select, over the engines from the seed's start (select.rs)
     select::choose(p, engines, strategy, seed, sample)
         // → explain, once every engine was checked and none fits (explain.rs)
-        .map_err(|refused| explain::unschedulable(p, engines.len(), refused))
+        .map_err(|refused| explain::unschedulable(p, engines, refused))
 }
 
 /// Every engine that fits, best first, with its [`score`], at most `limit` of them: what a

@@ -86,6 +86,21 @@ pub struct Prepared {
 const AFFINITY_KEYS: [&str; 2] = ["request", "image"];
 
 impl Prepared {
+    /// What `submit` and `plan` warn about before writing it: expressions that parse but are
+    /// probably not what was meant (see [`constraint::warning`]), each naming its entry.
+    pub fn warnings(&self) -> Vec<String> {
+        let named = |field: &str, exprs: &[String]| -> Vec<String> {
+            exprs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| constraint::warning(e).map(|w| format!("{field}[{i}]: {w}")))
+                .collect()
+        };
+        let mut all = named("labels", &self.request.constraints);
+        all.extend(named("affinity", &self.request.affinity));
+        all
+    }
+
     /// Fails with a reason naming the bad `labels[i]` or `affinity[i]` entry.
     pub fn new(request: Request) -> Result<Self, SchedulerError> {
         // Counted before any is compiled: a request pays for at most this many.
@@ -107,16 +122,18 @@ impl Prepared {
         let (affinity_hard, affinity_soft) = parse_all(&request.affinity, |index, source| {
             SchedulerError::Affinity { index, source }
         })?;
-        if let Some((index, c)) = affinity_hard
+        if let Some(c) = affinity_hard
             .iter()
             .chain(&affinity_soft)
-            .enumerate()
-            .find(|(_, c)| !AFFINITY_KEYS.contains(&c.key.as_str()))
+            .find(|c| !AFFINITY_KEYS.contains(&c.key.as_str()))
         {
-            return Err(SchedulerError::AffinityKey {
-                index,
-                expr: c.expr.clone(),
-            });
+            // Named by its entry as written (hard and soft ones were parsed apart).
+            let index = request
+                .affinity
+                .iter()
+                .position(|e| e.trim() == c.expr)
+                .unwrap_or_default();
+            return Err(SchedulerError::AffinityKey { index });
         }
         let privileges = privileges(&request.image).map_err(SchedulerError::HostPath)?;
         let shape_hash = Shape::hash_of(&request, &privileges, request.image.launch);
@@ -267,7 +284,7 @@ mod tests {
             (
                 &[],
                 &["zone==a"],
-                r#"affinity[0]: "zone==a": the key is request or image"#,
+                "affinity[0]: the key is request or image",
             ),
             (&regexes[..8], &[], "hard 8 soft 0, affinity hard 0 soft 0"),
             (

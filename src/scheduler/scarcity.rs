@@ -1,6 +1,6 @@
 //! Which engines constrained requests depend on, so that binpack fills the others first.
 //!
-//! A request whose hard constraints hold on only some engines (`region==eu-*,disk==ssd`) can go
+//! A request whose hard constraints hold on only some engines (`region==eu-*` and `disk==ssd`) can go
 //! nowhere else. Binpack's "fullest first" aims straight at those engines: that very demand
 //! makes them the fullest, so unconstrained requests fill them up and the constrained ones that
 //! arrive later find no room, on a cluster with room to spare elsewhere.

@@ -257,14 +257,18 @@ mod tests {
                 &[],
                 false,
                 true,
-                Err("0/2 engines fit: 1 constraint disk==ssd, 1 insufficient cpus"),
+                Err("0/2 engines fit: 1 constraint disk==ssd, \
+                     1 insufficient cpus (needs 1 cpus, largest free 0 cpus)"),
             ),
             (
                 &["disk==~ssd"],
                 &[],
                 false,
                 false,
-                Err("0/2 engines fit: 2 insufficient cpus (soft constraints ignored)"),
+                Err(
+                    "0/2 engines fit: 2 insufficient cpus (needs 1 cpus, largest free 0 cpus) \
+                     (soft constraints ignored)",
+                ),
             ),
             (
                 &["disk==~ssd"],

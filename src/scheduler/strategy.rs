@@ -83,7 +83,6 @@ impl Schedulers {
             .get(kind)
             .copied()
             .ok_or_else(|| SchedulerError::UnknownType {
-                kind: kind.to_string(),
                 known: self
                     .0
                     .keys()
