@@ -16,6 +16,7 @@ pub mod endpoints;
 mod error;
 pub mod fence;
 mod range;
+pub mod watch;
 
 use std::time::Duration;
 
