@@ -435,3 +435,56 @@ async fn leadership_events_tell_a_killed_leader_from_one_that_resigned() {
         "the marker is written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_go_on_when_the_member_they_watch_through_is_lost() {
+    init_tracing();
+    let mut cluster = citadel_testkit::etcd::EtcdCluster::start(3)
+        .await
+        .expect("start 3 members");
+    let endpoints = cluster.endpoints();
+    let cfg = citadel::store::EtcdConfig::new(endpoints.clone());
+    let client = connect_with(&cfg).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 8.0, 8192.0, &[]).await;
+    let replica = Replica::start_etcd_config(cfg, "r1");
+    let all = endpoints.join(",");
+    let events = Following::start(&all, &["events", "--tail", "0", "-o", "json"]);
+    let deadline = Instant::now() + WAIT;
+    for n in 1.. {
+        put_engine(&client, &keys, "marker", 1.0, 64.0 + f64::from(n), &[]).await;
+        if events
+            .lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|l| l.contains("\"marker\""))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events never showed a change");
+    }
+    // Each member in turn is killed (so the one its stream went through is, too), and the
+    // events go on; the member comes back before the next is killed.
+    for i in 0..cluster.len() {
+        cluster.kill(i).await;
+        let id = format!("without-m{i}");
+        // The test's own client may try the dead member first: it tries again.
+        let key = keys.request(&rid(&id));
+        let body = request_json(0.1, 16, json!({}));
+        let deadline = Instant::now() + WAIT;
+        while let Err(e) = client
+            .kv_client()
+            .put(key.as_str(), body.as_str(), None)
+            .await
+        {
+            assert!(Instant::now() < deadline, "etcd never took {id}: {e}");
+            tokio::time::sleep(POLL).await;
+        }
+        events.until(WAIT, |l| l.contains(&format!("\"{id}\"")));
+        cluster
+            .restart(i, true)
+            .await
+            .expect("the member comes back");
+    }
+    events.stop(Signal::TERM);
+    replica.stop().await;
+}
