@@ -36,7 +36,10 @@ impl WatchError {
     pub fn is_permanent(&self) -> bool {
         match self {
             WatchError::Store(e) => gives_up(e),
-            WatchError::Ended | WatchError::Cancelled(_) | WatchError::Silent(_) => false,
+            // etcd cancels a watch (compaction apart) that it will never allow: a role
+            // without read access, a range it refuses.
+            WatchError::Cancelled(_) => true,
+            WatchError::Ended | WatchError::Silent(_) => false,
         }
     }
 }
