@@ -86,7 +86,10 @@ pub(super) async fn events(client: &Client, keys: &Keys, a: EventsArgs) -> Resul
             // read where history resumes.
             let t = match Timeline::at(client, keys, since - 1).await {
                 Ok(t) => t,
-                Err(_) => Timeline::at(client, keys, 0).await?,
+                Err(e) => {
+                    tracing::debug!(error = %e, since, "candidates before --since unreadable");
+                    Timeline::at(client, keys, 0).await?
+                }
             };
             (t, since)
         }
@@ -124,7 +127,7 @@ pub(super) async fn events(client: &Client, keys: &Keys, a: EventsArgs) -> Resul
     Ok(())
 }
 
-/// etcd's revision now.
+/// etcd's revision now (from the header of a count of one key: cheap, whatever the registry).
 async fn revision(client: &Client, keys: &Keys) -> Result<i64, CliError> {
     let opts = GetOptions::new().with_count_only();
     let got = timed(client.kv_client().get(keys.resigned(), Some(opts))).await?;
@@ -197,7 +200,10 @@ async fn replay(
     // `start` will do (its own events replayed on top, to no harm).
     let mut timeline = match Timeline::at(client, keys, start - 1).await {
         Ok(t) => t,
-        Err(_) => Timeline::at(client, keys, start).await?,
+        Err(e) => {
+            tracing::debug!(error = %e, start, "candidates before the replay unreadable");
+            Timeline::at(client, keys, start).await?
+        }
     };
     let mut out = Vec::new();
     if until < start {

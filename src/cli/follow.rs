@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use etcd_client::{Client, Event, EventType};
 use rustix::event::{PollFd, PollFlags};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -12,8 +11,8 @@ use tokio::sync::oneshot;
 
 use super::CliError;
 use crate::keys::{Key, Keys};
+use crate::store::EtcdErrorKind;
 use crate::store::watch::{self, Next, Resumable, WatchError};
-use crate::store::{self, EtcdErrorKind};
 
 /// SIGINT and SIGTERM, caught for as long as the command runs, and a pipe on stdout whose
 /// reader went away (`citadel events | head -1` in a quiet cluster: no write would tell).
@@ -178,10 +177,7 @@ impl Follow {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CliError>>,
     {
-        let mut delays = store::backoff()
-            .with_max_delay(Duration::from_secs(1))
-            .without_max_times()
-            .build();
+        let mut delays = watch::delays();
         loop {
             let outcome = tokio::select! {
                 () = self.stop.wait() => return Ok(None),

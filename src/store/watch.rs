@@ -47,8 +47,9 @@ impl WatchError {
 /// A stream quiet this long is asked for progress, and one that answers nothing within as
 /// long again is given up for dead (a frozen member keeps its connection open).
 const QUIET: Duration = Duration::from_secs(2);
-/// The longest wait between two tries while etcd is away.
-const MAX_DELAY: Duration = Duration::from_secs(1);
+/// The longest backoff step between two tries while etcd is away; its jitter adds up to as much
+/// again, so a watch tries at least about once a second.
+const MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Whether waiting will not fix a failed call of a command that keeps running: a setting, the
 /// credentials, a role that does not allow it. etcd restarting or a member gone will pass.
@@ -89,7 +90,9 @@ pub struct Resumable {
     delays: backon::ExponentialBackoff,
 }
 
-fn delays() -> backon::ExponentialBackoff {
+/// The delays between tries of a command that keeps running while etcd is away: exponential
+/// from 100 ms, with jitter, about a second at most.
+pub fn delays() -> backon::ExponentialBackoff {
     backoff()
         .with_max_delay(MAX_DELAY)
         .without_max_times()
@@ -120,7 +123,7 @@ impl Resumable {
         self.stream = None;
     }
 
-    /// How long to wait before the next try after a failure: exponential, at most a second.
+    /// How long to wait before the next try after a failure (see [`delays`]).
     pub fn delay(&mut self) -> Duration {
         self.delays.next().unwrap_or(MAX_DELAY)
     }
