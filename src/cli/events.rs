@@ -235,6 +235,12 @@ fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// One key written or deleted, as a watch event carries it.
+struct Change<'a> {
+    deleted: bool,
+    kv: &'a etcd_client::KeyValue,
+}
+
 /// A campaign key of the election.
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -286,35 +292,42 @@ impl Timeline {
     /// The events of a watch response, in order, a revision at a time. Those after
     /// `live_after` were seen as they happened.
     fn apply(&mut self, events: &[Event], live_after: i64) -> Vec<ClusterEvent> {
+        let changes: Vec<Change> = events
+            .iter()
+            .filter_map(|e| {
+                e.kv().map(|kv| Change {
+                    deleted: e.event_type() == EventType::Delete,
+                    kv,
+                })
+            })
+            .collect();
+        self.changes(&changes, live_after)
+    }
+
+    /// [`Timeline::apply`], on the changes the events carry.
+    fn changes(&mut self, changes: &[Change], live_after: i64) -> Vec<ClusterEvent> {
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < events.len() {
-            let rev = events[i].kv().map_or(0, |kv| kv.mod_revision());
-            let mut j = i + 1;
-            while j < events.len() && events[j].kv().map_or(0, |kv| kv.mod_revision()) == rev {
-                j += 1;
-            }
-            out.extend(self.revision(&events[i..j], rev > live_after));
-            i = j;
+        for group in changes.chunk_by(|a, b| a.kv.mod_revision() == b.kv.mod_revision()) {
+            let rev = group.first().map_or(0, |c| c.kv.mod_revision());
+            out.extend(self.revision(group, rev > live_after));
         }
         out
     }
 
     /// The events of one revision (one transaction).
-    fn revision(&mut self, group: &[Event], live: bool) -> Vec<ClusterEvent> {
+    fn revision(&mut self, group: &[Change], live: bool) -> Vec<ClusterEvent> {
+        let marker = self.keys.resigned();
         let resigned: Vec<Resignation> = group
             .iter()
-            .filter(|e| e.event_type() == EventType::Put)
-            .filter_map(|e| e.kv())
-            .filter(|kv| kv.key() == self.keys.resigned().as_bytes())
-            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .filter(|c| !c.deleted && c.kv.key() == marker.as_bytes())
+            .filter_map(|c| serde_json::from_slice(c.kv.value()).ok())
             .collect();
         let before = self.leading().map(|(s, c)| (s.clone(), c.id.clone()));
         let mut out: Vec<ClusterEvent> = Vec::new();
         let mut gone: Option<(String, Gone)> = None;
-        for ev in group {
-            if let Some(Key::Leader(suffix)) = ev.kv().and_then(|kv| self.keys.parse(kv.key())) {
-                if let Some(e) = self.candidate_event(ev, &suffix, &resigned, &before) {
+        for change in group {
+            if let Some(Key::Leader(suffix)) = self.keys.parse(change.kv.key()) {
+                if let Some(e) = self.candidate_event(change, &suffix, &resigned, &before) {
                     if before.as_ref().is_some_and(|(s, _)| *s == suffix) {
                         let how = if e.action == "resigned" {
                             Gone::Resigned
@@ -325,15 +338,12 @@ impl Timeline {
                     }
                     out.push(e);
                 }
-            } else if let Some(e) = describe(&self.keys, ev) {
+            } else if let Some(e) = describe(&self.keys, change) {
                 out.push(e);
             }
         }
         let after = self.leading().map(|(s, c)| (s.clone(), c.id.clone()));
-        let rev = group
-            .first()
-            .and_then(|e| e.kv())
-            .map_or(0, |kv| kv.mod_revision());
+        let rev = group.first().map_or(0, |c| c.kv.mod_revision());
         match after {
             Some((suffix, id)) if before.as_ref().is_none_or(|(s, _)| *s != suffix) => {
                 let reason = match &gone {
@@ -376,12 +386,12 @@ impl Timeline {
     /// A campaign key written or deleted.
     fn candidate_event(
         &mut self,
-        ev: &Event,
+        change: &Change,
         suffix: &str,
         resigned: &[Resignation],
         leading: &Option<(String, String)>,
     ) -> Option<ClusterEvent> {
-        let kv = ev.kv()?;
+        let kv = change.kv;
         let mut e = ClusterEvent {
             kind: "leader",
             action: String::new(),
@@ -392,7 +402,7 @@ impl Timeline {
             reason: String::new(),
             revision: kv.mod_revision(),
         };
-        if ev.event_type() == EventType::Delete {
+        if change.deleted {
             let was = self.candidates.remove(suffix);
             e.id = Some(was.map_or_else(|| format!("lease {suffix}"), |c| c.id));
             let clean = resigned.iter().find(|r| r.lease == suffix);
@@ -460,9 +470,9 @@ fn candidate(kv: &etcd_client::KeyValue) -> Candidate {
 
 /// What one watch event means to an operator; `None` for what is not worth a line (a request
 /// written, a health key refreshed, a profile).
-fn describe(keys: &Keys, ev: &Event) -> Option<ClusterEvent> {
-    let kv = ev.kv()?;
-    let deleted = ev.event_type() == EventType::Delete;
+fn describe(keys: &Keys, change: &Change) -> Option<ClusterEvent> {
+    let kv = change.kv;
+    let deleted = change.deleted;
     let first = kv.version() == 1;
     let mut event = ClusterEvent {
         kind: "",
@@ -600,4 +610,139 @@ pub fn line(e: &ClusterEvent) -> String {
         parts.push(format!("({})", e.reason));
     }
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_client::KeyValue;
+    use etcd_client::proto::PbKeyValue;
+
+    use super::*;
+
+    fn pb(key: String, value: String, rev: i64, create: i64, version: i64) -> PbKeyValue {
+        PbKeyValue {
+            key: key.into_bytes(),
+            value: value.into_bytes(),
+            create_revision: create,
+            mod_revision: rev,
+            version,
+            lease: 0,
+        }
+    }
+
+    fn campaign(keys: &Keys, lease: &str, id: &str, rev: i64) -> PbKeyValue {
+        let info = format!(r#"{{"id":"{id}","since":"2026-01-01T00:00:{rev:02}Z"}}"#);
+        pb(format!("{}/{lease}", keys.leader()), info, rev, rev, 1)
+    }
+
+    fn gone(keys: &Keys, lease: &str, rev: i64) -> PbKeyValue {
+        pb(
+            format!("{}/{lease}", keys.leader()),
+            String::new(),
+            rev,
+            0,
+            0,
+        )
+    }
+
+    fn marker(keys: &Keys, lease: &str, id: &str, rev: i64) -> PbKeyValue {
+        let m = format!(r#"{{"lease":"{lease}","id":"{id}","at":"2026-01-01T00:00:{rev:02}Z"}}"#);
+        pb(keys.resigned(), m, rev, 1, 1)
+    }
+
+    /// The lines a revision's changes make, replayed (`live`: seen as they happen).
+    fn lines(t: &mut Timeline, changes: &[(bool, &PbKeyValue)], live: bool) -> Vec<String> {
+        let changes: Vec<Change> = changes
+            .iter()
+            .map(|(deleted, pb)| {
+                let kv: &KeyValue = (*pb).into();
+                Change {
+                    deleted: *deleted,
+                    kv,
+                }
+            })
+            .collect();
+        let live_after = if live { 0 } else { i64::MAX };
+        let mut out: Vec<String> = t.changes(&changes, live_after).iter().map(line).collect();
+        if live {
+            // The time seen varies: only that there is one.
+            for l in &mut out {
+                assert!(!l.starts_with("- "), "{l}");
+                *l = format!("NOW{}", &l[l.find(' ').unwrap_or(0)..]);
+            }
+        }
+        out
+    }
+
+    /// Leadership as the events tell it: who campaigns, who leads after whom, and why the one
+    /// before stopped; a deletion without the marker (a killed replica, or a release that
+    /// writes none) is an expiry, and a revision that recorded no time says so.
+    #[test]
+    fn leadership_is_told_from_the_campaign_keys_and_the_resignation_marker() {
+        let keys = Keys::default();
+        let mut t = Timeline {
+            keys: keys.clone(),
+            candidates: BTreeMap::new(),
+        };
+        let a = campaign(&keys, "a1", "one", 2);
+        assert_eq!(
+            lines(&mut t, &[(false, &a)], false),
+            [
+                "2026-01-01T00:00:02Z leader campaign one",
+                "2026-01-01T00:00:02Z leader leads one"
+            ]
+        );
+        let b = campaign(&keys, "b2", "two", 3);
+        assert_eq!(
+            lines(&mut t, &[(false, &b)], false),
+            ["2026-01-01T00:00:03Z leader campaign two"]
+        );
+        // The leader's key goes without a marker: its lease expired.
+        assert_eq!(
+            lines(
+                &mut t,
+                &[
+                    (false, &marker(&keys, "zz", "other", 4)),
+                    (true, &gone(&keys, "a1", 4))
+                ],
+                false
+            ),
+            [
+                "2026-01-01T00:00:04Z leader expired one (its lease ended without a resignation: killed or cut off; was leading)",
+                "2026-01-01T00:00:04Z leader leads two (after one's lease expired)"
+            ],
+            "a marker for another lease is not this one's"
+        );
+        let c = campaign(&keys, "c3", "three", 5);
+        lines(&mut t, &[(false, &c)], false);
+        // A replayed expiry that recorded no time shows none.
+        let d = campaign(&keys, "d4", "four", 6);
+        lines(&mut t, &[(false, &d)], false);
+        assert_eq!(
+            lines(&mut t, &[(true, &gone(&keys, "c3", 7))], false),
+            ["- leader expired three (its lease ended without a resignation: killed or cut off)"]
+        );
+        // The leader resigns: the marker and the deletion in one revision.
+        assert_eq!(
+            lines(
+                &mut t,
+                &[
+                    (false, &marker(&keys, "b2", "two", 8)),
+                    (true, &gone(&keys, "b2", 8))
+                ],
+                false
+            ),
+            [
+                "2026-01-01T00:00:08Z leader resigned two (clean shutdown; was leading)",
+                "2026-01-01T00:00:08Z leader leads four (after two resigned)"
+            ]
+        );
+        // The last one killed, seen as it happens.
+        assert_eq!(
+            lines(&mut t, &[(true, &gone(&keys, "d4", 9))], true),
+            [
+                "NOW leader expired four (its lease ended without a resignation: killed or cut off; was leading; no candidate left to lead)"
+            ]
+        );
+    }
 }
