@@ -2,6 +2,7 @@
 //! watch over the whole prefix, and a clean stop on SIGINT or SIGTERM. A closed pipe ends them
 //! at their next write (see [`super::output::write_line`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, Event, EventType};
@@ -91,26 +92,23 @@ fn reader_gone() -> Option<oneshot::Receiver<()>> {
     Some(rx)
 }
 
-/// Says on stderr, in one line each, when etcd goes away and when it is back, so that a
-/// command that keeps running neither dies on an etcd restart nor hides it.
-#[derive(Debug, Default)]
-pub struct Away {
-    since: Option<String>,
+/// Whether etcd is away, as said on stderr in one line when it goes and when it is back, so that a
+/// command that keeps running neither dies on an etcd restart nor hides it. Once per process,
+/// not per watch: `submit --replicas N --wait` follows several keys at once.
+static AWAY: AtomicBool = AtomicBool::new(false);
+
+/// etcd failed a call: said once until it answers again.
+fn away(why: &str, resume: Option<i64>) {
+    if !AWAY.swap(true, Ordering::Relaxed) {
+        let at = resume.map_or(String::new(), |r| format!(", resuming at revision {r}"));
+        eprintln!("citadel: etcd is away ({why}); trying again{at}");
+    }
 }
 
-impl Away {
-    fn gone(&mut self, why: &str, resume: Option<i64>) {
-        if self.since.is_none() {
-            let at = resume.map_or(String::new(), |r| format!(", resuming at revision {r}"));
-            eprintln!("citadel: etcd is away ({why}); trying again{at}");
-        }
-        self.since = Some(why.to_string());
-    }
-
-    fn back(&mut self) {
-        if self.since.take().is_some() {
-            eprintln!("citadel: etcd answers again");
-        }
+/// etcd answered: said if it was away.
+fn back() {
+    if AWAY.swap(false, Ordering::Relaxed) {
+        eprintln!("citadel: etcd answers again");
     }
 }
 
@@ -147,7 +145,6 @@ pub struct Follow {
     client: Client,
     pub keys: Keys,
     stop: Stop,
-    away: Away,
     watch: Option<Resumable>,
 }
 
@@ -157,7 +154,6 @@ impl Follow {
             client: client.clone(),
             keys: keys.clone(),
             stop: Stop::new(),
-            away: Away::default(),
             watch: None,
         }
     }
@@ -185,11 +181,11 @@ impl Follow {
             };
             match outcome {
                 Ok(v) => {
-                    self.away.back();
+                    back();
                     return Ok(Some(v));
                 }
                 Err(e) if transient(&e) => {
-                    self.away.gone(&e.to_string(), None);
+                    away(&e.to_string(), None);
                     let delay = delays.next().unwrap_or(Duration::from_secs(1));
                     tokio::select! {
                         () = self.stop.wait() => return Ok(None),
@@ -214,11 +210,11 @@ impl Follow {
             };
             match got {
                 Ok(Next::Events { events, live_after }) => {
-                    self.away.back();
+                    back();
                     return Ok(Some(Batch::Events { events, live_after }));
                 }
                 Ok(Next::Compacted { wanted, oldest }) => {
-                    self.away.back();
+                    back();
                     eprintln!(
                         "citadel: etcd has compacted its history up to revision {oldest} \
                          (wanted {wanted}): reading the current state again"
@@ -228,7 +224,7 @@ impl Follow {
                 Err(e) if e.is_permanent() => return Err(into_cli(e)),
                 Err(e) => {
                     tracing::debug!(error = %e, resume_from = watch.from(), "watch broke");
-                    self.away.gone(&e.to_string(), Some(watch.from()));
+                    away(&e.to_string(), Some(watch.from()));
                     let delay = watch.delay();
                     tokio::select! {
                         () = self.stop.wait() => return Ok(None),
@@ -282,7 +278,6 @@ pub struct KeyWatch {
     client: Client,
     key: String,
     watch: Resumable,
-    away: Away,
 }
 
 impl KeyWatch {
@@ -291,7 +286,6 @@ impl KeyWatch {
             client: client.clone(),
             watch: Resumable::new(client, key.clone(), false, from),
             key,
-            away: Away::default(),
         }
     }
 
@@ -301,7 +295,7 @@ impl KeyWatch {
         loop {
             match self.watch.next().await {
                 Ok(Next::Events { events, .. }) => {
-                    self.away.back();
+                    back();
                     return Ok(events
                         .iter()
                         .filter_map(|e| match (e.event_type(), e.kv()) {
@@ -317,7 +311,7 @@ impl KeyWatch {
                         {
                             Ok(got) => got,
                             Err(e) if transient(&e) => {
-                                self.away.gone(&e.to_string(), None);
+                                away(&e.to_string(), None);
                                 tokio::time::sleep(self.watch.delay()).await;
                                 continue;
                             }
@@ -334,7 +328,7 @@ impl KeyWatch {
                 }
                 Err(e) if e.is_permanent() => return Err(into_cli(e)),
                 Err(e) => {
-                    self.away.gone(&e.to_string(), Some(self.watch.from()));
+                    away(&e.to_string(), Some(self.watch.from()));
                     tokio::time::sleep(self.watch.delay()).await;
                 }
             }
