@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
 use crate::keys::Keys;
-use crate::model::{LeaderInfo, now_rfc3339};
+use crate::model::{LeaderInfo, Resignation, now_rfc3339};
 use crate::store::endpoints::Members;
 use crate::store::fence::Fence;
 use crate::store::{self, CALL_TIMEOUT};
@@ -57,6 +57,17 @@ pub struct Lease {
     pub ttl: i64,
     lost: watch::Receiver<bool>,
     task: JoinHandle<()>,
+    /// Set by [`campaign`]: the campaign key, and what to write on withdrawing from it.
+    campaigned: std::sync::Mutex<Option<Withdrawal>>,
+}
+
+/// How a candidate withdraws cleanly: its campaign key deleted together with a marker that
+/// says so (see [`Keys::resigned`]).
+#[derive(Debug, Clone)]
+struct Withdrawal {
+    key: String,
+    marker: String,
+    id: String,
 }
 
 impl Lease {
@@ -85,6 +96,7 @@ impl Lease {
             ttl,
             lost,
             task,
+            campaigned: std::sync::Mutex::new(None),
         })
     }
 
@@ -126,16 +138,27 @@ impl Lease {
             ttl,
             lost,
             task,
+            campaigned: std::sync::Mutex::new(None),
         }))
     }
 
     /// Stops the keep-alive and revokes the lease, which deletes the campaign key at once:
-    /// the next candidate is elected without waiting for the TTL. Hands the lease's id back
-    /// when etcd could not be told: the caller takes it up again, or replaces it, once etcd
+    /// the next candidate is elected without waiting for the TTL. A candidate deletes its key
+    /// first, with the resignation marker in the same transaction, so that whoever watches
+    /// tells this from a lease that expired (a replica killed or cut off). Hands the lease's id
+    /// back when etcd could not be told: the caller takes it up again, or replaces it, once etcd
     /// answers ([`Lease::resume`]), rather than leave its key to block the election for a TTL.
     pub async fn revoke(self, client: &Client) -> Result<(), i64> {
         self.task.abort();
         let lease = format!("{:x}", self.id);
+        let withdrawal = self
+            .campaigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(w) = withdrawal {
+            self.resign(client, &w).await;
+        }
         match timeout(client.lease_client().revoke(self.id)).await {
             Ok(_) => {
                 tracing::info!(lease = %lease, "lease revoked");
@@ -146,6 +169,55 @@ impl Lease {
                 Err(self.id)
             }
         }
+    }
+}
+
+impl Lease {
+    /// Deletes the campaign key, if it is still this lease's, with the marker beside it.
+    async fn resign(&self, client: &Client, w: &Withdrawal) {
+        let lease = format!("{:x}", self.id);
+        let marker = Resignation {
+            lease: lease.clone(),
+            id: w.id.clone(),
+            at: now_rfc3339(),
+        };
+        let value = match serde_json::to_vec(&marker) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the resignation marker");
+                return;
+            }
+        };
+        let txn = Txn::new()
+            .when(vec![Compare::lease(
+                w.key.clone(),
+                CompareOp::Equal,
+                self.id,
+            )])
+            .and_then(vec![
+                TxnOp::put(w.marker.clone(), value, None),
+                TxnOp::delete(w.key.clone(), None),
+            ]);
+        match timeout(client.kv_client().txn(txn)).await {
+            Ok(r) if r.succeeded() => tracing::info!(lease = %lease, "resigned from the election"),
+            Ok(_) => {} // the key is gone already: nothing to resign from
+            Err(e) => {
+                tracing::warn!(lease = %lease, error = %e, "could not resign; the lease ends it")
+            }
+        }
+    }
+
+    /// Remembers the campaign key for a clean withdrawal (see [`Lease::revoke`]).
+    fn campaigning(&self, keys: &Keys, id: &str) {
+        let w = Withdrawal {
+            key: format!("{}/{:x}", keys.leader(), self.id),
+            marker: keys.resigned(),
+            id: id.to_string(),
+        };
+        *self
+            .campaigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(w);
     }
 }
 
@@ -462,6 +534,7 @@ pub async fn campaign(
         request_fields: me.request_fields.clone(),
     })
     .map_err(ElectionError::Encode)?;
+    lease.campaigning(keys, &me.id);
     let mut ec = client.election_client();
     let resp = tokio::select! {
         r = ec.campaign(keys.leader(), value.clone(), lease.id) => r?,

@@ -10,6 +10,8 @@
 //! <prefix>/runs/<engine>/<request>          the engine's agent: what became of it
 //! <prefix>/profiles/<image, %-escaped>      leader: learned usage per image
 //! <prefix>/leader/<lease>                   etcd election
+//! <prefix>/leader-resigned                  the last replica that withdrew cleanly (a marker,
+//!                                           written as it deletes its campaign key)
 //! ```
 //!
 //! etcd keys are bytes. A request key whose last segment cannot be a request id (not UTF-8,
@@ -196,6 +198,14 @@ impl Keys {
         format!("{}leader", self.root)
     }
 
+    /// The resignation marker: a replica that withdraws cleanly writes it in the transaction
+    /// that deletes its campaign key, so that a deletion without it is a lease that expired.
+    /// Not under `leader/` (it would be a candidate), and of no kind [`Keys::parse`] knows:
+    /// releases before it skip it.
+    pub fn resigned(&self) -> String {
+        format!("{}leader-resigned", self.root)
+    }
+
     /// A key's kind (`requests`, `decisions`, …) and the rest after it, without allocating:
     /// the watch calls this for every event.
     pub fn split<'a>(&self, key: &'a [u8]) -> Option<(&'a str, &'a str)> {
@@ -309,6 +319,13 @@ mod tests {
         assert_eq!(
             k.parse(b"/citadel/leader/694d7a1c2b3e4f01"),
             Some(Key::Leader("694d7a1c2b3e4f01".into()))
+        );
+        // The resignation marker is no key a reader of any release acts on.
+        assert_eq!(k.parse(k.resigned().as_bytes()), None);
+        assert_eq!(k.split(k.resigned().as_bytes()), None);
+        assert_eq!(
+            k.split(b"/citadel/leader/694d7a1c2b3e4f01"),
+            Some(("leader", "694d7a1c2b3e4f01"))
         );
     }
 

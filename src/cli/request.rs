@@ -4,10 +4,10 @@ use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::Serialize;
 
-use super::follow::{Follow, Stop};
+use super::follow::{Follow, KeyWatch};
 use super::output::{OutputArgs, age, json, json_line, outln, write_line};
 use super::{CliError, request_id, timed};
 use crate::keys::{Key, Keys};
@@ -292,39 +292,33 @@ pub(super) async fn wait_decision(
 ) -> Result<(Decision, Result<(), CliError>), CliError> {
     let key = keys.decision(id);
     let wait_for = async {
-        let from = WatchOptions::new().with_start_revision(rev);
-        let mut decisions = client
-            .watch_client()
-            .watch(key.clone(), Some(from.clone()))
-            .await?;
+        // Both watches ride out etcd restarts (see `follow::KeyWatch`).
+        let mut decisions = KeyWatch::new(client, key.clone(), rev);
         // An engine's agent reports the container at `runs/<engine>/<id>`: followed once the
         // decision names an engine with an agent (any report on it then counts).
-        let mut runs: Option<(String, etcd_client::WatchStream)> = None;
+        let mut runs: Option<(String, KeyWatch)> = None;
         let mut last: Option<Decision> = None;
         let mut report: Option<RunReport> = None;
         loop {
             let run_event = async {
                 match runs.as_mut() {
-                    Some((_, s)) => s.message().await,
+                    Some((_, s)) => s.next().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                msg = decisions.message() => {
-                    let Some(resp) = msg? else { break };
-                    for ev in resp.events() {
-                        if let Some(kv) = ev.kv()
-                            && let Ok(d) = serde_json::from_slice::<Decision>(kv.value())
+                values = decisions.next() => {
+                    for value in values? {
+                        if let Ok(d) = serde_json::from_slice::<Decision>(&value)
                             && d.request_revision >= rev
                         {
                             last = Some(d);
                         }
                     }
                 }
-                msg = run_event => {
-                    let Some(resp) = msg? else { break };
-                    for ev in resp.events() {
-                        report = ev.kv().and_then(|kv| serde_json::from_slice(kv.value()).ok());
+                values = run_event => {
+                    for value in values? {
+                        report = serde_json::from_slice(&value).ok();
                     }
                 }
             }
@@ -335,11 +329,7 @@ pub(super) async fn wait_decision(
                 && runs.as_ref().is_none_or(|(e, _)| *e != engine)
                 && let Ok(eid) = crate::model::EngineId::new(&engine)
             {
-                let stream = client
-                    .watch_client()
-                    .watch(keys.run(&eid, id), Some(from.clone()))
-                    .await?;
-                runs = Some((engine, stream));
+                runs = Some((engine, KeyWatch::new(client, keys.run(&eid, id), rev)));
                 report = None;
             }
             let mut shown = d.clone();
@@ -350,9 +340,6 @@ pub(super) async fn wait_decision(
                 return Ok((shown, done));
             }
         }
-        Err(CliError::Usage(
-            "watch ended before a decision arrived".into(),
-        ))
     };
     let what = match wait {
         WaitFor::Placed => "no decision",
@@ -497,20 +484,20 @@ pub(super) fn print_status(r: &StatusReport, o: OutputArgs, stream: bool) -> Res
 
 pub(super) async fn status(client: &Client, keys: &Keys, a: StatusArgs) -> Result<(), CliError> {
     let id = request_id(&a.id)?;
-    let mut stop = Stop::new();
-    loop {
-        let (report, revision) = read_status(client, keys, &id).await?;
-        print_status(&report, a.output, a.watch)?;
-        if !a.watch {
-            return Ok(());
-        }
-        let mut follow = Follow::start(client, keys, revision + 1).await?;
+    if !a.watch {
+        let (report, _) = read_status(client, keys, &id).await?;
+        return print_status(&report, a.output, false);
+    }
+    let mut follow = Follow::new(client, keys);
+    while let Some((report, revision)) = follow.read(|| read_status(client, keys, &id)).await? {
+        print_status(&report, a.output, true)?;
         let mine =
             |k: &Key| matches!(k, Key::Request(r) | Key::Decision(r) | Key::Run(_, r) if *r == id);
-        if !follow.changed(&mut stop, mine).await? {
-            return Ok(());
+        if !follow.changed(revision + 1, mine).await? {
+            break;
         }
     }
+    Ok(())
 }
 
 pub(super) async fn release(

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use etcd_client::Client;
 use serde::Serialize;
 
-use super::follow::{Follow, Stop};
+use super::follow::Follow;
 use super::output::{
     OutputArgs, add_row, age, id_cell, json, json_line, outln, print_table, table,
 };
@@ -195,20 +195,21 @@ impl RequestsLsArgs {
 }
 
 pub(super) async fn ls(client: &Client, keys: &Keys, a: RequestsLsArgs) -> Result<(), CliError> {
-    let mut stop = Stop::new();
-    loop {
+    if !a.watch {
         let mut listing = read(client, keys).await?;
         listing.requests.retain(|r| a.keeps(r));
+        return print(&listing, &a);
+    }
+    let mut follow = Follow::new(client, keys);
+    while let Some(mut listing) = follow.read(|| read(client, keys)).await? {
+        listing.requests.retain(|r| a.keeps(r));
         print(&listing, &a)?;
-        if !a.watch {
-            return Ok(());
-        }
-        let mut follow = Follow::start(client, keys, listing.revision + 1).await?;
         let matters = |k: &Key| matches!(k, Key::Request(_) | Key::Decision(_));
-        if !follow.changed(&mut stop, matters).await? {
-            return Ok(());
+        if !follow.changed(listing.revision + 1, matters).await? {
+            break;
         }
     }
+    Ok(())
 }
 
 fn print(listing: &Listing, a: &RequestsLsArgs) -> Result<(), CliError> {

@@ -423,6 +423,18 @@ pub struct VolumeRecord {
     pub request: String,
 }
 
+/// `leader-resigned`: the last replica that withdrew from the election cleanly, written in the
+/// same transaction that deletes its campaign key `leader/<lease>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resignation {
+    /// The campaign key's suffix: its lease, in hex.
+    pub lease: String,
+    /// The replica.
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
 /// The value of the election key `leader/<lease>`. Read by replicas of other versions during a
 /// rolling upgrade: a field added here is optional and written only when set, and readers
 /// ignore fields they do not know.

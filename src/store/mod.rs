@@ -1,7 +1,8 @@
 //! The etcd edge: how to reach etcd ([`EtcdConfig`]: endpoints, TLS, credentials), connecting
 //! (with exponential backoff and jitter, telling errors worth retrying from configuration
 //! mistakes), keeping a long-running client off members that stopped answering
-//! ([`endpoints`]), paged ranges at one revision, and the leader's fenced writes ([`fence`]).
+//! ([`endpoints`]), paged ranges at one revision, a watch that resumes where it broke
+//! ([`watch`]), and the leader's fenced writes ([`fence`]).
 //!
 //! Nothing above this module speaks gRPC: it hands out a connected [`etcd_client::Client`] and
 //! bounds every call ([`timed`]). What an etcd error means is [`EtcdErrorKind::of`]'s to say:
@@ -16,6 +17,7 @@ pub mod endpoints;
 mod error;
 pub mod fence;
 mod range;
+pub mod watch;
 
 use std::time::Duration;
 
