@@ -374,6 +374,50 @@ fn section<'a>(text: &'a str, heading: &str) -> &'a str {
 
 /// Runs `line` with bash in `dir`, `citadel` first on PATH and `CITADEL_ETCD` set, to its end
 /// (killed, and panicking, after [`common::WAIT`] times three); its exit code and stdout.
+/// Runs a command that follows etcd until stopped: waits (bounded) for its first line of output,
+/// then sends SIGTERM and expects a clean exit. Returns what it printed.
+fn run_follower(line: &str, dir: &Path, env: &[(&str, String)]) -> String {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec {line}"))
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bash");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(common::WAIT * 3);
+    citadel_testkit::child::signal(child.id(), rustix::process::Signal::TERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + common::WAIT * 3;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{line}: still running after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{line}: exited {status} on SIGTERM");
+    let mut out = first.unwrap_or_default();
+    out.extend(rx.try_iter().map(|l| format!("\n{l}")));
+    out
+}
+
 fn run_line(line: &str, dir: &Path, env: &[(&str, String)]) -> (Option<i32>, String, String) {
     use std::process::{Command, Stdio};
     let mut child = Command::new("bash")
@@ -434,12 +478,15 @@ async fn the_walkthrough_run_as_written_shows_something_at_every_step() {
                 continue;
             }
             let args = citadel_args(line);
-            // `events` follows etcd until Ctrl-C: its own tests (tests/cli.rs) check what it
-            // shows first.
+            // `events` follows etcd until Ctrl-C: it must show the recent past first, then
+            // stop cleanly on SIGTERM.
             if args
                 .as_ref()
                 .is_some_and(|a| a.first().is_some_and(|c| c == "events"))
             {
+                let shown = run_follower(line, dir.path(), &env);
+                assert!(!shown.trim().is_empty(), "{line} showed nothing");
+                ran += 1;
                 continue;
             }
             if let Some(cmd) = line.strip_suffix('&') {
