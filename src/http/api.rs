@@ -69,6 +69,9 @@ pub struct CandidateJson {
     pub version: Option<String>,
     /// When it began campaigning (RFC 3339), as it wrote it.
     pub since: String,
+    /// When it began leading (RFC 3339), as the leader writes it once it has won.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leads_since: Option<String>,
     pub key: String,
     /// The lease, in hex as `etcdctl lease` prints it ("0": none).
     pub lease: String,
@@ -86,7 +89,8 @@ pub struct ClusterJson {
     /// Decisions holding a reservation.
     pub placements: u64,
     pub requests: usize,
-    /// Requests waiting for the leader (to decide, or to release).
+    /// Requests waiting for the leader (to decide, or to release): the leader's queue, as
+    /// `citadel_queued_requests` reports it on every replica.
     pub queued: usize,
 }
 
@@ -177,6 +181,7 @@ pub fn state(s: &Surface) -> ApiState {
     let state = s.cache.read();
     let (engines, engines_total, cluster) = engines(&state);
     let counts = state.request_counts();
+    let backlog = crate::metrics::backlog(&state, replica.leads, &counts);
     ApiState {
         generated_at: now_rfc3339(),
         replica,
@@ -188,6 +193,7 @@ pub fn state(s: &Surface) -> ApiState {
                 addr: c.info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
                 status: c.info.as_ref().and_then(|i| i.status.clone()),
                 version: c.info.as_ref().and_then(|i| i.version.clone()),
+                leads_since: c.info.as_ref().and_then(|i| i.leads_since.clone()),
                 since: c.info.map(|i| i.since).unwrap_or_default(),
                 key: c.key,
                 lease: format!("{:x}", c.lease),
@@ -197,7 +203,7 @@ pub fn state(s: &Surface) -> ApiState {
             .collect(),
         cluster: ClusterJson {
             requests: counts.iter().map(|(_, n)| n).sum(),
-            queued: state.backlog().queued,
+            queued: backlog.queued,
             ..cluster
         },
         engines,
