@@ -261,6 +261,7 @@ async fn serve(
         cache: cache.clone(),
         metrics: cfg.metrics.clone(),
         etcd: cfg.etcd.endpoints_str(),
+        client: Arc::default(),
     };
     Ok(Some(
         http::Server::start(listen, surface, shutdown.clone()).await?,
