@@ -320,7 +320,9 @@
       if (!r.ok) throw new Error('HTTP ' + r.status);
       banner(render(await r.json()));
     } catch (e) {
+      // The replica itself does not answer: what it said last is all there is.
       stale(true);
+      $('role').className = 'role stale';
       banner('Cannot read this replica\'s state (' + e.message + '); showing the last one read, at ' +
         $('updated').textContent.replace('updated ', '') + '. Retrying…');
     } finally {
