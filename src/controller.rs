@@ -38,6 +38,9 @@ pub enum ControllerError {
     /// The HTTP surface cannot listen where it was told (`--listen`).
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// Another running replica campaigns with this one's `--id`.
+    #[error(transparent)]
+    DuplicateId(ElectionError),
 }
 
 /// The controller's default `--nice`: on a machine it shares with etcd, a leader that yields the
@@ -149,6 +152,17 @@ async fn run_replica(
     let Some(client) = connect(&cfg, &mut shutdown).await? else {
         return Ok(());
     };
+    // hook(election): a second replica under a running one's --id is refused.
+    match election::refuse_duplicate(&client, &cfg.keys, &me.id, &mut shutdown).await {
+        Ok(()) | Err(ElectionError::Shutdown) => {}
+        Err(e @ ElectionError::DuplicateId { .. }) => {
+            tracing::error!(error = %e, "refusing to start");
+            return Err(ControllerError::DuplicateId(e));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for another replica with this --id; going on")
+        }
+    }
     // Calls stay off members that stop answering, and go back to them once they do.
     let endpoints = tokio::spawn(
         store::endpoints::supervise(client.clone(), cfg.etcd.clone(), shutdown.clone())
@@ -296,6 +310,7 @@ async fn serve(
         metrics: cfg.metrics.clone(),
         etcd: cfg.etcd.endpoints_str(),
         allowed_hosts: cfg.http_allow_hosts.clone(),
+        client: Arc::default(),
     };
     Ok(Some(
         http::Server::start(listen, surface, shutdown.clone()).await?,

@@ -49,6 +49,10 @@ pub enum ElectionError {
     NoLeaderKey,
     #[error("cannot write the candidate's description: {0}")]
     Encode(#[source] serde_json::Error),
+    #[error(
+        "another replica runs with --id {id}: its election key {key} is renewed (lease {lease:x}); give each replica its own --id"
+    )]
+    DuplicateId { id: String, key: String, lease: i64 },
 }
 
 /// A lease with its keep-alive task. Dropping it stops the keep-alive (the lease then expires).
@@ -486,7 +490,8 @@ async fn timeout<T>(
 #[derive(Debug, Clone)]
 pub struct Leadership {
     pub fence: Fence,
-    /// The campaign value (this replica's `LeaderInfo`), rewritten by the leader's barrier.
+    /// The campaign value (this replica's `LeaderInfo`, with `leads_since`), rewritten by the
+    /// leader's barrier.
     pub value: Vec<u8>,
     /// etcd's revision when the campaign returned: every write of earlier leaders is at or
     /// below it, so the cache must reach it before this leader plans anything.
@@ -498,7 +503,7 @@ pub struct Leadership {
 pub struct Candidate {
     /// The replica's id.
     pub id: String,
-    /// Informational (`--addr`).
+    /// Informational (`--addr`; empty: its status page's URL, see [`Candidate::shown_addr`]).
     pub addr: String,
     /// Where it serves its status page (IP:PORT), if it serves one.
     pub status: Option<String>,
@@ -517,7 +522,54 @@ impl Candidate {
     }
 }
 
+impl Candidate {
+    /// What the election key gives as its address: `--addr`, or else its status page's URL
+    /// (`http://IP:PORT/`; a wildcard listener is named by the host's name), so that the
+    /// others' tables say where to look.
+    pub fn shown_addr(&self) -> String {
+        if !self.addr.is_empty() {
+            return self.addr.clone();
+        }
+        let Some(status) = &self.status else {
+            return String::new();
+        };
+        match status.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => match hostname() {
+                Some(host) => format!("http://{host}:{}/", a.port()),
+                None => format!("http://{a}/"),
+            },
+            _ => format!("http://{status}/"),
+        }
+    }
+
+    /// The election key's value: this candidate, campaigning since `since`, leading since
+    /// `leads_since` once it has won.
+    fn value(&self, since: &str, leads_since: Option<String>) -> Result<Vec<u8>, ElectionError> {
+        serde_json::to_vec(&LeaderInfo {
+            id: self.id.clone(),
+            addr: self.shown_addr(),
+            since: since.to_string(),
+            leads_since,
+            status: self.status.clone(),
+            version: self.version.clone(),
+            request_fields: self.request_fields.clone(),
+        })
+        .map_err(ElectionError::Encode)
+    }
+}
+
+/// This host's name, for a listener on every address.
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/etc/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// Campaigns under `<prefix>/leader` until elected, the lease is lost, or shutdown.
+///
+/// The key is written with when the campaign began; once won, the value the leader's barrier
+/// writes ([`Leadership::value`]) also says when leadership began (`leads_since`), which is
+/// what "leads since" shows: a standby may campaign for hours before it leads.
 pub async fn campaign(
     client: &Client,
     keys: &Keys,
@@ -525,19 +577,12 @@ pub async fn campaign(
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Leadership, ElectionError> {
-    let value = serde_json::to_vec(&LeaderInfo {
-        id: me.id.clone(),
-        addr: me.addr.clone(),
-        since: now_rfc3339(),
-        status: me.status.clone(),
-        version: me.version.clone(),
-        request_fields: me.request_fields.clone(),
-    })
-    .map_err(ElectionError::Encode)?;
+    let since = now_rfc3339();
+    let value = me.value(&since, None)?;
     lease.campaigning(keys, &me.id);
     let mut ec = client.election_client();
     let resp = tokio::select! {
-        r = ec.campaign(keys.leader(), value.clone(), lease.id) => r?,
+        r = ec.campaign(keys.leader(), value, lease.id) => r?,
         _ = lease.lost() => return Err(ElectionError::LeaseLost),
         _ = shutdown.wait_for(|s| *s) => return Err(ElectionError::Shutdown),
     };
@@ -548,9 +593,77 @@ pub async fn campaign(
             key: leader.key().to_vec(),
             rev: leader.rev(),
         },
-        value,
+        value: me.value(&since, Some(now_rfc3339()))?,
         elected_at,
     })
+}
+
+/// How often a starting replica reads the lease of an election key that bears its id.
+const DUPLICATE_POLL: Duration = Duration::from_millis(500);
+
+/// Refuses to start a second replica under an id that a running one campaigns with.
+///
+/// An election key with the same id is either a running replica's, or one a replica left
+/// when it was killed (its lease outlives it by up to its TTL). One read cannot tell them
+/// apart, the lease's renewals can: a running replica renews it every third of its TTL, a
+/// killed one's runs down to expiry. So the start waits, at most the lease's TTL, saying so:
+/// a renewed lease is a duplicate ([`ElectionError::DuplicateId`]: the replica exits), an
+/// expired one is a restart, which goes on (a restart under a killed leader's key could not
+/// lead before that key expired anyway). Two replicas started at the same instant can both
+/// pass; [`watch_candidates`] then reports them.
+pub async fn refuse_duplicate(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ElectionError> {
+    let prefix = format!("{}/", keys.leader());
+    let resp = timeout(client.kv_client().get(
+        prefix.as_str(),
+        Some(etcd_client::GetOptions::new().with_prefix()),
+    ))
+    .await?;
+    let same: Vec<(String, i64)> = resp
+        .kvs()
+        .iter()
+        .filter(|kv| kv.lease() != 0)
+        .filter(|kv| serde_json::from_slice::<LeaderInfo>(kv.value()).is_ok_and(|i| i.id == id))
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
+        .collect();
+    for (key, lease) in same {
+        let mut leases = client.lease_client();
+        let first = timeout(leases.time_to_live(lease, None)).await?;
+        if first.ttl() < 0 {
+            continue;
+        }
+        let mut left = first.ttl();
+        tracing::warn!(key = %key, lease = %format!("{lease:x}"), ttl_left_s = left,
+            fix = %format!("etcdctl lease revoke {lease:x}"),
+            "an election key bears this replica's --id: waiting for its lease to expire (a killed replica's) or be renewed (a running one's, then this one exits)");
+        let until = tokio::time::Instant::now()
+            + Duration::from_secs(first.granted_ttl().max(1) as u64)
+            + DUPLICATE_POLL * 2;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DUPLICATE_POLL) => {}
+                _ = shutdown.wait_for(|s| *s) => return Err(ElectionError::Shutdown),
+            }
+            let now = timeout(leases.time_to_live(lease, None)).await?.ttl();
+            if now < 0 {
+                tracing::info!(key = %key, "the key with this replica's --id expired: a killed replica's; going on");
+                break;
+            }
+            if now > left || tokio::time::Instant::now() > until {
+                return Err(ElectionError::DuplicateId {
+                    id: id.to_string(),
+                    key,
+                    lease,
+                });
+            }
+            left = now;
+        }
+    }
+    Ok(())
 }
 
 /// How often every replica looks at the election's keys for ones that block it.
@@ -578,6 +691,7 @@ pub async fn watch_candidates(
 ) {
     let keys = cache.keys().clone();
     let mut reported: HashSet<i64> = HashSet::new();
+    let mut reported_ids: HashSet<Vec<i64>> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CANDIDATES_EVERY) => {}
@@ -604,6 +718,7 @@ pub async fn watch_candidates(
                 }
             }
         }
+        report_same_ids(&candidates, &mut reported_ids);
         let Some((suffix, leading)) = candidates.iter().find(|(_, k)| k.lease != 0) else {
             continue;
         };
@@ -630,6 +745,27 @@ pub async fn watch_candidates(
                 fix = %format!("etcdctl lease revoke {:x}", leading.lease),
                 "the leading election key's lease is not renewed: no replica can lead until it expires"
             );
+        }
+    }
+}
+
+/// Reports, once per set of leases, candidates that campaign under one id (replicas started
+/// at the same instant with the same `--id`: each passed [`refuse_duplicate`]).
+fn report_same_ids(
+    candidates: &[(String, crate::cache::LeaderKey)],
+    reported: &mut HashSet<Vec<i64>>,
+) {
+    let mut by_id: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for (_, k) in candidates.iter().filter(|(_, k)| k.lease != 0) {
+        if let Some(info) = &k.info {
+            by_id.entry(info.id.as_str()).or_default().push(k.lease);
+        }
+    }
+    for (id, leases) in by_id.into_iter().filter(|(_, l)| l.len() > 1) {
+        let hex: Vec<String> = leases.iter().map(|l| format!("{l:x}")).collect();
+        if reported.insert(leases) {
+            tracing::error!(id = %id, leases = %hex.join(","),
+                "two replicas campaign with the same --id: give each its own (restart one with another --id)");
         }
     }
 }

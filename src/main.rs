@@ -1,12 +1,11 @@
 use std::io::IsTerminal;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use citadel::cli::{self, Cli};
+use citadel::cli;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     // Long-running commands log their work; one-shot commands speak through their result, so
     // retries stay quiet and an error is one line.
     let default = match cli.command {

@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cache::{Backlog, Cache, Standing};
+use crate::cache::{Backlog, Cache, Read, Standing};
 use crate::model::Status;
 use crate::store::StoreError;
 use crate::store::fence::Commit;
@@ -52,6 +52,8 @@ struct Sources {
     /// The replica's cache, once it has one.
     cache: Mutex<Option<Arc<Cache>>>,
     etcd: Mutex<EtcdSeen>,
+    /// `citadel_leader`'s value (one gauge, shared): the queue a scrape reports hangs on it.
+    leader: Gauge,
 }
 
 impl fmt::Debug for Sources {
@@ -103,6 +105,7 @@ impl Metrics {
     pub fn new() -> Self {
         // Latencies from 1 ms to about 65 s; operations per transaction up to etcd's largest.
         let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let sources = Arc::new(Sources::default());
         let m = Metrics {
             registry: Registry::default(),
             decisions: Family::default(),
@@ -114,11 +117,11 @@ impl Metrics {
             commit_latency: seconds(),
             transactions: Family::default(),
             transaction_ops: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
-            leader: Gauge::default(),
+            leader: sources.leader.clone(),
             leadership_changes: Counter::default(),
             health_contacts: Family::default(),
             launches: Family::default(),
-            sources: Arc::default(),
+            sources,
         };
         let mut registry = Registry::default();
         registry.register(
@@ -333,6 +336,39 @@ impl Metrics {
     }
 }
 
+/// The leader's backlog, as every replica reports it (`citadel_queued_requests` and
+/// `citadel_parked_requests`, and the status page), so that one alert rule holds for all.
+///
+/// The leader reports its own books. A standby's books are its own view, in which every
+/// request that another replica refused is due one more try once it leads (it has parked none
+/// yet): reported as they stand, a standby's queue would count the leader's parked requests.
+/// So a standby reports what etcd shows waiting for the leader: requests with no decision on
+/// their current revision, and decisions whose request is gone; and as parked, the requests
+/// refused for want of room or waiting for the rest of their gang.
+pub fn backlog(state: &Read<'_>, leads: bool, counts: &[(Standing, usize)]) -> Backlog {
+    if leads {
+        return state.backlog();
+    }
+    let count = |wanted: &[Standing]| -> usize {
+        counts
+            .iter()
+            .filter(|(s, _)| wanted.contains(s))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let released = state
+        .decision_ids()
+        .filter(|id| state.request(id).is_none())
+        .count();
+    Backlog {
+        queued: count(&[Standing::Queued]) + released,
+        parked: count(&[
+            Standing::Decided(Status::Unschedulable),
+            Standing::Decided(Status::Pending),
+        ]),
+    }
+}
+
 /// Reads the cache at scrape time: queue, requests, engines, revisions.
 #[derive(Debug)]
 struct CacheCollector(Arc<Sources>);
@@ -347,7 +383,7 @@ struct Scraped {
 }
 
 impl Scraped {
-    fn of(cache: &Cache) -> Self {
+    fn of(cache: &Cache, leads: bool) -> Self {
         let state = cache.read();
         let engines = state
             .engine_rows()
@@ -363,9 +399,10 @@ impl Scraped {
                 (e.id, values)
             })
             .collect();
+        let counts = state.request_counts();
         Scraped {
-            backlog: state.backlog(),
-            counts: state.request_counts(),
+            backlog: backlog(&state, leads, &counts),
+            counts,
             engines,
         }
     }
@@ -397,7 +434,7 @@ impl Collector for CacheCollector {
             return Ok(());
         };
         let etcd_revision = locked(&self.0.etcd).revision;
-        let scraped = Scraped::of(&cache);
+        let scraped = Scraped::of(&cache, self.0.leader.get() == 1);
         encode_work(&mut encoder, &scraped)?;
         encode_revisions(&mut encoder, &cache, etcd_revision)?;
         for (i, (name, help)) in PER_ENGINE.into_iter().enumerate() {
@@ -416,7 +453,7 @@ fn encode_work(encoder: &mut DescriptorEncoder, scraped: &Scraped) -> fmt::Resul
     gauge(
         encoder,
         "citadel_queued_requests",
-        "Requests waiting for the leader: new or changed requests to decide, and decisions to release.",
+        "Requests waiting for the leader: new or changed requests to decide, and decisions to release (a standby reports what etcd shows the leader has to do).",
         scraped.backlog.queued as i64,
     )?;
     gauge(

@@ -89,7 +89,8 @@ pub struct AgentArgs {
     pub apply: bool,
     /// The agent's user: NAME (client certificate, CN=NAME) or NAME:PASSWORD. Default: the
     /// role's name, citadel-agent-ENGINE, authenticating by a client certificate.
-    #[arg(long = "agent-user", value_name = "NAME[:PASSWORD]")]
+    // Its id is not `user`: that would hide the global `--user` from this command.
+    #[arg(long = "agent-user", id = "agent_user", value_name = "NAME[:PASSWORD]")]
     pub user: Option<String>,
 }
 

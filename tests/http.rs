@@ -504,6 +504,120 @@ async fn the_status_page_shows_every_engine_and_why_a_request_is_refused() {
     r.stop().await;
 }
 
+/// The `title` of the element whose class is `class`, and its text, from a DOM dump: the
+/// first such element after `after`.
+fn titled<'a>(dom: &'a str, after: &str, class: &str) -> Option<(&'a str, &'a str)> {
+    let from = dom.find(after)?;
+    let rest = &dom[from..];
+    let at = rest.find(&format!("class=\"{class}\""))?;
+    let tag = &rest[at..];
+    let end = tag.find('>')?;
+    let title = tag[..end].split("title=\"").nth(1)?.split('"').next()?;
+    let text = tag[end + 1..].split('<').next()?;
+    Some((title, text))
+}
+
+/// The page showed ISO times where the CLI shows ages, no decision's time, and kept its LEADER
+/// badge and numbers, not greyed, while etcd was down. Now: ages with the time as their title
+/// (the leader's since it leads, each decision's `decided_at`), and with etcd stopped for
+/// real, a greyed page, a stale role and a banner saying since when; all back once etcd is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_ages_and_greys_while_etcd_is_stopped() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let mut etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 2.0, 4096.0, &[]).await;
+    let r = Served::start(&etcd.endpoint(), "r1");
+    r.wait_status("/readyz", 200).await;
+    wait_until("r1 leads", WAIT, || async {
+        leader_id(&client, &keys).await.as_deref() == Some("r1")
+    })
+    .await;
+    put_request(
+        &client,
+        &keys,
+        "web-1",
+        request_json(0.5, 256, serde_json::json!({})),
+    )
+    .await;
+    let decided = wait_decision(&client, &keys, "web-1", WAIT).await;
+    wait_until("the cache holds the decision", WAIT, || async {
+        r.cache().read().recent_decisions(10).len() == 1
+    })
+    .await;
+    let leads_since = wait_until_some("the leader says since when it leads", || async {
+        let (_, body) = r.get("/api/state").await.ok()?;
+        let state: serde_json::Value = serde_json::from_str(&body).ok()?;
+        state["candidates"][0]["leads_since"]
+            .as_str()
+            .map(String::from)
+    })
+    .await;
+
+    let dom = chromium_run(&chromium, &r.url("/"), &["--dump-dom"]).await;
+    let (title, text) = titled(&dom, "leads since", "since")
+        .unwrap_or_else(|| panic!("no age of the leadership:\n{dom}"));
+    assert_eq!(title, leads_since, "{dom}");
+    assert!(text.ends_with(" ago"), "an age, not a time: {text:?}");
+    let (title, text) = titled(&dom, "id=\"recent\"", "decided")
+        .unwrap_or_else(|| panic!("no decision time:\n{dom}"));
+    assert_eq!(title, decided.decided_at, "{dom}");
+    assert!(text.ends_with(" ago"), "an age, not a time: {text:?}");
+    assert!(
+        !dom.contains(&in_dom(&decided.decided_at)),
+        "an ISO time as text:\n{dom}"
+    );
+    assert!(!dom.contains("<body class=\"stale\""), "{dom}");
+    assert!(dom.contains(&in_dom("leader")), "{dom}");
+
+    // etcd stops for real: every number is as of its last answer.
+    etcd.stop().await;
+    r.wait_status("/healthz", 503).await;
+    let dom = chromium_run(&chromium, &r.url("/"), &["--dump-dom"]).await;
+    assert!(dom.contains("<body class=\"stale\""), "not greyed:\n{dom}");
+    assert!(
+        dom.contains("class=\"role stale\""),
+        "the role is not stale:\n{dom}"
+    );
+    assert!(
+        !dom.contains("class=\"role leader\""),
+        "still a LEADER badge:\n{dom}"
+    );
+    assert!(
+        dom.contains("etcd unreachable: the numbers below are stale, as of its last answer at "),
+        "no banner saying since when:\n{dom}"
+    );
+
+    etcd.restart().await.expect("etcd starts again");
+    r.wait_status("/healthz", 200).await;
+    let dom = chromium_run(&chromium, &r.url("/"), &["--dump-dom"]).await;
+    assert!(
+        !dom.contains("<body class=\"stale\""),
+        "still greyed:\n{dom}"
+    );
+    assert!(!dom.contains("class=\"role stale\""), "{dom}");
+    r.stop().await;
+}
+
+/// Polls `f` (bounded by [`WAIT`]) until it gives something.
+async fn wait_until_some<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not {what} within {WAIT:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Writes docs/status-page.png from a realistic cluster: 8 engines with health keys (one
 /// silent), a load of placements, one unschedulable and one invalid request, and a standby.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,14 @@
 //! `citadel leader`: who leads, and the other candidates of the election. The leader is the
 //! candidate with the lowest create revision under `leader/` whose key has a lease (etcd's
 //! election API writes every campaign key on its candidate's lease).
+//!
+//! In `-o json`, a lease is a string in hex, as `etcdctl lease` prints and takes it: lease ids
+//! run past 2^53, which a JSON number read as a double (jq, JavaScript) would round.
 
 use std::time::SystemTime;
 
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::output::{OutputArgs, add_row, age, json, outln, print_table, table};
 use super::{CliError, timed};
@@ -29,7 +32,13 @@ pub struct CandidateRow {
     pub version: Option<String>,
     /// When it began campaigning (RFC 3339).
     pub since: String,
-    /// 0: no lease (not written by the election API; it blocks every election).
+    /// When it began leading (RFC 3339), as the leader writes it once it has won (absent for
+    /// the others, and for a leader of a release before the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leads_since: Option<String>,
+    /// In hex, as a string; "0": no lease (not written by the election API; it blocks every
+    /// election).
+    #[serde(serialize_with = "hex")]
     pub lease: i64,
     /// Seconds left on its lease, and the lease's TTL (`None`: the lease is gone or unknown).
     pub lease_ttl_left: Option<i64>,
@@ -77,6 +86,7 @@ pub async fn election(client: &Client, keys: &Keys) -> Result<Election, CliError
             addr: info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
             status: info.as_ref().and_then(|i| i.status.clone()),
             version: info.as_ref().and_then(|i| i.version.clone()),
+            leads_since: info.as_ref().and_then(|i| i.leads_since.clone()),
             since: info.map(|i| i.since).unwrap_or_default(),
             lease: kv.lease(),
             lease_ttl_left: left,
@@ -106,14 +116,26 @@ pub fn leader_line(e: &Election, now: SystemTime) -> String {
         (Some(left), Some(ttl)) => format!(", {left}s of {ttl}s left"),
         _ => String::new(),
     };
+    // A leader of a release before `leads_since` says only when it began campaigning.
+    let since = match &l.leads_since {
+        Some(t) => format!("leads since {} (revision {})", age(t, now), l.mod_revision),
+        None => format!(
+            "leads since revision {}, campaigning since {}",
+            l.mod_revision,
+            age(&l.since, now)
+        ),
+    };
     format!(
-        "leader: {} (lease {:x}{ttl}), leads since revision {}, campaigning since {}; {} candidate(s)",
+        "leader: {} (lease {:x}{ttl}), {since}; {} candidate(s)",
         l.id.as_deref().unwrap_or("?"),
         l.lease,
-        l.mod_revision,
-        age(&l.since, now),
         e.candidates.len()
     )
+}
+
+/// A lease id as `etcdctl` writes it, in a JSON string.
+fn hex<S: Serializer>(lease: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{lease:x}"))
 }
 
 pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Result<(), CliError> {
@@ -152,7 +174,8 @@ pub(super) async fn leader(client: &Client, keys: &Keys, o: OutputArgs) -> Resul
             },
             c.lease_ttl_left
                 .map_or_else(|| "-".to_string(), |s| format!("{s}s")),
-            age(&c.since, now),
+            // The leader's row: since it leads; the others': since they campaign.
+            age(c.leads_since.as_deref().unwrap_or(&c.since), now),
             c.create_revision.to_string(),
             c.status
                 .as_ref()

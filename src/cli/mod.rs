@@ -60,6 +60,45 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses the process's command line, or exits as clap does (help, version, usage errors with
+/// code 2), with one change: a usage error's `Usage:` line is the command's own, naming what it
+/// requires, where clap's would also repeat every flag given, as if it were required.
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => own_usage(e, &args).exit(),
+    }
+}
+
+/// `e` with the usage of the (sub)command that `args` name.
+fn own_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    if e.get(ContextKind::Usage).is_none() {
+        return e;
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    // Each word that names a subcommand of the one reached so far goes one level down.
+    for word in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if word == "--" {
+            break;
+        }
+        if let Some(sub) = cmd.find_subcommand(word).cloned() {
+            cmd = sub;
+        }
+    }
+    e.insert(
+        ContextKind::Usage,
+        ContextValue::StyledStr(cmd.render_usage()),
+    );
+    e
+}
+
+/// The help heading of the global flags.
+pub const GLOBAL_HEADING: &str = "Global options (etcd, prefix, logs)";
+
 /// `--log-format text|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -68,7 +107,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flags every command takes (how to reach etcd, the prefix, the log format), listed apart
+/// from each command's own in its help.
 #[derive(Debug, Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub struct Global {
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; `bench` starts its own].
     #[arg(
@@ -512,6 +554,97 @@ mod tests {
         };
         let names: Vec<&str> = a.status.iter().map(|s| s.0.name()).collect();
         assert_eq!(names, ["queued", "lost"]);
+    }
+
+    /// Every subcommand, with the words that reach it (`["engine", "add"]`).
+    fn every_subcommand() -> Vec<(Vec<String>, clap::Command)> {
+        use clap::CommandFactory;
+        fn walk(path: &[String], cmd: &clap::Command, out: &mut Vec<(Vec<String>, clap::Command)>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let mut p = path.to_vec();
+                p.push(sub.get_name().to_string());
+                out.push((p.clone(), sub.clone()));
+                walk(&p, sub, out);
+            }
+        }
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        walk(&[], &root, &mut out);
+        out
+    }
+
+    const GLOBAL_FLAGS: [&str; 8] = [
+        "--etcd",
+        "--prefix",
+        "--log-format",
+        "--cacert",
+        "--cert",
+        "--key",
+        "--user",
+        "--password",
+    ];
+
+    /// Every command's help lists its own flags first, and the global ones apart, under their
+    /// own heading (etcd's `--key` next to `engine add --label` misled).
+    #[test]
+    fn every_help_lists_the_global_flags_under_their_own_heading() {
+        let all = every_subcommand();
+        assert!(all.len() > 20, "{}", all.len());
+        for (path, mut cmd) in all {
+            let help = cmd.render_long_help().to_string();
+            let heading = format!("{GLOBAL_HEADING}:");
+            let (own, global) = help
+                .split_once(&heading)
+                .unwrap_or_else(|| panic!("{path:?}: no {heading}\n{help}"));
+            let flag_lines = |text: &str, flag: &str| {
+                text.lines()
+                    .filter(|l| l.trim_start().starts_with(&format!("{flag} <")))
+                    .count()
+            };
+            for flag in GLOBAL_FLAGS {
+                assert_eq!(
+                    flag_lines(own, flag),
+                    0,
+                    "{path:?}: {flag} among its own\n{help}"
+                );
+                assert_eq!(flag_lines(global, flag), 1, "{path:?}: {flag}\n{help}");
+            }
+        }
+    }
+
+    /// A usage error names what the command requires, not every flag given as well.
+    #[test]
+    fn a_usage_error_shows_only_what_is_required() {
+        for (path, _) in every_subcommand() {
+            let mut argv: Vec<std::ffi::OsString> = vec!["citadel".into()];
+            argv.extend(path.iter().map(Into::into));
+            argv.extend([
+                "--prefix".into(),
+                "/p".into(),
+                "--log-format".into(),
+                "json".into(),
+            ]);
+            let Err(e) = Cli::try_parse_from(&argv) else {
+                continue;
+            };
+            if e.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+                continue;
+            }
+            let text = own_usage(e, &argv).to_string();
+            let usage = text
+                .lines()
+                .find(|l| l.starts_with("Usage:"))
+                .unwrap_or_else(|| panic!("{path:?}: no usage\n{text}"));
+            assert!(
+                usage.starts_with(&format!("Usage: citadel {}", path.join(" "))),
+                "{usage}"
+            );
+            assert!(
+                !usage.contains("--prefix") && !usage.contains("--log-format"),
+                "{path:?}: {usage}"
+            );
+        }
     }
 
     /// `--status` takes every standing a listing can print.

@@ -54,6 +54,11 @@ pub struct ReplicaJson {
     /// etcd's revision as last seen in a response header.
     pub etcd_revision: i64,
     pub lag: i64,
+    /// When etcd last answered this replica (RFC 3339; `null`: never yet). While `healthy`
+    /// is false, what the page shows is as of then.
+    pub etcd_answered_at: Option<String>,
+    /// Milliseconds since then, by this replica's clock.
+    pub etcd_silent_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +74,9 @@ pub struct CandidateJson {
     pub version: Option<String>,
     /// When it began campaigning (RFC 3339), as it wrote it.
     pub since: String,
+    /// When it began leading (RFC 3339), as the leader writes it once it has won.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leads_since: Option<String>,
     pub key: String,
     /// The lease, in hex as `etcdctl lease` prints it ("0": none).
     pub lease: String,
@@ -86,7 +94,8 @@ pub struct ClusterJson {
     /// Decisions holding a reservation.
     pub placements: u64,
     pub requests: usize,
-    /// Requests waiting for the leader (to decide, or to release).
+    /// Requests waiting for the leader (to decide, or to release): the leader's queue, as
+    /// `citadel_queued_requests` reports it on every replica.
     pub queued: usize,
 }
 
@@ -144,6 +153,9 @@ pub struct RequestJson {
 #[derive(Debug, Serialize)]
 pub struct DecisionJson {
     pub id: String,
+    /// When the decision was written (RFC 3339, as its `decided_at` says; `null` when etcd
+    /// could not be read for it just now).
+    pub decided_at: Option<String>,
     pub status: String,
     pub reason: String,
     pub engine: Option<String>,
@@ -162,6 +174,7 @@ pub fn state(s: &Surface) -> ApiState {
         .revision
         .max(s.cache.progress().followed().head);
     let revision = s.cache.revision();
+    let answered = s.metrics.etcd_seen().last_ok.map(|t| t.elapsed());
     let replica = ReplicaJson {
         id: s.replica.clone(),
         prefix: s.cache.keys().prefix().to_string(),
@@ -173,10 +186,15 @@ pub fn state(s: &Surface) -> ApiState {
         revision,
         etcd_revision,
         lag: (etcd_revision - revision).max(0),
+        etcd_answered_at: answered
+            .and_then(|ago| SystemTime::now().checked_sub(ago))
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        etcd_silent_ms: answered.map(|d| d.as_millis() as u64),
     };
     let state = s.cache.read();
     let (engines, engines_total, cluster) = engines(&state);
     let counts = state.request_counts();
+    let backlog = crate::metrics::backlog(&state, replica.leads, &counts);
     ApiState {
         generated_at: now_rfc3339(),
         replica,
@@ -188,6 +206,7 @@ pub fn state(s: &Surface) -> ApiState {
                 addr: c.info.as_ref().map(|i| i.addr.clone()).unwrap_or_default(),
                 status: c.info.as_ref().and_then(|i| i.status.clone()),
                 version: c.info.as_ref().and_then(|i| i.version.clone()),
+                leads_since: c.info.as_ref().and_then(|i| i.leads_since.clone()),
                 since: c.info.map(|i| i.since).unwrap_or_default(),
                 key: c.key,
                 lease: format!("{:x}", c.lease),
@@ -197,7 +216,7 @@ pub fn state(s: &Surface) -> ApiState {
             .collect(),
         cluster: ClusterJson {
             requests: counts.iter().map(|(_, n)| n).sum(),
-            queued: state.backlog().queued,
+            queued: backlog.queued,
             ..cluster
         },
         engines,
@@ -237,10 +256,70 @@ pub fn state(s: &Surface) -> ApiState {
                 reason: d.reason,
                 engine: d.engine,
                 scheduler: d.scheduler,
+                decided_at: None,
                 revision: d.revision,
                 request_revision: d.request_revision,
             })
             .collect(),
+    }
+}
+
+/// How long reading the recent decisions' times may hold up the page.
+const DECIDED_AT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Fills in when each recent decision was made. The cache keeps no decision times (nothing
+/// the scheduler uses), so they are read from etcd: one transaction of at most [`RECENT`]
+/// gets, each time the page refreshes, and only while etcd answers the replica's probe (else
+/// the page shows etcd unreachable, and a call would only hold it up). Without an answer, or
+/// for a decision rewritten since the cache read it, the time stays `null`.
+pub async fn decided_at(
+    client: &etcd_client::Client,
+    state: &mut ApiState,
+    prefix: &crate::keys::Keys,
+) {
+    use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+    let ops: Vec<TxnOp> = state
+        .recent
+        .iter()
+        .filter_map(|d| crate::model::RequestId::new(d.id.clone()).ok())
+        .map(|id| {
+            TxnOp::get(
+                prefix.decision(&id),
+                Some(GetOptions::new().with_serializable()),
+            )
+        })
+        .collect();
+    if ops.is_empty() || !state.replica.healthy {
+        return;
+    }
+    let mut kv = client.kv_client();
+    let read = kv.txn(Txn::new().and_then(ops));
+    let resp = match tokio::time::timeout(DECIDED_AT_WAIT, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %crate::store::short(&e), "http: cannot read the decisions' times");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut times = std::collections::HashMap::new();
+    for r in resp.op_responses() {
+        let TxnOpResponse::Get(g) = r else { continue };
+        for kv in g.kvs() {
+            #[derive(serde::Deserialize)]
+            struct When {
+                #[serde(default)]
+                decided_at: String,
+            }
+            if let Ok(w) = serde_json::from_slice::<When>(kv.value())
+                && !w.decided_at.is_empty()
+            {
+                times.insert(kv.mod_revision(), w.decided_at);
+            }
+        }
+    }
+    for d in &mut state.recent {
+        d.decided_at = times.remove(&d.revision);
     }
 }
 

@@ -111,6 +111,9 @@ pub struct Surface {
     pub etcd: String,
     /// The host names answered besides IP addresses and `localhost` (`--http-allow-host`).
     pub allowed_hosts: AllowedHosts,
+    /// The replica's etcd client once it has one (set by [`Server::probe`]): the status API
+    /// reads the recent decisions' times with it.
+    pub client: Arc<std::sync::OnceLock<Client>>,
 }
 
 /// The running server, and the etcd probe once the replica has a client. Dropped without
@@ -121,6 +124,8 @@ pub struct Server {
     task: Option<JoinHandle<()>>,
     probe: Option<JoinHandle<()>>,
     shutdown: watch::Receiver<bool>,
+    /// The surface's client slot, filled by [`Server::probe`].
+    client: Arc<std::sync::OnceLock<Client>>,
 }
 
 impl Drop for Server {
@@ -146,6 +151,7 @@ impl Server {
             .map_err(|e| bind_error(listen.addr(), e))?;
         tracing::info!(addr = %local, url = %format!("http://{local}/"),
             "http: serving the status page, /metrics, /healthz and /readyz");
+        let client = surface.client.clone();
         let app = router(surface);
         let mut stop = shutdown.clone();
         let task = tokio::spawn(
@@ -165,6 +171,7 @@ impl Server {
             task: Some(task),
             probe: None,
             shutdown,
+            client,
         })
     }
 
@@ -176,6 +183,7 @@ impl Server {
     /// Starts probing etcd through the replica's `client` (for `/healthz`, and etcd's revision
     /// for the cache's lag).
     pub fn probe(&mut self, client: &Client, keys: &Keys, metrics: &Arc<Metrics>) {
+        let _ = self.client.set(client.clone()); // the first client stays
         self.probe = Some(tokio::spawn(
             probe_etcd(
                 client.clone(),
@@ -300,7 +308,11 @@ async fn script() -> Response {
 }
 
 async fn api_state(State(s): State<Surface>) -> Response {
-    match serde_json::to_string(&api::state(&s)) {
+    let mut state = api::state(&s);
+    if let Some(client) = s.client.get() {
+        api::decided_at(client, &mut state, s.cache.keys()).await;
+    }
+    match serde_json::to_string(&state) {
         Ok(json) => respond(StatusCode::OK, "application/json", json),
         Err(e) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -465,6 +477,7 @@ mod tests {
             metrics: Arc::default(),
             etcd: "http://127.0.0.1:2379".into(),
             allowed_hosts: AllowedHosts::default(),
+            client: Arc::default(),
         }
     }
 

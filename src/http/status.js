@@ -68,6 +68,21 @@
     return Math.floor(s / 3600) + 'h ' + Math.floor((s % 3600) / 60) + 'm ago';
   }
 
+  // Milliseconds from an RFC 3339 time to `now` (the replica's clock, from the same answer:
+  // the browser's own clock may be off).
+  function msSince(t, now) {
+    const a = Date.parse(t);
+    const b = Date.parse(now);
+    return isFinite(a) && isFinite(b) ? Math.max(0, b - a) : NaN;
+  }
+
+  // A time as the CLI shows it, an age ("12s ago"), with the time itself as its title.
+  function when(cls, t, now) {
+    const e = el('span', cls, t ? ago(msSince(t, now)) : '–');
+    if (t) e.title = t;
+    return e;
+  }
+
   function pct(used, total) {
     if (!(total > 0) || !(used > 0)) return 0;
     return Math.min(100, Math.max(0, (used / total) * 100));
@@ -103,12 +118,17 @@
     return tr;
   }
 
+  // While etcd does not answer, everything shown is as of its last answer: the page is greyed,
+  // the role is only what it was, and a banner says since when. Returns the banner's text.
   function renderHeader(s) {
     const r = s.replica;
+    stale(!r.healthy);
     $('replica-id').textContent = r.id;
     const role = $('role');
-    role.textContent = r.leads ? 'leader' : 'standby';
-    role.className = 'role' + (r.leads ? ' leader' : '');
+    role.textContent = (r.leads ? 'leader' : 'standby') + (r.healthy ? '' : ' · stale');
+    role.className = 'role' + (r.healthy ? (r.leads ? ' leader' : '') : ' stale');
+    role.title = r.healthy ? '' : 'etcd does not answer: this replica ' +
+      (r.leads ? 'may no longer lead (its lease runs out unrenewed)' : 'cannot tell who leads now');
     $('revision').textContent = 'prefix ' + r.prefix + ' · revision ' + r.revision +
       (r.lag > 0 ? ' (etcd ' + r.etcd_revision + ', lag ' + r.lag + ')' : '');
     const ready = $('ready');
@@ -120,7 +140,18 @@
     healthy.className = 'pill ' + (r.healthy ? 'ok' : 'bad');
     healthy.title = r.health_reason;
     $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
-    document.title = (r.ready ? '' : '(not ready) ') + 'citadel · ' + r.id;
+    document.title = (r.healthy ? '' : '(stale) ') + (r.ready ? '' : '(not ready) ') + 'citadel · ' + r.id;
+    if (r.healthy) return '';
+    if (!r.etcd_answered_at) {
+      return 'etcd has not answered yet (' + r.health_reason + '): nothing below is known.';
+    }
+    return 'etcd unreachable: the numbers below are stale, as of its last answer at ' +
+      new Date(Date.parse(r.etcd_answered_at)).toLocaleTimeString() + ' (' + ago(r.etcd_silent_ms) +
+      '). ' + r.health_reason;
+  }
+
+  function stale(on) {
+    document.body.classList.toggle('stale', on);
   }
 
   function renderStats(s) {
@@ -146,8 +177,13 @@
     const box = $('leader');
     if (leader) {
       const name = el('span', 'name', leader.id || '(not a citadel replica)');
-      fill(box, [el('span', 'muted', 'Leader: '), name,
-        el('span', 'muted', leader.since ? ' · since ' + leader.since : '')]);
+      // A leader of a release before `leads_since` says only when it began campaigning.
+      const since = leader.leads_since
+        ? [el('span', 'muted', ' · leads since '), when('since', leader.leads_since, s.generated_at)]
+        : [el('span', 'muted', ' · campaigning since '), when('since', leader.since, s.generated_at)];
+      const parts = [el('span', 'muted', 'Leader: '), name, ...since];
+      if (!s.replica.healthy) parts.push(el('span', 'tag stale', 'as of etcd\'s last answer'));
+      fill(box, parts);
     } else {
       fill(box, [el('span', 'tag bad', 'no leader')]);
     }
@@ -156,7 +192,9 @@
       const who = td('id', c.id || '(not a citadel replica)');
       if (c.leads) who.appendChild(el('span', 'tag', 'leads'));
       if (c.lease === '0') who.appendChild(el('span', 'tag bad', 'no lease: blocks every election'));
-      tr.append(who, td('mono', c.addr || '–'), td('small', c.since || '–'), td('mono small', c.lease));
+      const since = td('small');
+      since.appendChild(when('since', c.since, s.generated_at));
+      tr.append(who, td('mono', c.addr || '–'), since, td('mono small', c.lease));
       tr.title = 'key ' + c.key + ', create revision ' + c.create_revision;
       return tr;
     });
@@ -249,21 +287,25 @@
   function renderRecent(s) {
     const rows = s.recent.map((d) => {
       const tr = el('tr');
-      tr.append(td('num mono', d.revision), td(idClass(d.id), d.id), td('', ''), td('mono nowrap', d.engine || '–'),
+      const decided = td('nowrap small');
+      decided.appendChild(when('decided', d.decided_at, s.generated_at));
+      tr.append(td('num mono', d.revision), decided, td(idClass(d.id), d.id), td('', ''), td('mono nowrap', d.engine || '–'),
         td('', d.scheduler || '–'), td('reason', d.reason));
-      tr.children[2].appendChild(statusBadge(d.status));
+      tr.children[3].appendChild(statusBadge(d.status));
       return tr;
     });
-    fill($('recent'), rows.length ? rows : [emptyRow(6, 'no decisions yet')]);
+    fill($('recent'), rows.length ? rows : [emptyRow(7, 'no decisions yet')]);
   }
 
+  // Draws the page; returns the banner's text ('' for none).
   function render(s) {
-    renderHeader(s);
+    const warning = renderHeader(s);
     renderStats(s);
     renderElection(s);
     renderRequests(s);
     renderEngines(s);
     renderRecent(s);
+    return warning;
   }
 
   function banner(text) {
@@ -276,10 +318,13 @@
     try {
       const r = await fetch('api/state', { cache: 'no-store' });
       if (!r.ok) throw new Error('HTTP ' + r.status);
-      render(await r.json());
-      banner('');
+      banner(render(await r.json()));
     } catch (e) {
-      banner('Cannot read this replica\'s state (' + e.message + '); showing the last one read. Retrying…');
+      // The replica itself does not answer: what it said last is all there is.
+      stale(true);
+      $('role').className = 'role stale';
+      banner('Cannot read this replica\'s state (' + e.message + '); showing the last one read, at ' +
+        $('updated').textContent.replace('updated ', '') + '. Retrying…');
     } finally {
       setTimeout(refresh, REFRESH_MS);
     }

@@ -443,7 +443,12 @@ pub struct LeaderInfo {
     pub id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub addr: String,
+    /// When it began campaigning.
     pub since: String,
+    /// When it began leading: written by the leader's barrier once it has won (absent on a
+    /// candidate that does not lead, and on a leader of a release before the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leads_since: Option<String>,
     /// Where the candidate serves its status page, `/healthz` and `/metrics` (IP:PORT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

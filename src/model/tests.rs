@@ -172,6 +172,7 @@ fn leader_info_reads_both_ways_across_versions() {
         id: "r2".into(),
         addr: String::new(),
         since: "2026-11-28T00:00:00Z".into(),
+        leads_since: Some("2026-11-28T00:00:09Z".into()),
         status: Some("127.0.0.1:9091".into()),
         version: Some("0.2.0".into()),
         request_fields: vec!["image".into(), "priority".into()],
@@ -183,7 +184,10 @@ fn leader_info_reads_both_ways_across_versions() {
 
     let written_by_older = r#"{"id":"r1","addr":"10.0.0.1","since":"2026-11-28T00:00:00Z"}"#;
     let read: LeaderInfo = serde_json::from_str(written_by_older).expect("reads an older value");
-    assert_eq!(read.status, None);
+    assert_eq!(
+        (read.status.as_deref(), read.leads_since.as_deref()),
+        (None, None)
+    );
     assert_eq!(
         (read.version.as_deref(), read.request_fields.len()),
         (None, 0)
