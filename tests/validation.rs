@@ -215,12 +215,21 @@ async fn an_unschedulable_reason_gives_the_sizes_that_failed() {
         reason,
         "0/2 engines fit: 1 constraint zone==b, 1 insufficient cpus (needs 2 cpus, largest free 1.5 cpus)"
     );
+    // A third engine too small for it: the parked request is looked at again, and its reason
+    // counts the engine.
+    put_engine(&client, &keys, "e3", 2.0, 2048.0, &["zone=c"]).await;
+    let want3 = "0/3 engines fit: 3 insufficient memory (needs 8192MB, largest free 4032MB)";
+    let d = wait_decision_where(&client, &keys, "big", WAIT, "a reason counting e3", |d| {
+        d.reason == want3
+    })
+    .await;
+    assert_eq!(d.status, Status::Unschedulable);
     // plan says what the leader says.
     let dir = tempfile::tempdir().expect("tempdir");
     let file = request_file(dir.path(), "big.json", &request_json(1.0, 8192, json!({})));
     let (code, out, _) = cli(&ep, &["plan", &file]);
     assert_eq!(code, 3, "{out}");
-    assert!(out.contains(want), "{out}");
+    assert!(out.contains(want3), "{out}");
     replica.stop().await;
 }
 

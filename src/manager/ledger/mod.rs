@@ -168,7 +168,15 @@ impl Listener for Ledger {
                 self.dirty.insert(engine);
             }
             Change::Engine { id, how } => {
-                self.capacity_grew_on(mirror, &id);
+                if how == EngineChange::Added {
+                    // A new engine changes every parked answer ("0/2 engines fit" is "0/3"
+                    // now), not only those it could hold: each gets another look, and a
+                    // reason whose words changed is written again, as Kubernetes requeues
+                    // every unschedulable pod on a node's arrival. Engines arrive rarely.
+                    self.capacity_changed(mirror);
+                } else {
+                    self.capacity_grew_on(mirror, &id);
+                }
                 // New, gone, drained or undrained: what it holds may have to move, or may stay.
                 if how != (EngineChange::Changed { drain: false }) {
                     self.reclassify_on(mirror, &id);

@@ -190,8 +190,19 @@ fn parked_requests_are_retried_when_room_that_fits_them_appears_oldest_first() {
     assert_eq!(f.shared.listener().parked(), 6);
     assert!(deciding(&f).is_empty(), "parked: not planned again");
 
-    // Placements elsewhere take capacity: nothing is re-tried.
+    // A new engine, even one too small for any of them: every parked request gets another
+    // look (its reason counts the engines); refused again, they are parked again.
     f.engine("e2", 1.0);
+    let six = ["s1", "s2", "s3", "s4", "s5", "huge"];
+    assert_eq!(deciding(&f), six);
+    assert_eq!(f.shared.listener().parked(), 0);
+    for id in six {
+        let r = f.mirror().request(&rid(id)).map_or(0, |r| r.mod_revision);
+        refuse(&mut f, id, r);
+    }
+    assert_eq!(f.shared.listener().parked(), 6);
+
+    // Placements elsewhere take capacity: nothing is re-tried.
     let r = f.request("tiny", 0.5, "service");
     f.place("tiny", "e2", 0.5, r);
     assert!(deciding(&f).is_empty(), "{:?}", deciding(&f));
