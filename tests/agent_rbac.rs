@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use citadel::keys::Keys;
 use citadel::store::{EtcdConfig, TlsConfig};
-use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
-use common::pki::{Ca, Pair, path};
+use citadel_testkit::etcd::EtcdProcess;
+use common::pki::{Ca, Pair, etcd_requiring_client_certs, path};
 use common::{citadel, eid, rid, text};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use tempfile::TempDir;
@@ -91,17 +91,7 @@ impl World {
         let server = ca.server().await;
         let root = ca.client("root").await;
         let agent = ca.client("citadel-agent-e1").await;
-        let etcd = EtcdProcess::start_with(EtcdOptions {
-            tls: Some(EtcdTls {
-                ca: ca.cert.clone(),
-                cert: server.cert.clone(),
-                key: server.key.clone(),
-                client_cert_auth: true,
-            }),
-            ..EtcdOptions::default()
-        })
-        .await
-        .expect("start etcd with TLS");
+        let etcd = etcd_requiring_client_certs(&ca, &server).await;
         let as_root = |more: &[&str]| {
             let mut args: Vec<String> = [
                 "--etcd",

@@ -44,18 +44,6 @@ fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
     }
 }
 
-/// etcd's current revision.
-async fn revision(client: &Client) -> i64 {
-    client
-        .kv_client()
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision()
-}
-
 /// Three engines (e1 zone=a 4 cpus, e2 zone=b 4 cpus, e3 zone=a 1 cpu), a replica, and three
 /// requests decided: `ok` placed, `huge` unschedulable, `badre` invalid (a bad regex).
 async fn cluster(etcd: &EtcdProcess) -> (Client, Replica) {

@@ -9,51 +9,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::time::Duration;
 
 use citadel_testkit::child::Signal;
-use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
-use common::pki::{Ca, path};
+use common::pki::{Ca, etcd_requiring_client_certs, path};
 use common::*;
 use tempfile::TempDir;
 use tokio::time::{Instant, timeout};
-
-/// What a log or an error line must never show: Rust's Debug dumps of library errors, and
-/// bollard's words for any failed connection.
-const DUMPS: [&str; 6] = [
-    "tonic::",
-    "Status {",
-    "Os {",
-    "Custom {",
-    "ConnectError(",
-    "hyper legacy client",
-];
-
-fn assert_no_dump(text: &str, what: &str) {
-    for dump in DUMPS {
-        assert!(!text.contains(dump), "{what}: a raw error dump:\n{text}");
-    }
-}
-
-/// A one-shot command refused: a non-zero exit and exactly one line on stderr, which names
-/// `cause` and dumps no library error.
-fn assert_one_line(out: &Output, what: &str, cause: &str) -> String {
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "{what} should fail; it printed:\n{}{stderr}",
-        text(&out.stdout)
-    );
-    let lines: Vec<&str> = stderr.trim().lines().collect();
-    assert_eq!(lines.len(), 1, "{what}: one line expected:\n{stderr}");
-    assert!(
-        lines[0].starts_with("citadel: error: ") && lines[0].contains(cause),
-        "{what}: expected {cause:?} in:\n{stderr}"
-    );
-    assert_no_dump(&stderr, what);
-    lines[0].to_string()
-}
 
 /// A loopback port nothing listens on: bound, then released.
 fn closed_port() -> SocketAddr {
@@ -79,17 +41,7 @@ async fn https_to_a_plain_etcd_is_told_apart_from_a_tls_etcd_wanting_a_certifica
     let dir = TempDir::new().expect("temp dir");
     let ca = Ca::new(dir.path(), "errs").await;
     let server = ca.server().await;
-    let tls = EtcdProcess::start_with(EtcdOptions {
-        tls: Some(EtcdTls {
-            ca: ca.cert.clone(),
-            cert: server.cert.clone(),
-            key: server.key.clone(),
-            client_cert_auth: true,
-        }),
-        ..EtcdOptions::default()
-    })
-    .await
-    .expect("start etcd with TLS");
+    let tls = etcd_requiring_client_certs(&ca, &server).await;
     // etcd's refusal reaches the client as an alert or as a closed connection, depending on
     // timing: a few tries see both.
     for _ in 0..3 {

@@ -17,8 +17,11 @@ use citadel::keys::Keys;
 use citadel::rbac::{self, Role};
 use citadel::store::{EtcdConfig, TlsConfig};
 use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
-use common::pki::{Ca, Pair, path};
-use common::{CMD_TIMEOUT, Replica, citadel, citadel_cmd, eid, request_json, rid, text};
+use common::pki::{Ca, Pair, etcd_requiring_client_certs, path};
+use common::{
+    CMD_TIMEOUT, Replica, assert_no_dump, assert_one_line, citadel, citadel_cmd, eid, request_json,
+    rid, text,
+};
 use etcd_client::Client;
 use serde_json::json;
 use tempfile::TempDir;
@@ -41,33 +44,6 @@ fn assert_ok(out: &Output, what: &str) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-/// A one-shot command refused: a non-zero exit and exactly one line on stderr, which names
-/// `cause` and dumps no Rust error.
-fn assert_one_line(out: &Output, what: &str, cause: &str) {
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "{what} should fail; it printed:\n{}{stderr}",
-        text(&out.stdout)
-    );
-    let lines: Vec<&str> = stderr.trim().lines().collect();
-    assert_eq!(lines.len(), 1, "{what}: one line expected:\n{stderr}");
-    assert!(
-        lines[0].starts_with("citadel: error: ") && lines[0].contains(cause),
-        "{what}: expected {cause:?} in:\n{stderr}"
-    );
-    assert_no_dump(&stderr, what);
-}
-
-fn assert_no_dump(stderr: &str, what: &str) {
-    for dump in ["tonic::", "Error(", "Status {", "Custom {"] {
-        assert!(
-            !stderr.contains(dump),
-            "{what}: a raw error dump:\n{stderr}"
-        );
-    }
 }
 
 /// A controller given these settings gives up by itself, with a non-zero exit and the cause
@@ -208,17 +184,7 @@ impl CertAuth {
         let bob = ca.client("bob").await;
         let stranger_ca = Ca::new(dir.path(), "stranger").await;
         let stranger_alice = stranger_ca.client("alice").await;
-        let etcd = EtcdProcess::start_with(EtcdOptions {
-            tls: Some(EtcdTls {
-                ca: ca.cert.clone(),
-                cert: server.cert.clone(),
-                key: server.key.clone(),
-                client_cert_auth: true,
-            }),
-            ..EtcdOptions::default()
-        })
-        .await
-        .expect("start etcd with TLS");
+        let etcd = etcd_requiring_client_certs(&ca, &server).await;
         assert!(etcd.endpoint().starts_with("https://127.0.0.1:"));
         CertAuth {
             replica: None,

@@ -8,23 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 use citadel::model::{Decision, Status};
-use etcd_client::Client;
 use serde_json::{Value, json};
 
 mod common;
 use common::*;
-
-/// etcd's current revision.
-async fn revision(client: &Client) -> i64 {
-    client
-        .kv_client()
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision()
-}
 
 /// `citadel ARGS -o json`'s stdout as one JSON document; panics naming the command otherwise.
 fn json_of(ep: &str, args: &[&str]) -> Value {

@@ -124,18 +124,6 @@ impl Drop for Following {
     }
 }
 
-/// etcd's current revision.
-async fn revision(client: &etcd_client::Client) -> i64 {
-    client
-        .kv_client()
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision()
-}
-
 /// An engine and a replica; one request placed.
 async fn cluster(etcd: &EtcdProcess) -> (etcd_client::Client, Replica) {
     let client = connect(etcd).await;

@@ -209,3 +209,41 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
         .await
         .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {REQUEST:?}")))
 }
+
+/// What an error line or a log must never show: Rust's Debug dumps of library errors, and
+/// bollard's words for any failed connection.
+pub const DUMPS: [&str; 7] = [
+    "tonic::",
+    "Error(",
+    "Status {",
+    "Os {",
+    "Custom {",
+    "ConnectError(",
+    "hyper legacy client",
+];
+
+/// Panics, naming `what`, if `text` holds a raw error dump.
+pub fn assert_no_dump(text: &str, what: &str) {
+    for dump in DUMPS {
+        assert!(!text.contains(dump), "{what}: a raw error dump:\n{text}");
+    }
+}
+
+/// A one-shot command refused: a non-zero exit and exactly one line on stderr, which names
+/// `cause` and dumps no library error. Returns that line.
+pub fn assert_one_line(out: &Output, what: &str, cause: &str) -> String {
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{what} should fail; it printed:\n{}{stderr}",
+        text(&out.stdout)
+    );
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line expected:\n{stderr}");
+    assert!(
+        lines[0].starts_with("citadel: error: ") && lines[0].contains(cause),
+        "{what}: expected {cause:?} in:\n{stderr}"
+    );
+    assert_no_dump(&stderr, what);
+    lines[0].to_string()
+}

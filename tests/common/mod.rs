@@ -780,3 +780,15 @@ impl Drop for ReplicaProcess {
         let _ = self.child.wait();
     }
 }
+
+/// etcd's current revision.
+pub async fn revision(client: &Client) -> i64 {
+    client
+        .kv_client()
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use citadel_testkit::etcd::{EtcdOptions, EtcdProcess, EtcdTls};
+
 use super::commands::run_ok_in;
 
 /// A certificate and its key.
@@ -124,4 +126,20 @@ impl Ca {
 
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
+}
+
+/// A single etcd serving TLS with `server`'s certificate and requiring a client certificate
+/// signed by `ca` (`--client-cert-auth`).
+pub async fn etcd_requiring_client_certs(ca: &Ca, server: &Pair) -> EtcdProcess {
+    EtcdProcess::start_with(EtcdOptions {
+        tls: Some(EtcdTls {
+            ca: ca.cert.clone(),
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_cert_auth: true,
+        }),
+        ..EtcdOptions::default()
+    })
+    .await
+    .expect("start etcd with TLS")
 }
