@@ -220,9 +220,63 @@ async fn connect_once(etcd: &EtcdConfig) -> Result<Client, StoreError> {
         Ok(Ok(_)) => Ok(client),
         // Authenticated, only not allowed to read "/": what a role limited to a prefix is.
         Ok(Err(e)) if EtcdErrorKind::of(&e) == EtcdErrorKind::PermissionDenied => Ok(client),
-        Ok(Err(e)) => Err(classify(etcd, e)),
+        Ok(Err(e)) => Err(plain_http_or(etcd, classify(etcd, e)).await),
         Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
     }
+}
+
+/// A TLS connection etcd closed, told apart for sure: a plain-http etcd closes (or resets) the
+/// connection on a TLS hello, and so may one refusing a client certificate, depending on
+/// timing (a reset looks the same in both). Only when that is the failure, one plain HTTP request to each endpoint asks which.
+async fn plain_http_or(etcd: &EtcdConfig, err: StoreError) -> StoreError {
+    match err {
+        StoreError::TlsHandshake {
+            endpoints,
+            reason,
+            source,
+        } if EtcdErrorKind::of(&source) == EtcdErrorKind::Closed => {
+            for endpoint in &etcd.endpoints {
+                if speaks_plain_http(endpoint).await {
+                    return StoreError::PlainHttp { endpoints, source };
+                }
+            }
+            StoreError::TlsHandshake {
+                endpoints,
+                reason,
+                source,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether `endpoint` answers a plain HTTP `GET /version` as etcd does (bounded: one second in
+/// all). A TLS server answers it with a 400 that names no etcd.
+async fn speaks_plain_http(endpoint: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    let hostport = hostport.split('/').next().unwrap_or(hostport);
+    let limit = Duration::from_secs(1);
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(hostport).await.ok()?;
+        let request =
+            format!("GET /version HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 1024];
+        let mut n = 0;
+        while n < buf.len() {
+            match conn.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Some(answer.starts_with("HTTP/1.") && answer.contains("etcdserver"))
+    };
+    matches!(tokio::time::timeout(limit, ask).await, Ok(Some(true)))
 }
 
 /// Runs `op` with backoff until it succeeds. Transient failures are retried for
