@@ -264,33 +264,87 @@ pub fn state(s: &Surface) -> ApiState {
     }
 }
 
+/// When recent decisions were made. The cache keeps no decision times (nothing the scheduler
+/// uses), so they are read from etcd, and kept: a decision's time never changes at its
+/// revision, so a page that refreshes every few seconds reads only the decisions it has not
+/// seen, and anyone polling `/api/state` costs etcd nothing more.
+#[derive(Default)]
+pub struct DecisionTimes {
+    client: std::sync::OnceLock<etcd_client::Client>,
+    /// By the decision's mod revision; only the recent ones are kept.
+    known: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+}
+
+impl DecisionTimes {
+    /// The replica's client, once it has one (the first one stays).
+    pub fn set_client(&self, client: &etcd_client::Client) {
+        let _ = self.client.set(client.clone());
+    }
+
+    /// Fills in when each recent decision was made: those not known yet read from etcd in one
+    /// transaction of at most [`RECENT`] gets, and only while etcd answers the replica's probe
+    /// (else the page shows etcd unreachable, and a call would only hold it up). Without an
+    /// answer, or for a decision rewritten since the cache read it, the time stays `null`.
+    pub async fn fill(&self, state: &mut ApiState, keys: &crate::keys::Keys) {
+        let mut known = self.known_now(state);
+        let missing: Vec<&DecisionJson> = state
+            .recent
+            .iter()
+            .filter(|d| !known.contains_key(&d.revision))
+            .collect();
+        if let Some(client) = self.client.get()
+            && !missing.is_empty()
+            && state.replica.healthy
+        {
+            known.extend(read_decided_at(client, &missing, keys).await);
+        }
+        for d in &mut state.recent {
+            d.decided_at = known.get(&d.revision).cloned();
+        }
+        *self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = known;
+    }
+
+    /// The times known of `state`'s recent decisions (the others are forgotten).
+    fn known_now(&self, state: &ApiState) -> std::collections::HashMap<i64, String> {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state
+            .recent
+            .iter()
+            .filter_map(|d| known.remove(&d.revision).map(|t| (d.revision, t)))
+            .collect()
+    }
+}
+
 /// How long reading the recent decisions' times may hold up the page.
 const DECIDED_AT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Fills in when each recent decision was made. The cache keeps no decision times (nothing
-/// the scheduler uses), so they are read from etcd: one transaction of at most [`RECENT`]
-/// gets, each time the page refreshes, and only while etcd answers the replica's probe (else
-/// the page shows etcd unreachable, and a call would only hold it up). Without an answer, or
-/// for a decision rewritten since the cache read it, the time stays `null`.
-pub async fn decided_at(
+/// The `decided_at` of `decisions`, by mod revision, read in one transaction (empty if etcd
+/// does not answer within [`DECIDED_AT_WAIT`]).
+async fn read_decided_at(
     client: &etcd_client::Client,
-    state: &mut ApiState,
-    prefix: &crate::keys::Keys,
-) {
+    decisions: &[&DecisionJson],
+    keys: &crate::keys::Keys,
+) -> std::collections::HashMap<i64, String> {
     use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
-    let ops: Vec<TxnOp> = state
-        .recent
+    let mut times = std::collections::HashMap::new();
+    let ops: Vec<TxnOp> = decisions
         .iter()
         .filter_map(|d| crate::model::RequestId::new(d.id.clone()).ok())
         .map(|id| {
             TxnOp::get(
-                prefix.decision(&id),
+                keys.decision(&id),
                 Some(GetOptions::new().with_serializable()),
             )
         })
         .collect();
-    if ops.is_empty() || !state.replica.healthy {
-        return;
+    if ops.is_empty() {
+        return times;
     }
     let mut kv = client.kv_client();
     let read = kv.txn(Txn::new().and_then(ops));
@@ -298,11 +352,10 @@ pub async fn decided_at(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::debug!(error = %crate::store::short(&e), "http: cannot read the decisions' times");
-            return;
+            return times;
         }
-        Err(_) => return,
+        Err(_) => return times,
     };
-    let mut times = std::collections::HashMap::new();
     for r in resp.op_responses() {
         let TxnOpResponse::Get(g) = r else { continue };
         for kv in g.kvs() {
@@ -318,9 +371,7 @@ pub async fn decided_at(
             }
         }
     }
-    for d in &mut state.recent {
-        d.decided_at = times.remove(&d.revision);
-    }
+    times
 }
 
 /// The engines (at most [`MAX_ENGINES`]), how many there are, and the cluster's sums (over

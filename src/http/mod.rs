@@ -111,9 +111,9 @@ pub struct Surface {
     pub etcd: String,
     /// The host names answered besides IP addresses and `localhost` (`--http-allow-host`).
     pub allowed_hosts: AllowedHosts,
-    /// The replica's etcd client once it has one (set by [`Server::probe`]): the status API
-    /// reads the recent decisions' times with it.
-    pub client: Arc<std::sync::OnceLock<Client>>,
+    /// The replica's etcd client once it has one (set by [`Server::probe`]), with which the
+    /// status API reads the recent decisions' times, and the times read so far.
+    pub client: Arc<api::DecisionTimes>,
 }
 
 /// The running server, and the etcd probe once the replica has a client. Dropped without
@@ -125,7 +125,7 @@ pub struct Server {
     probe: Option<JoinHandle<()>>,
     shutdown: watch::Receiver<bool>,
     /// The surface's client slot, filled by [`Server::probe`].
-    client: Arc<std::sync::OnceLock<Client>>,
+    client: Arc<api::DecisionTimes>,
 }
 
 impl Drop for Server {
@@ -183,7 +183,7 @@ impl Server {
     /// Starts probing etcd through the replica's `client` (for `/healthz`, and etcd's revision
     /// for the cache's lag).
     pub fn probe(&mut self, client: &Client, keys: &Keys, metrics: &Arc<Metrics>) {
-        let _ = self.client.set(client.clone()); // the first client stays
+        self.client.set_client(client); // the first client stays
         self.probe = Some(tokio::spawn(
             probe_etcd(
                 client.clone(),
@@ -309,9 +309,7 @@ async fn script() -> Response {
 
 async fn api_state(State(s): State<Surface>) -> Response {
     let mut state = api::state(&s);
-    if let Some(client) = s.client.get() {
-        api::decided_at(client, &mut state, s.cache.keys()).await;
-    }
+    s.client.fill(&mut state, s.cache.keys()).await;
     match serde_json::to_string(&state) {
         Ok(json) => respond(StatusCode::OK, "application/json", json),
         Err(e) => respond(
