@@ -278,15 +278,22 @@ async fn take_lease(
 ) -> Result<Lease, ElectionError> {
     if let Some(id) = *stale {
         let lease = format!("{id:x}");
-        match Lease::resume(client, id, members.clone()).await? {
-            Some(kept) => {
+        match Lease::resume(client, id, members.clone()).await {
+            Ok(Some(kept)) => {
                 *stale = None;
                 tracing::info!(lease = %lease, "etcd answers again and still keeps the lease: taking it up again");
                 return Ok(kept);
             }
-            None => {
+            Ok(None) => {
                 *stale = None;
                 tracing::info!(lease = %lease, "the lease given up has expired: granting a new one");
+            }
+            // etcd still away: the lease may yet be taken up again once it answers.
+            Err(e) if e.is_unreachable() => return Err(e),
+            // Anything else would refuse it for good: a new lease, not a retry forever.
+            Err(e) => {
+                *stale = None;
+                tracing::warn!(lease = %lease, error = %e, "cannot take the lease given up again: granting a new one");
             }
         }
     }

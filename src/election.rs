@@ -55,6 +55,17 @@ pub enum ElectionError {
     DuplicateId { id: String, key: String, lease: i64 },
 }
 
+impl ElectionError {
+    /// etcd did not answer, or could not serve just now: it may yet, by itself.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ElectionError::Timeout(_) => true,
+            ElectionError::Etcd(e) => store::EtcdErrorKind::of(e).is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 /// A lease with its keep-alive task. Dropping it stops the keep-alive (the lease then expires).
 pub struct Lease {
     pub id: i64,
@@ -125,7 +136,17 @@ impl Lease {
         members: Option<Arc<Members>>,
     ) -> Result<Option<Lease>, ElectionError> {
         let mut lc = client.lease_client();
-        let (mut keeper, mut replies) = timeout(lc.keep_alive(id)).await?;
+        // etcd-client renews once to open the keeper, and says a lease etcd no longer has
+        // "not found".
+        let (mut keeper, mut replies) = match timeout(lc.keep_alive(id)).await {
+            Ok(opened) => opened,
+            Err(ElectionError::Etcd(e))
+                if store::EtcdErrorKind::of(&e) == store::EtcdErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         timeout(keeper.keep_alive()).await?;
         let reply = tokio::time::timeout(CALL_TIMEOUT, replies.message())
             .await

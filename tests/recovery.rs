@@ -230,3 +230,50 @@ async fn a_restore_from_a_snapshot_is_noticed_and_the_cluster_goes_on() {
         .count();
     assert_eq!(said, 1, "the restore is logged loudly, once: {log}");
 }
+
+/// etcd takes the leader's lease away (an operator's `etcdctl lease revoke`, or etcd #12528 on a
+/// raft leader that stalled): the leader steps down, cannot revoke what etcd no longer has, and
+/// must not then wait to take that lease up again: it campaigns on a new one and decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_etcd_took_away_campaigns_on_a_new_one_and_decides() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = keys();
+    put_engine(&client, &keys, "e1", 100.0, 100_000.0, &[]).await;
+    let replica = ReplicaProcess::start(&etcd.endpoint(), "replica-1", etcd.scratch_dir(), &[]);
+    put_request(&client, &keys, "warmup", request_json(0.1, 16, json!({}))).await;
+    wait_decision(&client, &keys, "warmup", WAIT).await;
+    let opts = etcd_client::GetOptions::new().with_prefix();
+    let got = client
+        .kv_client()
+        .get(keys.leader(), Some(opts))
+        .await
+        .expect("read the election");
+    let lease = got
+        .kvs()
+        .first()
+        .map(|kv| kv.lease())
+        .expect("a leader key");
+    client
+        .lease_client()
+        .revoke(lease)
+        .await
+        .expect("revoke the leader's lease");
+    let rev = put_request(&client, &keys, "after", request_json(0.1, 16, json!({}))).await;
+    let d = wait_decision_where(
+        &client,
+        &keys,
+        "after",
+        WAIT,
+        "a decision after the leader's lease was revoked",
+        |d| d.request_revision == rev,
+    )
+    .await;
+    assert_eq!(d.status, Status::Placed, "{d:?}; log: {}", replica.log());
+    let led = leading_key(&client).await.expect("a leader again");
+    assert!(
+        !led.0.ends_with(&format!("{lease:x}")),
+        "it leads on a new lease, not the revoked {lease:x}"
+    );
+    assert_invariants(&client, &keys).await;
+}
