@@ -655,6 +655,12 @@ async fn a_3_member_cluster_under_chaos_loses_nothing_and_changes_leader_only_wh
     let (code, stdout, stderr) = c.citadel_check();
     let changes = c.print_phases_and_count_leader_changes();
     c.stop_watching();
+    // CHAOS_LOG_DIR=DIR keeps every replica's whole log there, to read after a failure.
+    if let Ok(dir) = std::env::var("CHAOS_LOG_DIR") {
+        for r in &c.replicas {
+            let _ = std::fs::write(format!("{dir}/{}.log", r.id), r.log());
+        }
+    }
     assert_eq!(code, 0, "citadel check:\n{stdout}{stderr}");
     c.every_live_request_has_one_decision(&live).await;
     c.print_what_the_replicas_logged();
