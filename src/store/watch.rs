@@ -15,7 +15,7 @@ use backon::BackoffBuilder;
 use etcd_client::{Client, Event, WatchOptions, WatchStream};
 use tokio::time::Instant;
 
-use super::{EtcdErrorKind, MAX_RESPONSE_BYTES, StoreError, backoff, timed};
+use super::{EtcdErrorKind, MAX_RESPONSE_BYTES, MAX_RETRY_DELAY, StoreError, backoff, timed};
 
 /// Why a watch stopped for now.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +47,6 @@ impl WatchError {
 /// A stream quiet this long is asked for progress, and one that answers nothing within as
 /// long again is given up for dead (a frozen member keeps its connection open).
 const QUIET: Duration = Duration::from_secs(2);
-/// The longest backoff step between two tries while etcd is away; its jitter adds up to as much
-/// again, so a watch tries at least about once a second.
-const MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Whether waiting will not fix a failed call of a command that keeps running: a setting, the
 /// credentials, a role that does not allow it. etcd restarting or a member gone will pass.
@@ -90,13 +87,10 @@ pub struct Resumable {
     delays: backon::ExponentialBackoff,
 }
 
-/// The delays between tries of a command that keeps running while etcd is away: exponential
-/// from 100 ms, with jitter, about a second at most.
+/// The delays between tries of a command that keeps running while etcd is away: the
+/// controllers' own ([`backoff`]: from 100 ms, with jitter, about a second at most), without end.
 pub fn delays() -> backon::ExponentialBackoff {
-    backoff()
-        .with_max_delay(MAX_DELAY)
-        .without_max_times()
-        .build()
+    backoff().without_max_times().build()
 }
 
 impl Resumable {
@@ -125,7 +119,7 @@ impl Resumable {
 
     /// How long to wait before the next try after a failure (see [`delays`]).
     pub fn delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(MAX_DELAY)
+        self.delays.next().unwrap_or(MAX_RETRY_DELAY)
     }
 
     async fn open(&mut self) -> Result<(), WatchError> {
