@@ -186,7 +186,7 @@ impl Follow {
                 }
                 Err(e) if transient(&e) => {
                     away(&e.to_string(), None);
-                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    let delay = delays.next().unwrap_or(crate::store::MAX_RETRY_DELAY);
                     tokio::select! {
                         () = self.stop.wait() => return Ok(None),
                         () = tokio::time::sleep(delay) => {}
