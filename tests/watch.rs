@@ -59,6 +59,23 @@ impl Following {
         }
     }
 
+    /// Rewrites an engine `marker` until this `events` shows it: from then on its watch is in
+    /// place (bounded by [`WAIT`]).
+    async fn until_watching(&self, client: &etcd_client::Client, keys: &citadel::keys::Keys) {
+        let deadline = Instant::now() + WAIT;
+        for n in 1.. {
+            put_engine(client, keys, "marker", 1.0, 64.0 + f64::from(n), &[]).await;
+            if self
+                .lines
+                .recv_timeout(Duration::from_millis(500))
+                .is_ok_and(|l| l.contains("marker"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "events never showed a change");
+        }
+    }
+
     /// Lines until one satisfies `want`, within `timeout`; panics with what it saw (and what
     /// the command said on stderr) otherwise.
     fn until(&self, timeout: Duration, want: impl Fn(&str) -> bool) -> (String, Vec<String>) {
@@ -158,19 +175,7 @@ async fn events_and_status_watch_go_on_through_etcd_restarts() {
     let listing = Following::start(&ep, &["requests", "ls", "--watch"]);
     status.until(WAIT, |l| l.contains("\"status\":\"placed\""));
     listing.until(WAIT, |l| l.starts_with("first "));
-    // Until `events` shows a change, its watch may not be in place yet.
-    let deadline = Instant::now() + WAIT;
-    for n in 1.. {
-        put_engine(&client, &keys, "marker", 1.0, 64.0 + f64::from(n), &[]).await;
-        if events
-            .lines
-            .recv_timeout(Duration::from_millis(500))
-            .is_ok_and(|l| l.contains("\"marker\""))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "events never showed a change");
-    }
+    events.until_watching(&client, &keys).await;
 
     for (round, hard) in [(1, false), (2, true)] {
         restart(&mut etcd, hard).await;
@@ -373,19 +378,7 @@ async fn leadership_events_tell_a_killed_leader_from_one_that_resigned() {
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let events = Following::start(&ep, &["events", "--tail", "0"]);
-    // Its watch is in place once it shows this.
-    let deadline = Instant::now() + WAIT;
-    for n in 1.. {
-        put_engine(&client, &keys, "marker", 1.0, 64.0 + f64::from(n), &[]).await;
-        if events
-            .lines
-            .recv_timeout(Duration::from_millis(500))
-            .is_ok_and(|l| l.contains("marker"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "events never showed a change");
-    }
+    events.until_watching(&client, &keys).await;
     let ttl = ["--lease-ttl", "2"];
     let mut one = ReplicaProcess::start(&ep, "one", dir.path(), &ttl);
     events.until(WAIT, |l| l.contains(" leader leads one"));
@@ -438,18 +431,8 @@ async fn events_go_on_when_the_member_they_watch_through_is_lost() {
     let replica = Replica::start_etcd_config(cfg, "r1");
     let all = endpoints.join(",");
     let events = Following::start(&all, &["events", "--tail", "0", "-o", "json"]);
-    let deadline = Instant::now() + WAIT;
-    for n in 1.. {
-        put_engine(&client, &keys, "marker", 1.0, 64.0 + f64::from(n), &[]).await;
-        if events
-            .lines
-            .recv_timeout(Duration::from_millis(500))
-            .is_ok_and(|l| l.contains("\"marker\""))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "events never showed a change");
-    }
+
+    events.until_watching(&client, &keys).await;
     // Each member in turn is killed (so the one its stream went through is, too), and the
     // events go on; the member comes back before the next is killed.
     for i in 0..cluster.len() {
