@@ -356,10 +356,7 @@ pub fn backlog(state: &Read<'_>, leads: bool, counts: &[(Standing, usize)]) -> B
             .map(|(_, n)| n)
             .sum()
     };
-    let released = state
-        .decision_ids()
-        .filter(|id| state.request(id).is_none())
-        .count();
+    let released = state.orphaned_decisions();
     Backlog {
         queued: count(&[Standing::Queued]) + released,
         parked: count(&[

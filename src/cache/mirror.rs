@@ -198,6 +198,8 @@ pub struct Mirror {
     /// A fresh list may have wiped decisions applied from commits: they are in the mirror
     /// again once it reaches this revision (see [`Mirror::caught_up`]).
     replay_until: i64,
+    /// Where the requests stand, kept as they change (see `tally.rs`).
+    pub(super) tally: super::tally::Tally,
 }
 
 impl Mirror {
@@ -432,9 +434,7 @@ impl Mirror {
         {
             self.track_tenants();
         }
-        self.requests.insert(
-            id.clone(),
-            RequestEntry {
+        let entry = RequestEntry {
                 mod_revision: kv.mod_revision(),
                 raw: Arc::from(kv.value()),
                 launch,
@@ -444,12 +444,12 @@ impl Mirror {
                     .and_then(|r| r.group.as_ref())
                     .filter(|g| g.is_gang())
                     .map(|g| (g.name.clone(), g.timeout_s)),
-                budgeted: request
-                    .and_then(|r| r.group.as_ref())
-                    .filter(|g| g.disruption_budget.is_some())
-                    .map(|g| g.name.clone()),
-            },
-        );
+            budgeted: request
+                .and_then(|r| r.group.as_ref())
+                .filter(|g| g.disruption_budget.is_some())
+                .map(|g| g.name.clone()),
+        };
+        self.tallied(&id, |m| m.requests.insert(id.clone(), entry));
         out.push(Change::Request {
             id,
             parsed: Some(parsed),
@@ -472,7 +472,7 @@ impl Mirror {
                 });
             }
             Key::Request(id) => {
-                self.requests.remove(&id);
+                self.tallied(&id, |m| m.requests.remove(&id));
                 out.push(Change::Request { id, parsed: None });
             }
             Key::Decision(id) => self.remove_decision(&id, out),
@@ -596,19 +596,17 @@ impl Mirror {
         };
         let held_on = held.as_ref().map(|h| h.engine.clone());
         let freed = self.hold(id, held, (d.request_revision, mod_revision), out);
-        self.decisions.insert(
-            id.clone(),
-            DecisionEntry {
-                mod_revision,
-                status: d.status,
-                reason: d.reason,
-                request_revision: d.request_revision,
-                engine,
-                scheduler: d.scheduler,
-                run: d.run,
-                preempted: d.preempted,
-            },
-        );
+        let entry = DecisionEntry {
+            mod_revision,
+            status: d.status,
+            reason: d.reason,
+            request_revision: d.request_revision,
+            engine,
+            scheduler: d.scheduler,
+            run: d.run,
+            preempted: d.preempted,
+        };
+        self.tallied(id, |m| m.decisions.insert(id.clone(), entry));
         out.push(Change::Decision {
             id: id.clone(),
             freed,
@@ -623,7 +621,7 @@ impl Mirror {
 
     fn unset_decision(&mut self, id: &RequestId, own: bool, out: &mut Vec<Change>) {
         let freed = self.hold(id, None, (0, 0), out);
-        self.decisions.remove(id);
+        self.tallied(id, |m| m.decisions.remove(id));
         out.push(Change::Decision {
             id: id.clone(),
             freed,

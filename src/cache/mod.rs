@@ -38,6 +38,7 @@ mod listener;
 mod mirror;
 mod progress;
 mod rewind;
+mod tally;
 mod usage;
 mod views;
 mod watcher;

@@ -120,15 +120,15 @@ impl Mirror {
     }
 
     /// How many requests stand where, in [`Standing::ORDER`] (zeros included).
+    /// Kept as requests and decisions change: a scrape reads, it does not walk the requests.
     pub fn request_counts(&self) -> Vec<(Standing, usize)> {
-        let mut counts: HashMap<Standing, usize> = HashMap::new();
-        for (id, r) in &self.requests {
-            *counts.entry(self.standing(id, r.mod_revision)).or_default() += 1;
-        }
-        Standing::ORDER
-            .iter()
-            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
-            .collect()
+        self.tally.counts()
+    }
+
+    /// How many decisions have lost their request (the leader releases them). Kept as they
+    /// change.
+    pub fn orphaned_decisions(&self) -> usize {
+        self.tally.orphans()
     }
 
     /// Requests grouped by where they stand, in [`Standing::ORDER`], at most `per_group` rows
