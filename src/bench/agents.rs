@@ -414,13 +414,15 @@ async fn follow(shared: Arc<Shared>, mut watch: WatchStream, kv: KvClient) {
 pub(super) struct EtcdCounters(std::collections::HashMap<String, f64>);
 
 impl EtcdCounters {
-    /// Reads `/metrics` of `endpoint` (`http://HOST:PORT`); `None` over https or on failure.
+    /// Reads `/metrics` of `endpoint` (`http://HOST:PORT`: etcd's, or a controller's);
+    /// `None` over https or on failure.
     pub(super) async fn read(endpoint: &str) -> Option<EtcdCounters> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = endpoint.strip_prefix("http://")?.trim_end_matches('/');
         let fetch = async {
             let mut s = tokio::net::TcpStream::connect(addr).await?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            // The Host header names the address asked: a controller answers only to its own.
+            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
                 .await?;
             let mut body = Vec::new();
             s.read_to_end(&mut body).await?;
@@ -430,7 +432,11 @@ impl EtcdCounters {
             .await
             .ok()?
             .ok()?;
-        let text = String::from_utf8_lossy(&body);
+        Some(EtcdCounters::parse(&String::from_utf8_lossy(&body)))
+    }
+
+    /// The samples of a Prometheus text exposition (HTTP headers and comments are skipped).
+    pub(super) fn parse(text: &str) -> EtcdCounters {
         let map = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -439,10 +445,10 @@ impl EtcdCounters {
                 Some((name.to_string(), value.parse().ok()?))
             })
             .collect();
-        Some(EtcdCounters(map))
+        EtcdCounters(map)
     }
 
-    fn get(&self, name: &str) -> Option<f64> {
+    pub(super) fn get(&self, name: &str) -> Option<f64> {
         self.0.get(name).copied()
     }
 

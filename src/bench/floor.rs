@@ -98,7 +98,7 @@ pub(super) async fn run(
     // The writer's watch is open before the first request is put.
     let ready = ready.await.unwrap_or(false);
     let seen = if ready {
-        phase::run(etcd, conns, &keys, args, phase::Batch::PLAIN, None).await
+        phase::run(etcd, conns, &keys, args, phase::Batch::PLAIN, None, None).await
     } else {
         Err(BenchError::Setup(
             "the floor's writer could not start".into(),

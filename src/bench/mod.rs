@@ -19,6 +19,7 @@ mod proc;
 pub mod quality;
 mod report;
 mod scenario;
+mod timeline;
 mod workload;
 
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use phase::{Batch, Seen};
 use proc::{Controllers, Meter, proc_usage};
 pub use report::render_table;
 pub use scenario::{GangFigures, PreemptionFigures, Scenario, ScenarioFigures};
+pub use timeline::{SLOW_MODE_BELOW, Throughput, Window};
 pub use workload::request_json;
 use workload::{Fleet, RawPuts, percentile, raw_put_rate, register_engines};
 
@@ -210,6 +212,9 @@ pub struct BenchResult {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Decisions per 10-second window, the slowest window over the median one, and whether
+    /// the run fell into a slow mode; beside each window, etcd's and the leader's figures.
+    pub throughput: Throughput,
     pub controller_cpu_s: f64,
     pub controller_cpu_us_per_placement: f64,
     pub controller_rss_mb: f64,
@@ -497,7 +502,16 @@ async fn citadel_phase(
     };
     let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
     let (etcd0, own0) = (meter.etcd(), meter.own());
-    let seen = phase::run(etcd, conns, keys, args, Batch::PLAIN, hollow).await?;
+    let seen = phase::run(
+        etcd,
+        conns,
+        keys,
+        args,
+        Batch::PLAIN,
+        hollow,
+        controllers.leader_http.as_deref(),
+    )
+    .await?;
     let (cpu1, _, hwm) = proc_usage(leader).unwrap_or_default();
     let etcd_cpu_s = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
     let bench_cpu_s = meter.own() - own0;
@@ -511,7 +525,16 @@ async fn citadel_phase(
                     meter.etcd(),
                     meter.own(),
                 );
-                let l = phase::run(etcd, conns, keys, args, Batch::LAUNCHED, hollow).await?;
+                let l = phase::run(
+                    etcd,
+                    conns,
+                    keys,
+                    args,
+                    Batch::LAUNCHED,
+                    hollow,
+                    controllers.leader_http.as_deref(),
+                )
+                .await?;
                 let cpu = (
                     proc_usage(leader).unwrap_or_default().0 - l0,
                     meter.etcd().zip(e0).map(|(b, a)| b - a),
@@ -674,6 +697,7 @@ fn assemble(
         p90_ms: seen.p(0.90),
         p99_ms: seen.p(0.99),
         max_ms: seen.latencies.last().copied().unwrap_or(0.0),
+        throughput: seen.throughput.clone(),
         controller_cpu_s: c.cpu_s,
         controller_cpu_us_per_placement: c.cpu_s * 1e6 / placed,
         controller_rss_mb: c.rss_peak_mb,

@@ -4,11 +4,12 @@
 //! floor's minimal writer) is started before and stopped after.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
 
+use super::timeline::{self, Sampler, Sources, Throughput};
 use super::workload::{percentile, request_json};
 use super::{BenchArgs, BenchError};
 use crate::keys::Keys;
@@ -28,6 +29,9 @@ pub(super) struct Timings {
     /// When an agent reported the request `running` (`--agents --launch`).
     running: Vec<AtomicU64>,
     running_count: AtomicUsize,
+    /// The most revisions the decision watch was behind etcd since the sampler last looked
+    /// (-1: no response since).
+    watch_lag: Arc<AtomicI64>,
 }
 
 impl Timings {
@@ -42,6 +46,7 @@ impl Timings {
             placed: AtomicUsize::new(0),
             running: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             running_count: AtomicUsize::new(0),
+            watch_lag: Arc::new(AtomicI64::new(-1)),
         })
     }
 
@@ -200,6 +205,8 @@ pub(super) struct Seen {
     pub(super) times: Vec<(u64, u64)>,
     /// put -> `running` report of an agent, ms, sorted (`--agents --launch`).
     pub(super) running_ms: Vec<f64>,
+    /// Decisions per 10-second window, with what etcd and the leader showed meanwhile.
+    pub(super) throughput: Throughput,
 }
 
 impl Seen {
@@ -221,7 +228,8 @@ impl Seen {
 }
 
 /// Submits the run's requests under `keys` and waits (up to `--timeout`) until each one's
-/// decision was seen.
+/// decision was seen. `leader` is the leader's HTTP address, when it listens: its cache's lag
+/// is sampled beside etcd's figures.
 pub(super) async fn run(
     etcd: &EtcdConfig,
     conns: &[Client],
@@ -229,6 +237,7 @@ pub(super) async fn run(
     args: &BenchArgs,
     batch: Batch,
     agents: Option<&super::agents::HollowFleet>,
+    leader: Option<&str>,
 ) -> Result<Seen, BenchError> {
     let total = batch.count.unwrap_or(args.requests);
     let timings = Timings::new(total, batch);
@@ -243,6 +252,13 @@ pub(super) async fn run(
         .map_or(0, |h| h.revision())
         + 1;
     let watcher = Watcher::start(etcd, keys, &timings, from).await?;
+    let sampler = Sampler::start(
+        Sources {
+            etcd: etcd.endpoints.clone(),
+            leader: leader.map(str::to_string),
+        },
+        timings.watch_lag.clone(),
+    );
     let mut submitters = submit(conns, keys, args, batch, &timings);
     let progress = show_progress(&timings, total, args.quiet_progress);
     while let Some(r) = submitters.join_next().await {
@@ -257,10 +273,11 @@ pub(super) async fn run(
             args.timeout
         );
     }
+    let samples = sampler.finish().await;
     if batch.launch && agents.is_some() {
         wait_for_running(&timings, Duration::from_secs(args.timeout)).await;
     }
-    Ok(summarize(&timings))
+    Ok(summarize(&timings, &samples))
 }
 
 /// Waits until the agents reported as many requests running as were placed, while reports keep
@@ -365,6 +382,19 @@ async fn follow(watch: &mut etcd_client::WatchStream, decisions: &str, timings: 
     let placed = memchr::memmem::Finder::new(br#""status":"placed""#);
     let pending = memchr::memmem::Finder::new(br#""status":"pending""#);
     while let Ok(Some(resp)) = watch.message().await {
+        // How far behind etcd this watch is: etcd's revision when it sent the response, over
+        // the newest event in it (an unsynced watcher is served old events from the backend).
+        if let (Some(h), Some(newest)) = (
+            resp.header(),
+            resp.events()
+                .iter()
+                .filter_map(|ev| ev.kv().map(|kv| kv.mod_revision()))
+                .max(),
+        ) {
+            timings
+                .watch_lag
+                .fetch_max((h.revision() - newest).max(0), Ordering::Relaxed);
+        }
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let Some(n) = kv
@@ -486,7 +516,7 @@ fn show_progress(timings: &Arc<Timings>, total: usize, quiet: bool) -> tokio::ta
     })
 }
 
-fn summarize(timings: &Timings) -> Seen {
+fn summarize(timings: &Timings, samples: &[timeline::Sample]) -> Seen {
     let n = timings.sent.len();
     let mut latencies = Vec::with_capacity(n);
     let mut series = Vec::with_capacity(n);
@@ -535,7 +565,21 @@ fn summarize(timings: &Timings) -> Seen {
             })
             .collect(),
     };
+    let decided_at: Vec<Duration> = timings
+        .decided
+        .iter()
+        .map(|d| d.load(Ordering::Relaxed))
+        .filter(|d| *d > 0)
+        .map(Duration::from_nanos)
+        .collect();
+    let throughput = timeline::windows(
+        timings.start,
+        Duration::from_nanos(first_sent.min(last_decision)),
+        &decided_at,
+        samples,
+    );
     Seen {
+        throughput,
         decided: latencies.len(),
         times,
         latencies,

@@ -84,6 +84,8 @@ impl Meter {
 /// The real controller binary: a leader, then `--replicas` standbys.
 pub(super) struct Controllers {
     pub(super) leader: ChildProc,
+    /// The leader's HTTP address (`http://127.0.0.1:PORT`), where the bench reads its metrics.
+    pub(super) leader_http: Option<String>,
     _standbys: Vec<ChildProc>,
 }
 
@@ -103,6 +105,11 @@ impl Controllers {
             Some(path) => std::path::PathBuf::from(path),
             None => std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?,
         };
+        // The leader listens on a free loopback port, for its metrics; the standbys nowhere.
+        let leader_port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok();
         let spawn = |i: usize| -> Result<ChildProc, BenchError> {
             let mut cmd = Command::new(&exe);
             // Endpoints, TLS files and credentials go through the environment: a password in
@@ -116,7 +123,13 @@ impl Controllers {
                 .args(["--max-txn-ops", &args.max_txn_ops.to_string()])
                 .args(["--nice", &args.nice.to_string()])
                 // Several replicas on one host: none takes the default HTTP port.
-                .args(["--listen", ""])
+                .args([
+                    "--listen",
+                    &match leader_port.filter(|_| i == 0) {
+                        Some(port) => format!("127.0.0.1:{port}"),
+                        None => String::new(),
+                    },
+                ])
                 .env(
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -158,6 +171,7 @@ impl Controllers {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(Controllers {
             leader,
+            leader_http: leader_port.map(|p| format!("http://127.0.0.1:{p}")),
             _standbys: standbys,
         })
     }

@@ -196,7 +196,7 @@ pub(super) async fn citadel_phase(
             "bench: filling {} engines with {lows} low-priority requests (not measured)",
             args.engines
         );
-        let seen = phase::run(etcd, conns, keys, args, low, None).await?;
+        let seen = phase::run(etcd, conns, keys, args, low, None, None).await?;
         if seen.placed < lows {
             return Err(BenchError::Setup(format!(
                 "only {} of {lows} low-priority requests were placed within {} s: the engines \
@@ -214,7 +214,7 @@ pub(super) async fn citadel_phase(
     };
     let (cpu0, rss0, _) = proc_usage(leader).unwrap_or_default();
     let (etcd0, own0) = (meter.etcd(), meter.own());
-    let mut seen = phase::run(etcd, conns, keys, args, measured, None).await?;
+    let mut seen = phase::run(etcd, conns, keys, args, measured, None, None).await?;
     let (cpu1, _, hwm) = proc_usage(leader).unwrap_or_default();
     let etcd_cpu_s = meter.etcd().zip(etcd0).map(|(b, a)| b - a);
     let bench_cpu_s = meter.own() - own0;
