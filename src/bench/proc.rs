@@ -139,6 +139,19 @@ impl Controllers {
             if let Some(w) = args.workers {
                 cmd.args(["--workers", &w.to_string()]);
             }
+            // A bench killed outright (SIGKILL, or SIGTERM before it cleans up) takes its
+            // controllers with it: they get SIGTERM and stop cleanly, and none keeps leading
+            // on the etcd for the next run.
+            // SAFETY: the closure runs in the child between fork and exec and only makes one
+            // async-signal-safe system call.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::TERM,
+                    ))
+                    .map_err(std::io::Error::from)
+                });
+            }
             cmd.spawn()
                 .map(ChildProc)
                 .map_err(|e| BenchError::Setup(format!("start controller: {e}")))
