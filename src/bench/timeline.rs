@@ -37,6 +37,9 @@ pub struct Window {
     pub etcd_slow_watchers: Option<f64>,
     /// The mean time of one backend commit (`etcd_disk_backend_commit_duration_seconds`).
     pub etcd_commit_ms: Option<f64>,
+    /// Batches of a compaction etcd ran in the window (a thousand keys scanned each; its
+    /// `etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds`): 0 when none ran.
+    pub etcd_compaction_batches: Option<f64>,
     /// The most revisions the leader's cache was behind etcd at any sample.
     pub leader_cache_lag: Option<f64>,
     /// The most revisions the bench's decision watch was behind etcd (a response's header
@@ -162,9 +165,13 @@ pub(super) fn windows(
                 start_s: (WINDOW * i as u32).as_secs_f64(),
                 decisions: n,
                 decisions_per_s: n as f64 / width,
-                etcd_puts_per_s: beside.etcd_rate("etcd_mvcc_put_total"),
+                etcd_puts_per_s: beside.etcd_rate("etcd_mvcc_put_total", true),
                 etcd_slow_watchers: beside.etcd_max("etcd_debugging_mvcc_slow_watcher_total"),
                 etcd_commit_ms: beside.commit_ms(),
+                etcd_compaction_batches: beside.etcd_rate(
+                    "etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds_count",
+                    false,
+                ),
                 leader_cache_lag: beside.leader_max("citadel_cache_lag_revisions"),
                 decision_watch_lag: beside.samples.iter().filter_map(|s| s.watch_lag).max(),
             }
@@ -221,9 +228,14 @@ impl<'a> Beside<'a> {
         (last.at > first.at).then_some((first, last))
     }
 
-    fn etcd_rate(&self, name: &str) -> Option<f64> {
+    /// `name`'s growth over the window, per second (`per_s`), or in all (`false`).
+    fn etcd_rate(&self, name: &str, per_s: bool) -> Option<f64> {
         let (a, b) = self.ends()?;
-        let secs = (b.at - a.at).as_secs_f64();
+        let secs = if per_s {
+            (b.at - a.at).as_secs_f64()
+        } else {
+            1.0
+        };
         a.etcd.first()?.rate(b.etcd.first()?, name, secs)
     }
 
@@ -286,8 +298,12 @@ mod tests {
             etcd: vec![EtcdCounters::parse(&format!(
                 "# HELP x\netcd_mvcc_put_total {puts}\netcd_debugging_mvcc_slow_watcher_total {slow}\n\
                  etcd_disk_backend_commit_duration_seconds_count {}\n\
-                 etcd_disk_backend_commit_duration_seconds_sum {}\n",
-                commits.0, commits.1
+                 etcd_disk_backend_commit_duration_seconds_sum {}\n\
+                 etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds_count {}\n",
+                commits.0,
+                commits.1,
+                // A compaction runs from 10 s to 15 s: 80 batches a second.
+                80.0 * (secs.clamp(10.0, 15.0) - 10.0)
             ))],
             leader: Some(EtcdCounters::parse(&format!(
                 "citadel_cache_lag_revisions {lag}\n"
@@ -311,11 +327,13 @@ mod tests {
         assert_eq!(w0.leader_cache_lag, Some(10.0));
         assert_eq!(w0.decision_watch_lag, Some(5));
         assert_eq!(w0.etcd_commit_ms, Some(5.0));
+        assert_eq!(w0.etcd_compaction_batches, Some(0.0));
         // The second window reaches back to the last sample before it (5 s).
         assert_eq!(w1.etcd_puts_per_s, Some(65_000.0 / 10.0));
         assert_eq!(w1.etcd_slow_watchers, Some(1.0));
         assert_eq!(w1.leader_cache_lag, Some(9_000.0));
         assert_eq!(w1.etcd_commit_ms, Some(20.0));
+        assert_eq!(w1.etcd_compaction_batches, Some(400.0));
     }
 
     #[test]
