@@ -604,9 +604,11 @@ async fn three_replicas_under_load_survive_every_planted_fault() {
     c.every_remaining_replica_logged_starting();
 }
 
-/// The leader compacts etcd's history on its timer once the history to drop is worth a scan
-/// of the keys alive, in a task of its own: requests keep being decided meanwhile, and its
-/// cache, whose watch may fall behind a compaction, loses nothing.
+/// The leader compacts etcd's history on its timer once the history it would drop (values
+/// overwritten, keys deleted) is worth a scan of the keys alive, in a task of its own:
+/// requests keep being decided meanwhile, and its cache, whose watch may fall behind a
+/// compaction, loses nothing. A history of keys created, which a compaction would scan and
+/// drop nothing of, is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_compacts_history_while_it_keeps_deciding() {
     let etcd = common::start_etcd().await;
@@ -620,21 +622,60 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
         dir.path(),
         &["--compact-every", "1", "--compact-retain", "20"],
     );
-    let first = put_request(&client, &keys, "r-000", load_request(0)).await;
-    // 120 requests and their decisions: 241 keys alive, so a compaction is worth it once it
-    // drops 60 revisions.
-    for i in 1..120 {
-        put_request(&client, &keys, &format!("r-{i:03}"), load_request(i)).await;
+    // 120 requests and their decisions: 241 keys alive, every revision of them a key
+    // created, so nothing a compaction would drop.
+    let mut revisions = Vec::new();
+    for i in 0..120 {
+        revisions.push(put_request(&client, &keys, &format!("r-{i:03}"), load_request(i)).await);
+    }
+    for i in 0..120 {
+        let id = format!("r-{i:03}");
+        common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
+    }
+    let middle = revisions[60];
+    let readable = |rev: i64| {
+        let client = client.clone();
+        async move {
+            let at = client
+                .kv_client()
+                .get("/", Some(etcd_client::GetOptions::new().with_revision(rev)))
+                .await;
+            !matches!(at, Err(e) if e.to_string().contains("compacted"))
+        }
+    };
+    // The compactor looked at the whole history, with every key alive, and put it off.
+    common::wait_until("the leader put a compaction off", common::WAIT, || async {
+        replica
+            .log()
+            .lines()
+            .filter(|l| l.contains("compaction put off"))
+            .filter_map(|l| {
+                l.split("alive=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .any(|alive| alive >= 241)
+    })
+    .await;
+    assert!(
+        readable(middle).await,
+        "a history of creates was compacted: {}",
+        replica.log()
+    );
+    // Half the requests deleted: each request key and its decision (the leader releases it)
+    // die, value and tombstone: 240 dead revisions against 121 keys alive.
+    for i in 0..60 {
+        client
+            .kv_client()
+            .delete(keys.request(&common::rid(&format!("r-{i:03}"))), None)
+            .await
+            .expect("delete");
     }
     common::wait_until("the leader compacted", common::WAIT, || async {
-        let at_first = client
-            .kv_client()
-            .get(
-                "/",
-                Some(etcd_client::GetOptions::new().with_revision(first)),
-            )
-            .await;
-        matches!(at_first, Err(e) if e.to_string().contains("compacted"))
+        !readable(middle).await
     })
     .await;
     // Logged once the compaction is physical and its call has returned: after the revision
@@ -646,7 +687,7 @@ async fn the_leader_compacts_history_while_it_keeps_deciding() {
     })
     .await;
     assert!(logged.is_ok(), "{}", replica.log());
-    for i in 0..120 {
+    for i in 60..120 {
         let id = format!("r-{i:03}");
         common::wait_decision_where(&client, &keys, &id, common::WAIT, "decided", |_| true).await;
     }

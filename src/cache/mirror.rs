@@ -435,15 +435,15 @@ impl Mirror {
             self.track_tenants();
         }
         let entry = RequestEntry {
-                mod_revision: kv.mod_revision(),
-                raw: Arc::from(kv.value()),
-                launch,
-                lifecycle,
-                priority: request.map_or(0, |r| r.priority),
-                gang: request
-                    .and_then(|r| r.group.as_ref())
-                    .filter(|g| g.is_gang())
-                    .map(|g| (g.name.clone(), g.timeout_s)),
+            mod_revision: kv.mod_revision(),
+            raw: Arc::from(kv.value()),
+            launch,
+            lifecycle,
+            priority: request.map_or(0, |r| r.priority),
+            gang: request
+                .and_then(|r| r.group.as_ref())
+                .filter(|g| g.is_gang())
+                .map(|g| (g.name.clone(), g.timeout_s)),
             budgeted: request
                 .and_then(|r| r.group.as_ref())
                 .filter(|g| g.disruption_budget.is_some())

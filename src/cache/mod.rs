@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use crate::keys::Keys;
 
 mod change;
+mod dead;
 mod decision;
 mod engines;
 #[cfg(test)]
@@ -44,6 +45,7 @@ mod views;
 mod watcher;
 
 pub use change::{Change, EngineChange};
+use dead::Dead;
 pub use engines::Engines;
 pub use listener::{Backlog, Listener, NoListener, Shared};
 pub use mirror::{
@@ -68,6 +70,8 @@ pub struct Cache {
     progress: Progress,
     /// How many times etcd went back in time under this cache (see `rewind.rs`).
     rewinds: watch::Sender<u64>,
+    /// The history a compaction would drop, by revision (see `dead.rs`).
+    dead: Mutex<Dead>,
 }
 
 /// The listener's owner's handle to the lock its listener shares with a cache: the same lock
@@ -124,6 +128,7 @@ impl Cache {
             lists: AtomicU64::new(0),
             progress: Progress::default(),
             rewinds: watch::channel(0).0,
+            dead: Mutex::new(Dead::default()),
         });
         (cache, Books(shared))
     }
@@ -154,6 +159,16 @@ impl Cache {
         if !shared.mirror.tracks_tenants {
             shared.mirror.track_tenants();
         }
+    }
+
+    /// Dead revisions (history a compaction would drop) above `from` and at or below `to`,
+    /// under the prefix, as far as this cache has seen (see `dead.rs`).
+    pub fn dead_between(&self, from: i64, to: i64) -> u64 {
+        self.dead().between(from, to)
+    }
+
+    fn dead(&self) -> MutexGuard<'_, Dead> {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many times the cache has listed every key (a compacted watch lists again).

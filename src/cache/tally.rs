@@ -100,7 +100,9 @@ mod tests {
     fn recount(m: &Mirror) -> (Vec<(Standing, usize)>, usize) {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for (id, r) in &m.requests {
-            *counts.entry(m.standing(id, r.mod_revision).name()).or_default() += 1;
+            *counts
+                .entry(m.standing(id, r.mod_revision).name())
+                .or_default() += 1;
         }
         let by_order = Standing::ORDER
             .iter()

@@ -16,8 +16,8 @@ use backon::BackoffBuilder;
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
 use tokio::sync::watch;
 
-use super::Cache;
 use super::rewind::{History, Rewind};
+use super::{Cache, dead};
 use crate::keys::{Key, Keys};
 use crate::scheduler::{Parsed, prepare};
 use crate::shutdown::stopping;
@@ -146,6 +146,7 @@ impl Cache {
             kvs.iter().map(|kv| parse_ahead(&self.keys, kv)).collect();
         let count = kvs.len();
         self.lock().list(&self.keys, &kvs, parsed, rev);
+        self.dead().listed(rev, count);
         self.revision.send_replace(rev);
         self.lists.fetch_add(1, Ordering::Relaxed);
         self.progress.listed(rev); // hook(http)
@@ -271,6 +272,12 @@ impl Cache {
             shared.reached(applied)
         };
         *from = applied + 1;
+        let dead = resp
+            .events()
+            .iter()
+            .map(|ev| dead::of_event(ev.event_type(), ev.kv().map_or(0, |kv| kv.version())))
+            .sum();
+        self.dead().saw(applied, dead);
         self.revision.send_replace(applied);
         self.progress.applied(applied); // hook(http)
         None

@@ -345,10 +345,11 @@ impl<'a> Lead<'a> {
 
     fn maybe_compact(&mut self) {
         let cache = &self.manager.cache;
-        if let Some(target) = self
-            .compactor
-            .due(cache.revision(), || cache.read().keys_alive())
-        {
+        if let Some(target) = self.compactor.due(
+            cache.revision(),
+            || cache.read().keys_alive(),
+            |from, to| cache.dead_between(from, to),
+        ) {
             self.compactor.start(&self.manager.client, target);
         }
     }
