@@ -132,6 +132,12 @@ pub struct BenchArgs {
     /// With `--scenario gang`: members per gang (`group_min`).
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
     pub gang_size: usize,
+    /// Start the bench's own etcd as a cluster of N members on loopback, each with its own data
+    /// directory and log; the controllers, submitters, raw puts and floor get every member's
+    /// endpoint, and etcd's cpu is the members' sum. Not with --etcd.
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "etcd",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=7))]
+    pub etcd_members: usize,
 }
 
 /// What `citadel bench` prints: its table, or one JSON document.
@@ -219,6 +225,11 @@ pub struct BenchResult {
     /// `unschedulable`, and those cost the controller too.
     pub controller_cpu_us_per_decision: f64,
     pub controller_bytes_per_decision: f64,
+    /// etcd's members, as its member list says: `--etcd-members` for the bench's own etcd (the
+    /// number started, should the list not answer), a given etcd's own (absent if it would
+    /// not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_members: Option<usize>,
     /// etcd's database file and the part of it in use at the end, before clean-up (MB), and
     /// whether its history was compacted during the run (by the leader's `--compact-every`).
     pub etcd_db_mb: Option<f64>,
@@ -288,8 +299,12 @@ impl BenchResult {
             },
             None => String::new(),
         };
+        let members = self
+            .etcd_members
+            .map(|n| format!(", {n}-member etcd"))
+            .unwrap_or_default();
         format!(
-            "{scenario}{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            "{scenario}{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}{members}",
             self.engines,
             self.requests,
             self.clients,
@@ -300,26 +315,39 @@ impl BenchResult {
     }
 }
 
-/// The etcd a run starts when it is given none, and how to reach it and meter it.
+/// The etcd a run starts when it is given none (`--etcd-members` of them, every one with the
+/// same options), and how to reach it: every member's endpoint.
 async fn own_or_given(
     args: &BenchArgs,
     etcd: Option<EtcdConfig>,
-) -> Result<(Option<etcd::EtcdServer>, EtcdConfig, Option<u32>), BenchError> {
+) -> Result<(Option<etcd::EtcdServer>, EtcdConfig), BenchError> {
     match etcd {
-        Some(cfg) => Ok((None, cfg, None)),
+        Some(cfg) => Ok((None, cfg)),
         None => {
             // The own etcd lives as long as the run.
-            let p = etcd::EtcdServer::start(etcd::EtcdOptions {
-                auto_compaction_retention: Some("100000".into()),
-                quota_bytes: Some(8 * 1024 * 1024 * 1024),
-                max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS).then_some(args.max_txn_ops),
-                ..etcd::EtcdOptions::default()
-            })
+            let p = etcd::EtcdServer::start_cluster(
+                etcd::EtcdOptions {
+                    auto_compaction_retention: Some("100000".into()),
+                    quota_bytes: Some(8 * 1024 * 1024 * 1024),
+                    max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS)
+                        .then_some(args.max_txn_ops),
+                    ..etcd::EtcdOptions::default()
+                },
+                args.etcd_members.max(1),
+            )
             .await?;
-            let cfg = EtcdConfig::new(vec![p.endpoint()]);
-            let pid = Some(p.pid());
-            Ok((Some(p), cfg, pid))
+            let cfg = EtcdConfig::new(p.endpoints());
+            Ok((Some(p), cfg))
         }
+    }
+}
+
+/// How many members etcd's member list names, if it answers within a few seconds.
+async fn member_count(client: &Client) -> Option<usize> {
+    let mut cluster = client.cluster_client();
+    match tokio::time::timeout(Duration::from_secs(5), cluster.member_list()).await {
+        Ok(Ok(list)) => Some(list.members().len()),
+        _ => None,
     }
 }
 
@@ -354,8 +382,10 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
     if let Some(n) = args.agents {
         args.engines = n as usize;
     }
-    let (_own, etcd, etcd_pid) = own_or_given(&args, etcd).await?;
-    let meter = Meter { etcd_pid };
+    let (own, etcd) = own_or_given(&args, etcd).await?;
+    let meter = Meter {
+        etcd_pids: own.as_ref().map(etcd::EtcdServer::pids).unwrap_or_default(),
+    };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("/citadel-bench-{}", &run_id[..8]);
     let keys = Keys::new(&prefix).map_err(|e| BenchError::Setup(e.to_string()))?;
@@ -444,9 +474,13 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
     let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
     eprintln!("bench: raw single puts after: {:.0}/s", raw_after.per_s);
     let db = EtcdDb::read(&client, citadel.first_revision).await;
+    let etcd_members = match member_count(&client).await {
+        Some(n) => Some(n),
+        None => own.as_ref().map(|o| o.members().len()),
+    };
     // An etcd of the run's own goes away with it; a given one is left as it was found, unless
     // asked to keep what the run wrote.
-    if _own.is_none() && !args.keep {
+    if own.is_none() && !args.keep {
         cleanup(&client, &prefix, &raw_prefix).await;
     }
     let raw = Raw {
@@ -458,7 +492,8 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
         etcd_cpu_s: raw_cpu,
         own_cpu_s: raw_own_cpu,
     };
-    let result = assemble(&args, &citadel, floor, &raw, &db, started);
+    let mut result = assemble(&args, &citadel, floor, &raw, &db, started);
+    result.etcd_members = etcd_members;
     if let Some(path) = &args.plot {
         match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
             Ok(()) => eprintln!("bench: plot written to {}", path.display()),
@@ -562,7 +597,6 @@ async fn citadel_phase(
     })
 }
 
-/// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
 /// etcd's revision now: where a phase's own writes begin.
 pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
     Ok(client
@@ -573,6 +607,7 @@ pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
         .map_or(0, |h| h.revision()))
 }
 
+/// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
 async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
     let mut kv = client.kv_client();
     for p in [
@@ -696,5 +731,6 @@ fn assemble(
         elapsed_s: started.elapsed().as_secs_f64(),
         agents: c.agents.clone(),
         scenario: c.scenario.clone(),
+        etcd_members: None,
     }
 }
