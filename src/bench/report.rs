@@ -44,8 +44,8 @@ pub fn render_table(r: &BenchResult) -> String {
     );
     let _ = writeln!(
         out,
-        "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        "", r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms
     );
     let _ = writeln!(
         out,
