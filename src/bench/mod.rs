@@ -94,7 +94,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quiet_progress: bool,
     /// With --etcd: leave the run's keys there, to look at its decisions afterwards (the
-    /// prefix is printed at the start).
+    /// prefix is printed at the start). With --at-load: do not delete a phase's keys before
+    /// the next level.
     #[arg(long)]
     pub keep: bool,
     /// Measure placement quality instead (pure, in-process, seeded): engines binpack uses
@@ -138,6 +139,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "etcd",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=7))]
     pub etcd_members: usize,
+    /// After the full-speed run, decide the same requests again at these fractions of its
+    /// placements/s (each in (0, 1], comma-separated), each on a fresh prefix with fresh
+    /// controllers: latency at a load the system sustains (`at_load` in the JSON). Not with
+    /// --rate, --agents or a --scenario.
+    #[arg(long, value_name = "F[,F…]", value_delimiter = ',', value_parser = parse_fraction,
+          conflicts_with = "rate")]
+    pub at_load: Vec<f64>,
 }
 
 /// What `citadel bench` prints: its table, or one JSON document.
@@ -158,6 +166,13 @@ fn parse_headroom(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(h) if h.is_finite() && (0.01..=100.0).contains(&h) => Ok(h),
         _ => Err(format!("{s:?} is not a headroom between 0.01 and 100")),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
     }
 }
 
@@ -256,10 +271,65 @@ pub struct BenchResult {
     /// With `--scenario preemption|gang`: `scenario` and what it found, beside the rest.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub scenario: Option<ScenarioFigures>,
+    /// With `--at-load`: each level's figures, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub at_load: Vec<AtLoad>,
+}
+
+/// One `--at-load` level: the default run again, on a fresh prefix of the same etcd with fresh
+/// controllers, offered `fraction` of the full-speed run's placements/s.
+#[derive(Debug, Clone, Serialize)]
+pub struct AtLoad {
+    pub fraction: f64,
+    /// `fraction` × the full-speed run's `placements_per_s`: the `--rate` this level ran at.
+    pub offered_per_s: f64,
+    pub placements_per_s: f64,
+    pub decided: usize,
+    pub undecided: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub overcommitted_engines: usize,
+    pub double_bound_ports: usize,
+    pub mismatched: usize,
+    pub duplicate_or_missing_decisions: usize,
+}
+
+impl AtLoad {
+    fn new(fraction: f64, offered_per_s: f64, c: &Citadel) -> AtLoad {
+        let (seen, report) = (&c.seen, &c.report);
+        AtLoad {
+            fraction,
+            offered_per_s,
+            placements_per_s: seen.per_s(seen.placed),
+            decided: seen.decided(),
+            undecided: c.submitted.saturating_sub(seen.decided()),
+            p50_ms: seen.p(0.50),
+            p90_ms: seen.p(0.90),
+            p99_ms: seen.p(0.99),
+            p999_ms: seen.p(0.999),
+            max_ms: seen.latencies.last().copied().unwrap_or(0.0),
+            overcommitted_engines: report.overcommitted_engines.len(),
+            double_bound_ports: report.double_bound_ports.len(),
+            mismatched: report.mismatched.len(),
+            duplicate_or_missing_decisions: report.decided.abs_diff(c.submitted),
+        }
+    }
+
+    /// The level's invariant violations.
+    pub fn violations(&self) -> usize {
+        self.overcommitted_engines
+            + self.double_bound_ports
+            + self.mismatched
+            + self.duplicate_or_missing_decisions
+    }
 }
 
 impl BenchResult {
-    /// Invariant violations: the run's, and with `--agents --launch` the launched batch's.
+    /// Invariant violations: the run's, with `--agents --launch` the launched batch's, and with
+    /// `--at-load` every level's.
     pub fn violations(&self) -> usize {
         self.overcommitted_engines
             + self.double_bound_ports
@@ -274,6 +344,7 @@ impl BenchResult {
                 .scenario
                 .as_ref()
                 .map_or(0, |s| s.failures(self.requests))
+            + self.at_load.iter().map(AtLoad::violations).sum::<usize>()
     }
 }
 
@@ -352,6 +423,76 @@ async fn member_count(client: &Client) -> Option<usize> {
     }
 }
 
+/// `--at-load` runs the default requests alone, at a rate of its own.
+fn validate_at_load(args: &BenchArgs) -> Result<(), BenchError> {
+    if args.at_load.is_empty() {
+        return Ok(());
+    }
+    if args.scenario != Scenario::Default || args.agents.is_some() {
+        return Err(BenchError::Setup(
+            "--at-load runs with the default scenario only, without --agents".into(),
+        ));
+    }
+    if args.rate.is_some() {
+        return Err(BenchError::Setup(
+            "--at-load sets the rate of each level itself: drop --rate".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The prefix of `--at-load` level `i` (from 0) of the run under `prefix`.
+fn level_prefix(prefix: &str, i: usize) -> String {
+    format!("{prefix}-load-{}", i + 1)
+}
+
+/// The `--at-load` levels, one after the other: each on a fresh prefix (its engines registered
+/// again, the same fleet), with fresh controllers, offered its fraction of `full_per_s`, the
+/// full-speed run's placements/s. Before each, the phase before it is deleted unless `--keep`.
+async fn at_load(
+    args: &BenchArgs,
+    etcd: &EtcdConfig,
+    prefix: &str,
+    conns: &[Client],
+    meter: &Meter,
+    fleet: &Fleet,
+    full_per_s: f64,
+) -> Result<Vec<AtLoad>, BenchError> {
+    let mut levels = Vec::with_capacity(args.at_load.len());
+    let mut previous = format!("{prefix}/");
+    for (i, &fraction) in args.at_load.iter().enumerate() {
+        let offered = fraction * full_per_s;
+        if !(offered.is_finite() && offered > 0.0) {
+            return Err(BenchError::Setup(format!(
+                "--at-load: the full-speed run placed {full_per_s:.0}/s, no load to offer a fraction of"
+            )));
+        }
+        if !args.keep {
+            conns[0]
+                .kv_client()
+                .delete(previous.as_str(), Some(DeleteOptions::new().with_prefix()))
+                .await?;
+        }
+        let level = level_prefix(prefix, i);
+        let keys = Keys::new(&level).map_err(|e| BenchError::Setup(e.to_string()))?;
+        register_engines(&conns[0], &keys, fleet).await?;
+        eprintln!("bench: at load {fraction}: offering {offered:.0} requests/s under {level}");
+        let level_args = BenchArgs {
+            rate: Some(offered),
+            ..args.clone()
+        };
+        let c = citadel_phase(&level_args, etcd, &level, conns, &keys, meter, None).await?;
+        let figures = AtLoad::new(fraction, offered, &c);
+        eprintln!(
+            "bench: at load {fraction}: {:.0} placements/s, p99 {:.1} ms",
+            figures.placements_per_s, figures.p99_ms
+        );
+        levels.push(figures);
+        previous = format!("{level}/");
+    }
+    Ok(levels)
+}
+
 /// What the controller phase measured, besides what its watch saw.
 struct Citadel {
     /// etcd's revision when the controllers started: compacted by the end, if the leader's
@@ -379,6 +520,7 @@ struct Citadel {
 pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
     let started = Instant::now();
     scenario::validate(&args)?;
+    validate_at_load(&args)?;
     // Hollow agents register the engines: as many as agents.
     if let Some(n) = args.agents {
         args.engines = n as usize;
@@ -479,10 +621,23 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
         Some(n) => Some(n),
         None => own.as_ref().map(|o| o.members().len()),
     };
+    let levels = at_load(
+        &args,
+        &etcd,
+        &prefix,
+        &conns,
+        &meter,
+        &fleet,
+        citadel.seen.per_s(citadel.seen.placed),
+    )
+    .await?;
     // An etcd of the run's own goes away with it; a given one is left as it was found, unless
     // asked to keep what the run wrote.
     if own.is_none() && !args.keep {
-        cleanup(&client, &prefix, &raw_prefix).await;
+        let levels: Vec<String> = (0..args.at_load.len())
+            .map(|i| level_prefix(&prefix, i))
+            .collect();
+        cleanup(&client, &prefix, &raw_prefix, &levels).await;
     }
     let raw = Raw {
         puts: RawPuts {
@@ -495,6 +650,7 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
     };
     let mut result = assemble(&args, &citadel, floor, &raw, &db, started);
     result.etcd_members = etcd_members;
+    result.at_load = levels;
     if let Some(path) = &args.plot {
         match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
             Ok(()) => eprintln!("bench: plot written to {}", path.display()),
@@ -608,15 +764,20 @@ pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
         .map_or(0, |h| h.revision()))
 }
 
-/// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
-async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
+/// Leaves no trace on a shared etcd: the run's prefix, the raw keys, the floor's and the
+/// `--at-load` levels'.
+async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str, levels: &[String]) {
     let mut kv = client.kv_client();
-    for p in [
+    let fixed = [
         raw_prefix.to_string(),
         format!("{prefix}-floor-1/"),
         format!("{prefix}-floor-2/"),
         format!("{prefix}/"),
-    ] {
+    ];
+    for p in fixed
+        .into_iter()
+        .chain(levels.iter().map(|l| format!("{l}/")))
+    {
         if let Err(e) = kv
             .delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
             .await
@@ -734,5 +895,6 @@ fn assemble(
         agents: c.agents.clone(),
         scenario: c.scenario.clone(),
         etcd_members: None,
+        at_load: Vec::new(),
     }
 }
