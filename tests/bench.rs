@@ -1,27 +1,36 @@
 //! `citadel bench` runs end to end and reports what it promises. Speed is never asserted here:
 //! this machine is shared; BENCHMARKS.md holds the figures.
 
+use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 
 /// Runs `citadel bench ARGS --json`; returns its stdout and the JSON of its last line.
 fn bench(args: &[&str]) -> (String, serde_json::Value) {
-    let out = Command::new(BIN)
+    let (stdout, _, r) = bench_in(None, args);
+    (stdout, r)
+}
+
+/// [`bench`] with its temporary files (its own etcd's) in `tmp` when given; also returns its
+/// stderr.
+fn bench_in(tmp: Option<&Path>, args: &[&str]) -> (String, String, serde_json::Value) {
+    let mut cmd = Command::new(BIN);
+    if let Some(tmp) = tmp {
+        cmd.env("TMPDIR", tmp);
+    }
+    let out = cmd
         .arg("bench")
         .args(args)
         .arg("--json")
         .output()
         .expect("run citadel bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     let last = stdout.lines().last().expect("a JSON line");
     let r = serde_json::from_str(last).expect("the last line is JSON");
-    (stdout, r)
+    (stdout, stderr, r)
 }
 
 #[test]
@@ -312,6 +321,91 @@ fn bench_gang_scenario_refuses_requests_that_are_not_whole_gangs() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("multiple of --gang-size"), "{stderr}");
+}
+
+/// `--etcd-members 3 --at-load 0.5`: the bench's own etcd is a cluster of three (its member list
+/// says so, and the run talks to every member), the requests are decided again at half the
+/// full-speed run's placements/s on a fresh prefix, every request is decided with the invariants
+/// intact in both, and no member of the cluster outlives the run.
+#[test]
+fn bench_on_a_three_member_etcd_at_half_load_decides_both_and_leaves_no_etcd() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let (stdout, stderr, r) = bench_in(
+        Some(tmp.path()),
+        &[
+            "--engines",
+            "40",
+            "--requests",
+            "600",
+            "--etcd-members",
+            "3",
+            "--at-load",
+            "0.5",
+            "--baseline",
+            "floor",
+            "--quiet-progress",
+        ],
+    );
+    let last = r.to_string();
+    assert_eq!(r["etcd_members"], 3, "{last}");
+    let endpoints = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bench: etcd "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the endpoints line:\n{stderr}"));
+    assert_eq!(
+        endpoints.split(',').count(),
+        3,
+        "the run is given every member: {endpoints}"
+    );
+    invariants_intact(&r);
+    assert_eq!(r["undecided"], 0, "{last}");
+    let decided: u64 = ["placed", "unschedulable", "invalid"]
+        .iter()
+        .map(|f| r[f].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(decided, 600, "every request decided once: {last}");
+    let ms = |v: &serde_json::Value, f: &str| {
+        v[f].as_f64()
+            .unwrap_or_else(|| panic!("{f} is a number: {last}"))
+    };
+    assert!(ms(&r, "p999_ms") >= ms(&r, "p99_ms"), "{last}");
+
+    let levels = r["at_load"].as_array().expect("at_load is a list");
+    assert_eq!(levels.len(), 1, "{last}");
+    let level = &levels[0];
+    assert_eq!(level["fraction"], 0.5, "{last}");
+    // As computed, up to the last digit serde_json's float parsing may round differently.
+    let half = 0.5 * ms(&r, "placements_per_s");
+    assert!(
+        half > 0.0 && (ms(level, "offered_per_s") - half).abs() <= 1e-12 * half,
+        "half the full-speed run's placements/s: {last}"
+    );
+    assert_eq!(level["decided"], 600, "{last}");
+    assert_eq!(level["undecided"], 0, "{last}");
+    invariants_intact(level);
+    assert!(ms(level, "p999_ms") >= ms(level, "p99_ms"), "{last}");
+    assert!(
+        stdout.contains("3-member etcd") && stdout.contains("at load 0.5"),
+        "the table says both:\n{stdout}"
+    );
+
+    // Every member ran with its data under `tmp`: none may still run, nor leave its data.
+    let tmp_path = tmp.path().to_string_lossy().into_owned();
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&tmp_path))
+        .collect();
+    assert!(survivors.is_empty(), "still running: {survivors:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read the temporary directory")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// The invariants a run's JSON reports are intact.

@@ -1,11 +1,12 @@
 //! The etcd `citadel bench` starts when it is given none: a real etcd as a child process on free
 //! loopback ports, its data and log in a temporary directory, killed and removed with it.
 //!
-//! [`EtcdServer`] is that etcd. Underneath, [`EtcdMember`] is what spawning one member takes (its
-//! command line, ports, data directory and log), [`EtcdMember::spawn_and_wait`] spawns it and
-//! waits until its [`Probe`] says it is healthy, and [`start_single`] starts a fresh
-//! single-member etcd on ports nobody holds. Whatever else one may want of an etcd (TLS, a
-//! cluster, restarts, signals) builds on these outside the product.
+//! [`EtcdServer`] is that etcd: one member, or with `--etcd-members N` a cluster of N. Underneath,
+//! [`EtcdMember`] is what spawning one member takes (its command line, ports, data directory and
+//! log), [`EtcdMember::spawn_and_wait`] spawns it and waits until its [`Probe`] says it is
+//! healthy, [`start_single`] starts a fresh single-member etcd on ports nobody holds, and
+//! [`start_cluster`] a fresh cluster of several, all spawned together. Whatever else one may
+//! want of an etcd (TLS, restarts, signals) builds on these outside the product.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -130,11 +131,12 @@ pub struct EtcdMember {
     pub peer_port: u16,
 }
 
-/// Outcome of one [`EtcdMember::spawn_and_wait`].
+/// Outcome of one [`EtcdMember::spawn_and_wait`] (a member's [`Child`]), or of spawning several
+/// members together (every member's, in order).
 #[derive(Debug)]
-pub enum Attempt {
+pub enum Attempt<C = Child> {
     /// Healthy.
-    Ready(Child),
+    Ready(C),
     /// etcd exited early because one of its ports was already taken.
     PortInUse(EtcdProcessError),
     Failed(EtcdProcessError),
@@ -163,48 +165,15 @@ impl EtcdMember {
     /// Spawns etcd and waits until it is healthy. On failure the child has been killed and
     /// reaped.
     pub async fn spawn_and_wait(&self) -> Attempt {
-        let log_start = std::fs::metadata(&self.log_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let mut child = match self.spawn() {
-            Ok(child) => child,
-            Err(err) => return Attempt::Failed(err),
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    let err = EtcdProcessError::Exited {
-                        status: status.to_string(),
-                        log_tail: self.log_tail(),
-                    };
-                    // Only look at what this run logged.
-                    return if read_log_from(&self.log_path, log_start)
-                        .contains("address already in use")
-                    {
-                        Attempt::PortInUse(err)
-                    } else {
-                        Attempt::Failed(err)
-                    };
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                    return Attempt::Failed(EtcdProcessError::Io(err));
-                }
-            }
-            if self.healthy().await {
-                return Attempt::Ready(child);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Attempt::Failed(EtcdProcessError::NotReady {
-                    log_tail: self.log_tail(),
-                });
-            }
-            sleep(POLL_INTERVAL).await;
+        match spawn_all_and_wait(std::slice::from_ref(self)).await {
+            Attempt::Ready(mut children) => match children.pop() {
+                Some(child) => Attempt::Ready(child),
+                None => Attempt::Failed(EtcdProcessError::Io(io::Error::other(
+                    "etcd was spawned but no process is left",
+                ))),
+            },
+            Attempt::PortInUse(err) => Attempt::PortInUse(err),
+            Attempt::Failed(err) => Attempt::Failed(err),
         }
     }
 
@@ -278,49 +247,145 @@ impl EtcdMember {
     }
 }
 
-/// Starts a fresh single-member etcd with `opts`, its data and log in `dir`, on free loopback
-/// ports (new ones if another process takes one first), and waits until it is healthy.
-pub async fn start_single(
+/// Spawns every one of `members` at once (a member of a cluster waits for a quorum before it
+/// reports healthy) and waits until each is healthy. If one exits first or they are not all
+/// healthy within [`READY_TIMEOUT`], every one is killed and reaped.
+async fn spawn_all_and_wait(members: &[EtcdMember]) -> Attempt<Vec<Child>> {
+    // Only what this start logs says whether a port was taken.
+    let log_starts: Vec<u64> = members
+        .iter()
+        .map(|m| std::fs::metadata(&m.log_path).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let mut children = Vec::with_capacity(members.len());
+    for member in members {
+        match member.spawn() {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                kill_all(&mut children).await;
+                return Attempt::Failed(err);
+            }
+        }
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut healthy = vec![false; members.len()];
+    loop {
+        for (i, child) in children.iter_mut().enumerate() {
+            let failed = match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => {
+                    let err = EtcdProcessError::Exited {
+                        status: status.to_string(),
+                        log_tail: members[i].log_tail(),
+                    };
+                    if read_log_from(&members[i].log_path, log_starts[i])
+                        .contains("address already in use")
+                    {
+                        Attempt::PortInUse(err)
+                    } else {
+                        Attempt::Failed(err)
+                    }
+                }
+                Err(err) => Attempt::Failed(EtcdProcessError::Io(err)),
+            };
+            kill_all(&mut children).await;
+            return failed;
+        }
+        for (member, ok) in members.iter().zip(healthy.iter_mut()) {
+            if !*ok {
+                *ok = member.healthy().await;
+            }
+        }
+        if healthy.iter().all(|ok| *ok) {
+            return Attempt::Ready(children);
+        }
+        if Instant::now() >= deadline {
+            let late = healthy.iter().position(|ok| !*ok).unwrap_or(0);
+            kill_all(&mut children).await;
+            return Attempt::Failed(EtcdProcessError::NotReady {
+                log_tail: members[late].log_tail(),
+            });
+        }
+        sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Kills and reaps every child.
+async fn kill_all(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        let _ = child.start_kill();
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait().await;
+    }
+}
+
+/// Starts `size` fresh members with `opts` on free loopback ports (new ones if another process
+/// takes one first), member `i` named, stored and logging where `layout(i)` says, and waits
+/// until every one is healthy.
+async fn start_members(
     opts: &EtcdOptions,
-    dir: &Path,
-) -> Result<(EtcdMember, Child), EtcdProcessError> {
+    size: usize,
+    layout: impl Fn(usize) -> (String, PathBuf, PathBuf),
+) -> Result<Vec<(EtcdMember, Child)>, EtcdProcessError> {
+    if size == 0 {
+        return Err(EtcdProcessError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an etcd needs at least one member",
+        )));
+    }
     let binary = resolve_binary(opts.binary.as_deref())?;
     let mut retries = 0;
     loop {
-        let (client_port, peer_port) = pick_ports()?;
-        let member = EtcdMember {
-            binary: binary.clone(),
-            opts: opts.clone(),
-            name: MEMBER_NAME.to_string(),
-            initial_cluster: format!("{MEMBER_NAME}=http://127.0.0.1:{peer_port}"),
-            data_dir: dir.join("data"),
-            log_path: dir.join("etcd.log"),
-            client_port,
-            peer_port,
-        };
-        match member.spawn_and_wait().await {
-            Attempt::Ready(child) => {
-                tracing::debug!(
-                    pid = child.id().unwrap_or(0),
-                    endpoint = %member.client_url(),
-                    data_dir = %member.data_dir.display(),
-                    log = %member.log_path.display(),
-                    "etcd started"
-                );
-                return Ok((member, child));
+        let ports = pick_port_pairs(size)?;
+        let names: Vec<(String, PathBuf, PathBuf)> = (0..size).map(&layout).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&ports)
+            .map(|((name, _, _), (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<EtcdMember> = names
+            .into_iter()
+            .zip(&ports)
+            .map(
+                |((name, data_dir, log_path), &(client_port, peer_port))| EtcdMember {
+                    binary: binary.clone(),
+                    opts: opts.clone(),
+                    name,
+                    initial_cluster: initial_cluster.clone(),
+                    data_dir,
+                    log_path,
+                    client_port,
+                    peer_port,
+                },
+            )
+            .collect();
+        match spawn_all_and_wait(&members).await {
+            Attempt::Ready(children) => {
+                for (member, child) in members.iter().zip(&children) {
+                    tracing::debug!(
+                        pid = child.id().unwrap_or(0),
+                        endpoint = %member.client_url(),
+                        data_dir = %member.data_dir.display(),
+                        log = %member.log_path.display(),
+                        "etcd started"
+                    );
+                }
+                return Ok(members.into_iter().zip(children).collect());
             }
             Attempt::PortInUse(_) if retries < PORT_RETRIES => {
                 retries += 1;
                 tracing::debug!(
-                    client_port,
-                    peer_port,
+                    ?ports,
                     retries,
                     "etcd port already in use, retrying with new ports"
                 );
                 // etcd binds its listeners before creating the data dir,
                 // but never reuse a half-initialised one.
-                if member.data_dir.exists() {
-                    std::fs::remove_dir_all(&member.data_dir)?;
+                for member in &members {
+                    if member.data_dir.exists() {
+                        std::fs::remove_dir_all(&member.data_dir)?;
+                    }
                 }
             }
             Attempt::PortInUse(err) | Attempt::Failed(err) => return Err(err),
@@ -328,52 +393,126 @@ pub async fn start_single(
     }
 }
 
-/// A single-member etcd of its own, for as long as this value lives: dropping it kills etcd
-/// and removes its data.
+/// Starts a fresh single-member etcd with `opts`, its data and log in `dir`, on free loopback
+/// ports (new ones if another process takes one first), and waits until it is healthy.
+pub async fn start_single(
+    opts: &EtcdOptions,
+    dir: &Path,
+) -> Result<(EtcdMember, Child), EtcdProcessError> {
+    start_members(opts, 1, |_| {
+        (
+            MEMBER_NAME.to_string(),
+            dir.join("data"),
+            dir.join("etcd.log"),
+        )
+    })
+    .await?
+    .pop()
+    .ok_or_else(|| EtcdProcessError::Io(io::Error::other("etcd started no member")))
+}
+
+/// Starts a fresh cluster of `size` members with `opts` on free loopback ports, all spawned
+/// together: member `i` is named `m<i>`, keeps its data in `dir/m<i>` and logs to
+/// `dir/m<i>.log`. Waits until every member is healthy (which needs a quorum); on failure
+/// every member has been killed and reaped.
+pub async fn start_cluster(
+    opts: &EtcdOptions,
+    size: usize,
+    dir: &Path,
+) -> Result<Vec<(EtcdMember, Child)>, EtcdProcessError> {
+    start_members(opts, size, |i| {
+        (
+            format!("m{i}"),
+            dir.join(format!("m{i}")),
+            dir.join(format!("m{i}.log")),
+        )
+    })
+    .await
+}
+
+/// An etcd of its own (one member, or a cluster of several), for as long as this value lives:
+/// dropping it kills every member and removes their data.
 #[derive(Debug)]
 pub struct EtcdServer {
-    // Field order matters for `Drop`: the child goes before the temp dir.
-    child: Child,
-    member: EtcdMember,
+    // Field order matters for `Drop`: the children go before the temp dir.
+    children: Vec<Child>,
+    members: Vec<EtcdMember>,
     _dir: TempDir,
 }
 
 impl EtcdServer {
-    /// Starts etcd with `opts` and waits until it is healthy.
+    /// Starts a single-member etcd with `opts` and waits until it is healthy.
     pub async fn start(opts: EtcdOptions) -> Result<Self, EtcdProcessError> {
         let dir = tempfile::Builder::new().prefix("citadel-etcd-").tempdir()?;
         let (member, child) = start_single(&opts, dir.path()).await?;
         Ok(EtcdServer {
-            child,
-            member,
+            children: vec![child],
+            members: vec![member],
             _dir: dir,
         })
     }
 
-    /// The client URL.
+    /// Starts a cluster of `size` members with `opts`, their data and logs in one temporary
+    /// directory, and waits until every member is healthy.
+    pub async fn start_cluster(opts: EtcdOptions, size: usize) -> Result<Self, EtcdProcessError> {
+        let dir = tempfile::Builder::new().prefix("citadel-etcd-").tempdir()?;
+        let (members, children) = start_cluster(&opts, size, dir.path())
+            .await?
+            .into_iter()
+            .unzip();
+        Ok(EtcdServer {
+            children,
+            members,
+            _dir: dir,
+        })
+    }
+
+    /// The first member's client URL.
     pub fn endpoint(&self) -> String {
-        self.member.client_url()
+        self.members
+            .first()
+            .map(EtcdMember::client_url)
+            .unwrap_or_default()
     }
 
-    /// etcd's process id.
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::client_url).collect()
+    }
+
+    /// The first member's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.pids().first().copied().unwrap_or(0)
     }
 
-    /// How it was spawned (ports, data directory, log).
+    /// Every member's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id().unwrap_or(0)).collect()
+    }
+
+    /// How the first member was spawned (ports, data directory, log).
     pub fn member(&self) -> &EtcdMember {
-        &self.member
+        &self.members[0]
+    }
+
+    /// How every member was spawned.
+    pub fn members(&self) -> &[EtcdMember] {
+        &self.members
     }
 }
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        // Give the kernel a moment to tear the process down, so that its data directory is
-        // not removed under it.
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+        // Give the kernel a moment to tear the processes down, so that their data directories
+        // are not removed under them.
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
@@ -412,6 +551,20 @@ pub fn pick_ports() -> io::Result<(u16, u16)> {
     let client = TcpListener::bind(any)?;
     let peer = TcpListener::bind(any)?;
     Ok((client.local_addr()?.port(), peer.local_addr()?.port()))
+}
+
+/// Picks `n` pairs of free ports on 127.0.0.1 (client, peer), all distinct: every listener is
+/// held until every port is known, then all are released for etcd to bind.
+pub fn pick_port_pairs(n: usize) -> io::Result<Vec<(u16, u16)>> {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let listeners = (0..2 * n)
+        .map(|_| TcpListener::bind(any))
+        .collect::<io::Result<Vec<_>>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(ports.chunks_exact(2).map(|p| (p[0], p[1])).collect())
 }
 
 /// `GET /health` over raw HTTP/1.0; true when etcd answers `"health":"true"`.
@@ -476,6 +629,29 @@ mod tests {
         drop(etcd);
         assert!(!data_dir.exists());
         assert!(!health_ok(port).await);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_starts_every_member_and_drop_kills_them_all() {
+        let etcd = EtcdServer::start_cluster(EtcdOptions::default(), 3)
+            .await
+            .expect("start a 3-member etcd");
+        let endpoints = etcd.endpoints();
+        assert_eq!(endpoints.len(), 3);
+        let mut pids = etcd.pids();
+        pids.sort_unstable();
+        pids.dedup();
+        assert_eq!(pids.len(), 3, "three processes");
+        let members: Vec<EtcdMember> = etcd.members().to_vec();
+        for m in &members {
+            assert!(health_ok(m.client_port).await, "{} is healthy", m.name);
+            assert_eq!(m.initial_cluster.split(',').count(), 3);
+        }
+        drop(etcd);
+        for m in &members {
+            assert!(!m.data_dir.exists());
+            assert!(!health_ok(m.client_port).await);
+        }
     }
 
     #[tokio::test]

@@ -96,7 +96,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quiet_progress: bool,
     /// With --etcd: leave the run's keys there, to look at its decisions afterwards (the
-    /// prefix is printed at the start).
+    /// prefix is printed at the start). With --at-load: do not delete a phase's keys before
+    /// the next level.
     #[arg(long)]
     pub keep: bool,
     /// Measure placement quality instead (pure, in-process, seeded): engines binpack uses
@@ -134,6 +135,19 @@ pub struct BenchArgs {
     /// With `--scenario gang`: members per gang (`group_min`).
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
     pub gang_size: usize,
+    /// Start the bench's own etcd as a cluster of N members on loopback, each with its own data
+    /// directory and log; the controllers, submitters, raw puts and floor get every member's
+    /// endpoint, and etcd's cpu is the members' sum. Not with --etcd.
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "etcd",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=7))]
+    pub etcd_members: usize,
+    /// After the full-speed run, decide the same requests again at these fractions of its
+    /// placements/s (each in (0, 1], comma-separated), each on a fresh prefix with fresh
+    /// controllers: latency at a load the system sustains (`at_load` in the JSON). Not with
+    /// --rate, --agents or a --scenario.
+    #[arg(long, value_name = "F[,F…]", value_delimiter = ',', value_parser = parse_fraction,
+          conflicts_with = "rate")]
+    pub at_load: Vec<f64>,
 }
 
 /// What `citadel bench` prints: its table, or one JSON document.
@@ -154,6 +168,13 @@ fn parse_headroom(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(h) if h.is_finite() && (0.01..=100.0).contains(&h) => Ok(h),
         _ => Err(format!("{s:?} is not a headroom between 0.01 and 100")),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
     }
 }
 
@@ -211,6 +232,7 @@ pub struct BenchResult {
     pub raw_put_p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub max_ms: f64,
     /// Decisions per 10-second window, the slowest window over the median one, and whether
     /// the run fell into a slow mode; beside each window, etcd's and the leader's figures.
@@ -224,6 +246,11 @@ pub struct BenchResult {
     /// `unschedulable`, and those cost the controller too.
     pub controller_cpu_us_per_decision: f64,
     pub controller_bytes_per_decision: f64,
+    /// etcd's members, as its member list says: `--etcd-members` for the bench's own etcd (the
+    /// number started, should the list not answer), a given etcd's own (absent if it would
+    /// not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_members: Option<usize>,
     /// etcd's database file and the part of it in use at the end, before clean-up (MB), and
     /// whether its history was compacted during the run (by the leader's `--compact-every`).
     pub etcd_db_mb: Option<f64>,
@@ -249,10 +276,65 @@ pub struct BenchResult {
     /// With `--scenario preemption|gang`: `scenario` and what it found, beside the rest.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub scenario: Option<ScenarioFigures>,
+    /// With `--at-load`: each level's figures, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub at_load: Vec<AtLoad>,
+}
+
+/// One `--at-load` level: the default run again, on a fresh prefix of the same etcd with fresh
+/// controllers, offered `fraction` of the full-speed run's placements/s.
+#[derive(Debug, Clone, Serialize)]
+pub struct AtLoad {
+    pub fraction: f64,
+    /// `fraction` × the full-speed run's `placements_per_s`: the `--rate` this level ran at.
+    pub offered_per_s: f64,
+    pub placements_per_s: f64,
+    pub decided: usize,
+    pub undecided: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub overcommitted_engines: usize,
+    pub double_bound_ports: usize,
+    pub mismatched: usize,
+    pub duplicate_or_missing_decisions: usize,
+}
+
+impl AtLoad {
+    fn new(fraction: f64, offered_per_s: f64, c: &Citadel) -> AtLoad {
+        let (seen, report) = (&c.seen, &c.report);
+        AtLoad {
+            fraction,
+            offered_per_s,
+            placements_per_s: seen.per_s(seen.placed),
+            decided: seen.decided(),
+            undecided: c.submitted.saturating_sub(seen.decided()),
+            p50_ms: seen.p(0.50),
+            p90_ms: seen.p(0.90),
+            p99_ms: seen.p(0.99),
+            p999_ms: seen.p(0.999),
+            max_ms: seen.latencies.last().copied().unwrap_or(0.0),
+            overcommitted_engines: report.overcommitted_engines.len(),
+            double_bound_ports: report.double_bound_ports.len(),
+            mismatched: report.mismatched.len(),
+            duplicate_or_missing_decisions: report.decided.abs_diff(c.submitted),
+        }
+    }
+
+    /// The level's invariant violations.
+    pub fn violations(&self) -> usize {
+        self.overcommitted_engines
+            + self.double_bound_ports
+            + self.mismatched
+            + self.duplicate_or_missing_decisions
+    }
 }
 
 impl BenchResult {
-    /// Invariant violations: the run's, and with `--agents --launch` the launched batch's.
+    /// Invariant violations: the run's, with `--agents --launch` the launched batch's, and with
+    /// `--at-load` every level's.
     pub fn violations(&self) -> usize {
         self.overcommitted_engines
             + self.double_bound_ports
@@ -267,6 +349,7 @@ impl BenchResult {
                 .scenario
                 .as_ref()
                 .map_or(0, |s| s.failures(self.requests))
+            + self.at_load.iter().map(AtLoad::violations).sum::<usize>()
     }
 }
 
@@ -293,8 +376,12 @@ impl BenchResult {
             },
             None => String::new(),
         };
+        let members = self
+            .etcd_members
+            .map(|n| format!(", {n}-member etcd"))
+            .unwrap_or_default();
         format!(
-            "{scenario}{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}",
+            "{scenario}{} engines{agents}{headroom}, {} requests, {} clients, submit batch {}, {} standby(s), {rate}, controller nice {}{members}",
             self.engines,
             self.requests,
             self.clients,
@@ -305,27 +392,110 @@ impl BenchResult {
     }
 }
 
-/// The etcd a run starts when it is given none, and how to reach it and meter it.
+/// The etcd a run starts when it is given none (`--etcd-members` of them, every one with the
+/// same options), and how to reach it: every member's endpoint.
 async fn own_or_given(
     args: &BenchArgs,
     etcd: Option<EtcdConfig>,
-) -> Result<(Option<etcd::EtcdServer>, EtcdConfig, Option<u32>), BenchError> {
+) -> Result<(Option<etcd::EtcdServer>, EtcdConfig), BenchError> {
     match etcd {
-        Some(cfg) => Ok((None, cfg, None)),
+        Some(cfg) => Ok((None, cfg)),
         None => {
             // The own etcd lives as long as the run.
-            let p = etcd::EtcdServer::start(etcd::EtcdOptions {
-                auto_compaction_retention: Some("100000".into()),
-                quota_bytes: Some(8 * 1024 * 1024 * 1024),
-                max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS).then_some(args.max_txn_ops),
-                ..etcd::EtcdOptions::default()
-            })
+            let p = etcd::EtcdServer::start_cluster(
+                etcd::EtcdOptions {
+                    auto_compaction_retention: Some("100000".into()),
+                    quota_bytes: Some(8 * 1024 * 1024 * 1024),
+                    max_txn_ops: (args.max_txn_ops as usize != MAX_TXN_OPS)
+                        .then_some(args.max_txn_ops),
+                    ..etcd::EtcdOptions::default()
+                },
+                args.etcd_members.max(1),
+            )
             .await?;
-            let cfg = EtcdConfig::new(vec![p.endpoint()]);
-            let pid = Some(p.pid());
-            Ok((Some(p), cfg, pid))
+            let cfg = EtcdConfig::new(p.endpoints());
+            Ok((Some(p), cfg))
         }
     }
+}
+
+/// How many members etcd's member list names, if it answers within a few seconds.
+async fn member_count(client: &Client) -> Option<usize> {
+    let mut cluster = client.cluster_client();
+    match tokio::time::timeout(Duration::from_secs(5), cluster.member_list()).await {
+        Ok(Ok(list)) => Some(list.members().len()),
+        _ => None,
+    }
+}
+
+/// `--at-load` runs the default requests alone, at a rate of its own.
+fn validate_at_load(args: &BenchArgs) -> Result<(), BenchError> {
+    if args.at_load.is_empty() {
+        return Ok(());
+    }
+    if args.scenario != Scenario::Default || args.agents.is_some() {
+        return Err(BenchError::Setup(
+            "--at-load runs with the default scenario only, without --agents".into(),
+        ));
+    }
+    if args.rate.is_some() {
+        return Err(BenchError::Setup(
+            "--at-load sets the rate of each level itself: drop --rate".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The prefix of `--at-load` level `i` (from 0) of the run under `prefix`.
+fn level_prefix(prefix: &str, i: usize) -> String {
+    format!("{prefix}-load-{}", i + 1)
+}
+
+/// The `--at-load` levels, one after the other: each on a fresh prefix (its engines registered
+/// again, the same fleet), with fresh controllers, offered its fraction of `full_per_s`, the
+/// full-speed run's placements/s. Before each, the phase before it is deleted unless `--keep`.
+async fn at_load(
+    args: &BenchArgs,
+    etcd: &EtcdConfig,
+    prefix: &str,
+    conns: &[Client],
+    meter: &Meter,
+    fleet: &Fleet,
+    full_per_s: f64,
+) -> Result<Vec<AtLoad>, BenchError> {
+    let mut levels = Vec::with_capacity(args.at_load.len());
+    let mut previous = format!("{prefix}/");
+    for (i, &fraction) in args.at_load.iter().enumerate() {
+        let offered = fraction * full_per_s;
+        if !(offered.is_finite() && offered > 0.0) {
+            return Err(BenchError::Setup(format!(
+                "--at-load: the full-speed run placed {full_per_s:.0}/s, no load to offer a fraction of"
+            )));
+        }
+        if !args.keep {
+            conns[0]
+                .kv_client()
+                .delete(previous.as_str(), Some(DeleteOptions::new().with_prefix()))
+                .await?;
+        }
+        let level = level_prefix(prefix, i);
+        let keys = Keys::new(&level).map_err(|e| BenchError::Setup(e.to_string()))?;
+        register_engines(&conns[0], &keys, fleet).await?;
+        eprintln!("bench: at load {fraction}: offering {offered:.0} requests/s under {level}");
+        let level_args = BenchArgs {
+            rate: Some(offered),
+            ..args.clone()
+        };
+        let c = citadel_phase(&level_args, etcd, &level, conns, &keys, meter, None).await?;
+        let figures = AtLoad::new(fraction, offered, &c);
+        eprintln!(
+            "bench: at load {fraction}: {:.0} placements/s, p99 {:.1} ms",
+            figures.placements_per_s, figures.p99_ms
+        );
+        levels.push(figures);
+        previous = format!("{level}/");
+    }
+    Ok(levels)
 }
 
 /// What the controller phase measured, besides what its watch saw.
@@ -355,12 +525,15 @@ struct Citadel {
 pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchResult, BenchError> {
     let started = Instant::now();
     scenario::validate(&args)?;
+    validate_at_load(&args)?;
     // Hollow agents register the engines: as many as agents.
     if let Some(n) = args.agents {
         args.engines = n as usize;
     }
-    let (_own, etcd, etcd_pid) = own_or_given(&args, etcd).await?;
-    let meter = Meter { etcd_pid };
+    let (own, etcd) = own_or_given(&args, etcd).await?;
+    let meter = Meter {
+        etcd_pids: own.as_ref().map(etcd::EtcdServer::pids).unwrap_or_default(),
+    };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("/citadel-bench-{}", &run_id[..8]);
     let keys = Keys::new(&prefix).map_err(|e| BenchError::Setup(e.to_string()))?;
@@ -449,10 +622,27 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
     let raw_after = raw_put_rate(&conns, &raw_prefix, raw_total, args.clients).await?;
     eprintln!("bench: raw single puts after: {:.0}/s", raw_after.per_s);
     let db = EtcdDb::read(&client, citadel.first_revision).await;
+    let etcd_members = match member_count(&client).await {
+        Some(n) => Some(n),
+        None => own.as_ref().map(|o| o.members().len()),
+    };
+    let levels = at_load(
+        &args,
+        &etcd,
+        &prefix,
+        &conns,
+        &meter,
+        &fleet,
+        citadel.seen.per_s(citadel.seen.placed),
+    )
+    .await?;
     // An etcd of the run's own goes away with it; a given one is left as it was found, unless
     // asked to keep what the run wrote.
-    if _own.is_none() && !args.keep {
-        cleanup(&client, &prefix, &raw_prefix).await;
+    if own.is_none() && !args.keep {
+        let levels: Vec<String> = (0..args.at_load.len())
+            .map(|i| level_prefix(&prefix, i))
+            .collect();
+        cleanup(&client, &prefix, &raw_prefix, &levels).await;
     }
     let raw = Raw {
         puts: RawPuts {
@@ -463,7 +653,9 @@ pub async fn run(mut args: BenchArgs, etcd: Option<EtcdConfig>) -> Result<BenchR
         etcd_cpu_s: raw_cpu,
         own_cpu_s: raw_own_cpu,
     };
-    let result = assemble(&args, &citadel, floor, &raw, &db, started);
+    let mut result = assemble(&args, &citadel, floor, &raw, &db, started);
+    result.etcd_members = etcd_members;
+    result.at_load = levels;
     if let Some(path) = &args.plot {
         match report::plot(path, &result, &citadel.seen.series, &citadel.seen.latencies) {
             Ok(()) => eprintln!("bench: plot written to {}", path.display()),
@@ -585,7 +777,6 @@ async fn citadel_phase(
     })
 }
 
-/// Leaves no trace on a shared etcd: the run's prefix, the raw keys and the floor's.
 /// etcd's revision now: where a phase's own writes begin.
 pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
     Ok(client
@@ -596,14 +787,20 @@ pub(super) async fn revision_now(client: &Client) -> Result<i64, BenchError> {
         .map_or(0, |h| h.revision()))
 }
 
-async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str) {
+/// Leaves no trace on a shared etcd: the run's prefix, the raw keys, the floor's and the
+/// `--at-load` levels'.
+async fn cleanup(client: &Client, prefix: &str, raw_prefix: &str, levels: &[String]) {
     let mut kv = client.kv_client();
-    for p in [
+    let fixed = [
         raw_prefix.to_string(),
         format!("{prefix}-floor-1/"),
         format!("{prefix}-floor-2/"),
         format!("{prefix}/"),
-    ] {
+    ];
+    for p in fixed
+        .into_iter()
+        .chain(levels.iter().map(|l| format!("{l}/")))
+    {
         if let Err(e) = kv
             .delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
             .await
@@ -696,6 +893,7 @@ fn assemble(
         raw_put_p50_ms: raw.p50_ms,
         p90_ms: seen.p(0.90),
         p99_ms: seen.p(0.99),
+        p999_ms: seen.p(0.999),
         max_ms: seen.latencies.last().copied().unwrap_or(0.0),
         throughput: seen.throughput.clone(),
         controller_cpu_s: c.cpu_s,
@@ -720,5 +918,7 @@ fn assemble(
         elapsed_s: started.elapsed().as_secs_f64(),
         agents: c.agents.clone(),
         scenario: c.scenario.clone(),
+        etcd_members: None,
+        at_load: Vec::new(),
     }
 }

@@ -64,14 +64,24 @@ pub(super) fn proc_usage(pid: u32) -> Option<(f64, f64, f64)> {
     ))
 }
 
-/// cpu seconds of etcd (when the bench started it) and of the bench process itself.
+/// cpu seconds of etcd (when the bench started it: the sum over its members) and of the bench
+/// process itself.
 pub(super) struct Meter {
-    pub(super) etcd_pid: Option<u32>,
+    /// Every member's process id; empty for an etcd the bench was given.
+    pub(super) etcd_pids: Vec<u32>,
 }
 
 impl Meter {
+    /// `None` for a given etcd, or when a member's figures cannot be read (a sum without it
+    /// would pass for the whole).
     pub(super) fn etcd(&self) -> Option<f64> {
-        self.etcd_pid.and_then(proc_usage).map(|u| u.0)
+        if self.etcd_pids.is_empty() {
+            return None;
+        }
+        self.etcd_pids
+            .iter()
+            .map(|pid| proc_usage(*pid).map(|u| u.0))
+            .sum()
     }
 
     pub(super) fn own(&self) -> f64 {

@@ -44,9 +44,26 @@ pub fn render_table(r: &BenchResult) -> String {
     );
     let _ = writeln!(
         out,
-        "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        "", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        "  latency ms         {:>10}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        "", r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms
     );
+    for l in &r.at_load {
+        let _ = writeln!(
+            out,
+            "  {:<18} {:>10.0}/s offered: {:.0} placements/s, decided {} (undecided {}); latency ms p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}; invariant violations {}",
+            format!("at load {}", l.fraction),
+            l.offered_per_s,
+            l.placements_per_s,
+            l.decided,
+            l.undecided,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            l.violations()
+        );
+    }
     let _ = writeln!(
         out,
         "  controller cpu     {:>10.2} s  ({:.1} us per placement, {:.1} us per decision)",

@@ -5,8 +5,9 @@
 //!
 //! Both build on the product's own starter, [`citadel::bench::etcd`] (what `citadel bench`
 //! runs when it is given no etcd): its [`EtcdMember`] spawns a member and waits until it is
-//! healthy. What is here adds what only tests do with one: certificates and a readiness probe
-//! that speaks TLS, restarts, signals, several members.
+//! healthy, and its `start_cluster` starts several together (`citadel bench --etcd-members`).
+//! What is here adds what only tests do with them: certificates and a readiness probe that
+//! speaks TLS, restarts, signals.
 //!
 //! Dropping an [`EtcdProcess`] kills the server and removes its data.
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 pub use citadel::bench::etcd::EtcdProcessError;
 use citadel::bench::etcd::{
     self as product, Attempt, EtcdMember, POLL_INTERVAL, PROBE_TIMEOUT, Probe, ProbeFuture,
-    READY_TIMEOUT, pick_ports, resolve_binary,
+    READY_TIMEOUT,
 };
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,57 +297,21 @@ struct Member {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until every one reports healthy (which needs a quorum).
+    /// Starts `size` members and waits until every one reports healthy (which needs a quorum):
+    /// the product's [`product::start_cluster`], the one `citadel bench --etcd-members` runs.
     pub async fn start(size: usize) -> Result<Self, EtcdProcessError> {
-        let binary = resolve_binary(None)?;
         let dir = tempfile::Builder::new()
             .prefix("citadel-etcd-cluster-")
             .tempdir()?;
-        let ports = (0..size)
-            .map(|_| pick_ports())
-            .collect::<io::Result<Vec<_>>>()?;
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let specs: Vec<EtcdMember> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client_port, peer_port))| EtcdMember {
-                binary: binary.clone(),
-                opts: product::EtcdOptions::default(),
-                name: format!("m{i}"),
-                initial_cluster: initial_cluster.clone(),
-                data_dir: dir.path().join(format!("m{i}")),
-                log_path: dir.path().join(format!("m{i}.log")),
-                client_port: *client_port,
-                peer_port: *peer_port,
-            })
-            .collect();
-        // Each member waits for the others before it reports healthy: start them together.
-        let mut members = Vec::new();
-        for spec in specs {
-            let child = spec.spawn()?;
-            members.push(Member {
+        let members = product::start_cluster(&product::EtcdOptions::default(), size, dir.path())
+            .await?
+            .into_iter()
+            .map(|(spec, child)| Member {
                 child: Some(ChildProcess::new(child)),
                 spec,
-            });
-        }
-        let cluster = EtcdCluster { members, _dir: dir };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for m in &cluster.members {
-            while !m.spec.healthy().await {
-                if Instant::now() >= deadline {
-                    return Err(EtcdProcessError::NotReady {
-                        log_tail: m.spec.log_tail(),
-                    });
-                }
-                sleep(POLL_INTERVAL).await;
-            }
-        }
-        Ok(cluster)
+            })
+            .collect();
+        Ok(EtcdCluster { members, _dir: dir })
     }
 
     pub fn len(&self) -> usize {
