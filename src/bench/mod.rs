@@ -96,8 +96,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quiet_progress: bool,
     /// With --etcd: leave the run's keys there, to look at its decisions afterwards (the
-    /// prefix is printed at the start). With --at-load: do not delete a phase's keys before
-    /// the next level.
+    /// prefix is printed at the start).
     #[arg(long)]
     pub keep: bool,
     /// Measure placement quality instead (pure, in-process, seeded): engines binpack uses
@@ -453,7 +452,10 @@ fn level_prefix(prefix: &str, i: usize) -> String {
 
 /// The `--at-load` levels, one after the other: each on a fresh prefix (its engines registered
 /// again, the same fleet), with fresh controllers, offered its fraction of `full_per_s`, the
-/// full-speed run's placements/s. Before each, the phase before it is deleted unless `--keep`.
+/// full-speed run's placements/s. The phases before it stay in etcd: deleting a million keys
+/// would cost etcd 3.4 more than keeping them (a delete that large grows its read buffer for
+/// good, and the tombstones make its next compaction scan them all), right before a
+/// measurement.
 async fn at_load(
     args: &BenchArgs,
     etcd: &EtcdConfig,
@@ -464,19 +466,12 @@ async fn at_load(
     full_per_s: f64,
 ) -> Result<Vec<AtLoad>, BenchError> {
     let mut levels = Vec::with_capacity(args.at_load.len());
-    let mut previous = format!("{prefix}/");
     for (i, &fraction) in args.at_load.iter().enumerate() {
         let offered = fraction * full_per_s;
         if !(offered.is_finite() && offered > 0.0) {
             return Err(BenchError::Setup(format!(
                 "--at-load: the full-speed run placed {full_per_s:.0}/s, no load to offer a fraction of"
             )));
-        }
-        if !args.keep {
-            conns[0]
-                .kv_client()
-                .delete(previous.as_str(), Some(DeleteOptions::new().with_prefix()))
-                .await?;
         }
         let level = level_prefix(prefix, i);
         let keys = Keys::new(&level).map_err(|e| BenchError::Setup(e.to_string()))?;
@@ -493,7 +488,6 @@ async fn at_load(
             figures.placements_per_s, figures.p99_ms
         );
         levels.push(figures);
-        previous = format!("{level}/");
     }
     Ok(levels)
 }
