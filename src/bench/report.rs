@@ -243,7 +243,7 @@ pub(super) fn plot(
     sorted: &[f64],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1000, 860)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 1200)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, rest) = root.split_vertically(60);
     title.draw(&Text::new(
@@ -265,7 +265,8 @@ pub(super) fn plot(
         (10, 32),
         ("sans-serif", 14),
     ))?;
-    let (top, bottom) = rest.split_vertically(400);
+    let (top, rest) = rest.split_vertically(400);
+    let (bottom, windows) = rest.split_vertically(400);
     let max_t = series.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-3);
     let max_ms = sorted.last().copied().unwrap_or(1.0).max(1e-3);
     let mut chart = ChartBuilder::on(&top)
@@ -327,6 +328,59 @@ pub(super) fn plot(
             color.stroke_width(1),
         ))?;
     }
+    plot_windows(&windows, &r.throughput)?;
     root.present()?;
+    Ok(())
+}
+
+/// Decisions per 10-second window, with the median and the slow-mode line under it.
+fn plot_windows<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    t: &super::Throughput,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let caption = match t.slowest_over_median {
+        Some(r) => format!(
+            "decisions per {:.0}-s window: slowest {:.2} of the median{}",
+            t.window_s,
+            r,
+            if t.slow_mode { " (slow mode)" } else { "" }
+        ),
+        None => "decisions per 10-s window: the run was shorter than one window".into(),
+    };
+    let top = t
+        .windows
+        .iter()
+        .map(|w| w.decisions_per_s)
+        .fold(1.0, f64::max);
+    let end = t.windows.len() as f64 * t.window_s;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..end.max(t.window_s), 0.0..top * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the first put")
+        .y_desc("decisions/s")
+        .draw()?;
+    chart.draw_series(t.windows.iter().map(|w| {
+        Rectangle::new(
+            [
+                (w.start_s, 0.0),
+                (w.start_s + t.window_s * 0.9, w.decisions_per_s),
+            ],
+            BLUE.mix(0.5).filled(),
+        )
+    }))?;
+    if let Some(m) = t.median_per_s {
+        for (y, color) in [(m, GREEN), (m * super::SLOW_MODE_BELOW, RED)] {
+            chart.draw_series(LineSeries::new([(0.0, y), (end, y)], color.stroke_width(1)))?;
+        }
+    }
     Ok(())
 }

@@ -34,8 +34,9 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// While leading, compact etcd's history every this many seconds (0: never; use etcd's
-    /// own --auto-compaction-* instead). One at a time, and only once the history to drop is
-    /// a quarter as long as the keys alive: etcd scans them all on each compaction.
+    /// own --auto-compaction-* instead). One at a time, and only once the history it would
+    /// drop (values overwritten, keys deleted under the prefix) is a quarter as long as the
+    /// keys alive: etcd scans them all on each compaction.
     #[arg(long, default_value_t = 300)]
     pub compact_every: u64,
     /// Revisions kept by that compaction.
