@@ -459,3 +459,78 @@ async fn events_go_on_when_the_member_they_watch_through_is_lost() {
     events.stop(Signal::TERM);
     replica.stop().await;
 }
+
+/// etcd's count of watchers it serves from its backend because they fell behind.
+async fn slow_watchers(etcd: &EtcdProcess) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = etcd.endpoint().trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("ask");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_slow_watcher_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("etcd reports its slow watchers")
+}
+
+/// The cache reads its watch on a task of its own: while applying is held up (here, a reader
+/// holding the cache's lock, as a large map growing under it would), etcd keeps handing the
+/// events over, the watch stays among those etcd serves from memory, and nothing is lost once
+/// applying goes on. (Read one by one by the applier, the same writes made etcd put the watch
+/// among its slow watchers, served from its backend, which slows every write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_cache_held_up_applying_stays_among_etcds_synced_watchers() {
+    let etcd = start_etcd().await;
+    let client = connect(&etcd).await;
+    let keys = citadel::keys::Keys::default();
+    let cache = citadel::cache::Cache::new(keys.clone(), 1.0);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(cache.clone().run(client.clone(), shutdown));
+    let first = put_request(&client, &keys, "first", request_json(1.0, 1, json!({}))).await;
+    assert!(cache.wait_for(first, WAIT).await, "the cache follows etcd");
+    assert_eq!(slow_watchers(&etcd).await, 0.0);
+
+    // Applying held up: the lock taken on a thread of its own until told to let go.
+    let (held_tx, held) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let _read = cache.read();
+            let _ = held_tx.send(());
+            let _ = go.recv();
+        })
+    };
+    held.recv().expect("the lock is held");
+    // 4,000 writes of 1 KB, one response each: more than etcd's buffer of 128 responses per
+    // watch stream and gRPC's windows hold, fewer than the reader takes ahead (16,384).
+    let value = request_json(1.0, 1, json!({ "labels": ["x".repeat(1_000)] }));
+    let mut last = 0;
+    for i in 0..4_000 {
+        last = put_request(&client, &keys, &format!("r-{i:04}"), value.clone()).await;
+    }
+    let slow = slow_watchers(&etcd).await;
+    go_tx.send(()).expect("let go");
+    holder.join().expect("the holder");
+    assert_eq!(
+        slow, 0.0,
+        "the cache's watch fell behind while applying was held up"
+    );
+    assert!(cache.wait_for(last, WAIT).await, "the cache catches up");
+    assert_eq!(
+        cache
+            .read()
+            .request_counts()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        4_001
+    );
+    let _ = stop.send(true);
+    task.await.expect("the cache's task");
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::rewind::{History, Rewind};
 use super::{Cache, dead};
@@ -49,6 +50,73 @@ fn parse_ahead(keys: &Keys, kv: &KeyValue) -> Option<Parsed> {
     match keys.parse(kv.key()) {
         Some(Key::Request(id)) => Some(prepare(&id, kv.value())),
         _ => None,
+    }
+}
+
+/// Watch responses read ahead of the one being applied, at most: etcd sends one per write, so
+/// at 20,000 writes a second, most of a second of applying held up.
+const HANDED_OVER: usize = 16_384;
+
+/// What the reader hands over.
+enum Read {
+    Response(WatchResponse),
+    /// The stream ended (etcd closed it): resume.
+    Ended,
+    Failed(StoreError),
+}
+
+/// Aborts the task when dropped: the reader goes with the watch it reads for.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the watch stream and hands every response over, until it ends, breaks, goes silent,
+/// or nobody takes them. A member frozen (SIGSTOP) or cut off keeps the stream open and says
+/// nothing: after a quiet spell it is asked for progress; a stream that answers nothing then is
+/// dead. `from`, where the watch was opened, is only for the logs.
+async fn read(
+    mut stream: etcd_client::WatchStream,
+    from: i64,
+    tx: tokio::sync::mpsc::Sender<Read>,
+) {
+    let mut quiet_until = tokio::time::Instant::now() + QUIET;
+    let mut asked = false;
+    loop {
+        let msg = tokio::select! {
+            _ = tokio::time::sleep_until(quiet_until) => {
+                if asked {
+                    tracing::warn!(opened_at = from, "watch stream silent; resuming on another member");
+                    let _ = tx.send(Read::Failed(StoreError::Timeout(QUIET + PROGRESS_WAIT))).await;
+                    return;
+                }
+                asked = true;
+                quiet_until = tokio::time::Instant::now() + PROGRESS_WAIT;
+                if let Err(e) = stream.request_progress().await {
+                    let _ = tx.send(Read::Failed(StoreError::Etcd(e))).await;
+                    return;
+                }
+                continue;
+            }
+            msg = stream.message() => msg,
+        };
+        quiet_until = tokio::time::Instant::now() + QUIET;
+        asked = false;
+        let read = match msg {
+            Ok(Some(resp)) => Read::Response(resp),
+            Ok(None) => Read::Ended,
+            Err(e) => {
+                tracing::warn!(error = %store::short(&e), opened_at = from, "watch stream broke; resuming");
+                Read::Failed(StoreError::Etcd(e))
+            }
+        };
+        let last = !matches!(read, Read::Response(_));
+        if tx.send(read).await.is_err() || last {
+            return;
+        }
     }
 }
 
@@ -165,51 +233,36 @@ impl Cache {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Phase, StoreError> {
         let opts = WatchOptions::new().with_prefix().with_start_revision(*from);
-        let mut stream = store::timed(
+        let stream = store::timed(
             client
                 .watch_client()
                 .max_decoding_message_size(store::MAX_RESPONSE_BYTES)
                 .watch(self.keys.root(), Some(opts)),
         )
         .await?;
-        // A member frozen (SIGSTOP) or cut off keeps the stream open and says nothing: after a
-        // quiet spell, ask it for progress; a stream that answers nothing then is dead.
-        let mut quiet_until = tokio::time::Instant::now() + QUIET;
-        let mut asked = false;
+        // The stream is read by a task of its own, which only hands the responses over: while
+        // applying stalls (a map of a million requests growing under the lock, the planner
+        // holding it), etcd keeps sending, and this watch stays in etcd's memory instead of
+        // falling among the watchers it serves from its backend, which slows every write.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(HANDED_OVER);
+        let reader = AbortOnDrop(tokio::spawn(read(stream, *from, tx).in_current_span()));
         loop {
-            let msg = tokio::select! {
+            let got = tokio::select! {
                 _ = shutdown.changed() => {
                     if stopping(shutdown) {
                         return Ok(Phase::Watch { from: *from });
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(quiet_until) => {
-                    if asked {
-                        tracing::warn!(resume_from = *from, "watch stream silent; resuming on another member");
-                        return Err(StoreError::Timeout(QUIET + PROGRESS_WAIT));
-                    }
-                    asked = true;
-                    quiet_until = tokio::time::Instant::now() + PROGRESS_WAIT;
-                    if let Err(e) = stream.request_progress().await {
-                        return Err(StoreError::Etcd(e));
-                    }
-                    continue;
-                }
-                msg = stream.message() => msg,
+                got = rx.recv() => got,
             };
-            quiet_until = tokio::time::Instant::now() + QUIET;
-            asked = false;
-            let resp = match msg {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
+            let resp = match got {
+                Some(Read::Response(resp)) => resp,
+                Some(Read::Ended) | None => {
                     tracing::info!(resume_from = *from, "watch stream ended; resuming");
                     return Ok(Phase::Watch { from: *from });
                 }
-                Err(e) => {
-                    tracing::warn!(error = %store::short(&e), resume_from = *from, "watch stream broke; resuming");
-                    return Err(StoreError::Etcd(e));
-                }
+                Some(Read::Failed(e)) => return Err(e),
             };
             if let Some(h) = resp.header()
                 && let Some(suspected) = history.saw(h.revision(), h.cluster_id())
@@ -222,6 +275,7 @@ impl Cache {
                 }
             }
             if let Some(next) = self.on_response(&resp, from) {
+                drop(reader);
                 return Ok(next);
             }
         }
