@@ -54,7 +54,9 @@ fn parse_ahead(keys: &Keys, kv: &KeyValue) -> Option<Parsed> {
 }
 
 /// Watch responses read ahead of the one being applied, at most: etcd sends one per write, so
-/// at 20,000 writes a second, most of a second of applying held up.
+/// at 20,000 writes a second, most of a second of applying held up. Counted in responses, not
+/// bytes: one of a leader's batches may carry `--max-txn-ops` events, so a leader held up for
+/// long may hold several hundred MB here before etcd's own flow control takes over again.
 const HANDED_OVER: usize = 16_384;
 
 /// What the reader hands over.
