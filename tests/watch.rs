@@ -507,6 +507,8 @@ async fn a_cache_held_up_applying_stays_among_etcds_synced_watchers() {
         })
     };
     held.recv().expect("the lock is held");
+    // The writes go over a connection of their own: the watch's, unread, may fill its window.
+    let client = connect(&etcd).await;
     // 4,000 writes of 1 KB, one response each: more than etcd's buffer of 128 responses per
     // watch stream and gRPC's windows hold, fewer than the reader takes ahead (16,384).
     let value = request_json(1.0, 1, json!({ "labels": ["x".repeat(1_000)] }));
